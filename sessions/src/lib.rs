@@ -1,0 +1,11 @@
+//! Shared vocabulary of claude-relay: session ids and their grammar, the wire frames spoken
+//! between hub and clients, identity resolution, the session registry file, and process
+//! liveness. No server code lives here, so the bridge and CLI can depend on it without pulling
+//! in the hub.
+
+pub mod id;
+pub mod paths;
+pub mod time;
+pub mod wire;
+
+pub use id::{BROADCAST, IdError, SessionId};

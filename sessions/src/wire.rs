@@ -1,0 +1,574 @@
+//! The hub's wire protocol: one JSON text frame per WebSocket message, discriminated by `type`.
+//!
+//! These types are shared by the hub (which parses [`ClientFrame`] and writes [`ServerFrame`])
+//! and by every client we ship (the MCP bridge, the CLI, the load generator), so the two ends
+//! cannot drift apart. The core of the protocol is the Node relay's, field for field; everything
+//! else is additive (new optional fields, new frame types) and is documented in
+//! `docs/PROTOCOL.md`. Unknown fields are ignored on purpose: old clients send fewer, newer
+//! clients may send more.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Free-form session metadata a client reports on `register` (pid, cwd, host, started, …).
+pub type Meta = serde_json::Map<String, Value>;
+
+/// A client-chosen request id, echoed on the reply to the frame that carried it, so a client
+/// can match replies to requests without relying on ordering.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// A numeric id.
+    Int(i64),
+    /// A string id.
+    Str(String),
+}
+
+/// Every frame a client may send to the hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Claim a session id for this connection.
+    Register(Register),
+    /// Send a message to one session or to `all`.
+    Message(SendMessage),
+    /// Read the visible history (Node-compatible paging).
+    GetHistory(GetHistory),
+    /// Who is online now.
+    GetPeers(Bare),
+    /// Every known session, online and offline, with its metadata.
+    GetSessions(Bare),
+    /// Application-level liveness check.
+    Ping(Bare),
+    /// The oldest unread inbound messages of this session (does not mark them read).
+    Receive(Receive),
+    /// Mark messages read for this session (after they were shown to the model).
+    MarkRead(MarkRead),
+    /// This session's unread count and the delivery state of its recent sends.
+    GetStatus(Bare),
+}
+
+impl ClientFrame {
+    /// The request id carried by this frame, if any.
+    pub fn rid(&self) -> Option<&RequestId> {
+        match self {
+            Self::Register(f) => f.rid.as_ref(),
+            Self::Message(f) => f.rid.as_ref(),
+            Self::GetHistory(f) => f.rid.as_ref(),
+            Self::GetPeers(f) | Self::GetSessions(f) | Self::Ping(f) | Self::GetStatus(f) => {
+                f.rid.as_ref()
+            }
+            Self::Receive(f) => f.rid.as_ref(),
+            Self::MarkRead(f) => f.rid.as_ref(),
+        }
+    }
+}
+
+/// A frame with no fields besides the optional request id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bare {
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `register`: claim `clientId` for this connection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Register {
+    /// The session id to claim. Required; validated against the id grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Metadata shown to other sessions by `get_sessions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    /// Presence format this client wants: `"full"` (default, Node-compatible: every
+    /// `peer_joined`/`peer_left` carries the whole peer list) or `"delta"` (only the id that
+    /// changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceMode>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// How presence changes are reported to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceMode {
+    /// Every presence frame carries the full peer list (the Node relay's behaviour).
+    #[default]
+    Full,
+    /// Presence frames carry only the session that joined or left.
+    Delta,
+}
+
+/// `message`: send `content` to `to` (a session id, or `all` — the default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SendMessage {
+    /// Recipient id or `all`; missing, null or empty means `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The message text. Must be a string.
+    pub content: String,
+    /// Echoed on the `sent` ack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `get_history`: read messages visible to this session.
+///
+/// Without `after`: the most recent `count` matching messages (oldest first within the page),
+/// as the Node relay does. With `after` (a message id or an ISO-8601 time): the oldest `count`
+/// matching messages after that point, so a reader following `cursor` sees everything once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetHistory {
+    /// Page size; default 10, capped by the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Only messages sent by this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Only messages addressed to this id (or `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Page forward from this message id or ISO-8601 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Leave out this session's own sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_only: Option<bool>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `receive`: the oldest unread inbound messages of this session, oldest first.
+/// Nothing is marked read until the client sends `mark_read`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receive {
+    /// Page size; default 10, capped by the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Only messages from this sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `mark_read`: mark these messages (by `seq`) read for this session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkRead {
+    /// Sequence numbers of messages this session received.
+    pub seqs: Vec<u64>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// Every frame the hub sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The connection now holds `clientId`.
+    Registered(Registered),
+    /// The claim was refused; the connection stays open and may try another id.
+    RegisterRejected(RegisterRejected),
+    /// Another session came online.
+    PeerJoined(Presence),
+    /// A session went offline.
+    PeerLeft(Presence),
+    /// A message for this session (direct or broadcast).
+    Message(Envelope),
+    /// The hub stored (and possibly delivered) a message this connection sent.
+    Sent(Sent),
+    /// Reply to `get_history`.
+    History(History),
+    /// Reply to `get_peers`.
+    Peers(Peers),
+    /// Reply to `get_sessions`.
+    Sessions(Sessions),
+    /// Reply to `ping`.
+    Pong(Pong),
+    /// Reply to `receive`.
+    Inbox(Inbox),
+    /// Reply to `mark_read`.
+    Marked(Marked),
+    /// Reply to `get_status`.
+    Status(Status),
+    /// Something about a client frame was wrong; the connection stays open.
+    Error(ErrorFrame),
+}
+
+impl ServerFrame {
+    /// The request id this frame answers, if any.
+    pub fn rid(&self) -> Option<&RequestId> {
+        match self {
+            Self::Registered(f) => f.rid.as_ref(),
+            Self::RegisterRejected(f) => f.rid.as_ref(),
+            Self::Sent(f) => f.rid.as_ref(),
+            Self::History(f) => f.rid.as_ref(),
+            Self::Peers(f) => f.rid.as_ref(),
+            Self::Sessions(f) => f.rid.as_ref(),
+            Self::Pong(f) => f.rid.as_ref(),
+            Self::Inbox(f) => f.rid.as_ref(),
+            Self::Marked(f) => f.rid.as_ref(),
+            Self::Status(f) => f.rid.as_ref(),
+            Self::Error(f) => f.rid.as_ref(),
+            Self::PeerJoined(_) | Self::PeerLeft(_) | Self::Message(_) => None,
+        }
+    }
+}
+
+/// `registered`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    /// The id this connection now holds.
+    pub client_id: String,
+    /// The other sessions online (not including this one).
+    pub peers: Vec<String>,
+    /// The store's epoch: a random id made when the store was created. A change means the
+    /// hub's history was reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// Unread inbound messages waiting for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `register_rejected`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterRejected {
+    /// The id that was asked for (as sent).
+    pub client_id: String,
+    /// Why, in words a person can act on.
+    pub reason: String,
+    /// Machine-readable reason: `invalid_id`, `name_in_use`, `already_registered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `peer_joined` / `peer_left`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    /// The session that joined or left.
+    pub client_id: String,
+    /// Everyone online after the change; omitted for `presence: "delta"` connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+}
+
+/// A stored message as clients see it (`message` frames and history entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Hub-assigned id, unique across store resets (`<epoch>-<seq>`).
+    pub id: String,
+    /// Sender session id (set by the hub, never by the client).
+    pub from: String,
+    /// Recipient id or `all`.
+    pub to: String,
+    /// The text.
+    pub content: String,
+    /// When the hub stored it (ISO-8601, UTC, milliseconds).
+    pub timestamp: String,
+    /// Hub-wide, strictly increasing sequence number.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// `sent`: the hub stored the message (and says whether a live connection took it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    /// The stored message's id.
+    pub id: String,
+    /// Recipient id or `all`.
+    pub to: String,
+    /// True when a live connection of the recipient (for `all`: at least one other session)
+    /// took the message; false when it is stored and waiting. Not an error either way.
+    pub delivered: bool,
+    /// The stored message's sequence number.
+    #[serde(default)]
+    pub seq: u64,
+    /// When it was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// For broadcasts: how many live sessions took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u32>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// Oldest first.
+    pub messages: Vec<Envelope>,
+    /// The id of the last message returned (pass it as `after` to continue), or the `after`
+    /// that was given when nothing new matched; null when there is nothing to page from.
+    pub cursor: Option<String>,
+    /// True when `after` named no known position (unknown id, other epoch, bad time):
+    /// nothing is replayed; start again without `after`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown_cursor: bool,
+    /// True when more matching messages follow this page (only with `after`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peers {
+    /// Every session online now (including the asker).
+    pub peers: Vec<String>,
+    /// The asker's id; null before `register`.
+    #[serde(rename = "self")]
+    pub self_id: Option<String>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// One session in a `sessions` reply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    /// Whether a live connection holds the id now.
+    pub online: bool,
+    /// When the session was last connected (now, if online). ISO-8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// When the current (or last) connection registered. ISO-8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<String>,
+    /// The metadata the session reported on `register` (pid, cwd, host, started, …).
+    #[serde(flatten)]
+    pub meta: Meta,
+}
+
+/// `sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sessions {
+    /// Every known session by id.
+    pub sessions: BTreeMap<String, SessionView>,
+    /// The asker's id; null before `register`.
+    #[serde(rename = "self")]
+    pub self_id: Option<String>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `pong`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pong {
+    /// Hub time, milliseconds since the Unix epoch (as the Node relay sends it).
+    pub timestamp: i64,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `inbox`: reply to `receive`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inbox {
+    /// The oldest unread inbound messages, oldest first.
+    pub messages: Vec<Envelope>,
+    /// How many more unread messages (matching the same filter) follow this page.
+    pub remaining: u64,
+    /// The store's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `marked`: reply to `mark_read`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Marked {
+    /// How many messages changed from unread to read.
+    pub marked: u64,
+    /// Unread inbound messages left for this session.
+    pub unread: u64,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// Where a sent message stands, as its sender sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendState {
+    /// Message id.
+    pub id: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Recipient id or `all`.
+    pub to: String,
+    /// `stored`, `delivered` or `read` (for broadcasts: the furthest any recipient got).
+    pub state: String,
+    /// When the hub stored it.
+    pub stored_at: String,
+    /// When a live connection of the recipient first took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// When the recipient first read it with `receive`/`mark_read`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<String>,
+    /// For broadcasts: how many sessions have read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_by: Option<u32>,
+    /// The first characters of the content, for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub preview: String,
+}
+
+/// `status`: reply to `get_status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The asker's id.
+    #[serde(rename = "self")]
+    pub self_id: Option<String>,
+    /// Unread inbound messages waiting for the asker.
+    pub unread: u64,
+    /// The store's epoch.
+    pub epoch: String,
+    /// The asker's most recent sends, newest first, with their delivery state.
+    pub sends: Vec<SendState>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `error`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// What was wrong, in words.
+    pub message: String,
+    /// Machine-readable kind (see [`codes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Echoed request id (when the frame that failed carried a readable one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// Machine-readable error codes carried in `error.code` and `register_rejected.code`.
+pub mod codes {
+    /// Not JSON.
+    pub const BAD_JSON: &str = "bad_json";
+    /// JSON, but not a valid frame (missing or wrong-typed field).
+    pub const BAD_FRAME: &str = "bad_frame";
+    /// `type` names no frame this hub knows.
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    /// A session id that breaks the grammar.
+    pub const INVALID_ID: &str = "invalid_id";
+    /// The operation needs `register` first.
+    pub const NOT_REGISTERED: &str = "not_registered";
+    /// Frame or content over the size cap.
+    pub const TOO_LARGE: &str = "too_large";
+    /// Binary frames are not part of the protocol.
+    pub const BINARY: &str = "binary_frame";
+    /// The name is held by a live connection.
+    pub const NAME_IN_USE: &str = "name_in_use";
+    /// This connection already holds another name.
+    pub const ALREADY_REGISTERED: &str = "already_registered";
+    /// The hub could not do it right now (store unavailable, shutting down).
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// Default port of the hub.
+pub const DEFAULT_PORT: u16 = 9999;
+/// Default hub URL for clients.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:9999";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_core_frames_parse() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"register","clientId":"M2"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Register(Register { client_id: Some(ref c), .. }) if c == "M2"));
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"message","content":"hi"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Message(SendMessage { to: None, .. })));
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"get_history","count":5}"#).unwrap();
+        assert!(matches!(f, ClientFrame::GetHistory(GetHistory { count: Some(5), .. })));
+        for t in ["get_peers", "get_sessions", "ping"] {
+            let f: ClientFrame = serde_json::from_str(&format!(r#"{{"type":"{t}"}}"#)).unwrap();
+            assert!(f.rid().is_none());
+        }
+    }
+
+    #[test]
+    fn rid_is_echoable_and_unknown_fields_are_ignored() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"ping","rid":7,"future":{"x":1}}"#).unwrap();
+        assert_eq!(f.rid(), Some(&RequestId::Int(7)));
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"ping","rid":"a"}"#).unwrap();
+        assert_eq!(f.rid(), Some(&RequestId::Str("a".into())));
+    }
+
+    #[test]
+    fn non_string_content_is_an_error() {
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"message","content":5}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn server_frames_round_trip_with_node_field_names() {
+        let f = ServerFrame::Message(Envelope {
+            id: "e-1".into(),
+            from: "CC-1".into(),
+            to: "CC-2".into(),
+            content: "hi".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            seq: 1,
+        });
+        let s = serde_json::to_string(&f).unwrap();
+        assert!(s.starts_with(r#"{"type":"message","id":"e-1","from":"CC-1""#), "{s}");
+        let back: ServerFrame = serde_json::from_str(&s).unwrap();
+        assert!(matches!(back, ServerFrame::Message(e) if e.content == "hi"));
+
+        let p = ServerFrame::Peers(Peers { peers: vec!["a".into()], self_id: None, rid: None });
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"type":"peers","peers":["a"],"self":null}"#);
+        let r = ServerFrame::Registered(Registered {
+            client_id: "a".into(),
+            peers: vec![],
+            epoch: None,
+            unread: None,
+            rid: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"type":"registered","clientId":"a","peers":[]}"#
+        );
+    }
+}

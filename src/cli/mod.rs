@@ -1,0 +1,75 @@
+//! Command-line surface of `claude-relay`: the clap definitions and the dispatch to each
+//! subcommand's module (one file per subcommand).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod hub_cmd;
+mod init_cmd;
+mod mcp_cmd;
+mod service_cmd;
+mod sessions_cmd;
+
+/// Message hub and MCP bridge that lets AI coding agents talk to each other.
+#[derive(Debug, Parser)]
+#[command(name = "claude-relay", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter for stderr (e.g. `info`, `debug`, `hub=trace`); also `RUST_LOG`.
+    #[arg(long, global = true, env = "RELAY_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub: the WebSocket server that routes and stores messages.
+    Hub(hub_cmd::HubArgs),
+    /// Run the MCP bridge on stdio (what an agent's MCP config starts).
+    Mcp(mcp_cmd::McpArgs),
+    /// Print shell functions: eval "$(claude-relay init zsh)".
+    Init(init_cmd::InitArgs),
+    /// List sessions (name, pid, alive, connected, cwd), or name one.
+    Sessions(sessions_cmd::SessionsArgs),
+    /// Service-manager files for running the hub (launchd plist).
+    Service(service_cmd::ServiceArgs),
+}
+
+impl Command {
+    /// The default log level of each subcommand: the hub logs its lifecycle, the rest stay
+    /// quiet unless asked.
+    fn default_log(&self) -> &'static str {
+        match self {
+            Command::Hub(_) => "info",
+            Command::Mcp(_) => "warn",
+            _ => "warn",
+        }
+    }
+}
+
+/// Sets up tracing to stderr (stdout belongs to MCP when running the bridge).
+pub fn init_tracing(cli: &Cli) {
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| cli.command.default_log().to_string());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .init();
+}
+
+/// Runs the chosen subcommand and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Hub(args) => hub_cmd::run(args),
+        Command::Mcp(args) => mcp_cmd::run(args),
+        Command::Init(args) => init_cmd::run(args),
+        Command::Sessions(args) => sessions_cmd::run(args),
+        Command::Service(args) => service_cmd::run(args),
+    }
+}
