@@ -3,4 +3,6 @@
 //! tools. The tools only ever talk to the hub client; the hub is the source of truth for
 //! mail, read state and presence.
 
+pub mod config;
 pub mod connect;
+pub mod transport;

@@ -1,0 +1,195 @@
+//! What a bridge needs to know before it starts: who it is, where the hub is, how patient to
+//! be, and which tools to show.
+//!
+//! Everything here is decided once, at startup, from flags and environment (see
+//! [`BridgeConfig::from_env`]); the rest of the crate reads it and never looks at the
+//! environment again, so tests can build a config by hand.
+
+use std::time::Duration;
+
+use sessions::wire::DEFAULT_URL;
+
+/// Environment variable naming the hub URL (`--relay-url` wins over it).
+pub const RELAY_URL_ENV: &str = "RELAY_URL";
+/// Environment variable choosing the tool profile (`full` or `claude`).
+pub const TOOL_PROFILE_ENV: &str = "RELAY_TOOL_PROFILE";
+/// Environment variable Claude Code passes to MCP servers: its own session id.
+pub const CLAUDE_SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
+
+/// Which tool set `tools/list` advertises.
+///
+/// Claude Code pays for every tool definition in context and cannot block in a tool call
+/// usefully, so a later blocking tool (`relay_wait`) is hidden from it. Today both profiles
+/// list the same five tools; the switch exists so the profile is decided in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolProfile {
+    /// Every tool, for harnesses whose tool calls may block (Codex, Gemini CLI).
+    Full,
+    /// The tools that make sense inside Claude Code.
+    Claude,
+}
+
+impl ToolProfile {
+    /// `RELAY_TOOL_PROFILE` if set to a known value, else `Claude` when running under Claude
+    /// Code (it sets `CLAUDE_CODE_SESSION_ID`), else `Full`.
+    pub fn detect(env: impl Fn(&str) -> Option<String>) -> Self {
+        match env(TOOL_PROFILE_ENV).as_deref().map(str::trim) {
+            Some("full") => return Self::Full,
+            Some("claude") => return Self::Claude,
+            Some(other) if !other.is_empty() => {
+                tracing::warn!("ignoring {TOOL_PROFILE_ENV}={other:?}: expected full or claude");
+            }
+            _ => {}
+        }
+        if env(CLAUDE_SESSION_ENV).is_some_and(|v| !v.is_empty()) {
+            Self::Claude
+        } else {
+            Self::Full
+        }
+    }
+}
+
+/// Time limits of the hub connection. Each one bounds a wait, so nothing the model triggers
+/// can hang.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP connect + WebSocket handshake.
+    pub connect: Duration,
+    /// How long a request (send, receive, status…) waits for the hub's reply.
+    pub request: Duration,
+    /// How long a tool call waits for a connection attempt already in progress before it
+    /// answers "not connected" (a disconnected bridge answers at once).
+    pub connecting_grace: Duration,
+    /// Interval of the bridge's application-level `ping`.
+    pub ping_interval: Duration,
+    /// No frame at all from the hub for this long means the connection is half-open: drop it
+    /// and reconnect.
+    pub idle: Duration,
+    /// First reconnect delay (before jitter).
+    pub backoff_start: Duration,
+    /// Largest reconnect delay (before jitter).
+    pub backoff_cap: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(10),
+            connecting_grace: Duration::from_secs(3),
+            ping_interval: Duration::from_secs(20),
+            idle: Duration::from_secs(45),
+            backoff_start: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Where the session id came from, for `relay_status` and for the auto-numbering rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySource {
+    /// Human label: `CLAUDE_RELAY_SESSION_ID`, `--client-id`, `RELAY_CLIENT_ID`, `hostname+pid`.
+    pub label: String,
+    /// For ids from `RELAY_CLIENT_ID`: the base name that gets numbered (`CODEX` → `CODEX2`)
+    /// when the hub says the name is held by a live connection. `None` means the id is
+    /// fixed and a rejection is reported rather than worked around.
+    pub auto_number_base: Option<String>,
+}
+
+/// The bridge's resolved identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The session id to register (already validated against the id grammar).
+    pub id: String,
+    /// Where it came from.
+    pub source: IdentitySource,
+}
+
+/// Everything the bridge is started with.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Who this session is.
+    pub identity: Identity,
+    /// The hub's WebSocket URL.
+    pub relay_url: String,
+    /// Connection time limits.
+    pub timeouts: Timeouts,
+    /// Which tools to advertise.
+    pub profile: ToolProfile,
+    /// `CLAUDE_CODE_SESSION_ID` when Claude Code started us (recorded in meta and registry so
+    /// hooks can find this session).
+    pub claude_session_id: Option<String>,
+}
+
+impl BridgeConfig {
+    /// The hub URL: `--relay-url`, else `RELAY_URL`, else the default (`ws://127.0.0.1:9999`).
+    /// Empty values count as unset.
+    pub fn resolve_url(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+        flag.map(str::to_string)
+            .or_else(|| env(RELAY_URL_ENV))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_URL.to_string())
+    }
+
+    /// A config with default timeouts, reading the profile and Claude session id from `env`.
+    pub fn new(
+        identity: Identity,
+        relay_url: String,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        Self {
+            identity,
+            relay_url,
+            timeouts: Timeouts::default(),
+            profile: ToolProfile::detect(&env),
+            claude_session_id: env(CLAUDE_SESSION_ENV).filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn url_precedence() {
+        let env = env_of(&[("RELAY_URL", "ws://env:1")]);
+        assert_eq!(BridgeConfig::resolve_url(Some("ws://flag:2"), &env), "ws://flag:2");
+        assert_eq!(BridgeConfig::resolve_url(None, &env), "ws://env:1");
+        assert_eq!(BridgeConfig::resolve_url(None, env_of(&[])), DEFAULT_URL);
+        assert_eq!(
+            BridgeConfig::resolve_url(None, env_of(&[("RELAY_URL", " ")])),
+            DEFAULT_URL
+        );
+    }
+
+    #[test]
+    fn profile_detection() {
+        assert_eq!(ToolProfile::detect(env_of(&[])), ToolProfile::Full);
+        assert_eq!(
+            ToolProfile::detect(env_of(&[("CLAUDE_CODE_SESSION_ID", "abc")])),
+            ToolProfile::Claude
+        );
+        assert_eq!(
+            ToolProfile::detect(env_of(&[
+                ("CLAUDE_CODE_SESSION_ID", "abc"),
+                ("RELAY_TOOL_PROFILE", "full")
+            ])),
+            ToolProfile::Full
+        );
+        assert_eq!(
+            ToolProfile::detect(env_of(&[("RELAY_TOOL_PROFILE", "bogus")])),
+            ToolProfile::Full
+        );
+    }
+}
