@@ -1,12 +1,101 @@
-//! `claude-relay hub` (scaffold: replaced by the real implementation).
+//! `claude-relay hub`: run the hub with the embedded store until SIGINT/SIGTERM.
 
-use std::process::ExitCode;
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::ValueEnum;
+use hub::{HubConfig, SyncMode};
+
+/// Commit durability (see docs/STORAGE.md).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SyncArg {
+    /// A killed hub loses nothing it acknowledged; power loss may lose the last commits.
+    Normal,
+    /// Every commit is fsync'd before it is acknowledged.
+    Full,
+}
 
 /// Arguments of `claude-relay hub`.
 #[derive(Debug, clap::Args)]
-pub struct HubArgs {}
+pub struct HubArgs {
+    /// Address to listen on. Loopback by default; other machines come in over an SSH tunnel.
+    #[arg(long, env = "RELAY_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free port; the real one is printed).
+    #[arg(long, env = "RELAY_PORT", default_value_t = sessions::wire::DEFAULT_PORT)]
+    pub port: u16,
+    /// Directory of the embedded store [default: ~/.claude-relay/hub].
+    #[arg(long, env = "RELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Commit durability.
+    #[arg(long, env = "RELAY_SYNC", value_enum, default_value = "normal")]
+    pub sync: SyncArg,
+    /// Delete messages older than this many days.
+    #[arg(long, env = "RELAY_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u64,
+    /// Keep at most this many MiB of message content (oldest read mail goes first).
+    #[arg(long, env = "RELAY_RETENTION_MB", default_value_t = 1024)]
+    pub retention_mb: u64,
+    /// Seconds between WebSocket pings to each client.
+    #[arg(long, env = "RELAY_HEARTBEAT_SECS", default_value_t = 25)]
+    pub heartbeat_secs: u64,
+}
 
-/// Runs `claude-relay hub`.
-pub fn run(_args: HubArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+impl HubArgs {
+    fn config(&self) -> HubConfig {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(sessions::paths::hub_data_dir);
+        let mut c = HubConfig::new(data_dir);
+        c.sync = match self.sync {
+            SyncArg::Normal => SyncMode::Normal,
+            SyncArg::Full => SyncMode::Full,
+        };
+        c.retention.max_age = Duration::from_secs(self.retention_days * 86_400);
+        c.retention.max_bytes = self.retention_mb << 20;
+        c.heartbeat_interval = Duration::from_secs(self.heartbeat_secs.max(1));
+        c.heartbeat_timeout = c.heartbeat_timeout.min(c.heartbeat_interval * 2);
+        c
+    }
+}
+
+/// Runs the hub until a shutdown signal; exit code 0 after a clean shutdown.
+pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config();
+    if !args.host.is_loopback() {
+        tracing::warn!(
+            host = %args.host,
+            "listening on a non-loopback address: anyone who can reach this port can read and send mail"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("relay-hub")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let hub = hub::Hub::open(config)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind((args.host, args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!("listening on ws://{addr}");
+        tracing::info!(data_dir = %data_dir.display(), epoch = %hub.epoch(), "hub ready");
+        hub.serve(listener, shutdown_signal()).await?;
+        tracing::info!("hub stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,0 +1,108 @@
+//! Hub configuration: every limit and interval the hub enforces, with its default, in one
+//! place. `docs/PROTOCOL.md` lists the same defaults; change both together.
+
+use std::{path::PathBuf, time::Duration};
+
+/// How hard the store pushes commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// SQLite `synchronous=NORMAL` in WAL mode: a killed hub process loses nothing it
+    /// acknowledged; a power loss or kernel crash may lose the last transactions that were
+    /// committed since the last WAL sync (acknowledged messages included).
+    #[default]
+    Normal,
+    /// SQLite `synchronous=FULL`: every group commit is fsync'd before any `sent` ack, so even
+    /// power loss loses nothing acknowledged. Costs one fsync per batch.
+    Full,
+}
+
+/// Retention policy for stored messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages older than this are deleted, read or not.
+    pub max_age: Duration,
+    /// When the store holds more message bytes than this, the oldest *read* messages (and
+    /// broadcasts) are deleted until it fits; unread direct mail is kept until `max_age`.
+    pub max_bytes: u64,
+    /// How often the background pruner runs.
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: 1 << 30,
+            every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything [`crate::serve`] needs besides the listener and the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Directory of the embedded store (`relay.db` lives here). Created if missing.
+    pub data_dir: PathBuf,
+    /// Durability of commits.
+    pub sync: SyncMode,
+    /// Retention of stored messages.
+    pub retention: Retention,
+    /// Largest text frame the hub processes. Bigger frames (up to
+    /// [`HubConfig::hard_frame_limit`]) are answered with an `error` and the connection stays
+    /// open. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest frame the WebSocket layer will read at all; above it the connection is closed
+    /// (1009, message too big) because the bytes cannot be skipped safely. Default 16 MiB.
+    pub hard_frame_limit: usize,
+    /// Largest `content` of a message, in bytes. Default 512 KiB (leaves room for escaping in
+    /// the envelope that goes out, which must fit a client's 1 MiB frame).
+    pub max_content_bytes: usize,
+    /// Frames that may wait in one connection's outbound queue. Default 4096.
+    pub outbound_frames: usize,
+    /// Bytes that may wait in one connection's outbound queue. Default 8 MiB. A connection
+    /// whose queue overflows is closed with a reason (its mail stays stored); it never blocks
+    /// other sessions.
+    pub outbound_bytes: usize,
+    /// Interval of WebSocket pings to every connection. Default 25 s.
+    pub heartbeat_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long after a ping is
+    /// dropped. Default 20 s.
+    pub heartbeat_timeout: Duration,
+    /// Connections open at once; further ones are refused at accept. Default 10,000 + 240.
+    pub max_connections: usize,
+    /// Requests queued to the store actor before senders wait (backpressure). Default 8192.
+    pub store_queue: usize,
+    /// Largest page `get_history` / `receive` returns, in messages. Default 500.
+    pub max_page: usize,
+    /// Largest page in content bytes (the page stops early, `more`/`remaining` say so).
+    /// Default 4 MiB.
+    pub max_page_bytes: usize,
+    /// Metadata a client may attach on `register`, serialized. Default 4 KiB.
+    pub max_meta_bytes: usize,
+    /// How long shutdown waits for connections to close and the store to flush.
+    pub shutdown_grace: Duration,
+}
+
+impl HubConfig {
+    /// Defaults with the store in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            sync: SyncMode::default(),
+            retention: Retention::default(),
+            max_frame_bytes: 1 << 20,
+            hard_frame_limit: 16 << 20,
+            max_content_bytes: 512 << 10,
+            outbound_frames: 4096,
+            outbound_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_secs(25),
+            heartbeat_timeout: Duration::from_secs(20),
+            max_connections: 10_240,
+            store_queue: 8192,
+            max_page: 500,
+            max_page_bytes: 4 << 20,
+            max_meta_bytes: 4 << 10,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! What each client frame does. One [`ConnSession`] per connection holds what the
+//! connection has claimed; [`ConnSession::handle`] takes one parsed frame, consults the
+//! router and the store, and queues the reply on the connection's outbox.
+//!
+//! Every reply echoes the request's `rid`. Every refusal is an `error` (or
+//! `register_rejected`) frame that says what was wrong; the connection stays open.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use sessions::{
+    BROADCAST, SessionId,
+    id::validate,
+    time::{iso, now_ms, parse_iso},
+    wire::{
+        self, ClientFrame, ErrorFrame, GetHistory, History, Inbox, Marked, Meta, Peers, Pong,
+        PresenceMode, Register, RegisterRejected, Registered, RequestId, SendMessage, ServerFrame,
+        SessionView, Sessions, Status, codes,
+    },
+};
+use tokio::sync::Notify;
+
+use crate::{
+    HubState,
+    outbound::{AckTo, Outbox},
+    parse::ParseError,
+    presence,
+    router::Peer,
+    store::{After, Append, HistoryQuery, NewMessage, StoreError, message_id, parse_message_id},
+};
+
+/// Default page size of `get_history` and `receive` (the Node relay's).
+pub const DEFAULT_COUNT: usize = 10;
+/// Most seqs one `mark_read` may carry.
+pub const MAX_MARK: usize = 1000;
+/// How many recent sends `get_status` reports.
+pub const STATUS_SENDS: usize = 10;
+
+/// What one connection has claimed and how to reach it.
+pub struct ConnSession {
+    /// The connection's outbound queue.
+    pub outbox: Outbox,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The id this connection holds, once registered.
+    pub id: Option<SessionId>,
+    /// Pinged by the router when someone else asks for our name.
+    pub probe: Arc<Notify>,
+}
+
+impl ConnSession {
+    /// A fresh, unregistered connection.
+    pub fn new(outbox: Outbox, addr: SocketAddr) -> Self {
+        Self {
+            outbox,
+            addr,
+            id: None,
+            probe: Arc::new(Notify::new()),
+        }
+    }
+
+    fn reply(&self, frame: ServerFrame) {
+        let _ = self.outbox.push_json(&frame);
+    }
+
+    /// Queues an `error` frame.
+    pub fn error(&self, code: &str, message: impl Into<String>, rid: Option<RequestId>) {
+        self.reply(ServerFrame::Error(ErrorFrame {
+            message: message.into(),
+            code: Some(code.to_string()),
+            rid,
+        }));
+    }
+
+    /// Answers a frame that failed to parse.
+    pub fn parse_error(&self, e: ParseError) {
+        self.error(e.code, e.message, e.rid);
+    }
+
+    fn store_error(&self, e: StoreError, rid: Option<RequestId>) {
+        self.error(
+            codes::UNAVAILABLE,
+            format!("hub store unavailable: {e}"),
+            rid,
+        );
+    }
+
+    fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
+        if self.id.is_none() {
+            self.error(
+                codes::NOT_REGISTERED,
+                format!("register before {what} (send {{\"type\":\"register\",\"clientId\":\"NAME\"}} first)"),
+                rid.clone(),
+            );
+        }
+        self.id.clone()
+    }
+
+    /// Handles one frame.
+    pub async fn handle(&mut self, hub: &HubState, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Register(r) => self.register(hub, r).await,
+            ClientFrame::Message(m) => self.message(hub, m).await,
+            ClientFrame::GetHistory(q) => self.history(hub, q).await,
+            ClientFrame::GetPeers(b) => self.reply(ServerFrame::Peers(Peers {
+                peers: hub.router.online(),
+                self_id: self.id.as_ref().map(|i| i.to_string()),
+                rid: b.rid,
+            })),
+            ClientFrame::GetSessions(b) => self.sessions(hub, b.rid).await,
+            ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
+                timestamp: now_ms(),
+                rid: b.rid,
+            })),
+            ClientFrame::Receive(r) => self.receive(hub, r).await,
+            ClientFrame::MarkRead(m) => self.mark_read(hub, m).await,
+            ClientFrame::GetStatus(b) => self.status(hub, b.rid).await,
+        }
+    }
+
+    async fn register(&mut self, hub: &HubState, r: Register) {
+        let rid = r.rid;
+        let asked = r.client_id.unwrap_or_default();
+        let reject = |code: &str, reason: String| {
+            ServerFrame::RegisterRejected(RegisterRejected {
+                client_id: asked.clone(),
+                reason,
+                code: Some(code.to_string()),
+                rid: rid.clone(),
+            })
+        };
+        let id = match SessionId::parse(&asked) {
+            Ok(id) => id,
+            Err(e) if asked.is_empty() => {
+                let _ = e;
+                return self.reply(reject(
+                    codes::INVALID_ID,
+                    "register needs a clientId (letters, digits, '_' or '-', starting with a letter)".into(),
+                ));
+            }
+            Err(e) => {
+                return self.reply(reject(codes::INVALID_ID, format!("invalid clientId: {e}")));
+            }
+        };
+        if let Some(held) = &self.id {
+            if *held == id {
+                // Registering twice under the same name is harmless: confirm again.
+                let unread = hub.store.call({
+                    let id = id.clone();
+                    move |b| b.unread_count(id.as_str())
+                });
+                let unread = unread.await.ok();
+                return self.reply(ServerFrame::Registered(Registered {
+                    client_id: id.to_string(),
+                    peers: others(hub, &id),
+                    epoch: Some(hub.store.epoch().to_string()),
+                    unread,
+                    rid,
+                }));
+            }
+            return self.reply(reject(
+                codes::ALREADY_REGISTERED,
+                format!(
+                    "this connection already holds {held}; open a new connection for another name"
+                ),
+            ));
+        }
+        let mut meta: Meta = r.meta.unwrap_or_default();
+        let meta_len = serde_json::to_string(&meta).map(|s| s.len()).unwrap_or(0);
+        if meta_len > hub.config.max_meta_bytes {
+            return self.reply(reject(
+                codes::TOO_LARGE,
+                format!(
+                    "meta is {meta_len} bytes; the limit is {}",
+                    hub.config.max_meta_bytes
+                ),
+            ));
+        }
+        meta.insert("remoteAddress".into(), self.addr.ip().to_string().into());
+        let now = now_ms();
+        let peer = Peer {
+            outbox: self.outbox.clone(),
+            presence: r.presence.unwrap_or(PresenceMode::Full),
+            addr: self.addr,
+            connected_at: now,
+            active: false,
+            probe: self.probe.clone(),
+        };
+        if let Err(holder) = hub.router.claim(&id, peer) {
+            return self.reply(reject(
+                codes::NAME_IN_USE,
+                format!(
+                    "{id} is held by a live connection from {} (registered {} ago); a name is never taken over. \
+                     Pick another name, or retry once that session has ended",
+                    holder.addr.ip(),
+                    sessions::time::ago(holder.connected_at, now)
+                ),
+            ));
+        }
+        self.id = Some(id.clone());
+        let meta_json = serde_json::to_string(&meta).unwrap_or_else(|_| "{}".into());
+        let unread = {
+            let id = id.clone();
+            hub.store
+                .call(move |b| b.session_registered(id.as_str(), &meta_json, now))
+                .await
+        };
+        let unread = match unread {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(%id, "recording session failed: {e}");
+                None
+            }
+        };
+        self.reply(ServerFrame::Registered(Registered {
+            client_id: id.to_string(),
+            peers: others(hub, &id),
+            epoch: Some(hub.store.epoch().to_string()),
+            unread,
+            rid,
+        }));
+        hub.router.activate(&id, self.outbox.id());
+        presence::announce_joined(&hub.router, id.as_str());
+        tracing::info!(%id, addr = %self.addr, "registered");
+    }
+
+    async fn message(&mut self, hub: &HubState, m: SendMessage) {
+        let Some(from) = self.registered_id("sending messages", &m.rid) else {
+            return;
+        };
+        let to = match m.to.as_deref() {
+            None | Some("") => BROADCAST,
+            Some(t) if t == BROADCAST => BROADCAST,
+            Some(t) => match validate(t) {
+                Ok(()) => t,
+                Err(e) => {
+                    return self.error(
+                        codes::INVALID_ID,
+                        format!("invalid recipient {t:?}: {e}"),
+                        m.rid,
+                    );
+                }
+            },
+        };
+        if m.content.len() > hub.config.max_content_bytes {
+            return self.error(
+                codes::TOO_LARGE,
+                format!(
+                    "content is {} bytes; the limit is {} — send a file path or commit instead",
+                    m.content.len(),
+                    hub.config.max_content_bytes
+                ),
+                m.rid,
+            );
+        }
+        let append = Append {
+            msg: NewMessage {
+                from: Arc::from(from.as_str()),
+                to: Arc::from(to),
+                content: m.content,
+                ts: now_ms(),
+            },
+            ack: AckTo {
+                outbox: self.outbox.clone(),
+                rid: m.rid.clone(),
+            },
+        };
+        if let Err(e) = hub.store.append(append).await {
+            self.store_error(e, m.rid);
+        }
+    }
+
+    async fn history(&mut self, hub: &HubState, q: GetHistory) {
+        let Some(viewer) = self.registered_id("reading history", &q.rid) else {
+            return;
+        };
+        for (field, v) in [("from", &q.from), ("to", &q.to)] {
+            if let Some(v) = v
+                && v != BROADCAST
+                && let Err(e) = validate(v)
+            {
+                return self.error(
+                    codes::INVALID_ID,
+                    format!("invalid {field} {v:?}: {e}"),
+                    q.rid,
+                );
+            }
+        }
+        let epoch = hub.store.epoch().clone();
+        let after = match q.after.as_deref() {
+            None | Some("") => After::Latest,
+            Some(a) => match parse_message_id(&epoch, a) {
+                Some(seq) => After::Seq(seq),
+                None => match parse_iso(a) {
+                    Some(t) => After::Time(t),
+                    None => {
+                        // Unknown position (another epoch, a garbled id): say so, replay nothing.
+                        return self.reply(ServerFrame::History(History {
+                            messages: vec![],
+                            cursor: None,
+                            unknown_cursor: true,
+                            more: false,
+                            rid: q.rid,
+                        }));
+                    }
+                },
+            },
+        };
+        let query = HistoryQuery {
+            from: q.from,
+            to: q.to,
+            after,
+            inbound_only: q.inbound_only.unwrap_or(false),
+            count: page_size(q.count, hub),
+            max_bytes: hub.config.max_page_bytes,
+        };
+        let page = hub
+            .store
+            .call(move |b| b.history(viewer.as_str(), &query))
+            .await;
+        match page {
+            Ok(page) => {
+                let cursor = page
+                    .messages
+                    .last()
+                    .map(|m| message_id(&epoch, m.seq))
+                    .or(q.after.filter(|a| !a.is_empty()));
+                self.reply(ServerFrame::History(History {
+                    messages: page
+                        .messages
+                        .into_iter()
+                        .map(|m| m.into_envelope(&epoch))
+                        .collect(),
+                    cursor,
+                    unknown_cursor: false,
+                    more: page.more,
+                    rid: q.rid,
+                }))
+            }
+            Err(e) => self.store_error(e, q.rid),
+        }
+    }
+
+    async fn sessions(&mut self, hub: &HubState, rid: Option<RequestId>) {
+        match hub.store.call(|b| b.sessions()).await {
+            Ok(records) => {
+                let now = now_ms();
+                let mut sessions = std::collections::BTreeMap::new();
+                for r in records {
+                    let online = hub.router.connected_at(&r.id);
+                    sessions.insert(
+                        r.id,
+                        SessionView {
+                            online: online.is_some(),
+                            last_seen: Some(iso(if online.is_some() { now } else { r.last_seen })),
+                            connected_at: online.or(r.connected_at).map(iso),
+                            meta: r.meta,
+                        },
+                    );
+                }
+                self.reply(ServerFrame::Sessions(Sessions {
+                    sessions,
+                    self_id: self.id.as_ref().map(|i| i.to_string()),
+                    rid,
+                }));
+            }
+            Err(e) => self.store_error(e, rid),
+        }
+    }
+
+    async fn receive(&mut self, hub: &HubState, r: wire::Receive) {
+        let Some(viewer) = self.registered_id("receiving", &r.rid) else {
+            return;
+        };
+        if let Some(f) = &r.from
+            && let Err(e) = validate(f)
+        {
+            return self.error(codes::INVALID_ID, format!("invalid from {f:?}: {e}"), r.rid);
+        }
+        let count = page_size(r.count, hub);
+        let max_bytes = hub.config.max_page_bytes;
+        let from = r.from;
+        let page = hub
+            .store
+            .call(move |b| b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes))
+            .await;
+        let epoch = hub.store.epoch().clone();
+        match page {
+            Ok(p) => self.reply(ServerFrame::Inbox(Inbox {
+                messages: p
+                    .messages
+                    .into_iter()
+                    .map(|m| m.into_envelope(&epoch))
+                    .collect(),
+                remaining: p.remaining,
+                epoch: Some(epoch.to_string()),
+                rid: r.rid,
+            })),
+            Err(e) => self.store_error(e, r.rid),
+        }
+    }
+
+    async fn mark_read(&mut self, hub: &HubState, m: wire::MarkRead) {
+        let Some(viewer) = self.registered_id("marking messages read", &m.rid) else {
+            return;
+        };
+        if m.seqs.len() > MAX_MARK {
+            return self.error(
+                codes::TOO_LARGE,
+                format!(
+                    "mark_read takes at most {MAX_MARK} seqs per frame, got {}",
+                    m.seqs.len()
+                ),
+                m.rid,
+            );
+        }
+        let seqs = m.seqs;
+        let now = now_ms();
+        match hub
+            .store
+            .call(move |b| b.mark_read(viewer.as_str(), &seqs, now))
+            .await
+        {
+            Ok((marked, unread)) => self.reply(ServerFrame::Marked(Marked {
+                marked,
+                unread,
+                rid: m.rid,
+            })),
+            Err(e) => self.store_error(e, m.rid),
+        }
+    }
+
+    async fn status(&mut self, hub: &HubState, rid: Option<RequestId>) {
+        let Some(me) = self.registered_id("asking for status", &rid) else {
+            return;
+        };
+        let result = hub
+            .store
+            .call(move |b| {
+                Ok((
+                    b.unread_count(me.as_str())?,
+                    b.recent_sends(me.as_str(), STATUS_SENDS)?,
+                ))
+            })
+            .await;
+        match result {
+            Ok((unread, sends)) => self.reply(ServerFrame::Status(Status {
+                self_id: self.id.as_ref().map(|i| i.to_string()),
+                unread,
+                epoch: hub.store.epoch().to_string(),
+                sends,
+                rid,
+            })),
+            Err(e) => self.store_error(e, rid),
+        }
+    }
+
+    /// The connection ended: free its name, tell the others, remember when it was seen.
+    pub fn disconnected(&mut self, hub: &HubState) {
+        let Some(id) = self.id.take() else { return };
+        if hub.router.release(&id, self.outbox.id()) {
+            presence::announce_left(&hub.router, id.as_str());
+            let now = now_ms();
+            let sid = id.clone();
+            if !hub.store.try_call(move |b| {
+                let _ = b.session_left(sid.as_str(), now);
+            }) {
+                tracing::warn!(%id, "store queue full: last-seen time not recorded");
+            }
+            tracing::info!(%id, addr = %self.addr, "disconnected");
+        }
+    }
+}
+
+fn others(hub: &HubState, me: &SessionId) -> Vec<String> {
+    let mut peers = hub.router.online();
+    peers.retain(|p| p != me.as_str());
+    peers
+}
+
+fn page_size(count: Option<u32>, hub: &HubState) -> usize {
+    match count {
+        None | Some(0) => DEFAULT_COUNT,
+        Some(n) => (n as usize).min(hub.config.max_page),
+    }
+}

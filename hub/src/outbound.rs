@@ -1,0 +1,241 @@
+//! A connection's outbound queue: bounded in frames and in bytes, never blocking the producer.
+//!
+//! Anything that wants to write to a client (the router delivering a message, the store
+//! actor acking a send, the connection's own replies) pushes a pre-serialized frame into the
+//! [`Outbox`]; the connection's writer task drains it to the socket. Producers never wait: a
+//! full queue means the client is not reading, so the connection is closed with a reason
+//! (its mail stays in the store and it catches up after reconnecting) instead of letting one
+//! slow reader grow the hub's memory or stall other sessions.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
+
+use sessions::wire::RequestId;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing or closed.
+    Closed,
+    /// The queue is over its frame or byte bound; the connection is now being closed.
+    Overflow,
+}
+
+/// Close code and reason the writer should send.
+#[derive(Debug, Clone)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Human-readable reason (≤ 123 bytes on the wire).
+    pub reason: String,
+}
+
+/// Producer side of a connection's outbound queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Utf8Bytes>,
+}
+
+struct Inner {
+    /// Bytes queued and not yet written (bound: `max_bytes`).
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    closed: AtomicBool,
+    close: std::sync::Mutex<Option<CloseReason>>,
+    /// Flips to true when the connection must close; the reader and writer both watch it.
+    close_signal: watch::Sender<bool>,
+    /// Connection number, for logs and for telling connections apart in the router.
+    id: u64,
+}
+
+/// Consumer side, owned by the writer task.
+pub struct OutboxReceiver {
+    inner: Arc<Inner>,
+    rx: mpsc::Receiver<Utf8Bytes>,
+    closed: watch::Receiver<bool>,
+}
+
+/// Creates a queue bounded to `max_frames` frames and `max_bytes` bytes.
+pub fn outbox(id: u64, max_frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
+    let (tx, rx) = mpsc::channel(max_frames);
+    let inner = Arc::new(Inner {
+        bytes: AtomicUsize::new(0),
+        max_bytes,
+        closed: AtomicBool::new(false),
+        close: std::sync::Mutex::new(None),
+        close_signal: watch::Sender::new(false),
+        id,
+    });
+    (
+        Outbox {
+            inner: inner.clone(),
+            tx,
+        },
+        OutboxReceiver {
+            closed: inner.close_signal.subscribe(),
+            inner,
+            rx,
+        },
+    )
+}
+
+impl Outbox {
+    /// The connection number.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// True once the connection is closing.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues one frame without waiting. On overflow the connection is closed (1008) with a
+    /// reason that says the client was too slow and that its mail is kept.
+    pub fn push(&self, frame: Utf8Bytes) -> Result<(), PushError> {
+        if self.is_closed() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.len();
+        let before = self.inner.bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.inner.max_bytes && before > 0 {
+            self.inner.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow();
+            return Err(PushError::Overflow);
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.bytes.fetch_sub(len, Ordering::AcqRel);
+                self.overflow();
+                Err(PushError::Overflow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.inner.bytes.fetch_sub(len, Ordering::AcqRel);
+                Err(PushError::Closed)
+            }
+        }
+    }
+
+    /// Serializes `frame` and queues it.
+    pub fn push_json<T: serde::Serialize>(&self, frame: &T) -> Result<(), PushError> {
+        self.push(to_frame(frame))
+    }
+
+    fn overflow(&self) {
+        tracing::warn!(
+            conn = self.inner.id,
+            "outbound queue full: closing slow connection"
+        );
+        self.close(
+            1008,
+            "outbound queue overflow: client too slow; mail is stored, reconnect to catch up",
+        );
+    }
+
+    /// Asks the writer to send a close frame and end the connection. The first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        *self.inner.close.lock().unwrap() = Some(CloseReason {
+            code,
+            reason: reason.to_string(),
+        });
+        self.inner.close_signal.send_replace(true);
+    }
+
+    /// A receiver that sees `true` once [`close`](Self::close) was called.
+    pub fn closed_signal(&self) -> watch::Receiver<bool> {
+        self.inner.close_signal.subscribe()
+    }
+}
+
+impl OutboxReceiver {
+    /// The next frame, or `None` when the connection must close (see [`take_close`]).
+    ///
+    /// [`take_close`]: Self::take_close
+    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            _ = self.closed.wait_for(|c| *c) => None,
+            f = self.rx.recv() => f,
+        }
+    }
+
+    /// A frame that is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    /// Records that `n` bytes left the queue (were written to the socket).
+    pub fn written(&self, n: usize) {
+        self.inner.bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// The close the connection should send, if one was asked for.
+    pub fn take_close(&self) -> Option<CloseReason> {
+        self.inner.close.lock().unwrap().take()
+    }
+}
+
+/// Where a `sent` ack (or a store error) for a message goes.
+pub struct AckTo {
+    /// The sender's connection.
+    pub outbox: Outbox,
+    /// The request id of the `message` frame, echoed on the ack.
+    pub rid: Option<RequestId>,
+}
+
+/// Serializes a frame once into shareable bytes (cloning them is a reference count bump).
+pub fn to_frame<T: serde::Serialize>(frame: &T) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(frame).expect("server frames always serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflow_closes_instead_of_blocking() {
+        let (tx, mut rx) = outbox(1, 2, 1 << 20);
+        tx.push("a".into()).unwrap();
+        tx.push("b".into()).unwrap();
+        assert_eq!(tx.push("c".into()), Err(PushError::Overflow));
+        assert!(tx.is_closed());
+        assert_eq!(tx.push("d".into()), Err(PushError::Closed));
+        assert!(rx.recv().await.is_none());
+        assert_eq!(rx.take_close().unwrap().code, 1008);
+    }
+
+    #[tokio::test]
+    async fn byte_bound_counts_queued_bytes() {
+        let (tx, mut rx) = outbox(1, 100, 10);
+        tx.push("123456".into()).unwrap();
+        assert_eq!(tx.push("123456".into()), Err(PushError::Overflow));
+        let (tx, mut rx2) = outbox(2, 100, 10);
+        tx.push("123456".into()).unwrap();
+        let f = rx2.recv().await.unwrap();
+        rx2.written(f.len());
+        tx.push("123456".into()).unwrap();
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_single_frame_larger_than_the_byte_bound_still_goes_out() {
+        let (tx, mut rx) = outbox(1, 100, 4);
+        tx.push("123456".into()).unwrap();
+        assert_eq!(rx.recv().await.unwrap().as_str(), "123456");
+    }
+}

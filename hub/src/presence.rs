@@ -1,0 +1,147 @@
+//! Presence and heartbeats: telling sessions who joined and left, and finding connections
+//! that stopped answering.
+//!
+//! Old clients read the whole peer list on every `peer_joined`/`peer_left` (the Node relay's
+//! format); clients that register with `presence: "delta"` get only the id that changed, so
+//! presence costs O(1) bytes per peer per change for them. The hub pings every connection
+//! every `heartbeat_interval`; one that sends nothing at all (not even the pong) within
+//! `heartbeat_timeout` after a ping is dropped, and its peers are told `peer_left`.
+
+use std::time::Duration;
+
+use sessions::wire::{Presence, ServerFrame};
+use tokio::time::Instant;
+
+use crate::router::Router;
+
+/// How long a probed holder has to answer when someone else asks for its name.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tells every other live session that `id` came online.
+pub fn announce_joined(router: &Router, id: &str) {
+    router.announce(id, |peers| {
+        ServerFrame::PeerJoined(Presence {
+            client_id: id.to_string(),
+            peers,
+        })
+    });
+}
+
+/// Tells every other live session that `id` went offline.
+pub fn announce_left(router: &Router, id: &str) {
+    router.announce(id, |peers| {
+        ServerFrame::PeerLeft(Presence {
+            client_id: id.to_string(),
+            peers,
+        })
+    });
+}
+
+/// What the heartbeat wants done now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Nothing yet.
+    Idle,
+    /// Send a WebSocket ping.
+    Ping,
+    /// No answer in time: drop the connection.
+    Dead,
+}
+
+/// Heartbeat state of one connection (driven by its writer task).
+#[derive(Debug)]
+pub struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    next_ping: Instant,
+    /// When the outstanding ping was sent and when its answer is due.
+    awaiting: Option<(Instant, Instant)>,
+}
+
+impl Heartbeat {
+    /// Starts the schedule: first ping one interval after `now`.
+    pub fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+        Self {
+            interval,
+            timeout,
+            next_ping: now + interval,
+            awaiting: None,
+        }
+    }
+
+    /// When [`on_wake`](Self::on_wake) must next be called.
+    pub fn next_wake(&self) -> Instant {
+        match self.awaiting {
+            Some((_, due)) => due.min(self.next_ping),
+            None => self.next_ping,
+        }
+    }
+
+    /// Advances the schedule. `last_rx` is when the client last sent anything.
+    pub fn on_wake(&mut self, now: Instant, last_rx: Instant) -> Beat {
+        if let Some((sent, due)) = self.awaiting {
+            if last_rx > sent {
+                self.awaiting = None;
+            } else if now >= due {
+                return Beat::Dead;
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.interval;
+            if self.awaiting.is_none() {
+                self.awaiting = Some((now, now + self.timeout));
+            }
+            return Beat::Ping;
+        }
+        Beat::Idle
+    }
+
+    /// Someone asked for this connection's name: ping now and expect an answer within
+    /// [`PROBE_TIMEOUT`].
+    pub fn probe(&mut self, now: Instant) -> Beat {
+        let due = now + PROBE_TIMEOUT.min(self.timeout);
+        match self.awaiting {
+            Some((_, d)) if d <= due => Beat::Idle,
+            _ => {
+                self.awaiting = Some((now, due));
+                Beat::Ping
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_connection_is_dead_after_timeout() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut hb = Heartbeat::new(start, 10 * s, 5 * s);
+        assert_eq!(hb.on_wake(start + 9 * s, start), Beat::Idle);
+        assert_eq!(hb.on_wake(start + 10 * s, start), Beat::Ping);
+        assert_eq!(hb.next_wake(), start + 15 * s);
+        assert_eq!(hb.on_wake(start + 15 * s, start), Beat::Dead);
+    }
+
+    #[test]
+    fn any_frame_after_the_ping_keeps_it_alive() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut hb = Heartbeat::new(start, 10 * s, 5 * s);
+        assert_eq!(hb.on_wake(start + 10 * s, start), Beat::Ping);
+        assert_eq!(hb.on_wake(start + 15 * s, start + 11 * s), Beat::Idle);
+        assert_eq!(hb.on_wake(start + 20 * s, start + 11 * s), Beat::Ping);
+    }
+
+    #[test]
+    fn probe_pings_at_once_with_a_short_deadline() {
+        let start = Instant::now();
+        let mut hb = Heartbeat::new(start, Duration::from_secs(25), Duration::from_secs(20));
+        assert_eq!(hb.probe(start), Beat::Ping);
+        assert_eq!(hb.next_wake(), start + PROBE_TIMEOUT);
+        assert_eq!(hb.probe(start), Beat::Idle, "one probe at a time");
+        assert_eq!(hb.on_wake(start + PROBE_TIMEOUT, start), Beat::Dead);
+    }
+}

@@ -1,0 +1,213 @@
+//! The router: which live connection holds which session id, and getting frames to them.
+//!
+//! A name is held by at most one connection at a time; a newcomer never takes it over
+//! (see [`Router::claim`]). Delivery never waits: frames are pushed into the recipient's
+//! bounded [`Outbox`], so a slow reader can only hurt itself. The router is also the store's
+//! [`CommitSink`]: once a batch of messages is durable, it delivers them and acks senders.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use dashmap::{DashMap, mapref::entry::Entry};
+use sessions::{
+    SessionId,
+    time::now_ms,
+    wire::{ErrorFrame, PresenceMode, Sent, ServerFrame, codes},
+};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::{
+    outbound::{Outbox, to_frame},
+    store::{Append, CommitSink, Committed, StoreError},
+};
+
+/// A live connection holding a session id.
+pub struct Peer {
+    /// Its outbound queue.
+    pub outbox: Outbox,
+    /// How it wants presence reported.
+    pub presence: PresenceMode,
+    /// Remote address (for reasons given to contenders and for logs).
+    pub addr: SocketAddr,
+    /// When it registered (Unix ms).
+    pub connected_at: i64,
+    /// False while registration is still in progress: messages are stored but not pushed,
+    /// so `registered` is always the first frame a session sees.
+    pub active: bool,
+    /// Wakes the connection's heartbeat to probe the client now (used when someone else
+    /// asks for the name: a dead holder is found in seconds, not at the next heartbeat).
+    pub probe: Arc<Notify>,
+}
+
+/// Who holds a name a newcomer asked for.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// Remote address of the holder.
+    pub addr: SocketAddr,
+    /// When it registered (Unix ms).
+    pub connected_at: i64,
+}
+
+/// The routing table.
+#[derive(Default)]
+pub struct Router {
+    peers: DashMap<SessionId, Peer>,
+}
+
+impl Router {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Claims `id` for a connection. Fails, without disturbing the holder, if a live
+    /// connection holds it; the holder is probed so that a dead one is dropped quickly.
+    pub fn claim(&self, id: &SessionId, peer: Peer) -> Result<(), Holder> {
+        match self.peers.entry(id.clone()) {
+            Entry::Occupied(held) => {
+                let h = held.get();
+                h.probe.notify_one();
+                Err(Holder {
+                    addr: h.addr,
+                    connected_at: h.connected_at,
+                })
+            }
+            Entry::Vacant(v) => {
+                v.insert(peer);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes a claimed id deliverable.
+    pub fn activate(&self, id: &SessionId, conn: u64) {
+        if let Some(mut p) = self.peers.get_mut(id)
+            && p.outbox.id() == conn
+        {
+            p.active = true;
+        }
+    }
+
+    /// Frees `id` if connection `conn` holds it. Returns true if it did.
+    pub fn release(&self, id: &SessionId, conn: u64) -> bool {
+        self.peers
+            .remove_if(id, |_, p| p.outbox.id() == conn)
+            .is_some()
+    }
+
+    /// Pushes `frame` to the live holder of `to`. True if its connection took it.
+    pub fn deliver(&self, to: &str, frame: &Utf8Bytes) -> bool {
+        match self.peers.get(to) {
+            Some(p) if p.active => p.outbox.push(frame.clone()).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Pushes `frame` to every live session except `except`. Returns how many took it.
+    pub fn broadcast(&self, except: &str, frame: &Utf8Bytes) -> u32 {
+        let mut n = 0;
+        for p in self.peers.iter() {
+            if p.active && p.key().as_str() != except && p.outbox.push(frame.clone()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Pushes a presence change to every live session except `subject`, in the form each
+    /// asked for. Frames are built once per form, and the full form only if someone wants it.
+    pub fn announce(&self, subject: &str, build: impl Fn(Option<Vec<String>>) -> ServerFrame) {
+        let mut full: Option<Utf8Bytes> = None;
+        let mut delta: Option<Utf8Bytes> = None;
+        for p in self.peers.iter() {
+            if !p.active || p.key().as_str() == subject {
+                continue;
+            }
+            let frame = match p.presence {
+                PresenceMode::Full => full
+                    .get_or_insert_with(|| to_frame(&build(Some(self.online()))))
+                    .clone(),
+                PresenceMode::Delta => delta.get_or_insert_with(|| to_frame(&build(None))).clone(),
+            };
+            let _ = p.outbox.push(frame);
+        }
+    }
+
+    /// Every session online now, sorted.
+    pub fn online(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.active)
+            .map(|p| p.key().to_string())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// True if `id` is held by an active connection.
+    pub fn is_online(&self, id: &str) -> bool {
+        self.peers.get(id).is_some_and(|p| p.active)
+    }
+
+    /// When the current holder of `id` registered.
+    pub fn connected_at(&self, id: &str) -> Option<i64> {
+        self.peers
+            .get(id)
+            .filter(|p| p.active)
+            .map(|p| p.connected_at)
+    }
+
+    /// Number of held names.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True when no name is held.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+impl CommitSink for Router {
+    fn committed(&self, epoch: &str, batch: Vec<Committed>, delivered: &mut Vec<(u64, i64)>) {
+        let now = now_ms();
+        for Committed { msg, ack } in batch {
+            let seq = msg.seq;
+            let to = msg.to.clone();
+            let from = msg.from.clone();
+            let envelope = msg.into_envelope(epoch);
+            let id = envelope.id.clone();
+            let timestamp = envelope.timestamp.clone();
+            let frame = to_frame(&ServerFrame::Message(envelope));
+            let (took, recipients) = if &*to == sessions::BROADCAST {
+                let n = self.broadcast(&from, &frame);
+                (n > 0, Some(n))
+            } else {
+                (self.deliver(&to, &frame), None)
+            };
+            if took {
+                delivered.push((seq, now));
+            }
+            let _ = ack.outbox.push_json(&ServerFrame::Sent(Sent {
+                id,
+                to: to.to_string(),
+                delivered: took,
+                seq,
+                timestamp: Some(timestamp),
+                recipients,
+                rid: ack.rid,
+            }));
+        }
+    }
+
+    fn failed(&self, batch: Vec<Append>, error: &StoreError) {
+        for a in batch {
+            let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
+                message: format!("message NOT stored: {error}"),
+                code: Some(codes::UNAVAILABLE.into()),
+                rid: a.ack.rid,
+            }));
+        }
+    }
+}

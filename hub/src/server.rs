@@ -1,0 +1,54 @@
+//! The accept loop: takes connections until the shutdown signal, caps how many are open,
+//! and on shutdown tells every connection to close and waits (bounded) for them to finish.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tracing::{error, info, warn};
+
+use crate::{HubState, connection};
+
+/// Runs the accept loop until `shutdown` completes, then drains connections.
+pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut next_id = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    if conns.len() >= hub.config.max_connections {
+                        warn!(%addr, limit = hub.config.max_connections, "connection limit reached: refusing");
+                        drop(stream);
+                        continue;
+                    }
+                    next_id += 1;
+                    conns.spawn(connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    error!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    info!(open = conns.len(), "shutting down: closing connections");
+    drop(listener);
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(hub.config.shutdown_grace, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = conns.len(),
+            "connections did not close in time: aborting them"
+        );
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}

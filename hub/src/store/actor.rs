@@ -1,0 +1,131 @@
+//! The store actor: one thread owns the [`Backend`] and serves [`Request`]s in order.
+//!
+//! Group commit: the actor drains whatever is queued (up to [`MAX_BATCH`] appends) and
+//! stores it in one transaction, so concurrent senders share one commit. Only after the
+//! commit does it hand the batch to the [`CommitSink`] (the router), which delivers each
+//! message to live recipients and acks its sender — a message is durable before anyone hears
+//! of it. A `Call` (a query) first commits the appends queued before it, so a client always
+//! reads its own writes. Delivery marks reported by the sink ride along in the next batch's
+//! transaction, or are written on their own when the queue is idle.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{debug, error};
+
+use super::{Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
+use crate::outbound::AckTo;
+
+/// Most appends stored in one transaction.
+pub const MAX_BATCH: usize = 1024;
+
+/// A message to store and whom to ack.
+pub struct Append {
+    /// The message.
+    pub msg: NewMessage,
+    /// Where the `sent` ack (or the error) goes.
+    pub ack: AckTo,
+}
+
+/// A message that is now durable, with whom to ack.
+pub struct Committed {
+    /// The stored message.
+    pub msg: StoredMessage,
+    /// Where the `sent` ack goes.
+    pub ack: AckTo,
+}
+
+/// What happens to messages after they are committed (implemented by the router).
+pub trait CommitSink: Send + Sync + 'static {
+    /// Deliver `batch` to live recipients and ack each sender. Push `(seq, now)` into
+    /// `delivered` for every message a live connection took.
+    fn committed(&self, epoch: &str, batch: Vec<Committed>, delivered: &mut Vec<(u64, i64)>);
+    /// The batch could not be stored: tell each sender, nothing was delivered.
+    fn failed(&self, batch: Vec<Append>, error: &StoreError);
+}
+
+/// Starts the actor thread. The queue holds `queue` requests (the backpressure bound for
+/// every connection's sends and queries). The thread ends when every handle is dropped.
+pub fn spawn(
+    backend: Box<dyn Backend>,
+    queue: usize,
+    sink: Arc<dyn CommitSink>,
+) -> (StoreHandle, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(queue);
+    let epoch: Arc<str> = Arc::from(backend.epoch());
+    let thread = std::thread::Builder::new()
+        .name("relay-store".into())
+        .spawn(move || run(backend, rx, sink))
+        .expect("spawn store thread");
+    (StoreHandle { tx, epoch }, thread)
+}
+
+fn run(mut backend: Box<dyn Backend>, mut rx: mpsc::Receiver<Request>, sink: Arc<dyn CommitSink>) {
+    let mut batch: Vec<Append> = Vec::with_capacity(64);
+    let mut delivered: Vec<(u64, i64)> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            match req {
+                Request::Append(a) => {
+                    batch.push(a);
+                    if batch.len() >= MAX_BATCH {
+                        commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+                    }
+                }
+                Request::Call(f) => {
+                    commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+                    f(&mut *backend);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+        if !delivered.is_empty() && rx.is_empty() {
+            if let Err(e) = backend.mark_delivered(&delivered) {
+                error!("recording deliveries failed: {e}");
+            }
+            delivered.clear();
+        }
+    }
+    if !delivered.is_empty() {
+        let _ = backend.mark_delivered(&delivered);
+    }
+    debug!("store actor stopped");
+}
+
+fn commit(
+    backend: &mut dyn Backend,
+    batch: &mut Vec<Append>,
+    delivered: &mut Vec<(u64, i64)>,
+    sink: &dyn CommitSink,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
+    match backend.append(&msgs, delivered) {
+        Ok(seqs) => {
+            delivered.clear();
+            let committed = batch
+                .drain(..)
+                .zip(seqs)
+                .map(|(a, seq)| Committed {
+                    msg: StoredMessage {
+                        seq,
+                        ts: a.msg.ts,
+                        from: a.msg.from,
+                        to: a.msg.to,
+                        content: a.msg.content,
+                    },
+                    ack: a.ack,
+                })
+                .collect();
+            sink.committed(backend.epoch(), committed, delivered);
+        }
+        Err(e) => {
+            error!("storing {} message(s) failed: {e}", batch.len());
+            sink.failed(std::mem::take(batch), &e);
+        }
+    }
+}

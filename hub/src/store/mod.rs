@@ -1,0 +1,285 @@
+//! The message store: the seam between the hub and whatever keeps messages durable.
+//!
+//! [`Backend`] is the storage contract (plain synchronous calls, one owner at a time): the
+//! embedded SQLite store implements it today, a distributed log can implement it later.
+//! The hub never calls a backend directly: [`StoreHandle`] sends requests to an actor thread
+//! that owns the backend, so the async hub never blocks on disk, and the actor group-commits
+//! concurrent sends into one transaction (see [`actor`]).
+
+pub mod actor;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use sessions::wire::{Envelope, SendState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Retention;
+pub use actor::{Append, CommitSink, Committed};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be created or read.
+    #[error("store directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The actor is gone (the hub is shutting down).
+    #[error("store is shut down")]
+    Closed,
+    /// The store file exists but is not ours or is damaged.
+    #[error("store file {path} is unusable: {reason}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A message about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Sender id (already validated, set by the hub from the connection's registration).
+    pub from: Arc<str>,
+    /// Recipient id or `all`.
+    pub to: Arc<str>,
+    /// The text.
+    pub content: String,
+    /// Hub time in Unix milliseconds.
+    pub ts: i64,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Hub-wide sequence number.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub ts: i64,
+    /// Sender id.
+    pub from: Arc<str>,
+    /// Recipient id or `all`.
+    pub to: Arc<str>,
+    /// The text.
+    pub content: String,
+}
+
+impl StoredMessage {
+    /// The client-facing form, consuming the message (no copy of the content).
+    pub fn into_envelope(self, epoch: &str) -> Envelope {
+        Envelope {
+            id: message_id(epoch, self.seq),
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            content: self.content,
+            timestamp: sessions::time::iso(self.ts),
+            seq: self.seq,
+        }
+    }
+
+    /// The client-facing form. Ids are `<epoch>-<seq>`, unique across store resets.
+    pub fn envelope(&self, epoch: &str) -> Envelope {
+        Envelope {
+            id: message_id(epoch, self.seq),
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            content: self.content.clone(),
+            timestamp: sessions::time::iso(self.ts),
+            seq: self.seq,
+        }
+    }
+}
+
+/// Formats a message id.
+pub fn message_id(epoch: &str, seq: u64) -> String {
+    format!("{epoch}-{seq}")
+}
+
+/// Parses a message id into its sequence number if it belongs to `epoch`.
+pub fn parse_message_id(epoch: &str, id: &str) -> Option<u64> {
+    let (e, seq) = id.rsplit_once('-')?;
+    if e != epoch {
+        return None;
+    }
+    seq.parse().ok()
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// The most recent page (no cursor given).
+    Latest,
+    /// Messages with a sequence number above this.
+    Seq(u64),
+    /// Messages stored after this time (Unix ms).
+    Time(i64),
+}
+
+/// A `get_history` request after validation.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// Only from this sender.
+    pub from: Option<String>,
+    /// Only to this recipient (`all` for broadcasts).
+    pub to: Option<String>,
+    /// Where to start.
+    pub after: After,
+    /// Leave out the viewer's own sends.
+    pub inbound_only: bool,
+    /// Page size in messages.
+    pub count: usize,
+    /// Page size in content bytes (at least one message is always returned).
+    pub max_bytes: usize,
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// The messages.
+    pub messages: Vec<StoredMessage>,
+    /// More matching messages follow (paging forward only).
+    pub more: bool,
+}
+
+/// A page of unread inbound mail, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct InboxPage {
+    /// The messages.
+    pub messages: Vec<StoredMessage>,
+    /// Unread messages matching the same filter that were not returned.
+    pub remaining: u64,
+}
+
+/// What the store knows about a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// The id.
+    pub id: String,
+    /// Metadata JSON object from its last registration.
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    /// When it was last connected (Unix ms).
+    pub last_seen: i64,
+    /// When its last connection registered (Unix ms).
+    pub connected_at: Option<i64>,
+}
+
+/// What a prune pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Messages deleted for age.
+    pub expired: u64,
+    /// Messages deleted to get under the size cap.
+    pub evicted: u64,
+    /// True when the pass stopped at its budget and there is more to do.
+    pub more: bool,
+}
+
+/// The storage contract. One owner calls it at a time (the actor thread).
+pub trait Backend: Send {
+    /// The store's epoch: a random id made when the store was created.
+    fn epoch(&self) -> &str;
+    /// Stores `batch` in one transaction and applies `delivered` marks (seq, when) in the same
+    /// transaction. Returns the sequence numbers given to the batch, in order.
+    fn append(
+        &mut self,
+        batch: &[&NewMessage],
+        delivered: &[(u64, i64)],
+    ) -> Result<Vec<u64>, StoreError>;
+    /// Records that live connections took these messages (first time wins).
+    fn mark_delivered(&mut self, delivered: &[(u64, i64)]) -> Result<(), StoreError>;
+    /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
+    fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
+    /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender.
+    fn inbox(
+        &mut self,
+        viewer: &str,
+        from: Option<&str>,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<InboxPage, StoreError>;
+    /// Marks messages read for `viewer` (only ones visible and inbound to it). Returns
+    /// (newly marked, unread left).
+    fn mark_read(&mut self, viewer: &str, seqs: &[u64], now: i64)
+    -> Result<(u64, u64), StoreError>;
+    /// Unread inbound messages of `viewer`.
+    fn unread_count(&mut self, viewer: &str) -> Result<u64, StoreError>;
+    /// A session registered: remember it and its metadata. Returns its unread count.
+    fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError>;
+    /// A session's connection ended.
+    fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError>;
+    /// Every known session.
+    fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError>;
+    /// The most recent sends of `sender`, newest first, with delivery state.
+    fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError>;
+    /// Deletes what the retention policy says must go, at most `budget` messages per call.
+    fn prune(
+        &mut self,
+        policy: &Retention,
+        now: i64,
+        budget: usize,
+    ) -> Result<PruneReport, StoreError>;
+}
+
+/// A query run on the actor thread (see [`StoreHandle::call`]).
+pub type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
+
+/// A request to the store actor.
+pub enum Request {
+    /// Store a message, then route it and ack its sender (see [`CommitSink`]).
+    Append(Append),
+    /// Run a closure against the backend after every earlier append is committed.
+    Call(Job),
+}
+
+/// The hub's handle to the store actor. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Request>,
+    epoch: Arc<str>,
+}
+
+impl StoreHandle {
+    /// The store's epoch.
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    /// Queues a message for storing. Waits only while the actor's queue is full
+    /// (backpressure); the sender is acked by the [`CommitSink`] after the commit.
+    pub async fn append(&self, append: Append) -> Result<(), StoreError> {
+        self.tx
+            .send(Request::Append(append))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `f` on the actor thread, after everything queued before it, and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Call(Box::new(move |b| {
+                let _ = tx.send(f(b));
+            })))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`call`](Self::call) but never waits for queue space: used from `Drop`-like paths
+    /// (a connection ending) where waiting is not possible. Returns false if the queue is full.
+    pub fn try_call(&self, f: impl FnOnce(&mut dyn Backend) + Send + 'static) -> bool {
+        self.tx.try_send(Request::Call(Box::new(f))).is_ok()
+    }
+}

@@ -1,0 +1,740 @@
+//! The embedded default store: SQLite (bundled) in WAL mode, in the hub's data directory.
+//!
+//! Schema (see `docs/STORAGE.md`): `messages` holds every message with its hub-wide `seq`
+//! and, for direct mail, when it was first delivered and read; `reads` holds per-session read
+//! marks for broadcasts; `sessions` remembers every session that ever registered (for
+//! `get_sessions` and for which broadcasts count as its mail); `meta` holds the epoch, the
+//! sequence high-water mark and the byte total used by retention.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sessions::{BROADCAST, time::iso, wire::SendState};
+
+use super::{
+    After, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport, SessionRecord,
+    StoreError, StoredMessage, message_id,
+};
+use crate::config::{Retention, SyncMode};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "relay.db";
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq          INTEGER PRIMARY KEY,
+    ts           INTEGER NOT NULL,
+    sender       TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    content      TEXT NOT NULL,
+    delivered_at INTEGER,
+    read_at      INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages(recipient, seq);
+CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, seq);
+CREATE TABLE IF NOT EXISTS reads (
+    identity TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (identity, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reads_by_seq ON reads(seq);
+CREATE TABLE IF NOT EXISTS sessions (
+    id           TEXT PRIMARY KEY,
+    first_seq    INTEGER NOT NULL,
+    meta         TEXT NOT NULL DEFAULT '{}',
+    first_seen   INTEGER NOT NULL,
+    last_seen    INTEGER NOT NULL,
+    connected_at INTEGER
+) WITHOUT ROWID;
+";
+
+/// The SQLite backend.
+pub struct SqliteBackend {
+    conn: Connection,
+    path: PathBuf,
+    epoch: String,
+    /// Next sequence number to give out (never reused, even after pruning).
+    next_seq: u64,
+    /// Sum of content bytes currently stored (kept in `meta.total_bytes`).
+    total_bytes: u64,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        Self::init(conn, path, sync)
+    }
+
+    fn init(conn: Connection, path: PathBuf, sync: SyncMode) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            return Err(corrupt(format!(
+                "could not enable WAL (journal_mode={mode})"
+            )));
+        }
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                SyncMode::Normal => "NORMAL",
+                SyncMode::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+
+        let version: Option<String> = get_meta(&conn, "schema_version")?;
+        match version.as_deref().map(str::parse::<i64>) {
+            None => set_meta(&conn, "schema_version", &SCHEMA_VERSION.to_string())?,
+            Some(Ok(SCHEMA_VERSION)) => {}
+            Some(other) => {
+                return Err(corrupt(format!(
+                    "schema version {other:?}; this hub understands {SCHEMA_VERSION}"
+                )));
+            }
+        }
+        let epoch = match get_meta(&conn, "epoch")? {
+            Some(e) => e,
+            None => {
+                let e = format!("{:08x}", rand::random::<u32>());
+                set_meta(&conn, "epoch", &e)?;
+                e
+            }
+        };
+        let max_seq: Option<i64> =
+            conn.query_row("SELECT max(seq) FROM messages", [], |r| r.get(0))?;
+        let high: u64 = get_meta(&conn, "high_seq")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let next_seq = high.max(max_seq.unwrap_or(0) as u64) + 1;
+        let total_bytes = match get_meta(&conn, "total_bytes")?.and_then(|v| v.parse().ok()) {
+            Some(b) => b,
+            None => conn.query_row(
+                "SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM messages",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64,
+        };
+        Ok(Self {
+            conn,
+            path,
+            epoch,
+            next_seq,
+            total_bytes,
+        })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sum of stored content bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    fn first_seq(&self, viewer: &str) -> Result<u64, StoreError> {
+        // A session that never registered has no broadcast mail (only direct).
+        let v: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT first_seq FROM sessions WHERE id = ?1")?
+            .query_row([viewer], |r| r.get(0))
+            .optional()?;
+        Ok(v.map(|v| v as u64).unwrap_or(u64::MAX >> 1))
+    }
+
+    fn count_unread(&self, viewer: &str, from: Option<&str>) -> Result<u64, StoreError> {
+        let first = self.first_seq(viewer)? as i64;
+        let direct: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM messages WHERE recipient = ?1 AND read_at IS NULL
+                 AND sender <> ?1 AND (?2 IS NULL OR sender = ?2)",
+            )?
+            .query_row(params![viewer, from], |r| r.get(0))?;
+        let broadcast: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM messages m WHERE recipient = 'all' AND seq > ?3
+                 AND sender <> ?1 AND (?2 IS NULL OR sender = ?2)
+                 AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?1 AND r.seq = m.seq)",
+            )?
+            .query_row(params![viewer, from, first], |r| r.get(0))?;
+        Ok((direct + broadcast) as u64)
+    }
+}
+
+fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute([key, value])?;
+    Ok(())
+}
+
+fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        seq: r.get::<_, i64>(0)? as u64,
+        ts: r.get(1)?,
+        from: r.get::<_, String>(2)?.into(),
+        to: r.get::<_, String>(3)?.into(),
+        content: r.get(4)?,
+    })
+}
+
+impl Backend for SqliteBackend {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn append(
+        &mut self,
+        batch: &[&NewMessage],
+        delivered: &[(u64, i64)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut seq = self.next_seq;
+        let mut bytes = 0u64;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages(seq, ts, sender, recipient, content) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for m in batch {
+                insert.execute(params![seq as i64, m.ts, &*m.from, &*m.to, m.content])?;
+                seqs.push(seq);
+                bytes += m.content.len() as u64;
+                seq += 1;
+            }
+            let mut mark = tx.prepare_cached(
+                "UPDATE messages SET delivered_at = ?2 WHERE seq = ?1 AND delivered_at IS NULL",
+            )?;
+            for (s, at) in delivered {
+                mark.execute(params![*s as i64, at])?;
+            }
+        }
+        set_meta(&tx, "high_seq", &(seq - 1).to_string())?;
+        set_meta(&tx, "total_bytes", &(self.total_bytes + bytes).to_string())?;
+        tx.commit()?;
+        self.next_seq = seq;
+        self.total_bytes += bytes;
+        Ok(seqs)
+    }
+
+    fn mark_delivered(&mut self, delivered: &[(u64, i64)]) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut mark = tx.prepare_cached(
+                "UPDATE messages SET delivered_at = ?2 WHERE seq = ?1 AND delivered_at IS NULL",
+            )?;
+            for (s, at) in delivered {
+                mark.execute(params![*s as i64, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut sql = String::from(
+            "SELECT seq, ts, sender, recipient, content FROM messages
+             WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all')
+               AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR recipient = ?3)
+               AND (?4 = 0 OR sender <> ?1)",
+        );
+        let (cursor, desc) = match q.after {
+            After::Latest => (0i64, true),
+            After::Seq(s) => {
+                sql.push_str(" AND seq > ?5");
+                (s as i64, false)
+            }
+            After::Time(t) => {
+                sql.push_str(" AND ts > ?5");
+                (t, false)
+            }
+        };
+        sql.push_str(if desc {
+            " ORDER BY seq DESC LIMIT ?6"
+        } else {
+            " ORDER BY seq ASC LIMIT ?6"
+        });
+        let limit = q.count as i64 + 1;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![viewer, q.from, q.to, q.inbound_only as i64, cursor, limit],
+            row_message,
+        )?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        for row in rows {
+            let m = row?;
+            if messages.len() >= q.count
+                || (!messages.is_empty() && bytes + m.content.len() > q.max_bytes)
+            {
+                more = true;
+                break;
+            }
+            bytes += m.content.len();
+            messages.push(m);
+        }
+        if desc {
+            messages.reverse();
+        }
+        Ok(HistoryPage {
+            messages,
+            more: more && !desc,
+        })
+    }
+
+    fn inbox(
+        &mut self,
+        viewer: &str,
+        from: Option<&str>,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<InboxPage, StoreError> {
+        let first = self.first_seq(viewer)? as i64;
+        let limit = count as i64;
+        let mut all: Vec<StoredMessage> = Vec::with_capacity(count * 2);
+        {
+            let mut direct = self.conn.prepare_cached(
+                "SELECT seq, ts, sender, recipient, content FROM messages
+                 WHERE recipient = ?1 AND read_at IS NULL AND sender <> ?1
+                   AND (?2 IS NULL OR sender = ?2)
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            for m in direct.query_map(params![viewer, from, limit], row_message)? {
+                all.push(m?);
+            }
+            let mut bcast = self.conn.prepare_cached(
+                "SELECT seq, ts, sender, recipient, content FROM messages m
+                 WHERE recipient = 'all' AND seq > ?4 AND sender <> ?1
+                   AND (?2 IS NULL OR sender = ?2)
+                   AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?1 AND r.seq = m.seq)
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            for m in bcast.query_map(params![viewer, from, limit, first], row_message)? {
+                all.push(m?);
+            }
+        }
+        all.sort_by_key(|m| m.seq);
+        let mut messages = Vec::with_capacity(count.min(all.len()));
+        let mut bytes = 0usize;
+        for m in all {
+            if messages.len() >= count
+                || (!messages.is_empty() && bytes + m.content.len() > max_bytes)
+            {
+                break;
+            }
+            bytes += m.content.len();
+            messages.push(m);
+        }
+        let total = self.count_unread(viewer, from)?;
+        Ok(InboxPage {
+            remaining: total.saturating_sub(messages.len() as u64),
+            messages,
+        })
+    }
+
+    fn mark_read(
+        &mut self,
+        viewer: &str,
+        seqs: &[u64],
+        now: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let first = self.first_seq(viewer)?;
+        let tx = self.conn.unchecked_transaction()?;
+        let mut marked = 0u64;
+        {
+            let mut get =
+                tx.prepare_cached("SELECT sender, recipient FROM messages WHERE seq = ?1")?;
+            let mut read_direct = tx.prepare_cached(
+                "UPDATE messages SET read_at = ?2, delivered_at = coalesce(delivered_at, ?2)
+                 WHERE seq = ?1 AND read_at IS NULL",
+            )?;
+            let mut read_bcast = tx.prepare_cached(
+                "INSERT OR IGNORE INTO reads(identity, seq, at) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut deliver = tx.prepare_cached(
+                "UPDATE messages SET delivered_at = ?2 WHERE seq = ?1 AND delivered_at IS NULL",
+            )?;
+            for &seq in seqs {
+                let row: Option<(String, String)> = get
+                    .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((sender, recipient)) = row else {
+                    continue;
+                };
+                if sender == viewer {
+                    continue;
+                }
+                if recipient == viewer {
+                    marked += read_direct.execute(params![seq as i64, now])? as u64;
+                } else if recipient == BROADCAST && seq > first {
+                    let n = read_bcast.execute(params![viewer, seq as i64, now])? as u64;
+                    if n > 0 {
+                        deliver.execute(params![seq as i64, now])?;
+                    }
+                    marked += n;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((marked, self.count_unread(viewer, None)?))
+    }
+
+    fn unread_count(&mut self, viewer: &str) -> Result<u64, StoreError> {
+        self.count_unread(viewer, None)
+    }
+
+    fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError> {
+        let high = self.next_seq as i64 - 1;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions(id, first_seq, meta, first_seen, last_seen, connected_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?4)
+                 ON CONFLICT(id) DO UPDATE SET meta = excluded.meta,
+                    last_seen = excluded.last_seen, connected_at = excluded.connected_at",
+            )?
+            .execute(params![id, high, meta, now])?;
+        self.count_unread(id, None)
+    }
+
+    fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE sessions SET last_seen = ?2 WHERE id = ?1")?
+            .execute(params![id, now])?;
+        Ok(())
+    }
+
+    fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, meta, last_seen, connected_at FROM sessions ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            let meta: String = r.get(1)?;
+            Ok(SessionRecord {
+                id: r.get(0)?,
+                meta: serde_json::from_str(&meta).unwrap_or_default(),
+                last_seen: r.get(2)?,
+                connected_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, ts, recipient, substr(content, 1, 60), delivered_at, read_at,
+                    CASE WHEN recipient = 'all'
+                         THEN (SELECT count(*) FROM reads r WHERE r.seq = m.seq) END,
+                    CASE WHEN recipient = 'all'
+                         THEN (SELECT min(at) FROM reads r WHERE r.seq = m.seq) END
+             FROM messages m WHERE sender = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let epoch = self.epoch.clone();
+        let rows = stmt.query_map(params![sender, limit as i64], |r| {
+            let seq = r.get::<_, i64>(0)? as u64;
+            let ts: i64 = r.get(1)?;
+            let to: String = r.get(2)?;
+            let preview: String = r.get(3)?;
+            let delivered_at: Option<i64> = r.get(4)?;
+            let read_direct: Option<i64> = r.get(5)?;
+            let read_by: Option<i64> = r.get(6)?;
+            let first_read: Option<i64> = r.get(7)?;
+            let read_at = read_direct.or(first_read);
+            let state = if read_at.is_some() {
+                "read"
+            } else if delivered_at.is_some() {
+                "delivered"
+            } else {
+                "stored"
+            };
+            Ok(SendState {
+                id: message_id(&epoch, seq),
+                seq,
+                to,
+                state: state.into(),
+                stored_at: iso(ts),
+                delivered_at: delivered_at.map(iso),
+                read_at: read_at.map(iso),
+                read_by: read_by.map(|n| n as u32),
+                preview,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn prune(
+        &mut self,
+        policy: &Retention,
+        now: i64,
+        budget: usize,
+    ) -> Result<PruneReport, StoreError> {
+        let cutoff = now - policy.max_age.as_millis() as i64;
+        let tx = self.conn.unchecked_transaction()?;
+        let mut report = PruneReport::default();
+        let mut freed = 0u64;
+        {
+            let mut expire = tx.prepare_cached(
+                "DELETE FROM messages WHERE seq IN
+                   (SELECT seq FROM messages WHERE ts < ?1 ORDER BY seq LIMIT ?2)
+                 RETURNING length(CAST(content AS BLOB))",
+            )?;
+            for len in expire.query_map(params![cutoff, budget as i64], |r| r.get::<_, i64>(0))? {
+                freed += len? as u64;
+                report.expired += 1;
+            }
+        }
+        let left = budget.saturating_sub(report.expired as usize);
+        if self.total_bytes.saturating_sub(freed) > policy.max_bytes && left > 0 {
+            // Oldest read direct mail and broadcasts go first; unread direct mail stays
+            // until it reaches the age limit.
+            let mut evict = tx.prepare_cached(
+                "SELECT seq, length(CAST(content AS BLOB)) FROM messages
+                 WHERE read_at IS NOT NULL OR recipient = 'all' ORDER BY seq LIMIT ?1",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM messages WHERE seq = ?1")?;
+            let candidates: Vec<(i64, i64)> = evict
+                .query_map([left as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (seq, len) in candidates {
+                if self.total_bytes.saturating_sub(freed) <= policy.max_bytes {
+                    break;
+                }
+                del.execute([seq])?;
+                freed += len as u64;
+                report.evicted += 1;
+            }
+        }
+        if report.expired + report.evicted > 0 {
+            tx.execute(
+                "DELETE FROM reads WHERE seq < (SELECT coalesce(min(seq), 9223372036854775807) FROM messages)",
+                [],
+            )?;
+        }
+        let total = self.total_bytes.saturating_sub(freed);
+        set_meta(&tx, "total_bytes", &total.to_string())?;
+        tx.commit()?;
+        self.total_bytes = total;
+        report.more = report.expired + report.evicted >= budget as u64;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+
+    fn msg(from: &str, to: &str, content: &str, ts: i64) -> NewMessage {
+        NewMessage {
+            from: Arc::from(from),
+            to: Arc::from(to),
+            content: content.into(),
+            ts,
+        }
+    }
+
+    fn open(dir: &Path) -> SqliteBackend {
+        SqliteBackend::open(dir, SyncMode::Normal).unwrap()
+    }
+
+    #[test]
+    fn sequence_and_epoch_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let epoch = b.epoch().to_string();
+        let a = msg("A", "B", "one", 1);
+        let c = msg("A", "B", "two", 2);
+        assert_eq!(b.append(&[&a, &c], &[]).unwrap(), vec![1, 2]);
+        drop(b);
+        let mut b = open(dir.path());
+        assert_eq!(b.epoch(), epoch);
+        assert_eq!(b.append(&[&a], &[]).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn a_new_store_has_a_new_epoch() {
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        assert_ne!(open(d1.path()).epoch(), open(d2.path()).epoch());
+    }
+
+    #[test]
+    fn inbox_is_inbound_unread_oldest_first_and_mark_read_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.session_registered("B", "{}", 0).unwrap();
+        let ms: Vec<NewMessage> = (0..15)
+            .map(|i| msg("A", "B", &format!("m{i}"), i))
+            .collect();
+        let refs: Vec<&NewMessage> = ms.iter().collect();
+        b.append(&refs, &[]).unwrap();
+        b.append(&[&msg("B", "A", "own send", 20)], &[]).unwrap();
+        b.append(&[&msg("A", "C", "not for B", 21)], &[]).unwrap();
+
+        let page = b.inbox("B", None, 10, usize::MAX).unwrap();
+        assert_eq!(page.messages.len(), 10);
+        assert_eq!(page.messages[0].content, "m0");
+        assert_eq!(page.remaining, 5);
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(b.mark_read("B", &seqs, 100).unwrap(), (10, 5));
+        // Marking again changes nothing; marking someone else's mail does nothing.
+        assert_eq!(b.mark_read("B", &seqs, 100).unwrap(), (0, 5));
+        assert_eq!(b.mark_read("B", &[16, 17], 100).unwrap(), (0, 5));
+
+        let page = b.inbox("B", None, 10, usize::MAX).unwrap();
+        assert_eq!(page.messages.first().unwrap().content, "m10");
+        assert_eq!((page.messages.len(), page.remaining), (5, 0));
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        b.mark_read("B", &seqs, 100).unwrap();
+        assert!(
+            b.inbox("B", None, 10, usize::MAX)
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn broadcasts_count_for_sessions_known_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.session_registered("A", "{}", 0).unwrap();
+        b.session_registered("B", "{}", 0).unwrap();
+        b.append(&[&msg("A", "all", "hello all", 1)], &[]).unwrap();
+        b.session_registered("C", "{}", 2).unwrap();
+        assert_eq!(b.unread_count("B").unwrap(), 1);
+        assert_eq!(b.unread_count("A").unwrap(), 0, "own broadcast is not mail");
+        assert_eq!(
+            b.unread_count("C").unwrap(),
+            0,
+            "joined after the broadcast"
+        );
+        assert_eq!(b.mark_read("B", &[1], 5).unwrap(), (1, 0));
+        let sends = b.recent_sends("A", 5).unwrap();
+        assert_eq!(sends[0].state, "read");
+        assert_eq!(sends[0].read_by, Some(1));
+    }
+
+    #[test]
+    fn history_is_private_and_pages_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let ms = [
+            msg("A", "B", "a->b", 1),
+            msg("B", "A", "b->a", 2),
+            msg("C", "D", "c->d", 3),
+            msg("C", "all", "c->all", 4),
+        ];
+        let refs: Vec<&NewMessage> = ms.iter().collect();
+        b.append(&refs, &[]).unwrap();
+        let q = |after, count| HistoryQuery {
+            from: None,
+            to: None,
+            after,
+            inbound_only: false,
+            count,
+            max_bytes: usize::MAX,
+        };
+        let texts = |p: HistoryPage| {
+            p.messages
+                .into_iter()
+                .map(|m| m.content)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            texts(b.history("E", &q(After::Latest, 10)).unwrap()),
+            ["c->all"]
+        );
+        assert_eq!(
+            texts(b.history("A", &q(After::Latest, 10)).unwrap()),
+            ["a->b", "b->a", "c->all"]
+        );
+        assert_eq!(
+            texts(b.history("A", &q(After::Latest, 2)).unwrap()),
+            ["b->a", "c->all"]
+        );
+        let p = b.history("A", &q(After::Seq(0), 2)).unwrap();
+        assert!(p.more);
+        assert_eq!(texts(p), ["a->b", "b->a"]);
+        let p = b.history("A", &q(After::Seq(2), 2)).unwrap();
+        assert!(!p.more);
+        assert_eq!(texts(p), ["c->all"]);
+        let mut inbound = q(After::Latest, 10);
+        inbound.inbound_only = true;
+        assert_eq!(texts(b.history("A", &inbound).unwrap()), ["b->a", "c->all"]);
+        let mut filtered = q(After::Latest, 10);
+        filtered.to = Some("D".into());
+        assert!(
+            b.history("A", &filtered).unwrap().messages.is_empty(),
+            "C->D is not A's"
+        );
+    }
+
+    #[test]
+    fn delivery_state_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "x", 1)], &[]).unwrap();
+        assert_eq!(b.recent_sends("A", 1).unwrap()[0].state, "stored");
+        b.mark_delivered(&[(1, 5)]).unwrap();
+        assert_eq!(b.recent_sends("A", 1).unwrap()[0].state, "delivered");
+        b.mark_read("B", &[1], 9).unwrap();
+        let s = &b.recent_sends("A", 1).unwrap()[0];
+        assert_eq!(s.state, "read");
+        assert_eq!(s.delivered_at.as_deref(), Some(iso(5).as_str()));
+    }
+
+    #[test]
+    fn retention_drops_old_mail_and_keeps_unread_under_size_pressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let day = 86_400_000;
+        let now = 100 * day;
+        let old = msg("A", "B", "old", now - 40 * day);
+        let read = msg("A", "B", &"r".repeat(100), now - day);
+        let unread = msg("A", "B", &"u".repeat(100), now - day);
+        b.append(&[&old, &read, &unread], &[]).unwrap();
+        b.mark_read("B", &[2], now).unwrap();
+        let policy = Retention {
+            max_age: Duration::from_secs(30 * 86_400),
+            max_bytes: 150,
+            every: Duration::from_secs(60),
+        };
+        let r = b.prune(&policy, now, 100).unwrap();
+        assert_eq!((r.expired, r.evicted), (1, 1));
+        let left = b.inbox("B", None, 10, usize::MAX).unwrap();
+        assert_eq!(left.messages.len(), 1);
+        assert_eq!(b.total_bytes(), 100);
+        // Sequence numbers are never reused after pruning.
+        assert_eq!(b.append(&[&old], &[]).unwrap(), vec![4]);
+    }
+}

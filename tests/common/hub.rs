@@ -1,0 +1,138 @@
+//! Spawning and stopping a real hub process (`claude-relay hub --port 0`), finding its port
+//! from the `listening on ws://HOST:PORT` line it prints to stderr.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// How long any harness wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_claude-relay")
+}
+
+/// A running hub process. Killed when dropped.
+pub struct Hub {
+    /// The child process.
+    pub child: Child,
+    /// `ws://127.0.0.1:PORT`.
+    pub url: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Lines the hub wrote to stderr after the listening line (collected in the background).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Options for [`Hub::start_with`].
+#[derive(Clone, Default)]
+pub struct HubOpts {
+    /// Port to bind (0 = any free port).
+    pub port: u16,
+    /// Extra arguments after `hub`.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Hub {
+    /// Starts a hub on a free port with its data dir under `dir`.
+    pub async fn start(dir: &Path) -> Hub {
+        Self::start_with(dir, HubOpts::default()).await
+    }
+
+    /// Starts a hub with options; panics (failing the test) if it does not come up in time.
+    pub async fn start_with(dir: &Path, opts: HubOpts) -> Hub {
+        let data_dir = dir.join("hub-data");
+        let mut cmd = Command::new(bin());
+        cmd.arg("hub")
+            .arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(opts.port.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&opts.args)
+            .env("CLAUDE_RELAY_HOME", dir.join("home"))
+            .env_remove("RELAY_HOST")
+            .env_remove("RELAY_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hub");
+        let stderr = child.stderr.take().expect("hub stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        let port = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read hub stderr") {
+                if let Some(rest) = line.split("listening on ws://").nth(1) {
+                    let port = rest.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                    return port;
+                }
+                seen.push(line);
+            }
+            panic!("hub exited before listening; stderr: {seen:#?}");
+        })
+        .await
+        .expect("hub did not print its listening line in time");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Hub {
+            child,
+            url: format!("ws://127.0.0.1:{port}"),
+            port,
+            data_dir,
+            log,
+        }
+    }
+
+    /// Sends SIGKILL and waits for the process to go.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+
+    /// Sends SIGTERM and returns the exit status (bounded by [`WAIT`]).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("hub running") as i32;
+        signal(pid, "TERM");
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("hub did not exit after SIGTERM")
+            .expect("wait hub")
+    }
+
+    /// The hub's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("hub running")
+    }
+}
+
+/// Sends a signal by name (`TERM`, `KILL`, `INT`, `STOP`, `CONT`) with the `kill` command.
+pub fn signal(pid: i32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
