@@ -1,0 +1,440 @@
+//! The hub's wire protocol, spoken over a raw WebSocket against the real `claude-relay hub`
+//! process: the Node relay's core frames field for field, privacy of direct mail, bad input,
+//! name ownership, heartbeats and clean shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    hub::{Hub, HubOpts},
+    ws::Ws,
+};
+use serde_json::{Value, json};
+
+fn is_iso(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T')
+}
+
+/// A client that knows only the Node relay's core frames, and sends no extra fields.
+#[tokio::test]
+async fn node_core_client_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+
+    let mut m1 = Ws::connect(&hub.url).await;
+    m1.send(json!({"type": "register", "clientId": "M1"})).await;
+    let reg = m1.expect("registered").await;
+    assert_eq!(reg["clientId"], "M1");
+    assert_eq!(reg["peers"], json!([]));
+
+    let (mut m2, reg2) = Ws::register(&hub.url, "M2").await;
+    assert_eq!(
+        reg2["peers"],
+        json!(["M1"]),
+        "registered.peers excludes self"
+    );
+    let joined = m1.expect("peer_joined").await;
+    assert_eq!(joined["clientId"], "M2");
+    assert_eq!(
+        joined["peers"],
+        json!(["M1", "M2"]),
+        "peer_joined.peers lists everyone"
+    );
+
+    // Broadcast: `to` omitted means all.
+    m1.send(json!({"type": "message", "content": "hello all"}))
+        .await;
+    let msg = m2.expect("message").await;
+    assert_eq!(msg["from"], "M1");
+    assert_eq!(msg["to"], "all");
+    assert_eq!(msg["content"], "hello all");
+    assert!(is_iso(&msg["timestamp"]), "{msg}");
+    let sent = m1.expect("sent").await;
+    assert_eq!(sent["to"], "all");
+    assert_eq!(sent["delivered"], true);
+    assert_eq!(sent["id"], msg["id"]);
+
+    // Direct.
+    m2.send(json!({"type": "message", "to": "M1", "content": "hi M1"}))
+        .await;
+    let msg = m1.expect("message").await;
+    assert_eq!(
+        (msg["from"].as_str(), msg["to"].as_str()),
+        (Some("M2"), Some("M1"))
+    );
+    m2.expect("sent").await;
+
+    m1.send(json!({"type": "get_history", "count": 10})).await;
+    let h = m1.expect("history").await;
+    let contents: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["hello all", "hi M1"], "oldest first");
+    for m in h["messages"].as_array().unwrap() {
+        assert!(m["from"].is_string() && m["to"].is_string() && is_iso(&m["timestamp"]));
+    }
+
+    m1.send(json!({"type": "get_peers"})).await;
+    let p = m1.expect("peers").await;
+    assert_eq!(p["peers"], json!(["M1", "M2"]));
+    assert_eq!(p["self"], "M1");
+
+    m1.send(json!({"type": "ping"})).await;
+    let pong = m1.expect("pong").await;
+    assert!(pong["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+
+    m1.send(json!({"type": "get_sessions"})).await;
+    let s = m1.expect("sessions").await;
+    assert_eq!(s["self"], "M1");
+    assert_eq!(s["sessions"]["M2"]["online"], true);
+
+    drop(m2);
+    let left = m1.expect("peer_left").await;
+    assert_eq!(left["clientId"], "M2");
+    assert_eq!(left["peers"], json!(["M1"]));
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_on_every_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let mut a = Ws::connect(&hub.url).await;
+    a.send(json!({"type": "register", "clientId": "A", "rid": 1}))
+        .await;
+    assert_eq!(a.expect("registered").await["rid"], 1);
+    for (i, frame) in [
+        json!({"type": "message", "to": "B", "content": "x"}),
+        json!({"type": "get_history"}),
+        json!({"type": "get_peers"}),
+        json!({"type": "get_sessions"}),
+        json!({"type": "ping"}),
+        json!({"type": "receive"}),
+        json!({"type": "mark_read", "seqs": []}),
+        json!({"type": "get_status"}),
+        json!({"type": "nonsense"}),
+        json!({"type": "message", "content": 42}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let rid = format!("r{i}");
+        let mut f = frame.clone();
+        f["rid"] = json!(rid);
+        a.send(f).await;
+        let reply = a.next().await;
+        assert_eq!(reply["rid"], json!(rid), "no rid echo for {frame}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn direct_mail_is_private_through_every_frame_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "CC-1").await;
+    let (mut b, _) = Ws::register(&hub.url, "CC-2").await;
+    let (mut c, _) = Ws::register(&hub.url, "CC-3").await;
+    a.send(json!({"type": "message", "to": "CC-2", "content": "secret a->b"}))
+        .await;
+    let sent = a.until("sent").await;
+    b.until("message").await;
+    b.send(json!({"type": "message", "to": "CC-1", "content": "secret b->a"}))
+        .await;
+    b.until("sent").await;
+    let cursor_before = format!(
+        "{}-0",
+        sent["id"].as_str().unwrap().split('-').next().unwrap()
+    );
+
+    for q in [
+        json!({"type": "get_history", "count": 500}),
+        json!({"type": "get_history", "from": "CC-1"}),
+        json!({"type": "get_history", "to": "CC-2"}),
+        json!({"type": "get_history", "from": "CC-2", "to": "CC-1"}),
+        json!({"type": "get_history", "after": cursor_before}),
+        json!({"type": "get_history", "after": "2000-01-01T00:00:00Z"}),
+        json!({"type": "get_history", "inboundOnly": true}),
+        json!({"type": "receive", "count": 100}),
+        json!({"type": "receive", "from": "CC-1"}),
+    ] {
+        c.send(q.clone()).await;
+        let r = c.next().await;
+        assert_eq!(r["messages"], json!([]), "{q} leaked: {r}");
+    }
+    c.send(json!({"type": "get_status"})).await;
+    assert_eq!(c.expect("status").await["unread"], 0);
+    // Marking someone else's message read changes nothing for them.
+    c.send(json!({"type": "mark_read", "seqs": [1, 2]})).await;
+    assert_eq!(c.expect("marked").await["marked"], 0);
+    b.send(json!({"type": "receive"})).await;
+    assert_eq!(
+        b.expect("inbox").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A `from` in a client frame is ignored: the hub stamps the sender.
+    c.send(json!({"type": "message", "to": "CC-2", "from": "CC-1", "content": "spoof"}))
+        .await;
+    c.until("sent").await;
+    let m = b.until("message").await;
+    assert_eq!(m["from"], "CC-3");
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "A").await;
+    let (mut b, _) = Ws::register(&hub.url, "B").await;
+    a.until("peer_joined").await;
+
+    let mut unregistered = Ws::connect(&hub.url).await;
+    unregistered
+        .send(json!({"type": "message", "to": "A", "content": "hi"}))
+        .await;
+    let e = unregistered.expect("error").await;
+    assert_eq!(e["code"], "not_registered");
+    unregistered.send(json!({"type": "get_history"})).await;
+    assert_eq!(unregistered.expect("error").await["code"], "not_registered");
+    unregistered.roundtrip().await;
+
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("{not json".into(), "bad_json", "malformed JSON"),
+        ("[1,2,3]".into(), "bad_frame", "JSON object"),
+        (r#"{"content":"x"}"#.into(), "bad_frame", "type"),
+        (r#"{"type":"teleport"}"#.into(), "unknown_type", "teleport"),
+        (
+            r#"{"type":"message","content":42}"#.into(),
+            "bad_frame",
+            "string",
+        ),
+        (
+            r#"{"type":"message","to":"B"}"#.into(),
+            "bad_frame",
+            "content",
+        ),
+        (
+            r#"{"type":"message","to":"not valid!","content":"x"}"#.into(),
+            "invalid_id",
+            "recipient",
+        ),
+        (
+            r#"{"type":"get_history","count":"ten"}"#.into(),
+            "bad_frame",
+            "get_history",
+        ),
+        (
+            format!(
+                r#"{{"type":"message","to":"B","content":"{}"}}"#,
+                "x".repeat(1_500_000)
+            ),
+            "too_large",
+            "limit",
+        ),
+    ];
+    for (frame, code, words) in cases {
+        a.send_text(frame.clone()).await;
+        let e = a.expect("error").await;
+        assert_eq!(e["code"], code, "for {:.80}: {e}", frame);
+        assert!(
+            e["message"].as_str().unwrap().contains(words),
+            "error for {:.80} should mention {words:?}: {e}",
+            frame
+        );
+    }
+    futures_util::SinkExt::send(
+        &mut a.ws,
+        tokio_tungstenite::tungstenite::Message::binary(vec![1u8, 2, 3]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.expect("error").await["code"], "binary_frame");
+
+    // Bad ids on register are refused with a reason; the connection can try again.
+    let mut c = Ws::connect(&hub.url).await;
+    for bad in ["", "all", "1abc", "has space", &"x".repeat(65), "ünïcode"] {
+        c.send(json!({"type": "register", "clientId": bad})).await;
+        let r = c.expect("register_rejected").await;
+        assert_eq!(r["code"], "invalid_id", "{bad:?}: {r}");
+    }
+    c.send(json!({"type": "register", "clientId": "C"})).await;
+    c.expect("registered").await;
+
+    // Both connections still work, B saw none of it but C's arrival, and nothing was stored.
+    a.send(json!({"type": "message", "to": "B", "content": "still here"}))
+        .await;
+    assert_eq!(a.until("sent").await["delivered"], true);
+    assert_eq!(b.expect("peer_joined").await["clientId"], "C");
+    assert_eq!(b.expect("message").await["content"], "still here");
+    b.send(json!({"type": "get_history", "count": 100})).await;
+    assert_eq!(
+        b.expect("history").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_frame_over_the_hard_limit_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "A").await;
+    let (mut big, _) = Ws::register(&hub.url, "Big").await;
+    a.until("peer_joined").await;
+    // The hub refuses the frame from its header and closes (1009); the client may still be
+    // writing and see a reset instead of the close frame.
+    let sent = futures_util::SinkExt::send(
+        &mut big.ws,
+        tokio_tungstenite::tungstenite::Message::text("x".repeat(17 << 20)),
+    )
+    .await;
+    if sent.is_ok()
+        && let Some((code, reason)) = big.closed().await
+    {
+        assert_eq!(u16::from(code), 1009, "{reason}");
+    }
+    assert_eq!(a.expect("peer_left").await["clientId"], "Big");
+    a.roundtrip().await;
+}
+
+#[tokio::test]
+async fn a_live_name_is_never_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (mut holder, _) = Ws::register(&hub.url, "CC-1").await;
+    let (mut other, _) = Ws::register(&hub.url, "CC-2").await;
+    holder.until("peer_joined").await;
+
+    let mut thief = Ws::connect(&hub.url).await;
+    for _ in 0..3 {
+        thief
+            .send(json!({"type": "register", "clientId": "CC-1"}))
+            .await;
+        let r = thief.expect("register_rejected").await;
+        assert_eq!(r["code"], "name_in_use");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("held by a live connection")
+        );
+    }
+    // The thief is not registered: it cannot send as anyone.
+    thief
+        .send(json!({"type": "message", "to": "CC-2", "content": "x"}))
+        .await;
+    assert_eq!(thief.expect("error").await["code"], "not_registered");
+
+    // The holder is undisturbed: it still gets its mail and nobody saw it leave.
+    other
+        .send(json!({"type": "message", "to": "CC-1", "content": "for the holder"}))
+        .await;
+    assert_eq!(other.expect("sent").await["delivered"], true);
+    assert_eq!(holder.expect("message").await["content"], "for the holder");
+
+    // Once the holder is gone, the name is free at once.
+    drop(holder);
+    assert_eq!(other.expect("peer_left").await["clientId"], "CC-1");
+    thief
+        .send(json!({"type": "register", "clientId": "CC-1"}))
+        .await;
+    thief.expect("registered").await;
+}
+
+#[tokio::test]
+async fn a_connection_that_stops_answering_pings_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_with(
+        dir.path(),
+        HubOpts {
+            args: vec!["--heartbeat-secs".into(), "1".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mut watcher, _) = Ws::register(&hub.url, "Watcher").await;
+    // A client that never reads never answers pings (its pongs are only sent while reading).
+    let (_mute, _) = Ws::register(&hub.url, "Mute").await;
+    assert_eq!(watcher.expect("peer_joined").await["clientId"], "Mute");
+    // The watcher keeps reading, so it answers pings and stays.
+    let left = watcher.next_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(left["type"], "peer_left");
+    assert_eq!(left["clientId"], "Mute");
+    watcher.roundtrip().await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_cleanly_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "A").await;
+    a.roundtrip().await;
+    let status = tokio::join!(hub.terminate(), a.closed());
+    assert!(status.0.success(), "hub exit status {:?}", status.0);
+    let (code, reason) = status.1.expect("a close frame");
+    assert_eq!(u16::from(code), 1001, "{reason}");
+}
+
+#[tokio::test]
+async fn history_pages_forward_from_a_cursor_and_refuses_unknown_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "A").await;
+    for i in 0..7 {
+        a.send(json!({"type": "message", "to": "B", "content": format!("m{i}")}))
+            .await;
+        a.expect("sent").await;
+    }
+    // Without `after`: the most recent `count`, oldest first.
+    a.send(json!({"type": "get_history", "count": 3})).await;
+    let h = a.expect("history").await;
+    let texts = |h: &Value| -> Vec<String> {
+        h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(texts(&h), ["m4", "m5", "m6"]);
+
+    // Following `cursor` from the start sees everything once, in order.
+    let first_id = {
+        a.send(json!({"type": "get_history", "count": 100})).await;
+        a.expect("history").await["messages"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let epoch = first_id.rsplit_once('-').unwrap().0.to_string();
+    let mut cursor = format!("{epoch}-0");
+    let mut seen = vec![];
+    loop {
+        a.send(json!({"type": "get_history", "count": 3, "after": cursor}))
+            .await;
+        let h = a.expect("history").await;
+        if h["messages"].as_array().unwrap().is_empty() {
+            assert_eq!(h["cursor"], json!(cursor), "cursor stays put at the end");
+            break;
+        }
+        seen.extend(texts(&h));
+        cursor = h["cursor"].as_str().unwrap().to_string();
+    }
+    assert_eq!(seen, (0..7).map(|i| format!("m{i}")).collect::<Vec<_>>());
+
+    for unknown in ["deadbeef-3", "garbage", "12345"] {
+        a.send(json!({"type": "get_history", "after": unknown}))
+            .await;
+        let h = a.expect("history").await;
+        assert_eq!(h["unknownCursor"], true, "{unknown}: {h}");
+        assert_eq!(h["messages"], json!([]), "never a silent replay");
+    }
+}
