@@ -32,6 +32,8 @@ use crate::{
 pub const DEFAULT_COUNT: usize = 10;
 /// Most seqs one `mark_read` may carry.
 pub const MAX_MARK: usize = 1000;
+/// Longest idempotency key of a `message`.
+pub const MAX_KEY: usize = 128;
 /// How many recent sends `get_status` reports.
 pub const STATUS_SENDS: usize = 10;
 
@@ -252,12 +254,22 @@ impl ConnSession {
                 m.rid,
             );
         }
+        if let Some(k) = &m.key
+            && (k.is_empty() || k.len() > MAX_KEY)
+        {
+            return self.error(
+                codes::BAD_FRAME,
+                format!("key must be 1 to {MAX_KEY} bytes, got {}", k.len()),
+                m.rid,
+            );
+        }
         let append = Append {
             msg: NewMessage {
                 from: Arc::from(from.as_str()),
                 to: Arc::from(to),
                 content: m.content,
                 ts: now_ms(),
+                key: m.key,
             },
             ack: AckTo {
                 outbox: self.outbox.clone(),
@@ -285,7 +297,7 @@ impl ConnSession {
                 );
             }
         }
-        let epoch = hub.store.epoch().clone();
+        let epoch = hub.store.epoch();
         let after = match q.after.as_deref() {
             None | Some("") => After::Latest,
             Some(a) => match parse_message_id(&epoch, a) {
@@ -383,7 +395,7 @@ impl ConnSession {
             .store
             .call(move |b| b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes))
             .await;
-        let epoch = hub.store.epoch().clone();
+        let epoch = hub.store.epoch();
         match page {
             Ok(p) => self.reply(ServerFrame::Inbox(Inbox {
                 messages: p

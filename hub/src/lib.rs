@@ -19,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
+pub mod integrity;
 pub mod outbound;
 pub mod parse;
 pub mod presence;
@@ -81,9 +82,12 @@ impl Hub {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), HubError> {
         let pruner = tokio::spawn(retention::run(self.state.clone()));
+        let checker = tokio::spawn(integrity::run(self.state.clone()));
         server::run(listener, self.state.clone(), shutdown).await;
-        pruner.abort();
-        let _ = pruner.await;
+        for task in [pruner, checker] {
+            task.abort();
+            let _ = task.await;
+        }
         // Every connection task has ended, so this is the last handle to the store: dropping
         // it lets the actor finish its queue and stop.
         drop(self.state);

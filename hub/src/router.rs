@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     outbound::{Outbox, to_frame},
-    store::{Append, CommitSink, Committed, StoreError},
+    store::{Append, CommitSink, Committed, StoreError, message_id},
 };
 
 /// A live connection holding a session id.
@@ -158,6 +158,14 @@ impl Router {
             .map(|p| p.connected_at)
     }
 
+    /// Closes every registered connection (used when the store was reset: clients must
+    /// reconnect and learn the new epoch).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for p in self.peers.iter() {
+            p.outbox.close(code, reason);
+        }
+    }
+
     /// Number of held names.
     pub fn len(&self) -> usize {
         self.peers.len()
@@ -172,9 +180,28 @@ impl Router {
 impl CommitSink for Router {
     fn committed(&self, epoch: &str, batch: Vec<Committed>, delivered: &mut Vec<(u64, i64)>) {
         let now = now_ms();
-        for Committed { msg, ack } in batch {
+        for Committed {
+            msg,
+            ack,
+            duplicate_of,
+        } in batch
+        {
             let seq = msg.seq;
             let to = msg.to.clone();
+            if let Some(was_delivered) = duplicate_of {
+                // Already stored (and routed) when first sent: ack only.
+                let _ = ack.outbox.push_json(&ServerFrame::Sent(Sent {
+                    id: message_id(epoch, seq),
+                    to: to.to_string(),
+                    delivered: was_delivered,
+                    seq,
+                    timestamp: None,
+                    recipients: None,
+                    duplicate: true,
+                    rid: ack.rid,
+                }));
+                continue;
+            }
             let from = msg.from.clone();
             let envelope = msg.into_envelope(epoch);
             let id = envelope.id.clone();
@@ -196,6 +223,7 @@ impl CommitSink for Router {
                 seq,
                 timestamp: Some(timestamp),
                 recipients,
+                duplicate: false,
                 rid: ack.rid,
             }));
         }

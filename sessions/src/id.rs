@@ -120,7 +120,14 @@ mod tests {
 
     #[test]
     fn accepts_the_grammar() {
-        for ok in ["CC-1", "a", "CODEX2", "laptop-3f2k", "A_b-C", &"x".repeat(64)] {
+        for ok in [
+            "CC-1",
+            "a",
+            "CODEX2",
+            "laptop-3f2k",
+            "A_b-C",
+            &"x".repeat(64),
+        ] {
             assert!(SessionId::parse(ok).is_ok(), "{ok}");
         }
     }

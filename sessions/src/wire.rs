@@ -113,6 +113,11 @@ pub struct SendMessage {
     pub to: Option<String>,
     /// The message text. Must be a string.
     pub content: String,
+    /// Optional idempotency key chosen by the sender (≤ 128 chars). Sending again with the
+    /// same key (say, after a lost connection swallowed the ack) stores nothing new: the
+    /// hub answers with the original message's `sent`, marked `duplicate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Echoed on the `sent` ack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -311,6 +316,10 @@ pub struct Sent {
     /// For broadcasts: how many live sessions took it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<u32>,
+    /// True when `key` matched an earlier message: nothing new was stored or delivered, and
+    /// `id`/`seq`/`delivered` describe the original.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -515,12 +524,19 @@ mod tests {
     fn node_core_frames_parse() {
         let f: ClientFrame =
             serde_json::from_str(r#"{"type":"register","clientId":"M2"}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Register(Register { client_id: Some(ref c), .. }) if c == "M2"));
-        let f: ClientFrame =
-            serde_json::from_str(r#"{"type":"message","content":"hi"}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Message(SendMessage { to: None, .. })));
+        assert!(
+            matches!(f, ClientFrame::Register(Register { client_id: Some(ref c), .. }) if c == "M2")
+        );
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"message","content":"hi"}"#).unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Message(SendMessage { to: None, .. })
+        ));
         let f: ClientFrame = serde_json::from_str(r#"{"type":"get_history","count":5}"#).unwrap();
-        assert!(matches!(f, ClientFrame::GetHistory(GetHistory { count: Some(5), .. })));
+        assert!(matches!(
+            f,
+            ClientFrame::GetHistory(GetHistory { count: Some(5), .. })
+        ));
         for t in ["get_peers", "get_sessions", "ping"] {
             let f: ClientFrame = serde_json::from_str(&format!(r#"{{"type":"{t}"}}"#)).unwrap();
             assert!(f.rid().is_none());
@@ -553,12 +569,22 @@ mod tests {
             seq: 1,
         });
         let s = serde_json::to_string(&f).unwrap();
-        assert!(s.starts_with(r#"{"type":"message","id":"e-1","from":"CC-1""#), "{s}");
+        assert!(
+            s.starts_with(r#"{"type":"message","id":"e-1","from":"CC-1""#),
+            "{s}"
+        );
         let back: ServerFrame = serde_json::from_str(&s).unwrap();
         assert!(matches!(back, ServerFrame::Message(e) if e.content == "hi"));
 
-        let p = ServerFrame::Peers(Peers { peers: vec!["a".into()], self_id: None, rid: None });
-        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"type":"peers","peers":["a"],"self":null}"#);
+        let p = ServerFrame::Peers(Peers {
+            peers: vec!["a".into()],
+            self_id: None,
+            rid: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"type":"peers","peers":["a"],"self":null}"#
+        );
         let r = ServerFrame::Registered(Registered {
             client_id: "a".into(),
             peers: vec![],

@@ -8,12 +8,12 @@
 //! reads its own writes. Delivery marks reported by the sink ride along in the next batch's
 //! transaction, or are written on their own when the queue is idle.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use super::{Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
+use super::{Appended, Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
 use crate::outbound::AckTo;
 
 /// Most appends stored in one transaction.
@@ -29,10 +29,13 @@ pub struct Append {
 
 /// A message that is now durable, with whom to ack.
 pub struct Committed {
-    /// The stored message.
+    /// The stored message (for a duplicate: the original's seq with this send's content).
     pub msg: StoredMessage,
     /// Where the `sent` ack goes.
     pub ack: AckTo,
+    /// `Some(delivered)` when the message's key matched an earlier send: it must not be
+    /// delivered again, only acked.
+    pub duplicate_of: Option<bool>,
 }
 
 /// What happens to messages after they are committed (implemented by the router).
@@ -52,15 +55,21 @@ pub fn spawn(
     sink: Arc<dyn CommitSink>,
 ) -> (StoreHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
-    let epoch: Arc<str> = Arc::from(backend.epoch());
+    let epoch = Arc::new(RwLock::new(Arc::from(backend.epoch())));
+    let shared = epoch.clone();
     let thread = std::thread::Builder::new()
         .name("relay-store".into())
-        .spawn(move || run(backend, rx, sink))
+        .spawn(move || run(backend, rx, sink, shared))
         .expect("spawn store thread");
     (StoreHandle { tx, epoch }, thread)
 }
 
-fn run(mut backend: Box<dyn Backend>, mut rx: mpsc::Receiver<Request>, sink: Arc<dyn CommitSink>) {
+fn run(
+    mut backend: Box<dyn Backend>,
+    mut rx: mpsc::Receiver<Request>,
+    sink: Arc<dyn CommitSink>,
+    epoch: Arc<RwLock<Arc<str>>>,
+) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, i64)> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -76,6 +85,11 @@ fn run(mut backend: Box<dyn Backend>, mut rx: mpsc::Receiver<Request>, sink: Arc
                 Request::Call(f) => {
                     commit(&mut *backend, &mut batch, &mut delivered, &*sink);
                     f(&mut *backend);
+                    // A call may have reopened the store (see `Backend::verify`).
+                    if **epoch.read().expect("epoch lock") != *backend.epoch() {
+                        delivered.clear();
+                        *epoch.write().expect("epoch lock") = Arc::from(backend.epoch());
+                    }
                 }
             }
             next = rx.try_recv().ok();
@@ -105,20 +119,24 @@ fn commit(
     }
     let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
     match backend.append(&msgs, delivered) {
-        Ok(seqs) => {
+        Ok(outcomes) => {
             delivered.clear();
             let committed = batch
                 .drain(..)
-                .zip(seqs)
-                .map(|(a, seq)| Committed {
+                .zip(outcomes)
+                .map(|(a, outcome)| Committed {
                     msg: StoredMessage {
-                        seq,
+                        seq: outcome.seq(),
                         ts: a.msg.ts,
                         from: a.msg.from,
                         to: a.msg.to,
                         content: a.msg.content,
                     },
                     ack: a.ack,
+                    duplicate_of: match outcome {
+                        Appended::New(_) => None,
+                        Appended::Duplicate { delivered, .. } => Some(delivered),
+                    },
                 })
                 .collect();
             sink.committed(backend.epoch(), committed, delivered);

@@ -9,7 +9,7 @@
 pub mod actor;
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use sessions::wire::{Envelope, SendState};
 use tokio::sync::{mpsc, oneshot};
@@ -56,6 +56,31 @@ pub struct NewMessage {
     pub content: String,
     /// Hub time in Unix milliseconds.
     pub ts: i64,
+    /// The sender's idempotency key, if it gave one.
+    pub key: Option<String>,
+}
+
+/// What `append` did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this sequence number.
+    New(u64),
+    /// Its key matched an earlier message of the same sender; nothing was stored.
+    Duplicate {
+        /// The original's sequence number.
+        seq: u64,
+        /// Whether the original was delivered to a live connection.
+        delivered: bool,
+    },
+}
+
+impl Appended {
+    /// The sequence number of the stored (or original) message.
+    pub fn seq(self) -> u64 {
+        match self {
+            Appended::New(s) | Appended::Duplicate { seq: s, .. } => s,
+        }
+    }
 }
 
 /// A stored message.
@@ -188,12 +213,17 @@ pub trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
     /// Stores `batch` in one transaction and applies `delivered` marks (seq, when) in the same
-    /// transaction. Returns the sequence numbers given to the batch, in order.
+    /// transaction. Returns what happened to each message, in order (a message whose key
+    /// matches an earlier one of the same sender is not stored again).
     fn append(
         &mut self,
         batch: &[&NewMessage],
         delivered: &[(u64, i64)],
-    ) -> Result<Vec<u64>, StoreError>;
+    ) -> Result<Vec<Appended>, StoreError>;
+    /// Checks that the store's file is still the one that was opened. If it was deleted or
+    /// replaced (the data directory wiped under a running hub), reopens a fresh store — with
+    /// a new epoch — and returns true.
+    fn verify(&mut self) -> Result<bool, StoreError>;
     /// Records that live connections took these messages (first time wins).
     fn mark_delivered(&mut self, delivered: &[(u64, i64)]) -> Result<(), StoreError>;
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
@@ -244,13 +274,14 @@ pub enum Request {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
-    epoch: Arc<str>,
+    /// Updated by the actor when the store is reopened after a reset.
+    epoch: Arc<RwLock<Arc<str>>>,
 }
 
 impl StoreHandle {
-    /// The store's epoch.
-    pub fn epoch(&self) -> &Arc<str> {
-        &self.epoch
+    /// The store's current epoch.
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.read().expect("epoch lock").clone()
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sessions::{BROADCAST, time::iso, wire::SendState};
 
 use super::{
-    After, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport, SessionRecord,
-    StoreError, StoredMessage, message_id,
+    After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport,
+    SessionRecord, StoreError, StoredMessage, message_id,
 };
 use crate::config::{Retention, SyncMode};
 
@@ -30,8 +30,10 @@ CREATE TABLE IF NOT EXISTS messages (
     recipient    TEXT NOT NULL,
     content      TEXT NOT NULL,
     delivered_at INTEGER,
-    read_at      INTEGER
+    read_at      INTEGER,
+    ckey         TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_key ON messages(sender, ckey) WHERE ckey IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages(recipient, seq);
 CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, seq);
 CREATE TABLE IF NOT EXISTS reads (
@@ -55,6 +57,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
+    sync: SyncMode,
+    /// Identity of the file we opened, to notice it being deleted or replaced.
+    file_id: Option<(u64, u64)>,
     epoch: String,
     /// Next sequence number to give out (never reused, even after pruning).
     next_seq: u64,
@@ -72,6 +77,11 @@ impl SqliteBackend {
         let path = data_dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         Self::init(conn, path, sync)
+    }
+
+    fn file_id(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
 
     fn init(conn: Connection, path: PathBuf, sync: SyncMode) -> Result<Self, StoreError> {
@@ -135,7 +145,9 @@ impl SqliteBackend {
         };
         Ok(Self {
             conn,
+            file_id: Self::file_id(&path),
             path,
+            sync,
             epoch,
             next_seq,
             total_bytes,
@@ -215,18 +227,36 @@ impl Backend for SqliteBackend {
         &mut self,
         batch: &[&NewMessage],
         delivered: &[(u64, i64)],
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<Appended>, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        let mut seqs = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(batch.len());
         let mut seq = self.next_seq;
         let mut bytes = 0u64;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages(seq, ts, sender, recipient, content) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages(seq, ts, sender, recipient, content, ckey)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for m in batch {
-                insert.execute(params![seq as i64, m.ts, &*m.from, &*m.to, m.content])?;
-                seqs.push(seq);
+                if let Some(key) = &m.key {
+                    let original: Option<(i64, Option<i64>)> = tx
+                        .prepare_cached(
+                            "SELECT seq, delivered_at FROM messages WHERE sender = ?1 AND ckey = ?2",
+                        )?
+                        .query_row(params![&*m.from, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    if let Some((s, d)) = original {
+                        outcomes.push(Appended::Duplicate {
+                            seq: s as u64,
+                            delivered: d.is_some(),
+                        });
+                        continue;
+                    }
+                }
+                insert.execute(params![
+                    seq as i64, m.ts, &*m.from, &*m.to, m.content, m.key
+                ])?;
+                outcomes.push(Appended::New(seq));
                 bytes += m.content.len() as u64;
                 seq += 1;
             }
@@ -242,7 +272,30 @@ impl Backend for SqliteBackend {
         tx.commit()?;
         self.next_seq = seq;
         self.total_bytes += bytes;
-        Ok(seqs)
+        Ok(outcomes)
+    }
+
+    fn verify(&mut self) -> Result<bool, StoreError> {
+        if Self::file_id(&self.path) == self.file_id {
+            return Ok(false);
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            "store file was deleted or replaced under the running hub: starting a new store (new epoch)"
+        );
+        // Close the old connection before anything new exists at the path: on close SQLite
+        // checkpoints into (and removes the WAL of) the file it opened.
+        drop(std::mem::replace(&mut self.conn, Connection::open_in_memory()?));
+        if !self.path.exists() {
+            for suffix in ["-wal", "-shm"] {
+                let mut stale = self.path.clone().into_os_string();
+                stale.push(suffix);
+                let _ = std::fs::remove_file(stale);
+            }
+        }
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        *self = Self::open(&dir, self.sync)?;
+        Ok(true)
     }
 
     fn mark_delivered(&mut self, delivered: &[(u64, i64)]) -> Result<(), StoreError> {
@@ -559,7 +612,12 @@ mod tests {
             to: Arc::from(to),
             content: content.into(),
             ts,
+            key: None,
         }
+    }
+
+    fn seqs(v: Vec<Appended>) -> Vec<u64> {
+        v.into_iter().map(Appended::seq).collect()
     }
 
     fn open(dir: &Path) -> SqliteBackend {
@@ -573,11 +631,72 @@ mod tests {
         let epoch = b.epoch().to_string();
         let a = msg("A", "B", "one", 1);
         let c = msg("A", "B", "two", 2);
-        assert_eq!(b.append(&[&a, &c], &[]).unwrap(), vec![1, 2]);
+        assert_eq!(seqs(b.append(&[&a, &c], &[]).unwrap()), vec![1, 2]);
         drop(b);
         let mut b = open(dir.path());
         assert_eq!(b.epoch(), epoch);
-        assert_eq!(b.append(&[&a], &[]).unwrap(), vec![3]);
+        assert_eq!(seqs(b.append(&[&a], &[]).unwrap()), vec![3]);
+    }
+
+    #[test]
+    fn a_repeated_key_is_not_stored_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let mut m = msg("A", "B", "once", 1);
+        m.key = Some("k1".into());
+        let other = msg("C", "B", "other sender, same key", 1);
+        let mut other_keyed = other.clone();
+        other_keyed.key = Some("k1".into());
+        assert_eq!(
+            b.append(&[&m, &m], &[]).unwrap(),
+            vec![
+                Appended::New(1),
+                Appended::Duplicate {
+                    seq: 1,
+                    delivered: false
+                }
+            ]
+        );
+        b.mark_delivered(&[(1, 2)]).unwrap();
+        assert_eq!(
+            b.append(&[&m], &[]).unwrap(),
+            vec![Appended::Duplicate {
+                seq: 1,
+                delivered: true
+            }]
+        );
+        assert_eq!(
+            seqs(b.append(&[&other_keyed, &other], &[]).unwrap()),
+            vec![2, 3]
+        );
+        assert_eq!(
+            b.inbox("B", None, 10, usize::MAX).unwrap().messages.len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_wiped_store_is_noticed_and_reopened_with_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut b = open(&data);
+        b.append(&[&msg("A", "B", "x", 1)], &[]).unwrap();
+        let before = b.epoch().to_string();
+        assert!(!b.verify().unwrap());
+        std::fs::remove_dir_all(&data).unwrap();
+        assert!(b.verify().unwrap());
+        assert_ne!(b.epoch(), before);
+        assert!(
+            b.inbox("B", None, 10, usize::MAX)
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        assert_eq!(
+            seqs(b.append(&[&msg("A", "B", "y", 2)], &[]).unwrap()),
+            vec![1]
+        );
+        assert!(!b.verify().unwrap());
     }
 
     #[test]
@@ -735,6 +854,6 @@ mod tests {
         assert_eq!(left.messages.len(), 1);
         assert_eq!(b.total_bytes(), 100);
         // Sequence numbers are never reused after pruning.
-        assert_eq!(b.append(&[&old], &[]).unwrap(), vec![4]);
+        assert_eq!(seqs(b.append(&[&old], &[]).unwrap()), vec![4]);
     }
 }
