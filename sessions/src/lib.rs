@@ -4,8 +4,14 @@
 //! in the hub.
 
 pub mod id;
+pub mod identity;
+pub mod liveness;
 pub mod paths;
+pub mod registry;
 pub mod time;
 pub mod wire;
 
 pub use id::{BROADCAST, IdError, SessionId};
+pub use identity::{IdSource, Identity, IdentityError};
+pub use liveness::ProcessStamp;
+pub use registry::{Entry, EntryState, EntryUpdate, Registry, RegistryError, RegistryFile};
