@@ -80,7 +80,13 @@ impl Hub {
         let port = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.expect("read hub stderr") {
                 if let Some(rest) = line.split("listening on ws://").nth(1) {
-                    let port = rest.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                    let port = rest
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .unwrap()
+                        .parse::<u16>()
+                        .unwrap();
                     return port;
                 }
                 seen.push(line);

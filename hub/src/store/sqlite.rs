@@ -285,7 +285,10 @@ impl Backend for SqliteBackend {
         );
         // Close the old connection before anything new exists at the path: on close SQLite
         // checkpoints into (and removes the WAL of) the file it opened.
-        drop(std::mem::replace(&mut self.conn, Connection::open_in_memory()?));
+        drop(std::mem::replace(
+            &mut self.conn,
+            Connection::open_in_memory()?,
+        ));
         if !self.path.exists() {
             for suffix in ["-wal", "-shm"] {
                 let mut stale = self.path.clone().into_os_string();
