@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn url_precedence() {
         let env = env_of(&[("RELAY_URL", "ws://env:1")]);
-        assert_eq!(BridgeConfig::resolve_url(Some("ws://flag:2"), &env), "ws://flag:2");
+        assert_eq!(
+            BridgeConfig::resolve_url(Some("ws://flag:2"), &env),
+            "ws://flag:2"
+        );
         assert_eq!(BridgeConfig::resolve_url(None, &env), "ws://env:1");
         assert_eq!(BridgeConfig::resolve_url(None, env_of(&[])), DEFAULT_URL);
         assert_eq!(

@@ -104,8 +104,9 @@ pub async fn read_until<T>(
             None => return Err(ConnectError::Closed),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(Message::Text(text))) => {
-                let frame: ServerFrame = serde_json::from_str(&text)
-                    .map_err(|e| ConnectError::BadFrame(format!("{e}: {}", truncate(&text, 200))))?;
+                let frame: ServerFrame = serde_json::from_str(&text).map_err(|e| {
+                    ConnectError::BadFrame(format!("{e}: {}", truncate(&text, 200)))
+                })?;
                 if let Some(v) = pick(frame) {
                     return Ok(v);
                 }

@@ -2,7 +2,29 @@
 //! reconnecting WebSocket to the hub under the session's name and gives the model the relay
 //! tools. The tools only ever talk to the hub client; the hub is the source of truth for
 //! mail, read state and presence.
+//!
+//! Layout, one concern per module:
+//! - [`config`]: identity, hub URL, timeouts, tool profile — decided once at startup.
+//! - [`transport`]: newline-delimited JSON-RPC on stdio that answers malformed input.
+//! - [`server`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
+//!   [`actions`] runs them, [`format`] words their results.
+//! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`], [`backoff`],
+//!   [`meta`]).
+//! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
+//!   and [`local`] keeps the session's entry in this machine's registry.
 
+pub mod actions;
+pub mod backoff;
 pub mod config;
 pub mod connect;
+pub mod format;
+pub mod hub_client;
+pub mod lifecycle;
+pub mod local;
+pub mod meta;
+pub mod server;
+pub mod tools;
 pub mod transport;
+pub mod watchdog;
+
+pub use lifecycle::{Options, run};

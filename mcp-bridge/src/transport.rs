@@ -21,6 +21,7 @@ use std::{borrow::Cow, io, time::Duration};
 
 use rmcp::{
     RoleServer,
+    model::{CallToolRequestParams, ClientRequest, JsonRpcMessage},
     service::{RxJsonRpcMessage, TxJsonRpcMessage},
     transport::Transport,
 };
@@ -51,6 +52,7 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 mod code {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
+    pub const INVALID_PARAMS: i64 = -32602;
 }
 
 /// One line for the writer task, with an optional acknowledgement once it is flushed.
@@ -143,7 +145,14 @@ where
                 let newline = available.iter().position(|b| *b == b'\n');
                 let take = newline.map_or(available.len(), |i| i + 1);
                 if self.discarding {
-                    (take, if newline.is_some() { Step::EndDiscard } else { Step::More })
+                    (
+                        take,
+                        if newline.is_some() {
+                            Step::EndDiscard
+                        } else {
+                            Step::More
+                        },
+                    )
                 } else if self.line.len() + take > self.max_line {
                     // Keep what we have only long enough to look for the request id.
                     let room = ID_SCAN_BYTES.saturating_sub(self.line.len());
@@ -154,7 +163,14 @@ where
                     (take, Step::Oversized(id, newline.is_none()))
                 } else {
                     self.line.extend_from_slice(&available[..take]);
-                    (take, if newline.is_some() { Step::Line } else { Step::More })
+                    (
+                        take,
+                        if newline.is_some() {
+                            Step::Line
+                        } else {
+                            Step::More
+                        },
+                    )
                 }
             };
             self.reader.consume(consumed);
@@ -228,10 +244,7 @@ where
             match self.read_line().await {
                 LineRead::Line => {}
                 LineRead::Oversized(id) => {
-                    tracing::warn!(
-                        limit = self.max_line,
-                        "discarded an over-long stdin line"
-                    );
+                    tracing::warn!(limit = self.max_line, "discarded an over-long stdin line");
                     self.pending_reply = Some(error_line(
                         id,
                         code::INVALID_REQUEST,
@@ -322,9 +335,55 @@ fn classify(raw: &[u8]) -> Incoming {
         }
     };
     match RxJsonRpcMessage::<RoleServer>::deserialize(&value) {
+        Ok(JsonRpcMessage::Request(req)) if matches!(&req.request, ClientRequest::CustomRequest(c) if is_standard_request(&c.method)) =>
+        {
+            // rmcp reads a standard request with unreadable params as a custom request and
+            // would answer "method not found"; say what is actually wrong.
+            let method = value["method"].as_str().unwrap_or_default();
+            let why = match method {
+                "tools/call" => value
+                    .get("params")
+                    .cloned()
+                    .map(serde_json::from_value::<CallToolRequestParams>)
+                    .map_or_else(
+                        || "missing params".to_string(),
+                        |r| match r {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "params do not match the method".to_string(),
+                        },
+                    ),
+                _ => "params do not match the method".to_string(),
+            };
+            Incoming::Reply(error_line(
+                value.get("id").cloned(),
+                code::INVALID_PARAMS,
+                &format!("Invalid params for {method}: {why}"),
+            ))
+        }
         Ok(message) => Incoming::Message(Box::new(message)),
         Err(e) => invalid(&value, &e.to_string()),
     }
+}
+
+/// MCP requests a client may send a server (rmcp falls back to "custom" for these only when
+/// their params are unreadable).
+fn is_standard_request(method: &str) -> bool {
+    matches!(
+        method,
+        "initialize"
+            | "ping"
+            | "tools/call"
+            | "tools/list"
+            | "prompts/get"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "resources/templates/list"
+            | "completion/complete"
+            | "logging/setLevel"
+    )
 }
 
 /// The reply (or silence) for JSON that rmcp could not read as a client message.
@@ -338,12 +397,18 @@ fn invalid(value: &Value, serde_reason: &str) -> Incoming {
     };
     let Some(obj) = value.as_object() else {
         return if value.is_array() {
-            reply(None, "batches are not supported; send one message per line".into())
+            reply(
+                None,
+                "batches are not supported; send one message per line".into(),
+            )
         } else {
             reply(None, "a JSON-RPC message must be a JSON object".into())
         };
     };
-    let id = obj.get("id").filter(|id| id.is_string() || id.is_number()).cloned();
+    let id = obj
+        .get("id")
+        .filter(|id| id.is_string() || id.is_number())
+        .cloned();
     let method = obj.get("method");
     if obj.contains_key("result") || obj.contains_key("error") {
         if method.is_none() {
@@ -431,7 +496,9 @@ fn id_value(text: &[u8]) -> Option<Value> {
         b'-' | b'0'..=b'9' => {
             let end = text
                 .iter()
-                .position(|b| !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')))
+                .position(|b| {
+                    !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+                })
                 .unwrap_or(text.len());
             serde_json::from_slice::<serde_json::Number>(&text[..end])
                 .ok()
@@ -443,13 +510,17 @@ fn id_value(text: &[u8]) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use rmcp::model::{ClientRequest, JsonRpcMessage};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
     use super::*;
 
     /// A transport on one end of a duplex pipe; the test holds the other end as the client.
-    fn pair(max_line: usize) -> (StdioTransport<tokio::io::ReadHalf<DuplexStream>>, DuplexStream) {
+    fn pair(
+        max_line: usize,
+    ) -> (
+        StdioTransport<tokio::io::ReadHalf<DuplexStream>>,
+        DuplexStream,
+    ) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (r, w) = tokio::io::split(server);
         (StdioTransport::new(r, w).with_max_line(max_line), client)
@@ -464,7 +535,9 @@ mod tests {
         serde_json::from_str(&s).unwrap_or_else(|e| panic!("reply is JSON ({e}): {s:?}"))
     }
 
-    async fn recv(t: &mut StdioTransport<tokio::io::ReadHalf<DuplexStream>>) -> Option<RxJsonRpcMessage<RoleServer>> {
+    async fn recv(
+        t: &mut StdioTransport<tokio::io::ReadHalf<DuplexStream>>,
+    ) -> Option<RxJsonRpcMessage<RoleServer>> {
         tokio::time::timeout(Duration::from_secs(5), t.receive())
             .await
             .expect("receive in time")
@@ -482,13 +555,20 @@ mod tests {
         let (mut t, client) = pair(MAX_LINE_BYTES);
         let (cr, mut cw) = tokio::io::split(client);
         let mut cr = BufReader::new(cr);
-        cw.write_all(format!("{{not json\n{PING}\n").as_bytes()).await.unwrap();
+        cw.write_all(format!("{{not json\n{PING}\n").as_bytes())
+            .await
+            .unwrap();
         let m = recv(&mut t).await.expect("the ping after the bad line");
         assert!(is_ping(&m, 7), "{m:?}");
         let err = next_line(&mut cr).await;
         assert_eq!(err["id"], Value::Null);
         assert_eq!(err["error"]["code"], -32700);
-        assert!(err["error"]["message"].as_str().unwrap().starts_with("Parse error: "));
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Parse error: ")
+        );
     }
 
     #[tokio::test]
@@ -496,18 +576,53 @@ mod tests {
         let (mut t, client) = pair(MAX_LINE_BYTES);
         let (cr, mut cw) = tokio::io::split(client);
         let mut cr = BufReader::new(cr);
-        cw.write_all(b"{\"id\":3,\"method\":\"ping\"}\n[1,2]\n{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":7}\n")
+        cw.write_all(
+            b"{\"id\":3,\"method\":\"ping\"}\n[1,2]\n{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":7}\n",
+        )
+        .await
+        .unwrap();
+        cw.write_all(format!("{PING}\n").as_bytes()).await.unwrap();
+        assert!(is_ping(&recv(&mut t).await.unwrap(), 7));
+        let e = next_line(&mut cr).await;
+        assert_eq!(
+            (e["id"].clone(), e["error"]["code"].clone()),
+            (json!(3), json!(-32600))
+        );
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("jsonrpc"),
+            "{e}"
+        );
+        let e = next_line(&mut cr).await;
+        assert_eq!(
+            (e["id"].clone(), e["error"]["code"].clone()),
+            (Value::Null, json!(-32600))
+        );
+        let e = next_line(&mut cr).await;
+        assert_eq!(
+            (e["id"].clone(), e["error"]["code"].clone()),
+            (json!(4), json!(-32600))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tools_call_without_a_name_is_invalid_params_not_method_not_found() {
+        let (mut t, client) = pair(MAX_LINE_BYTES);
+        let (cr, mut cw) = tokio::io::split(client);
+        let mut cr = BufReader::new(cr);
+        cw.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{}}\n")
             .await
             .unwrap();
         cw.write_all(format!("{PING}\n").as_bytes()).await.unwrap();
         assert!(is_ping(&recv(&mut t).await.unwrap(), 7));
         let e = next_line(&mut cr).await;
-        assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(3), json!(-32600)));
-        assert!(e["error"]["message"].as_str().unwrap().contains("jsonrpc"), "{e}");
-        let e = next_line(&mut cr).await;
-        assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (Value::Null, json!(-32600)));
-        let e = next_line(&mut cr).await;
-        assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(4), json!(-32600)));
+        assert_eq!(
+            (e["id"].clone(), e["error"]["code"].clone()),
+            (json!(5), json!(-32602))
+        );
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("name"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -529,7 +644,10 @@ mod tests {
         let e = next_line(&mut cr).await;
         assert_eq!(e["id"], "big-1");
         assert_eq!(e["error"]["code"], -32600);
-        assert!(t.line.capacity() <= 64 * 1024 + 1024, "buffer stayed bounded");
+        assert!(
+            t.line.capacity() <= 64 * 1024 + 1024,
+            "buffer stayed bounded"
+        );
         // Both halves of the client's pipe gone: EOF.
         drop(writer.await.unwrap());
         drop(cr);
@@ -540,10 +658,14 @@ mod tests {
     async fn blank_lines_crlf_bom_and_unknown_notifications_are_quiet() {
         let (mut t, client) = pair(MAX_LINE_BYTES);
         let (cr, mut cw) = tokio::io::split(client);
-        cw.write_all(b"\n   \r\n{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x/y\",\"params\":5}\n")
+        cw.write_all(
+            b"\n   \r\n{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x/y\",\"params\":5}\n",
+        )
+        .await
+        .unwrap();
+        cw.write_all(format!("\u{feff}{PING}\r\n").as_bytes())
             .await
             .unwrap();
-        cw.write_all(format!("\u{feff}{PING}\r\n").as_bytes()).await.unwrap();
         assert!(is_ping(&recv(&mut t).await.unwrap(), 7));
         // Nothing was written back: the next thing on the wire is our own send.
         let sent = t.send(JsonRpcMessage::response(
@@ -569,14 +691,23 @@ mod tests {
 
     #[test]
     fn id_scan() {
-        assert_eq!(top_level_id(br#"{"jsonrpc":"2.0","id":12,"method""#), Some(json!(12)));
+        assert_eq!(
+            top_level_id(br#"{"jsonrpc":"2.0","id":12,"method""#),
+            Some(json!(12))
+        );
         assert_eq!(top_level_id(br#"{"id" : "a-b","x":"#), Some(json!("a-b")));
         assert_eq!(
             top_level_id(br#"{"params":{"id":5},"method":"x","id":6,"#),
             Some(json!(6))
         );
-        assert_eq!(top_level_id(br#"{"method":"x","params":{"id":5,"text":"aaaa"#), None);
-        assert_eq!(top_level_id(br#"{"note":"\"id\":9","id":-1,"#), Some(json!(-1)));
+        assert_eq!(
+            top_level_id(br#"{"method":"x","params":{"id":5,"text":"aaaa"#),
+            None
+        );
+        assert_eq!(
+            top_level_id(br#"{"note":"\"id\":9","id":-1,"#),
+            Some(json!(-1))
+        );
         assert_eq!(top_level_id(b"garbage"), None);
     }
 }

@@ -1,12 +1,37 @@
-//! `claude-relay mcp` (scaffold: replaced by the real implementation).
+//! `claude-relay mcp`: the stdio MCP bridge an agent starts from its MCP config.
+//!
+//! stdout is the MCP channel, so nothing here prints to it; logs go to stderr (default level
+//! `warn`, see `--log`). The bridge runs on its own small runtime; see `mcp_bridge::lifecycle`
+//! for how it ends.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
 
 /// Arguments of `claude-relay mcp`.
 #[derive(Debug, clap::Args)]
-pub struct McpArgs {}
+pub struct McpArgs {
+    /// Session id to register as. `CLAUDE_RELAY_SESSION_ID` (set by `claude-session`) wins
+    /// over it; without either, `RELAY_CLIENT_ID` (auto-numbered) or `<HOSTNAME>-<pid>`.
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Hub URL.
+    #[arg(long, env = "RELAY_URL", value_name = "URL", default_value = sessions::wire::DEFAULT_URL)]
+    pub relay_url: String,
+}
 
-/// Runs `claude-relay mcp`.
-pub fn run(_args: McpArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+/// Runs `claude-relay mcp` until stdin closes (or the agent goes away).
+pub fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let code = runtime.block_on(mcp_bridge::run(mcp_bridge::Options {
+        client_id: args.client_id,
+        relay_url: Some(args.relay_url),
+    }));
+    // Do not wait for a blocking stdin read that may never return.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -1,0 +1,715 @@
+//! What each tool does: the hub requests behind it and the honest sentence it answers with.
+//!
+//! The rules the wording keeps (PRODUCT.md §4, §6):
+//! - `relay_send` claims success only from the hub's `sent` ack, and says which: delivered
+//!   live, or stored for an offline session. When nothing was written it says "NOT sent"; when
+//!   the frame was written but no ack came it says the outcome is unknown and how to check —
+//!   never a guess.
+//! - `relay_receive` shows unread inbound mail oldest first and marks read exactly what it
+//!   showed; whatever did not fit stays unread and is counted in "N more".
+//! - Disconnected, every hub-backed tool answers at once with the connection state.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sessions::wire::{
+    ClientFrame, GetHistory, MarkRead, Receive, SendMessage, ServerFrame, SessionView,
+};
+
+use crate::{
+    format::{self, BODY_CAP, RESULT_BUDGET, SINGLE_BODY_CAP},
+    hub_client::{HubClient, LinkState, RequestError},
+    tools::{ReceiveArgs, ToolCall},
+};
+
+/// A tool's answer: text for the model, and whether it is an error result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Plain text, short.
+    pub text: String,
+    /// Marks the result `isError` (the call did not do what was asked).
+    pub is_error: bool,
+}
+
+impl Reply {
+    /// A normal result.
+    pub fn ok(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            is_error: false,
+        }
+    }
+
+    /// An error result.
+    pub fn error(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            is_error: true,
+        }
+    }
+}
+
+/// How long `relay_send` waits for a reconnect before resending a message whose ack was lost.
+const RESEND_WAIT: Duration = Duration::from_secs(5);
+/// How many sends with an unknown outcome keep their key for a safe retry.
+const UNSETTLED_MAX: usize = 16;
+/// How long such a key is kept.
+const UNSETTLED_TTL: Duration = Duration::from_secs(600);
+
+/// Idempotency keys for `relay_send`.
+///
+/// Every send carries a fresh key. When its outcome is unknown (written, no ack), the key is
+/// remembered with the recipient and a hash of the text, so that the model's natural reaction
+/// — sending the same message again — reuses it and the hub stores the message at most once.
+/// Bounded: [`UNSETTLED_MAX`] entries, each forgotten after [`UNSETTLED_TTL`].
+struct SendKeys {
+    prefix: String,
+    counter: std::sync::atomic::AtomicU64,
+    unsettled: Mutex<VecDeque<Unsettled>>,
+}
+
+struct Unsettled {
+    to: String,
+    hash: u64,
+    key: String,
+    at: Instant,
+    /// Whether the send this key belongs to is still in doubt (set by `remember`).
+    doubtful: bool,
+}
+
+impl SendKeys {
+    fn new() -> Self {
+        Self {
+            prefix: format!("b{:x}-{:x}", std::process::id(), sessions::time::now_ms()),
+            counter: std::sync::atomic::AtomicU64::new(1),
+            unsettled: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, VecDeque<Unsettled>> {
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key for sending `content` to `to`: the one of an earlier doubtful identical send,
+    /// else a new one (tracked until settled).
+    fn key_for(&self, to: &str, content: &str) -> String {
+        let mut h = DefaultHasher::new();
+        content.hash(&mut h);
+        let hash = h.finish();
+        let mut list = self.list();
+        list.retain(|u| u.at.elapsed() < UNSETTLED_TTL);
+        if let Some(u) = list
+            .iter()
+            .find(|u| u.doubtful && u.to == to && u.hash == hash)
+        {
+            return u.key.clone();
+        }
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{}-{n}", self.prefix);
+        if list.len() >= UNSETTLED_MAX {
+            // Forget the oldest entry that is not in doubt, else the oldest.
+            let victim = list.iter().position(|u| !u.doubtful).unwrap_or(0);
+            list.remove(victim);
+        }
+        list.push_back(Unsettled {
+            to: to.to_string(),
+            hash,
+            key: key.clone(),
+            at: Instant::now(),
+            doubtful: false,
+        });
+        key
+    }
+
+    /// The send with `key` has an unknown outcome: keep its key for a retry.
+    fn remember(&self, key: &str) {
+        if let Some(u) = self.list().iter_mut().find(|u| u.key == key) {
+            u.doubtful = true;
+            u.at = Instant::now();
+        }
+    }
+
+    /// Whether `key` belongs to an earlier send whose outcome is still unknown.
+    fn is_unsettled(&self, key: &str) -> bool {
+        self.list().iter().any(|u| u.key == key && u.doubtful)
+    }
+
+    /// The send with `key` has a definite outcome.
+    fn settle(&self, key: &str) {
+        self.list().retain(|u| u.key != key);
+    }
+}
+
+/// A session this machine's registry knows, for `relay_sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalSession {
+    /// Session id.
+    pub id: String,
+    /// `running`, `named` or `ended`.
+    pub state: String,
+    /// Whether the agent process still runs (`None`: unknown or no process recorded).
+    pub alive: Option<bool>,
+    /// Agent pid, when recorded.
+    pub pid: Option<u32>,
+    /// Host name.
+    pub host: String,
+    /// Working directory.
+    pub cwd: String,
+    /// When it ended or started, Unix ms (for "last seen").
+    pub last_seen_ms: Option<i64>,
+}
+
+/// Reads the local registry (injected, so the tools do not depend on where it lives).
+pub type LocalSessions = Arc<dyn Fn() -> Result<Vec<LocalSession>, String> + Send + Sync>;
+
+/// The tool implementations, over one hub client.
+pub struct Relay {
+    hub: HubClient,
+    local: LocalSessions,
+    id_source: String,
+    keys: SendKeys,
+}
+
+impl Relay {
+    /// Tools backed by `hub`; `id_source` says where the session id came from (for status).
+    pub fn new(hub: HubClient, local: LocalSessions, id_source: String) -> Self {
+        Self {
+            hub,
+            local,
+            id_source,
+            keys: SendKeys::new(),
+        }
+    }
+
+    /// The hub client.
+    pub fn hub(&self) -> &HubClient {
+        &self.hub
+    }
+
+    /// Runs one parsed tool call.
+    pub async fn call(&self, call: ToolCall) -> Reply {
+        let mut reply = match call {
+            ToolCall::Send { message, to } => self.send(message, to).await,
+            ToolCall::Receive(args) if args.is_history() => self.history(args).await,
+            ToolCall::Receive(args) => self.receive(args).await,
+            ToolCall::Peers => self.peers().await,
+            ToolCall::Status => self.status().await,
+            ToolCall::Sessions => self.sessions().await,
+        };
+        if let Some(notice) = self.hub.take_reset_notice() {
+            reply.text = format!("{notice}\n\n{}", reply.text);
+        }
+        reply
+    }
+
+    async fn send(&self, content: String, to: Option<String>) -> Reply {
+        let target = to
+            .clone()
+            .unwrap_or_else(|| sessions::BROADCAST.to_string());
+        let key = self.keys.key_for(&target, &content);
+        let frame = ClientFrame::Message(SendMessage {
+            to: Some(target.clone()),
+            content,
+            key: Some(key.clone()),
+            rid: None,
+        });
+        // In doubt: an earlier call with this key, or this attempt, may have reached the hub.
+        let mut in_doubt = self.keys.is_unsettled(&key);
+        let mut result = self.hub.request(frame.clone()).await;
+        in_doubt |= matches!(&result, Err(e) if e.maybe_delivered());
+        if matches!(&result, Err(e) if e.maybe_delivered())
+            && self.hub.wait_connected(RESEND_WAIT).await
+        {
+            // The same key makes the resend safe: the hub stores the message at most once and
+            // answers with the original's ack if the first attempt got through.
+            result = self.hub.request(frame).await;
+        }
+        match result {
+            Ok(ServerFrame::Sent(s)) => {
+                self.keys.settle(&key);
+                let mut text = if to.is_none() {
+                    let n = s.recipients.unwrap_or(u32::from(s.delivered));
+                    if n == 0 {
+                        format!(
+                            "Sent to all — stored; no other session is online right now. id {}",
+                            s.id
+                        )
+                    } else {
+                        format!(
+                            "Sent to all: {} online took it — id {}",
+                            format::plural(u64::from(n), "session", "sessions"),
+                            s.id
+                        )
+                    }
+                } else if s.delivered {
+                    format!("Delivered to {target} (live) — id {}", s.id)
+                } else {
+                    format!(
+                        "Stored for {target} (offline); they get it when they connect — id {}",
+                        s.id
+                    )
+                };
+                if s.duplicate {
+                    text.push_str(
+                        " (the hub already had this message from an earlier attempt; it was \
+                         not stored twice)",
+                    );
+                }
+                Reply::ok(text)
+            }
+            Ok(ServerFrame::Error(e)) => {
+                self.keys.settle(&key);
+                Reply::error(format!("NOT sent — the hub refused it: {}", e.message))
+            }
+            Ok(other) => {
+                self.keys.remember(&key);
+                Reply::error(format!(
+                    "Outcome unknown: the hub answered with an unexpected frame ({}). Check \
+                     relay_status (recent sends) before sending again.",
+                    frame_type(&other)
+                ))
+            }
+            Err(RequestError::NotConnected(state)) if !in_doubt => {
+                self.keys.settle(&key);
+                Reply::error(format!(
+                    "NOT sent: {state}. The bridge reconnects by itself; try again then \
+                     (relay_status shows the connection)."
+                ))
+            }
+            Err(e) if !e.maybe_delivered() && !in_doubt => {
+                self.keys.settle(&key);
+                Reply::error(format!(
+                    "NOT sent: {e}. The bridge reconnects by itself; try again shortly."
+                ))
+            }
+            Err(e) => {
+                self.keys.remember(&key);
+                Reply::error(format!(
+                    "Outcome unknown: {e}. The hub may or may not have stored the message. \
+                     Sending the same message to the same recipient again is safe: the bridge \
+                     reuses its key, so the hub stores it at most once. relay_status lists \
+                     recent sends."
+                ))
+            }
+        }
+    }
+
+    async fn receive(&self, args: ReceiveArgs) -> Reply {
+        let me = self.hub.id();
+        let frame = ClientFrame::Receive(Receive {
+            count: Some(args.count),
+            from: args.from.clone(),
+            rid: None,
+        });
+        let inbox = match self.hub.request(frame).await {
+            Ok(ServerFrame::Inbox(inbox)) => inbox,
+            Ok(ServerFrame::Error(e)) => {
+                return Reply::error(format!(
+                    "The hub refused to list unread mail: {}",
+                    e.message
+                ));
+            }
+            Ok(other) => return unexpected(&other),
+            Err(e) => return request_failed(&e),
+        };
+        if let Some(epoch) = &inbox.epoch {
+            self.hub.observe_epoch(epoch);
+        }
+        let from = args
+            .from
+            .as_deref()
+            .map(|f| format!(" from {f}"))
+            .unwrap_or_default();
+        if inbox.messages.is_empty() {
+            self.hub.set_unread(0);
+            let mut text = format!("No unread messages{from}.");
+            if inbox.remaining > 0 {
+                text.push_str(&format!(
+                    " ({} more reported; call again.)",
+                    inbox.remaining
+                ));
+            }
+            return Reply::ok(text);
+        }
+        let now = sessions::time::now_ms();
+        let cap = if args.count == 1 {
+            SINGLE_BODY_CAP
+        } else {
+            BODY_CAP
+        };
+        let page = format::page(&inbox.messages, &me, cap, RESULT_BUDGET, now);
+        let shown = &inbox.messages[..page.shown];
+        let left = inbox.remaining + (inbox.messages.len() - page.shown) as u64;
+
+        // Mark read exactly what is shown; nothing else.
+        let seqs: Vec<u64> = shown.iter().map(|m| m.seq).filter(|s| *s > 0).collect();
+        let mark_problem = if seqs.len() < shown.len() {
+            Some("the hub gave some messages no sequence number".to_string())
+        } else {
+            match self
+                .hub
+                .request(ClientFrame::MarkRead(MarkRead { seqs, rid: None }))
+                .await
+            {
+                Ok(ServerFrame::Marked(m)) => {
+                    self.hub.set_unread(m.unread);
+                    None
+                }
+                Ok(ServerFrame::Error(e)) => Some(e.message),
+                Ok(other) => Some(format!("unexpected reply {}", frame_type(&other))),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+
+        let mut text = format!(
+            "{}{from}, oldest first{}:\n\n{}",
+            format::plural(page.shown as u64, "unread message", "unread messages"),
+            if mark_problem.is_none() {
+                " (now marked read)"
+            } else {
+                ""
+            },
+            page.text
+        );
+        if left > 0 {
+            text.push_str(&format!(
+                "\n\n{left} more unread{from} — call relay_receive again."
+            ));
+        }
+        if args.count_capped {
+            text.push_str("\n(count is capped at 50 per call.)");
+        }
+        if let Some(problem) = mark_problem {
+            text.push_str(&format!(
+                "\n\nWarning: could not mark these read ({problem}); they may be shown again."
+            ));
+        }
+        Reply::ok(text)
+    }
+
+    async fn history(&self, args: ReceiveArgs) -> Reply {
+        let me = self.hub.id();
+        let frame = ClientFrame::GetHistory(GetHistory {
+            count: Some(args.count),
+            from: args.from.clone(),
+            to: None,
+            after: args.after.clone(),
+            inbound_only: Some(true),
+            rid: None,
+        });
+        let history = match self.hub.request(frame).await {
+            Ok(ServerFrame::History(h)) => h,
+            Ok(ServerFrame::Error(e)) => {
+                return Reply::error(format!("The hub refused to read history: {}", e.message));
+            }
+            Ok(other) => return unexpected(&other),
+            Err(e) => return request_failed(&e),
+        };
+        let after = args.after.as_deref().unwrap_or_default();
+        if history.unknown_cursor {
+            return Reply::error(format!(
+                "The hub does not know the position {after:?} (an unknown message id, a time it \
+                 cannot read, or history was reset). Nothing was replayed. relay_receive \
+                 {{\"replay\":true}} shows the most recent messages."
+            ));
+        }
+        // The hub leaves out our own sends (inboundOnly); never show one regardless.
+        let messages: Vec<_> = history
+            .messages
+            .into_iter()
+            .filter(|m| m.from != me)
+            .collect();
+        let filter = match (&args.from, &args.after) {
+            (Some(f), Some(a)) => format!(" from {f} after {a}"),
+            (Some(f), None) => format!(" from {f}"),
+            (None, Some(a)) => format!(" after {a}"),
+            (None, None) => String::new(),
+        };
+        if messages.is_empty() {
+            return Reply::ok(format!("No messages in history{filter}."));
+        }
+        let now = sessions::time::now_ms();
+        let cap = if args.count == 1 {
+            SINGLE_BODY_CAP
+        } else {
+            BODY_CAP
+        };
+        let page = format::page(&messages, &me, cap, RESULT_BUDGET, now);
+        let mut text = format!(
+            "History{filter} (inbound; read state unchanged), {}, oldest first:\n\n{}",
+            format::plural(page.shown as u64, "message", "messages"),
+            page.text
+        );
+        let cut_short = page.shown < messages.len();
+        if cut_short || (args.after.is_some() && history.more) {
+            let last = &messages[page.shown - 1].id;
+            let from = args
+                .from
+                .as_deref()
+                .map(|f| format!(",\"from\":\"{f}\""))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "\n\nMore follow — relay_receive {{\"replay\":true,\"after\":\"{last}\"{from}}}"
+            ));
+        }
+        if args.count_capped {
+            text.push_str("\n(count is capped at 50 per call.)");
+        }
+        Reply::ok(text)
+    }
+
+    async fn peers(&self) -> Reply {
+        let me = self.hub.id();
+        match self
+            .hub
+            .request(ClientFrame::GetSessions(Default::default()))
+            .await
+        {
+            Ok(ServerFrame::Sessions(s)) => {
+                let now = sessions::time::now_ms();
+                let online: Vec<(&String, &SessionView)> =
+                    s.sessions.iter().filter(|(_, v)| v.online).collect();
+                if online.iter().all(|(id, _)| **id == me) {
+                    return Reply::ok(format!("No other session is online (you are {me})."));
+                }
+                let lines: Vec<String> = online
+                    .iter()
+                    .map(|(id, v)| format::session_line(id, v, &me, now))
+                    .collect();
+                Reply::ok(format!(
+                    "{} online:\n{}",
+                    format::plural(lines.len() as u64, "session", "sessions"),
+                    format::capped_lines(&lines)
+                ))
+            }
+            Ok(ServerFrame::Error(e)) => {
+                Reply::error(format!("The hub refused to list sessions: {}", e.message))
+            }
+            Ok(other) => unexpected(&other),
+            Err(e) => request_failed(&e),
+        }
+    }
+
+    async fn status(&self) -> Reply {
+        self.hub.start();
+        self.hub.settle().await;
+        let snap = self.hub.snapshot();
+        let now = sessions::time::now_ms();
+        let mut lines = Vec::new();
+        match &snap.state {
+            LinkState::Connected { since_ms } => lines.push(format!(
+                "Hub: {} — connected for {}",
+                snap.url,
+                sessions::time::ago(*since_ms, now)
+            )),
+            _ => lines.push(format!("Hub: {}", snap.not_connected_text())),
+        }
+        lines.push(format!("You: {} (from {})", snap.id, self.id_source));
+        if snap.is_connected() {
+            match self
+                .hub
+                .request(ClientFrame::GetStatus(Default::default()))
+                .await
+            {
+                Ok(ServerFrame::Status(st)) => {
+                    self.hub.observe_epoch(&st.epoch);
+                    self.hub.set_unread(st.unread);
+                    lines.push(if st.unread > 0 {
+                        format!("Unread: {} — call relay_receive", st.unread)
+                    } else {
+                        "Unread: 0".to_string()
+                    });
+                    lines.push(format!("Hub epoch: {}", st.epoch));
+                    if st.sends.is_empty() {
+                        lines.push("Recent sends: none".to_string());
+                    } else {
+                        lines.push(format!(
+                            "Recent sends (newest first):\n{}",
+                            format::sends(&st.sends, now).trim_end()
+                        ));
+                    }
+                }
+                Ok(ServerFrame::Error(e)) => {
+                    lines.push(format!("Status unavailable: the hub said {}", e.message));
+                }
+                Ok(other) => lines.push(format!("Status unavailable: {}", frame_type(&other))),
+                Err(e) => lines.push(format!("Status unavailable: {e}")),
+            }
+        } else {
+            lines.push(match snap.unread {
+                Some(n) => format!("Unread: unknown while disconnected (last known {n})"),
+                None => "Unread: unknown while disconnected".to_string(),
+            });
+            if let Some(epoch) = &snap.epoch {
+                lines.push(format!("Hub epoch (last seen): {epoch}"));
+            }
+        }
+        Reply::ok(lines.join("\n"))
+    }
+
+    async fn sessions(&self) -> Reply {
+        let me = self.hub.id();
+        let now = sessions::time::now_ms();
+        let (hub_view, hub_problem) = match self
+            .hub
+            .request(ClientFrame::GetSessions(Default::default()))
+            .await
+        {
+            Ok(ServerFrame::Sessions(s)) => (Some(s.sessions), None),
+            Ok(ServerFrame::Error(e)) => (None, Some(format!("the hub said {}", e.message))),
+            Ok(other) => (
+                None,
+                Some(format!("unexpected reply {}", frame_type(&other))),
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        // Registry reads and process probes are blocking work.
+        let reader = self.local.clone();
+        let (local, local_problem) = match tokio::task::spawn_blocking(move || reader()).await {
+            Ok(Ok(l)) => (l, None),
+            Ok(Err(e)) => (Vec::new(), Some(e)),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let hub_view = hub_view.unwrap_or_default();
+        let mut lines = Vec::new();
+        let mut ordered: Vec<(&String, &SessionView)> = hub_view.iter().collect();
+        // Online first (by id), then offline, most recently seen first.
+        ordered.sort_by(|a, b| {
+            b.1.online.cmp(&a.1.online).then_with(|| {
+                if a.1.online {
+                    a.0.cmp(b.0)
+                } else {
+                    b.1.last_seen.cmp(&a.1.last_seen)
+                }
+            })
+        });
+        for (id, v) in &ordered {
+            lines.push(format::session_line(id, v, &me, now));
+        }
+        let online = ordered.iter().filter(|(_, v)| v.online).count();
+        let mut local_only: BTreeMap<&str, &LocalSession> = BTreeMap::new();
+        for l in &local {
+            if !hub_view.contains_key(&l.id) {
+                local_only.insert(&l.id, l);
+            }
+        }
+        for l in local_only.values() {
+            lines.push(local_line(l, hub_problem.is_none(), now));
+        }
+        let mut text = String::new();
+        if let Some(problem) = &hub_problem {
+            text.push_str(&format!(
+                "Hub unavailable ({problem}); showing this machine's registry only.\n"
+            ));
+        }
+        if lines.is_empty() {
+            text.push_str("No sessions known.");
+        } else {
+            if hub_problem.is_none() {
+                text.push_str(&format!(
+                    "{} known ({online} online):\n",
+                    format::plural(lines.len() as u64, "session", "sessions")
+                ));
+            }
+            text.push_str(&format::capped_lines(&lines));
+        }
+        if let Some(problem) = local_problem {
+            text.push_str(&format!("\n(local registry unreadable: {problem})"));
+        }
+        Reply::ok(text)
+    }
+}
+
+/// A registry entry the hub does not know (or, with the hub down, any entry).
+fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
+    let mut line = l.id.clone();
+    let state = match (l.state.as_str(), l.alive) {
+        ("running", Some(true)) => match l.pid {
+            Some(pid) => format!("running (pid {pid})"),
+            None => "running".to_string(),
+        },
+        ("running", Some(false)) => "gone (process died)".to_string(),
+        (s, _) => s.to_string(),
+    };
+    line.push_str(&format!(" · {state}"));
+    if let Some(ms) = l.last_seen_ms.filter(|_| l.state != "running") {
+        line.push_str(&format!(", last seen {} ago", sessions::time::ago(ms, now)));
+    }
+    if !l.host.is_empty() {
+        line.push_str(&format!(" · {}", l.host));
+    }
+    if !l.cwd.is_empty() {
+        line.push_str(&format!(" · {}", format::short_path(&l.cwd)));
+    }
+    if hub_up {
+        line.push_str(" · local registry only");
+    }
+    line
+}
+
+fn frame_type(f: &ServerFrame) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn unexpected(f: &ServerFrame) -> Reply {
+    Reply::error(format!(
+        "The hub answered with an unexpected frame ({}); nothing changed.",
+        frame_type(f)
+    ))
+}
+
+fn request_failed(e: &RequestError) -> Reply {
+    match e {
+        RequestError::NotConnected(state) => Reply::error(format!(
+            "{}. The bridge reconnects by itself.",
+            capitalize(state)
+        )),
+        other => Reply::error(format!("{}.", capitalize(&other.to_string()))),
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_lines() {
+        let l = LocalSession {
+            id: "CC-4".into(),
+            state: "ended".into(),
+            host: "laptop".into(),
+            cwd: "/work/z".into(),
+            last_seen_ms: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            local_line(&l, true, 7_200_000),
+            "CC-4 · ended, last seen 2h ago · laptop · /work/z · local registry only"
+        );
+        let l = LocalSession {
+            id: "CC-5".into(),
+            state: "running".into(),
+            alive: Some(true),
+            pid: Some(42),
+            ..Default::default()
+        };
+        assert_eq!(local_line(&l, false, 0), "CC-5 · running (pid 42)");
+    }
+}

@@ -1,0 +1,357 @@
+//! Turning hub replies into the short plain text a model reads.
+//!
+//! Every tool result is bounded: Claude Code warns above 10k tokens of tool output and cuts at
+//! 25k, and each token of output is context the agent pays for. So message bodies are cut at
+//! [`BODY_CAP`] characters with a pointer saying how to read the rest, a page of messages stops
+//! before [`RESULT_BUDGET`] characters (the rest stay unread), and lists stop at
+//! [`LIST_MAX_LINES`] lines. These functions are pure (time is passed in) so they are tested
+//! directly.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use sessions::{
+    time::{ago, iso, parse_iso},
+    wire::{Envelope, SendState, SessionView},
+};
+
+/// Characters of one message body shown when a page holds several messages.
+pub const BODY_CAP: usize = 2_000;
+/// Characters of one message body shown when exactly one message is asked for (`count: 1`).
+pub const SINGLE_BODY_CAP: usize = 18_000;
+/// Characters of message text one `relay_receive` result may hold (about 5k tokens).
+pub const RESULT_BUDGET: usize = 20_000;
+/// Lines of a session list.
+pub const LIST_MAX_LINES: usize = 100;
+/// Recent sends shown by `relay_status`.
+pub const STATUS_SENDS: usize = 5;
+
+/// `s` cut to at most `max` characters (on a char boundary), and whether it was cut.
+pub fn cut(s: &str, max: usize) -> (&str, bool) {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => (&s[..i], true),
+        None => (s, false),
+    }
+}
+
+/// "3m ago" for an ISO time, or the raw text when it does not parse.
+pub fn ago_text(ts: &str, now_ms: i64) -> String {
+    match parse_iso(ts) {
+        Some(ms) => format!("{} ago", ago(ms, now_ms)),
+        None => ts.to_string(),
+    }
+}
+
+/// "5m" of uptime since an ISO time.
+fn since_text(ts: &str, now_ms: i64) -> String {
+    parse_iso(ts).map_or_else(|| ts.to_string(), |ms| ago(ms, now_ms))
+}
+
+/// The `after` value that replays exactly this message first: its timestamp minus 1 ms
+/// (message ids only page forward, and the message before it may be one we never showed).
+pub fn cursor_before(e: &Envelope) -> String {
+    parse_iso(&e.timestamp).map_or_else(|| e.timestamp.clone(), |ms| iso(ms - 1))
+}
+
+/// One message for the model: a header line and the (possibly cut) body.
+///
+/// `me` turns the recipient into "you"; `cap` is [`BODY_CAP`] or [`SINGLE_BODY_CAP`].
+pub fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String {
+    let to = if e.to == me { "you" } else { e.to.as_str() };
+    let mut out = format!(
+        "[{} → {} · {} · id {}]\n",
+        e.from,
+        to,
+        ago_text(&e.timestamp, now_ms),
+        e.id
+    );
+    let (body, was_cut) = cut(&e.content, cap);
+    out.push_str(body);
+    if was_cut {
+        let total = e.content.chars().count();
+        if cap < SINGLE_BODY_CAP {
+            let _ = write!(
+                out,
+                "\n… [cut: {cap} of {total} characters shown. Read it whole: relay_receive \
+                 {{\"replay\":true,\"after\":\"{}\",\"from\":\"{}\",\"count\":1}}]",
+                cursor_before(e),
+                e.from
+            );
+        } else {
+            let _ = write!(
+                out,
+                "\n… [cut: {cap} of {total} characters shown; the rest does not fit in one tool \
+                 result. Ask {} to share it as a file path or commit.]",
+                e.from
+            );
+        }
+    }
+    out
+}
+
+/// A page of messages rendered under the result budget.
+#[derive(Debug)]
+pub struct Page {
+    /// The rendered messages, separated by blank lines.
+    pub text: String,
+    /// How many of the given messages are in `text` (a prefix, oldest first).
+    pub shown: usize,
+}
+
+/// Renders messages oldest first until the next one would push the text past `budget`
+/// characters. The first message is always shown (cut to fit), so a page never comes back
+/// empty while mail waits.
+pub fn page(messages: &[Envelope], me: &str, cap: usize, budget: usize, now_ms: i64) -> Page {
+    let mut text = String::new();
+    let mut used = 0usize;
+    let mut shown = 0usize;
+    for e in messages {
+        let rendered = message(e, me, cap, now_ms);
+        let len = rendered.chars().count() + 2;
+        if shown > 0 && used + len > budget {
+            break;
+        }
+        if shown > 0 {
+            text.push_str("\n\n");
+        }
+        text.push_str(&rendered);
+        used += len;
+        shown += 1;
+    }
+    Page { text, shown }
+}
+
+/// "1 unread message" / "3 unread messages".
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// One line per recent send: `→CC-2 read 2m ago "preview…"`.
+pub fn sends(list: &[SendState], now_ms: i64) -> String {
+    let mut out = String::new();
+    for s in list.iter().take(STATUS_SENDS) {
+        let (state, when) = match s.state.as_str() {
+            "read" => ("read", s.read_at.as_deref()),
+            "delivered" => ("delivered", s.delivered_at.as_deref()),
+            other => (other, Some(s.stored_at.as_str())),
+        };
+        let mut line = format!("  →{} {state}", s.to);
+        if let Some(n) = s.read_by.filter(|_| s.to == sessions::BROADCAST) {
+            let _ = write!(line, " by {n}");
+        }
+        if let Some(when) = when {
+            let _ = write!(line, " {}", ago_text(when, now_ms));
+        }
+        if !s.preview.is_empty() {
+            let (p, was_cut) = cut(&s.preview, 40);
+            let _ = write!(
+                line,
+                " \"{}{}\"",
+                p.replace('\n', " "),
+                if was_cut { "…" } else { "" }
+            );
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if list.len() > STATUS_SENDS {
+        let _ = writeln!(out, "  … and {} older", list.len() - STATUS_SENDS);
+    }
+    out
+}
+
+/// A string field of session metadata, if present and non-empty.
+pub fn meta_str<'a>(v: &'a SessionView, key: &str) -> Option<&'a str> {
+    v.meta
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// `cwd` shortened from the left so long paths keep their informative end.
+pub fn short_path(p: &str) -> String {
+    let n = p.chars().count();
+    if n <= 60 {
+        p.to_string()
+    } else {
+        let tail: String = p.chars().skip(n - 59).collect();
+        format!("…{tail}")
+    }
+}
+
+/// One line about a session the hub knows: `CC-2 · online 5m · laptop · /work/app`.
+pub fn session_line(id: &str, v: &SessionView, me: &str, now_ms: i64) -> String {
+    let mut line = id.to_string();
+    if id == me {
+        line.push_str(" (you)");
+    }
+    if v.online {
+        let since = v.connected_at.as_deref().map(|t| since_text(t, now_ms));
+        match since {
+            Some(s) => {
+                let _ = write!(line, " · online {s}");
+            }
+            None => line.push_str(" · online"),
+        }
+    } else {
+        match v.last_seen.as_deref() {
+            Some(t) => {
+                let _ = write!(line, " · offline, last seen {}", ago_text(t, now_ms));
+            }
+            None => line.push_str(" · offline"),
+        }
+    }
+    if let Some(h) = meta_str(v, "host") {
+        let _ = write!(line, " · {h}");
+    }
+    if let Some(c) = meta_str(v, "cwd") {
+        let _ = write!(line, " · {}", short_path(c));
+    }
+    line
+}
+
+/// Joins lines, stopping at [`LIST_MAX_LINES`] with a count of the rest.
+pub fn capped_lines(lines: &[String]) -> String {
+    let mut out = lines
+        .iter()
+        .take(LIST_MAX_LINES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    if lines.len() > LIST_MAX_LINES {
+        let _ = write!(out, "\n… and {} more", lines.len() - LIST_MAX_LINES);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_462_667_123; // 2026-11-23T19:37:47.123Z
+
+    fn env(id: &str, from: &str, to: &str, content: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            from: from.into(),
+            to: to.into(),
+            content: content.into(),
+            timestamp: iso(NOW - 120_000),
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn cut_respects_char_boundaries() {
+        assert_eq!(cut("héllo", 2), ("hé", true));
+        assert_eq!(cut("hé", 2), ("hé", false));
+        assert_eq!(cut("", 0), ("", false));
+    }
+
+    #[test]
+    fn message_header_and_body() {
+        let m = message(
+            &env("e-1", "CC-2", "CC-1", "tests pass"),
+            "CC-1",
+            BODY_CAP,
+            NOW,
+        );
+        assert_eq!(m, "[CC-2 → you · 2m ago · id e-1]\ntests pass");
+        let m = message(&env("e-2", "CC-2", "all", "hi"), "CC-1", BODY_CAP, NOW);
+        assert!(m.starts_with("[CC-2 → all · 2m ago"), "{m}");
+    }
+
+    #[test]
+    fn long_body_is_cut_with_a_pointer_that_replays_it() {
+        let e = env("e-1", "CC-2", "CC-1", &"x".repeat(5_000));
+        let m = message(&e, "CC-1", BODY_CAP, NOW);
+        assert!(m.contains(&"x".repeat(2_000)));
+        assert!(!m.contains(&"x".repeat(2_001)));
+        assert!(m.contains("2000 of 5000 characters"), "{m}");
+        let before = iso(NOW - 120_001);
+        assert!(
+            m.contains(&format!(
+                r#"relay_receive {{"replay":true,"after":"{before}","from":"CC-2","count":1}}"#
+            )),
+            "{m}"
+        );
+        // With the single-message cap it fits whole.
+        let m = message(&e, "CC-1", SINGLE_BODY_CAP, NOW);
+        assert!(!m.contains("cut:"));
+        let huge = env("e-1", "CC-2", "CC-1", &"y".repeat(30_000));
+        let m = message(&huge, "CC-1", SINGLE_BODY_CAP, NOW);
+        assert!(m.contains("does not fit"), "{}", &m[m.len() - 200..]);
+    }
+
+    #[test]
+    fn page_stops_at_the_budget_but_always_shows_one() {
+        let msgs: Vec<Envelope> = (0..20)
+            .map(|i| env(&format!("e-{i}"), "CC-2", "CC-1", &"z".repeat(1_500)))
+            .collect();
+        let p = page(&msgs, "CC-1", BODY_CAP, RESULT_BUDGET, NOW);
+        assert!(p.shown >= 10 && p.shown < 20, "{}", p.shown);
+        assert!(p.text.chars().count() <= RESULT_BUDGET);
+        assert!(p.text.contains("id e-0]") && !p.text.contains(&format!("id e-{}]", p.shown)));
+        let p = page(&msgs, "CC-1", BODY_CAP, 10, NOW);
+        assert_eq!(p.shown, 1);
+        let p = page(&[], "CC-1", BODY_CAP, 10, NOW);
+        assert_eq!((p.shown, p.text.as_str()), (0, ""));
+    }
+
+    #[test]
+    fn send_states() {
+        let s = |to: &str, state: &str| SendState {
+            id: "e".into(),
+            seq: 1,
+            to: to.into(),
+            state: state.into(),
+            stored_at: iso(NOW - 600_000),
+            delivered_at: Some(iso(NOW - 300_000)),
+            read_at: Some(iso(NOW - 120_000)),
+            read_by: Some(2),
+            preview: "the tests pass now".into(),
+        };
+        let text = sends(
+            &[s("CC-2", "read"), s("CC-3", "stored"), s("all", "read")],
+            NOW,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "  →CC-2 read 2m ago \"the tests pass now\"");
+        assert_eq!(lines[1], "  →CC-3 stored 10m ago \"the tests pass now\"");
+        assert_eq!(lines[2], "  →all read by 2 2m ago \"the tests pass now\"");
+    }
+
+    #[test]
+    fn session_lines() {
+        let mut v = SessionView {
+            online: true,
+            connected_at: Some(iso(NOW - 300_000)),
+            ..Default::default()
+        };
+        v.meta.insert("host".into(), "laptop".into());
+        v.meta.insert("cwd".into(), "/work/app".into());
+        assert_eq!(
+            session_line("CC-1", &v, "CC-1", NOW),
+            "CC-1 (you) · online 5m · laptop · /work/app"
+        );
+        v.online = false;
+        v.last_seen = Some(iso(NOW - 7_200_000));
+        assert_eq!(
+            session_line("CC-2", &v, "CC-1", NOW),
+            "CC-2 · offline, last seen 2h ago · laptop · /work/app"
+        );
+        assert!(short_path(&"a/".repeat(50)).starts_with('…'));
+    }
+
+    #[test]
+    fn capped_list() {
+        let lines: Vec<String> = (0..150).map(|i| i.to_string()).collect();
+        let s = capped_lines(&lines);
+        assert_eq!(s.lines().count(), LIST_MAX_LINES + 1);
+        assert!(s.ends_with("… and 50 more"));
+    }
+}

@@ -1,0 +1,841 @@
+//! The bridge's one connection to the hub: connect, register, keep it alive, reconnect.
+//!
+//! A single task owns the WebSocket. Tools never touch it; they call [`HubClient::request`],
+//! which stamps the frame with a fresh request id (`rid`), queues it for that task and waits
+//! for the reply carrying the same `rid` — under a timeout, and failing at once when the
+//! connection drops. So a tool call can never hang on the hub.
+//!
+//! - The connection starts on [`HubClient::start`] (the server calls it on `initialize`), so a
+//!   client that only probes the server (`claude mcp list`) is answered without a network trip.
+//! - Lost connections are retried with exponential backoff and full jitter ([`Backoff`]); each
+//!   new connection registers again.
+//! - Liveness both ways: the hub pings us (tungstenite answers while we keep reading); we send
+//!   an application `ping` every `ping_interval` and treat `idle` without any frame as a
+//!   half-open connection, dropped and redialled.
+//! - A name held by a live connection: an id from `RELAY_CLIENT_ID` moves on to the next
+//!   number (`CODEX` → `CODEX2`) until it first registers; any other id keeps retrying with
+//!   backoff and the tools say why.
+//! - Pushed `message` frames bump a cheap unread hint and go out on a bounded broadcast
+//!   channel (see [`HubClient::subscribe`]); nothing is buffered without bound.
+//!
+//! Bounds: [`OUTBOUND_QUEUE`] frames waiting to be written, [`PUSH_BUFFER`] pushed messages per
+//! subscriber (older ones are dropped for a lagging subscriber; the hub keeps the mail), and the
+//! pending-reply map holds at most one entry per in-flight tool call.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use sessions::wire::{
+    ClientFrame, Envelope, Meta, PresenceMode, Register, RequestId, ServerFrame, codes,
+};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot, watch},
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    backoff::Backoff,
+    config::{BridgeConfig, Timeouts},
+    connect::{self, HubSocket},
+};
+
+/// Frames queued for the connection task. Tool calls wait (bounded by the request timeout)
+/// when it is full.
+pub const OUTBOUND_QUEUE: usize = 64;
+/// Pushed messages buffered per subscriber.
+pub const PUSH_BUFFER: usize = 256;
+/// The `rid` of `register` frames (replies to it are read before normal traffic starts).
+const REGISTER_RID: &str = "register";
+
+/// Where the connection stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkState {
+    /// `start` was not called yet.
+    NotStarted,
+    /// Dialling or registering.
+    Connecting {
+        /// 1 for the first attempt after a working connection (or the very first).
+        attempt: u32,
+    },
+    /// Registered and usable.
+    Connected {
+        /// When the registration succeeded (Unix ms).
+        since_ms: i64,
+    },
+    /// Waiting before the next attempt.
+    Waiting {
+        /// When the next attempt starts.
+        retry_at: Instant,
+        /// Why the last attempt or connection failed, in words.
+        last_error: String,
+        /// The hub refused our name (as opposed to being unreachable).
+        rejected: bool,
+    },
+    /// The bridge is shutting down.
+    Stopped,
+}
+
+/// A copy of the client's state for tool output.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Hub URL.
+    pub url: String,
+    /// The session id we register (or hold) now.
+    pub id: String,
+    /// Connection state.
+    pub state: LinkState,
+    /// Last known unread count (from the hub, plus pushes since), if any.
+    pub unread: Option<u64>,
+    /// The hub store's epoch as last seen.
+    pub epoch: Option<String>,
+}
+
+impl Snapshot {
+    /// True when requests can be sent now.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, LinkState::Connected { .. })
+    }
+
+    /// "not connected to the hub at URL (retrying in N s; last error: …)".
+    pub fn not_connected_text(&self) -> String {
+        match &self.state {
+            LinkState::Connected { .. } => format!("connected to the hub at {}", self.url),
+            LinkState::NotStarted => format!("not connected to the hub at {} yet", self.url),
+            LinkState::Connecting { attempt } if *attempt <= 1 => {
+                format!("not connected to the hub at {} (connecting now)", self.url)
+            }
+            LinkState::Connecting { attempt } => format!(
+                "not connected to the hub at {} (reconnect attempt {attempt} in progress)",
+                self.url
+            ),
+            LinkState::Waiting {
+                retry_at,
+                last_error,
+                rejected,
+            } => {
+                let secs = retry_at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil() as u64;
+                if *rejected {
+                    format!(
+                        "not registered with the hub at {}: {last_error}; retrying in {secs} s",
+                        self.url
+                    )
+                } else {
+                    format!(
+                        "not connected to the hub at {} (retrying in {secs} s; last error: {last_error})",
+                        self.url
+                    )
+                }
+            }
+            LinkState::Stopped => format!(
+                "not connected to the hub at {} (the bridge is shutting down)",
+                self.url
+            ),
+        }
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing was sent: no usable connection. Carries the state text for the model.
+    #[error("{0}")]
+    NotConnected(String),
+    /// The connection dropped while the request was queued (`written: false`) or after it was
+    /// written, before the reply (`written: true`).
+    #[error("{}", if *written {
+        "the connection to the hub dropped after the request was sent, before the hub replied"
+    } else {
+        "the connection to the hub dropped before the request was sent"
+    })]
+    Lost {
+        /// Whether the frame reached the socket.
+        written: bool,
+    },
+    /// No reply within the request timeout.
+    #[error("the hub did not reply within {secs} s")]
+    Timeout {
+        /// The timeout.
+        secs: u64,
+        /// Whether the frame reached the socket.
+        written: bool,
+    },
+    /// The hub answered with something this bridge cannot read.
+    #[error("the hub sent an unreadable reply: {0}")]
+    BadReply(String),
+}
+
+impl RequestError {
+    /// True when the hub may have acted on the request (it was written, and no reply came).
+    pub fn maybe_delivered(&self) -> bool {
+        matches!(
+            self,
+            Self::Lost { written: true } | Self::Timeout { written: true, .. } | Self::BadReply(_)
+        )
+    }
+}
+
+/// The reconnecting hub connection, shared by all tool calls. Cheap to clone.
+#[derive(Clone)]
+pub struct HubClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    timeouts: Timeouts,
+    meta: Meta,
+    ident: Mutex<Ident>,
+    state: watch::Sender<LinkState>,
+    link: Mutex<Option<Link>>,
+    pending: Mutex<HashMap<i64, Pending>>,
+    next_rid: AtomicU64,
+    next_conn: AtomicU64,
+    unread: Mutex<Option<u64>>,
+    epoch: Mutex<EpochSeen>,
+    pushes: broadcast::Sender<Envelope>,
+    started: AtomicBool,
+    stop: watch::Sender<bool>,
+    registered: watch::Sender<Option<String>>,
+}
+
+/// The name we register and how it may change.
+struct Ident {
+    id: String,
+    /// Base for auto-numbering; cleared after the first successful registration so a
+    /// reconnect never renames a session.
+    base: Option<String>,
+    number: u32,
+}
+
+#[derive(Default)]
+struct EpochSeen {
+    current: Option<String>,
+    notice: Option<String>,
+}
+
+#[derive(Clone)]
+struct Link {
+    conn: u64,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+struct Outgoing {
+    rid: Option<i64>,
+    text: String,
+}
+
+struct Pending {
+    conn: u64,
+    written: bool,
+    tx: oneshot::Sender<Result<ServerFrame, RequestError>>,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// Dial, register or traffic failed; retry with backoff.
+    Failed(String),
+    /// The hub refused our name; retry with backoff.
+    Rejected(String),
+    /// We are shutting down.
+    Stopped,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl HubClient {
+    /// A client for `config`'s hub and identity, reporting `meta` on register. Not started.
+    pub fn new(config: &BridgeConfig, meta: Meta) -> Self {
+        let identity = &config.identity;
+        let base = identity.source.auto_number_base.clone();
+        let number = base
+            .as_deref()
+            .and_then(|b| identity.id.strip_prefix(b))
+            .and_then(|rest| rest.parse::<u32>().ok())
+            .unwrap_or(1);
+        let (pushes, _) = broadcast::channel(PUSH_BUFFER);
+        Self {
+            inner: Arc::new(Inner {
+                url: config.relay_url.clone(),
+                timeouts: config.timeouts.clone(),
+                meta,
+                ident: Mutex::new(Ident {
+                    id: identity.id.clone(),
+                    base,
+                    number,
+                }),
+                state: watch::Sender::new(LinkState::NotStarted),
+                link: Mutex::new(None),
+                pending: Mutex::new(HashMap::new()),
+                next_rid: AtomicU64::new(1),
+                next_conn: AtomicU64::new(1),
+                unread: Mutex::new(None),
+                epoch: Mutex::new(EpochSeen::default()),
+                pushes,
+                started: AtomicBool::new(false),
+                stop: watch::Sender::new(false),
+                registered: watch::Sender::new(None),
+            }),
+        }
+    }
+
+    /// Starts the connection task (once; later calls do nothing). Needs a tokio runtime.
+    pub fn start(&self) {
+        if self.inner.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner
+            .state
+            .send_replace(LinkState::Connecting { attempt: 1 });
+        tokio::spawn(run(self.inner.clone()));
+    }
+
+    /// The hub URL.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The session id registered (or to be registered) now.
+    pub fn id(&self) -> String {
+        lock(&self.inner.ident).id.clone()
+    }
+
+    /// A copy of the connection state for display.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            url: self.inner.url.clone(),
+            id: self.id(),
+            state: self.inner.state.borrow().clone(),
+            unread: *lock(&self.inner.unread),
+            epoch: lock(&self.inner.epoch).current.clone(),
+        }
+    }
+
+    /// A receiver of the state; changes whenever the connection does (for waiting in tests
+    /// and, later, for notifications).
+    pub fn watch_state(&self) -> watch::Receiver<LinkState> {
+        self.inner.state.subscribe()
+    }
+
+    /// The name of the latest successful registration (updated on every reconnect), so the
+    /// local registry can follow a name the hub gave us.
+    pub fn watch_registered(&self) -> watch::Receiver<Option<String>> {
+        self.inner.registered.subscribe()
+    }
+
+    /// Messages the hub pushes to this session, as they arrive (bounded; see [`PUSH_BUFFER`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
+        self.inner.pushes.subscribe()
+    }
+
+    /// Records an unread count the hub reported.
+    pub fn set_unread(&self, n: u64) {
+        *lock(&self.inner.unread) = Some(n);
+    }
+
+    /// Records the store epoch seen in a reply; a change from the last one seen leaves a
+    /// notice for [`Self::take_reset_notice`].
+    pub fn observe_epoch(&self, epoch: &str) {
+        self.inner.observe_epoch(epoch);
+    }
+
+    /// "The hub's history was reset", once, after the store epoch changed.
+    pub fn take_reset_notice(&self) -> Option<String> {
+        lock(&self.inner.epoch).notice.take()
+    }
+
+    /// Sends `frame` with a fresh `rid` and returns the hub's reply to it (which may be an
+    /// `error` frame). Answers at once when disconnected; waits at most
+    /// `connecting_grace` for a connection attempt in progress, then `request` for the reply.
+    pub async fn request(&self, mut frame: ClientFrame) -> Result<ServerFrame, RequestError> {
+        self.start();
+        let inner = &self.inner;
+        let link = self.ready_link().await?;
+        let rid = inner.next_rid.fetch_add(1, Ordering::Relaxed) as i64;
+        set_rid(&mut frame, RequestId::Int(rid));
+        let text =
+            serde_json::to_string(&frame).map_err(|e| RequestError::BadReply(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        lock(&inner.pending).insert(
+            rid,
+            Pending {
+                conn: link.conn,
+                written: false,
+                tx,
+            },
+        );
+        let deadline = Instant::now() + inner.timeouts.request;
+        let queued = tokio::time::timeout_at(
+            deadline,
+            link.tx.send(Outgoing {
+                rid: Some(rid),
+                text,
+            }),
+        )
+        .await;
+        if !matches!(queued, Ok(Ok(()))) {
+            lock(&inner.pending).remove(&rid);
+            return Err(match queued {
+                Err(_) => RequestError::Timeout {
+                    secs: inner.timeouts.request.as_secs(),
+                    written: false,
+                },
+                _ => RequestError::Lost { written: false },
+            });
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::Lost { written: true }),
+            Err(_) => {
+                let written = lock(&inner.pending).remove(&rid).is_none_or(|p| p.written);
+                Err(RequestError::Timeout {
+                    secs: inner.timeouts.request.as_secs(),
+                    written,
+                })
+            }
+        }
+    }
+
+    /// Lets a connection attempt that is under way finish (at most `connecting_grace`), so a
+    /// status report right after start does not say "connecting" needlessly.
+    pub async fn settle(&self) {
+        let mut rx = self.inner.state.subscribe();
+        let waited = tokio::time::timeout(
+            self.inner.timeouts.connecting_grace,
+            rx.wait_for(|s| !matches!(s, LinkState::NotStarted | LinkState::Connecting { .. })),
+        )
+        .await;
+        drop(waited);
+    }
+
+    /// Waits up to `timeout` for a registered connection (starting the client if needed).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.start();
+        let mut rx = self.inner.state.subscribe();
+        let waited = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| matches!(s, LinkState::Connected { .. })),
+        )
+        .await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Stops the connection task: closes the WebSocket politely (bounded), fails pending
+    /// requests, and waits (bounded) until it is done.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        if !self.inner.started.load(Ordering::SeqCst) {
+            self.inner.state.send_replace(LinkState::Stopped);
+            return;
+        }
+        let mut rx = self.inner.state.subscribe();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            rx.wait_for(|s| *s == LinkState::Stopped),
+        )
+        .await;
+    }
+
+    /// The current connection's queue, waiting briefly for an attempt in progress.
+    async fn ready_link(&self) -> Result<Link, RequestError> {
+        let inner = &self.inner;
+        let mut rx = inner.state.subscribe();
+        let deadline = Instant::now() + inner.timeouts.connecting_grace;
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                LinkState::Connected { .. } => {
+                    if let Some(link) = lock(&inner.link).clone() {
+                        return Ok(link);
+                    }
+                }
+                LinkState::NotStarted | LinkState::Connecting { .. } => {}
+                LinkState::Waiting { .. } | LinkState::Stopped => {
+                    return Err(RequestError::NotConnected(
+                        self.snapshot().not_connected_text(),
+                    ));
+                }
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Err(RequestError::NotConnected(
+                    self.snapshot().not_connected_text(),
+                ));
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn observe_epoch(&self, epoch: &str) {
+        let mut e = lock(&self.epoch);
+        if let Some(old) = &e.current
+            && old != epoch
+        {
+            e.notice = Some(format!(
+                "Note: the hub's history was reset (store epoch {old} → {epoch}). Messages \
+                 stored before the reset are gone; read positions start over."
+            ));
+        }
+        e.current = Some(epoch.to_string());
+    }
+
+    fn register_frame(&self) -> (String, ClientFrame) {
+        let id = lock(&self.ident).id.clone();
+        let frame = ClientFrame::Register(Register {
+            client_id: Some(id.clone()),
+            meta: Some(self.meta.clone()),
+            presence: Some(PresenceMode::Delta),
+            rid: Some(RequestId::Str(REGISTER_RID.into())),
+        });
+        (id, frame)
+    }
+
+    /// After `name_in_use`: the next numbered name, if this identity auto-numbers.
+    fn next_number(&self) -> Option<String> {
+        let mut ident = lock(&self.ident);
+        let base = ident.base.clone()?;
+        let next = ident.number.max(1) + 1;
+        if next > sessions::identity::MAX_NUMBER {
+            return None;
+        }
+        let id = sessions::identity::numbered(&base, next).ok()?;
+        ident.number = next;
+        ident.id = id.to_string();
+        Some(ident.id.clone())
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Fails every request waiting on connection `conn`.
+    fn fail_pending(&self, conn: u64) {
+        let failed: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let rids: Vec<i64> = pending
+                .iter()
+                .filter(|(_, p)| p.conn == conn)
+                .map(|(rid, _)| *rid)
+                .collect();
+            rids.iter().filter_map(|rid| pending.remove(rid)).collect()
+        };
+        for p in failed {
+            let _ = p.tx.send(Err(RequestError::Lost { written: p.written }));
+        }
+    }
+
+    fn mark_written(&self, rid: i64) {
+        if let Some(p) = lock(&self.pending).get_mut(&rid) {
+            p.written = true;
+        }
+    }
+
+    /// Routes one text frame from the hub: a reply to its waiting request, or a push.
+    fn dispatch(&self, text: &str) {
+        let frame: ServerFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                // Fail the request it answers, if we can tell, instead of letting it time out.
+                let rid = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("rid").and_then(serde_json::Value::as_i64));
+                let waiting = rid.and_then(|rid| lock(&self.pending).remove(&rid));
+                let snippet: String = text.chars().take(200).collect();
+                match waiting {
+                    Some(p) => {
+                        let _ =
+                            p.tx.send(Err(RequestError::BadReply(format!("{e}: {snippet}"))));
+                    }
+                    None => {
+                        tracing::warn!("ignoring an unreadable frame from the hub ({e}): {snippet}")
+                    }
+                }
+                return;
+            }
+        };
+        if let Some(RequestId::Int(rid)) = frame.rid()
+            && let Some(p) = lock(&self.pending).remove(rid)
+        {
+            let _ = p.tx.send(Ok(frame));
+            return;
+        }
+        match frame {
+            ServerFrame::Message(envelope) => {
+                if let Some(n) = lock(&self.unread).as_mut() {
+                    *n += 1;
+                }
+                // No subscriber is fine: the hub keeps the mail; this is only a hint.
+                let _ = self.pushes.send(envelope);
+            }
+            ServerFrame::Error(e) => {
+                tracing::warn!("hub error not tied to a request: {}", e.message);
+            }
+            ServerFrame::PeerJoined(_) | ServerFrame::PeerLeft(_) | ServerFrame::Pong(_) => {}
+            other => tracing::debug!("unsolicited frame from the hub: {other:?}"),
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (the guard `wait_for` returns is not `Send`, so it is
+/// dropped here rather than held in a `select!`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The connection task: dial, register, serve, and on failure wait and redial.
+async fn run(inner: Arc<Inner>) {
+    let t = inner.timeouts.clone();
+    let mut backoff = Backoff::new(t.backoff_start, t.backoff_cap);
+    let mut attempt = 1u32;
+    let mut stop = inner.stop.subscribe();
+    loop {
+        if inner.stopping() {
+            break;
+        }
+        inner.state.send_replace(LinkState::Connecting { attempt });
+        let ended = tokio::select! {
+            ended = connect_and_serve(&inner, &mut backoff) => ended,
+            _ = stopped(&mut stop) => Ended::Stopped,
+        };
+        let (last_error, rejected) = match ended {
+            Ended::Stopped => break,
+            Ended::Failed(e) => (e, false),
+            Ended::Rejected(e) => (e, true),
+        };
+        let delay = backoff.next_delay();
+        tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
+        inner.state.send_replace(LinkState::Waiting {
+            retry_at: Instant::now() + delay,
+            last_error,
+            rejected,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => break,
+        }
+        attempt += 1;
+    }
+    *lock(&inner.link) = None;
+    inner.state.send_replace(LinkState::Stopped);
+}
+
+async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
+    let t = &inner.timeouts;
+    let ws = match connect::connect(&inner.url, t.connect).await {
+        Ok(ws) => ws,
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = ws.split();
+    if let Err(ended) = register(inner, &mut sink, &mut stream).await {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), sink.send(Message::Close(None))).await;
+        return ended;
+    }
+    backoff.reset();
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOUND_QUEUE);
+    *lock(&inner.link) = Some(Link { conn, tx });
+    inner.state.send_replace(LinkState::Connected {
+        since_ms: sessions::time::now_ms(),
+    });
+
+    let mut stop = inner.stop.subscribe();
+    let mut ping = tokio::time::interval_at(Instant::now() + t.ping_interval, t.ping_interval);
+    let mut last_frame = Instant::now();
+    let ended = loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { break Ended::Failed("outbound queue closed".into()) };
+                match tokio::time::timeout(t.request, sink.send(Message::text(out.text))).await {
+                    Ok(Ok(())) => {
+                        if let Some(rid) = out.rid {
+                            inner.mark_written(rid);
+                        }
+                    }
+                    Ok(Err(e)) => break Ended::Failed(format!("writing to the hub failed: {e}")),
+                    Err(_) => break Ended::Failed("writing to the hub timed out".into()),
+                }
+            }
+            msg = stream.next() => {
+                match msg {
+                    None => break Ended::Failed("the hub closed the connection".into()),
+                    Some(Err(e)) => break Ended::Failed(format!("connection error: {e}")),
+                    Some(Ok(m)) => {
+                        last_frame = Instant::now();
+                        match m {
+                            Message::Text(text) => inner.dispatch(&text),
+                            Message::Close(frame) => {
+                                let why = frame
+                                    .map(|f| format!(" ({})", f.reason))
+                                    .filter(|s| s != " ()")
+                                    .unwrap_or_default();
+                                break Ended::Failed(format!("the hub closed the connection{why}"));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                let text = serde_json::to_string(&ClientFrame::Ping(Default::default()))
+                    .unwrap_or_default();
+                match tokio::time::timeout(t.request, sink.send(Message::text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Ended::Failed(format!("writing to the hub failed: {e}")),
+                    Err(_) => break Ended::Failed("writing to the hub timed out".into()),
+                }
+            }
+            _ = tokio::time::sleep_until(last_frame + t.idle) => {
+                break Ended::Failed(format!(
+                    "no traffic from the hub for {} s; the connection looked dead",
+                    t.idle.as_secs()
+                ));
+            }
+            _ = stopped(&mut stop) => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), sink.send(Message::Close(None))).await;
+                break Ended::Stopped;
+            }
+        }
+    };
+    {
+        let mut link = lock(&inner.link);
+        if link.as_ref().is_some_and(|l| l.conn == conn) {
+            *link = None;
+        }
+    }
+    inner.fail_pending(conn);
+    ended
+}
+
+type Sink = futures_util::stream::SplitSink<HubSocket, Message>;
+type Stream = futures_util::stream::SplitStream<HubSocket>;
+
+/// Claims our name on a fresh connection, moving to the next number on `name_in_use` when
+/// the identity allows it.
+async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result<(), Ended> {
+    let t = &inner.timeouts;
+    loop {
+        let (id, frame) = inner.register_frame();
+        let text = serde_json::to_string(&frame).unwrap_or_default();
+        match tokio::time::timeout(t.request, sink.send(Message::text(text))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Ended::Failed(format!("writing to the hub failed: {e}"))),
+            Err(_) => return Err(Ended::Failed("writing to the hub timed out".into())),
+        }
+        let reply = tokio::time::timeout(t.request, async {
+            while let Some(msg) = stream.next().await {
+                let text = match msg {
+                    Ok(Message::Text(text)) => text,
+                    Ok(Message::Close(_)) => break,
+                    Ok(_) => continue,
+                    Err(e) => return Err(format!("connection error: {e}")),
+                };
+                match serde_json::from_str::<ServerFrame>(&text) {
+                    Ok(f @ (ServerFrame::Registered(_) | ServerFrame::RegisterRejected(_))) => {
+                        return Ok(f);
+                    }
+                    Ok(ServerFrame::Error(e))
+                        if e.rid == Some(RequestId::Str(REGISTER_RID.into())) =>
+                    {
+                        return Err(format!("the hub refused to register {id}: {}", e.message));
+                    }
+                    _ => inner.dispatch(&text),
+                }
+            }
+            Err("the hub closed the connection during registration".to_string())
+        })
+        .await;
+        let frame = match reply {
+            Err(_) => {
+                return Err(Ended::Failed(format!(
+                    "the hub did not answer register within {} s",
+                    t.request.as_secs()
+                )));
+            }
+            Ok(Err(e)) => return Err(Ended::Failed(e)),
+            Ok(Ok(frame)) => frame,
+        };
+        match frame {
+            ServerFrame::Registered(r) => {
+                let mut ident = lock(&inner.ident);
+                if r.client_id != ident.id {
+                    tracing::warn!(
+                        "hub registered us as {} (asked for {})",
+                        r.client_id,
+                        ident.id
+                    );
+                    ident.id = r.client_id.clone();
+                }
+                // From now on the name is ours; a reconnect must come home to the same one.
+                ident.base = None;
+                drop(ident);
+                if let Some(epoch) = &r.epoch {
+                    inner.observe_epoch(epoch);
+                }
+                if let Some(n) = r.unread {
+                    *lock(&inner.unread) = Some(n);
+                }
+                tracing::info!("registered as {} at {}", r.client_id, inner.url);
+                inner.registered.send_replace(Some(r.client_id.clone()));
+                return Ok(());
+            }
+            ServerFrame::RegisterRejected(r) => {
+                let in_use = r.code.as_deref() == Some(codes::NAME_IN_USE);
+                if in_use && let Some(next) = inner.next_number() {
+                    tracing::info!("{id} is taken; trying {next}");
+                    continue;
+                }
+                let why = if in_use {
+                    format!("the name {id} is held by another live connection")
+                } else {
+                    format!("the hub rejected the name {id}: {}", r.reason)
+                };
+                return Err(Ended::Rejected(why));
+            }
+            _ => unreachable!("only registration replies leave the read loop"),
+        }
+    }
+}
+
+/// Puts `rid` on any client frame.
+fn set_rid(frame: &mut ClientFrame, rid: RequestId) {
+    let slot = match frame {
+        ClientFrame::Register(f) => &mut f.rid,
+        ClientFrame::Message(f) => &mut f.rid,
+        ClientFrame::GetHistory(f) => &mut f.rid,
+        ClientFrame::GetPeers(f)
+        | ClientFrame::GetSessions(f)
+        | ClientFrame::Ping(f)
+        | ClientFrame::GetStatus(f) => &mut f.rid,
+        ClientFrame::Receive(f) => &mut f.rid,
+        ClientFrame::MarkRead(f) => &mut f.rid,
+    };
+    *slot = Some(rid);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rid_is_set_on_every_frame_kind() {
+        let mut f = ClientFrame::GetStatus(Default::default());
+        set_rid(&mut f, RequestId::Int(9));
+        assert_eq!(f.rid(), Some(&RequestId::Int(9)));
+    }
+}

@@ -1,0 +1,48 @@
+//! The metadata a bridge reports on `register`: which process it is, which agent it serves,
+//! where, since when. Other sessions see it in `relay_sessions`; `claude-relay sessions` and
+//! the Stop hook use `claudeSessionId` to find the session of a Claude Code window.
+
+use serde_json::Value;
+use sessions::wire::Meta;
+
+use crate::config::BridgeConfig;
+
+/// `source` value identifying connections made by this bridge.
+pub const SOURCE: &str = "mcp-bridge";
+
+/// This machine's host name (empty when the OS will not say).
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// The current directory as a string (empty when unknown).
+pub fn cwd() -> String {
+    std::env::current_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// `{pid, agentPid, cwd, host, started, source, version, claudeSessionId?}` for `register`.
+pub fn register_meta(config: &BridgeConfig, started_ms: i64) -> Meta {
+    let mut m = Meta::new();
+    m.insert("pid".into(), Value::from(std::process::id()));
+    m.insert(
+        "agentPid".into(),
+        Value::from(std::os::unix::process::parent_id()),
+    );
+    m.insert("cwd".into(), Value::from(cwd()));
+    m.insert("host".into(), Value::from(host_name()));
+    m.insert(
+        "started".into(),
+        Value::from(sessions::time::iso(started_ms)),
+    );
+    m.insert("source".into(), Value::from(SOURCE));
+    m.insert("version".into(), Value::from(env!("CARGO_PKG_VERSION")));
+    if let Some(id) = &config.claude_session_id {
+        m.insert("claudeSessionId".into(), Value::from(id.clone()));
+    }
+    m
+}

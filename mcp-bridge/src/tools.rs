@@ -1,0 +1,468 @@
+//! The tools the model sees: their definitions (hand-written JSON schemas, short on purpose —
+//! every definition is context the model pays for on every turn) and the parsing of their
+//! arguments into [`ToolCall`].
+//!
+//! Arguments are checked here, by hand, so every mistake gets a message that says exactly
+//! what was wrong and how to fix it: a missing or mistyped argument, an unknown argument, an
+//! invalid session id, an empty or oversized message. `null` counts as "not given".
+
+use std::sync::Arc;
+
+use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use serde_json::{Value, json};
+
+use crate::config::ToolProfile;
+
+/// Tool names.
+pub mod name {
+    /// Send a message.
+    pub const SEND: &str = "relay_send";
+    /// Read unread mail or history.
+    pub const RECEIVE: &str = "relay_receive";
+    /// Who is online.
+    pub const PEERS: &str = "relay_peers";
+    /// Connection and delivery state.
+    pub const STATUS: &str = "relay_status";
+    /// Every known session.
+    pub const SESSIONS: &str = "relay_sessions";
+}
+
+/// Largest message body the bridge will try to send. The hub caps a frame at 1 MiB; the
+/// envelope needs a little room, so bodies stop a bit short of it.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 - 4 * 1024;
+/// Default `relay_receive` page size.
+pub const DEFAULT_COUNT: u32 = 10;
+/// Largest `relay_receive` page size.
+pub const MAX_COUNT: u32 = 50;
+
+/// A parsed, validated tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolCall {
+    /// `relay_send`.
+    Send {
+        /// The text.
+        message: String,
+        /// Recipient; `None` means everyone.
+        to: Option<String>,
+    },
+    /// `relay_receive`.
+    Receive(ReceiveArgs),
+    /// `relay_peers`.
+    Peers,
+    /// `relay_status`.
+    Status,
+    /// `relay_sessions`.
+    Sessions,
+}
+
+/// Arguments of `relay_receive`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiveArgs {
+    /// Page size (1..=[`MAX_COUNT`]).
+    pub count: u32,
+    /// The caller asked for more than [`MAX_COUNT`] and got the cap.
+    pub count_capped: bool,
+    /// Only messages from this session.
+    pub from: Option<String>,
+    /// History cursor: a message id or an ISO-8601 time.
+    pub after: Option<String>,
+    /// Read history instead of unread mail.
+    pub replay: bool,
+}
+
+impl ReceiveArgs {
+    /// True for history mode (`replay: true` or an `after` cursor): read state is untouched.
+    pub fn is_history(&self) -> bool {
+        self.replay || self.after.is_some()
+    }
+}
+
+fn schema(v: Value) -> Arc<JsonObject> {
+    match v {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(JsonObject::new()),
+    }
+}
+
+/// The tool definitions `tools/list` returns for `profile`.
+pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
+    // Both profiles show the same five tools today; a blocking `relay_wait` will join `Full`.
+    let _ = profile;
+    let read_only = || ToolAnnotations::new().read_only(true);
+    vec![
+        Tool::new(
+            name::SEND,
+            "Send a message to another agent session through the relay hub. Says whether it \
+             was delivered live or stored for an offline session. Send paths, commits and \
+             summaries rather than file contents.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string", "description": "The text (max ~1 MiB)."},
+                    "to": {"type": "string", "description": "Session id, e.g. CC-2 (see relay_peers). Omit to send to all."}
+                },
+                "required": ["message"],
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            name::RECEIVE,
+            "Read your unread relay messages, oldest first, and mark them read; says how many \
+             more wait. With replay:true or after, reads history instead and leaves read state \
+             alone.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT, "description": "Messages per page (default 10)."},
+                    "from": {"type": "string", "description": "Only messages from this session id."},
+                    "after": {"type": "string", "description": "History after this message id or ISO time."},
+                    "replay": {"type": "boolean", "description": "Read recent history (including read mail)."}
+                },
+                "additionalProperties": false
+            })),
+        ),
+        Tool::new(
+            name::PEERS,
+            "List sessions online now (id, host, cwd, since).",
+            schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        )
+        .with_annotations(read_only()),
+        Tool::new(
+            name::STATUS,
+            "Show the hub URL, your session id, connection state, unread count, and whether \
+             your recent sends were stored, delivered or read.",
+            schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        )
+        .with_annotations(read_only()),
+        Tool::new(
+            name::SESSIONS,
+            "List every known session, online and offline, on all machines, with last seen.",
+            schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        )
+        .with_annotations(read_only()),
+    ]
+}
+
+/// Parses the arguments of tool `tool`. The error is the complete message for the model.
+pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> {
+    let a = Args { tool, args };
+    match tool {
+        name::SEND => {
+            a.only(&["message", "to"])?;
+            let message = a.string("message")?.ok_or_else(|| {
+                format!("{tool}: missing required argument \"message\" (the text to send)")
+            })?;
+            if message.trim().is_empty() {
+                return Err(format!("{tool}: \"message\" is empty; nothing to send"));
+            }
+            if message.len() > MAX_MESSAGE_BYTES {
+                return Err(format!(
+                    "{tool}: \"message\" is {} bytes; the hub takes at most about 1 MiB. Put the \
+                     content in a file (or commit it) and send the path instead. Nothing was sent.",
+                    message.len()
+                ));
+            }
+            let to = a.string("to")?.map(str::trim).filter(|s| !s.is_empty());
+            let to = match to {
+                None => None,
+                Some(t) if t.eq_ignore_ascii_case(sessions::BROADCAST) => None,
+                Some(t) => Some(a.session_id("to", t)?),
+            };
+            Ok(ToolCall::Send {
+                message: message.to_string(),
+                to,
+            })
+        }
+        name::RECEIVE => {
+            a.only(&["count", "from", "after", "replay"])?;
+            let (count, count_capped) = match a.integer("count")? {
+                None => (DEFAULT_COUNT, false),
+                Some(n) if n < 1 => {
+                    return Err(format!("{tool}: \"count\" must be at least 1 (got {n})"));
+                }
+                Some(n) if n > i64::from(MAX_COUNT) => (MAX_COUNT, true),
+                Some(n) => (n as u32, false),
+            };
+            let from = match a.string("from")?.map(str::trim).filter(|s| !s.is_empty()) {
+                Some(f) => Some(a.session_id("from", f)?),
+                None => None,
+            };
+            let after = a
+                .string("after")?
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            let replay = a.boolean("replay")?.unwrap_or(false);
+            Ok(ToolCall::Receive(ReceiveArgs {
+                count,
+                count_capped,
+                from,
+                after,
+                replay,
+            }))
+        }
+        name::PEERS => a.only(&[]).map(|()| ToolCall::Peers),
+        name::STATUS => a.only(&[]).map(|()| ToolCall::Status),
+        name::SESSIONS => a.only(&[]).map(|()| ToolCall::Sessions),
+        other => Err(format!(
+            "unknown tool {other:?}; this server has: {}, {}, {}, {}, {}",
+            name::SEND,
+            name::RECEIVE,
+            name::PEERS,
+            name::STATUS,
+            name::SESSIONS
+        )),
+    }
+}
+
+/// Typed access to one call's arguments, with errors naming the tool and the argument.
+struct Args<'a> {
+    tool: &'a str,
+    args: Option<&'a JsonObject>,
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl<'a> Args<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.args?.get(key).filter(|v| !v.is_null())
+    }
+
+    /// Rejects arguments the tool does not take (a misspelt name would otherwise be ignored).
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        let Some(args) = self.args else { return Ok(()) };
+        if let Some(bad) = args.keys().find(|k| !known.contains(&k.as_str())) {
+            let takes = if known.is_empty() {
+                "no arguments".to_string()
+            } else {
+                format!("only {}", known.join(", "))
+            };
+            return Err(format!(
+                "{}: unknown argument {bad:?}; it takes {takes}",
+                self.tool
+            ));
+        }
+        Ok(())
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(format!(
+                "{}: argument \"{key}\" must be a string, got {}",
+                self.tool,
+                kind(v)
+            )),
+        }
+    }
+
+    fn integer(&self, key: &str) -> Result<Option<i64>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                        .map(|f| f as i64)
+                })
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "{}: argument \"{key}\" must be a whole number, got {n}",
+                        self.tool
+                    )
+                }),
+            Some(v) => Err(format!(
+                "{}: argument \"{key}\" must be an integer, got {}",
+                self.tool,
+                kind(v)
+            )),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(format!(
+                "{}: argument \"{key}\" must be true or false, got {}",
+                self.tool,
+                kind(v)
+            )),
+        }
+    }
+
+    fn session_id(&self, key: &str, id: &str) -> Result<String, String> {
+        sessions::id::validate(id).map_err(|e| {
+            format!(
+                "{}: \"{key}\" is not a valid session id ({id:?}: {e}). Ids look like CC-2: a \
+                 letter, then letters, digits, '_' or '-'. See relay_peers for who is online.",
+                self.tool
+            )
+        })?;
+        Ok(id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: Value) -> JsonObject {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn five_tools_with_object_schemas() {
+        let defs = definitions(ToolProfile::Claude);
+        let names: Vec<&str> = defs.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "relay_send",
+                "relay_receive",
+                "relay_peers",
+                "relay_status",
+                "relay_sessions"
+            ]
+        );
+        for t in &defs {
+            assert_eq!(
+                t.input_schema.get("type"),
+                Some(&json!("object")),
+                "{}",
+                t.name
+            );
+            assert!(
+                t.description.as_ref().unwrap().len() < 260,
+                "{} is too wordy",
+                t.name
+            );
+        }
+        assert_eq!(definitions(ToolProfile::Full).len(), 5);
+    }
+
+    #[test]
+    fn send_args() {
+        assert_eq!(
+            parse(
+                "relay_send",
+                Some(&args(json!({"message": "hi", "to": "CC-2"})))
+            ),
+            Ok(ToolCall::Send {
+                message: "hi".into(),
+                to: Some("CC-2".into())
+            })
+        );
+        for to in [json!("all"), json!("ALL"), json!(null), json!("")] {
+            assert_eq!(
+                parse(
+                    "relay_send",
+                    Some(&args(json!({"message": "hi", "to": to})))
+                ),
+                Ok(ToolCall::Send {
+                    message: "hi".into(),
+                    to: None
+                })
+            );
+        }
+        let e = parse("relay_send", None).unwrap_err();
+        assert!(e.contains("missing required argument \"message\""), "{e}");
+        let e = parse("relay_send", Some(&args(json!({"message": 5})))).unwrap_err();
+        assert!(
+            e.contains("\"message\" must be a string, got a number"),
+            "{e}"
+        );
+        let e = parse(
+            "relay_send",
+            Some(&args(json!({"message": "x", "to": "bad id"}))),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a valid session id"), "{e}");
+        let e = parse("relay_send", Some(&args(json!({"content": "x"})))).unwrap_err();
+        assert!(e.contains("unknown argument \"content\""), "{e}");
+        let e = parse("relay_send", Some(&args(json!({"message": "  "})))).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        let e = parse("relay_send", Some(&args(json!({"message": big})))).unwrap_err();
+        assert!(e.contains("file"), "{e}");
+    }
+
+    #[test]
+    fn receive_args() {
+        let r = |v: Value| parse("relay_receive", Some(&args(v)));
+        assert_eq!(
+            parse("relay_receive", None),
+            Ok(ToolCall::Receive(ReceiveArgs {
+                count: 10,
+                count_capped: false,
+                from: None,
+                after: None,
+                replay: false
+            }))
+        );
+        assert!(matches!(
+            r(json!({"count": 500})),
+            Ok(ToolCall::Receive(ReceiveArgs {
+                count: 50,
+                count_capped: true,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            r(json!({"count": 3.0})),
+            Ok(ToolCall::Receive(ReceiveArgs { count: 3, .. }))
+        ));
+        assert!(r(json!({"count": 0})).unwrap_err().contains("at least 1"));
+        assert!(
+            r(json!({"count": "5"}))
+                .unwrap_err()
+                .contains("must be an integer")
+        );
+        assert!(
+            r(json!({"count": 2.5}))
+                .unwrap_err()
+                .contains("whole number")
+        );
+        assert!(
+            r(json!({"replay": "yes"}))
+                .unwrap_err()
+                .contains("true or false")
+        );
+        let Ok(ToolCall::Receive(a)) = r(json!({"after": "e-5", "from": "CC-3"})) else {
+            panic!()
+        };
+        assert!(a.is_history());
+        assert_eq!(a.from.as_deref(), Some("CC-3"));
+    }
+
+    #[test]
+    fn no_arg_tools_and_unknown_tools() {
+        assert_eq!(parse("relay_peers", None), Ok(ToolCall::Peers));
+        assert_eq!(
+            parse("relay_status", Some(&JsonObject::new())),
+            Ok(ToolCall::Status)
+        );
+        assert!(
+            parse("relay_sessions", Some(&args(json!({"x": 1}))))
+                .unwrap_err()
+                .contains("no arguments")
+        );
+        assert!(
+            parse("relay_nope", None)
+                .unwrap_err()
+                .contains("unknown tool")
+        );
+    }
+}
