@@ -134,11 +134,8 @@ pub fn resolve(
         }
         return Err(IdentityError::Exhausted { base });
     }
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
     Ok(Identity {
-        id: fallback_id(&host, my_pid),
+        id: fallback_id(&local_hostname(), my_pid),
         source: IdSource::Hostname,
         base: None,
     })
@@ -152,6 +149,24 @@ fn fixed(value: &str, source: IdSource, source_desc: String) -> Result<Identity,
         source,
         base: None,
     })
+}
+
+/// This machine's host name as the OS reports it (empty when it cannot say).
+pub fn local_hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// This machine's short host name (cut at the first `.`), as tables show it and as
+/// [`fallback_id`] uses it; compare hosts recorded by other tools through this.
+pub fn short_hostname() -> String {
+    short_host(&local_hostname()).to_string()
+}
+
+/// `host.example.com` → `host`.
+pub fn short_host(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
 }
 
 /// The `n`th name of a numbered family: `n <= 1` is `base` itself, `n >= 2` appends the
@@ -169,8 +184,7 @@ pub fn numbered(base: &str, n: u32) -> Result<SessionId, IdError> {
 /// (`host` when empty), and it is shortened so the whole id fits [`MAX_ID_LEN`].
 pub fn fallback_id(hostname: &str, pid: u32) -> SessionId {
     let suffix = format!("-{}", base36(pid));
-    let short = hostname.split('.').next().unwrap_or("");
-    let mut host: String = short
+    let mut host: String = short_host(hostname)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
@@ -255,8 +269,7 @@ mod tests {
 
         let id = resolve(None, env_of(&[]), &reg, 36 * 36).unwrap();
         assert_eq!(id.source, IdSource::Hostname);
-        let host = hostname::get().unwrap().to_string_lossy().into_owned();
-        assert_eq!(id.id, fallback_id(&host, 36 * 36));
+        assert_eq!(id.id, fallback_id(&local_hostname(), 36 * 36));
         assert!(id.id.as_str().ends_with("-100"), "{}", id.id);
     }
 

@@ -1,12 +1,463 @@
-//! `claude-relay sessions` (scaffold: replaced by the real implementation).
+//! `claude-relay sessions`: one table of every session this machine and the hub know —
+//! NAME, PID, ALIVE (does its process run?), CONNECTED (is it connected to the hub?), CWD —
+//! and `claude-relay sessions name [NAME]`, what the `claude-session` shell function runs.
+//!
+//! Listing also prunes ghosts from the registry (running entries whose process is gone). The
+//! hub is asked with one `get_sessions` round trip, which adds the sessions of other
+//! machines; when it cannot be reached the table is still printed, with `?` for CONNECTED
+//! and a line saying so, because the local half of the answer is still true.
 
-use std::process::ExitCode;
+use std::{cmp::Ordering, collections::BTreeMap, path::Path, process::ExitCode, time::Duration};
+
+use anyhow::{Context, anyhow, bail};
+use mcp_bridge::connect::{ConnectError, request_once};
+use serde_json::{Value, json};
+use sessions::{
+    Entry, EntryState, Registry, RegistryFile, SessionId,
+    identity::{short_host, short_hostname},
+    liveness,
+    wire::{Bare, ClientFrame, DEFAULT_URL, ServerFrame, SessionView},
+};
+
+/// How long the hub may take to accept the connection, and then to answer.
+const HUB_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Arguments of `claude-relay sessions`.
 #[derive(Debug, clap::Args)]
-pub struct SessionsArgs {}
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SessionsArgs {
+    #[command(subcommand)]
+    action: Option<SessionsAction>,
+    /// Only sessions connected to the hub (what `claude-peers` shows).
+    #[arg(long)]
+    connected: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// The hub to ask which sessions are connected.
+    #[arg(long, env = "RELAY_URL", default_value = DEFAULT_URL)]
+    relay_url: String,
+}
+
+/// Subcommands of `claude-relay sessions`.
+#[derive(Debug, clap::Subcommand)]
+enum SessionsAction {
+    /// Name the next agent session started from this shell (what `claude-session` runs):
+    /// validates NAME, records it for the current directory and prints it. Without NAME,
+    /// reuses the name recorded for the current directory.
+    Name {
+        /// The session id: a letter, then up to 63 letters, digits, '_' or '-'.
+        name: Option<String>,
+    },
+}
 
 /// Runs `claude-relay sessions`.
-pub fn run(_args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+pub fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(SessionsAction::Name { name }) => name_session(name.as_deref()),
+        None => list(&args),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// sessions name
+
+fn name_session(requested: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let cwd_s = cwd.to_string_lossy().into_owned();
+    let reg = Registry::open_default();
+    let id = match requested {
+        Some(raw) => SessionId::parse(raw.trim()).map_err(|e| {
+            anyhow!(
+                "{raw:?} is not a valid session id: {e}\n\
+                 usage: claude-session NAME   (a letter, then up to 63 letters, digits, '_' or '-')"
+            )
+        })?,
+        None => recorded_name(&reg.load()?, &cwd_s)?,
+    };
+    let host = short_hostname();
+    let outcome = reg.update(|f| {
+        if let Some(e) = f.sessions.get(id.as_str()).filter(|e| e.is_live()) {
+            return Err(describe(e));
+        }
+        f.mark_named(id.as_str(), Some(cwd_s.clone()));
+        if let Some(e) = f.sessions.get_mut(id.as_str()) {
+            e.host = Some(host.clone());
+        }
+        Ok(())
+    })?;
+    if let Err(holder) = outcome {
+        bail!(
+            "{id} is in use by a running session ({holder}); pick another name, or end that session first"
+        );
+    }
+    println!("{id}");
+    eprintln!(
+        "claude-relay: the next agent started from this shell will be {id} (in {}); start it with: claude",
+        tilde(&cwd_s)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The most recently used name for `cwd` that no running session holds.
+fn recorded_name(file: &RegistryFile, cwd: &str) -> anyhow::Result<SessionId> {
+    let names = file.names_for_cwd(cwd);
+    let free = names
+        .iter()
+        .find(|n| !file.sessions[**n].is_live())
+        .and_then(|n| SessionId::parse(n).ok());
+    match (free, names.is_empty()) {
+        (Some(id), _) => Ok(id),
+        (None, true) => bail!(
+            "no session name is recorded for {}\nusage: claude-session NAME   (then start claude from this shell)",
+            tilde(cwd)
+        ),
+        (None, false) => bail!(
+            "every name recorded for {} is held by a running session ({}); name a new one: claude-session NAME",
+            tilde(cwd),
+            names.join(", ")
+        ),
+    }
+}
+
+fn describe(e: &Entry) -> String {
+    let pid = e
+        .process()
+        .map(|p| format!("pid {}", p.pid))
+        .unwrap_or_else(|| "pid ?".into());
+    match e.cwd.as_deref() {
+        Some(cwd) => format!("{pid} in {}", tilde(cwd)),
+        None => pid,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// sessions (list)
+
+/// What the hub said (or why it could not).
+enum HubAnswer {
+    Reachable(BTreeMap<String, SessionView>),
+    Unreachable(String),
+}
+
+/// One line of the table.
+#[derive(Debug, Default)]
+struct Row {
+    name: String,
+    pid: Option<u64>,
+    /// `None`: unknown here (named but not started, or another machine).
+    alive: Option<bool>,
+    /// `None`: the hub could not be asked.
+    connected: Option<bool>,
+    cwd: Option<String>,
+    host: Option<String>,
+    /// Registry state; `None` for sessions only the hub knows.
+    state: Option<EntryState>,
+    last_seen: Option<String>,
+}
+
+fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
+    let reg = Registry::open_default();
+    let mut notes = Vec::new();
+    let (file, pruned) = match reg.update(|f| {
+        let pruned = f.prune_ghosts();
+        (f.clone(), pruned)
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            notes.push(format!("could not update the registry ({e}); not pruned"));
+            (reg.load().unwrap_or_default(), Vec::new())
+        }
+    };
+    let hub = ask_hub(&args.relay_url)?;
+    let local_host = short_hostname();
+    let mut rows = merge(&file, &hub, &local_host);
+    if args.connected {
+        rows.retain(|r| match &hub {
+            HubAnswer::Reachable(_) => r.connected == Some(true),
+            // Unknown: show what runs here, marked `?`.
+            HubAnswer::Unreachable(_) => r.alive == Some(true),
+        });
+    }
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(args, &hub, &pruned, &rows))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    print!("{}", table(&rows, &local_host));
+    if rows.is_empty() {
+        notes.push(if args.connected {
+            "no sessions are connected".into()
+        } else {
+            "no sessions yet; name one with: claude-session NAME".into()
+        });
+    }
+    if !pruned.is_empty() {
+        notes.push(format!(
+            "pruned {} ghost session{} whose process is gone: {}",
+            pruned.len(),
+            if pruned.len() == 1 { "" } else { "s" },
+            pruned.join(", ")
+        ));
+    }
+    if let HubAnswer::Unreachable(why) = &hub {
+        notes.push(format!(
+            "the hub at {} is unreachable ({why}); CONNECTED shows ?",
+            args.relay_url
+        ));
+    }
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One `get_sessions` round trip on a small runtime of its own.
+fn ask_hub(url: &str) -> anyhow::Result<HubAnswer> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let frame = ClientFrame::GetSessions(Bare::default());
+    let answer = match rt.block_on(request_once(url, &frame, HUB_TIMEOUT)) {
+        Ok(ServerFrame::Sessions(s)) => HubAnswer::Reachable(s.sessions),
+        Ok(ServerFrame::Error(e)) => {
+            HubAnswer::Unreachable(format!("it answered with an error: {}", e.message))
+        }
+        Ok(other) => HubAnswer::Unreachable(format!(
+            "it answered get_sessions with an unexpected frame: {other:?}"
+        )),
+        Err(ConnectError::Unreachable { source, .. }) => HubAnswer::Unreachable(source.to_string()),
+        Err(ConnectError::Timeout(_, t)) => {
+            HubAnswer::Unreachable(format!("no answer within {t:?}"))
+        }
+        Err(e) => HubAnswer::Unreachable(e.to_string()),
+    };
+    Ok(answer)
+}
+
+/// Local registry rows, joined by name with what the hub knows (which adds other machines).
+fn merge(file: &RegistryFile, hub: &HubAnswer, local_host: &str) -> Vec<Row> {
+    let is_local = |host: Option<&str>| host.is_none_or(|h| short_host(h) == local_host);
+    let mut rows: BTreeMap<String, Row> = file
+        .sessions
+        .iter()
+        .map(|(name, e)| {
+            let alive = match e.state {
+                EntryState::Named => None,
+                EntryState::Running => Some(e.is_live()),
+                EntryState::Ended => Some(false),
+            };
+            let row = Row {
+                name: name.clone(),
+                pid: e.process().map(|p| u64::from(p.pid)),
+                alive: alive.filter(|_| e.process().is_some()),
+                connected: matches!(hub, HubAnswer::Reachable(_)).then_some(false),
+                cwd: e.cwd.clone(),
+                host: e.host.clone(),
+                state: Some(e.state),
+                last_seen: None,
+            };
+            (name.clone(), row)
+        })
+        .collect();
+    if let HubAnswer::Reachable(hub_sessions) = hub {
+        for (name, view) in hub_sessions {
+            let meta_str = |k: &str| view.meta.get(k).and_then(Value::as_str).map(str::to_string);
+            let meta_pid = view.meta.get("pid").and_then(Value::as_u64);
+            let meta_host = meta_str("host");
+            let row = rows.entry(name.clone()).or_insert_with(|| Row {
+                name: name.clone(),
+                ..Row::default()
+            });
+            row.connected = Some(view.online);
+            row.last_seen = view.last_seen.clone();
+            // The hub's view wins when the name now lives on another machine, or when the
+            // registry knows nothing about it.
+            let elsewhere = view.online
+                && row.alive != Some(true)
+                && meta_host.as_deref().is_some_and(|h| !is_local(Some(h)));
+            if row.state.is_none() || elsewhere {
+                row.pid = meta_pid.or(row.pid);
+                row.cwd = meta_str("cwd").or(row.cwd.take());
+                row.host = meta_host.clone().or(row.host.take());
+                row.alive = match (meta_pid, is_local(meta_host.as_deref())) {
+                    (Some(pid), true) => Some(
+                        u32::try_from(pid)
+                            .ok()
+                            .and_then(liveness::stamp)
+                            .is_some_and(|s| liveness::is_alive(&s)),
+                    ),
+                    _ => None,
+                };
+            }
+        }
+    }
+    let mut rows: Vec<Row> = rows.into_values().collect();
+    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    rows
+}
+
+fn yes_no(v: Option<bool>, unknown: &str) -> String {
+    match v {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => unknown.into(),
+    }
+}
+
+/// The aligned table (header always printed). CWD is last and unpadded; a session on
+/// another machine shows `host:cwd`.
+fn table(rows: &[Row], local_host: &str) -> String {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let cwd = r.cwd.as_deref().map(tilde).unwrap_or_else(|| "-".into());
+            let cwd = match r.host.as_deref().map(short_host) {
+                Some(h) if h != local_host => format!("{h}:{cwd}"),
+                _ => cwd,
+            };
+            [
+                r.name.clone(),
+                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                yes_no(r.alive, "-"),
+                yes_no(r.connected, "?"),
+                cwd,
+            ]
+        })
+        .collect();
+    let header = ["NAME", "PID", "ALIVE", "CONNECTED", "CWD"].map(String::from);
+    let mut widths = [0usize; 4];
+    for row in std::iter::once(&header).chain(&cells) {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&cells) {
+        for (w, c) in widths.iter().zip(row) {
+            out.push_str(c);
+            out.push_str(&" ".repeat(w - c.chars().count() + 2));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    out
+}
+
+fn to_json(args: &SessionsArgs, hub: &HubAnswer, pruned: &[String], rows: &[Row]) -> Value {
+    let (reachable, error) = match hub {
+        HubAnswer::Reachable(_) => (true, None),
+        HubAnswer::Unreachable(why) => (false, Some(why.clone())),
+    };
+    json!({
+        "hub": { "url": args.relay_url, "reachable": reachable, "error": error },
+        "pruned": pruned,
+        "sessions": rows.iter().map(|r| json!({
+            "name": r.name,
+            "pid": r.pid,
+            "alive": r.alive,
+            "connected": r.connected,
+            "cwd": r.cwd,
+            "host": r.host,
+            "state": r.state,
+            "lastSeen": r.last_seen,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `/home/me/src/x` → `~/src/x` when under this user's home directory.
+fn tilde(path: &str) -> String {
+    let Some(home) = std::env::home_dir() else {
+        return path.to_string();
+    };
+    let home = home.to_string_lossy();
+    let home = home.trim_end_matches('/');
+    if home.is_empty() {
+        return path.to_string();
+    }
+    match Path::new(path).strip_prefix(home) {
+        Ok(rest) if rest.as_os_str().is_empty() => "~".into(),
+        Ok(rest) => format!("~/{}", rest.display()),
+        Err(_) => path.to_string(),
+    }
+}
+
+/// Orders `CC-2` before `CC-10`: digit runs compare as numbers, the rest case-insensitively.
+fn natural_cmp(a: &str, b: &str) -> Ordering {
+    fn chunks(s: &str) -> Vec<(bool, String)> {
+        let mut out: Vec<(bool, String)> = Vec::new();
+        for c in s.chars() {
+            let digit = c.is_ascii_digit();
+            match out.last_mut() {
+                Some((d, run)) if *d == digit => run.push(c),
+                _ => out.push((digit, c.to_string())),
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, ra), (db, rb)) in ca.iter().zip(&cb) {
+        let ord = if *da && *db {
+            let (ta, tb) = (ra.trim_start_matches('0'), rb.trim_start_matches('0'));
+            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+        } else {
+            ra.to_lowercase().cmp(&rb.to_lowercase())
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["CC-10", "cc-3", "CC-2", "CODEX", "CODEX2", "CC-1", "alpha"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            ["alpha", "CC-1", "CC-2", "cc-3", "CC-10", "CODEX", "CODEX2"]
+        );
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let rows = vec![
+            Row {
+                name: "CC-1".into(),
+                pid: Some(4711),
+                alive: Some(true),
+                connected: Some(true),
+                cwd: Some("/srv/app".into()),
+                ..Row::default()
+            },
+            Row {
+                name: "REMOTE-LONG-NAME".into(),
+                connected: None,
+                cwd: Some("/w".into()),
+                host: Some("devbox.example.com".into()),
+                ..Row::default()
+            },
+        ];
+        let t = table(&rows, "laptop");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NAME              PID   ALIVE  CONNECTED  CWD");
+        assert_eq!(
+            lines[1],
+            "CC-1              4711  yes    yes        /srv/app"
+        );
+        assert_eq!(
+            lines[2],
+            "REMOTE-LONG-NAME  -     -      ?          devbox:/w"
+        );
+    }
 }
