@@ -81,6 +81,24 @@ pub struct HubConfig {
     pub max_meta_bytes: usize,
     /// How long shutdown waits for connections to close and the store to flush.
     pub shutdown_grace: Duration,
+    /// Open connections per remote address (loopback exempt: every SSH-tunnelled machine
+    /// arrives from 127.0.0.1). Default 256; over it the handshake is refused with 503.
+    pub max_conns_per_addr: usize,
+    /// Frames per second one connection may send, sustained. Default 20,000.
+    pub frame_rate: f64,
+    /// Frames one connection may send in a burst. Default 40,000. Over the rate a frame is
+    /// answered `error {code: "rate_limited", retryAfterMs}` and not processed.
+    pub frame_burst: f64,
+    /// Registrations per second per remote address, sustained. Default 1,000.
+    pub register_rate: f64,
+    /// Registrations per address in a burst. Default 1,000.
+    pub register_burst: f64,
+    /// Shared secret every connection must present (`Authorization: Bearer` on the
+    /// upgrade, or `token` on `register`). None = open hub (loopback only, by policy of the
+    /// binary).
+    pub token: Option<String>,
+    /// Serve `wss://` with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl HubConfig {
@@ -103,6 +121,13 @@ impl HubConfig {
             max_page_bytes: 4 << 20,
             max_meta_bytes: 4 << 10,
             shutdown_grace: Duration::from_secs(5),
+            max_conns_per_addr: 256,
+            frame_rate: 20_000.0,
+            frame_burst: 40_000.0,
+            register_rate: 1_000.0,
+            register_burst: 1_000.0,
+            token: None,
+            tls: None,
         }
     }
 }

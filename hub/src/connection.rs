@@ -17,12 +17,20 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use sessions::wire::codes;
-use tokio::{net::TcpStream, sync::Notify, sync::watch, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::Notify,
+    sync::watch,
+    time::Instant,
+};
 use tokio_tungstenite::{
-    WebSocketStream, accept_async_with_config,
+    WebSocketStream, accept_hdr_async_with_config,
     tungstenite::{
         Bytes, Message,
         error::{CapacityError, Error as WsError},
+        handshake::server::{ErrorResponse, Request, Response},
+        http::{StatusCode, header::AUTHORIZATION},
         protocol::{CloseFrame, WebSocketConfig},
     },
 };
@@ -30,7 +38,9 @@ use tracing::{debug, warn};
 
 use crate::{
     HubState,
+    auth::{bearer, token_ok},
     dispatch::ConnSession,
+    limits::{TokenBucket, TooManyConnections},
     outbound::{Outbox, OutboxReceiver, outbox},
     parse::parse,
     presence::{Beat, Heartbeat},
@@ -43,25 +53,103 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The writer flushes at least this often while draining a long queue.
 const FLUSH_BYTES: usize = 256 << 10;
 
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-/// Serves one accepted TCP connection until it closes or the hub shuts down.
+/// Serves one accepted TCP connection until it closes or the hub shuts down: per-address
+/// cap, TLS (when configured) and the WebSocket handshake, all within
+/// [`HANDSHAKE_TIMEOUT`], then the session.
 pub async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
     conn_id: u64,
     hub: Arc<HubState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let admitted = hub.limits.open(addr.ip());
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    match hub.tls.clone() {
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => run(tls, addr, conn_id, &hub, shutdown, admitted.err(), deadline).await,
+            Ok(Err(e)) => debug!(%addr, "TLS handshake failed: {e}"),
+            Err(_) => debug!(%addr, "TLS handshake timed out"),
+        },
+        None => {
+            run(
+                stream,
+                addr,
+                conn_id,
+                &hub,
+                shutdown,
+                admitted.err(),
+                deadline,
+            )
+            .await
+        }
+    }
+    if admitted.is_ok() {
+        hub.limits.close(addr.ip());
+    }
+}
+
+/// What the upgrade request said about authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    /// A valid `Authorization: Bearer` header (or no token is configured).
+    Authorized,
+    /// No header: the client may still present the token on `register`.
+    Anonymous,
+}
+
+async fn run<S>(
+    stream: S,
+    addr: SocketAddr,
+    conn_id: u64,
+    hub: &Arc<HubState>,
+    mut shutdown: watch::Receiver<bool>,
+    refused: Option<TooManyConnections>,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ws_config = WebSocketConfig::default()
         // Small eager read buffer: 10,000 idle connections must stay cheap.
         .read_buffer_size(4096)
         .max_message_size(Some(hub.config.hard_frame_limit))
         .max_frame_size(Some(hub.config.hard_frame_limit));
-    let ws = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        accept_async_with_config(stream, Some(ws_config)),
+    let mut upgrade = Upgrade::Authorized;
+    // The signature is tungstenite's handshake callback.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if let Some(TooManyConnections { limit }) = refused {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many connections from your address (limit {limit})"),
+            ));
+        }
+        if let Some(expected) = &hub.config.token {
+            match req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                None => upgrade = Upgrade::Anonymous,
+                Some(h) => match bearer(h) {
+                    Some(t) if token_ok(expected, t) => {}
+                    _ => {
+                        return Err(refuse(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid hub token in the Authorization header".into(),
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(resp)
+    };
+    let ws = match tokio::time::timeout_at(
+        deadline,
+        accept_hdr_async_with_config(stream, callback, Some(ws_config)),
     )
     .await
     {
@@ -83,7 +171,12 @@ pub async fn serve(
     );
     let base = Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
-    let mut session = ConnSession::new(outbox.clone(), addr);
+    let mut session = ConnSession::new(outbox.clone(), addr, upgrade == Upgrade::Authorized);
+    let mut frames = TokenBucket::new(
+        hub.config.frame_rate,
+        hub.config.frame_burst,
+        Instant::now().into_std(),
+    );
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
@@ -139,7 +232,12 @@ pub async fn serve(
                     continue;
                 }
                 match parse(&text) {
-                    Ok(frame) => session.handle(&hub, frame).await,
+                    Ok(frame) => match frames.take(std::time::Instant::now()) {
+                        Ok(()) => session.handle(hub, frame).await,
+                        Err(wait) => {
+                            session.rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate)
+                        }
+                    },
                     Err(e) => session.parse_error(e),
                 }
             }
@@ -152,22 +250,24 @@ pub async fn serve(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
-    session.disconnected(&hub);
+    session.disconnected(hub);
     outbox.close(1000, "");
     if tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err() {
         debug!(conn = conn_id, "writer did not finish in time");
     }
 }
 
-async fn write_loop(
-    mut sink: Sink,
+async fn write_loop<S>(
+    mut sink: Sink<S>,
     mut rx: OutboxReceiver,
     outbox: Outbox,
     mut heartbeat: Heartbeat,
     probe: Arc<Notify>,
     last_rx: Arc<AtomicU64>,
     base: Instant,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let last_rx_at = || base + Duration::from_millis(last_rx.load(Ordering::Relaxed));
     loop {
         let beat = tokio::select! {
@@ -224,6 +324,12 @@ async fn write_loop(
         }
     }
     outbox.close(1011, "write failed");
+}
+
+fn refuse(status: StatusCode, why: String) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(why));
+    *r.status_mut() = status;
+    r
 }
 
 /// Close reasons must fit in 123 bytes.

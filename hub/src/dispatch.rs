@@ -47,17 +47,33 @@ pub struct ConnSession {
     pub id: Option<SessionId>,
     /// Pinged by the router when someone else asks for our name.
     pub probe: Arc<Notify>,
+    /// Whether the connection presented the hub token (always true on an open hub).
+    pub authorized: bool,
 }
 
 impl ConnSession {
     /// A fresh, unregistered connection.
-    pub fn new(outbox: Outbox, addr: SocketAddr) -> Self {
+    pub fn new(outbox: Outbox, addr: SocketAddr, authorized: bool) -> Self {
         Self {
             outbox,
             addr,
             id: None,
             probe: Arc::new(Notify::new()),
+            authorized,
         }
+    }
+
+    /// Answers a frame that arrived over the connection's frame rate; it was not processed.
+    pub fn rate_limited(&self, rid: Option<RequestId>, wait: std::time::Duration, rate: f64) {
+        let ms = wait.as_millis().max(1) as u64;
+        self.reply(ServerFrame::Error(ErrorFrame {
+            message: format!(
+                "rate limited: over {rate} frames/s on this connection; this frame was NOT processed, retry in {ms} ms"
+            ),
+            code: Some(codes::RATE_LIMITED.into()),
+            retry_after_ms: Some(ms),
+            rid,
+        }));
     }
 
     fn reply(&self, frame: ServerFrame) {
@@ -69,6 +85,7 @@ impl ConnSession {
         self.reply(ServerFrame::Error(ErrorFrame {
             message: message.into(),
             code: Some(code.to_string()),
+            retry_after_ms: None,
             rid,
         }));
     }

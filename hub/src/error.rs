@@ -8,6 +8,9 @@ pub enum HubError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// A socket-level failure.
     #[error("hub I/O error: {0}")]
     Io(#[from] std::io::Error),

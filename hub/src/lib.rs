@@ -15,11 +15,13 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod integrity;
+pub mod limits;
 pub mod outbound;
 pub mod parse;
 pub mod presence;
@@ -27,6 +29,7 @@ pub mod retention;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::{future::Future, sync::Arc};
 
@@ -44,6 +47,10 @@ pub struct HubState {
     pub router: Arc<Router>,
     /// The store actor.
     pub store: StoreHandle,
+    /// Per-address connection caps and registration rates.
+    pub limits: limits::AddrLimits,
+    /// TLS acceptor when serving `wss://`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A hub with its store open, ready to serve.
@@ -55,7 +62,13 @@ pub struct Hub {
 impl Hub {
     /// Opens the store in `config.data_dir` (creating it if needed) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let backend = SqliteBackend::open(&config.data_dir, config.sync)?;
+        let limits = limits::AddrLimits::new(
+            config.max_conns_per_addr,
+            config.register_rate,
+            config.register_burst,
+        );
         let router = Arc::new(Router::new());
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
@@ -64,6 +77,8 @@ impl Hub {
                 config,
                 router,
                 store,
+                limits,
+                tls,
             }),
             store_thread,
         })

@@ -234,6 +234,7 @@ impl CommitSink for Router {
             let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
                 message: format!("message NOT stored: {error}"),
                 code: Some(codes::UNAVAILABLE.into()),
+                retry_after_ms: None,
                 rid: a.ack.rid,
             }));
         }

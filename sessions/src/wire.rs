@@ -476,12 +476,16 @@ pub struct Status {
 
 /// `error`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorFrame {
     /// What was wrong, in words.
     pub message: String,
     /// Machine-readable kind (see [`codes`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// For `rate_limited`: how long to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     /// Echoed request id (when the frame that failed carried a readable one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -509,6 +513,12 @@ pub mod codes {
     pub const ALREADY_REGISTERED: &str = "already_registered";
     /// The hub could not do it right now (store unavailable, shutting down).
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Over a rate limit; `retryAfterMs` says when to retry. The frame was not processed.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The hub requires a token and none (or a wrong one) was presented.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The name is owned and the owner secret was missing or wrong.
+    pub const NOT_OWNER: &str = "not_owner";
 }
 
 /// Default port of the hub.
