@@ -5,7 +5,7 @@
 //! Printing only; installing is a separate, later step (`service install`). The files in
 //! `examples/` are the same definitions as commented templates.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use sessions::{paths, wire::DEFAULT_PORT};
 
@@ -38,15 +38,15 @@ struct HubOpts {
     port: u16,
     /// Address for the hub (RELAY_HOST). Keep loopback unless the hub has auth configured.
     #[arg(long, default_value = "127.0.0.1")]
-    host: String,
+    host: IpAddr,
 }
 
 /// Runs `claude-relay service`.
 pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let install = Install::current();
     match args.kind {
-        ServiceKind::Plist(o) => print!("{}", plist(&install, &o.host, o.port)),
-        ServiceKind::Systemd(o) => print!("{}", systemd(&install, &o.host, o.port)),
+        ServiceKind::Plist(o) => print!("{}", plist(&install, &o.host.to_string(), o.port)),
+        ServiceKind::Systemd(o) => print!("{}", systemd(&install, &o.host.to_string(), o.port)),
     }
     Ok(ExitCode::SUCCESS)
 }
