@@ -605,7 +605,7 @@ impl Relay {
         let mut text = String::new();
         if let Some(problem) = &hub_problem {
             text.push_str(&format!(
-                "Hub unavailable ({problem}); showing this machine's registry only.\n"
+                "Hub unavailable — {problem}. Showing this machine's registry only:\n"
             ));
         }
         if lines.is_empty() {

@@ -38,6 +38,11 @@ impl Backoff {
         Duration::from_millis(rand::random_range(0..=ms))
     }
 
+    /// Delays handed out since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
     /// Back to the first step (after a connection worked).
     pub fn reset(&mut self) {
         self.attempt = 0;

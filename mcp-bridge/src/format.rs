@@ -47,9 +47,17 @@ fn since_text(ts: &str, now_ms: i64) -> String {
     parse_iso(ts).map_or_else(|| ts.to_string(), |ms| ago(ms, now_ms))
 }
 
-/// The `after` value that replays exactly this message first: its timestamp minus 1 ms
-/// (message ids only page forward, and the message before it may be one we never showed).
+/// The `after` value that replays exactly this message first.
+///
+/// Message ids are `<epoch>-<seq>` and the hub pages `after` an id by sequence number, so the
+/// id with `seq - 1` starts right at this message (whatever lies between it and the message
+/// shown before it). For ids of another shape, the message's time minus 1 ms.
 pub fn cursor_before(e: &Envelope) -> String {
+    if e.seq > 0
+        && let Some(prefix) = e.id.strip_suffix(&format!("-{}", e.seq))
+    {
+        return format!("{prefix}-{}", e.seq - 1);
+    }
     parse_iso(&e.timestamp).map_or_else(|| e.timestamp.clone(), |ms| iso(ms - 1))
 }
 
@@ -140,7 +148,10 @@ pub fn sends(list: &[SendState], now_ms: i64) -> String {
             other => (other, Some(s.stored_at.as_str())),
         };
         let mut line = format!("  →{} {state}", s.to);
-        if let Some(n) = s.read_by.filter(|_| s.to == sessions::BROADCAST) {
+        if let Some(n) = s
+            .read_by
+            .filter(|_| s.to == sessions::BROADCAST && s.state == "read")
+        {
             let _ = write!(line, " by {n}");
         }
         if let Some(when) = when {
@@ -272,13 +283,16 @@ mod tests {
         assert!(m.contains(&"x".repeat(2_000)));
         assert!(!m.contains(&"x".repeat(2_001)));
         assert!(m.contains("2000 of 5000 characters"), "{m}");
-        let before = iso(NOW - 120_001);
         assert!(
-            m.contains(&format!(
-                r#"relay_receive {{"replay":true,"after":"{before}","from":"CC-2","count":1}}"#
-            )),
+            m.contains(r#"relay_receive {"replay":true,"after":"e-0","from":"CC-2","count":1}"#),
             "{m}"
         );
+        // Ids of another shape fall back to the time just before the message.
+        let odd = Envelope {
+            id: "x".into(),
+            ..e.clone()
+        };
+        assert_eq!(cursor_before(&odd), iso(NOW - 120_001));
         // With the single-message cap it fits whole.
         let m = message(&e, "CC-1", SINGLE_BODY_CAP, NOW);
         assert!(!m.contains("cut:"));
@@ -316,13 +330,19 @@ mod tests {
             preview: "the tests pass now".into(),
         };
         let text = sends(
-            &[s("CC-2", "read"), s("CC-3", "stored"), s("all", "read")],
+            &[
+                s("CC-2", "read"),
+                s("CC-3", "stored"),
+                s("all", "read"),
+                s("all", "delivered"),
+            ],
             NOW,
         );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "  →CC-2 read 2m ago \"the tests pass now\"");
         assert_eq!(lines[1], "  →CC-3 stored 10m ago \"the tests pass now\"");
         assert_eq!(lines[2], "  →all read by 2 2m ago \"the tests pass now\"");
+        assert_eq!(lines[3], "  →all delivered 5m ago \"the tests pass now\"");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub enum LinkState {
     Connecting {
         /// 1 for the first attempt after a working connection (or the very first).
         attempt: u32,
+        /// Why the previous attempt failed, if one did.
+        last_error: Option<String>,
     },
     /// Registered and usable.
     Connected {
@@ -109,11 +111,14 @@ impl Snapshot {
         match &self.state {
             LinkState::Connected { .. } => format!("connected to the hub at {}", self.url),
             LinkState::NotStarted => format!("not connected to the hub at {} yet", self.url),
-            LinkState::Connecting { attempt } if *attempt <= 1 => {
-                format!("not connected to the hub at {} (connecting now)", self.url)
-            }
-            LinkState::Connecting { attempt } => format!(
-                "not connected to the hub at {} (reconnect attempt {attempt} in progress)",
+            LinkState::Connecting {
+                last_error: None, ..
+            } => format!("not connected to the hub at {} (connecting now)", self.url),
+            LinkState::Connecting {
+                attempt,
+                last_error: Some(e),
+            } => format!(
+                "not connected to the hub at {} (attempt {attempt} in progress; last error: {e})",
                 self.url
             ),
             LinkState::Waiting {
@@ -296,9 +301,10 @@ impl HubClient {
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.inner
-            .state
-            .send_replace(LinkState::Connecting { attempt: 1 });
+        self.inner.state.send_replace(LinkState::Connecting {
+            attempt: 1,
+            last_error: None,
+        });
         tokio::spawn(run(self.inner.clone()));
     }
 
@@ -601,13 +607,16 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn run(inner: Arc<Inner>) {
     let t = inner.timeouts.clone();
     let mut backoff = Backoff::new(t.backoff_start, t.backoff_cap);
-    let mut attempt = 1u32;
+    let mut previous_error: Option<String> = None;
     let mut stop = inner.stop.subscribe();
     loop {
         if inner.stopping() {
             break;
         }
-        inner.state.send_replace(LinkState::Connecting { attempt });
+        inner.state.send_replace(LinkState::Connecting {
+            attempt: backoff.attempts() + 1,
+            last_error: previous_error.clone(),
+        });
         let ended = tokio::select! {
             ended = connect_and_serve(&inner, &mut backoff) => ended,
             _ = stopped(&mut stop) => Ended::Stopped,
@@ -619,6 +628,7 @@ async fn run(inner: Arc<Inner>) {
         };
         let delay = backoff.next_delay();
         tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
+        previous_error = Some(last_error.clone());
         inner.state.send_replace(LinkState::Waiting {
             retry_at: Instant::now() + delay,
             last_error,
@@ -628,7 +638,6 @@ async fn run(inner: Arc<Inner>) {
             _ = tokio::time::sleep(delay) => {}
             _ = stopped(&mut stop) => break,
         }
-        attempt += 1;
     }
     *lock(&inner.link) = None;
     inner.state.send_replace(LinkState::Stopped);

@@ -4,5 +4,6 @@
 //! Each test binary includes this with `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod hub;
 pub mod ws;

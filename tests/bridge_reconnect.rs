@@ -1,0 +1,102 @@
+//! Bridges outlive their hub: while it is gone every tool answers at once and honestly, and
+//! when it comes back on the same port they reconnect by themselves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    bridge::Bridge,
+    hub::{Hub, HubOpts},
+};
+use serde_json::{Value, json};
+
+/// Polls `relay_status` until it contains `want` (bounded by `limit`).
+async fn status_until(b: &Bridge, want: &str, limit: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let s = b.ok("relay_status", Value::Null).await;
+        if s.contains(want) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: no {want:?} within {limit:?}; last status:\n{s}",
+            b.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start(dir.path()).await;
+    let port = hub.port;
+    let cc1 = Bridge::start(dir.path(), &hub.url, "CC-1").await;
+    let cc2 = Bridge::start(dir.path(), &hub.url, "CC-2").await;
+    cc1.wait_connected().await;
+    cc2.wait_connected().await;
+    let before = cc1
+        .ok("relay_send", json!({"message": "before", "to": "CC-2"}))
+        .await;
+    assert!(before.starts_with("Delivered to CC-2"), "{before}");
+
+    hub.kill().await;
+    let down = status_until(&cc1, "not connected to the hub", Duration::from_secs(15)).await;
+    assert!(down.contains(&format!("ws://127.0.0.1:{port}")), "{down}");
+    assert!(
+        down.contains("Unread: unknown while disconnected"),
+        "{down}"
+    );
+
+    // Disconnected: answers from the connection state at once ("retrying in N s"), never
+    // waits for a reply timeout, never claims a send.
+    let out = cc1
+        .call("relay_send", json!({"message": "lost?", "to": "CC-2"}))
+        .await;
+    assert!(out.is_error, "{}", out.text);
+    assert!(
+        out.text
+            .starts_with("NOT sent: not connected to the hub at")
+            && out.text.contains("retrying in"),
+        "{}",
+        out.text
+    );
+    let out = cc1.call("relay_receive", Value::Null).await;
+    assert!(
+        out.is_error && out.text.contains("Not connected to the hub"),
+        "{}",
+        out.text
+    );
+    let sessions = cc1.ok("relay_sessions", Value::Null).await;
+    assert!(sessions.starts_with("Hub unavailable"), "{sessions}");
+    assert!(sessions.contains("CC-1 · running"), "{sessions}");
+
+    let hub = Hub::start_with(
+        dir.path(),
+        HubOpts {
+            port,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(hub.port, port);
+    // Backoff is capped at 15 s (with jitter), so 40 s covers at least two attempts.
+    status_until(&cc1, "— connected for", Duration::from_secs(40)).await;
+    status_until(&cc2, "— connected for", Duration::from_secs(40)).await;
+
+    let after = cc1
+        .ok(
+            "relay_send",
+            json!({"message": "after restart", "to": "CC-2"}),
+        )
+        .await;
+    assert!(after.starts_with("Delivered to CC-2 (live)"), "{after}");
+    let got = cc2.ok("relay_receive", Value::Null).await;
+    assert!(got.contains("after restart"), "{got}");
+    assert!(
+        !got.contains("lost?"),
+        "the refused send never existed: {got}"
+    );
+}
