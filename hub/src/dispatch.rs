@@ -183,6 +183,16 @@ impl ConnSession {
                 ),
             ));
         }
+        if let Err(wait) = hub.limits.register(self.addr.ip()) {
+            return self.reply(reject(
+                codes::RATE_LIMITED,
+                format!(
+                    "too many registrations from your address (over {}/s); retry in {} ms",
+                    hub.config.register_rate,
+                    wait.as_millis().max(1)
+                ),
+            ));
+        }
         let mut meta: Meta = r.meta.unwrap_or_default();
         let meta_len = serde_json::to_string(&meta).map(|s| s.len()).unwrap_or(0);
         if meta_len > hub.config.max_meta_bytes {
