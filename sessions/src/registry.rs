@@ -277,9 +277,6 @@ impl Registry {
     }
 }
 
-// std's `File::try_lock` is stable since Rust 1.89; the workspace's declared rust-version
-// (1.88) predates it, so clippy's MSRV check is told explicitly.
-#[allow(clippy::incompatible_msrv)]
 fn try_lock(file: &File) -> Result<(), TryLockError> {
     file.try_lock()
 }
