@@ -117,19 +117,28 @@ impl Router {
     /// Pushes a presence change to every live session except `subject`, in the form each
     /// asked for. Frames are built once per form, and the full form only if someone wants it.
     pub fn announce(&self, subject: &str, build: impl Fn(Option<Vec<String>>) -> ServerFrame) {
+        // Collect first: building the full list iterates the table again, and nested
+        // iteration of a DashMap can deadlock against a concurrent writer.
+        let targets: Vec<(Outbox, PresenceMode)> = self
+            .peers
+            .iter()
+            .filter(|p| p.active && p.key().as_str() != subject && p.presence != PresenceMode::None)
+            .map(|p| (p.outbox.clone(), p.presence))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
         let mut full: Option<Utf8Bytes> = None;
         let mut delta: Option<Utf8Bytes> = None;
-        for p in self.peers.iter() {
-            if !p.active || p.key().as_str() == subject {
-                continue;
-            }
-            let frame = match p.presence {
+        for (outbox, mode) in targets {
+            let frame = match mode {
                 PresenceMode::Full => full
                     .get_or_insert_with(|| to_frame(&build(Some(self.online()))))
                     .clone(),
                 PresenceMode::Delta => delta.get_or_insert_with(|| to_frame(&build(None))).clone(),
+                PresenceMode::None => continue,
             };
-            let _ = p.outbox.push(frame);
+            let _ = outbox.push(frame);
         }
     }
 

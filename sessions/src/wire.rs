@@ -85,8 +85,8 @@ pub struct Register {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Meta>,
     /// Presence format this client wants: `"full"` (default, Node-compatible: every
-    /// `peer_joined`/`peer_left` carries the whole peer list) or `"delta"` (only the id that
-    /// changed).
+    /// `peer_joined`/`peer_left` carries the whole peer list), `"delta"` (only the id that
+    /// changed) or `"none"` (no presence pushes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<PresenceMode>,
     /// Echoed on the reply.
@@ -103,6 +103,10 @@ pub enum PresenceMode {
     Full,
     /// Presence frames carry only the session that joined or left.
     Delta,
+    /// No presence frames at all: the client asks (`get_peers`, `get_sessions`) when it
+    /// wants to know. What the MCP bridge uses; registering N such sessions costs the hub
+    /// O(N), not O(N²).
+    None,
 }
 
 /// `message`: send `content` to `to` (a session id, or `all` — the default).
