@@ -220,8 +220,11 @@ async fn relay_client_id_moves_on_when_the_hub_says_the_name_is_in_use() {
     b.wait_connected().await;
     let s = b.ok("relay_status", Value::Null).await;
     assert!(s.contains("You: CODEX2 (from RELAY_CLIENT_ID)"), "{s}");
-    let reg = b.registry();
-    assert_eq!(reg["sessions"]["CODEX2"]["state"], "running", "{reg}");
+    let reg = b.registry_until("CODEX2", "running").await;
+    assert_eq!(
+        reg["sessions"]["CODEX2"]["bridge"]["pid"],
+        json!(b.child.id().unwrap())
+    );
 }
 
 #[tokio::test]

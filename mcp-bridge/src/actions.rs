@@ -174,6 +174,9 @@ pub struct Relay {
     local: LocalSessions,
     id_source: String,
     keys: SendKeys,
+    /// One unread read at a time: two concurrent `relay_receive` calls would otherwise both
+    /// be shown the same page before either marks it read.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl Relay {
@@ -184,6 +187,7 @@ impl Relay {
             local,
             id_source,
             keys: SendKeys::new(),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -301,6 +305,7 @@ impl Relay {
     }
 
     async fn receive(&self, args: ReceiveArgs) -> Reply {
+        let _one_reader = self.reading.lock().await;
         let me = self.hub.id();
         let frame = ClientFrame::Receive(Receive {
             count: Some(args.count),

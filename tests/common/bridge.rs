@@ -239,6 +239,23 @@ impl Bridge {
     pub fn registry(&self) -> Value {
         read_registry(&self.opts.home)
     }
+
+    /// Polls the registry until entry `name` has `state` (the bridge records it in the
+    /// background), bounded by [`WAIT`]; returns the file.
+    pub async fn registry_until(&self, name: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let reg = self.registry();
+            if reg["sessions"][name]["state"] == state {
+                return reg;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "registry entry {name} never became {state}: {reg}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// `$CLAUDE_RELAY_HOME/sessions/registry.json` as JSON (null when missing).
