@@ -505,7 +505,7 @@ impl Inner {
         let frame = ClientFrame::Register(Register {
             client_id: Some(id.clone()),
             meta: Some(self.meta.clone()),
-            presence: Some(PresenceMode::Delta),
+            presence: Some(PresenceMode::None),
             rid: Some(RequestId::Str(REGISTER_RID.into())),
         });
         (id, frame)
