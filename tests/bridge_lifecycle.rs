@@ -69,6 +69,19 @@ async fn exits_within_two_seconds_when_its_parent_dies() {
     assert_eq!(b.registry()["sessions"]["CC-5"]["state"], "ended");
 }
 
+#[tokio::test]
+async fn sigterm_is_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let mut b = Bridge::start(dir.path(), &hub.url, "CC-6").await;
+    b.wait_connected().await;
+    common::hub::signal(b.child.id().unwrap() as i32, "TERM");
+    // stdin stays open: only the signal can end it.
+    let status = b.wait_exit(WAIT).await.expect("exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(b.registry()["sessions"]["CC-6"]["state"], "ended");
+}
+
 /// Raw stdio, as a sloppy client would write it.
 struct Raw {
     stdin: tokio::process::ChildStdin,

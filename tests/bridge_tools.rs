@@ -384,3 +384,45 @@ async fn relay_client_id_is_numbered_when_the_name_is_taken() {
     assert!(sa.contains("You: CODEX (from RELAY_CLIENT_ID)"), "{sa}");
     assert!(sb.contains("You: CODEX2 (from RELAY_CLIENT_ID)"), "{sb}");
 }
+
+#[tokio::test]
+async fn a_page_too_big_for_one_result_leaves_the_rest_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let cc1 = Bridge::start(dir.path(), &hub.url, "CC-1").await;
+    let bodies: Vec<String> = (0..10)
+        .map(|i| format!("body-{i:02}:{}", "x".repeat(3_000)))
+        .collect();
+    for b in &bodies {
+        cc1.ok("relay_send", json!({"message": b, "to": "CC-2"}))
+            .await;
+    }
+    let cc2 = Bridge::start(dir.path(), &hub.url, "CC-2").await;
+    let first = cc2.ok("relay_receive", json!({"count": 10})).await;
+    assert!(first.chars().count() < 21_000, "bounded: {}", first.len());
+    let shown = (0..10)
+        .filter(|i| first.contains(&format!("body-{i:02}:")))
+        .count();
+    assert!((1..10).contains(&shown), "{shown} shown");
+    assert!(
+        first.ends_with(&format!(
+            "{} more unread — call relay_receive again.",
+            10 - shown
+        )),
+        "{}",
+        &first[first.len() - 200..]
+    );
+    let second = cc2.ok("relay_receive", json!({"count": 10})).await;
+    for i in 0..10 {
+        let tag = format!("body-{i:02}:");
+        assert_eq!(
+            first.contains(&tag) as u8 + second.contains(&tag) as u8,
+            1,
+            "{tag} shown exactly once"
+        );
+    }
+    assert_eq!(
+        cc2.ok("relay_receive", Value::Null).await,
+        "No unread messages."
+    );
+}
