@@ -721,6 +721,9 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
             }
         }
     };
+    // Close the queue first: a request racing this teardown then fails to enqueue (and says
+    // "not sent") instead of waiting for a reply that can no longer come.
+    rx.close();
     {
         let mut link = lock(&inner.link);
         if link.as_ref().is_some_and(|l| l.conn == conn) {
