@@ -267,6 +267,16 @@ impl Relay {
                 }
                 Reply::ok(text)
             }
+            Ok(ServerFrame::Error(e)) if in_doubt => {
+                // This attempt was refused, but an earlier one with the same key may have
+                // been stored: keep the key so a retry cannot duplicate it.
+                self.keys.remember(&key);
+                Reply::error(format!(
+                    "The hub refused this attempt: {}. An earlier attempt of this message may \
+                     have been stored; sending it again is safe (the bridge reuses its key).",
+                    e.message
+                ))
+            }
             Ok(ServerFrame::Error(e)) => {
                 self.keys.settle(&key);
                 Reply::error(format!("NOT sent — the hub refused it: {}", e.message))

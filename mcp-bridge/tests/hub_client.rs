@@ -31,45 +31,60 @@ impl FakeHub {
         Self { listener, url }
     }
 
+    /// The next connection that completes the WebSocket handshake (a redial the client
+    /// already gave up on may sit dead in the listen backlog; it is skipped).
     async fn accept(&self) -> Sock {
-        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept())
-            .await
-            .expect("the client dials")
-            .unwrap();
-        tokio_tungstenite::accept_async(tcp).await.unwrap()
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (tcp, _) = self.listener.accept().await.unwrap();
+                if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                    return ws;
+                }
+            }
+        })
+        .await
+        .expect("the client dials")
     }
 
     /// Accepts and answers `register` with `registered` (epoch, unread).
     async fn accept_registered(&self, epoch: &str, unread: u64) -> Sock {
-        let mut ws = self.accept().await;
-        let reg = read(&mut ws).await;
-        assert_eq!(reg["type"], "register", "{reg}");
-        assert_eq!(reg["meta"]["source"], "mcp-bridge", "{reg}");
-        send(
-            &mut ws,
-            json!({"type": "registered", "clientId": reg["clientId"], "peers": [],
-                   "epoch": epoch, "unread": unread, "rid": reg["rid"]}),
-        )
-        .await;
-        ws
+        loop {
+            let mut ws = self.accept().await;
+            let Some(reg) = try_read(&mut ws).await else {
+                continue; // that client was gone; wait for the live redial
+            };
+            assert_eq!(reg["type"], "register", "{reg}");
+            assert_eq!(reg["meta"]["source"], "mcp-bridge", "{reg}");
+            send(
+                &mut ws,
+                json!({"type": "registered", "clientId": reg["clientId"], "peers": [],
+                       "epoch": epoch, "unread": unread, "rid": reg["rid"]}),
+            )
+            .await;
+            return ws;
+        }
+    }
+}
+
+/// The next text frame that is not a keep-alive `ping`; `None` when the socket closes.
+async fn try_read(ws: &mut Sock) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")?
+            .ok()?;
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] != "ping" || v.get("rid").is_some() {
+                return Some(v);
+            }
+        }
     }
 }
 
 /// The next text frame that is not the client's keep-alive `ping`.
 async fn read(ws: &mut Sock) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] != "ping" || v.get("rid").is_some() {
-                return v;
-            }
-        }
-    }
+    try_read(ws).await.expect("socket open")
 }
 
 async fn send(ws: &mut Sock, v: Value) {
@@ -340,4 +355,109 @@ async fn an_unreachable_hub_is_reported_with_its_url_at_once() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn relay(c: &HubClient) -> mcp_bridge::actions::Relay {
+    mcp_bridge::actions::Relay::new(
+        c.clone(),
+        std::sync::Arc::new(|| Ok(Vec::new())),
+        "test".into(),
+    )
+}
+
+fn send_call(message: &str, to: &str) -> mcp_bridge::tools::ToolCall {
+    mcp_bridge::tools::ToolCall::Send {
+        message: message.into(),
+        to: Some(to.into()),
+    }
+}
+
+#[tokio::test]
+async fn a_send_whose_ack_was_lost_is_resent_with_the_same_key_and_reported_once() {
+    let hub = FakeHub::new().await;
+    let c = client(&hub.url, "CC-1", None, fast());
+    c.start();
+    let mut ws = hub.accept_registered("E1", 0).await;
+    wait_state(&c, "connected", connected).await;
+    let r = relay(&c);
+    let call = tokio::spawn(async move { r.call(send_call("handoff", "CC-2")).await });
+
+    let first = read(&mut ws).await;
+    assert_eq!(first["type"], "message");
+    let key = first["key"].as_str().expect("a key").to_string();
+    drop(ws); // the ack is lost with the connection
+
+    let mut ws = hub.accept_registered("E1", 0).await;
+    let again = read(&mut ws).await;
+    assert_eq!(again["key"], key.as_str(), "resent with the same key");
+    assert_eq!(again["content"], "handoff");
+    send(
+        &mut ws,
+        json!({"type": "sent", "id": "E1-1", "to": "CC-2", "delivered": false, "seq": 1,
+                         "duplicate": true, "rid": again["rid"]}),
+    )
+    .await;
+    let reply = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+    assert!(!reply.is_error, "{reply:?}");
+    assert!(
+        reply.text.starts_with("Stored for CC-2 (offline)"),
+        "{}",
+        reply.text
+    );
+    assert!(reply.text.contains("not stored twice"), "{}", reply.text);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_said_plainly_and_the_retry_reuses_the_key() {
+    let hub = FakeHub::new().await;
+    let c = client(&hub.url, "CC-1", None, fast());
+    c.start();
+    let mut ws = hub.accept_registered("E1", 0).await;
+    wait_state(&c, "connected", connected).await;
+    let r = std::sync::Arc::new(relay(&c));
+    let r1 = r.clone();
+    let call = tokio::spawn(async move { r1.call(send_call("handoff", "CC-2")).await });
+    let first = read(&mut ws).await;
+    let key = first["key"].as_str().unwrap().to_string();
+    // The ack is lost, and the hub does not take the bridge back in time (the redial waits in
+    // the listen backlog until we accept).
+    drop(ws);
+    let reply = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reply.is_error, "{reply:?}");
+    assert!(reply.text.starts_with("Outcome unknown"), "{}", reply.text);
+    assert!(!reply.text.contains("NOT sent"), "{}", reply.text);
+
+    // Still disconnected: a retry of the same message cannot claim "not sent" either…
+    let retry = r.call(send_call("handoff", "CC-2")).await;
+    assert!(retry.text.starts_with("Outcome unknown"), "{}", retry.text);
+    // …while a different message plainly was not sent.
+    let other = r.call(send_call("something else", "CC-2")).await;
+    assert!(
+        other.text.starts_with("NOT sent: not connected"),
+        "{}",
+        other.text
+    );
+
+    // Back online: the retry carries the first attempt's key.
+    let mut ws = hub.accept_registered("E1", 0).await;
+    wait_state(&c, "connected", connected).await;
+    let r2 = r.clone();
+    let call = tokio::spawn(async move { r2.call(send_call("handoff", "CC-2")).await });
+    let again = read(&mut ws).await;
+    assert_eq!(again["key"], key.as_str());
+    send(
+        &mut ws,
+        json!({"type": "sent", "id": "E1-1", "to": "CC-2", "delivered": true, "seq": 1,
+               "duplicate": true, "rid": again["rid"]}),
+    )
+    .await;
+    let done = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+    assert!(
+        done.text.starts_with("Delivered to CC-2 (live)"),
+        "{}",
+        done.text
+    );
 }
