@@ -84,6 +84,11 @@ impl Hub {
         })
     }
 
+    /// The shared state every connection sees (for embedding and fuzzing the dispatcher).
+    pub fn state(&self) -> Arc<HubState> {
+        self.state.clone()
+    }
+
     /// The store's epoch.
     pub fn epoch(&self) -> String {
         self.state.store.epoch().to_string()
