@@ -13,14 +13,15 @@ use sessions::{
     time::{iso, now_ms, parse_iso},
     wire::{
         self, ClientFrame, ErrorFrame, GetHistory, History, Inbox, Marked, Meta, Peers, Pong,
-        PresenceMode, Register, RegisterRejected, Registered, RequestId, SendMessage, ServerFrame,
-        SessionView, Sessions, Status, codes,
+        PresenceMode, Register, RegisterRejected, Registered, Released, RequestId, SendMessage,
+        ServerFrame, SessionView, Sessions, Status, Watching, codes,
     },
 };
 use tokio::sync::Notify;
 
 use crate::{
     HubState,
+    auth::{hash_secret, mint_secret, secret_matches, token_ok},
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
@@ -32,6 +33,9 @@ use crate::{
 pub const DEFAULT_COUNT: usize = 10;
 /// Most seqs one `mark_read` may carry.
 pub const MAX_MARK: usize = 1000;
+/// Most unread messages pushed right after `registered` to a client that asks for its
+/// backlog.
+pub const BACKLOG: usize = 100;
 /// Longest idempotency key of a `message`.
 pub const MAX_KEY: usize = 128;
 /// How many recent sends `get_status` reports.
@@ -49,6 +53,8 @@ pub struct ConnSession {
     pub probe: Arc<Notify>,
     /// Whether the connection presented the hub token (always true on an open hub).
     pub authorized: bool,
+    /// The session whose mail this connection watches (`watch`).
+    pub watching: Option<SessionId>,
 }
 
 impl ConnSession {
@@ -60,6 +66,7 @@ impl ConnSession {
             id: None,
             probe: Arc::new(Notify::new()),
             authorized,
+            watching: None,
         }
     }
 
@@ -114,8 +121,55 @@ impl ConnSession {
         self.id.clone()
     }
 
+    /// Checks the hub token for a connection that has not presented it yet. Returns false
+    /// (after answering) when the frame must not be processed.
+    fn authorize(&mut self, hub: &HubState, frame: &ClientFrame) -> bool {
+        let expected = hub.config.token.as_deref().unwrap_or_default();
+        let presented = match frame {
+            ClientFrame::Register(r) => r.token.as_deref(),
+            ClientFrame::Release(r) => r.token.as_deref(),
+            ClientFrame::Watch(w) => w.token.as_deref(),
+            _ => None,
+        };
+        match presented {
+            Some(t) if token_ok(expected, t) => {
+                self.authorized = true;
+                true
+            }
+            Some(_) => {
+                let why = "invalid hub token";
+                match frame {
+                    ClientFrame::Register(r) => {
+                        self.reply(ServerFrame::RegisterRejected(RegisterRejected {
+                            client_id: r.client_id.clone().unwrap_or_default(),
+                            reason: why.into(),
+                            code: Some(codes::UNAUTHORIZED.into()),
+                            rid: r.rid.clone(),
+                        }))
+                    }
+                    other => self.error(codes::UNAUTHORIZED, why, other.rid().cloned()),
+                }
+                // Guessing costs a connection (and registrations are rate-limited per address).
+                self.outbox.close(1008, why);
+                false
+            }
+            None => {
+                self.error(
+                    codes::UNAUTHORIZED,
+                    "this hub requires a token: send it as `token` on register, or as an \
+                     `Authorization: Bearer` header on the WebSocket upgrade",
+                    frame.rid().cloned(),
+                );
+                false
+            }
+        }
+    }
+
     /// Handles one frame.
     pub async fn handle(&mut self, hub: &HubState, frame: ClientFrame) {
+        if !self.authorized && hub.config.token.is_some() && !self.authorize(hub, &frame) {
+            return;
+        }
         match frame {
             ClientFrame::Register(r) => self.register(hub, r).await,
             ClientFrame::Message(m) => self.message(hub, m).await,
@@ -133,7 +187,100 @@ impl ConnSession {
             ClientFrame::Receive(r) => self.receive(hub, r).await,
             ClientFrame::MarkRead(m) => self.mark_read(hub, m).await,
             ClientFrame::GetStatus(b) => self.status(hub, b.rid).await,
+            ClientFrame::Release(r) => self.release(hub, r).await,
+            ClientFrame::Watch(w) => self.watch(hub, w).await,
         }
+    }
+
+    async fn release(&mut self, hub: &HubState, r: wire::Release) {
+        let id = match SessionId::parse(&r.client_id) {
+            Ok(id) => id,
+            Err(e) => {
+                return self.error(codes::INVALID_ID, format!("invalid clientId: {e}"), r.rid);
+            }
+        };
+        let secret = r.owner_secret;
+        let result = {
+            let id = id.clone();
+            hub.store
+                .call(move |b| match b.owner_hash(id.as_str())? {
+                    Some(h) if secret_matches(&h, &secret) => {
+                        b.release_owner(id.as_str()).map(Some)
+                    }
+                    Some(_) => Ok(None),
+                    None => Ok(Some(false)),
+                })
+                .await
+        };
+        match result {
+            Ok(Some(_)) => {
+                tracing::info!(%id, "name released");
+                self.reply(ServerFrame::Released(Released {
+                    client_id: id.to_string(),
+                    rid: r.rid,
+                }))
+            }
+            Ok(None) => self.error(
+                codes::NOT_OWNER,
+                format!("wrong owner secret for {id}"),
+                r.rid,
+            ),
+            Err(e) => self.store_error(e, r.rid),
+        }
+    }
+
+    async fn watch(&mut self, hub: &HubState, w: wire::Watch) {
+        let id = match SessionId::parse(&w.client_id) {
+            Ok(id) => id,
+            Err(e) => {
+                return self.error(codes::INVALID_ID, format!("invalid clientId: {e}"), w.rid);
+            }
+        };
+        let secret = w.owner_secret;
+        let checked = {
+            let id = id.clone();
+            hub.store
+                .call(move |b| {
+                    if let Some(h) = b.owner_hash(id.as_str())?
+                        && !secret.as_deref().is_some_and(|s| secret_matches(&h, s))
+                    {
+                        return Ok(None);
+                    }
+                    Ok(Some((
+                        b.unread_count(id.as_str())?,
+                        b.unread_senders(id.as_str(), 10)?,
+                    )))
+                })
+                .await
+        };
+        let (unread, from) = match checked {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return self.error(
+                    codes::NOT_OWNER,
+                    format!("{id} is owned: watching its mail needs its owner secret"),
+                    w.rid,
+                );
+            }
+            Err(e) => return self.store_error(e, w.rid),
+        };
+        if let Some(old) = self.watching.take() {
+            hub.router.unwatch(&old, self.outbox.id());
+        }
+        if let Err(max) = hub.router.watch(&id, self.outbox.clone()) {
+            return self.error(
+                codes::TOO_LARGE,
+                format!("{id} already has {max} watchers"),
+                w.rid,
+            );
+        }
+        self.watching = Some(id.clone());
+        self.reply(ServerFrame::Watching(Watching {
+            client_id: id.to_string(),
+            unread,
+            from,
+            rid: w.rid,
+        }));
     }
 
     async fn register(&mut self, hub: &HubState, r: Register) {
@@ -173,6 +320,8 @@ impl ConnSession {
                     peers: others(hub, &id),
                     epoch: Some(hub.store.epoch().to_string()),
                     unread,
+                    owner_secret: None,
+                    owned: None,
                     rid,
                 }));
             }
@@ -205,6 +354,34 @@ impl ConnSession {
             ));
         }
         meta.insert("remoteAddress".into(), self.addr.ip().to_string().into());
+        let owner = {
+            let id = id.clone();
+            hub.store.call(move |b| b.owner_hash(id.as_str())).await
+        };
+        let owned = match owner {
+            Ok(Some(hash)) => match r.owner_secret.as_deref() {
+                Some(secret) if secret_matches(&hash, secret) => true,
+                Some(_) => {
+                    return self.reply(reject(
+                        codes::NOT_OWNER,
+                        format!("wrong owner secret for {id}"),
+                    ));
+                }
+                None => {
+                    return self.reply(reject(
+                        codes::NOT_OWNER,
+                        format!(
+                            "{id} is owned: claims must present its owner secret \
+                                 (~/.claude-relay/owners/{id} on the machine that claimed it). \
+                                 Copy that file here, or free the name there with \
+                                 `claude-relay sessions release {id}`"
+                        ),
+                    ));
+                }
+            },
+            Ok(None) => false,
+            Err(e) => return self.store_error(e, rid),
+        };
         let now = now_ms();
         let peer = Peer {
             outbox: self.outbox.clone(),
@@ -227,17 +404,37 @@ impl ConnSession {
         }
         self.id = Some(id.clone());
         let meta_json = serde_json::to_string(&meta).unwrap_or_else(|_| "{}".into());
-        let unread = {
+        // A client that keeps secrets gets one for a name nobody owns yet.
+        let minted = (!owned && r.ownership == Some(true)).then(mint_secret);
+        let minted_hash = minted.as_deref().map(hash_secret);
+        let backlog = r.backlog == Some(true);
+        let max_bytes = hub.config.max_page_bytes;
+        let recorded = {
             let id = id.clone();
             hub.store
-                .call(move |b| b.session_registered(id.as_str(), &meta_json, now))
+                .call(move |b| {
+                    if let Some(h) = &minted_hash {
+                        b.set_owner(id.as_str(), h, now)?;
+                    }
+                    let unread = b.session_registered(id.as_str(), &meta_json, now)?;
+                    let pending = if backlog && unread > 0 {
+                        let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
+                        let marks: Vec<(u64, i64)> =
+                            page.messages.iter().map(|m| (m.seq, now)).collect();
+                        b.mark_delivered(&marks)?;
+                        page.messages
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((unread, pending))
+                })
                 .await
         };
-        let unread = match unread {
-            Ok(n) => Some(n),
+        let (unread, pending, minted) = match recorded {
+            Ok((n, pending)) => (Some(n), pending, minted),
             Err(e) => {
                 tracing::error!(%id, "recording session failed: {e}");
-                None
+                (None, Vec::new(), None)
             }
         };
         self.reply(ServerFrame::Registered(Registered {
@@ -245,8 +442,16 @@ impl ConnSession {
             peers: others(hub, &id),
             epoch: Some(hub.store.epoch().to_string()),
             unread,
+            owned: Some(owned || minted.is_some()),
+            owner_secret: minted,
             rid,
         }));
+        let epoch = hub.store.epoch();
+        for m in pending {
+            let _ = self
+                .outbox
+                .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
+        }
         hub.router.activate(&id, self.outbox.id());
         presence::announce_joined(&hub.router, id.as_str());
         tracing::info!(%id, addr = %self.addr, "registered");
@@ -418,9 +623,16 @@ impl ConnSession {
         let count = page_size(r.count, hub);
         let max_bytes = hub.config.max_page_bytes;
         let from = r.from;
+        let now = now_ms();
         let page = hub
             .store
-            .call(move |b| b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes))
+            .call(move |b| {
+                let page = b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes)?;
+                // Handing mail to a live connection of its recipient is delivering it.
+                let marks: Vec<(u64, i64)> = page.messages.iter().map(|m| (m.seq, now)).collect();
+                b.mark_delivered(&marks)?;
+                Ok(page)
+            })
             .await;
         let epoch = hub.store.epoch();
         match page {
@@ -495,6 +707,9 @@ impl ConnSession {
 
     /// The connection ended: free its name, tell the others, remember when it was seen.
     pub fn disconnected(&mut self, hub: &HubState) {
+        if let Some(w) = self.watching.take() {
+            hub.router.unwatch(&w, self.outbox.id());
+        }
         let Some(id) = self.id.take() else { return };
         if hub.router.release(&id, self.outbox.id()) {
             presence::announce_left(&hub.router, id.as_str());

@@ -17,6 +17,8 @@ pub const KNOWN_TYPES: &[&str] = &[
     "receive",
     "mark_read",
     "get_status",
+    "release",
+    "watch",
 ];
 
 /// A frame that could not be parsed.

@@ -11,7 +11,7 @@ use dashmap::{DashMap, mapref::entry::Entry};
 use sessions::{
     SessionId,
     time::now_ms,
-    wire::{ErrorFrame, PresenceMode, Sent, ServerFrame, codes},
+    wire::{ErrorFrame, Mail, PresenceMode, Sent, ServerFrame, codes},
 };
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -48,10 +48,16 @@ pub struct Holder {
     pub connected_at: i64,
 }
 
+/// Most connections that may watch one session's mail at once.
+pub const MAX_WATCHERS: usize = 16;
+
 /// The routing table.
 #[derive(Default)]
 pub struct Router {
     peers: DashMap<SessionId, Peer>,
+    /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
+    /// its name: `claude-relay wait` uses this to wake an idle agent.
+    watchers: DashMap<SessionId, Vec<Outbox>>,
 }
 
 impl Router {
@@ -167,6 +173,52 @@ impl Router {
             .map(|p| p.connected_at)
     }
 
+    /// Adds `outbox` as a watcher of `id`'s mail. Fails when [`MAX_WATCHERS`] live watchers
+    /// are already there.
+    pub fn watch(&self, id: &SessionId, outbox: Outbox) -> Result<(), usize> {
+        let mut list = self.watchers.entry(id.clone()).or_default();
+        list.retain(|o| !o.is_closed() && o.id() != outbox.id());
+        if list.len() >= MAX_WATCHERS {
+            return Err(MAX_WATCHERS);
+        }
+        list.push(outbox);
+        Ok(())
+    }
+
+    /// Removes connection `conn` from the watchers of `id`.
+    pub fn unwatch(&self, id: &SessionId, conn: u64) {
+        if let Some(mut list) = self.watchers.get_mut(id) {
+            list.retain(|o| o.id() != conn);
+        }
+        self.watchers.remove_if(id, |_, l| l.is_empty());
+    }
+
+    /// Rings the watchers of whoever `to` reaches (one session, or everyone but the sender).
+    fn ring(&self, to: &str, from: &str, seq: u64) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        let ring_one = |id: &str, list: &Vec<Outbox>| {
+            let frame = to_frame(&ServerFrame::Mail(Mail {
+                client_id: id.to_string(),
+                from: from.to_string(),
+                seq,
+            }));
+            for o in list {
+                let _ = o.push(frame.clone());
+            }
+        };
+        if to == sessions::BROADCAST {
+            for w in self.watchers.iter() {
+                if w.key().as_str() != from {
+                    ring_one(w.key().as_str(), w.value());
+                }
+            }
+        } else if let Some(list) = self.watchers.get(to) {
+            ring_one(to, &list);
+        }
+    }
+
     /// Closes every registered connection (used when the store was reset: clients must
     /// reconnect and learn the new epoch).
     pub fn close_all(&self, code: u16, reason: &str) {
@@ -225,6 +277,7 @@ impl CommitSink for Router {
             if took {
                 delivered.push((seq, now));
             }
+            self.ring(&to, &from, seq);
             let _ = ack.outbox.push_json(&ServerFrame::Sent(Sent {
                 id,
                 to: to.to_string(),

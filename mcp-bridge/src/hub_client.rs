@@ -507,6 +507,7 @@ impl Inner {
             meta: Some(self.meta.clone()),
             presence: Some(PresenceMode::None),
             rid: Some(RequestId::Str(REGISTER_RID.into())),
+            ..Default::default()
         });
         (id, frame)
     }
@@ -826,18 +827,7 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
 
 /// Puts `rid` on any client frame.
 fn set_rid(frame: &mut ClientFrame, rid: RequestId) {
-    let slot = match frame {
-        ClientFrame::Register(f) => &mut f.rid,
-        ClientFrame::Message(f) => &mut f.rid,
-        ClientFrame::GetHistory(f) => &mut f.rid,
-        ClientFrame::GetPeers(f)
-        | ClientFrame::GetSessions(f)
-        | ClientFrame::Ping(f)
-        | ClientFrame::GetStatus(f) => &mut f.rid,
-        ClientFrame::Receive(f) => &mut f.rid,
-        ClientFrame::MarkRead(f) => &mut f.rid,
-    };
-    *slot = Some(rid);
+    frame.set_rid(rid);
 }
 
 #[cfg(test)]

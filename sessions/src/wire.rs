@@ -48,9 +48,30 @@ pub enum ClientFrame {
     MarkRead(MarkRead),
     /// This session's unread count and the delivery state of its recent sends.
     GetStatus(Bare),
+    /// Free an owned name.
+    Release(Release),
+    /// Be told when mail arrives for a session.
+    Watch(Watch),
 }
 
 impl ClientFrame {
+    /// Sets the request id of this frame (whatever its type).
+    pub fn set_rid(&mut self, rid: RequestId) {
+        let slot = match self {
+            Self::Register(f) => &mut f.rid,
+            Self::Message(f) => &mut f.rid,
+            Self::GetHistory(f) => &mut f.rid,
+            Self::GetPeers(f) | Self::GetSessions(f) | Self::Ping(f) | Self::GetStatus(f) => {
+                &mut f.rid
+            }
+            Self::Receive(f) => &mut f.rid,
+            Self::MarkRead(f) => &mut f.rid,
+            Self::Release(f) => &mut f.rid,
+            Self::Watch(f) => &mut f.rid,
+        };
+        *slot = Some(rid);
+    }
+
     /// The request id carried by this frame, if any.
     pub fn rid(&self) -> Option<&RequestId> {
         match self {
@@ -62,6 +83,8 @@ impl ClientFrame {
             }
             Self::Receive(f) => f.rid.as_ref(),
             Self::MarkRead(f) => f.rid.as_ref(),
+            Self::Release(f) => f.rid.as_ref(),
+            Self::Watch(f) => f.rid.as_ref(),
         }
     }
 }
@@ -89,6 +112,58 @@ pub struct Register {
     /// changed) or `"none"` (no presence pushes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<PresenceMode>,
+    /// The hub token, for hubs started with `--token-file` (alternatively sent as an
+    /// `Authorization: Bearer` header on the WebSocket upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// True when the client keeps owner secrets: a name claimed for the first time is then
+    /// given one (returned once in `registered.ownerSecret`), and every later claim of the
+    /// name must present it. Clients that do not set this (the Node relay's) keep the old
+    /// behaviour for names nobody owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<bool>,
+    /// The owner secret of `clientId`, if this client holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_secret: Option<String>,
+    /// True to have the hub push this session's unread mail (oldest first, up to 100
+    /// messages) right after `registered`, as ordinary `message` frames. They count as
+    /// delivered, not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<bool>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `release`: give up ownership of a name (so it can be claimed elsewhere).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    /// The name to free.
+    pub client_id: String,
+    /// Its owner secret.
+    pub owner_secret: String,
+    /// The hub token, if the hub needs one and the upgrade did not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `watch`: be told when mail arrives for a session, without holding its name (what
+/// `claude-relay wait` uses to wake an idle agent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watch {
+    /// The session to watch.
+    pub client_id: String,
+    /// Its owner secret; required when the name is owned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_secret: Option<String>,
+    /// The hub token, if the hub needs one and the upgrade did not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Echoed on the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -212,6 +287,12 @@ pub enum ServerFrame {
     Marked(Marked),
     /// Reply to `get_status`.
     Status(Status),
+    /// Reply to `release`.
+    Released(Released),
+    /// Reply to `watch`.
+    Watching(Watching),
+    /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
+    Mail(Mail),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -230,8 +311,10 @@ impl ServerFrame {
             Self::Inbox(f) => f.rid.as_ref(),
             Self::Marked(f) => f.rid.as_ref(),
             Self::Status(f) => f.rid.as_ref(),
+            Self::Released(f) => f.rid.as_ref(),
+            Self::Watching(f) => f.rid.as_ref(),
             Self::Error(f) => f.rid.as_ref(),
-            Self::PeerJoined(_) | Self::PeerLeft(_) | Self::Message(_) => None,
+            Self::PeerJoined(_) | Self::PeerLeft(_) | Self::Message(_) | Self::Mail(_) => None,
         }
     }
 }
@@ -251,9 +334,54 @@ pub struct Registered {
     /// Unread inbound messages waiting for this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
+    /// A newly minted owner secret for this name, sent exactly once: keep it (mode 0600)
+    /// and present it on every later claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_secret: Option<String>,
+    /// Whether the name is owned (claims need its secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned: Option<bool>,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
+}
+
+/// `released`: the name has no owner any more.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    /// The freed name.
+    pub client_id: String,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `watching`: the watch is in place.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watching {
+    /// The watched session.
+    pub client_id: String,
+    /// Its unread inbound messages now.
+    pub unread: u64,
+    /// Who sent them (distinct senders, oldest first, at most 10).
+    pub from: Vec<String>,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `mail`: new mail arrived for a watched session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mail {
+    /// The watched session.
+    pub client_id: String,
+    /// The sender.
+    pub from: String,
+    /// The message's sequence number.
+    pub seq: u64,
 }
 
 /// `register_rejected`.
@@ -264,7 +392,8 @@ pub struct RegisterRejected {
     pub client_id: String,
     /// Why, in words a person can act on.
     pub reason: String,
-    /// Machine-readable reason: `invalid_id`, `name_in_use`, `already_registered`.
+    /// Machine-readable reason: `invalid_id`, `name_in_use`, `already_registered`,
+    /// `not_owner`, `unauthorized`, `rate_limited`, `too_large`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// Echoed request id.
@@ -604,6 +733,8 @@ mod tests {
             peers: vec![],
             epoch: None,
             unread: None,
+            owner_secret: None,
+            owned: None,
             rid: None,
         });
         assert_eq!(

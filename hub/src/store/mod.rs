@@ -250,6 +250,14 @@ pub trait Backend: Send {
     fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError>;
     /// The most recent sends of `sender`, newest first, with delivery state.
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError>;
+    /// The stored hash of `id`'s owner secret, if the name is owned.
+    fn owner_hash(&mut self, id: &str) -> Result<Option<String>, StoreError>;
+    /// Makes `id` owned by whoever holds the secret with this hash.
+    fn set_owner(&mut self, id: &str, secret_hash: &str, now: i64) -> Result<(), StoreError>;
+    /// Frees `id`: it has no owner any more. Returns whether it had one.
+    fn release_owner(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Distinct senders of `viewer`'s unread mail, oldest first, at most `limit`.
+    fn unread_senders(&mut self, viewer: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// Deletes what the retention policy says must go, at most `budget` messages per call.
     fn prune(
         &mut self,

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS reads (
     PRIMARY KEY (identity, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reads_by_seq ON reads(seq);
+CREATE TABLE IF NOT EXISTS owners (
+    id          TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    created     INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     id           TEXT PRIMARY KEY,
     first_seq    INTEGER NOT NULL,
@@ -546,6 +551,47 @@ impl Backend for SqliteBackend {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn owner_hash(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT secret_hash FROM owners WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_owner(&mut self, id: &str, secret_hash: &str, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO owners(id, secret_hash, created) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET secret_hash = excluded.secret_hash,
+                    created = excluded.created",
+            )?
+            .execute(params![id, secret_hash, now])?;
+        Ok(())
+    }
+
+    fn release_owner(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM owners WHERE id = ?1")?
+            .execute([id])?
+            > 0)
+    }
+
+    fn unread_senders(&mut self, viewer: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let page = self.inbox(viewer, None, 100, usize::MAX)?;
+        let mut senders: Vec<String> = Vec::new();
+        for m in page.messages {
+            if senders.len() >= limit {
+                break;
+            }
+            if !senders.iter().any(|s| **s == *m.from) {
+                senders.push(m.from.to_string());
+            }
+        }
+        Ok(senders)
+    }
+
     fn prune(
         &mut self,
         policy: &Retention,
@@ -700,6 +746,18 @@ mod tests {
             vec![1]
         );
         assert!(!b.verify().unwrap());
+    }
+
+    #[test]
+    fn ownership_is_kept_as_a_hash_and_can_be_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        assert_eq!(b.owner_hash("CC-1").unwrap(), None);
+        b.set_owner("CC-1", "h1", 1).unwrap();
+        assert_eq!(b.owner_hash("CC-1").unwrap().as_deref(), Some("h1"));
+        assert!(b.release_owner("CC-1").unwrap());
+        assert!(!b.release_owner("CC-1").unwrap());
+        assert_eq!(b.owner_hash("CC-1").unwrap(), None);
     }
 
     #[test]
