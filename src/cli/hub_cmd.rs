@@ -39,10 +39,32 @@ pub struct HubArgs {
     /// Seconds between WebSocket pings to each client.
     #[arg(long, env = "RELAY_HEARTBEAT_SECS", default_value_t = 25)]
     pub heartbeat_secs: u64,
+    /// File holding the hub token every client must present (first line; keep it mode 0600).
+    #[arg(long, env = "RELAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve wss:// (needs --tls-key).
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without a token (anyone who can reach the
+    /// port can then read and send mail as anyone).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Reads a token file: the first line, trimmed; empty files are an error.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+    Ok(token)
 }
 
 impl HubArgs {
-    fn config(&self) -> HubConfig {
+    fn config(&self) -> anyhow::Result<HubConfig> {
         let data_dir = self
             .data_dir
             .clone()
@@ -56,18 +78,36 @@ impl HubArgs {
         c.retention.max_bytes = self.retention_mb << 20;
         c.heartbeat_interval = Duration::from_secs(self.heartbeat_secs.max(1));
         c.heartbeat_timeout = c.heartbeat_timeout.min(c.heartbeat_interval * 2);
-        c
+        c.token = self.token_file.as_deref().map(read_token_file).transpose()?;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            c.tls = Some(hub::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        Ok(c)
     }
 }
 
 /// Runs the hub until a shutdown signal; exit code 0 after a clean shutdown.
 pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config();
+    let config = args.config()?;
     if !args.host.is_loopback() {
-        tracing::warn!(
-            host = %args.host,
-            "listening on a non-loopback address: anyone who can reach this port can read and send mail"
-        );
+        if config.token.is_none() && !args.insecure {
+            anyhow::bail!(
+                "refusing to listen on {} without a token: anyone who can reach the port could read \
+                 every session's mail and send as anyone. Give --token-file FILE (clients use \
+                 RELAY_TOKEN or --token-file), keep the default 127.0.0.1 and reach it over SSH, \
+                 or pass --insecure if you really mean it",
+                args.host
+            );
+        }
+        if config.token.is_none() {
+            tracing::warn!(host = %args.host, "--insecure: listening on a non-loopback address WITHOUT a token");
+        }
+        if config.tls.is_none() {
+            tracing::warn!(host = %args.host, "listening on a non-loopback address without TLS: traffic (and the token) travel in clear text; use --tls-cert/--tls-key or an SSH tunnel");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,7 +122,8 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
-        eprintln!("listening on ws://{addr}");
+        let scheme = if args.tls_cert.is_some() { "wss" } else { "ws" };
+        eprintln!("listening on {scheme}://{addr}");
         tracing::info!(data_dir = %data_dir.display(), epoch = %hub.epoch(), "hub ready");
         hub.serve(listener, shutdown_signal()).await?;
         tracing::info!("hub stopped");

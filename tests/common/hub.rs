@@ -77,17 +77,13 @@ impl Hub {
         let stderr = child.stderr.take().expect("hub stderr");
         let mut lines = BufReader::new(stderr).lines();
         let mut seen = Vec::new();
-        let port = tokio::time::timeout(WAIT, async {
+        let (scheme, port) = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.expect("read hub stderr") {
-                if let Some(rest) = line.split("listening on ws://").nth(1) {
-                    let port = rest
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .unwrap()
-                        .parse::<u16>()
-                        .unwrap();
-                    return port;
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some((scheme, addr)) = rest.trim().split_once("://")
+                {
+                    let port = addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                    return (scheme.to_string(), port);
                 }
                 seen.push(line);
             }
@@ -104,7 +100,7 @@ impl Hub {
         });
         Hub {
             child,
-            url: format!("ws://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             data_dir,
             log,
