@@ -22,7 +22,7 @@ pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Futur
                 Ok((stream, addr)) => {
                     if conns.len() >= hub.config.max_connections {
                         warn!(%addr, limit = hub.config.max_connections, "connection limit reached: refusing");
-                        drop(stream);
+                        refuse_full(stream, hub.config.max_connections);
                         continue;
                     }
                     next_id += 1;
@@ -51,4 +51,15 @@ pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Futur
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
+}
+
+/// Answers a connection over the cap with an HTTP 503 (best effort, without waiting: the
+/// socket buffer of a fresh connection always has room) and closes it.
+fn refuse_full(stream: tokio::net::TcpStream, limit: usize) {
+    let body = format!("hub is at its connection limit ({limit}); try again later\n");
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
 }

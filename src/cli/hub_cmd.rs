@@ -48,6 +48,27 @@ pub struct HubArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Largest text frame processed, in bytes (bigger ones get an error; the connection stays).
+    #[arg(long, env = "RELAY_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    pub max_frame_bytes: usize,
+    /// Largest message content, in bytes.
+    #[arg(long, env = "RELAY_MAX_CONTENT_BYTES", default_value_t = 512 << 10)]
+    pub max_content_bytes: usize,
+    /// Connections open at once.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_240)]
+    pub max_connections: usize,
+    /// Connections open at once per remote address (loopback is exempt).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
+    pub max_connections_per_addr: usize,
+    /// Frames per second one connection may send (bursts up to twice that).
+    #[arg(long, env = "RELAY_FRAME_RATE", default_value_t = 20_000)]
+    pub frame_rate: u32,
+    /// Registrations per second per remote address (bursts up to the same number).
+    #[arg(long, env = "RELAY_REGISTER_RATE", default_value_t = 1_000)]
+    pub register_rate: u32,
+    /// Frames that may wait in one connection's outbound queue before it is closed as too slow.
+    #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
+    pub outbound_frames: usize,
     /// Allow listening on a non-loopback address without a token (anyone who can reach the
     /// port can then read and send mail as anyone).
     #[arg(long)]
@@ -78,7 +99,20 @@ impl HubArgs {
         c.retention.max_bytes = self.retention_mb << 20;
         c.heartbeat_interval = Duration::from_secs(self.heartbeat_secs.max(1));
         c.heartbeat_timeout = c.heartbeat_timeout.min(c.heartbeat_interval * 2);
-        c.token = self.token_file.as_deref().map(read_token_file).transpose()?;
+        c.max_frame_bytes = self.max_frame_bytes.max(1024);
+        c.max_content_bytes = self.max_content_bytes.max(1);
+        c.max_connections = self.max_connections.max(1);
+        c.max_conns_per_addr = self.max_connections_per_addr.max(1);
+        c.frame_rate = f64::from(self.frame_rate.max(1));
+        c.frame_burst = c.frame_rate * 2.0;
+        c.register_rate = f64::from(self.register_rate.max(1));
+        c.register_burst = c.register_rate;
+        c.outbound_frames = self.outbound_frames.max(16);
+        c.token = self
+            .token_file
+            .as_deref()
+            .map(read_token_file)
+            .transpose()?;
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             c.tls = Some(hub::tls::TlsFiles {
                 cert: cert.clone(),
