@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use sessions::wire::DEFAULT_URL;
 
+use crate::{connect::ClientAuth, owner::OwnerStore};
+
 /// Environment variable naming the hub URL (`--relay-url` wins over it).
 pub const RELAY_URL_ENV: &str = "RELAY_URL";
 /// Environment variable choosing the tool profile (`full` or `claude`).
@@ -105,6 +107,28 @@ pub struct Identity {
     pub source: IdentitySource,
 }
 
+/// How the bridge proves who it is: to the hub (the token; the CA it checks the hub's
+/// certificate against) and for its name (owner secrets).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Hub token and `wss://` trust (`RELAY_TOKEN`, `RELAY_TOKEN_FILE`, `RELAY_CA_CERT`).
+    pub auth: ClientAuth,
+    /// Where owner secrets are kept. `None`: this client keeps none, so it does not ask the
+    /// hub to make its names owned (and cannot claim owned ones).
+    pub owners: Option<OwnerStore>,
+}
+
+impl Security {
+    /// From the environment: token and CA as [`ClientAuth::resolve`] reads them, owner
+    /// secrets in `~/.claude-relay/owners`.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            auth: ClientAuth::resolve(None, None, env),
+            owners: Some(OwnerStore::default_dir()),
+        }
+    }
+}
+
 /// Everything the bridge is started with.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -119,6 +143,8 @@ pub struct BridgeConfig {
     /// `CLAUDE_CODE_SESSION_ID` when Claude Code started us (recorded in meta and registry so
     /// hooks can find this session).
     pub claude_session_id: Option<String>,
+    /// Hub token, TLS trust and owner secrets.
+    pub security: Security,
 }
 
 impl BridgeConfig {
@@ -132,7 +158,8 @@ impl BridgeConfig {
             .unwrap_or_else(|| DEFAULT_URL.to_string())
     }
 
-    /// A config with default timeouts, reading the profile and Claude session id from `env`.
+    /// A config with default timeouts, reading the profile, the Claude session id, the hub
+    /// token and the CA from `env`; owner secrets live in `~/.claude-relay/owners`.
     pub fn new(
         identity: Identity,
         relay_url: String,
@@ -144,6 +171,7 @@ impl BridgeConfig {
             timeouts: Timeouts::default(),
             profile: ToolProfile::detect(&env),
             claude_session_id: env(CLAUDE_SESSION_ENV).filter(|v| !v.is_empty()),
+            security: Security::from_env(&env),
         }
     }
 }

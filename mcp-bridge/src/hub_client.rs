@@ -12,9 +12,15 @@
 //! - Liveness both ways: the hub pings us (tungstenite answers while we keep reading); we send
 //!   an application `ping` every `ping_interval` and treat `idle` without any frame as a
 //!   half-open connection, dropped and redialled.
-//! - A name held by a live connection: an id from `RELAY_CLIENT_ID` moves on to the next
-//!   number (`CODEX` → `CODEX2`) until it first registers; any other id keeps retrying with
-//!   backoff and the tools say why.
+//! - A name held by a live connection, or owned by someone else (`not_owner`): an id from
+//!   `RELAY_CLIENT_ID` moves on to the next number (`CODEX` → `CODEX2`) until it first
+//!   registers; any other id keeps retrying with backoff and the tools say why.
+//! - Ownership: every claim asks the hub to make the name owned and presents the owner
+//!   secret from [`OwnerStore`] when there is one. A secret the hub mints is saved (0600,
+//!   atomically) before the name is used; if it cannot be saved, the bridge keeps it in
+//!   memory, retries saving on every reconnect, and says so on stderr and in every tool
+//!   result until it is saved.
+//! - The hub token and `wss://` trust come with every dial ([`connect::connect_with`]).
 //! - Pushed `message` frames bump a cheap unread hint and go out on a bounded broadcast
 //!   channel (see [`HubClient::subscribe`]); nothing is buffered without bound.
 //!
@@ -44,7 +50,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     backoff::Backoff,
     config::{BridgeConfig, Timeouts},
-    connect::{self, HubSocket},
+    connect::{self, ClientAuth, HubSocket},
+    owner::OwnerStore,
 };
 
 /// Frames queued for the connection task. Tool calls wait (bounded by the request timeout)
@@ -212,6 +219,33 @@ struct Inner {
     started: AtomicBool,
     stop: watch::Sender<bool>,
     registered: watch::Sender<Option<String>>,
+    auth: ClientAuth,
+    owners: Option<OwnerStore>,
+    owner: Mutex<OwnerMemo>,
+}
+
+/// Owner-secret state that outlives one connection.
+#[derive(Default)]
+struct OwnerMemo {
+    /// (name, secret) the hub minted that could not be saved yet: presented from memory and
+    /// saved again on the next registration.
+    unsaved: Option<(String, String)>,
+    /// Shown with every tool result while `unsaved` is set.
+    warning: Option<String>,
+}
+
+/// What this bridge could present as the owner secret of a name.
+enum Held {
+    /// No owner store (this client keeps no secrets).
+    NoStore,
+    /// The store has no file for the name.
+    Nothing(std::path::PathBuf),
+    /// The secret from this file.
+    File(std::path::PathBuf),
+    /// The secret minted on an earlier connection, not saved yet.
+    Memory,
+    /// The file exists but could not be read.
+    Unreadable(String),
 }
 
 /// The name we register and how it may change.
@@ -292,6 +326,9 @@ impl HubClient {
                 started: AtomicBool::new(false),
                 stop: watch::Sender::new(false),
                 registered: watch::Sender::new(None),
+                auth: config.security.auth.clone(),
+                owners: config.security.owners.clone(),
+                owner: Mutex::new(OwnerMemo::default()),
             }),
         }
     }
@@ -357,9 +394,21 @@ impl HubClient {
         self.inner.observe_epoch(epoch);
     }
 
-    /// "The hub's history was reset", once, after the store epoch changed.
+    /// Notices the model must see with the next tool result: "the hub's history was reset"
+    /// (once, after the store epoch changed) and, for as long as it lasts, a failure to save
+    /// this session's owner secret ([`Self::owner_warning`]).
     pub fn take_reset_notice(&self) -> Option<String> {
-        lock(&self.inner.epoch).notice.take()
+        let reset = lock(&self.inner.epoch).notice.take();
+        match (self.owner_warning(), reset) {
+            (Some(w), Some(r)) => Some(format!("{w}\n\n{r}")),
+            (w, r) => w.or(r),
+        }
+    }
+
+    /// The problem with this session's owner secret, while there is one (it could not be
+    /// saved, so the name would be lost when the bridge exits).
+    pub fn owner_warning(&self) -> Option<String> {
+        lock(&self.inner.owner).warning.clone()
     }
 
     /// Sends `frame` with a fresh `rid` and returns the hub's reply to it (which may be an
@@ -500,19 +549,88 @@ impl Inner {
         e.current = Some(epoch.to_string());
     }
 
-    fn register_frame(&self) -> (String, ClientFrame) {
-        let id = lock(&self.ident).id.clone();
-        let frame = ClientFrame::Register(Register {
-            client_id: Some(id.clone()),
+    fn register_frame(&self, id: &str, owner_secret: Option<String>) -> ClientFrame {
+        ClientFrame::Register(Register {
+            client_id: Some(id.to_string()),
             meta: Some(self.meta.clone()),
             presence: Some(PresenceMode::None),
+            // Keep owner secrets: a first claim makes the name ours.
+            ownership: self.owners.is_some().then_some(true),
+            owner_secret,
             rid: Some(RequestId::Str(REGISTER_RID.into())),
             ..Default::default()
-        });
-        (id, frame)
+        })
     }
 
-    /// After `name_in_use`: the next numbered name, if this identity auto-numbers.
+    /// The owner secret to present for `id`: one minted earlier and not saved yet, else the
+    /// owner file (read on the blocking pool).
+    async fn owner_secret(&self, id: &str) -> (Option<String>, Held) {
+        if let Some((name, secret)) = &lock(&self.owner).unsaved
+            && name == id
+        {
+            return (Some(secret.clone()), Held::Memory);
+        }
+        let Some(store) = self.owners.clone() else {
+            return (None, Held::NoStore);
+        };
+        let name = id.to_string();
+        let loaded =
+            tokio::task::spawn_blocking(move || (store.path(&name), store.load(&name))).await;
+        match loaded {
+            Ok((Ok(path), Ok(Some(secret)))) => (Some(secret), Held::File(path)),
+            Ok((Ok(path), Ok(None))) => (None, Held::Nothing(path)),
+            Ok((_, Err(e))) => {
+                tracing::warn!("{e}");
+                (None, Held::Unreadable(e.to_string()))
+            }
+            Ok((Err(e), _)) => (None, Held::Unreadable(e.to_string())),
+            Err(e) => (None, Held::Unreadable(e.to_string())),
+        }
+    }
+
+    /// Saves the owner secret of `id` — one the hub just minted, or one kept in memory
+    /// because saving failed before. On failure the secret stays in memory and a warning
+    /// goes to stderr and to every tool result.
+    async fn keep_owner_secret(&self, id: &str, minted: Option<String>) {
+        let secret = match minted {
+            Some(s) => s,
+            None => match &lock(&self.owner).unsaved {
+                Some((name, s)) if name == id => s.clone(),
+                _ => return,
+            },
+        };
+        let Some(store) = self.owners.clone() else {
+            return;
+        };
+        let (name, value) = (id.to_string(), secret.clone());
+        let saved = tokio::task::spawn_blocking(move || store.save(&name, &value))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut memo = lock(&self.owner);
+        match saved {
+            Ok(path) => {
+                tracing::info!("owner secret for {id} saved in {}", path.display());
+                memo.unsaved = None;
+                memo.warning = None;
+            }
+            Err(e) => {
+                let warning = format!(
+                    "WARNING: the hub made {id} an owned name, but its owner secret could not be \
+                     saved ({e}). This bridge keeps it in memory and retries on every reconnect; \
+                     if it exits first, {id} cannot be claimed again until the hub operator runs \
+                     `claude-relay sessions release {id} --local` on the hub host. Make the \
+                     owners directory writable to fix this."
+                );
+                tracing::error!("{warning}");
+                memo.unsaved = Some((id.to_string(), secret));
+                memo.warning = Some(warning);
+            }
+        }
+    }
+
+    /// After `name_in_use` or `not_owner`: the next numbered name, if this identity
+    /// auto-numbers.
     fn next_number(&self) -> Option<String> {
         let mut ident = lock(&self.ident);
         let base = ident.base.clone()?;
@@ -646,7 +764,7 @@ async fn run(inner: Arc<Inner>) {
 
 async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     let t = &inner.timeouts;
-    let ws = match connect::connect(&inner.url, t.connect).await {
+    let ws = match connect::connect_with(&inner.url, &inner.auth, t.connect).await {
         Ok(ws) => ws,
         Err(e) => return Ended::Failed(e.to_string()),
     };
@@ -738,12 +856,15 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
 type Sink = futures_util::stream::SplitSink<HubSocket, Message>;
 type Stream = futures_util::stream::SplitStream<HubSocket>;
 
-/// Claims our name on a fresh connection, moving to the next number on `name_in_use` when
-/// the identity allows it.
+/// Claims our name on a fresh connection, moving to the next number on `name_in_use` or
+/// `not_owner` when the identity allows it. A minted owner secret is saved before the name
+/// is used.
 async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result<(), Ended> {
     let t = &inner.timeouts;
     loop {
-        let (id, frame) = inner.register_frame();
+        let id = lock(&inner.ident).id.clone();
+        let (secret, held) = inner.owner_secret(&id).await;
+        let frame = inner.register_frame(&id, secret);
         let text = serde_json::to_string(&frame).unwrap_or_default();
         match tokio::time::timeout(t.request, sink.send(Message::text(text))).await {
             Ok(Ok(())) => {}
@@ -765,6 +886,16 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                     Ok(ServerFrame::Error(e))
                         if e.rid == Some(RequestId::Str(REGISTER_RID.into())) =>
                     {
+                        if e.code.as_deref() == Some(codes::UNAUTHORIZED) {
+                            return Err(format!(
+                                "the hub at {} requires a token and {}: set {} or {} in this \
+                                 MCP server's env",
+                                inner.url,
+                                inner.auth.token_origin(),
+                                connect::RELAY_TOKEN_ENV,
+                                connect::RELAY_TOKEN_FILE_ENV
+                            ));
+                        }
                         return Err(format!("the hub refused to register {id}: {}", e.message));
                     }
                     _ => inner.dispatch(&text),
@@ -785,6 +916,10 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
         };
         match frame {
             ServerFrame::Registered(r) => {
+                // Before the name is used: a secret the hub sends exactly once.
+                inner
+                    .keep_owner_secret(&r.client_id, r.owner_secret.clone())
+                    .await;
                 let mut ident = lock(&inner.ident);
                 if r.client_id != ident.id {
                     tracing::warn!(
@@ -808,20 +943,59 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                 return Ok(());
             }
             ServerFrame::RegisterRejected(r) => {
-                let in_use = r.code.as_deref() == Some(codes::NAME_IN_USE);
-                if in_use && let Some(next) = inner.next_number() {
+                let code = r.code.as_deref();
+                let taken = code == Some(codes::NAME_IN_USE) || code == Some(codes::NOT_OWNER);
+                if taken && let Some(next) = inner.next_number() {
                     tracing::info!("{id} is taken; trying {next}");
                     continue;
                 }
-                let why = if in_use {
-                    format!("the name {id} is held by another live connection")
-                } else {
-                    format!("the hub rejected the name {id}: {}", r.reason)
+                let why = match code {
+                    Some(codes::NAME_IN_USE) => {
+                        format!("the name {id} is held by another live connection")
+                    }
+                    Some(codes::NOT_OWNER) => not_owner_text(&id, &held),
+                    Some(codes::UNAUTHORIZED) => format!(
+                        "the hub at {} refused this bridge's token ({}); check {} / {}",
+                        inner.url,
+                        inner.auth.token_origin(),
+                        connect::RELAY_TOKEN_ENV,
+                        connect::RELAY_TOKEN_FILE_ENV
+                    ),
+                    _ => format!("the hub rejected the name {id}: {}", r.reason),
                 };
                 return Err(Ended::Rejected(why));
             }
             _ => unreachable!("only registration replies leave the read loop"),
         }
+    }
+}
+
+/// Why an owned name was refused, and how to move it here, for the tools and the log.
+fn not_owner_text(id: &str, held: &Held) -> String {
+    let how = format!(
+        "To use {id} here, copy ~/.claude-relay/owners/{id} from the machine that claimed it \
+         into this machine's owners directory (mode 0600), or run `claude-relay sessions \
+         release {id}` there; or pick another name"
+    );
+    match held {
+        Held::Nothing(path) => format!(
+            "the name {id} is owned by a session elsewhere (another machine or \
+             CLAUDE_RELAY_HOME) and there is no owner secret for it here ({}). {how}",
+            path.display()
+        ),
+        Held::File(path) => format!(
+            "the name {id} is owned, and the owner secret in {} is not its current one (it was \
+             released and claimed again elsewhere?). {how}",
+            path.display()
+        ),
+        Held::Memory => format!(
+            "the name {id} is owned, and the hub refused the owner secret this bridge kept in \
+             memory (the name was released and claimed again elsewhere?). {how}"
+        ),
+        Held::Unreadable(e) => {
+            format!("the name {id} is owned, and its owner secret could not be read: {e}")
+        }
+        Held::NoStore => format!("the name {id} is owned and this client keeps no owner secrets"),
     }
 }
 

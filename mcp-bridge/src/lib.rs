@@ -8,8 +8,8 @@
 //! - [`transport`]: newline-delimited JSON-RPC on stdio that answers malformed input.
 //! - [`server`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
 //!   [`actions`] runs them, [`format`] words their results.
-//! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`], [`backoff`],
-//!   [`meta`]).
+//! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
+//!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
 
@@ -22,6 +22,7 @@ pub mod hub_client;
 pub mod lifecycle;
 pub mod local;
 pub mod meta;
+pub mod owner;
 pub mod server;
 pub mod tools;
 pub mod transport;
