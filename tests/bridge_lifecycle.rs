@@ -184,8 +184,12 @@ async fn a_live_name_is_not_taken_over_and_the_newcomer_says_why() {
     let holder = Bridge::start(dir.path(), &hub.url, "CC-1").await;
     holder.wait_connected().await;
 
-    // A second agent started with the same name, on another machine (its own registry).
+    // A second agent started with the same name, on another machine (its own registry) that
+    // even holds the name's owner secret: a live holder is never evicted, secret or not.
     let other = dir.path().join("other-machine");
+    let owners = other.join("home").join("owners");
+    std::fs::create_dir_all(&owners).unwrap();
+    std::fs::copy(dir.path().join("home/owners/CC-1"), owners.join("CC-1")).unwrap();
     let newcomer = Bridge::start(&other, &hub.url, "CC-1").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let status = loop {

@@ -6,17 +6,35 @@
 //! hub is asked with one `get_sessions` round trip, which adds the sessions of other
 //! machines; when it cannot be reached the table is still printed, with `?` for CONNECTED
 //! and a line saying so, because the local half of the answer is still true.
+//!
+//! `claude-relay sessions release NAME` frees an owned name: with the owner secret kept on
+//! this machine it asks the hub (then deletes the secret here), or with `--local`, on the hub
+//! host, it edits the hub's store directly (hub running or not: SQLite in WAL mode allows a
+//! second writer to wait its turn).
+//!
+//! Every hub connection presents the hub token (`--token-file`, `RELAY_TOKEN`,
+//! `RELAY_TOKEN_FILE`) and, for `wss://`, trusts `--ca-cert` / `RELAY_CA_CERT` when given.
 
-use std::{cmp::Ordering, collections::BTreeMap, path::Path, process::ExitCode, time::Duration};
+use std::{
+    cmp::Ordering,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context, anyhow, bail};
-use mcp_bridge::connect::{ConnectError, request_once};
+use hub::store::{Backend, sqlite::SqliteBackend};
+use mcp_bridge::{
+    connect::{ClientAuth, ConnectError, request_once_with},
+    owner::OwnerStore,
+};
 use serde_json::{Value, json};
 use sessions::{
     Entry, EntryState, Registry, RegistryFile, SessionId,
     identity::{short_host, short_hostname},
     liveness,
-    wire::{Bare, ClientFrame, DEFAULT_URL, ServerFrame, SessionView},
+    wire::{Bare, ClientFrame, DEFAULT_URL, Release, ServerFrame, SessionView, codes},
 };
 
 /// How long the hub may take to accept the connection, and then to answer.
@@ -34,9 +52,32 @@ pub struct SessionsArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
-    /// The hub to ask which sessions are connected.
+    #[command(flatten)]
+    hub: HubConn,
+}
+
+/// How to reach the hub (shared by the subcommands that talk to it).
+#[derive(Debug, Clone, clap::Args)]
+struct HubConn {
+    /// The hub's URL (ws:// or wss://).
     #[arg(long, env = "RELAY_URL", default_value = DEFAULT_URL)]
     relay_url: String,
+    /// File whose first line is the hub token (for hubs started with --token-file).
+    /// Without it: RELAY_TOKEN, else the file named by RELAY_TOKEN_FILE.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM certificate of the CA that signed the hub's wss:// certificate; only that CA is
+    /// trusted. Without it: RELAY_CA_CERT, else the system's roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl HubConn {
+    fn auth(&self) -> ClientAuth {
+        ClientAuth::resolve(self.token_file.as_deref(), self.ca_cert.as_deref(), |k| {
+            std::env::var(k).ok()
+        })
+    }
 }
 
 /// Subcommands of `claude-relay sessions`.
@@ -49,12 +90,35 @@ enum SessionsAction {
         /// The session id: a letter, then up to 63 letters, digits, '_' or '-'.
         name: Option<String>,
     },
+    /// Free an owned name so another machine can claim it. Uses the owner secret kept on this
+    /// machine (~/.claude-relay/owners/NAME) and deletes it once the hub agrees. With --local,
+    /// run on the hub's host by its operator: frees the name in the hub's store directly,
+    /// without a secret (the hub may be running or not).
+    Release {
+        /// The name to free.
+        name: String,
+        /// Edit the hub's store on this machine instead of asking the hub.
+        #[arg(long)]
+        local: bool,
+        /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
+        #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        hub: HubConn,
+    },
 }
 
 /// Runs `claude-relay sessions`.
 pub fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(SessionsAction::Name { name }) => name_session(name.as_deref()),
+        Some(SessionsAction::Release {
+            name,
+            local: true,
+            data_dir,
+            ..
+        }) => release_local(&name, data_dir),
+        Some(SessionsAction::Release { name, hub, .. }) => release_remote(&name, &hub),
         None => list(&args),
     }
 }
@@ -132,6 +196,120 @@ fn describe(e: &Entry) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// sessions release
+
+fn parse_name(raw: &str) -> anyhow::Result<SessionId> {
+    SessionId::parse(raw.trim()).map_err(|e| anyhow!("{raw:?} is not a valid session id: {e}"))
+}
+
+/// Asks the hub to free `name` with the owner secret kept here; deletes it on success.
+fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let owners = OwnerStore::default_dir();
+    let path = owners.path(id.as_str())?;
+    let Some(secret) = owners.load(id.as_str())? else {
+        bail!(
+            "there is no owner secret for {id} on this machine ({} does not exist), so it \
+             cannot be released from here. Run this on the machine that claimed {id}, or on \
+             the hub's host: claude-relay sessions release {id} --local",
+            path.display()
+        );
+    };
+    let frame = ClientFrame::Release(Release {
+        client_id: id.to_string(),
+        owner_secret: secret,
+        token: None,
+        rid: None,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let url = &conn.relay_url;
+    let reply = rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT));
+    match reply {
+        Ok(ServerFrame::Released(_)) => {
+            let removed = owners.remove(id.as_str());
+            println!("released {id}: any machine can claim it now");
+            match removed {
+                Ok(_) => eprintln!(
+                    "claude-relay: deleted the owner secret {} (it no longer means anything)",
+                    path.display()
+                ),
+                Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_OWNER) => bail!(
+            "the hub refused: the owner secret in {} is not {id}'s ({}). The name was probably \
+             released and claimed again elsewhere; the secret here is stale. To free it anyway, \
+             run on the hub's host: claude-relay sessions release {id} --local",
+            path.display(),
+            e.message
+        ),
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => bail!(
+            "the hub at {url} needs its token ({}): give --token-file FILE, or set RELAY_TOKEN \
+             or RELAY_TOKEN_FILE. Nothing was released",
+            e.message
+        ),
+        Ok(ServerFrame::Error(e)) => {
+            bail!("the hub at {url} refused to release {id}: {}", e.message)
+        }
+        Ok(other) => bail!(
+            "the hub at {url} answered release with an unexpected frame: {other:?}. Nothing \
+             changed here"
+        ),
+        Err(e) => bail!(
+            "{}. Nothing was released and the owner secret in {} is kept. Start the hub (or fix \
+             the connection) and retry, or on the hub's host run: claude-relay sessions release \
+             {id} --local",
+            describe_connect_error(url, &e),
+            path.display()
+        ),
+    }
+}
+
+/// Frees `name` in the hub's store on this machine (the operator's way; no secret needed).
+fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let dir = data_dir.unwrap_or_else(sessions::paths::hub_data_dir);
+    let db = dir.join(hub::store::sqlite::DB_FILE);
+    if !db.exists() {
+        bail!(
+            "there is no hub store at {}: run this on the hub's host, with --data-dir DIR if the \
+             hub was started with --data-dir or RELAY_DATA_DIR",
+            db.display()
+        );
+    }
+    let mut store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
+        .with_context(|| format!("cannot open the hub store in {}", dir.display()))?;
+    let had_owner = store
+        .release_owner(id.as_str())
+        .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
+    if had_owner {
+        println!(
+            "released {id} in the hub store {}: any machine can claim it now (a session holding \
+             it right now keeps it until it disconnects)",
+            db.display()
+        );
+    } else {
+        println!("{id} has no owner in the hub store {}; nothing to release", db.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line saying why the hub could not be asked.
+fn describe_connect_error(url: &str, e: &ConnectError) -> String {
+    match e {
+        ConnectError::Unreachable { source, hint, .. } => {
+            format!("the hub at {url} is unreachable ({source}){hint}")
+        }
+        ConnectError::Timeout(_, t) => format!("the hub at {url} did not answer within {t:?}"),
+        other => other.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // sessions (list)
 
 /// What the hub said (or why it could not).
@@ -169,7 +347,7 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
             (reg.load().unwrap_or_default(), Vec::new())
         }
     };
-    let hub = ask_hub(&args.relay_url)?;
+    let hub = ask_hub(&args.hub)?;
     let local_host = short_hostname();
     let mut rows = merge(&file, &hub, &local_host);
     if args.connected {
@@ -207,7 +385,7 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
     if let HubAnswer::Unreachable(why) = &hub {
         notes.push(format!(
             "the hub at {} is unreachable ({why}); CONNECTED shows ?",
-            args.relay_url
+            args.hub.relay_url
         ));
     }
     for n in notes {
@@ -217,13 +395,14 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One `get_sessions` round trip on a small runtime of its own.
-fn ask_hub(url: &str) -> anyhow::Result<HubAnswer> {
+fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
+    let url = conn.relay_url.as_str();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let frame = ClientFrame::GetSessions(Bare::default());
-    let answer = match rt.block_on(request_once(url, &frame, HUB_TIMEOUT)) {
+    let answer = match rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT)) {
         Ok(ServerFrame::Sessions(s)) => HubAnswer::Reachable(s.sessions),
         Ok(ServerFrame::Error(e)) => {
             HubAnswer::Unreachable(format!("it answered with an error: {}", e.message))
@@ -231,7 +410,9 @@ fn ask_hub(url: &str) -> anyhow::Result<HubAnswer> {
         Ok(other) => HubAnswer::Unreachable(format!(
             "it answered get_sessions with an unexpected frame: {other:?}"
         )),
-        Err(ConnectError::Unreachable { source, .. }) => HubAnswer::Unreachable(source.to_string()),
+        Err(ConnectError::Unreachable { source, hint, .. }) => {
+            HubAnswer::Unreachable(format!("{source}{hint}"))
+        }
         Err(ConnectError::Timeout(_, t)) => {
             HubAnswer::Unreachable(format!("no answer within {t:?}"))
         }
@@ -355,7 +536,7 @@ fn to_json(args: &SessionsArgs, hub: &HubAnswer, pruned: &[String], rows: &[Row]
         HubAnswer::Unreachable(why) => (false, Some(why.clone())),
     };
     json!({
-        "hub": { "url": args.relay_url, "reachable": reachable, "error": error },
+        "hub": { "url": args.hub.relay_url, "reachable": reachable, "error": error },
         "pruned": pruned,
         "sessions": rows.iter().map(|r| json!({
             "name": r.name,
