@@ -113,7 +113,9 @@ impl ClientAuth {
         let env_nonempty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         let token = if let Some(f) = token_file {
             TokenSource::File(f.to_path_buf())
-        } else if let Some(t) = env_nonempty(RELAY_TOKEN_ENV).as_deref().and_then(HubToken::new)
+        } else if let Some(t) = env_nonempty(RELAY_TOKEN_ENV)
+            .as_deref()
+            .and_then(HubToken::new)
         {
             TokenSource::Value(t)
         } else if let Some(f) = env_nonempty(RELAY_TOKEN_FILE_ENV) {
@@ -267,16 +269,17 @@ pub async fn connect_with(
             reason: e.to_string(),
         })?;
     if let Some(token) = auth.current_token()? {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(
-            |_| ConnectError::Refused {
-                status: 0,
-                message: format!(
-                    "the hub token is not usable: it contains characters an HTTP header cannot \
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                ConnectError::Refused {
+                    status: 0,
+                    message: format!(
+                        "the hub token is not usable: it contains characters an HTTP header cannot \
                      carry ({})",
-                    auth.token_origin()
-                ),
-            },
-        )?;
+                        auth.token_origin()
+                    ),
+                }
+            })?;
         value.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, value);
     }
@@ -342,7 +345,11 @@ fn explain(url: &str, auth: &ClientAuth, source: WsError) -> ConnectError {
         let said = response
             .body()
             .as_deref()
-            .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).trim().to_string())
+            .map(|b| {
+                String::from_utf8_lossy(&b[..b.len().min(300)])
+                    .trim()
+                    .to_string()
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| response.status().to_string());
         let message = match status {
@@ -359,6 +366,18 @@ fn explain(url: &str, auth: &ClientAuth, source: WsError) -> ConnectError {
     if let Some(e) = rustls_error(&source) {
         return ConnectError::Tls {
             message: tls_advice(url, &host, auth.ca_cert.as_deref(), e),
+        };
+    }
+    if let WsError::Io(e) = &source
+        && url.starts_with("wss://")
+        && e.kind() == std::io::ErrorKind::UnexpectedEof
+    {
+        // The peer hung up on our ClientHello: it does not speak TLS on that port.
+        return ConnectError::Tls {
+            message: format!(
+                "TLS handshake with {url} failed: the hub closed the connection without \
+                 answering TLS; a hub started without --tls-cert serves ws://, not wss://"
+            ),
         };
     }
     if let WsError::Tls(TlsError::InvalidDnsName) = &source {
@@ -411,16 +430,21 @@ fn tls_advice(url: &str, host: &str, ca: Option<&Path>, e: &rustls::Error) -> St
     use rustls::{CertificateError as C, Error as E};
     let trust = match ca {
         Some(p) => format!("the CA in {}", p.display()),
-        None => format!(
-            "any CA this system trusts (for a private CA, give its certificate with \
-             {RELAY_CA_CERT_ENV} or --ca-cert)"
-        ),
+        None => "the system's trusted CAs".to_string(),
     };
     let what = match e {
-        E::InvalidCertificate(C::UnknownIssuer) => format!(
-            "the hub's certificate is not signed by {trust}; check that the CA file is the one \
-             that signed the hub's --tls-cert"
-        ),
+        E::InvalidCertificate(C::UnknownIssuer) => match ca {
+            Some(p) => format!(
+                "the hub's certificate is not signed by the CA in {}; check that this file is \
+                 the CA that signed the hub's --tls-cert",
+                p.display()
+            ),
+            None => format!(
+                "the hub's certificate is not signed by any CA this system trusts; for a hub \
+                 with a private CA, give that CA's certificate with {RELAY_CA_CERT_ENV} (or \
+                 --ca-cert)"
+            ),
+        },
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
             "the hub's certificate does not name {host:?}; the host in the URL must be one of the \
              certificate's names (subjectAltName) — connect with a name it has, or reissue it \
@@ -588,7 +612,9 @@ mod tests {
         std::fs::write(&f, "\n").unwrap();
         let e = read_token_file(&f).unwrap_err().to_string();
         assert!(e.contains("empty") && e.contains("token"), "{e}");
-        let e = read_token_file(&dir.path().join("missing")).unwrap_err().to_string();
+        let e = read_token_file(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing"), "{e}");
     }
 

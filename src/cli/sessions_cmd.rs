@@ -293,7 +293,10 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
             db.display()
         );
     } else {
-        println!("{id} has no owner in the hub store {}; nothing to release", db.display());
+        println!(
+            "{id} has no owner in the hub store {}; nothing to release",
+            db.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -404,6 +407,13 @@ fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
     let frame = ClientFrame::GetSessions(Bare::default());
     let answer = match rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT)) {
         Ok(ServerFrame::Sessions(s)) => HubAnswer::Reachable(s.sessions),
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => {
+            HubAnswer::Unreachable(
+                "it requires a token: give --token-file FILE, or set RELAY_TOKEN or \
+                 RELAY_TOKEN_FILE"
+                    .into(),
+            )
+        }
         Ok(ServerFrame::Error(e)) => {
             HubAnswer::Unreachable(format!("it answered with an error: {}", e.message))
         }
