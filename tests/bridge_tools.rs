@@ -45,6 +45,8 @@ async fn initialize_and_tools_list() {
         .unwrap()
         .unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    // No CLAUDE_CODE_SESSION_ID: the `full` profile, with the blocking relay_wait (Claude Code
+    // gets the first five; see tests/wake_relay_wait.rs).
     assert_eq!(
         names,
         [
@@ -52,7 +54,8 @@ async fn initialize_and_tools_list() {
             "relay_receive",
             "relay_peers",
             "relay_status",
-            "relay_sessions"
+            "relay_sessions",
+            "relay_wait"
         ]
     );
     // MCP ping is answered.

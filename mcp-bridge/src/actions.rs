@@ -7,6 +7,8 @@
 //!   never a guess.
 //! - `relay_receive` shows unread inbound mail oldest first and marks read exactly what it
 //!   showed; whatever did not fit stays unread and is counted in "N more".
+//! - `relay_wait` is `relay_receive {count: 1}` that, when nothing is unread, waits for the
+//!   hub to push a message (no polling) before it reads; one wait at a time per bridge.
 //! - Disconnected, every hub-backed tool answers at once with the connection state.
 
 use std::{
@@ -20,10 +22,12 @@ use sessions::wire::{
     ClientFrame, GetHistory, MarkRead, Receive, SendMessage, ServerFrame, SessionView,
 };
 
+use tokio::sync::broadcast;
+
 use crate::{
     format::{self, BODY_CAP, RESULT_BUDGET, SINGLE_BODY_CAP},
     hub_client::{HubClient, LinkState, RequestError},
-    tools::{ReceiveArgs, ToolCall},
+    tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
 
 /// A tool's answer: text for the model, and whether it is an error result.
@@ -177,6 +181,28 @@ pub struct Relay {
     /// One unread read at a time: two concurrent `relay_receive` calls would otherwise both
     /// be shown the same page before either marks it read.
     reading: tokio::sync::Mutex<()>,
+    /// One `relay_wait` at a time: a second concurrent wait is refused rather than queued, so
+    /// a harness that retries cannot stack up blocked calls.
+    waiting: tokio::sync::Mutex<()>,
+}
+
+/// What one unread read produced.
+enum Unread {
+    /// Messages were shown (and marked read): the reply.
+    Shown(Reply),
+    /// Nothing unread: the "No unread messages" reply.
+    Empty(Reply),
+    /// The read failed; `disconnected` when it failed only because there is no connection
+    /// (worth waiting for a reconnect).
+    Failed { reply: Reply, disconnected: bool },
+}
+
+impl Unread {
+    fn into_reply(self) -> Reply {
+        match self {
+            Self::Shown(r) | Self::Empty(r) | Self::Failed { reply: r, .. } => r,
+        }
+    }
 }
 
 impl Relay {
@@ -188,6 +214,7 @@ impl Relay {
             id_source,
             keys: SendKeys::new(),
             reading: tokio::sync::Mutex::new(()),
+            waiting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -201,7 +228,8 @@ impl Relay {
         let mut reply = match call {
             ToolCall::Send { message, to } => self.send(message, to).await,
             ToolCall::Receive(args) if args.is_history() => self.history(args).await,
-            ToolCall::Receive(args) => self.receive(args).await,
+            ToolCall::Receive(args) => self.read_unread(args).await.into_reply(),
+            ToolCall::Wait(args) => self.wait(args).await,
             ToolCall::Peers => self.peers().await,
             ToolCall::Status => self.status().await,
             ToolCall::Sessions => self.sessions().await,
@@ -314,7 +342,8 @@ impl Relay {
         }
     }
 
-    async fn receive(&self, args: ReceiveArgs) -> Reply {
+    /// `relay_receive` in unread mode: one page of unread mail, marked read.
+    async fn read_unread(&self, args: ReceiveArgs) -> Unread {
         let _one_reader = self.reading.lock().await;
         let me = self.hub.id();
         let frame = ClientFrame::Receive(Receive {
@@ -322,16 +351,25 @@ impl Relay {
             from: args.from.clone(),
             rid: None,
         });
+        let failed = |reply| Unread::Failed {
+            reply,
+            disconnected: false,
+        };
         let inbox = match self.hub.request(frame).await {
             Ok(ServerFrame::Inbox(inbox)) => inbox,
             Ok(ServerFrame::Error(e)) => {
-                return Reply::error(format!(
+                return failed(Reply::error(format!(
                     "The hub refused to list unread mail: {}",
                     e.message
-                ));
+                )));
             }
-            Ok(other) => return unexpected(&other),
-            Err(e) => return request_failed(&e),
+            Ok(other) => return failed(unexpected(&other)),
+            Err(e) => {
+                return Unread::Failed {
+                    reply: request_failed(&e),
+                    disconnected: matches!(e, RequestError::NotConnected(_)),
+                };
+            }
         };
         if let Some(epoch) = &inbox.epoch {
             self.hub.observe_epoch(epoch);
@@ -350,7 +388,7 @@ impl Relay {
                     inbox.remaining
                 ));
             }
-            return Reply::ok(text);
+            return Unread::Empty(Reply::ok(text));
         }
         let now = sessions::time::now_ms();
         let cap = if args.count == 1 {
@@ -405,7 +443,95 @@ impl Relay {
                 "\n\nWarning: could not mark these read ({problem}); they may be shown again."
             ));
         }
-        Reply::ok(text)
+        Unread::Shown(Reply::ok(text))
+    }
+
+    /// `relay_wait`: the next unread message (marked read), waiting for the hub to push one
+    /// when none is unread, up to the timeout. The subscription to pushes is taken before the
+    /// first read, so a message arriving between the read and the wait is never missed. A
+    /// lost connection is waited out (the hub pushes the unread backlog on reconnect).
+    /// Cancelling the call drops this future: nothing is marked read that was not returned,
+    /// except when the cancel lands between `mark_read` and the reply.
+    async fn wait(&self, args: WaitArgs) -> Reply {
+        let Ok(_one_waiter) = self.waiting.try_lock() else {
+            return Reply::error(
+                "relay_wait: another relay_wait is already waiting in this session; only one \
+                 can wait at a time. Let it return (or cancel it), then call again.",
+            );
+        };
+        let timeout = Duration::from_secs(args.timeout_secs);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pushes = self.hub.subscribe();
+        let read = ReceiveArgs {
+            count: 1,
+            count_capped: false,
+            from: args.from.clone(),
+            after: None,
+            replay: false,
+        };
+        let from = args
+            .from
+            .as_deref()
+            .map(|f| format!(" from {f}"))
+            .unwrap_or_default();
+        let mut note = String::new();
+        if args.timeout_capped {
+            note = format!(
+                "\n(timeout_seconds is capped at {} s.)",
+                crate::tools::MAX_WAIT_SECS
+            );
+        }
+        loop {
+            match self.read_unread(read.clone()).await {
+                Unread::Shown(mut reply) => {
+                    reply.text.push_str(&note);
+                    return reply;
+                }
+                Unread::Failed {
+                    disconnected: true,
+                    reply,
+                } => {
+                    // Wait out the reconnect within the deadline; the next read decides.
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() || !self.hub.wait_connected(left).await {
+                        return reply;
+                    }
+                    continue;
+                }
+                Unread::Failed { reply, .. } => return reply,
+                Unread::Empty(_) => {}
+            }
+            let me = self.hub.id();
+            tracing::info!(
+                "relay_wait: nothing unread{from}; waiting up to {} s",
+                args.timeout_secs
+            );
+            let arrived = tokio::time::timeout_at(deadline, async {
+                loop {
+                    match pushes.recv().await {
+                        Ok(e) if e.from == me => {}
+                        Ok(e) if args.from.as_ref().is_some_and(|f| *f != e.from) => {}
+                        // Something arrived (or we fell behind and cannot tell): read.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                        Err(broadcast::error::RecvError::Closed) => return false,
+                    }
+                }
+            })
+            .await;
+            match arrived {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Reply::error("relay_wait: the bridge is shutting down.");
+                }
+                Err(_) => {
+                    return Reply::ok(format!(
+                        "No new message{from} within {} s (timed out). Call relay_wait again \
+                         to keep waiting.{note}",
+                        args.timeout_secs
+                    ));
+                }
+            }
+        }
     }
 
     async fn history(&self, args: ReceiveArgs) -> Reply {

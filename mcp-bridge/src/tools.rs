@@ -25,6 +25,8 @@ pub mod name {
     pub const STATUS: &str = "relay_status";
     /// Every known session.
     pub const SESSIONS: &str = "relay_sessions";
+    /// Block until the next unread message arrives (profile `full` only).
+    pub const WAIT: &str = "relay_wait";
 }
 
 /// Largest message body the bridge will try to send. The hub caps a frame at 1 MiB; the
@@ -34,6 +36,12 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 - 4 * 1024;
 pub const DEFAULT_COUNT: u32 = 10;
 /// Largest `relay_receive` page size.
 pub const MAX_COUNT: u32 = 50;
+/// Default `relay_wait` timeout. Codex gives an MCP tool call 60 s unless configured
+/// otherwise (`tool_timeout_sec`), so the default returns ("timed out, call again") before
+/// the client gives up on the call.
+pub const DEFAULT_WAIT_SECS: u64 = 50;
+/// Longest `relay_wait` timeout (larger values are capped, and the result says so).
+pub const MAX_WAIT_SECS: u64 = 3600;
 
 /// A parsed, validated tool call.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +61,19 @@ pub enum ToolCall {
     Status,
     /// `relay_sessions`.
     Sessions,
+    /// `relay_wait`.
+    Wait(WaitArgs),
+}
+
+/// Arguments of `relay_wait`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitArgs {
+    /// Only a message from this session ends the wait.
+    pub from: Option<String>,
+    /// How long to wait, in seconds (0..=[`MAX_WAIT_SECS`]; 0 only checks).
+    pub timeout_secs: u64,
+    /// The caller asked for more than [`MAX_WAIT_SECS`] and got the cap.
+    pub timeout_capped: bool,
 }
 
 /// Arguments of `relay_receive`.
@@ -84,12 +105,17 @@ fn schema(v: Value) -> Arc<JsonObject> {
     }
 }
 
-/// The tool definitions `tools/list` returns for `profile`.
+/// Whether `profile` offers the tool `name` (`relay_wait` blocks, so Claude Code does not
+/// get it; every other tool is in both profiles).
+pub fn offered(profile: ToolProfile, name: &str) -> bool {
+    name != name::WAIT || profile == ToolProfile::Full
+}
+
+/// The tool definitions `tools/list` returns for `profile`: the five relay tools, plus the
+/// blocking `relay_wait` for [`ToolProfile::Full`].
 pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
-    // Both profiles show the same five tools today; a blocking `relay_wait` will join `Full`.
-    let _ = profile;
     let read_only = || ToolAnnotations::new().read_only(true);
-    vec![
+    let mut tools = vec![
         Tool::new(
             name::SEND,
             "Send a message to another agent session through the relay hub. Says whether it \
@@ -140,7 +166,24 @@ pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
             schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
         )
         .with_annotations(read_only()),
-    ]
+    ];
+    if offered(profile, name::WAIT) {
+        tools.push(Tool::new(
+            name::WAIT,
+            "Wait until your next unread relay message arrives, then return it and mark it \
+             read (like relay_receive with count 1). Returns at once if mail is waiting; says \
+             so if timeout_seconds pass first (call again to keep waiting).",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "from": {"type": "string", "description": "Only wait for a message from this session id."},
+                    "timeout_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECS, "description": "How long to wait (default 50)."}
+                },
+                "additionalProperties": false
+            })),
+        ));
+    }
+    tools
 }
 
 /// Parses the arguments of tool `tool`. The error is the complete message for the model.
@@ -204,6 +247,28 @@ pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> 
         name::PEERS => a.only(&[]).map(|()| ToolCall::Peers),
         name::STATUS => a.only(&[]).map(|()| ToolCall::Status),
         name::SESSIONS => a.only(&[]).map(|()| ToolCall::Sessions),
+        name::WAIT => {
+            a.only(&["from", "timeout_seconds"])?;
+            let from = match a.string("from")?.map(str::trim).filter(|s| !s.is_empty()) {
+                Some(f) => Some(a.session_id("from", f)?),
+                None => None,
+            };
+            let (timeout_secs, timeout_capped) = match a.integer("timeout_seconds")? {
+                None => (DEFAULT_WAIT_SECS, false),
+                Some(n) if n < 0 => {
+                    return Err(format!(
+                        "{tool}: \"timeout_seconds\" must be 0 or more (got {n})"
+                    ));
+                }
+                Some(n) if n as u64 > MAX_WAIT_SECS => (MAX_WAIT_SECS, true),
+                Some(n) => (n as u64, false),
+            };
+            Ok(ToolCall::Wait(WaitArgs {
+                from,
+                timeout_secs,
+                timeout_capped,
+            }))
+        }
         other => Err(format!(
             "unknown tool {other:?}; this server has: {}, {}, {}, {}, {}",
             name::SEND,
@@ -350,7 +415,57 @@ mod tests {
                 t.name
             );
         }
-        assert_eq!(definitions(ToolProfile::Full).len(), 5);
+        let full = definitions(ToolProfile::Full);
+        assert_eq!(full.len(), 6);
+        assert_eq!(full[5].name, "relay_wait");
+        assert!(full[5].description.as_ref().unwrap().len() < 260);
+        assert!(offered(ToolProfile::Full, "relay_wait"));
+        assert!(!offered(ToolProfile::Claude, "relay_wait"));
+        assert!(offered(ToolProfile::Claude, "relay_send"));
+    }
+
+    #[test]
+    fn wait_args() {
+        let w = |v: Value| parse("relay_wait", Some(&args(v)));
+        assert_eq!(
+            parse("relay_wait", None),
+            Ok(ToolCall::Wait(WaitArgs {
+                from: None,
+                timeout_secs: DEFAULT_WAIT_SECS,
+                timeout_capped: false
+            }))
+        );
+        assert_eq!(
+            w(json!({"from": "CC-2", "timeout_seconds": 0})),
+            Ok(ToolCall::Wait(WaitArgs {
+                from: Some("CC-2".into()),
+                timeout_secs: 0,
+                timeout_capped: false
+            }))
+        );
+        assert!(matches!(
+            w(json!({"timeout_seconds": 99_999})),
+            Ok(ToolCall::Wait(WaitArgs {
+                timeout_secs: MAX_WAIT_SECS,
+                timeout_capped: true,
+                ..
+            }))
+        ));
+        assert!(
+            w(json!({"timeout_seconds": -1}))
+                .unwrap_err()
+                .contains("0 or more")
+        );
+        assert!(
+            w(json!({"from": "9x"}))
+                .unwrap_err()
+                .contains("not a valid session id")
+        );
+        assert!(
+            w(json!({"count": 1}))
+                .unwrap_err()
+                .contains("unknown argument")
+        );
     }
 
     #[test]
