@@ -17,17 +17,44 @@ pub const RELAY_URL_ENV: &str = "RELAY_URL";
 pub const TOOL_PROFILE_ENV: &str = "RELAY_TOOL_PROFILE";
 /// Environment variable Claude Code passes to MCP servers: its own session id.
 pub const CLAUDE_SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
+/// Environment variable that turns channel push off (`off`, `0`, `false`, `no`).
+pub const CHANNEL_ENV: &str = "RELAY_CHANNEL";
+
+/// Whether new mail is pushed into the session as Claude Code channel events
+/// (`notifications/claude/channel`, see `channel`): on, unless the `--no-channel` flag or
+/// `RELAY_CHANNEL=off|0|false|no` says otherwise.
+///
+/// On by default because the push is free when the client ignores it (Claude Code without
+/// `--dangerously-load-development-channels`, Codex, Gemini CLI), and it is the only way mail
+/// reaches an idle Claude Code session without the Stop hook.
+pub fn channel_enabled(flag_off: bool, env: impl Fn(&str) -> Option<String>) -> bool {
+    if flag_off {
+        return false;
+    }
+    match env(CHANNEL_ENV)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("off" | "0" | "false" | "no") => false,
+        Some("" | "on" | "1" | "true" | "yes") | None => true,
+        Some(other) => {
+            tracing::warn!("ignoring {CHANNEL_ENV}={other:?}: expected on or off");
+            true
+        }
+    }
+}
 
 /// Which tool set `tools/list` advertises.
 ///
-/// Claude Code pays for every tool definition in context and cannot block in a tool call
-/// usefully, so a later blocking tool (`relay_wait`) is hidden from it. Today both profiles
-/// list the same five tools; the switch exists so the profile is decided in one place.
+/// Claude Code pays for every tool definition in context and should not block in a tool call
+/// (mail reaches it through channel push and the Stop-hook doorbell instead), so the blocking
+/// `relay_wait` is offered only in [`ToolProfile::Full`], to harnesses whose tool calls may
+/// block (Codex, Gemini CLI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolProfile {
     /// Every tool, for harnesses whose tool calls may block (Codex, Gemini CLI).
     Full,
-    /// The tools that make sense inside Claude Code.
+    /// The five tools that make sense inside Claude Code (no `relay_wait`).
     Claude,
 }
 
@@ -202,6 +229,23 @@ mod tests {
             BridgeConfig::resolve_url(None, env_of(&[("RELAY_URL", " ")])),
             DEFAULT_URL
         );
+    }
+
+    #[test]
+    fn channel_switch() {
+        assert!(channel_enabled(false, env_of(&[])));
+        assert!(!channel_enabled(true, env_of(&[])));
+        for off in ["off", "OFF", "0", "false", " no "] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(Box::new([("RELAY_CHANNEL", off)]));
+            assert!(!channel_enabled(false, env_of(pairs)), "{off}");
+        }
+        assert!(channel_enabled(false, env_of(&[("RELAY_CHANNEL", "on")])));
+        assert!(channel_enabled(
+            false,
+            env_of(&[("RELAY_CHANNEL", "bogus")])
+        ));
+        assert!(!channel_enabled(true, env_of(&[("RELAY_CHANNEL", "on")])));
     }
 
     #[test]

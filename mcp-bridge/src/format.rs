@@ -78,13 +78,8 @@ pub fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String {
     if was_cut {
         let total = e.content.chars().count();
         if cap < SINGLE_BODY_CAP {
-            let _ = write!(
-                out,
-                "\n… [cut: {cap} of {total} characters shown. Read it whole: relay_receive \
-                 {{\"replay\":true,\"after\":\"{}\",\"from\":\"{}\",\"count\":1}}]",
-                cursor_before(e),
-                e.from
-            );
+            out.push('\n');
+            out.push_str(&read_whole_pointer(e, cap, total));
         } else {
             let _ = write!(
                 out,
@@ -93,6 +88,31 @@ pub fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String {
                 e.from
             );
         }
+    }
+    out
+}
+
+/// `… [cut: 2000 of 4500 characters shown. Read it whole: relay_receive {…}]`: the tail of a
+/// cut body, with the exact call that shows that one message whole (history mode, so reading
+/// it changes no read state).
+pub fn read_whole_pointer(e: &Envelope, shown: usize, total: usize) -> String {
+    format!(
+        "… [cut: {shown} of {total} characters shown. Read it whole: relay_receive \
+         {{\"replay\":true,\"after\":\"{}\",\"from\":\"{}\",\"count\":1}}]",
+        cursor_before(e),
+        e.from
+    )
+}
+
+/// The `content` of a channel event for `e`: `"<sender>: <text>"`, the text cut at `cap`
+/// characters with a [`read_whole_pointer`] when it is longer — a channel event lands in the
+/// model's context unasked, so it stays short.
+pub fn channel_content(e: &Envelope, cap: usize) -> String {
+    let (body, was_cut) = cut(&e.content, cap);
+    let mut out = format!("{}: {body}", e.from);
+    if was_cut {
+        out.push('\n');
+        out.push_str(&read_whole_pointer(e, cap, e.content.chars().count()));
     }
     out
 }
@@ -299,6 +319,25 @@ mod tests {
         let huge = env("e-1", "CC-2", "CC-1", &"y".repeat(30_000));
         let m = message(&huge, "CC-1", SINGLE_BODY_CAP, NOW);
         assert!(m.contains("does not fit"), "{}", &m[m.len() - 200..]);
+    }
+
+    #[test]
+    fn channel_content_is_sender_colon_text_cut_with_a_pointer() {
+        let e = env("e-7", "CC-2", "CC-1", "tests pass");
+        assert_eq!(channel_content(&e, 10), "CC-2: tests pass");
+        let long = Envelope {
+            seq: 7,
+            ..env("e-7", "CC-2", "CC-1", &"é".repeat(25))
+        };
+        let c = channel_content(&long, 10);
+        assert_eq!(
+            c,
+            format!(
+                "CC-2: {}\n… [cut: 10 of 25 characters shown. Read it whole: relay_receive \
+                 {{\"replay\":true,\"after\":\"e-6\",\"from\":\"CC-2\",\"count\":1}}]",
+                "é".repeat(10)
+            )
+        );
     }
 
     #[test]

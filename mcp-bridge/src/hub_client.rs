@@ -557,6 +557,9 @@ impl Inner {
             // Keep owner secrets: a first claim makes the name ours.
             ownership: self.owners.is_some().then_some(true),
             owner_secret,
+            // Unread mail is pushed right after `registered` (and again after a reconnect),
+            // so the channel push announces what arrived while the session was away.
+            backlog: Some(true),
             rid: Some(RequestId::Str(REGISTER_RID.into())),
             ..Default::default()
         })

@@ -7,7 +7,8 @@
 //! - [`config`]: identity, hub URL, timeouts, tool profile — decided once at startup.
 //! - [`transport`]: newline-delimited JSON-RPC on stdio that answers malformed input.
 //! - [`server`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
-//!   [`actions`] runs them, [`format`] words their results.
+//!   [`actions`] runs them, [`format`] words their results; [`channel`] pushes new mail into
+//!   the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
 //!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
@@ -15,6 +16,7 @@
 
 pub mod actions;
 pub mod backoff;
+pub mod channel;
 pub mod config;
 pub mod connect;
 pub mod format;

@@ -36,6 +36,9 @@ pub struct Options {
     pub client_id: Option<String>,
     /// `--relay-url` (clap also fills it from `RELAY_URL`).
     pub relay_url: Option<String>,
+    /// `--no-channel`: do not push new mail as Claude Code channel events (`RELAY_CHANNEL=off`
+    /// does the same).
+    pub no_channel: bool,
 }
 
 /// Runs the bridge on this process's stdin/stdout. Returns the exit code for the natural end
@@ -64,17 +67,24 @@ pub async fn run(opts: Options) -> i32 {
         return 2;
     }
     let config = BridgeConfig::new(identity, url, env);
+    let channel = crate::config::channel_enabled(opts.no_channel, env);
     tracing::info!(
         "bridge {} (from {}) for hub {}",
         config.identity.id,
         config.identity.source.label,
         config.relay_url
     );
-    serve(config, local, watchdog).await
+    serve(config, channel, local, watchdog).await
 }
 
-/// Serves MCP on stdio with `config` until stdin closes or the watchdog fires.
-async fn serve(config: BridgeConfig, local: LocalRecord, mut watchdog: Watchdog) -> i32 {
+/// Serves MCP on stdio with `config` (channel push on when `channel`) until stdin closes or
+/// the watchdog fires.
+async fn serve(
+    config: BridgeConfig,
+    channel: bool,
+    local: LocalRecord,
+    mut watchdog: Watchdog,
+) -> i32 {
     let hub = HubClient::new(
         &config,
         meta::register_meta(&config, sessions::time::now_ms()),
@@ -93,7 +103,7 @@ async fn serve(config: BridgeConfig, local: LocalRecord, mut watchdog: Watchdog)
         local.sessions_reader(),
         config.identity.source.label.clone(),
     ));
-    let server = RelayServer::new(relay, config.profile);
+    let server = RelayServer::new(relay, config.profile).with_channel(channel);
     // Non-blocking pipes on Linux when stdin/stdout are FIFOs (how MCP clients spawn us);
     // blocking stdio handles otherwise.
     let (stdin, stdout) = rmcp::transport::stdio_pipes();

@@ -5,21 +5,34 @@
 //! comes back as an `isError` result the model can read — never a protocol error it cannot
 //! see, a hang or a panic. Protocol-level robustness (malformed lines, `ping`) lives in the
 //! transport and in rmcp.
+//!
+//! With channel push on (the default), the server declares the experimental capability
+//! `claude/channel` and, once the client sent `initialized`, forwards new mail as channel
+//! events (see [`crate::channel`]). The subscription to the hub's pushes is taken at
+//! `initialize`, before the hub connection starts, so the backlog the hub pushes right after
+//! `register` waits for `initialized` instead of being missed.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+};
 
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
-        ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+        ExperimentalCapabilities, Implementation, InitializeRequestParams, InitializeResult,
+        JsonObject, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities,
+        ServerConfig, Tool,
     },
-    service::RequestContext,
+    service::{NotificationContext, RequestContext},
 };
+use sessions::wire::Envelope;
+use tokio::sync::broadcast;
 
 use crate::{
     actions::{Relay, Reply},
+    channel,
     config::ToolProfile,
     tools,
 };
@@ -35,17 +48,30 @@ pub struct RelayServer {
     relay: Arc<Relay>,
     profile: ToolProfile,
     instructions: String,
+    /// Channel push is on.
+    channel: bool,
+    /// The hub-push subscription taken at `initialize`, handed to the channel pump at
+    /// `initialized` (bounded by the hub client's `PUSH_BUFFER` meanwhile).
+    pushes: Mutex<Option<broadcast::Receiver<Envelope>>>,
 }
 
 impl RelayServer {
-    /// A server whose tools run on `relay`.
+    /// A server whose tools run on `relay`, with channel push on.
     pub fn new(relay: Arc<Relay>, profile: ToolProfile) -> Self {
-        let instructions = instructions(&relay.hub().id());
         Self {
+            instructions: instructions(&relay.hub().id(), true),
             relay,
             profile,
-            instructions,
+            channel: true,
+            pushes: Mutex::new(None),
         }
+    }
+
+    /// Turns channel push on or off (`--no-channel`, `RELAY_CHANNEL=off`).
+    pub fn with_channel(mut self, on: bool) -> Self {
+        self.channel = on;
+        self.instructions = instructions(&self.relay.hub().id(), on);
+        self
     }
 
     /// The tool implementations.
@@ -55,8 +81,8 @@ impl RelayServer {
 }
 
 /// What the model is told about this server once, at initialize.
-fn instructions(id: &str) -> String {
-    format!(
+fn instructions(id: &str, channel: bool) -> String {
+    let mut text = format!(
         "claude-relay connects this agent session to other agent sessions (Claude Code, Codex, \
          Gemini CLI; this machine or others) through a message hub. You are session {id}. \
          relay_send messages a session by id, or all; relay_receive reads your unread mail, \
@@ -64,7 +90,23 @@ fn instructions(id: &str) -> String {
          connection and whether your sends were read. When a relay message asks you something, \
          answer it with relay_send to its sender. Send file paths, commits and short summaries \
          rather than pasting files."
-    )
+    );
+    if channel {
+        text.push_str(
+            " Relay events: a <channel source=\"claude-relay\" from=\"CC-2\" message_id=\"…\"> \
+             event is a message another session just sent you (its text follows the sender's \
+             name; a long one ends with the relay_receive call that reads it whole). It stays \
+             unread until you call relay_receive. If it needs an answer, reply with relay_send \
+             to its from. A wake-up saying \"N unread relay messages — call relay_receive\" \
+             means the same: call relay_receive.",
+        );
+    } else {
+        text.push_str(
+            " A wake-up saying \"N unread relay messages — call relay_receive\" means mail is \
+             waiting: call relay_receive, and reply with relay_send where an answer is needed.",
+        );
+    }
+    text
 }
 
 fn to_result(reply: Reply) -> CallToolResult {
@@ -78,7 +120,17 @@ fn to_result(reply: Reply) -> CallToolResult {
 
 impl ServerHandler for RelayServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = if self.channel {
+            let mut experimental = ExperimentalCapabilities::new();
+            experimental.insert(channel::CAPABILITY.to_string(), JsonObject::new());
+            ServerCapabilities::builder()
+                .enable_experimental_with(experimental)
+                .enable_tools()
+                .build()
+        } else {
+            ServerCapabilities::builder().enable_tools().build()
+        };
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
             .with_protocol_version(PROTOCOL)
             .with_instructions(self.instructions.clone())
@@ -94,10 +146,27 @@ impl ServerHandler for RelayServer {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
         context.peer.set_peer_info(request.clone());
+        if self.channel {
+            let mut slot = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(self.relay.hub().subscribe());
+            }
+        }
         // Dial the hub only now: a client that merely lists servers gets its answer without a
         // network round trip, and one that never initializes costs the hub nothing.
         self.relay.hub().start();
         self.negotiate_initialize(&request)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pushes) = pushes {
+            tokio::spawn(channel::pump(
+                self.relay.hub().clone(),
+                pushes,
+                context.peer,
+            ));
+        }
     }
 
     async fn list_tools(
@@ -123,6 +192,12 @@ impl ServerHandler for RelayServer {
     ) -> Result<CallToolResponse, McpError> {
         let reply = match tools::parse(&request.name, request.arguments.as_ref()) {
             Err(message) => Reply::error(message),
+            Ok(_) if !tools::offered(self.profile, &request.name) => Reply::error(format!(
+                "{} is not offered to Claude Code: a tool call there should not block. New mail \
+                 arrives as relay events (or the Stop hook wakes the session); read it with \
+                 relay_receive. (RELAY_TOOL_PROFILE=full enables {0}.)",
+                request.name
+            )),
             Ok(call) => {
                 tokio::select! {
                     reply = self.relay.call(call) => reply,

@@ -18,6 +18,10 @@ pub struct McpArgs {
     /// Hub URL.
     #[arg(long, env = "RELAY_URL", value_name = "URL", default_value = sessions::wire::DEFAULT_URL)]
     pub relay_url: String,
+    /// Do not push new mail into the session as Claude Code channel events
+    /// (`RELAY_CHANNEL=off` does the same). The tools work either way.
+    #[arg(long)]
+    pub no_channel: bool,
 }
 
 /// Runs `claude-relay mcp` until stdin closes (or the agent goes away).
@@ -30,6 +34,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
     let code = runtime.block_on(mcp_bridge::run(mcp_bridge::Options {
         client_id: args.client_id,
         relay_url: Some(args.relay_url),
+        no_channel: args.no_channel,
     }));
     // Do not wait for a blocking stdin read that may never return.
     runtime.shutdown_timeout(Duration::from_millis(200));
