@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod hooks_cmd;
 mod hub_cmd;
 mod init_cmd;
 mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
+mod wait_cmd;
 
 /// Message hub and MCP bridge that lets AI coding agents talk to each other.
 #[derive(Debug, Parser)]
@@ -35,6 +37,11 @@ pub enum Command {
     Sessions(sessions_cmd::SessionsArgs),
     /// Service-manager files for running the hub (launchd plist).
     Service(service_cmd::ServiceArgs),
+    /// Block until a session has unread relay mail; exit 2 with a one-line notice (the
+    /// Claude Code Stop-hook doorbell), 0 on timeout.
+    Wait(wait_cmd::WaitArgs),
+    /// Install or remove the `claude-relay wait` Stop hook in ~/.claude/settings.json.
+    Hooks(hooks_cmd::HooksArgs),
 }
 
 impl Command {
@@ -72,5 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init_cmd::run(args),
         Command::Sessions(args) => sessions_cmd::run(args),
         Command::Service(args) => service_cmd::run(args),
+        Command::Wait(args) => wait_cmd::run(args),
+        Command::Hooks(args) => hooks_cmd::run(args),
     }
 }

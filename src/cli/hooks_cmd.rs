@@ -1,0 +1,467 @@
+//! `claude-relay hooks install|uninstall`: add (or remove) the Stop-hook doorbell in Claude
+//! Code's user settings, `~/.claude/settings.json`:
+//!
+//! ```json
+//! {"hooks": {"Stop": [{"matcher": "", "hooks": [{"type": "command",
+//!   "command": "/path/to/claude-relay wait", "async": true, "asyncRewake": true,
+//!   "timeout": 3600}]}]}}
+//! ```
+//!
+//! With it, every turn end starts `claude-relay wait` in the background; when mail arrives for
+//! the session it exits 2 and Claude Code wakes the idle session with its one-line notice.
+//!
+//! The file belongs to the user, so the edit is careful:
+//! - a file that is not valid JSON (or whose `hooks`/`Stop` have an unexpected shape) is
+//!   refused with the reason, and left untouched;
+//! - every other key, hook and setting is kept, in its order (`serde_json`'s
+//!   `preserve_order`);
+//! - installing is idempotent (our entry is recognised by its command, `…claude-relay wait`,
+//!   and updated in place if it differs, e.g. after the binary moved);
+//! - the old file is copied to `settings.json.bak-<time>` before anything is written, and the
+//!   new one replaces it atomically (through a symlink to its target, for dotfile managers);
+//! - uninstall removes exactly our entry, and the group, `Stop` array and `hooks` object only
+//!   when removing our entry left them empty — so the file means what it meant before.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value, json};
+
+/// The hook event we attach to.
+const EVENT: &str = "Stop";
+/// The subcommand the hook runs.
+const WAIT_ARG: &str = "wait";
+/// Our binary's name, to recognise our entry whatever path it was installed with.
+const BIN_NAME: &str = "claude-relay";
+/// Seconds Claude Code lets the hook run; matches `wait`'s default timeout.
+const HOOK_TIMEOUT_SECS: u64 = 3600;
+
+/// Arguments of `claude-relay hooks`.
+#[derive(Debug, clap::Args)]
+pub struct HooksArgs {
+    #[command(subcommand)]
+    action: HooksAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum HooksAction {
+    /// Add the `claude-relay wait` Stop hook to ~/.claude/settings.json (idempotent; backs
+    /// the file up first).
+    Install {
+        /// Print the resulting settings.json instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the `claude-relay wait` Stop hook from ~/.claude/settings.json.
+    Uninstall {
+        /// Print the resulting settings.json instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs `claude-relay hooks`.
+pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
+    let path = settings_path()?;
+    let (install, dry_run) = match args.action {
+        HooksAction::Install { dry_run } => (true, dry_run),
+        HooksAction::Uninstall { dry_run } => (false, dry_run),
+    };
+    let existing = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut settings = match &existing {
+        None => Value::Object(Map::new()),
+        Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Value::Object(Map::new()),
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not valid JSON ({e}); fix it first — nothing was changed",
+                path.display()
+            )
+        })?,
+    };
+    let shown = display_path(&path);
+    let changed = if install {
+        let entry = our_entry(&command_line()?);
+        let change = install_entry(&mut settings, entry)
+            .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
+        match change {
+            Install::Unchanged => {
+                println!("The claude-relay Stop hook is already in {shown}; nothing changed.");
+                false
+            }
+            Install::Added => {
+                println!("Added the claude-relay Stop hook to {shown}.");
+                true
+            }
+            Install::Updated => {
+                println!("Updated the claude-relay Stop hook in {shown}.");
+                true
+            }
+        }
+    } else {
+        let removed = uninstall_entry(&mut settings)
+            .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
+        if removed == 0 {
+            println!("No claude-relay Stop hook in {shown}; nothing changed.");
+        } else {
+            println!("Removed the claude-relay Stop hook from {shown}.");
+        }
+        removed > 0
+    };
+    if !changed {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = serde_json::to_string_pretty(&settings).context("serializing settings")?;
+    text.push('\n');
+    if dry_run {
+        println!("--dry-run: {shown} would become:");
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = write_target(&path);
+    if existing.is_some() {
+        let backup = backup(&target)?;
+        println!("Backup of the previous file: {}", display_path(&backup));
+    }
+    write_atomically(&target, text.as_bytes())?;
+    if install {
+        println!(
+            "Claude Code sessions started from now on run `claude-relay wait` when a turn \
+             ends, and wake up when relay mail arrives."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `$HOME/.claude/settings.json` (HOME first, so tests and unusual setups can move it).
+fn settings_path() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(std::env::home_dir)
+        .context("no home directory (HOME is not set)")?;
+    Ok(home.join(".claude").join("settings.json"))
+}
+
+/// `~/…` for paths under HOME, for messages.
+fn display_path(p: &Path) -> String {
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(home) if !home.as_os_str().is_empty() => match p.strip_prefix(&home) {
+            Ok(rest) => format!("~/{}", rest.display()),
+            Err(_) => p.display().to_string(),
+        },
+        _ => p.display().to_string(),
+    }
+}
+
+/// The hook's command: this binary's absolute path (quoted for the shell when needed) and
+/// `wait`.
+fn command_line() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot find the path of this binary")?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let exe = exe
+        .to_str()
+        .context("the path of this binary is not UTF-8; install it somewhere else")?;
+    Ok(format!("{} {WAIT_ARG}", sh_quote(exe)))
+}
+
+/// `s` as one shell word: as is when it only has safe characters, else single-quoted.
+fn sh_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Our hook entry for `command`.
+fn our_entry(command: &str) -> Value {
+    json!({
+        "type": "command",
+        "command": command,
+        "async": true,
+        "asyncRewake": true,
+        "timeout": HOOK_TIMEOUT_SECS,
+    })
+}
+
+/// True for a hook entry that runs `claude-relay wait` (any path to a binary named
+/// `claude-relay`, quoted or not, with exactly the argument `wait`).
+fn is_ours(hook: &Value) -> bool {
+    if hook.get("type").and_then(Value::as_str) != Some("command") {
+        return false;
+    }
+    let Some(command) = hook.get("command").and_then(Value::as_str) else {
+        return false;
+    };
+    let Some(program) = command.trim().strip_suffix(WAIT_ARG) else {
+        return false;
+    };
+    if !program.ends_with(char::is_whitespace) {
+        return false;
+    }
+    let program = program.trim();
+    let unquoted = program
+        .strip_prefix('\'')
+        .and_then(|p| p.strip_suffix('\''))
+        .or_else(|| program.strip_prefix('"').and_then(|p| p.strip_suffix('"')))
+        .unwrap_or(program)
+        .replace(r"'\''", "'");
+    Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME)
+}
+
+/// What [`install_entry`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Install {
+    Added,
+    Updated,
+    Unchanged,
+}
+
+/// `settings.hooks.Stop` as a mutable array, creating the missing levels when `create`.
+/// Errors name a level with an unexpected shape.
+fn stop_groups(settings: &mut Value, create: bool) -> Result<Option<&mut Vec<Value>>, String> {
+    let Value::Object(root) = settings else {
+        return Err("the top level is not a JSON object".into());
+    };
+    if !root.contains_key("hooks") {
+        if !create {
+            return Ok(None);
+        }
+        root.insert("hooks".into(), Value::Object(Map::new()));
+    }
+    let Some(Value::Object(hooks)) = root.get_mut("hooks") else {
+        return Err("\"hooks\" is not an object".into());
+    };
+    if !hooks.contains_key(EVENT) {
+        if !create {
+            return Ok(None);
+        }
+        hooks.insert(EVENT.into(), Value::Array(Vec::new()));
+    }
+    match hooks.get_mut(EVENT) {
+        Some(Value::Array(groups)) => Ok(Some(groups)),
+        _ => Err(format!("\"hooks\".\"{EVENT}\" is not an array")),
+    }
+}
+
+/// Adds `entry` to the Stop hooks unless an entry of ours is there: then it is updated in
+/// place when it differs (and further copies of ours are removed).
+fn install_entry(settings: &mut Value, entry: Value) -> Result<Install, String> {
+    let groups = stop_groups(settings, true)?.expect("created");
+    let mut found: Option<(usize, usize)> = None;
+    for (g, group) in groups.iter().enumerate() {
+        if let Some(list) = group.get("hooks").and_then(Value::as_array)
+            && let Some(h) = list.iter().position(is_ours)
+        {
+            found = Some((g, h));
+            break;
+        }
+    }
+    let Some((g, h)) = found else {
+        groups.push(json!({"matcher": "", "hooks": [entry]}));
+        return Ok(Install::Added);
+    };
+    let mut change = Install::Unchanged;
+    let list = groups[g]["hooks"].as_array_mut().expect("checked above");
+    if list[h] != entry {
+        list[h] = entry;
+        change = Install::Updated;
+    }
+    // Exactly one entry of ours: drop any other copies (an earlier install from elsewhere).
+    let duplicates = remove_ours(groups, Some((g, h)));
+    if duplicates > 0 {
+        change = Install::Updated;
+    }
+    Ok(change)
+}
+
+/// Removes every entry of ours from `groups` except the one at `keep`; a group that this
+/// emptied is removed too. Returns how many entries went.
+fn remove_ours(groups: &mut Vec<Value>, keep: Option<(usize, usize)>) -> usize {
+    let mut removed = 0;
+    let mut emptied = Vec::new();
+    for (g, group) in groups.iter_mut().enumerate() {
+        let Some(list) = group.get_mut("hooks").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        let before = list.len();
+        let mut index = 0;
+        list.retain(|hook| {
+            let drop = is_ours(hook) && keep != Some((g, index));
+            index += 1;
+            !drop
+        });
+        removed += before - list.len();
+        if before > 0 && list.is_empty() {
+            emptied.push(g);
+        }
+    }
+    for g in emptied.into_iter().rev() {
+        groups.remove(g);
+    }
+    removed
+}
+
+/// Removes our entries (and the containers that removing them emptied). Returns how many.
+fn uninstall_entry(settings: &mut Value) -> Result<usize, String> {
+    let (removed, emptied) = {
+        let Some(groups) = stop_groups(settings, false)? else {
+            return Ok(0);
+        };
+        let had_groups = !groups.is_empty();
+        let removed = remove_ours(groups, None);
+        (removed, removed > 0 && had_groups && groups.is_empty())
+    };
+    if emptied {
+        let hooks = settings["hooks"].as_object_mut().expect("checked above");
+        hooks.remove(EVENT);
+        if hooks.is_empty() {
+            settings
+                .as_object_mut()
+                .expect("checked above")
+                .remove("hooks");
+        }
+    }
+    Ok(removed)
+}
+
+/// The file to write: the target of a symlink (so a dotfile manager's link survives), else
+/// `path` itself.
+fn write_target(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.canonicalize().unwrap_or(path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Copies `path` to `path.bak-<UTC time>` (a new name, never overwriting an older backup).
+fn backup(path: &Path) -> anyhow::Result<PathBuf> {
+    let stamp = sessions::time::iso(sessions::time::now_ms()).replace(':', "-");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("settings.json");
+    let mut candidate = path.with_file_name(format!("{name}.bak-{stamp}"));
+    let mut n = 1;
+    while candidate.exists() {
+        n += 1;
+        candidate = path.with_file_name(format!("{name}.bak-{stamp}-{n}"));
+    }
+    std::fs::copy(path, &candidate)
+        .with_context(|| format!("cannot back up {} — nothing was changed", path.display()))?;
+    Ok(candidate)
+}
+
+/// Writes `bytes` to a temporary file next to `path` and renames it over `path`, keeping the
+/// old file's permissions.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("settings path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("json.claude-relay-tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write {}: {e}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_our_entry_only() {
+        let cmd = |c: &str| json!({"type": "command", "command": c});
+        for ours in [
+            "claude-relay wait",
+            "/usr/local/bin/claude-relay wait",
+            "'/Users/me/my tools/claude-relay' wait",
+            "\"/opt/x/claude-relay\"  wait ",
+        ] {
+            assert!(is_ours(&cmd(ours)), "{ours}");
+        }
+        for other in [
+            "claude-relay waiting",
+            "claude-relay wait --session CC-1",
+            "my-claude-relay wait",
+            "claude-relaywait",
+            "echo wait",
+        ] {
+            assert!(!is_ours(&cmd(other)), "{other}");
+        }
+        assert!(!is_ours(
+            &json!({"type": "prompt", "command": "claude-relay wait"})
+        ));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("/usr/bin/claude-relay"), "/usr/bin/claude-relay");
+        assert_eq!(sh_quote("/a b/claude-relay"), "'/a b/claude-relay'");
+        assert_eq!(sh_quote("/it's/x"), r"'/it'\''s/x'");
+        assert!(is_ours(&json!({"type": "command",
+            "command": format!("{} wait", sh_quote("/it's here/claude-relay"))})));
+    }
+
+    #[test]
+    fn install_is_idempotent_and_uninstall_restores() {
+        let original = json!({
+            "model": "opus",
+            "hooks": {
+                "Stop": [{"matcher": "", "hooks": [{"type": "command", "command": "say done"}]}],
+                "PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "x"}]}]
+            }
+        });
+        let entry = our_entry("/bin/claude-relay wait");
+        let mut s = original.clone();
+        assert_eq!(install_entry(&mut s, entry.clone()), Ok(Install::Added));
+        let once = s.clone();
+        assert_eq!(install_entry(&mut s, entry.clone()), Ok(Install::Unchanged));
+        assert_eq!(s, once);
+        assert_eq!(
+            install_entry(&mut s, our_entry("/new/claude-relay wait")),
+            Ok(Install::Updated)
+        );
+        assert_eq!(uninstall_entry(&mut s), Ok(1));
+        assert_eq!(s, original);
+        assert_eq!(uninstall_entry(&mut s), Ok(0));
+
+        let mut empty = json!({});
+        install_entry(&mut empty, entry.clone()).unwrap();
+        assert_eq!(empty["hooks"]["Stop"][0]["hooks"][0], entry);
+        uninstall_entry(&mut empty).unwrap();
+        assert_eq!(empty, json!({}));
+    }
+
+    #[test]
+    fn odd_shapes_are_refused() {
+        let entry = our_entry("claude-relay wait");
+        for bad in [
+            json!([]),
+            json!({"hooks": []}),
+            json!({"hooks": {"Stop": {}}}),
+        ] {
+            let mut s = bad.clone();
+            assert!(install_entry(&mut s, entry.clone()).is_err(), "{bad}");
+            assert_eq!(s, bad);
+        }
+    }
+}
