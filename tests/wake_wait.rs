@@ -244,7 +244,9 @@ async fn hub_down_is_a_clear_message_and_never_exit_2() {
         false,
     ))
     .await;
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    // Not 2 (no mail) and not any other non-zero code either: a failing asyncRewake hook would
+    // wake the session in a loop while the hub is down.
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.starts_with("claude-relay wait: cannot watch CC-1: ")
             && stderr.contains(&url)

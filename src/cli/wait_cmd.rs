@@ -19,10 +19,14 @@
 //!   stdin (`session_id`, `cwd`) matched against the registry, where every bridge records the
 //!   `CLAUDE_CODE_SESSION_ID` it was started with; else the name recorded for `cwd`. A hook
 //!   call for a Claude Code session that does not use the relay exits 0 quietly.
-//! - **Exit codes**: 2 only for "mail is waiting". 0 for timeout, another waiter, or nothing
-//!   to watch for this hook call. 1 for problems (hub down at start, refused watch, bad
-//!   arguments) with the reason on stderr. A connection lost while waiting is redialled with
-//!   backoff until the timeout.
+//! - **Exit codes**: 2 only for "mail is waiting". 0 for everything else — timeout, another
+//!   waiter, nothing to watch for this hook call, and problems (hub down, refused watch), whose
+//!   reason goes to stderr. Problems must not exit non-zero: Claude Code feeds a failing
+//!   `asyncRewake` Stop hook back to the model, which stops again, which fires the hook again —
+//!   a wake loop that burns tokens for as long as the hub is down
+//!   (anthropics/claude-plugins-official#5934). Only a manual call without any session to
+//!   watch exits 1. A connection lost while waiting is redialled with backoff until the
+//!   timeout.
 
 use std::{
     fs::File,
@@ -129,8 +133,9 @@ pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
         }
         Outcome::TimedOut => ExitCode::SUCCESS,
         Outcome::Problem(why) => {
+            // Never non-zero here: see "Exit codes" above (a failing rewake hook loops).
             eprintln!("claude-relay wait: {why}");
-            ExitCode::from(1)
+            ExitCode::SUCCESS
         }
     })
 }
@@ -283,7 +288,7 @@ enum Outcome {
     Mail(String),
     /// The timeout passed with no unread mail.
     TimedOut,
-    /// Something is wrong (for stderr, exit 1).
+    /// Something is wrong (said on stderr; exit 0 so a hook never loops).
     Problem(String),
 }
 
