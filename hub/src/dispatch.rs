@@ -35,7 +35,7 @@ pub const DEFAULT_COUNT: usize = 10;
 pub const MAX_MARK: usize = 1000;
 /// Most unread messages pushed right after `registered` to a client that asks for its
 /// backlog.
-pub const BACKLOG: usize = 100;
+pub const BACKLOG: usize = sessions::wire::BACKLOG_MAX as usize;
 /// Longest idempotency key of a `message`.
 pub const MAX_KEY: usize = 128;
 /// How many recent sends `get_status` reports.

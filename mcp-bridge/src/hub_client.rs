@@ -214,6 +214,9 @@ struct Inner {
     next_rid: AtomicU64,
     next_conn: AtomicU64,
     unread: Mutex<Option<u64>>,
+    /// Backlog pushes still expected after `registered` (already in its `unread`, so they
+    /// must not be counted again).
+    backlog_left: AtomicU64,
     epoch: Mutex<EpochSeen>,
     pushes: broadcast::Sender<Envelope>,
     started: AtomicBool,
@@ -321,6 +324,7 @@ impl HubClient {
                 next_rid: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
                 unread: Mutex::new(None),
+                backlog_left: AtomicU64::new(0),
                 epoch: Mutex::new(EpochSeen::default()),
                 pushes,
                 started: AtomicBool::new(false),
@@ -704,7 +708,11 @@ impl Inner {
         }
         match frame {
             ServerFrame::Message(envelope) => {
-                if let Some(n) = lock(&self.unread).as_mut() {
+                let backlog = self
+                    .backlog_left
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+                if !backlog && let Some(n) = lock(&self.unread).as_mut() {
                     *n += 1;
                 }
                 // No subscriber is fine: the hub keeps the mail; this is only a hint.
@@ -940,6 +948,10 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                 }
                 if let Some(n) = r.unread {
                     *lock(&inner.unread) = Some(n);
+                    // The hub pushes up to BACKLOG_MAX of them right after `registered`.
+                    inner
+                        .backlog_left
+                        .store(n.min(sessions::wire::BACKLOG_MAX), Ordering::Release);
                 }
                 tracing::info!("registered as {} at {}", r.client_id, inner.url);
                 inner.registered.send_replace(Some(r.client_id.clone()));

@@ -312,18 +312,28 @@ async fn pushes_reach_subscribers_and_a_new_epoch_leaves_a_notice() {
     c.start();
     let mut ws = hub.accept_registered("E1", 2).await;
     wait_state(&c, "connected", connected).await;
-    send(
-        &mut ws,
-        json!({"type": "message", "id": "E1-9", "from": "CC-2", "to": "CC-1",
-                         "content": "hi", "timestamp": "2026-01-01T00:00:00.000Z", "seq": 9}),
-    )
-    .await;
-    let e = tokio::time::timeout(WAIT, pushes.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    // The two unread messages come first as backlog (already counted in `unread`), then a
+    // live one.
+    for (seq, content) in [(7, "old 1"), (8, "old 2"), (9, "hi")] {
+        send(
+            &mut ws,
+            json!({"type": "message", "id": format!("E1-{seq}"), "from": "CC-2", "to": "CC-1",
+                   "content": content, "timestamp": "2026-01-01T00:00:00.000Z", "seq": seq}),
+        )
+        .await;
+    }
+    let mut e = None;
+    for _ in 0..3 {
+        e = Some(
+            tokio::time::timeout(WAIT, pushes.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let e = e.unwrap();
     assert_eq!((e.from.as_str(), e.content.as_str()), ("CC-2", "hi"));
-    assert_eq!(c.snapshot().unread, Some(3));
+    assert_eq!(c.snapshot().unread, Some(3), "backlog is not counted twice");
     assert_eq!(c.take_reset_notice(), None);
 
     // The hub comes back with a different store.

@@ -654,6 +654,10 @@ pub mod codes {
     pub const NOT_OWNER: &str = "not_owner";
 }
 
+/// Most unread messages the hub pushes after `registered` to a client that asked for its
+/// `backlog`.
+pub const BACKLOG_MAX: u64 = 100;
+
 /// Default port of the hub.
 pub const DEFAULT_PORT: u16 = 9999;
 /// Default hub URL for clients.
