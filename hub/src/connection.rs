@@ -195,7 +195,7 @@ async fn run<S>(
         let msg = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => {
-                outbox.close(1001, "hub shutting down");
+                outbox.finish(1001, "hub shutting down");
                 break;
             }
             _ = closed.wait_for(|c| *c) => break,
@@ -251,7 +251,7 @@ async fn run<S>(
         }
     }
     session.disconnected(hub);
-    outbox.close(1000, "");
+    outbox.finish(1000, "");
     if tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err() {
         debug!(conn = conn_id, "writer did not finish in time");
     }

@@ -150,7 +150,7 @@ impl ConnSession {
                     other => self.error(codes::UNAUTHORIZED, why, other.rid().cloned()),
                 }
                 // Guessing costs a connection (and registrations are rate-limited per address).
-                self.outbox.close(1008, why);
+                self.outbox.finish(1008, why);
                 false
             }
             None => {

@@ -46,6 +46,9 @@ struct Inner {
     bytes: AtomicUsize,
     max_bytes: usize,
     closed: AtomicBool,
+    /// Send what is already queued before the close frame (a graceful close); false for an
+    /// overflow or a dead peer, where the queue is abandoned.
+    drain: AtomicBool,
     close: std::sync::Mutex<Option<CloseReason>>,
     /// Flips to true when the connection must close; the reader and writer both watch it.
     close_signal: watch::Sender<bool>,
@@ -67,6 +70,7 @@ pub fn outbox(id: u64, max_frames: usize, max_bytes: usize) -> (Outbox, OutboxRe
         bytes: AtomicUsize::new(0),
         max_bytes,
         closed: AtomicBool::new(false),
+        drain: AtomicBool::new(false),
         close: std::sync::Mutex::new(None),
         close_signal: watch::Sender::new(false),
         id,
@@ -138,11 +142,23 @@ impl Outbox {
         );
     }
 
-    /// Asks the writer to send a close frame and end the connection. The first reason wins.
+    /// Asks the writer to send a close frame and end the connection now, abandoning
+    /// whatever is still queued (overflow, dead peer). The first reason wins.
     pub fn close(&self, code: u16, reason: &str) {
+        self.close_with(code, reason, false);
+    }
+
+    /// Like [`close`](Self::close), but the frames already queued (say, the error that
+    /// explains the close) go out first. Nothing pushed after this call is accepted.
+    pub fn finish(&self, code: u16, reason: &str) {
+        self.close_with(code, reason, true);
+    }
+
+    fn close_with(&self, code: u16, reason: &str, drain: bool) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.inner.drain.store(drain, Ordering::Release);
         *self.inner.close.lock().unwrap() = Some(CloseReason {
             code,
             reason: reason.to_string(),
@@ -162,21 +178,34 @@ impl OutboxReceiver {
     /// [`take_close`]: Self::take_close
     pub async fn recv(&mut self) -> Option<Utf8Bytes> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return None;
+            return self.leftover();
         }
-        tokio::select! {
+        let frame = tokio::select! {
             biased;
             _ = self.closed.wait_for(|c| *c) => None,
-            f = self.rx.recv() => f,
+            f = self.rx.recv() => Some(f),
+        };
+        match frame {
+            Some(f) => f,
+            None => self.leftover(),
         }
     }
 
     /// A frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return None;
+            return self.leftover();
         }
         self.rx.try_recv().ok()
+    }
+
+    /// After a close: the queued frames of a graceful close, none otherwise.
+    fn leftover(&mut self) -> Option<Utf8Bytes> {
+        if self.inner.drain.load(Ordering::Acquire) {
+            self.rx.try_recv().ok()
+        } else {
+            None
+        }
     }
 
     /// Records that `n` bytes left the queue (were written to the socket).
@@ -230,6 +259,17 @@ mod tests {
         rx2.written(f.len());
         tx.push("123456".into()).unwrap();
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_graceful_close_sends_what_was_queued_first() {
+        let (tx, mut rx) = outbox(1, 100, 1 << 20);
+        tx.push("why".into()).unwrap();
+        tx.finish(1008, "bye");
+        assert_eq!(tx.push("late".into()), Err(PushError::Closed));
+        assert_eq!(rx.recv().await.unwrap().as_str(), "why");
+        assert!(rx.recv().await.is_none());
+        assert_eq!(rx.take_close().unwrap().reason, "bye");
     }
 
     #[tokio::test]

@@ -223,7 +223,7 @@ impl Router {
     /// reconnect and learn the new epoch).
     pub fn close_all(&self, code: u16, reason: &str) {
         for p in self.peers.iter() {
-            p.outbox.close(code, reason);
+            p.outbox.finish(code, reason);
         }
     }
 
