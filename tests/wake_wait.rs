@@ -29,15 +29,11 @@ const WAKE_LIMIT: Duration = Duration::from_secs(5);
 /// the environment, info logs on stderr when `logs`.
 fn wait_cmd(dir: &Path, url: &str, args: &[&str], logs: bool) -> Command {
     let mut cmd = Command::new(bin());
+    common::clean_env(&mut cmd);
     cmd.arg("wait")
         .args(args)
         .env("CLAUDE_RELAY_HOME", dir.join("home"))
         .env("RELAY_URL", url)
-        .env_remove("CLAUDE_RELAY_SESSION_ID")
-        .env_remove("CLAUDE_CODE_SESSION_ID")
-        .env_remove("RUST_LOG")
-        .env_remove("RELAY_TOKEN")
-        .env_remove("RELAY_TOKEN_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

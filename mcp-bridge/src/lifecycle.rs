@@ -39,6 +39,10 @@ pub struct Options {
     /// `--no-channel`: do not push new mail as Claude Code channel events (`RELAY_CHANNEL=off`
     /// does the same).
     pub no_channel: bool,
+    /// `--token-file`: the hub token's file (wins over `RELAY_TOKEN` / `RELAY_TOKEN_FILE`).
+    pub token_file: Option<std::path::PathBuf>,
+    /// `--ca-cert`: the CA to trust for `wss://` (wins over `RELAY_CA_CERT`).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// Runs the bridge on this process's stdin/stdout. Returns the exit code for the natural end
@@ -66,7 +70,14 @@ pub async fn run(opts: Options) -> i32 {
         eprintln!("claude-relay mcp: {e}");
         return 2;
     }
-    let config = BridgeConfig::new(identity, url, env);
+    let mut config = BridgeConfig::new(identity, url, env);
+    if opts.token_file.is_some() || opts.ca_cert.is_some() {
+        config.security.auth = crate::connect::ClientAuth::resolve(
+            opts.token_file.as_deref(),
+            opts.ca_cert.as_deref(),
+            env,
+        );
+    }
     let channel = crate::config::channel_enabled(opts.no_channel, env);
     tracing::info!(
         "bridge {} (from {}) for hub {}",

@@ -22,6 +22,14 @@ pub struct McpArgs {
     /// (`RELAY_CHANNEL=off` does the same). The tools work either way.
     #[arg(long)]
     pub no_channel: bool,
+    /// File holding the hub token (first line). Otherwise `RELAY_TOKEN`, then
+    /// `RELAY_TOKEN_FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate to trust for a `wss://` hub (instead of the system roots).
+    /// Otherwise `RELAY_CA_CERT`.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// Runs `claude-relay mcp` until stdin closes (or the agent goes away).
@@ -35,6 +43,8 @@ pub fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
         client_id: args.client_id,
         relay_url: Some(args.relay_url),
         no_channel: args.no_channel,
+        token_file: args.token_file,
+        ca_cert: args.ca_cert,
     }));
     // Do not wait for a blocking stdin read that may never return.
     runtime.shutdown_timeout(Duration::from_millis(200));

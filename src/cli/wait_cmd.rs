@@ -31,7 +31,6 @@
 use std::{
     fs::File,
     io::{IsTerminal, Read},
-    path::PathBuf,
     process::ExitCode,
     sync::mpsc,
     time::Duration,
@@ -267,18 +266,13 @@ fn take_lock(name: &str) -> Lock {
 /// The owner secret the bridge keeps for `name` (`~/.claude-relay/owners/NAME`, first line),
 /// if there is one: watching an owned name needs it.
 fn owner_secret(name: &str) -> Option<String> {
-    let path: PathBuf = sessions::paths::owners_dir().join(name);
-    let mut text = String::new();
-    File::open(&path)
-        .ok()?
-        .take(4096)
-        .read_to_string(&mut text)
-        .ok()?;
-    text.lines()
-        .next()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    match mcp_bridge::owner::OwnerStore::default_dir().load(name) {
+        Ok(secret) => secret,
+        Err(e) => {
+            tracing::warn!("owner secret for {name} unreadable: {e}");
+            None
+        }
+    }
 }
 
 /// How a wait ended.

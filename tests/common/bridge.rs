@@ -76,6 +76,7 @@ pub fn command(opts: &BridgeOpts, under_shell: bool) -> Command {
         c.arg("mcp");
         c
     };
+    super::clean_env(&mut cmd);
     cmd.args(&opts.args)
         .env("RELAY_URL", &opts.url)
         .env("CLAUDE_RELAY_HOME", &opts.home)

@@ -55,6 +55,7 @@ impl Hub {
     pub async fn start_with(dir: &Path, opts: HubOpts) -> Hub {
         let data_dir = dir.join("hub-data");
         let mut cmd = Command::new(bin());
+        super::clean_env(&mut cmd);
         cmd.arg("hub")
             .arg("--host")
             .arg("127.0.0.1")

@@ -7,3 +7,20 @@
 pub mod bridge;
 pub mod hub;
 pub mod ws;
+
+/// Removes every variable that configures claude-relay (or Claude Code's session) from a
+/// child's environment, so a developer's own settings (a `RELAY_TOKEN_FILE`, a
+/// `CLAUDE_CODE_SESSION_ID` when the tests run inside Claude Code) never leak into a test.
+pub fn clean_env(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("RELAY_")
+            || k.starts_with("CLAUDE_RELAY_")
+            || k == "CLAUDE_CODE_SESSION_ID"
+            || k == "RUST_LOG"
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd
+}
