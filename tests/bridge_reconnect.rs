@@ -5,10 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    bridge::Bridge,
-    hub::{Hub, HubOpts},
-};
+use common::{bridge::Bridge, hub::Hub};
 use serde_json::{Value, json};
 
 /// Polls `relay_status` until it contains `want` (bounded by `limit`).
@@ -73,14 +70,7 @@ async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
     assert!(sessions.starts_with("Hub unavailable"), "{sessions}");
     assert!(sessions.contains("CC-1 · running"), "{sessions}");
 
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            port,
-            ..Default::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_on(dir.path(), port).await;
     assert_eq!(hub.port, port);
     // Backoff is capped at 15 s (with jitter), so 40 s covers at least two attempts.
     status_until(&cc1, "— connected for", Duration::from_secs(40)).await;

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use common::{
-    hub::{Hub, HubOpts, WAIT},
+    hub::{Hub, WAIT},
     ws::Ws,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -84,14 +84,7 @@ async fn sigkill_mid_burst_loses_no_acked_message_and_duplicates_none() {
     hub.kill().await;
 
     // Restart on the same port and data directory.
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            port,
-            ..Default::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_on(dir.path(), port).await;
 
     // Resend everything that was not acked, with the same keys.
     let unacked: Vec<usize> = (0..TOTAL).filter(|i| !before.contains_key(i)).collect();

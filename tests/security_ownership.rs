@@ -14,7 +14,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Stdio, time::Durati
 
 use common::{
     bridge::{Bridge, BridgeOpts},
-    hub::{Hub, HubOpts, WAIT, bin},
+    hub::{Hub, WAIT, bin},
     ws::Ws,
 };
 use mcp_bridge::{
@@ -415,14 +415,7 @@ async fn release_local_frees_the_name_in_the_hub_store_with_the_hub_running_or_n
     let (ok, out) = sessions_cli(dir.path(), "hubhost", &hub.url, &args).await;
     assert!(ok && out.contains("CC-1 has no owner"), "{out}");
     let port = hub.port;
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            port,
-            ..HubOpts::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_on(dir.path(), port).await;
     let (_ws, r) = raw_register(&hub.url, "CC-1", json!({})).await;
     assert_eq!(r["type"], "registered", "an unowned name again: {r}");
 
@@ -464,14 +457,7 @@ async fn an_owner_secret_that_cannot_be_saved_is_announced_and_saved_once_possib
     std::fs::remove_file(home.join("owners")).unwrap();
     let port = hub.port;
     hub.kill().await;
-    let _hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            port,
-            ..HubOpts::default()
-        },
-    )
-    .await;
+    let _hub = Hub::start_on(dir.path(), port).await;
     let deadline = tokio::time::Instant::now() + WAIT * 2;
     loop {
         let s = b.ok("relay_status", Value::Null).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{
     bridge::{BridgeOpts, client_config, collect_stderr, command},
-    hub::{Hub, HubOpts, WAIT},
+    hub::{Hub, WAIT},
     ws::Ws,
 };
 use rmcp::{
@@ -227,14 +227,7 @@ async fn backlog_is_announced_after_initialized_and_never_twice_across_reconnect
     // The hub restarts: on reconnect it pushes the (still unread) backlog again.
     drop(cc2);
     hub.kill().await;
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            port,
-            ..Default::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_on(dir.path(), port).await;
     b.wait_connected(Duration::from_secs(40)).await;
     let mut cc2 = peer(&hub.url, "CC-2").await;
     let third = send(&mut cc2, "CC-1", "three").await;

@@ -12,7 +12,7 @@ use std::{
 
 use common::{
     bridge::{Bridge, BridgeOpts, collect_stderr},
-    hub::{Hub, HubOpts, WAIT, bin},
+    hub::{Hub, WAIT, bin},
     ws::Ws,
 };
 use serde_json::json;
@@ -264,14 +264,7 @@ async fn a_lost_hub_is_redialled_while_waiting() {
     ));
     w.until_logged("watching CC-1", 1).await;
     hub.kill().await;
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            port,
-            ..Default::default()
-        },
-    )
-    .await;
+    let hub = Hub::start_on(dir.path(), port).await;
     w.until_logged("watching CC-1", 2).await;
     let (mut cc2, _) = Ws::register(&hub.url, "CC-2").await;
     send(&mut cc2, "CC-1", "after the restart").await;

@@ -31,3 +31,19 @@ pub mod transport;
 pub mod watchdog;
 
 pub use lifecycle::{Options, run};
+
+/// Helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A fake environment lookup over fixed pairs.
+    pub fn env_of(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+}

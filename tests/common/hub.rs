@@ -51,6 +51,19 @@ impl Hub {
         Self::start_with(dir, HubOpts::default()).await
     }
 
+    /// Starts a hub on a given port (say, the port of a hub that was just killed: a restart
+    /// on the same address and data directory).
+    pub async fn start_on(dir: &Path, port: u16) -> Hub {
+        Self::start_with(
+            dir,
+            HubOpts {
+                port,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// Starts a hub with options; panics (failing the test) if it does not come up in time.
     pub async fn start_with(dir: &Path, opts: HubOpts) -> Hub {
         let data_dir = dir.join("hub-data");
