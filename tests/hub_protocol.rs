@@ -438,3 +438,68 @@ async fn history_pages_forward_from_a_cursor_and_refuses_unknown_ones() {
         assert_eq!(h["messages"], json!([]), "never a silent replay");
     }
 }
+
+/// Collects `presence` batches on `ws` until `want(joined, left)` holds.
+async fn presence_until(
+    ws: &mut Ws,
+    mut want: impl FnMut(&[String], &[String]) -> bool,
+) -> (Vec<String>, Vec<String>, usize) {
+    let (mut joined, mut left, mut frames) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let f = ws.next().await;
+        assert_ne!(f["type"], "peer_joined", "delta clients get batches: {f}");
+        assert_ne!(f["type"], "peer_left", "delta clients get batches: {f}");
+        if f["type"] != "presence" {
+            continue;
+        }
+        frames += 1;
+        for (list, key) in [(&mut joined, "joined"), (&mut left, "left")] {
+            list.extend(
+                f[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string()),
+            );
+        }
+        if want(&joined, &left) {
+            return (joined, left, frames);
+        }
+    }
+}
+
+#[tokio::test]
+async fn delta_clients_get_batched_presence_and_none_clients_get_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let mut delta = Ws::connect(&hub.url).await;
+    delta
+        .send(json!({"type": "register", "clientId": "D", "presence": "delta"}))
+        .await;
+    delta.expect("registered").await;
+    let mut quiet = Ws::connect(&hub.url).await;
+    quiet
+        .send(json!({"type": "register", "clientId": "Q", "presence": "none"}))
+        .await;
+    quiet.expect("registered").await;
+
+    // A burst of joins arrives as a few batched frames, not one frame per join.
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(Ws::register(&hub.url, &format!("P{i}")).await.0);
+    }
+    let (_, _, frames) = presence_until(&mut delta, |j, _| {
+        (0..20).all(|i| j.iter().any(|x| *x == format!("P{i}")))
+    })
+    .await;
+    // 20 joins in a few milliseconds: batches four times a second make one or two frames.
+    assert!(frames < 20, "{frames} presence frames for 20 joins");
+    drop(others);
+    let (_, left, _) = presence_until(&mut delta, |_, l| l.len() >= 20).await;
+    assert_eq!(left.len(), 20, "{left:?}");
+
+    // The batch has gone out (D saw it), so anything for Q would be queued before its pong.
+    quiet.send(json!({"type": "ping", "rid": "q"})).await;
+    let f = quiet.next().await;
+    assert_eq!(f["type"], "pong", "a presence: none client got {f}");
+}

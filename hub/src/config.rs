@@ -84,9 +84,11 @@ pub struct HubConfig {
     /// Open connections per remote address (loopback exempt: every SSH-tunnelled machine
     /// arrives from 127.0.0.1). Default 256; over it the handshake is refused with 503.
     pub max_conns_per_addr: usize,
-    /// Frames per second one connection may send, sustained. Default 20,000.
+    /// Frames per second one connection may send, sustained. Default 100,000 — far above any
+    /// agent (or the one-sender fan-out benchmark), low enough that one connection cannot
+    /// monopolise the hub.
     pub frame_rate: f64,
-    /// Frames one connection may send in a burst. Default 40,000. Over the rate a frame is
+    /// Frames one connection may send in a burst. Default 200,000. Over the rate a frame is
     /// answered `error {code: "rate_limited", retryAfterMs}` and not processed.
     pub frame_burst: f64,
     /// Registrations per second per remote address, sustained. Default 1,000.
@@ -122,8 +124,8 @@ impl HubConfig {
             max_meta_bytes: 4 << 10,
             shutdown_grace: Duration::from_secs(5),
             max_conns_per_addr: 256,
-            frame_rate: 20_000.0,
-            frame_burst: 40_000.0,
+            frame_rate: 100_000.0,
+            frame_burst: 200_000.0,
             register_rate: 1_000.0,
             register_burst: 1_000.0,
             token: None,

@@ -453,7 +453,7 @@ impl ConnSession {
                 .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
         }
         hub.router.activate(&id, self.outbox.id());
-        presence::announce_joined(&hub.router, id.as_str());
+        presence::announce_joined(&hub.router, &id);
         tracing::info!(%id, addr = %self.addr, "registered");
     }
 
@@ -712,7 +712,7 @@ impl ConnSession {
         }
         let Some(id) = self.id.take() else { return };
         if hub.router.release(&id, self.outbox.id()) {
-            presence::announce_left(&hub.router, id.as_str());
+            presence::announce_left(&hub.router, &id);
             let now = now_ms();
             let sid = id.clone();
             if !hub.store.try_call(move |b| {

@@ -103,8 +103,9 @@ impl Hub {
     ) -> Result<(), HubError> {
         let pruner = tokio::spawn(retention::run(self.state.clone()));
         let checker = tokio::spawn(integrity::run(self.state.clone()));
+        let presence = tokio::spawn(presence::run_batches(self.state.router.clone()));
         server::run(listener, self.state.clone(), shutdown).await;
-        for task in [pruner, checker] {
+        for task in [pruner, checker, presence] {
             task.abort();
             let _ = task.await;
         }

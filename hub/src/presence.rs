@@ -2,14 +2,18 @@
 //! that stopped answering.
 //!
 //! Old clients read the whole peer list on every `peer_joined`/`peer_left` (the Node relay's
-//! format); clients that register with `presence: "delta"` get only the id that changed, so
-//! presence costs O(1) bytes per peer per change for them. The hub pings every connection
+//! format). Clients that register with `presence: "delta"` get batched `presence {joined,
+//! left}` frames at most every quarter second — one serialization shared by all of them — so
+//! a storm of N registrations costs O(N) frames per client instead of O(N) bytes per client
+//! per join; `presence: "none"` clients get nothing. The hub pings every connection
 //! every `heartbeat_interval`; one that sends nothing at all (not even the pong) within
 //! `heartbeat_timeout` after a ping is dropped, and its peers are told `peer_left`.
 
 use std::time::Duration;
 
-use sessions::wire::{Presence, ServerFrame};
+use std::sync::Arc;
+
+use sessions::SessionId;
 use tokio::time::Instant;
 
 use crate::router::Router;
@@ -17,24 +21,27 @@ use crate::router::Router;
 /// How long a probed holder has to answer when someone else asks for its name.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Tells every other live session that `id` came online.
-pub fn announce_joined(router: &Router, id: &str) {
-    router.announce(id, |peers| {
-        ServerFrame::PeerJoined(Presence {
-            client_id: id.to_string(),
-            peers,
-        })
-    });
+/// How often batched presence changes go to `presence: "delta"` sessions.
+pub const BATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Tells the other live sessions that `id` came online.
+pub fn announce_joined(router: &Router, id: &SessionId) {
+    router.announce(id, true);
 }
 
-/// Tells every other live session that `id` went offline.
-pub fn announce_left(router: &Router, id: &str) {
-    router.announce(id, |peers| {
-        ServerFrame::PeerLeft(Presence {
-            client_id: id.to_string(),
-            peers,
-        })
-    });
+/// Tells the other live sessions that `id` went offline.
+pub fn announce_left(router: &Router, id: &SessionId) {
+    router.announce(id, false);
+}
+
+/// Sends batched presence to delta sessions every [`BATCH_EVERY`] (runs until aborted).
+pub async fn run_batches(router: Arc<Router>) {
+    let mut tick = tokio::time::interval(BATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        router.flush_presence();
+    }
 }
 
 /// What the heartbeat wants done now.

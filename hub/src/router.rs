@@ -5,13 +5,19 @@
 //! bounded [`Outbox`], so a slow reader can only hurt itself. The router is also the store's
 //! [`CommitSink`]: once a batch of messages is durable, it delivers them and acks senders.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use dashmap::{DashMap, mapref::entry::Entry};
 use sessions::{
     SessionId,
     time::now_ms,
-    wire::{ErrorFrame, Mail, PresenceMode, Sent, ServerFrame, codes},
+    wire::{ErrorFrame, Mail, Presence, PresenceBatch, PresenceMode, Sent, ServerFrame, codes},
 };
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -55,6 +61,11 @@ pub const MAX_WATCHERS: usize = 16;
 #[derive(Default)]
 pub struct Router {
     peers: DashMap<SessionId, Peer>,
+    /// Active peers per presence mode, so a change costs nothing for modes nobody uses.
+    full_peers: AtomicUsize,
+    delta_peers: AtomicUsize,
+    /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
+    pending_presence: Mutex<Vec<(SessionId, bool)>>,
     /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
     /// its name: `claude-relay wait` uses this to wake an idle agent.
     watchers: DashMap<SessionId, Vec<Outbox>>,
@@ -89,16 +100,36 @@ impl Router {
     pub fn activate(&self, id: &SessionId, conn: u64) {
         if let Some(mut p) = self.peers.get_mut(id)
             && p.outbox.id() == conn
+            && !p.active
         {
             p.active = true;
+            if let Some(n) = self.mode_count(p.presence) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     /// Frees `id` if connection `conn` holds it. Returns true if it did.
     pub fn release(&self, id: &SessionId, conn: u64) -> bool {
-        self.peers
-            .remove_if(id, |_, p| p.outbox.id() == conn)
-            .is_some()
+        match self.peers.remove_if(id, |_, p| p.outbox.id() == conn) {
+            Some((_, p)) => {
+                if p.active
+                    && let Some(n) = self.mode_count(p.presence)
+                {
+                    n.fetch_sub(1, Ordering::Relaxed);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mode_count(&self, mode: PresenceMode) -> Option<&AtomicUsize> {
+        match mode {
+            PresenceMode::Full => Some(&self.full_peers),
+            PresenceMode::Delta => Some(&self.delta_peers),
+            PresenceMode::None => None,
+        }
     }
 
     /// Pushes `frame` to the live holder of `to`. True if its connection took it.
@@ -120,31 +151,73 @@ impl Router {
         n
     }
 
-    /// Pushes a presence change to every live session except `subject`, in the form each
-    /// asked for. Frames are built once per form, and the full form only if someone wants it.
-    pub fn announce(&self, subject: &str, build: impl Fn(Option<Vec<String>>) -> ServerFrame) {
-        // Collect first: building the full list iterates the table again, and nested
-        // iteration of a DashMap can deadlock against a concurrent writer.
-        let targets: Vec<(Outbox, PresenceMode)> = self
+    /// Reports that `subject` came online (`joined`) or went offline. `peer_joined` /
+    /// `peer_left` frames (built once, with the whole list) go at once to every
+    /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
+    /// in the next batch (see [`flush_presence`](Self::flush_presence)).
+    pub fn announce(&self, subject: &SessionId, joined: bool) {
+        if self.delta_peers.load(Ordering::Relaxed) > 0 {
+            self.pending_presence
+                .lock()
+                .expect("presence lock")
+                .push((subject.clone(), joined));
+        }
+        if self.full_peers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Collect first: building the list iterates the table again, and nested iteration
+        // of a DashMap can deadlock against a concurrent writer.
+        let targets: Vec<Outbox> = self
             .peers
             .iter()
-            .filter(|p| p.active && p.key().as_str() != subject && p.presence != PresenceMode::None)
-            .map(|p| (p.outbox.clone(), p.presence))
+            .filter(|p| p.active && p.key() != subject && p.presence == PresenceMode::Full)
+            .map(|p| p.outbox.clone())
             .collect();
         if targets.is_empty() {
             return;
         }
-        let mut full: Option<Utf8Bytes> = None;
-        let mut delta: Option<Utf8Bytes> = None;
-        for (outbox, mode) in targets {
-            let frame = match mode {
-                PresenceMode::Full => full
-                    .get_or_insert_with(|| to_frame(&build(Some(self.online()))))
-                    .clone(),
-                PresenceMode::Delta => delta.get_or_insert_with(|| to_frame(&build(None))).clone(),
-                PresenceMode::None => continue,
-            };
-            let _ = outbox.push(frame);
+        let change = Presence {
+            client_id: subject.to_string(),
+            peers: Some(self.online()),
+        };
+        let frame = to_frame(&if joined {
+            ServerFrame::PeerJoined(change)
+        } else {
+            ServerFrame::PeerLeft(change)
+        });
+        for outbox in targets {
+            let _ = outbox.push(frame.clone());
+        }
+    }
+
+    /// Sends the presence changes collected since the last call, as one `presence` frame
+    /// (serialized once) to every `presence: "delta"` session. Each id is reported with its
+    /// last change only.
+    pub fn flush_presence(&self) {
+        let changes = std::mem::take(&mut *self.pending_presence.lock().expect("presence lock"));
+        if changes.is_empty() {
+            return;
+        }
+        let mut last: std::collections::HashMap<&str, bool> = Default::default();
+        let mut order: Vec<&str> = Vec::new();
+        for (id, joined) in &changes {
+            if last.insert(id.as_str(), *joined).is_none() {
+                order.push(id.as_str());
+            }
+        }
+        let mut batch = PresenceBatch::default();
+        for id in order {
+            if last[id] {
+                batch.joined.push(id.to_string());
+            } else {
+                batch.left.push(id.to_string());
+            }
+        }
+        let frame = to_frame(&ServerFrame::Presence(batch));
+        for p in self.peers.iter() {
+            if p.active && p.presence == PresenceMode::Delta {
+                let _ = p.outbox.push(frame.clone());
+            }
         }
     }
 

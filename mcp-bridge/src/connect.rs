@@ -541,6 +541,7 @@ pub async fn request_once_with(
         ServerFrame::Message(_)
         | ServerFrame::PeerJoined(_)
         | ServerFrame::PeerLeft(_)
+        | ServerFrame::Presence(_)
         | ServerFrame::Mail(_) => None,
         other => Some(other),
     })

@@ -721,7 +721,10 @@ impl Inner {
             ServerFrame::Error(e) => {
                 tracing::warn!("hub error not tied to a request: {}", e.message);
             }
-            ServerFrame::PeerJoined(_) | ServerFrame::PeerLeft(_) | ServerFrame::Pong(_) => {}
+            ServerFrame::PeerJoined(_)
+            | ServerFrame::PeerLeft(_)
+            | ServerFrame::Presence(_)
+            | ServerFrame::Pong(_) => {}
             other => tracing::debug!("unsolicited frame from the hub: {other:?}"),
         }
     }

@@ -107,9 +107,9 @@ pub struct Register {
     /// Metadata shown to other sessions by `get_sessions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Meta>,
-    /// Presence format this client wants: `"full"` (default, Node-compatible: every
-    /// `peer_joined`/`peer_left` carries the whole peer list), `"delta"` (only the id that
-    /// changed) or `"none"` (no presence pushes).
+    /// Presence format this client wants: `"full"` (default, Node-compatible: a
+    /// `peer_joined`/`peer_left` per change, each with the whole peer list), `"delta"`
+    /// (batched `presence {joined, left}` frames) or `"none"` (no presence pushes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<PresenceMode>,
     /// The hub token, for hubs started with `--token-file` (alternatively sent as an
@@ -176,7 +176,8 @@ pub enum PresenceMode {
     /// Every presence frame carries the full peer list (the Node relay's behaviour).
     #[default]
     Full,
-    /// Presence frames carry only the session that joined or left.
+    /// Batched `presence {joined, left}` frames, at most four a second, the same bytes for
+    /// every such client.
     Delta,
     /// No presence frames at all: the client asks (`get_peers`, `get_sessions`) when it
     /// wants to know. What the MCP bridge uses; registering N such sessions costs the hub
@@ -269,6 +270,8 @@ pub enum ServerFrame {
     PeerJoined(Presence),
     /// A session went offline.
     PeerLeft(Presence),
+    /// Presence changes of the last moments, batched (for `presence: "delta"` clients).
+    Presence(PresenceBatch),
     /// A message for this session (direct or broadcast).
     Message(Envelope),
     /// The hub stored (and possibly delivered) a message this connection sent.
@@ -314,7 +317,11 @@ impl ServerFrame {
             Self::Released(f) => f.rid.as_ref(),
             Self::Watching(f) => f.rid.as_ref(),
             Self::Error(f) => f.rid.as_ref(),
-            Self::PeerJoined(_) | Self::PeerLeft(_) | Self::Message(_) | Self::Mail(_) => None,
+            Self::PeerJoined(_)
+            | Self::PeerLeft(_)
+            | Self::Presence(_)
+            | Self::Message(_)
+            | Self::Mail(_) => None,
         }
     }
 }
@@ -410,6 +417,19 @@ pub struct Presence {
     /// Everyone online after the change; omitted for `presence: "delta"` connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
+}
+
+/// `presence`: who came online and who went offline since the last such frame. Sent to
+/// `presence: "delta"` clients at most every quarter second; the same bytes go to all of
+/// them, so a registration storm of N sessions costs O(N) frames per client, not O(N²).
+/// Apply `joined`, then `left`; an id appears in at most one of them (its last change).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PresenceBatch {
+    /// Sessions that are online now and were not at the last frame (as far as this batch
+    /// knows).
+    pub joined: Vec<String>,
+    /// Sessions that went offline.
+    pub left: Vec<String>,
 }
 
 /// A stored message as clients see it (`message` frames and history entries).

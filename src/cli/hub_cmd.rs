@@ -61,7 +61,7 @@ pub struct HubArgs {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
     pub max_connections_per_addr: usize,
     /// Frames per second one connection may send (bursts up to twice that).
-    #[arg(long, env = "RELAY_FRAME_RATE", default_value_t = 20_000)]
+    #[arg(long, env = "RELAY_FRAME_RATE", default_value_t = 100_000)]
     pub frame_rate: u32,
     /// Registrations per second per remote address (bursts up to the same number).
     #[arg(long, env = "RELAY_REGISTER_RATE", default_value_t = 1_000)]
@@ -143,7 +143,16 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(host = %args.host, "listening on a non-loopback address without TLS: traffic (and the token) travel in clear text; use --tls-cert/--tls-key or an SSH tunnel");
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match std::env::var("RELAY_EXPERIMENT_RT").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread(),
+        Ok("one") => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(1);
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("relay-hub")
         .build()
