@@ -143,16 +143,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(host = %args.host, "listening on a non-loopback address without TLS: traffic (and the token) travel in clear text; use --tls-cert/--tls-key or an SSH tunnel");
         }
     }
-    let mut builder = match std::env::var("RELAY_EXPERIMENT_RT").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread(),
-        Ok("one") => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(1);
-            b
-        }
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = builder
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("relay-hub")
         .build()
