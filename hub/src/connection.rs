@@ -68,14 +68,30 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let admitted = hub.limits.open(addr.ip());
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    // Each state machine is boxed on its own: an async fn's size is that of its largest
+    // state, and the TLS branch and the handshakes would otherwise make every plain idle
+    // connection carry ~12 KiB of dead weight for its whole life.
     match hub.tls.clone() {
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => run(tls, addr, conn_id, &hub, shutdown, admitted.err(), deadline).await,
-            Ok(Err(e)) => debug!(%addr, "TLS handshake failed: {e}"),
-            Err(_) => debug!(%addr, "TLS handshake timed out"),
-        },
+        Some(acceptor) => {
+            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
+                Ok(Ok(tls)) => {
+                    Box::pin(run(
+                        tls,
+                        addr,
+                        conn_id,
+                        &hub,
+                        shutdown,
+                        admitted.err(),
+                        deadline,
+                    ))
+                    .await
+                }
+                Ok(Err(e)) => debug!(%addr, "TLS handshake failed: {e}"),
+                Err(_) => debug!(%addr, "TLS handshake timed out"),
+            }
+        }
         None => {
-            run(
+            Box::pin(run(
                 stream,
                 addr,
                 conn_id,
@@ -83,7 +99,7 @@ pub async fn serve(
                 shutdown,
                 admitted.err(),
                 deadline,
-            )
+            ))
             .await
         }
     }
@@ -149,7 +165,11 @@ async fn run<S>(
     };
     let ws = match tokio::time::timeout_at(
         deadline,
-        accept_hdr_async_with_config(stream, callback, Some(ws_config)),
+        Box::pin(accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(ws_config),
+        )),
     )
     .await
     {
@@ -177,7 +197,7 @@ async fn run<S>(
         hub.config.frame_burst,
         Instant::now().into_std(),
     );
-    let writer = tokio::spawn(write_loop(
+    let wf = write_loop(
         sink,
         rx,
         outbox.clone(),
@@ -189,7 +209,8 @@ async fn run<S>(
         session.probe.clone(),
         last_rx.clone(),
         base,
-    ));
+    );
+    let writer = tokio::spawn(wf);
     let mut closed = outbox.closed_signal();
     loop {
         let msg = tokio::select! {

@@ -165,30 +165,32 @@ impl ConnSession {
         }
     }
 
-    /// Handles one frame.
+    /// Handles one frame. The rarer handlers are boxed so the future every connection keeps
+    /// alive between frames stays the size of the common path (`message`), not of the
+    /// biggest handler.
     pub async fn handle(&mut self, hub: &HubState, frame: ClientFrame) {
         if !self.authorized && hub.config.token.is_some() && !self.authorize(hub, &frame) {
             return;
         }
         match frame {
-            ClientFrame::Register(r) => self.register(hub, r).await,
+            ClientFrame::Register(r) => Box::pin(self.register(hub, r)).await,
             ClientFrame::Message(m) => self.message(hub, m).await,
-            ClientFrame::GetHistory(q) => self.history(hub, q).await,
+            ClientFrame::GetHistory(q) => Box::pin(self.history(hub, q)).await,
             ClientFrame::GetPeers(b) => self.reply(ServerFrame::Peers(Peers {
                 peers: hub.router.online(),
                 self_id: self.id.as_ref().map(|i| i.to_string()),
                 rid: b.rid,
             })),
-            ClientFrame::GetSessions(b) => self.sessions(hub, b.rid).await,
+            ClientFrame::GetSessions(b) => Box::pin(self.sessions(hub, b.rid)).await,
             ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
                 timestamp: now_ms(),
                 rid: b.rid,
             })),
-            ClientFrame::Receive(r) => self.receive(hub, r).await,
-            ClientFrame::MarkRead(m) => self.mark_read(hub, m).await,
-            ClientFrame::GetStatus(b) => self.status(hub, b.rid).await,
-            ClientFrame::Release(r) => self.release(hub, r).await,
-            ClientFrame::Watch(w) => self.watch(hub, w).await,
+            ClientFrame::Receive(r) => Box::pin(self.receive(hub, r)).await,
+            ClientFrame::MarkRead(m) => Box::pin(self.mark_read(hub, m)).await,
+            ClientFrame::GetStatus(b) => Box::pin(self.status(hub, b.rid)).await,
+            ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
+            ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
         }
     }
 
@@ -354,44 +356,36 @@ impl ConnSession {
             ));
         }
         meta.insert("remoteAddress".into(), self.addr.ip().to_string().into());
-        let owner = {
-            let id = id.clone();
-            hub.store.call(move |b| b.owner_hash(id.as_str())).await
-        };
-        let owned = match owner {
-            Ok(Some(hash)) => match r.owner_secret.as_deref() {
-                Some(secret) if secret_matches(&hash, secret) => true,
-                Some(_) => {
-                    return self.reply(reject(
-                        codes::NOT_OWNER,
-                        format!("wrong owner secret for {id}"),
-                    ));
-                }
-                None => {
-                    return self.reply(reject(
-                        codes::NOT_OWNER,
-                        format!(
-                            "{id} is owned: claims must present its owner secret \
-                                 (~/.claude-relay/owners/{id} on the machine that claimed it). \
-                                 Copy that file here, or free the name there with \
-                                 `claude-relay sessions release {id}`"
-                        ),
-                    ));
-                }
-            },
-            Ok(None) => false,
-            Err(e) => return self.store_error(e, rid),
-        };
         let now = now_ms();
+        let presence = r.presence.unwrap_or(PresenceMode::Full);
         let peer = Peer {
             outbox: self.outbox.clone(),
-            presence: r.presence.unwrap_or(PresenceMode::Full),
+            presence,
             addr: self.addr,
             connected_at: now,
             active: false,
             probe: self.probe.clone(),
         };
+        // Claim first (a live holder is never disturbed, owner or not), then check ownership
+        // and record the session in one trip to the store.
         if let Err(holder) = hub.router.claim(&id, peer) {
+            // Someone who could never hold the name learns that now, not after the holder
+            // leaves (the extra store trip is only paid on this refusal path).
+            let owner = {
+                let id = id.clone();
+                hub.store.call(move |b| b.owner_hash(id.as_str())).await
+            };
+            if let Ok(Some(hash)) = owner
+                && !r
+                    .owner_secret
+                    .as_deref()
+                    .is_some_and(|s| secret_matches(&hash, s))
+            {
+                return self.reply(reject(
+                    codes::NOT_OWNER,
+                    not_owner_reason(&id, r.owner_secret.is_some()),
+                ));
+            }
             return self.reply(reject(
                 codes::NAME_IN_USE,
                 format!(
@@ -402,20 +396,26 @@ impl ConnSession {
                 ),
             ));
         }
-        self.id = Some(id.clone());
         let meta_json = serde_json::to_string(&meta).unwrap_or_else(|_| "{}".into());
-        // A client that keeps secrets gets one for a name nobody owns yet.
-        let minted = (!owned && r.ownership == Some(true)).then(mint_secret);
-        let minted_hash = minted.as_deref().map(hash_secret);
+        let presented = r.owner_secret;
+        let wants_secret = r.ownership == Some(true);
         let backlog = r.backlog == Some(true);
         let max_bytes = hub.config.max_page_bytes;
         let recorded = {
             let id = id.clone();
             hub.store
                 .call(move |b| {
-                    if let Some(h) = &minted_hash {
-                        b.set_owner(id.as_str(), h, now)?;
-                    }
+                    let owned = match b.owner_hash(id.as_str())? {
+                        Some(hash) => match presented.as_deref() {
+                            Some(secret) if secret_matches(&hash, secret) => true,
+                            other => {
+                                return Ok(Claim::NotOwner {
+                                    presented: other.is_some(),
+                                });
+                            }
+                        },
+                        None => false,
+                    };
                     let unread = b.session_registered(id.as_str(), &meta_json, now)?;
                     let pending = if backlog && unread > 0 {
                         let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
@@ -426,20 +426,50 @@ impl ConnSession {
                     } else {
                         Vec::new()
                     };
-                    Ok((unread, pending))
+                    // Last, so a secret is only ever handed out once the name is recorded: a
+                    // client that keeps secrets gets one for a name nobody owns yet.
+                    let minted = if !owned && wants_secret {
+                        let secret = mint_secret();
+                        b.set_owner(id.as_str(), &hash_secret(&secret), now)?;
+                        Some(secret)
+                    } else {
+                        None
+                    };
+                    Ok(Claim::Granted {
+                        owned,
+                        unread,
+                        pending,
+                        minted,
+                    })
                 })
                 .await
         };
-        let (unread, pending, minted) = match recorded {
-            Ok((n, pending)) => (Some(n), pending, minted),
-            Err(e) => {
-                tracing::error!(%id, "recording session failed: {e}");
-                (None, Vec::new(), None)
+        let (owned, unread, pending, minted) = match recorded {
+            Ok(Claim::Granted {
+                owned,
+                unread,
+                pending,
+                minted,
+            }) => (owned, Some(unread), pending, minted),
+            Ok(Claim::NotOwner { presented }) => {
+                hub.router.release(&id, self.outbox.id());
+                return self.reply(reject(codes::NOT_OWNER, not_owner_reason(&id, presented)));
             }
+            Err(e) => {
+                hub.router.release(&id, self.outbox.id());
+                return self.store_error(e, rid);
+            }
+        };
+        self.id = Some(id.clone());
+        // The whole list is the Node relay's contract (`presence: "full"`); delta clients need
+        // it as the base their batches apply to; `none` clients asked not to be told.
+        let peers = match presence {
+            PresenceMode::None => Vec::new(),
+            _ => others(hub, &id),
         };
         self.reply(ServerFrame::Registered(Registered {
             client_id: id.to_string(),
-            peers: others(hub, &id),
+            peers,
             epoch: Some(hub.store.epoch().to_string()),
             unread,
             owned: Some(owned || minted.is_some()),
@@ -723,6 +753,36 @@ impl ConnSession {
             tracing::info!(%id, addr = %self.addr, "disconnected");
         }
     }
+}
+
+/// Why a claim of an owned name was refused.
+fn not_owner_reason(id: &SessionId, presented: bool) -> String {
+    if presented {
+        format!("wrong owner secret for {id}")
+    } else {
+        format!(
+            "{id} is owned: claims must present its owner secret \
+             (~/.claude-relay/owners/{id} on the machine that claimed it). \
+             Copy that file here, or free the name there with \
+             `claude-relay sessions release {id}`"
+        )
+    }
+}
+
+/// What the store said about a claim.
+enum Claim {
+    /// The name is owned and the right secret was not presented.
+    NotOwner {
+        /// Whether some (wrong) secret was presented.
+        presented: bool,
+    },
+    /// Recorded.
+    Granted {
+        owned: bool,
+        unread: u64,
+        pending: Vec<crate::store::StoredMessage>,
+        minted: Option<String>,
+    },
 }
 
 fn others(hub: &HubState, me: &SessionId) -> Vec<String> {

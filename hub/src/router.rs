@@ -66,6 +66,8 @@ pub struct Router {
     delta_peers: AtomicUsize,
     /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
     pending_presence: Mutex<Vec<(SessionId, bool)>>,
+    /// The active ids, kept sorted as they come and go, so listing them never sorts.
+    online: Mutex<std::collections::BTreeSet<SessionId>>,
     /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
     /// its name: `claude-relay wait` uses this to wake an idle agent.
     watchers: DashMap<SessionId, Vec<Outbox>>,
@@ -106,6 +108,7 @@ impl Router {
             if let Some(n) = self.mode_count(p.presence) {
                 n.fetch_add(1, Ordering::Relaxed);
             }
+            self.online.lock().expect("online lock").insert(id.clone());
         }
     }
 
@@ -113,10 +116,11 @@ impl Router {
     pub fn release(&self, id: &SessionId, conn: u64) -> bool {
         match self.peers.remove_if(id, |_, p| p.outbox.id() == conn) {
             Some((_, p)) => {
-                if p.active
-                    && let Some(n) = self.mode_count(p.presence)
-                {
-                    n.fetch_sub(1, Ordering::Relaxed);
+                if p.active {
+                    if let Some(n) = self.mode_count(p.presence) {
+                        n.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    self.online.lock().expect("online lock").remove(id);
                 }
                 true
             }
@@ -223,14 +227,12 @@ impl Router {
 
     /// Every session online now, sorted.
     pub fn online(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .peers
+        self.online
+            .lock()
+            .expect("online lock")
             .iter()
-            .filter(|p| p.active)
-            .map(|p| p.key().to_string())
-            .collect();
-        v.sort_unstable();
-        v
+            .map(|id| id.to_string())
+            .collect()
     }
 
     /// True if `id` is held by an active connection.
