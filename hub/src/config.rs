@@ -63,11 +63,9 @@ pub struct HubConfig {
     /// whose queue overflows is closed with a reason (its mail stays stored); it never blocks
     /// other sessions.
     pub outbound_bytes: usize,
-    /// Interval of WebSocket pings to every connection. Default 25 s.
+    /// Interval of WebSocket pings to every connection. Default 25 s. A connection that sends
+    /// nothing at all (not even the pong) before the next ping is dropped.
     pub heartbeat_interval: Duration,
-    /// A connection that sends nothing (not even a pong) for this long after a ping is
-    /// dropped. Default 20 s.
-    pub heartbeat_timeout: Duration,
     /// Connections open at once; further ones are refused at accept. Default 10,000 + 240.
     pub max_connections: usize,
     /// Requests queued to the store actor before senders wait (backpressure). Default 8192.
@@ -116,7 +114,6 @@ impl HubConfig {
             outbound_frames: 4096,
             outbound_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(25),
-            heartbeat_timeout: Duration::from_secs(20),
             max_connections: 10_240,
             store_queue: 8192,
             max_page: 500,

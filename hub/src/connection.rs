@@ -201,11 +201,7 @@ async fn run<S>(
         sink,
         rx,
         outbox.clone(),
-        Heartbeat::new(
-            Instant::now(),
-            hub.config.heartbeat_interval,
-            hub.config.heartbeat_timeout,
-        ),
+        Heartbeat::new(Instant::now(), hub.config.heartbeat_interval),
         session.probe.clone(),
         last_rx.clone(),
         base,

@@ -6,8 +6,8 @@
 //! left}` frames at most every quarter second — one serialization shared by all of them — so
 //! a storm of N registrations costs O(N) frames per client instead of O(N) bytes per client
 //! per join; `presence: "none"` clients get nothing. The hub pings every connection
-//! every `heartbeat_interval`; one that sends nothing at all (not even the pong) within
-//! `heartbeat_timeout` after a ping is dropped, and its peers are told `peer_left`.
+//! every `heartbeat_interval`; one that sends nothing at all (not even the pong) before
+//! the next ping is dropped, and its peers are told `peer_left`.
 
 use std::time::Duration;
 
@@ -56,10 +56,12 @@ pub enum Beat {
 }
 
 /// Heartbeat state of one connection (driven by its writer task).
+///
+/// A ping's answer is due by the next ping, so an idle connection costs one timer wake-up
+/// per interval: at each wake the last ping is checked and the next one sent.
 #[derive(Debug)]
 pub struct Heartbeat {
     interval: Duration,
-    timeout: Duration,
     next_ping: Instant,
     /// When the outstanding ping was sent and when its answer is due.
     awaiting: Option<(Instant, Instant)>,
@@ -67,10 +69,9 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Starts the schedule: first ping one interval after `now`.
-    pub fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+    pub fn new(now: Instant, interval: Duration) -> Self {
         Self {
             interval,
-            timeout,
             next_ping: now + interval,
             awaiting: None,
         }
@@ -96,7 +97,7 @@ impl Heartbeat {
         if now >= self.next_ping {
             self.next_ping = now + self.interval;
             if self.awaiting.is_none() {
-                self.awaiting = Some((now, now + self.timeout));
+                self.awaiting = Some((now, self.next_ping));
             }
             return Beat::Ping;
         }
@@ -104,9 +105,9 @@ impl Heartbeat {
     }
 
     /// Someone asked for this connection's name: ping now and expect an answer within
-    /// [`PROBE_TIMEOUT`].
+    /// [`PROBE_TIMEOUT`] (or the interval, if shorter).
     pub fn probe(&mut self, now: Instant) -> Beat {
-        let due = now + PROBE_TIMEOUT.min(self.timeout);
+        let due = now + PROBE_TIMEOUT.min(self.interval);
         match self.awaiting {
             Some((_, d)) if d <= due => Beat::Idle,
             _ => {
@@ -122,30 +123,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn silent_connection_is_dead_after_timeout() {
+    fn silent_connection_is_dead_at_the_next_ping() {
         let start = Instant::now();
         let s = Duration::from_secs(1);
-        let mut hb = Heartbeat::new(start, 10 * s, 5 * s);
+        let mut hb = Heartbeat::new(start, 10 * s);
         assert_eq!(hb.on_wake(start + 9 * s, start), Beat::Idle);
         assert_eq!(hb.on_wake(start + 10 * s, start), Beat::Ping);
-        assert_eq!(hb.next_wake(), start + 15 * s);
-        assert_eq!(hb.on_wake(start + 15 * s, start), Beat::Dead);
+        assert_eq!(hb.next_wake(), start + 20 * s, "one wake-up per interval");
+        assert_eq!(hb.on_wake(start + 20 * s, start), Beat::Dead);
     }
 
     #[test]
     fn any_frame_after_the_ping_keeps_it_alive() {
         let start = Instant::now();
         let s = Duration::from_secs(1);
-        let mut hb = Heartbeat::new(start, 10 * s, 5 * s);
+        let mut hb = Heartbeat::new(start, 10 * s);
         assert_eq!(hb.on_wake(start + 10 * s, start), Beat::Ping);
-        assert_eq!(hb.on_wake(start + 15 * s, start + 11 * s), Beat::Idle);
         assert_eq!(hb.on_wake(start + 20 * s, start + 11 * s), Beat::Ping);
+        assert_eq!(hb.on_wake(start + 30 * s, start + 11 * s), Beat::Dead);
     }
 
     #[test]
     fn probe_pings_at_once_with_a_short_deadline() {
         let start = Instant::now();
-        let mut hb = Heartbeat::new(start, Duration::from_secs(25), Duration::from_secs(20));
+        let mut hb = Heartbeat::new(start, Duration::from_secs(25));
         assert_eq!(hb.probe(start), Beat::Ping);
         assert_eq!(hb.next_wake(), start + PROBE_TIMEOUT);
         assert_eq!(hb.probe(start), Beat::Idle, "one probe at a time");
