@@ -34,8 +34,9 @@ pub struct McpArgs {
 
 /// Runs `claude-relay mcp` until stdin closes (or the agent goes away).
 pub fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a bridge serves one agent; every blocking step (registry file, owner
+    // secret) goes through spawn_blocking. Measured: ~0.5 MiB less RSS than two workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
