@@ -10,6 +10,7 @@ use common::{
     hub::{Hub, HubOpts},
     ws::Ws,
 };
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 fn is_iso(v: &Value) -> bool {
@@ -369,6 +370,32 @@ async fn a_connection_that_stops_answering_pings_is_dropped() {
     assert_eq!(left["type"], "peer_left");
     assert_eq!(left["clientId"], "Mute");
     watcher.roundtrip().await;
+}
+
+#[tokio::test]
+async fn an_idle_client_that_answers_pings_is_never_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_with(
+        dir.path(),
+        HubOpts {
+            args: vec!["--heartbeat-secs".into(), "1".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mut idle, _) = Ws::register(&hub.url, "Idle").await;
+    // Nothing but reading (which answers the hub's pings, often within the same
+    // millisecond on loopback) for five heartbeat intervals: no close, no error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut pings = 0;
+    while let Ok(next) = tokio::time::timeout_at(deadline, idle.ws.next()).await {
+        match next {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
+            other => panic!("an idle, answering client got {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "only {pings} heartbeats in 5 s");
+    idle.roundtrip().await;
 }
 
 #[tokio::test]

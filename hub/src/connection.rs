@@ -233,7 +233,9 @@ async fn run<S>(
                 break;
             }
         };
-        last_rx.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // Nanoseconds, not milliseconds: a pong read in the same millisecond as its ping was
+        // sent must still count as later than the ping.
+        last_rx.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match msg {
             Message::Text(text) => {
                 if text.len() > hub.config.max_frame_bytes {
@@ -285,7 +287,7 @@ async fn write_loop<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let last_rx_at = || base + Duration::from_millis(last_rx.load(Ordering::Relaxed));
+    let last_rx_at = || base + Duration::from_nanos(last_rx.load(Ordering::Relaxed));
     loop {
         let beat = tokio::select! {
             biased;
