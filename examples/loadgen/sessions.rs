@@ -1,0 +1,342 @@
+//! The session scenarios: registering many sessions one after another, and holding many
+//! registered sessions idle.
+//!
+//! Every registered connection stays open, read by a small task that drains whatever the
+//! hub pushes (presence, heartbeat pings — tungstenite answers those while reading) and
+//! counts it, so the hub never sees a stuck reader and the presence traffic a join causes is
+//! measured, not guessed.
+
+use std::{
+    cell::RefCell,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use sessions::wire::ServerFrame;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    client::{self, Presence, RegisterStats, Ws},
+    hubproc::HubUnderTest,
+    procfs,
+    report::{self, Row},
+};
+
+/// tungstenite's read buffer for these mostly idle connections.
+const READ_BUFFER: usize = 4096;
+/// Once presence traffic stops arriving for this long, it is taken as complete.
+const QUIET: Duration = Duration::from_secs(2);
+/// Longest wait for the presence traffic of a registration storm to arrive.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the open connections received.
+#[derive(Default)]
+struct Pushed {
+    frames: u64,
+    bytes: u64,
+    /// Sessions announced as joined: one per `peer_joined`, `joined.len()` per batched
+    /// `presence` frame. Every client should learn of every later joiner exactly once.
+    joins: u64,
+    closed: u64,
+    last: Option<Instant>,
+}
+
+/// How many joins a presence frame announces.
+fn joins_in(text: &str) -> u64 {
+    if text.starts_with(r#"{"type":"peer_joined""#) {
+        return 1;
+    }
+    if text.starts_with(r#"{"type":"presence""#)
+        && let Ok(ServerFrame::Presence(b)) = serde_json::from_str::<ServerFrame>(text)
+    {
+        return b.joined.len() as u64;
+    }
+    0
+}
+
+async fn drain(mut ws: Ws, pushed: Rc<RefCell<Pushed>>) {
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let mut p = pushed.borrow_mut();
+                p.frames += 1;
+                p.bytes += t.len() as u64;
+                p.joins += joins_in(&t);
+                p.last = Some(Instant::now());
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    pushed.borrow_mut().closed += 1;
+}
+
+/// Open, registered connections and what they were pushed.
+struct Fleet {
+    tasks: Vec<JoinHandle<()>>,
+    pushed: Rc<RefCell<Pushed>>,
+    stats: RegisterStats,
+}
+
+impl Fleet {
+    /// Connects and registers `n` sessions one after another (each waits for its
+    /// `registered` before the next connects).
+    async fn register(
+        hub: &HubUnderTest,
+        prefix: &str,
+        n: usize,
+        presence: Presence,
+    ) -> anyhow::Result<Self> {
+        let pushed: Rc<RefCell<Pushed>> = Rc::default();
+        let mut stats = RegisterStats::default();
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            let mut ws = client::connect(&hub.url, READ_BUFFER)
+                .await
+                .with_context(|| format!("session {i} of {n}"))?;
+            client::register(&mut ws, &id, presence, &mut stats).await?;
+            tasks.push(tokio::task::spawn_local(drain(ws, pushed.clone())));
+        }
+        Ok(Self {
+            tasks,
+            pushed,
+            stats,
+        })
+    }
+
+    /// Waits until `expected` joins were announced, or nothing came for [`QUIET`] (then
+    /// whatever is missing shows in the report as fewer joins than expected).
+    async fn settle(&self, expected: u64) {
+        let start = Instant::now();
+        loop {
+            let (joins, last) = {
+                let p = self.pushed.borrow();
+                (p.joins, p.last)
+            };
+            if joins >= expected {
+                return;
+            }
+            let since = last.map_or(start, |t| t.max(start));
+            if since.elapsed() >= QUIET || start.elapsed() >= PRESENCE_TIMEOUT {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn close(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Joins announced to `n` sessions registered one after another: session i hears of the
+/// n − 1 − i that come after it.
+fn expected_joins(presence: Presence, n: usize) -> u64 {
+    match presence {
+        Presence::None => 0,
+        _ => (n as u64) * (n as u64).saturating_sub(1) / 2,
+    }
+}
+
+fn require_pid(hub: &HubUnderTest, what: &str) -> anyhow::Result<u32> {
+    hub.pid
+        .with_context(|| format!("the {what} scenario measures the hub process: pass --hub-pid"))
+}
+
+/// `register`: `n` sessions, one after another, all staying connected. Hub CPU covers the
+/// registrations and the presence traffic they cause, up to when it has all arrived.
+pub async fn register(
+    hub: &HubUnderTest,
+    prefix: &str,
+    n: usize,
+    presence: Presence,
+) -> anyhow::Result<Row> {
+    let pid = require_pid(hub, "register")?;
+    let cpu0 = procfs::cpu(pid)?;
+    let gen0 = procfs::self_cpu_us();
+    let busy0 = procfs::machine_busy()?;
+    let t0 = Instant::now();
+    let fleet = Fleet::register(hub, prefix, n, presence).await?;
+    let registered = t0.elapsed();
+    let expected = expected_joins(presence, n);
+    fleet.settle(expected).await;
+    let cpu1 = procfs::cpu(pid)?;
+    let gen1 = procfs::self_cpu_us();
+    let busy1 = procfs::machine_busy()?;
+    let settled = t0.elapsed();
+    let (rss, peak) = procfs::rss_kib(pid)?;
+    let p = fleet.pushed.borrow();
+    let hub_ms = procfs::ticks_ms(cpu1.total() - cpu0.total());
+    let mut row = Row::new();
+    report::put(&mut row, "scenario", "register");
+    report::put(&mut row, "presence", serde_json::to_value(presence)?);
+    report::put(&mut row, "sessions", n as u64);
+    report::put(&mut row, "register_wall_s", registered.as_secs_f64());
+    report::put(&mut row, "settled_wall_s", settled.as_secs_f64());
+    report::put(&mut row, "hub_cpu_ms", hub_ms);
+    report::put(&mut row, "hub_cpu_ticks", cpu1.total() - cpu0.total());
+    report::put(
+        &mut row,
+        "hub_user_ms",
+        procfs::ticks_ms(cpu1.user - cpu0.user),
+    );
+    report::put(
+        &mut row,
+        "hub_sys_ms",
+        procfs::ticks_ms(cpu1.system - cpu0.system),
+    );
+    report::put(
+        &mut row,
+        "hub_cpu_us_per_session",
+        hub_ms * 1000.0 / n as f64,
+    );
+    report::put(&mut row, "presence_frames", p.frames);
+    report::put(&mut row, "presence_joins", p.joins);
+    report::put(&mut row, "presence_joins_expected", expected);
+    report::put(&mut row, "presence_mib", p.bytes as f64 / (1 << 20) as f64);
+    report::put(&mut row, "connections_closed", p.closed);
+    report::put(&mut row, "register_rate_limited", fleet.stats.rate_limited);
+    report::put(&mut row, "register_rate_wait_ms", fleet.stats.waited_ms);
+    report::put(&mut row, "hub_rss_mib", rss as f64 / 1024.0);
+    report::put(&mut row, "hub_rss_peak_mib", peak as f64 / 1024.0);
+    report::put(&mut row, "gen_cpu_ms", (gen1 - gen0) as f64 / 1000.0);
+    report::put(
+        &mut row,
+        "other_cpu_pct",
+        procfs::other_cpu_pct(
+            busy1 - busy0,
+            cpu1.total() - cpu0.total(),
+            gen1 - gen0,
+            settled.as_secs_f64(),
+        ),
+    );
+    drop(p);
+    fleet.close();
+    Ok(row)
+}
+
+/// `idle`: the hub's RSS at rest, then with `n` registered idle sessions (per connection),
+/// its CPU over `idle` seconds of doing nothing but heartbeats, and its RSS once they closed.
+pub async fn idle(
+    hub: &HubUnderTest,
+    prefix: &str,
+    n: usize,
+    presence: Presence,
+    idle: Duration,
+    nofile: u64,
+) -> anyhow::Result<Row> {
+    let pid = require_pid(hub, "idle")?;
+    if nofile < n as u64 + 64 {
+        bail!(
+            "the open-files limit is {nofile}, too low for {n} connections: raise the hard limit \
+             (ulimit -Hn) or pass --idle-conns"
+        );
+    }
+    let (rest, _) = procfs::rss_kib(pid)?;
+    let cpu0 = procfs::cpu(pid)?;
+    let t0 = Instant::now();
+    let fleet = Fleet::register(hub, prefix, n, presence).await?;
+    let registered = t0.elapsed();
+    fleet.settle(expected_joins(presence, n)).await;
+    let cpu1 = procfs::cpu(pid)?;
+    // Memory per connection is read now, with every connection open (a hub that wrongly
+    // drops idle connections must not look smaller for it).
+    let (connected, _) = procfs::rss_kib(pid)?;
+    let closed_before = fleet.pushed.borrow().closed;
+    // The quiet window: only heartbeats (the hub pings every connection every 25 s by
+    // default; a 60 s window sees each connection's ping, pong and answer deadline, so a hub
+    // that drops live idle connections shows it here).
+    let gen0 = procfs::self_cpu_us();
+    let busy0 = procfs::machine_busy()?;
+    let idle0 = procfs::cpu(pid)?;
+    tokio::time::sleep(idle).await;
+    let idle1 = procfs::cpu(pid)?;
+    let busy1 = procfs::machine_busy()?;
+    let gen1 = procfs::self_cpu_us();
+    let (idle_end, peak) = procfs::rss_kib(pid)?;
+    let closed_in_window = fleet.pushed.borrow().closed - closed_before;
+    let stats = fleet.stats;
+    fleet.close();
+    // Give the hub a moment to notice the closes and free what it can.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, _) = procfs::rss_kib(pid)?;
+    let mut row = Row::new();
+    report::put(&mut row, "scenario", "idle");
+    report::put(&mut row, "presence", serde_json::to_value(presence)?);
+    report::put(&mut row, "connections", n as u64);
+    report::put(&mut row, "register_wall_s", registered.as_secs_f64());
+    report::put(
+        &mut row,
+        "hub_cpu_ms",
+        procfs::ticks_ms(cpu1.total() - cpu0.total()),
+    );
+    report::put(&mut row, "hub_rss_rest_mib", rest as f64 / 1024.0);
+    report::put(&mut row, "hub_rss_connected_mib", connected as f64 / 1024.0);
+    report::put(&mut row, "hub_rss_idle_end_mib", idle_end as f64 / 1024.0);
+    report::put(&mut row, "hub_rss_peak_mib", peak as f64 / 1024.0);
+    report::put(
+        &mut row,
+        "hub_kib_per_connection",
+        (connected.saturating_sub(rest)) as f64 / n as f64,
+    );
+    report::put(&mut row, "idle_s", idle.as_secs_f64());
+    report::put(
+        &mut row,
+        "idle_hub_cpu_ms",
+        procfs::ticks_ms(idle1.total() - idle0.total()),
+    );
+    report::put(
+        &mut row,
+        "idle_hub_cpu_ticks",
+        idle1.total() - idle0.total(),
+    );
+    report::put(&mut row, "idle_gen_cpu_ms", (gen1 - gen0) as f64 / 1000.0);
+    report::put(
+        &mut row,
+        "other_cpu_pct",
+        procfs::other_cpu_pct(
+            busy1 - busy0,
+            idle1.total() - idle0.total(),
+            gen1 - gen0,
+            idle.as_secs_f64(),
+        ),
+    );
+    report::put(&mut row, "hub_rss_after_close_mib", after as f64 / 1024.0);
+    report::put(&mut row, "closed_by_hub_while_registering", closed_before);
+    report::put(&mut row, "closed_by_hub_in_idle_window", closed_in_window);
+    report::put(&mut row, "register_rate_limited", stats.rate_limited);
+    report::put(&mut row, "register_rate_wait_ms", stats.waited_ms);
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_are_counted_in_both_presence_formats() {
+        assert_eq!(
+            joins_in(r#"{"type":"peer_joined","clientId":"a","peers":["a","b"]}"#),
+            1
+        );
+        assert_eq!(
+            joins_in(r#"{"type":"presence","joined":["a","b","c"],"left":["d"]}"#),
+            3
+        );
+        assert_eq!(joins_in(r#"{"type":"peer_left","clientId":"a"}"#), 0);
+        assert_eq!(joins_in(r#"{"type":"presence","joined":"#), 0, "garbled");
+    }
+
+    #[test]
+    fn expected_joins_are_a_triangle() {
+        assert_eq!(expected_joins(Presence::Delta, 5000), 12_497_500);
+        assert_eq!(expected_joins(Presence::Full, 1), 0);
+        assert_eq!(expected_joins(Presence::None, 5000), 0);
+    }
+}
