@@ -419,8 +419,8 @@ impl ConnSession {
                     let unread = b.session_registered(id.as_str(), &meta_json, now)?;
                     let pending = if backlog && unread > 0 {
                         let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
-                        let marks: Vec<(u64, i64)> =
-                            page.messages.iter().map(|m| (m.seq, now)).collect();
+                        let marks: Vec<(u64, Option<i64>)> =
+                            page.messages.iter().map(|m| (m.seq, Some(now))).collect();
                         b.mark_delivered(&marks)?;
                         page.messages
                     } else {
@@ -532,6 +532,7 @@ impl ConnSession {
                 content: m.content,
                 ts: now_ms(),
                 key: m.key,
+                delivered_at: None,
             },
             ack: AckTo {
                 outbox: self.outbox.clone(),
@@ -659,7 +660,8 @@ impl ConnSession {
             .call(move |b| {
                 let page = b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes)?;
                 // Handing mail to a live connection of its recipient is delivering it.
-                let marks: Vec<(u64, i64)> = page.messages.iter().map(|m| (m.seq, now)).collect();
+                let marks: Vec<(u64, Option<i64>)> =
+                    page.messages.iter().map(|m| (m.seq, Some(now))).collect();
                 b.mark_delivered(&marks)?;
                 Ok(page)
             })

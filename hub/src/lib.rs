@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
+pub mod frames;
 pub mod integrity;
 pub mod limits;
 pub mod outbound;

@@ -17,14 +17,15 @@ use dashmap::{DashMap, mapref::entry::Entry};
 use sessions::{
     SessionId,
     time::now_ms,
-    wire::{ErrorFrame, Mail, Presence, PresenceBatch, PresenceMode, Sent, ServerFrame, codes},
+    wire::{ErrorFrame, Mail, Presence, PresenceBatch, PresenceMode, ServerFrame, codes},
 };
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
+    frames::{self, SentOut},
     outbound::{Outbox, to_frame},
-    store::{Append, CommitSink, Committed, StoreError, message_id},
+    store::{Append, CommitSink, Committed, StoreError},
 };
 
 /// A live connection holding a session id.
@@ -68,6 +69,8 @@ pub struct Router {
     pending_presence: Mutex<Vec<(SessionId, bool)>>,
     /// The active ids, kept sorted as they come and go, so listing them never sorts.
     online: Mutex<std::collections::BTreeSet<SessionId>>,
+    /// How many ids are active (deliverable).
+    active: AtomicUsize,
     /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
     /// its name: `claude-relay wait` uses this to wake an idle agent.
     watchers: DashMap<SessionId, Vec<Outbox>>,
@@ -109,6 +112,7 @@ impl Router {
                 n.fetch_add(1, Ordering::Relaxed);
             }
             self.online.lock().expect("online lock").insert(id.clone());
+            self.active.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -121,6 +125,7 @@ impl Router {
                         n.fetch_sub(1, Ordering::Relaxed);
                     }
                     self.online.lock().expect("online lock").remove(id);
+                    self.active.fetch_sub(1, Ordering::Relaxed);
                 }
                 true
             }
@@ -314,54 +319,66 @@ impl Router {
 }
 
 impl CommitSink for Router {
-    fn committed(&self, epoch: &str, batch: Vec<Committed>, delivered: &mut Vec<(u64, i64)>) {
+    fn deliverable(&self, from: &str, to: &str) -> bool {
+        if to == sessions::BROADCAST {
+            let others = self.active.load(Ordering::Relaxed);
+            others > usize::from(self.is_online(from))
+        } else {
+            self.peers
+                .get(to)
+                .is_some_and(|p| p.active && !p.outbox.is_closed())
+        }
+    }
+
+    fn committed(
+        &self,
+        epoch: &str,
+        batch: Vec<Committed>,
+        delivered: &mut Vec<(u64, Option<i64>)>,
+    ) {
         let now = now_ms();
         for Committed {
             msg,
             ack,
             duplicate_of,
+            predicted,
         } in batch
         {
             let seq = msg.seq;
-            let to = msg.to.clone();
             if let Some(was_delivered) = duplicate_of {
                 // Already stored (and routed) when first sent: ack only.
-                let _ = ack.outbox.push_json(&ServerFrame::Sent(Sent {
-                    id: message_id(epoch, seq),
-                    to: to.to_string(),
-                    delivered: was_delivered,
+                let _ = ack.outbox.push(frames::sent(&SentOut {
+                    epoch,
                     seq,
-                    timestamp: None,
+                    to: &msg.to,
+                    delivered: was_delivered,
+                    ts: None,
                     recipients: None,
                     duplicate: true,
-                    rid: ack.rid,
+                    rid: ack.rid.as_ref(),
                 }));
                 continue;
             }
-            let from = msg.from.clone();
-            let envelope = msg.into_envelope(epoch);
-            let id = envelope.id.clone();
-            let timestamp = envelope.timestamp.clone();
-            let frame = to_frame(&ServerFrame::Message(envelope));
-            let (took, recipients) = if &*to == sessions::BROADCAST {
-                let n = self.broadcast(&from, &frame);
+            let frame = frames::message(epoch, &msg);
+            let (took, recipients) = if &*msg.to == sessions::BROADCAST {
+                let n = self.broadcast(&msg.from, &frame);
                 (n > 0, Some(n))
             } else {
-                (self.deliver(&to, &frame), None)
+                (self.deliver(&msg.to, &frame), None)
             };
-            if took {
-                delivered.push((seq, now));
+            if took != predicted {
+                delivered.push((seq, took.then_some(now)));
             }
-            self.ring(&to, &from, seq);
-            let _ = ack.outbox.push_json(&ServerFrame::Sent(Sent {
-                id,
-                to: to.to_string(),
-                delivered: took,
+            self.ring(&msg.to, &msg.from, seq);
+            let _ = ack.outbox.push(frames::sent(&SentOut {
+                epoch,
                 seq,
-                timestamp: Some(timestamp),
+                to: &msg.to,
+                delivered: took,
+                ts: Some(msg.ts),
                 recipients,
                 duplicate: false,
-                rid: ack.rid,
+                rid: ack.rid.as_ref(),
             }));
         }
     }

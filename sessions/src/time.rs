@@ -11,9 +11,58 @@ pub fn now_ms() -> i64 {
 
 /// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn iso(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    Iso(ms).to_string()
+}
+
+/// Unix milliseconds that display as `YYYY-MM-DDTHH:MM:SS.mmmZ` without allocating (the hub
+/// writes one per message it routes). Years outside 0000–9999 fall back to chrono.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Iso(pub i64);
+
+impl std::fmt::Display for Iso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0;
+        let days = ms.div_euclid(86_400_000);
+        let in_day = ms.rem_euclid(86_400_000);
+        let (y, m, d) = civil_from_days(days);
+        if !(0..=9999).contains(&y) {
+            let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
+            return f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+        let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
+        let (min, rest) = (rest / 60_000, rest % 60_000);
+        let (sec, milli) = (rest / 1000, rest % 1000);
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, v: i64, width: usize| {
+            let mut v = v;
+            for i in (0..width).rev() {
+                b[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, h, 2);
+        put(14, min, 2);
+        put(17, sec, 2);
+        put(20, milli, 3);
+        f.write_str(std::str::from_utf8(&b).expect("ASCII"))
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Parses an RFC 3339 / ISO-8601 time (any offset) into Unix milliseconds.
@@ -46,6 +95,35 @@ mod tests {
         assert_eq!(parse_iso(&s), Some(ms));
         assert_eq!(parse_iso("2026-11-23T20:37:47.123+01:00"), Some(ms));
         assert_eq!(parse_iso("yesterday"), None);
+    }
+
+    #[test]
+    fn fast_iso_matches_chrono_everywhere() {
+        for ms in [
+            0i64,
+            1,
+            999,
+            86_399_999,
+            951_782_400_000,   // 2000-02-29
+            1_795_462_667_123, // 2026-11-23
+            4_102_444_800_000, // 2100-01-01
+            -1,
+            -86_400_001,
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+        ] {
+            let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            assert_eq!(iso(ms), chrono, "{ms}");
+        }
+        let mut ms = -10_000_000_000_000i64;
+        while ms < 200_000_000_000_000 {
+            let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            assert_eq!(iso(ms), chrono, "{ms}");
+            ms += 7_777_777_777;
+        }
     }
 
     #[test]

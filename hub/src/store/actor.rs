@@ -36,13 +36,25 @@ pub struct Committed {
     /// `Some(delivered)` when the message's key matched an earlier send: it must not be
     /// delivered again, only acked.
     pub duplicate_of: Option<bool>,
+    /// Whether the delivery was recorded with the insert (see [`NewMessage::delivered_at`]).
+    pub predicted: bool,
 }
 
 /// What happens to messages after they are committed (implemented by the router).
 pub trait CommitSink: Send + Sync + 'static {
-    /// Deliver `batch` to live recipients and ack each sender. Push `(seq, now)` into
-    /// `delivered` for every message a live connection took.
-    fn committed(&self, epoch: &str, batch: Vec<Committed>, delivered: &mut Vec<(u64, i64)>);
+    /// Whether a live connection is there to take a message from `from` to `to` right now
+    /// (asked just before the commit, so the delivery can be recorded with the insert).
+    fn deliverable(&self, from: &str, to: &str) -> bool;
+    /// Deliver `batch` to live recipients and ack each sender. Push a fix into `delivered`
+    /// wherever the outcome differs from the prediction: `(seq, Some(now))` for a message a
+    /// live connection took unexpectedly, `(seq, None)` for one that was predicted but not
+    /// taken.
+    fn committed(
+        &self,
+        epoch: &str,
+        batch: Vec<Committed>,
+        delivered: &mut Vec<(u64, Option<i64>)>,
+    );
     /// The batch could not be stored: tell each sender, nothing was delivered.
     fn failed(&self, batch: Vec<Append>, error: &StoreError);
 }
@@ -71,7 +83,7 @@ fn run(
     epoch: Arc<RwLock<Arc<str>>>,
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
-    let mut delivered: Vec<(u64, i64)> = Vec::new();
+    let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(req) = next.take() {
@@ -111,11 +123,16 @@ fn run(
 fn commit(
     backend: &mut dyn Backend,
     batch: &mut Vec<Append>,
-    delivered: &mut Vec<(u64, i64)>,
+    delivered: &mut Vec<(u64, Option<i64>)>,
     sink: &dyn CommitSink,
 ) {
     if batch.is_empty() {
         return;
+    }
+    for a in batch.iter_mut() {
+        if sink.deliverable(&a.msg.from, &a.msg.to) {
+            a.msg.delivered_at = Some(a.msg.ts);
+        }
     }
     let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
     match backend.append(&msgs, delivered) {
@@ -125,6 +142,7 @@ fn commit(
                 .drain(..)
                 .zip(outcomes)
                 .map(|(a, outcome)| Committed {
+                    predicted: a.msg.delivered_at.is_some(),
                     msg: StoredMessage {
                         seq: outcome.seq(),
                         ts: a.msg.ts,

@@ -58,6 +58,10 @@ pub struct NewMessage {
     pub ts: i64,
     /// The sender's idempotency key, if it gave one.
     pub key: Option<String>,
+    /// Set (by the store actor, just before the commit) when a live connection of the
+    /// recipient is there to take it: recording the delivery with the insert saves an
+    /// `UPDATE` per message. The router takes it back in the rare case the push fails.
+    pub delivered_at: Option<i64>,
 }
 
 /// What `append` did with one message.
@@ -212,20 +216,22 @@ pub struct PruneReport {
 pub trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
-    /// Stores `batch` in one transaction and applies `delivered` marks (seq, when) in the same
-    /// transaction. Returns what happened to each message, in order (a message whose key
-    /// matches an earlier one of the same sender is not stored again).
+    /// Stores `batch` in one transaction and applies delivery fixes (see
+    /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
+    /// happened to each message, in order (a message whose key matches an earlier one of the
+    /// same sender is not stored again).
     fn append(
         &mut self,
         batch: &[&NewMessage],
-        delivered: &[(u64, i64)],
+        delivered: &[(u64, Option<i64>)],
     ) -> Result<Vec<Appended>, StoreError>;
     /// Checks that the store's file is still the one that was opened. If it was deleted or
     /// replaced (the data directory wiped under a running hub), reopens a fresh store — with
     /// a new epoch — and returns true.
     fn verify(&mut self) -> Result<bool, StoreError>;
-    /// Records that live connections took these messages (first time wins).
-    fn mark_delivered(&mut self, delivered: &[(u64, i64)]) -> Result<(), StoreError>;
+    /// `(seq, Some(when))`: a live connection took the message (the first time wins);
+    /// `(seq, None)`: a delivery recorded at insert did not happen after all.
+    fn mark_delivered(&mut self, delivered: &[(u64, Option<i64>)]) -> Result<(), StoreError>;
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
     /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender.

@@ -127,7 +127,13 @@ impl SqliteBackend {
             }
         }
         let epoch = match get_meta(&conn, "epoch")? {
-            Some(e) => e,
+            // The epoch goes into every message id unescaped: it must be what we made.
+            Some(e)
+                if !e.is_empty() && e.len() <= 32 && e.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                e
+            }
+            Some(e) => return Err(corrupt(format!("epoch {e:?} is not a hex id"))),
             None => {
                 let e = format!("{:08x}", rand::random::<u32>());
                 set_meta(&conn, "epoch", &e)?;
@@ -213,6 +219,27 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+/// `(seq, Some(when))` records a first delivery; `(seq, None)` takes back a delivery that
+/// was recorded at insert but did not happen (the recipient's connection refused the frame).
+fn apply_delivery_fixes(tx: &Connection, fixes: &[(u64, Option<i64>)]) -> Result<(), StoreError> {
+    if fixes.is_empty() {
+        return Ok(());
+    }
+    let mut mark = tx.prepare_cached(
+        "UPDATE messages SET delivered_at = ?2 WHERE seq = ?1 AND delivered_at IS NULL",
+    )?;
+    let mut unmark = tx.prepare_cached(
+        "UPDATE messages SET delivered_at = NULL WHERE seq = ?1 AND read_at IS NULL",
+    )?;
+    for (seq, at) in fixes {
+        match at {
+            Some(at) => mark.execute(params![*seq as i64, at])?,
+            None => unmark.execute([*seq as i64])?,
+        };
+    }
+    Ok(())
+}
+
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         seq: r.get::<_, i64>(0)? as u64,
@@ -231,7 +258,7 @@ impl Backend for SqliteBackend {
     fn append(
         &mut self,
         batch: &[&NewMessage],
-        delivered: &[(u64, i64)],
+        delivered: &[(u64, Option<i64>)],
     ) -> Result<Vec<Appended>, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -239,8 +266,8 @@ impl Backend for SqliteBackend {
         let mut bytes = 0u64;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages(seq, ts, sender, recipient, content, ckey)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages(seq, ts, sender, recipient, content, ckey, delivered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for m in batch {
                 if let Some(key) = &m.key {
@@ -259,18 +286,19 @@ impl Backend for SqliteBackend {
                     }
                 }
                 insert.execute(params![
-                    seq as i64, m.ts, &*m.from, &*m.to, m.content, m.key
+                    seq as i64,
+                    m.ts,
+                    &*m.from,
+                    &*m.to,
+                    m.content,
+                    m.key,
+                    m.delivered_at
                 ])?;
                 outcomes.push(Appended::New(seq));
                 bytes += m.content.len() as u64;
                 seq += 1;
             }
-            let mut mark = tx.prepare_cached(
-                "UPDATE messages SET delivered_at = ?2 WHERE seq = ?1 AND delivered_at IS NULL",
-            )?;
-            for (s, at) in delivered {
-                mark.execute(params![*s as i64, at])?;
-            }
+            apply_delivery_fixes(&tx, delivered)?;
         }
         set_meta(&tx, "high_seq", &(seq - 1).to_string())?;
         set_meta(&tx, "total_bytes", &(self.total_bytes + bytes).to_string())?;
@@ -306,16 +334,9 @@ impl Backend for SqliteBackend {
         Ok(true)
     }
 
-    fn mark_delivered(&mut self, delivered: &[(u64, i64)]) -> Result<(), StoreError> {
+    fn mark_delivered(&mut self, delivered: &[(u64, Option<i64>)]) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut mark = tx.prepare_cached(
-                "UPDATE messages SET delivered_at = ?2 WHERE seq = ?1 AND delivered_at IS NULL",
-            )?;
-            for (s, at) in delivered {
-                mark.execute(params![*s as i64, at])?;
-            }
-        }
+        apply_delivery_fixes(&tx, delivered)?;
         tx.commit()?;
         Ok(())
     }
@@ -662,6 +683,7 @@ mod tests {
             content: content.into(),
             ts,
             key: None,
+            delivered_at: None,
         }
     }
 
@@ -706,7 +728,7 @@ mod tests {
                 }
             ]
         );
-        b.mark_delivered(&[(1, 2)]).unwrap();
+        b.mark_delivered(&[(1, Some(2))]).unwrap();
         assert_eq!(
             b.append(&[&m], &[]).unwrap(),
             vec![Appended::Duplicate {
@@ -880,12 +902,24 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_recorded_at_insert_can_be_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let mut m = msg("A", "B", "x", 1);
+        m.delivered_at = Some(1);
+        b.append(&[&m], &[]).unwrap();
+        assert_eq!(b.recent_sends("A", 1).unwrap()[0].state, "delivered");
+        b.mark_delivered(&[(1, None)]).unwrap();
+        assert_eq!(b.recent_sends("A", 1).unwrap()[0].state, "stored");
+    }
+
+    #[test]
     fn delivery_state_moves_forward() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = open(dir.path());
         b.append(&[&msg("A", "B", "x", 1)], &[]).unwrap();
         assert_eq!(b.recent_sends("A", 1).unwrap()[0].state, "stored");
-        b.mark_delivered(&[(1, 5)]).unwrap();
+        b.mark_delivered(&[(1, Some(5))]).unwrap();
         assert_eq!(b.recent_sends("A", 1).unwrap()[0].state, "delivered");
         b.mark_read("B", &[1], 9).unwrap();
         let s = &b.recent_sends("A", 1).unwrap()[0];
