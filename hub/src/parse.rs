@@ -34,6 +34,16 @@ pub struct ParseError {
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
+    // The hot path: every client we know writes `type` first, and for a `message` that
+    // means one straight pass into its fields instead of serde's internally-tagged route,
+    // which first buffers every field into a tree. (`type` is an unknown field to
+    // `SendMessage`, so it is skipped.) Anything else, or any error, takes the general path.
+    if let Some(rest) = text.strip_prefix(r#"{"type":"message","#)
+        && !rest.is_empty()
+        && let Ok(m) = serde_json::from_str::<sessions::wire::SendMessage>(text)
+    {
+        return Ok(ClientFrame::Message(m));
+    }
     let err = match serde_json::from_str::<ClientFrame>(text) {
         Ok(f) => return Ok(f),
         Err(e) => e,
@@ -133,6 +143,23 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn the_message_fast_path_reads_what_the_general_path_does() {
+        for text in [
+            r#"{"type":"message","to":"CC-2","content":"hi","rid":3}"#,
+            r#"{"type":"message","content":"esc \" \n ü","key":"k","from":"spoof","x":[1,{"a":2}]}"#,
+        ] {
+            let fast = parse(text).unwrap();
+            let general: ClientFrame = serde_json::from_str(text).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"));
+        }
+        // A second `type` must not sneak another frame kind past the fast path.
+        let e = parse(r#"{"type":"message","type":"ping","content":"x"}"#);
+        assert!(!matches!(e, Ok(ClientFrame::Ping(_))), "{e:?}");
+        let e = parse(r#"{"type":"message","content":5}"#).unwrap_err();
+        assert_eq!(e.code, codes::BAD_FRAME);
     }
 
     #[test]
