@@ -105,8 +105,9 @@ impl Hub {
         let pruner = tokio::spawn(retention::run(self.state.clone()));
         let checker = tokio::spawn(integrity::run(self.state.clone()));
         let presence = tokio::spawn(presence::run_batches(self.state.router.clone()));
+        let routes = tokio::spawn(self.state.router.clone().run_routes());
         server::run(listener, self.state.clone(), shutdown).await;
-        for task in [pruner, checker, presence] {
+        for task in [pruner, checker, presence, routes] {
             task.abort();
             let _ = task.await;
         }

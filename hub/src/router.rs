@@ -8,7 +8,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -19,7 +19,7 @@ use sessions::{
     time::now_ms,
     wire::{ErrorFrame, Mail, Presence, PresenceBatch, PresenceMode, ServerFrame, codes},
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
@@ -71,6 +71,11 @@ pub struct Router {
     online: Mutex<std::collections::BTreeSet<SessionId>>,
     /// How many ids are active (deliverable).
     active: AtomicUsize,
+    /// Where committed batches go to be routed on the network runtime (set by
+    /// [`run_routes`](Self::run_routes)); without it they are routed on the store thread.
+    routes: OnceLock<mpsc::Sender<(Arc<str>, Vec<Committed>)>>,
+    /// Delivery fixes for the store (see [`CommitSink::take_fixes`]).
+    fixes: Mutex<Vec<(u64, Option<i64>)>>,
     /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
     /// its name: `claude-relay wait` uses this to wake an idle agent.
     watchers: DashMap<SessionId, Vec<Outbox>>,
@@ -330,13 +335,58 @@ impl CommitSink for Router {
         }
     }
 
-    fn committed(
-        &self,
-        epoch: &str,
-        batch: Vec<Committed>,
-        delivered: &mut Vec<(u64, Option<i64>)>,
-    ) {
+    fn committed(&self, epoch: &str, batch: Vec<Committed>) {
+        match self.routes.get() {
+            // Hand the batch to the network runtime: the store thread is the serial stage
+            // every message goes through, so it should only store.
+            Some(tx) => {
+                if let Err(mpsc::error::SendError((epoch, batch))) =
+                    tx.blocking_send((Arc::from(epoch), batch))
+                {
+                    self.route(&epoch, batch);
+                }
+            }
+            None => self.route(epoch, batch),
+        }
+    }
+
+    fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>) {
+        into.append(&mut self.fixes.lock().expect("fixes lock"));
+    }
+
+    fn failed(&self, batch: Vec<Append>, error: &StoreError) {
+        for a in batch {
+            let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
+                message: format!("message NOT stored: {error}"),
+                code: Some(codes::UNAVAILABLE.into()),
+                retry_after_ms: None,
+                rid: a.ack.rid,
+            }));
+        }
+    }
+}
+
+impl Router {
+    /// Routes committed batches on the calling runtime until the store stops sending them.
+    /// Bound: 64 batches (each ≤ [`MAX_BATCH`](crate::store::actor::MAX_BATCH) messages) may
+    /// wait; beyond that the store thread waits.
+    pub async fn run_routes(self: Arc<Self>) {
+        let (tx, mut rx) = mpsc::channel(64);
+        if self.routes.set(tx).is_err() {
+            return;
+        }
+        while let Some((epoch, batch)) = rx.recv().await {
+            self.route(&epoch, batch);
+            // Let the writers drain what this batch queued before the next one piles on.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Delivers a committed batch to live recipients and acks each sender, noting where the
+    /// outcome differs from the delivery recorded with the insert.
+    pub fn route(&self, epoch: &str, batch: Vec<Committed>) {
         let now = now_ms();
+        let mut fixes = Vec::new();
         for Committed {
             msg,
             ack,
@@ -367,7 +417,7 @@ impl CommitSink for Router {
                 (self.deliver(&msg.to, &frame), None)
             };
             if took != predicted {
-                delivered.push((seq, took.then_some(now)));
+                fixes.push((seq, took.then_some(now)));
             }
             self.ring(&msg.to, &msg.from, seq);
             let _ = ack.outbox.push(frames::sent(&SentOut {
@@ -381,16 +431,8 @@ impl CommitSink for Router {
                 rid: ack.rid.as_ref(),
             }));
         }
-    }
-
-    fn failed(&self, batch: Vec<Append>, error: &StoreError) {
-        for a in batch {
-            let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
-                message: format!("message NOT stored: {error}"),
-                code: Some(codes::UNAVAILABLE.into()),
-                retry_after_ms: None,
-                rid: a.ack.rid,
-            }));
+        if !fixes.is_empty() {
+            self.fixes.lock().expect("fixes lock").append(&mut fixes);
         }
     }
 }

@@ -66,7 +66,8 @@ pub struct HubArgs {
     /// Registrations per second per remote address (bursts up to the same number).
     #[arg(long, env = "RELAY_REGISTER_RATE", default_value_t = 1_000)]
     pub register_rate: u32,
-    /// Frames that may wait in one connection's outbound queue before it is closed as too slow.
+    /// Frames that may wait in one connection's outbound queue before it is closed as too slow
+    /// (at least 1024).
     #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
     pub outbound_frames: usize,
     /// Threads serving connections (the store always has its own thread besides).
@@ -109,7 +110,7 @@ impl HubArgs {
         c.frame_burst = c.frame_rate * 2.0;
         c.register_rate = f64::from(self.register_rate.max(1));
         c.register_burst = c.register_rate;
-        c.outbound_frames = self.outbound_frames.max(16);
+        c.outbound_frames = self.outbound_frames.max(2 * hub::store::actor::MAX_BATCH);
         c.token = self
             .token_file
             .as_deref()

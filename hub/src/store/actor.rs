@@ -5,8 +5,9 @@
 //! commit does it hand the batch to the [`CommitSink`] (the router), which delivers each
 //! message to live recipients and acks its sender — a message is durable before anyone hears
 //! of it. A `Call` (a query) first commits the appends queued before it, so a client always
-//! reads its own writes. Delivery marks reported by the sink ride along in the next batch's
-//! transaction, or are written on their own when the queue is idle.
+//! reads its own writes. Deliveries are recorded with the insert when the recipient is
+//! online; the rare fixes the router reports ride along in the next batch's transaction, or
+//! are written on their own when the queue is idle.
 
 use std::sync::{Arc, RwLock};
 
@@ -16,8 +17,10 @@ use tracing::{debug, error};
 use super::{Appended, Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
 use crate::outbound::AckTo;
 
-/// Most appends stored in one transaction.
-pub const MAX_BATCH: usize = 1024;
+/// Most appends stored in one transaction. Also the most `sent` acks one routed batch can
+/// push into a sender's outbox at once, so outboxes must hold well over this (the default is
+/// 4096 frames; the flag will not go below twice this).
+pub const MAX_BATCH: usize = 512;
 
 /// A message to store and whom to ack.
 pub struct Append {
@@ -45,16 +48,13 @@ pub trait CommitSink: Send + Sync + 'static {
     /// Whether a live connection is there to take a message from `from` to `to` right now
     /// (asked just before the commit, so the delivery can be recorded with the insert).
     fn deliverable(&self, from: &str, to: &str) -> bool;
-    /// Deliver `batch` to live recipients and ack each sender. Push a fix into `delivered`
-    /// wherever the outcome differs from the prediction: `(seq, Some(now))` for a message a
-    /// live connection took unexpectedly, `(seq, None)` for one that was predicted but not
-    /// taken.
-    fn committed(
-        &self,
-        epoch: &str,
-        batch: Vec<Committed>,
-        delivered: &mut Vec<(u64, Option<i64>)>,
-    );
+    /// The batch is durable: deliver it to live recipients and ack each sender (now, or on
+    /// another thread soon, in commit order).
+    fn committed(&self, epoch: &str, batch: Vec<Committed>);
+    /// Moves the delivery fixes found since the last call into `into`: `(seq, Some(when))`
+    /// for a message a live connection took although none was predicted, `(seq, None)` for
+    /// one that was predicted but not taken.
+    fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>);
     /// The batch could not be stored: tell each sender, nothing was delivered.
     fn failed(&self, batch: Vec<Append>, error: &StoreError);
 }
@@ -107,6 +107,7 @@ fn run(
             next = rx.try_recv().ok();
         }
         commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+        sink.take_fixes(&mut delivered);
         if !delivered.is_empty() && rx.is_empty() {
             if let Err(e) = backend.mark_delivered(&delivered) {
                 error!("recording deliveries failed: {e}");
@@ -134,6 +135,7 @@ fn commit(
             a.msg.delivered_at = Some(a.msg.ts);
         }
     }
+    sink.take_fixes(delivered);
     let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
     match backend.append(&msgs, delivered) {
         Ok(outcomes) => {
@@ -157,7 +159,7 @@ fn commit(
                     },
                 })
                 .collect();
-            sink.committed(backend.epoch(), committed, delivered);
+            sink.committed(backend.epoch(), committed);
         }
         Err(e) => {
             error!("storing {} message(s) failed: {e}", batch.len());

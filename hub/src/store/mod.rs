@@ -7,6 +7,7 @@
 //! concurrent sends into one transaction (see [`actor`]).
 
 pub mod actor;
+pub mod checkpoint;
 pub mod sqlite;
 
 use std::sync::{Arc, RwLock};

@@ -13,7 +13,7 @@ use sessions::{BROADCAST, time::iso, wire::SendState};
 
 use super::{
     After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport,
-    SessionRecord, StoreError, StoredMessage, message_id,
+    SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, message_id,
 };
 use crate::config::{Retention, SyncMode};
 
@@ -70,6 +70,8 @@ pub struct SqliteBackend {
     next_seq: u64,
     /// Sum of content bytes currently stored (kept in `meta.total_bytes`).
     total_bytes: u64,
+    /// Checkpoints the WAL on its own thread (see [`super::checkpoint`]).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl SqliteBackend {
@@ -112,6 +114,9 @@ impl SqliteBackend {
         )?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Checkpoints happen on their own thread, not inside a commit (see `checkpoint`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
@@ -157,6 +162,7 @@ impl SqliteBackend {
         Ok(Self {
             conn,
             file_id: Self::file_id(&path),
+            checkpointer: Some(Checkpointer::start(path.clone())),
             path,
             sync,
             epoch,
@@ -316,8 +322,9 @@ impl Backend for SqliteBackend {
             path = %self.path.display(),
             "store file was deleted or replaced under the running hub: starting a new store (new epoch)"
         );
-        // Close the old connection before anything new exists at the path: on close SQLite
-        // checkpoints into (and removes the WAL of) the file it opened.
+        // Close the old connections (checkpointer first) before anything new exists at the
+        // path: on close SQLite checkpoints into (and removes the WAL of) the file it opened.
+        drop(self.checkpointer.take());
         drop(std::mem::replace(
             &mut self.conn,
             Connection::open_in_memory()?,
