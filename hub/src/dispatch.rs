@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches, token_ok},
+    frames::{self, RegisteredOut},
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
@@ -463,18 +464,19 @@ impl ConnSession {
         self.id = Some(id.clone());
         // The whole list is the Node relay's contract (`presence: "full"`); delta clients need
         // it as the base their batches apply to; `none` clients asked not to be told.
+        // (Not active yet, so the online list is exactly the others.)
         let peers = match presence {
-            PresenceMode::None => Vec::new(),
-            _ => others(hub, &id),
+            PresenceMode::None => Arc::from("[]"),
+            _ => hub.router.online_json(),
         };
-        self.reply(ServerFrame::Registered(Registered {
-            client_id: id.to_string(),
-            peers,
-            epoch: Some(hub.store.epoch().to_string()),
+        let _ = self.outbox.push(frames::registered(&RegisteredOut {
+            client_id: id.as_str(),
+            peers_json: &peers,
+            epoch: &hub.store.epoch(),
             unread,
+            owner_secret: minted.as_deref(),
             owned: Some(owned || minted.is_some()),
-            owner_secret: minted,
-            rid,
+            rid: rid.as_ref(),
         }));
         let epoch = hub.store.epoch();
         for m in pending {

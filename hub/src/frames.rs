@@ -126,6 +126,91 @@ pub fn sent(ack: &SentOut<'_>) -> Utf8Bytes {
     done(out)
 }
 
+/// `registered`, with the peer list already rendered as a JSON array (see
+/// [`Router::online_json`](crate::router::Router::online_json)): a registration storm would
+/// otherwise clone and serialize every name again for every joiner.
+pub struct RegisteredOut<'a> {
+    /// The id now held.
+    pub client_id: &'a str,
+    /// JSON array of the other online ids.
+    pub peers_json: &'a str,
+    /// Store epoch.
+    pub epoch: &'a str,
+    /// Unread count, if known.
+    pub unread: Option<u64>,
+    /// A newly minted owner secret.
+    pub owner_secret: Option<&'a str>,
+    /// Whether the name is owned.
+    pub owned: Option<bool>,
+    /// Echoed request id.
+    pub rid: Option<&'a RequestId>,
+}
+
+/// The `registered` frame.
+pub fn registered(r: &RegisteredOut<'_>) -> Utf8Bytes {
+    let mut out = Vec::with_capacity(128 + r.peers_json.len());
+    out.extend_from_slice(br#"{"type":"registered","clientId":""#);
+    raw(&mut out, r.client_id);
+    out.extend_from_slice(br#"","peers":"#);
+    out.extend_from_slice(r.peers_json.as_bytes());
+    out.extend_from_slice(br#","epoch":""#);
+    raw(&mut out, r.epoch);
+    out.push(b'"');
+    if let Some(n) = r.unread {
+        out.extend_from_slice(br#","unread":"#);
+        num(&mut out, n);
+    }
+    if let Some(secret) = r.owner_secret {
+        out.extend_from_slice(br#","ownerSecret":""#);
+        raw(&mut out, secret);
+        out.push(b'"');
+    }
+    if let Some(owned) = r.owned {
+        out.extend_from_slice(if owned {
+            br#","owned":true"#
+        } else {
+            br#","owned":false"#
+        });
+    }
+    if let Some(rid) = r.rid {
+        out.extend_from_slice(br#","rid":"#);
+        serde_json::to_writer(&mut out, rid).expect("a request id always serializes");
+    }
+    out.push(b'}');
+    done(out)
+}
+
+/// `peer_joined` / `peer_left` in the Node relay's format, with the whole (pre-rendered)
+/// peer list.
+pub fn presence_full(joined: bool, client_id: &str, peers_json: &str) -> Utf8Bytes {
+    let mut out = Vec::with_capacity(64 + peers_json.len());
+    out.extend_from_slice(if joined {
+        br#"{"type":"peer_joined","clientId":""#
+    } else {
+        br#"{"type":"peer_left","clientId":""#
+    });
+    raw(&mut out, client_id);
+    out.extend_from_slice(br#"","peers":"#);
+    out.extend_from_slice(peers_json.as_bytes());
+    out.push(b'}');
+    done(out)
+}
+
+/// A JSON array of session ids (which need no escaping).
+pub fn id_array<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(id);
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -153,6 +238,54 @@ mod tests {
                 serde_json::to_string(&ServerFrame::Message(m.clone().into_envelope("ab12cd34")))
                     .unwrap();
             assert_eq!(fast.as_str(), slow);
+        }
+    }
+
+    #[test]
+    fn registered_and_presence_bytes_match_the_wire_types() {
+        use sessions::wire::{Presence, Registered};
+        let peers = vec!["CC-1".to_string(), "CC-3".to_string()];
+        let json = id_array(peers.iter().map(String::as_str));
+        let rid = RequestId::Int(9);
+        for (unread, secret, owned, rid) in [
+            (Some(3), Some("ab12"), Some(true), Some(&rid)),
+            (None, None, None, None),
+            (Some(0), None, Some(false), None),
+        ] {
+            let fast = registered(&RegisteredOut {
+                client_id: "CC-2",
+                peers_json: &json,
+                epoch: "e1",
+                unread,
+                owner_secret: secret,
+                owned,
+                rid,
+            });
+            let slow = serde_json::to_string(&ServerFrame::Registered(Registered {
+                client_id: "CC-2".into(),
+                peers: peers.clone(),
+                epoch: Some("e1".into()),
+                unread,
+                owner_secret: secret.map(str::to_string),
+                owned,
+                rid: rid.cloned(),
+            }))
+            .unwrap();
+            assert_eq!(fast.as_str(), slow);
+        }
+        assert_eq!(id_array(std::iter::empty()), "[]");
+        for joined in [true, false] {
+            let change = Presence {
+                client_id: "CC-9".into(),
+                peers: Some(peers.clone()),
+            };
+            let slow = serde_json::to_string(&if joined {
+                ServerFrame::PeerJoined(change)
+            } else {
+                ServerFrame::PeerLeft(change)
+            })
+            .unwrap();
+            assert_eq!(presence_full(joined, "CC-9", &json).as_str(), slow);
         }
     }
 

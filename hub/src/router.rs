@@ -17,7 +17,7 @@ use dashmap::{DashMap, mapref::entry::Entry};
 use sessions::{
     SessionId,
     time::now_ms,
-    wire::{ErrorFrame, Mail, Presence, PresenceBatch, PresenceMode, ServerFrame, codes},
+    wire::{ErrorFrame, Mail, PresenceBatch, PresenceMode, ServerFrame, codes},
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -71,6 +71,8 @@ pub struct Router {
     online: Mutex<std::collections::BTreeSet<SessionId>>,
     /// How many ids are active (deliverable).
     active: AtomicUsize,
+    /// `online` rendered as a JSON array, rebuilt after a change when first asked for.
+    online_json: Mutex<Option<Arc<str>>>,
     /// Where committed batches go to be routed on the network runtime (set by
     /// [`run_routes`](Self::run_routes)); without it they are routed on the store thread.
     routes: OnceLock<mpsc::Sender<(Arc<str>, Vec<Committed>)>>,
@@ -117,6 +119,7 @@ impl Router {
                 n.fetch_add(1, Ordering::Relaxed);
             }
             self.online.lock().expect("online lock").insert(id.clone());
+            *self.online_json.lock().expect("online json lock") = None;
             self.active.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -130,6 +133,7 @@ impl Router {
                         n.fetch_sub(1, Ordering::Relaxed);
                     }
                     self.online.lock().expect("online lock").remove(id);
+                    *self.online_json.lock().expect("online json lock") = None;
                     self.active.fetch_sub(1, Ordering::Relaxed);
                 }
                 true
@@ -190,15 +194,7 @@ impl Router {
         if targets.is_empty() {
             return;
         }
-        let change = Presence {
-            client_id: subject.to_string(),
-            peers: Some(self.online()),
-        };
-        let frame = to_frame(&if joined {
-            ServerFrame::PeerJoined(change)
-        } else {
-            ServerFrame::PeerLeft(change)
-        });
+        let frame = frames::presence_full(joined, subject.as_str(), &self.online_json());
         for outbox in targets {
             let _ = outbox.push(frame.clone());
         }
@@ -243,6 +239,19 @@ impl Router {
             .iter()
             .map(|id| id.to_string())
             .collect()
+    }
+
+    /// Every session online now, sorted, as a JSON array — shared until the next change, so
+    /// a storm of joins renders each list once instead of once per recipient.
+    pub fn online_json(&self) -> Arc<str> {
+        let mut cached = self.online_json.lock().expect("online json lock");
+        if let Some(json) = &*cached {
+            return json.clone();
+        }
+        let online = self.online.lock().expect("online lock");
+        let json: Arc<str> = Arc::from(frames::id_array(online.iter().map(SessionId::as_str)));
+        *cached = Some(json.clone());
+        json
     }
 
     /// True if `id` is held by an active connection.
