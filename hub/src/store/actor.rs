@@ -160,6 +160,9 @@ fn commit(
                 })
                 .collect();
             sink.committed(backend.epoch(), committed);
+            // After the batch is on its way, not before: a checkpoint here delays only
+            // the messages behind it.
+            backend.maintain();
         }
         Err(e) => {
             error!("storing {} message(s) failed: {e}", batch.len());

@@ -233,6 +233,9 @@ pub trait Backend: Send {
     /// `(seq, Some(when))`: a live connection took the message (the first time wins);
     /// `(seq, None)`: a delivery recorded at insert did not happen after all.
     fn mark_delivered(&mut self, delivered: &[(u64, Option<i64>)]) -> Result<(), StoreError>;
+    /// Housekeeping the actor runs between batches, after the last one was routed (the
+    /// SQLite backend finishes a WAL checkpoint here when the WAL has grown too large).
+    fn maintain(&mut self) {}
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
     /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender.
