@@ -387,3 +387,50 @@ async fn a_non_loopback_hub_needs_a_token_or_insecure() {
     tokened.start_kill().unwrap();
     let _ = tokio::time::timeout(WAIT, tokened.wait()).await;
 }
+
+/// `claude-relay wait` (the Stop-hook doorbell) presents the token from `--token-file` like
+/// the other CLI commands; without it the hub's refusal is reported, and the hook stays
+/// quiet (exit 0, never the exit 2 that would wake the session).
+#[tokio::test]
+async fn wait_rings_with_the_token_file_and_reports_a_missing_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, token_file) = token_hub(dir.path()).await;
+    let tf = token_file.display().to_string();
+    let a = Bridge::start_with(
+        opts(dir.path(), &hub.url, "CC-1", &[("RELAY_TOKEN", TOKEN)]),
+        false,
+    )
+    .await;
+    a.wait_connected().await;
+    let sent = a
+        .ok("relay_send", json!({"message": "for later", "to": "CC-9"}))
+        .await;
+    assert!(sent.starts_with("Stored for CC-9"), "{sent}");
+
+    let wait = |extra: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(["wait", "--session", "CC-9", "--timeout", "20"])
+            .args(extra)
+            .env("CLAUDE_RELAY_HOME", dir.path().join("wait-home"))
+            .env("RELAY_URL", &hub.url)
+            .env_remove("RELAY_TOKEN")
+            .env_remove("RELAY_TOKEN_FILE")
+            .env_remove("RELAY_CA_CERT")
+            .env_remove("CLAUDE_RELAY_SESSION_ID")
+            .stdin(Stdio::null());
+        c
+    };
+    let out = tokio::time::timeout(WAIT, wait(&["--token-file", &tf]).output())
+        .await
+        .expect("wait timed out")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("CC-1"), "{}", text(&out));
+
+    let out = tokio::time::timeout(WAIT, wait(&[]).output())
+        .await
+        .expect("wait timed out")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("token"), "{}", text(&out));
+}

@@ -56,12 +56,12 @@ pub struct SessionsArgs {
     hub: HubConn,
 }
 
-/// How to reach the hub (shared by the subcommands that talk to it).
+/// How to reach the hub (shared by the commands that talk to it: `sessions`, `wait`).
 #[derive(Debug, Clone, clap::Args)]
-struct HubConn {
+pub struct HubConn {
     /// The hub's URL (ws:// or wss://).
     #[arg(long, env = "RELAY_URL", default_value = DEFAULT_URL)]
-    relay_url: String,
+    pub relay_url: String,
     /// File whose first line is the hub token (for hubs started with --token-file).
     /// Without it: RELAY_TOKEN, else the file named by RELAY_TOKEN_FILE.
     #[arg(long, value_name = "FILE")]
@@ -73,7 +73,9 @@ struct HubConn {
 }
 
 impl HubConn {
-    fn auth(&self) -> ClientAuth {
+    /// The token and CA to present: the flags, else `RELAY_TOKEN` / `RELAY_TOKEN_FILE` /
+    /// `RELAY_CA_CERT`.
+    pub fn auth(&self) -> ClientAuth {
         ClientAuth::resolve(self.token_file.as_deref(), self.ca_cert.as_deref(), |k| {
             std::env::var(k).ok()
         })

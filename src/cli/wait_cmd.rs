@@ -39,14 +39,16 @@ use std::{
 use anyhow::Context as _;
 use mcp_bridge::{
     backoff::Backoff,
-    connect::{self, ConnectError},
+    connect::{self, ClientAuth, ConnectError},
 };
 use serde_json::Value;
 use sessions::{
     Registry, RegistryFile, SessionId,
-    wire::{Bare, ClientFrame, DEFAULT_URL, RequestId, ServerFrame, Watch, Watching},
+    wire::{Bare, ClientFrame, RequestId, ServerFrame, Watch, Watching},
 };
 use tokio::time::Instant;
+
+use super::sessions_cmd::HubConn;
 
 /// Exit code that wakes the Claude Code session (`asyncRewake`).
 const EXIT_MAIL: u8 = 2;
@@ -73,9 +75,8 @@ pub struct WaitArgs {
     /// Give up after this many seconds and exit 0.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub timeout: u64,
-    /// Hub URL.
-    #[arg(long, env = "RELAY_URL", value_name = "URL", default_value = DEFAULT_URL)]
-    pub relay_url: String,
+    #[command(flatten)]
+    pub hub: HubConn,
 }
 
 /// Runs `claude-relay wait`.
@@ -124,7 +125,14 @@ pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let secret = owner_secret(session.id.as_str());
     let timeout = Duration::from_secs(args.timeout);
-    let outcome = runtime.block_on(wait(&args.relay_url, &session.id, secret, timeout));
+    let auth = args.hub.auth();
+    let outcome = runtime.block_on(wait(
+        &args.hub.relay_url,
+        &auth,
+        &session.id,
+        secret,
+        timeout,
+    ));
     Ok(match outcome {
         Outcome::Mail(line) => {
             eprintln!("{line}");
@@ -299,12 +307,18 @@ enum Ended {
 /// Watches `id` until mail, the deadline, or a problem; redials a lost connection with
 /// backoff as long as the deadline allows. The very first connection failing is a problem:
 /// the hub is down, and saying so beats waiting an hour in silence.
-async fn wait(url: &str, id: &SessionId, secret: Option<String>, timeout: Duration) -> Outcome {
+async fn wait(
+    url: &str,
+    auth: &ClientAuth,
+    id: &SessionId,
+    secret: Option<String>,
+    timeout: Duration,
+) -> Outcome {
     let deadline = Instant::now() + timeout;
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP);
     let mut ever_watched = false;
     loop {
-        match watch_once(url, id, secret.clone(), deadline).await {
+        match watch_once(url, auth, id, secret.clone(), deadline).await {
             Ended::Done(outcome) => return outcome,
             Ended::Lost { why, watched } => {
                 ever_watched |= watched;
@@ -334,10 +348,17 @@ async fn wait(url: &str, id: &SessionId, secret: Option<String>, timeout: Durati
 ///
 /// Liveness: after [`KEEPALIVE`] without a text frame an application `ping` goes out; if the
 /// next [`KEEPALIVE`] brings nothing either, the connection is half-open and is dropped.
-async fn watch_once(url: &str, id: &SessionId, secret: Option<String>, deadline: Instant) -> Ended {
+async fn watch_once(
+    url: &str,
+    auth: &ClientAuth,
+    id: &SessionId,
+    secret: Option<String>,
+    deadline: Instant,
+) -> Ended {
     let lost = |why: String, watched: bool| Ended::Lost { why, watched };
     let limit = CONNECT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-    let mut ws = match connect::connect(url, limit.max(Duration::from_millis(100))).await {
+    let mut ws = match connect::connect_with(url, auth, limit.max(Duration::from_millis(100))).await
+    {
         Ok(ws) => ws,
         Err(e) => return lost(e.to_string(), false),
     };
