@@ -45,11 +45,6 @@ fn opts(dir: &Path, url: &str, id: &str, env: &[(&str, &str)]) -> BridgeOpts {
     o
 }
 
-/// A bridge started with `opts`, its stderr not echoed.
-async fn start(opts: BridgeOpts) -> Bridge {
-    Bridge::start_with(opts, false).await
-}
-
 /// `claude-relay sessions ARGS` with `env` (security variables unset unless given).
 async fn cli(dir: &Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new(bin());
@@ -96,19 +91,15 @@ async fn bridges_and_the_cli_work_with_the_token_from_env_or_file() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, token_file) = token_hub(dir.path()).await;
     let tf = token_file.display().to_string();
-    let a = start(opts(
-        dir.path(),
-        &hub.url,
-        "CC-1",
-        &[("RELAY_TOKEN", TOKEN)],
-    ))
+    let a = Bridge::start_with(
+        opts(dir.path(), &hub.url, "CC-1", &[("RELAY_TOKEN", TOKEN)]),
+        false,
+    )
     .await;
-    let b = start(opts(
-        dir.path(),
-        &hub.url,
-        "CC-2",
-        &[("RELAY_TOKEN_FILE", &tf)],
-    ))
+    let b = Bridge::start_with(
+        opts(dir.path(), &hub.url, "CC-2", &[("RELAY_TOKEN_FILE", &tf)]),
+        false,
+    )
     .await;
     a.wait_connected().await;
     b.wait_connected().await;
@@ -405,12 +396,10 @@ async fn wait_rings_with_the_token_file_and_reports_a_missing_token() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, token_file) = token_hub(dir.path()).await;
     let tf = token_file.display().to_string();
-    let a = start(opts(
-        dir.path(),
-        &hub.url,
-        "CC-1",
-        &[("RELAY_TOKEN", TOKEN)],
-    ))
+    let a = Bridge::start_with(
+        opts(dir.path(), &hub.url, "CC-1", &[("RELAY_TOKEN", TOKEN)]),
+        false,
+    )
     .await;
     a.wait_connected().await;
     let sent = a
