@@ -47,8 +47,19 @@ fn opts(dir: &Path, url: &str, id: &str, env: &[(&str, &str)]) -> BridgeOpts {
 
 /// `claude-relay sessions ARGS` with `env` (security variables unset unless given).
 async fn cli(dir: &Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    run(dir, url, "sessions", args, env).await
+}
+
+/// `claude-relay COMMAND ARGS` with `env` (security variables unset unless given).
+async fn run(
+    dir: &Path,
+    url: &str,
+    command: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut c = Command::new(bin());
-    c.arg("sessions")
+    c.arg(command)
         .args(args)
         .env("CLAUDE_RELAY_HOME", dir.join("cli-home"))
         .env("RELAY_URL", url)
@@ -61,7 +72,7 @@ async fn cli(dir: &Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> std:
     }
     tokio::time::timeout(WAIT, c.output())
         .await
-        .expect("sessions timed out")
+        .unwrap_or_else(|_| panic!("{command} timed out"))
         .unwrap()
 }
 
@@ -407,30 +418,19 @@ async fn wait_rings_with_the_token_file_and_reports_a_missing_token() {
         .await;
     assert!(sent.starts_with("Stored for CC-9"), "{sent}");
 
-    let wait = |extra: &[&str]| {
-        let mut c = Command::new(bin());
-        c.args(["wait", "--session", "CC-9", "--timeout", "20"])
-            .args(extra)
-            .env("CLAUDE_RELAY_HOME", dir.path().join("wait-home"))
-            .env("RELAY_URL", &hub.url)
-            .env_remove("RELAY_TOKEN")
-            .env_remove("RELAY_TOKEN_FILE")
-            .env_remove("RELAY_CA_CERT")
-            .env_remove("CLAUDE_RELAY_SESSION_ID")
-            .stdin(Stdio::null());
-        c
-    };
-    let out = tokio::time::timeout(WAIT, wait(&["--token-file", &tf]).output())
-        .await
-        .expect("wait timed out")
-        .unwrap();
+    let wait = ["--session", "CC-9", "--timeout", "20"];
+    let out = run(
+        dir.path(),
+        &hub.url,
+        "wait",
+        &[&wait[..], &["--token-file", &tf]].concat(),
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("CC-1"), "{}", text(&out));
 
-    let out = tokio::time::timeout(WAIT, wait(&[]).output())
-        .await
-        .expect("wait timed out")
-        .unwrap();
+    let out = run(dir.path(), &hub.url, "wait", &wait, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("token"), "{}", text(&out));
 }
