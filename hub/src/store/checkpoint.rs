@@ -45,40 +45,40 @@ pub const IDLE_EVERY: Duration = Duration::from_secs(2);
 /// The checkpoint thread of one store file. Dropping it stops the thread (and closes its
 /// connection) before returning.
 pub struct Checkpointer {
-    stop: Arc<AtomicBool>,
-    reset: Arc<AtomicBool>,
-    /// [`RESET_FRAMES`] unless changed with [`Checkpointer::set_reset_frames`].
-    limit: Arc<AtomicI64>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the checkpoint thread shares with its [`Checkpointer`].
+struct Shared {
+    stop: AtomicBool,
+    /// Set by the thread when the writer should finish a checkpoint (see
+    /// [`Checkpointer::reset_wanted`]).
+    reset: AtomicBool,
+    /// [`RESET_FRAMES`] unless changed with [`Checkpointer::set_reset_frames`].
+    limit: AtomicI64,
 }
 
 impl Checkpointer {
     /// Starts checkpointing the database at `path`.
     pub fn start(path: PathBuf) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let reset = Arc::new(AtomicBool::new(false));
-        let limit = Arc::new(AtomicI64::new(RESET_FRAMES));
-        let shared = Shared {
-            stop: stop.clone(),
-            reset: reset.clone(),
-            limit: limit.clone(),
-        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            reset: AtomicBool::new(false),
+            limit: AtomicI64::new(RESET_FRAMES),
+        });
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("relay-checkpoint".into())
-            .spawn(move || run(path, shared))
+            .spawn(move || run(path, &theirs))
             .ok();
-        Self {
-            stop,
-            reset,
-            limit,
-            thread,
-        }
+        Self { shared, thread }
     }
 
     /// Changes the WAL size (in frames) past which the writer finishes a checkpoint
     /// (tests use a small one to see the WAL start over without writing 64 MiB).
     pub fn set_reset_frames(&self, frames: i64) {
-        self.limit.store(frames.max(1), Ordering::Release);
+        self.shared.limit.store(frames.max(1), Ordering::Release);
     }
 
     /// True (once) when the WAL has grown past [`RESET_FRAMES`]: the writer should run a
@@ -86,18 +86,11 @@ impl Checkpointer {
     /// racing it, that checkpoint completes, and the writer's next transaction restarts
     /// the WAL from its beginning.
     pub fn reset_wanted(&self) -> bool {
-        self.reset.swap(false, Ordering::AcqRel)
+        self.shared.reset.swap(false, Ordering::AcqRel)
     }
 }
 
-/// What the checkpoint thread shares with its [`Checkpointer`].
-struct Shared {
-    stop: Arc<AtomicBool>,
-    reset: Arc<AtomicBool>,
-    limit: Arc<AtomicI64>,
-}
-
-fn run(path: PathBuf, shared: Shared) {
+fn run(path: PathBuf, shared: &Shared) {
     let Shared { stop, reset, limit } = shared;
     let mut conn: Option<Connection> = None;
     let mut every = EVERY;
@@ -158,7 +151,7 @@ fn run(path: PathBuf, shared: Shared) {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();

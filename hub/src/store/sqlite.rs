@@ -360,8 +360,9 @@ impl Backend for SqliteBackend {
         if !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted()) {
             return;
         }
-        // PASSIVE never waits; with this connection the only writer it completes (unless the
-        // checkpoint thread is mid-pass, and then the next request will do).
+        // PASSIVE never waits; with this connection the only writer it completes. If the
+        // checkpoint thread is mid-pass it does nothing, and that thread asks again after
+        // its pass while the WAL is still over the limit.
         if let Err(e) = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
