@@ -72,7 +72,9 @@ impl Env {
         text.lines().map(String::from).collect()
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    /// `claude-relay service ARGS` as the user of this HOME, with the recording service
+    /// managers first on PATH.
+    async fn output(&self, args: &[&str]) -> Output {
         let mut c = Command::new(bin());
         common::clean_env(&mut c);
         c.arg("service")
@@ -90,10 +92,15 @@ impl Env {
             .env_remove("XDG_CONFIG_HOME")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let out = tokio::time::timeout(WAIT, c.output())
+        tokio::time::timeout(WAIT, c.output())
             .await
             .expect("service timed out")
-            .unwrap();
+            .unwrap()
+    }
+
+    /// [`Self::output`], which must succeed unless it is `status`.
+    async fn run(&self, args: &[&str]) -> Output {
+        let out = self.output(args).await;
         assert!(
             out.status.success() || args[0] == "status",
             "service {args:?} failed: {}{}",
@@ -503,11 +510,8 @@ async fn status_pings_the_hub_the_service_was_installed_with() {
 #[tokio::test]
 async fn install_refuses_an_open_network_hub_and_missing_files() {
     let env = Env::new();
-    let out = {
-        let mut c = Command::new(bin());
-        common::clean_env(&mut c);
-        c.args([
-            "service",
+    let out = env
+        .output(&[
             "install",
             "--dry-run",
             "--system",
@@ -515,41 +519,29 @@ async fn install_refuses_an_open_network_hub_and_missing_files() {
             "--host",
             "0.0.0.0",
         ])
-        .env("HOME", env.home())
-        .stdin(Stdio::null());
-        tokio::time::timeout(WAIT, c.output())
-            .await
-            .unwrap()
-            .unwrap()
-    };
+        .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("without a token"),
         "{out:?}"
     );
-    let out = {
-        let mut c = Command::new(bin());
-        common::clean_env(&mut c);
-        c.args([
-            "service",
+    let out = env
+        .output(&[
             "install",
-            "--dry-run",
             "--system",
             "systemd",
             "--token-file",
             "/no/such/token",
         ])
-        .env("HOME", env.home())
-        .stdin(Stdio::null());
-        tokio::time::timeout(WAIT, c.output())
-            .await
-            .unwrap()
-            .unwrap()
-    };
+        .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--token-file /no/such/token"),
         "{out:?}"
+    );
+    assert!(
+        env.calls().is_empty(),
+        "a refused install ran the service manager"
     );
     assert!(env.files().is_empty());
 }

@@ -128,6 +128,23 @@ fn is_bridge(command: &str, first_arg: Option<&str>) -> bool {
         && first_arg == Some("mcp")
 }
 
+/// The entry for one server when it runs our bridge.
+fn bridge_entry<'a>(
+    name: String,
+    command: Option<&str>,
+    first_arg: Option<&str>,
+    env: impl Iterator<Item = (&'a String, Option<&'a str>)>,
+) -> Option<McpEntry> {
+    let command = command?;
+    is_bridge(command, first_arg).then(|| McpEntry {
+        name,
+        command: command.to_string(),
+        env: env
+            .filter_map(|(k, v)| Some((k.clone(), v?.to_string())))
+            .collect(),
+    })
+}
+
 /// Our entries among a JSON `mcpServers` object (Claude Code, Gemini CLI).
 pub(super) fn json_entries(servers: Option<&Value>, scope: &str) -> Vec<McpEntry> {
     let Some(Value::Object(servers)) = servers else {
@@ -136,21 +153,16 @@ pub(super) fn json_entries(servers: Option<&Value>, scope: &str) -> Vec<McpEntry
     servers
         .iter()
         .filter_map(|(name, s)| {
-            let command = s.get("command")?.as_str()?;
-            let first = s.get("args").and_then(|a| a.get(0)).and_then(Value::as_str);
-            is_bridge(command, first).then(|| McpEntry {
-                name: scoped(name, scope),
-                command: command.to_string(),
-                env: s
-                    .get("env")
+            bridge_entry(
+                scoped(name, scope),
+                s.get("command").and_then(Value::as_str),
+                s.get("args").and_then(|a| a.get(0)).and_then(Value::as_str),
+                s.get("env")
                     .and_then(Value::as_object)
-                    .map(|e| {
-                        e.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.as_str())),
+            )
         })
         .collect()
 }
@@ -174,24 +186,18 @@ pub(super) fn codex_entries(config: &toml::Table) -> Vec<McpEntry> {
     servers
         .iter()
         .filter_map(|(name, s)| {
-            let command = s.get("command")?.as_str()?;
-            let first = s
-                .get("args")
-                .and_then(|a| a.get(0))
-                .and_then(toml::Value::as_str);
-            is_bridge(command, first).then(|| McpEntry {
-                name: name.clone(),
-                command: command.to_string(),
-                env: s
-                    .get("env")
+            bridge_entry(
+                name.clone(),
+                s.get("command").and_then(toml::Value::as_str),
+                s.get("args")
+                    .and_then(|a| a.get(0))
+                    .and_then(toml::Value::as_str),
+                s.get("env")
                     .and_then(toml::Value::as_table)
-                    .map(|e| {
-                        e.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.as_str())),
+            )
         })
         .collect()
 }

@@ -230,6 +230,13 @@ mod tests {
         }
     }
 
+    fn with_home(home: &str) -> HubService {
+        HubService {
+            relay_home: Some(home.into()),
+            ..service()
+        }
+    }
+
     #[test]
     fn plist_has_the_essentials_and_reads_back() {
         let s = service();
@@ -250,12 +257,8 @@ mod tests {
         let comment = &p[p.find("<!--").unwrap() + 4..p.find("-->").unwrap()];
         assert!(!comment.contains("--"), "{comment}");
 
-        let with_home = HubService {
-            relay_home: Some("/x&y".into()),
-            ..service()
-        };
         assert!(
-            plist(&with_home)
+            plist(&with_home("/x&y"))
                 .contains("<key>CLAUDE_RELAY_HOME</key>\n        <string>/x&amp;y</string>")
         );
     }
@@ -274,12 +277,8 @@ mod tests {
         assert!(u.contains("Restart=always"));
         assert!(u.contains("WantedBy=default.target"));
         assert_eq!(systemd_argv(&u), Some(s.argv.clone()));
-        let with_home = HubService {
-            relay_home: Some("/srv/relay home".into()),
-            ..service()
-        };
         assert!(
-            systemd_unit(&with_home)
+            systemd_unit(&with_home("/srv/relay home"))
                 .contains("Environment=\"CLAUDE_RELAY_HOME=/srv/relay home\"\n")
         );
         assert_eq!(systemd_quote("50%"), "50%%");
