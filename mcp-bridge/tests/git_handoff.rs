@@ -484,7 +484,7 @@ async fn capture_records_the_state_and_touches_nothing() {
     assert_eq!(info.ref_name, "refs/relay/tasks/T1");
     assert_eq!(info.tip, snapshot);
     assert_eq!(info.commits, 3);
-    assert_eq!(info.prerequisites, [scene.pushed.clone()]);
+    assert_eq!(info.prerequisites, std::slice::from_ref(&scene.pushed));
     assert!(ctx.bundle_omitted.is_none());
     let file = scene.path("t1.bundle");
     fs::write(&file, bytes).unwrap();
@@ -949,6 +949,14 @@ async fn received_contexts_and_bundles_are_checked_before_use() {
     let e = refused(checkout(&bad, cap.bundle.as_deref(), "T1", &target).await);
     assert!(e.to_string().contains("transport 'ext' not allowed"), "{e}");
     assert!(!Path::new("/tmp/relay-ext-pwned").exists());
+    // Nor any remote helper the receiver did not allow: the URL is not the user's own.
+    let mut bad = cap.context.clone();
+    bad.remote = Some("relaytest::whatever".into());
+    let e = refused(checkout(&bad, cap.bundle.as_deref(), "T1", &target).await);
+    assert!(
+        e.to_string().contains("transport 'relaytest' not allowed"),
+        "{e}"
+    );
     // A task id that is not a ref name.
     let e = refused(checkout(&cap.context, cap.bundle.as_deref(), "a/../b", &target).await);
     assert!(matches!(e, GitError::BadTaskId { .. }), "{e}");
@@ -1058,4 +1066,55 @@ async fn a_same_size_edit_git_could_mistake_for_clean_is_seen() {
         fs::read_to_string(done.path.join("data.txt")).unwrap(),
         "version 2\n"
     );
+}
+
+#[tokio::test]
+async fn staged_secrets_stay_out_of_both_snapshot_commits() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Machine::new(root.path(), "a");
+    let repo = root.path().join("keys");
+    fs::create_dir(&repo).unwrap();
+    a.git(&repo, &["init", "-q"]);
+    a.identity(&repo);
+    write(&repo.join("deploy.key"), "old key\n");
+    write(&repo.join("app.rs"), "fn main() {}\n");
+    a.git(&repo, &["add", "-A"]);
+    a.git(&repo, &["commit", "-q", "-m", "base"]);
+    // A staged edit of a tracked key, a staged new .env, a staged new certificate, and an
+    // ordinary staged edit next to them.
+    write(&repo.join("deploy.key"), "NEW PRIVATE KEY\n");
+    write(&repo.join(".env.local"), "TOKEN=staged-secret\n");
+    write(
+        &repo.join("tls/server.pem"),
+        "-----BEGIN CERTIFICATE-----\n",
+    );
+    write(&repo.join("app.rs"), "fn main() { println!(\"hi\"); }\n");
+    a.git(&repo, &["add", "-A"]);
+    let before = untouchables(&a, &repo);
+
+    let cap = capture(&repo, "T9", &a.opts()).await.unwrap().unwrap();
+    assert_eq!(
+        before,
+        untouchables(&a, &repo),
+        "the staged secrets stay staged"
+    );
+    let ctx = &cap.context;
+    let mut omitted = ctx.omitted.clone();
+    omitted.sort();
+    assert_eq!(omitted, [".env.local", "deploy.key", "tls/server.pem"]);
+    let snapshot = ctx.snapshot.clone().unwrap();
+    for commit in [snapshot.clone(), format!("{snapshot}^2")] {
+        let files = a.git(&repo, &["ls-tree", "-r", "--name-only", &commit]);
+        assert_eq!(files, "app.rs\ndeploy.key", "{commit}");
+        assert_eq!(
+            a.git(&repo, &["show", &format!("{commit}:deploy.key")]),
+            "old key",
+            "{commit}"
+        );
+        assert_eq!(
+            a.git(&repo, &["show", &format!("{commit}:app.rs")]),
+            "fn main() { println!(\"hi\"); }",
+            "{commit}: the ordinary staged edit travels"
+        );
+    }
 }

@@ -5,8 +5,9 @@
 //!    and the bundle's header (it must carry `refs/relay/tasks/<id>` at the recorded tip).
 //! 2. Where: when [`CheckoutTarget::here`] is in a clone of the same remote
 //!    ([`super::url`]'s comparison), a new work tree of that clone (`git worktree add`);
-//!    otherwise a fresh clone of the remote URL (`git clone --no-checkout`), or, when the
-//!    sender had no remote, a new repository filled from the bundle alone.
+//!    otherwise a fresh clone of the remote URL (`git clone --no-checkout`, under git's policy
+//!    for URLs the user did not type: `GIT_PROTOCOL_FROM_USER=0`), or, when the sender had no
+//!    remote, a new repository filled from the bundle alone.
 //! 3. The commits: the bundle's prerequisites (or, without a bundle, HEAD and the snapshot)
 //!    must be here; missing ones are fetched from the remote once; still missing is a clear
 //!    error before any work tree exists. The bundle is fetched into `refs/relay/tasks/<id>`
@@ -349,8 +350,13 @@ async fn into_new_repository(
     };
     let source = match &ctx.remote {
         Some(remote) => {
+            // The URL is another machine's word: git's policy for URLs not typed by the user
+            // (`GIT_PROTOCOL_FROM_USER=0`: http(s), ssh and git, no `ext::` and no remote
+            // helper the user has not allowed), plus local paths.
             git.at(&target.here)
+                .args(["-c", "protocol.file.allow=always"])
                 .args(["clone", "--no-checkout", "--quiet", "--", remote])
+                .env("GIT_PROTOCOL_FROM_USER", "0")
                 .arg(&dir)
                 .network()
                 .run()

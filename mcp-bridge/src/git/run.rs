@@ -11,8 +11,6 @@
 //!   not refresh `.git/index`);
 //! - is decided by its directory alone: the repository-selecting variables a parent may have
 //!   set (`GIT_DIR`, `GIT_WORK_TREE`, `GIT_INDEX_FILE`, …) are removed;
-//! - may use only the `file`, `git`, `http(s)` and `ssh` transports (`GIT_ALLOW_PROTOCOL`),
-//!   since a received remote URL is another machine's word;
 //! - speaks English (`LC_ALL=C`), so the few messages we recognize are stable;
 //! - keeps at most `stdout_cap` bytes of output (default [`DEFAULT_STDOUT_CAP`]) and the first
 //!   [`STDERR_KEPT`] bytes of stderr, which errors summarize.
@@ -288,7 +286,6 @@ impl Cmd<'_> {
         }
         cmd.env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_OPTIONAL_LOCKS", "0")
-            .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
             .env("LC_ALL", "C");
         if ssh_batch {
             cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
