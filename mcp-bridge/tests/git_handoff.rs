@@ -14,8 +14,8 @@ use std::{
 };
 
 use mcp_bridge::git::{
-    CaptureOptions, CheckoutTarget, GitContext, GitError, Source, capture, checkout, forget,
-    task_ref,
+    Capture, CaptureOptions, CheckedOut, CheckoutTarget, GitContext, GitError, Source, capture,
+    checkout, forget, task_ref,
 };
 use tempfile::TempDir;
 
@@ -129,6 +129,53 @@ fn binary_bytes(seed: u32) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Two machines and a fresh repository `name` (no remote) on machine A.
+struct Solo {
+    root: TempDir,
+    a: Machine,
+    b: Machine,
+    repo: PathBuf,
+}
+
+impl Solo {
+    fn new(name: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Machine::new(root.path(), "a"),
+            Machine::new(root.path(), "b"),
+        );
+        let repo = root.path().join(name);
+        fs::create_dir(&repo).unwrap();
+        a.git(&repo, &["init", "-q"]);
+        a.identity(&repo);
+        Self { root, a, b, repo }
+    }
+
+    /// Writes the files and commits everything.
+    fn commit(&self, files: &[(&str, &str)], message: &str) {
+        for (name, text) in files {
+            write(&self.repo.join(name), text);
+        }
+        self.a.git(&self.repo, &["add", "-A"]);
+        self.a.git(&self.repo, &["commit", "-q", "-m", message]);
+    }
+
+    /// An empty directory on machine B to check out from.
+    fn receiving_dir(&self) -> PathBuf {
+        let here = self.root.path().join("b-work");
+        fs::create_dir(&here).unwrap();
+        here
+    }
+
+    /// Checks the captured task out on machine B, in a fresh `receiving_dir`.
+    async fn hand_over(&self, cap: &Capture, task_id: &str) -> CheckedOut {
+        let target = self.b.target(&self.receiving_dir(), None);
+        checkout(&cap.context, cap.bundle.as_deref(), task_id, &target)
+            .await
+            .unwrap()
+    }
 }
 
 /// The scene of docs/HANDOFF.md: origin, and a sender clone with one pushed commit, one
@@ -767,22 +814,11 @@ async fn a_clean_pushed_detached_head_travels_as_ids_only() {
 
 #[tokio::test]
 async fn a_repository_without_a_remote_travels_whole() {
-    let root = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        Machine::new(root.path(), "a"),
-        Machine::new(root.path(), "b"),
-    );
-    let repo = root.path().join("solo");
-    fs::create_dir(&repo).unwrap();
-    a.git(&repo, &["init", "-q"]);
-    a.identity(&repo);
-    write(&repo.join("one.txt"), "1\n");
-    a.git(&repo, &["add", "-A"]);
-    a.git(&repo, &["commit", "-q", "-m", "one"]);
-    write(&repo.join("two.txt"), "2\n");
-    a.git(&repo, &["add", "-A"]);
-    a.git(&repo, &["commit", "-q", "-m", "two"]);
-    let head = a.git(&repo, &["rev-parse", "HEAD"]);
+    let solo = Solo::new("solo");
+    let (a, b, repo) = (&solo.a, &solo.b, &solo.repo);
+    solo.commit(&[("one.txt", "1\n")], "one");
+    solo.commit(&[("two.txt", "2\n")], "two");
+    let head = a.git(repo, &["rev-parse", "HEAD"]);
     write(&repo.join("one.txt"), "1 edited\n");
     write(&repo.join("new.txt"), "new\n");
     // A nested repository is left out (its commits are not ours to carry).
@@ -794,7 +830,7 @@ async fn a_repository_without_a_remote_travels_whole() {
     a.git(&nested, &["add", "-A"]);
     a.git(&nested, &["commit", "-q", "-m", "nested"]);
 
-    let cap = capture(&repo, "T4", &a.opts()).await.unwrap().unwrap();
+    let cap = capture(repo, "T4", &a.opts()).await.unwrap().unwrap();
     let ctx = &cap.context;
     assert_eq!(
         (ctx.remote.as_deref(), ctx.upstream.as_deref()),
@@ -806,15 +842,14 @@ async fn a_repository_without_a_remote_travels_whole() {
     assert_eq!(ctx.untracked, ["new.txt", "vendor/lib/"]);
     assert_eq!(ctx.omitted, ["vendor/lib/"]);
 
-    let here = root.path().join("b-work");
-    fs::create_dir(&here).unwrap();
+    let here = solo.receiving_dir();
     let done = checkout(ctx, cap.bundle.as_deref(), "T4", &b.target(&here, None))
         .await
         .unwrap();
     assert_eq!(done.source, Source::BundleOnly);
     assert_eq!(done.path, here.join("repo-relay-T4"));
     assert_eq!(b.git(&done.path, &["rev-parse", "HEAD"]), head);
-    let mut want = tree(&repo);
+    let mut want = tree(repo);
     want.retain(|name, _| !name.starts_with("vendor/"));
     assert_eq!(tree(&done.path), want);
     assert!(!done.path.join("vendor").exists());
@@ -964,46 +999,28 @@ async fn received_contexts_and_bundles_are_checked_before_use() {
 
 #[tokio::test]
 async fn a_conflicted_merge_travels_as_its_work_tree() {
-    let root = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        Machine::new(root.path(), "a"),
-        Machine::new(root.path(), "b"),
-    );
-    let repo = root.path().join("merge");
-    fs::create_dir(&repo).unwrap();
-    a.git(&repo, &["init", "-q"]);
-    a.identity(&repo);
-    write(&repo.join("f.txt"), "base\n");
-    a.git(&repo, &["add", "-A"]);
-    a.git(&repo, &["commit", "-q", "-m", "base"]);
-    a.git(&repo, &["checkout", "-q", "-b", "other"]);
+    let solo = Solo::new("merge");
+    let (a, repo) = (&solo.a, &solo.repo);
+    solo.commit(&[("f.txt", "base\n")], "base");
+    a.git(repo, &["checkout", "-q", "-b", "other"]);
     write(&repo.join("f.txt"), "other\n");
-    a.git(&repo, &["commit", "-q", "-am", "other"]);
-    a.git(&repo, &["checkout", "-q", "main"]);
+    a.git(repo, &["commit", "-q", "-am", "other"]);
+    a.git(repo, &["checkout", "-q", "main"]);
     write(&repo.join("f.txt"), "mine\n");
-    a.git(&repo, &["commit", "-q", "-am", "mine"]);
+    a.git(repo, &["commit", "-q", "-am", "mine"]);
     let status = Command::new("git")
-        .current_dir(&repo)
+        .current_dir(repo)
         .args(["merge", "-q", "other"])
         .envs(a.env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     assert!(!status.status.success(), "the merge conflicts");
-    let before = untouchables(&a, &repo);
+    let before = untouchables(a, repo);
 
-    let cap = capture(&repo, "T6", &a.opts()).await.unwrap().unwrap();
-    assert_eq!(before, untouchables(&a, &repo));
+    let cap = capture(repo, "T6", &a.opts()).await.unwrap().unwrap();
+    assert_eq!(before, untouchables(a, repo));
     assert_eq!(cap.context.changed, ["f.txt"]);
-    let here = root.path().join("b-work");
-    fs::create_dir(&here).unwrap();
-    let done = checkout(
-        &cap.context,
-        cap.bundle.as_deref(),
-        "T6",
-        &b.target(&here, None),
-    )
-    .await
-    .unwrap();
+    let done = solo.hand_over(&cap, "T6").await;
     assert_eq!(
         fs::read(done.path.join("f.txt")).unwrap(),
         fs::read(repo.join("f.txt")).unwrap(),
@@ -1016,16 +1033,9 @@ async fn a_same_size_edit_git_could_mistake_for_clean_is_seen() {
     // "Racy git", made deterministic: the edit keeps the size and mtime the index recorded,
     // and the index file has that same mtime. git status must compare contents — and so must
     // the snapshot, although its index is a copy made later.
-    let root = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        Machine::new(root.path(), "a"),
-        Machine::new(root.path(), "b"),
-    );
-    let repo = root.path().join("racy");
-    fs::create_dir(&repo).unwrap();
-    a.git(&repo, &["init", "-q"]);
-    a.identity(&repo);
-    a.git(&repo, &["config", "core.trustctime", "false"]);
+    let solo = Solo::new("racy");
+    let (a, repo) = (&solo.a, &solo.repo);
+    a.git(repo, &["config", "core.trustctime", "false"]);
     let file = repo.join("data.txt");
     let then = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
     let set_mtime = |path: &Path| {
@@ -1038,30 +1048,21 @@ async fn a_same_size_edit_git_could_mistake_for_clean_is_seen() {
     };
     write(&file, "version 1\n");
     set_mtime(&file);
-    a.git(&repo, &["add", "-A"]);
-    a.git(&repo, &["commit", "-q", "-m", "v1"]);
+    a.git(repo, &["add", "-A"]);
+    a.git(repo, &["commit", "-q", "-m", "v1"]);
     write(&file, "version 2\n");
     set_mtime(&file);
     set_mtime(&repo.join(".git/index"));
     // (No `git status` here: it would rewrite the index and "smudge" the racy entry.)
 
-    let cap = capture(&repo, "T8", &a.opts()).await.unwrap().unwrap();
+    let cap = capture(repo, "T8", &a.opts()).await.unwrap().unwrap();
     assert_eq!(cap.context.changed, ["data.txt"]);
     let snapshot = cap.context.snapshot.clone().expect("the edit is seen");
     assert_eq!(
-        a.git(&repo, &["show", &format!("{snapshot}:data.txt")]),
+        a.git(repo, &["show", &format!("{snapshot}:data.txt")]),
         "version 2"
     );
-    let here = root.path().join("b-work");
-    fs::create_dir(&here).unwrap();
-    let done = checkout(
-        &cap.context,
-        cap.bundle.as_deref(),
-        "T8",
-        &b.target(&here, None),
-    )
-    .await
-    .unwrap();
+    let done = solo.hand_over(&cap, "T8").await;
     assert_eq!(
         fs::read_to_string(done.path.join("data.txt")).unwrap(),
         "version 2\n"
@@ -1070,16 +1071,12 @@ async fn a_same_size_edit_git_could_mistake_for_clean_is_seen() {
 
 #[tokio::test]
 async fn staged_secrets_stay_out_of_both_snapshot_commits() {
-    let root = tempfile::tempdir().unwrap();
-    let a = Machine::new(root.path(), "a");
-    let repo = root.path().join("keys");
-    fs::create_dir(&repo).unwrap();
-    a.git(&repo, &["init", "-q"]);
-    a.identity(&repo);
-    write(&repo.join("deploy.key"), "old key\n");
-    write(&repo.join("app.rs"), "fn main() {}\n");
-    a.git(&repo, &["add", "-A"]);
-    a.git(&repo, &["commit", "-q", "-m", "base"]);
+    let solo = Solo::new("keys");
+    let (a, repo) = (&solo.a, &solo.repo);
+    solo.commit(
+        &[("deploy.key", "old key\n"), ("app.rs", "fn main() {}\n")],
+        "base",
+    );
     // A staged edit of a tracked key, a staged new .env, a staged new certificate, and an
     // ordinary staged edit next to them.
     write(&repo.join("deploy.key"), "NEW PRIVATE KEY\n");
@@ -1089,13 +1086,13 @@ async fn staged_secrets_stay_out_of_both_snapshot_commits() {
         "-----BEGIN CERTIFICATE-----\n",
     );
     write(&repo.join("app.rs"), "fn main() { println!(\"hi\"); }\n");
-    a.git(&repo, &["add", "-A"]);
-    let before = untouchables(&a, &repo);
+    a.git(repo, &["add", "-A"]);
+    let before = untouchables(a, repo);
 
-    let cap = capture(&repo, "T9", &a.opts()).await.unwrap().unwrap();
+    let cap = capture(repo, "T9", &a.opts()).await.unwrap().unwrap();
     assert_eq!(
         before,
-        untouchables(&a, &repo),
+        untouchables(a, repo),
         "the staged secrets stay staged"
     );
     let ctx = &cap.context;
@@ -1104,15 +1101,15 @@ async fn staged_secrets_stay_out_of_both_snapshot_commits() {
     assert_eq!(omitted, [".env.local", "deploy.key", "tls/server.pem"]);
     let snapshot = ctx.snapshot.clone().unwrap();
     for commit in [snapshot.clone(), format!("{snapshot}^2")] {
-        let files = a.git(&repo, &["ls-tree", "-r", "--name-only", &commit]);
+        let files = a.git(repo, &["ls-tree", "-r", "--name-only", &commit]);
         assert_eq!(files, "app.rs\ndeploy.key", "{commit}");
         assert_eq!(
-            a.git(&repo, &["show", &format!("{commit}:deploy.key")]),
+            a.git(repo, &["show", &format!("{commit}:deploy.key")]),
             "old key",
             "{commit}"
         );
         assert_eq!(
-            a.git(&repo, &["show", &format!("{commit}:app.rs")]),
+            a.git(repo, &["show", &format!("{commit}:app.rs")]),
             "fn main() { println!(\"hi\"); }",
             "{commit}: the ordinary staged edit travels"
         );
