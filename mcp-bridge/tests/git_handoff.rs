@@ -612,11 +612,12 @@ async fn checkout_in_another_machines_clone_adds_a_worktree_with_the_same_state(
     );
 
     // Twice is refused: the branch exists.
+    fs::create_dir(scene.path("elsewhere")).unwrap();
     let again = checkout(
         &cap.context,
         cap.bundle.as_deref(),
         "T1",
-        &scene.b.target(&receiver, Some(scene.path("elsewhere"))),
+        &scene.b.target(&receiver, Some("../elsewhere".into())),
     )
     .await
     .unwrap_err();
@@ -625,7 +626,22 @@ async fn checkout_in_another_machines_clone_adds_a_worktree_with_the_same_state(
         again.to_string().contains("branch relay/T1 already exists"),
         "{again}"
     );
-    assert!(!scene.path("elsewhere").exists());
+    assert_eq!(fs::read_dir(scene.path("elsewhere")).unwrap().count(), 0);
+    // Another task checks out into an existing empty directory, named relative to `here`.
+    let cap = capture(&scene.sender, "T2", &scene.a.opts())
+        .await
+        .unwrap()
+        .unwrap();
+    let done = checkout(
+        &cap.context,
+        cap.bundle.as_deref(),
+        "T2",
+        &scene.b.target(&receiver, Some("../elsewhere".into())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.path, scene.path("elsewhere"));
+    assert_rebuilt(&scene, &scene.b, &done.path);
 }
 
 #[tokio::test]

@@ -124,18 +124,23 @@ pub async fn checkout(
     check_task_id(task_id)?;
     let plan = Plan::new(context, bundle, task_id)?;
     let git = &target.git;
-    if !target.here.is_dir() {
-        return Err(GitError::NoSuchDir {
+    // Absolute: later commands run in other directories (the clone, the new work tree).
+    let here = target
+        .here
+        .canonicalize()
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| GitError::NoSuchDir {
             path: target.here.clone(),
-        });
-    }
+        })?;
+    let dir = target.dir.as_deref().map(|d| absolute(&here, d));
     let clone = match &context.remote {
-        Some(remote) => find_clone(git, &target.here, remote).await?,
+        Some(remote) => find_clone(git, &here, remote).await?,
         None => None,
     };
     match clone {
-        Some((repo, remote)) => into_worktree(git, &plan, target, &repo, &remote).await,
-        None => into_new_repository(git, &plan, context, target).await,
+        Some((repo, remote)) => into_worktree(git, &plan, dir, &repo, &remote).await,
+        None => into_new_repository(git, &plan, context, &here, dir).await,
     }
 }
 
@@ -268,12 +273,12 @@ async fn find_clone(
 async fn into_worktree(
     git: &Git,
     plan: &Plan<'_>,
-    target: &CheckoutTarget,
+    dir: Option<PathBuf>,
     repo: &Path,
     remote: &str,
 ) -> Result<CheckedOut, GitError> {
-    let dir = match &target.dir {
-        Some(d) => absolute(&target.here, d),
+    let dir = match dir {
+        Some(d) => d,
         None => {
             let name = repo.file_name().map(|n| n.to_string_lossy().into_owned());
             let parent = repo.parent().unwrap_or(repo);
@@ -332,16 +337,14 @@ async fn into_new_repository(
     git: &Git,
     plan: &Plan<'_>,
     ctx: &GitContext,
-    target: &CheckoutTarget,
+    here: &Path,
+    dir: Option<PathBuf>,
 ) -> Result<CheckedOut, GitError> {
     let name = ctx
         .remote
         .as_deref()
         .map_or_else(|| "repo".to_string(), url::repo_name);
-    let dir = match &target.dir {
-        Some(d) => absolute(&target.here, d),
-        None => target.here.join(format!("{name}-relay-{}", plan.task_id)),
-    };
+    let dir = dir.unwrap_or_else(|| here.join(format!("{name}-relay-{}", plan.task_id)));
     let existed = ensure_empty(&dir)?;
     let mut made = Made {
         dir: &dir,
@@ -353,7 +356,7 @@ async fn into_new_repository(
             // The URL is another machine's word: git's policy for URLs not typed by the user
             // (`GIT_PROTOCOL_FROM_USER=0`: http(s), ssh and git, no `ext::` and no remote
             // helper the user has not allowed), plus local paths.
-            git.at(&target.here)
+            git.at(here)
                 .args(["-c", "protocol.file.allow=always"])
                 .args(["clone", "--no-checkout", "--quiet", "--", remote])
                 .env("GIT_PROTOCOL_FROM_USER", "0")
@@ -366,7 +369,7 @@ async fn into_new_repository(
             }
         }
         None => {
-            git.at(&target.here)
+            git.at(here)
                 .args(["init", "--quiet"])
                 .arg(&dir)
                 .run()
@@ -607,7 +610,7 @@ impl Counts {
 
 fn done(path: PathBuf, plan: &Plan<'_>, source: Source, counts: Counts) -> CheckedOut {
     CheckedOut {
-        path,
+        path: path.canonicalize().unwrap_or(path),
         branch: plan.branch.clone(),
         head: plan.head.into(),
         snapshot: plan.snapshot.map(Into::into),
