@@ -55,7 +55,7 @@ pub struct Capture {
 ///
 /// When the remote lacks work — commits HEAD has that no remote-tracking branch of the
 /// remote has (all of history when there is no remote), or uncommitted changes that may
-/// travel — it builds the snapshot (see [`super::snapshot`]), points `refs/relay/tasks/<id>`
+/// travel — it builds the snapshot (see `snapshot.rs` and docs/HANDOFF.md), points `refs/relay/tasks/<id>`
 /// at it (or at HEAD when only commits are missing) and bundles that ref minus the remote's
 /// branches. The user's index, work tree, HEAD, branches and stash are never changed.
 pub async fn capture(

@@ -21,10 +21,10 @@
 //! [`BundleInfo`]) like the wire protocol, leaving out empty fields. Everything received is
 //! treated as another machine's word: ids, URLs and the bundle are checked before use.
 //!
-//! Files: [`run`] the runner, [`error`] the error type, [`context`] reading the state,
-//! [`snapshot`] the snapshot commits, [`bundle`] the bundle, [`capture`](capture()) and
-//! [`checkout`](checkout()) the two sides, [`secrets`] what never travels, [`url`] remote
-//! URLs, [`refs`] the ref and branch names of a task.
+//! Files: `run.rs` the runner, `error.rs` the error type, `context.rs` reading the state,
+//! `snapshot.rs` the snapshot commits, `bundle.rs` the bundle, `capture.rs` and `checkout.rs`
+//! the two sides, [`secrets`] what never travels, [`url`] remote URLs, `refs.rs` the ref and
+//! branch names of a task.
 
 mod bundle;
 mod capture;

@@ -11,7 +11,7 @@
 //! - other schemes (`git://`, `file://`): the user-info goes.
 //! - local paths are kept as they are.
 //!
-//! [`same_repo`] compares URLs by host and path only (scheme, user, port, trailing `/` and
+//! `same_repo` compares URLs by host and path only (scheme, user, port, trailing `/` and
 //! `.git` ignored), so an https clone and an ssh clone of one repository match; local paths
 //! compare canonicalized.
 
