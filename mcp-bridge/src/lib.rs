@@ -24,6 +24,7 @@ pub mod hub_client;
 pub mod lifecycle;
 pub mod local;
 pub mod meta;
+pub mod outbox;
 pub mod owner;
 pub mod server;
 pub mod tools;
