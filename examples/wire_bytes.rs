@@ -176,7 +176,8 @@ fn make_pki(dir: &Path) -> Result<(hub::tls::TlsFiles, std::path::PathBuf)> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
-    leaf.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
     leaf.use_authority_key_identifier_extension = true;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -286,7 +287,11 @@ async fn measure_messages(hub: SocketAddr, scheme: &str, auth: &ClientAuth) -> R
     let mut z = [streams(), streams(), streams()];
     let prefix = format!("b{:x}-{:x}", std::process::id(), sessions::time::now_ms());
     for (i, content) in CORPUS.iter().enumerate() {
-        let (up0, ack0, push0) = (a.proxy.bytes_up(), a.proxy.bytes_down(), b.proxy.bytes_down());
+        let (up0, ack0, push0) = (
+            a.proxy.bytes_up(),
+            a.proxy.bytes_down(),
+            b.proxy.bytes_down(),
+        );
         let frame = ClientFrame::Message(SendMessage {
             to: Some("B".into()),
             content: content.to_string(),
