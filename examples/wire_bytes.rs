@@ -115,30 +115,32 @@ impl Client {
         Ok(text)
     }
 
-    /// The next text frame (ping/pong are answered by tungstenite and skipped).
-    async fn next_text(&mut self) -> Result<String> {
+    /// The next frame `pick` accepts (tungstenite answers pings while we read).
+    async fn next_where<T>(&mut self, pick: impl Fn(Message) -> Option<T>) -> Result<T> {
         loop {
             let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
                 .await
                 .context("no frame from the hub within 10 s")?
                 .context("the hub closed the connection")??;
-            if let Message::Text(t) = m {
-                return Ok(t.to_string());
+            if let Some(t) = pick(m) {
+                return Ok(t);
             }
         }
     }
 
-    /// Waits for the next WebSocket ping from the hub (answering it).
+    /// The next text frame.
+    async fn next_text(&mut self) -> Result<String> {
+        self.next_where(|m| match m {
+            Message::Text(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the next WebSocket ping from the hub.
     async fn next_ping(&mut self) -> Result<()> {
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .context("no ping from the hub within 10 s")?
-                .context("the hub closed the connection")??;
-            if let Message::Ping(_) = m {
-                return Ok(());
-            }
-        }
+        self.next_where(|m| matches!(m, Message::Ping(_)).then_some(()))
+            .await
     }
 }
 

@@ -95,6 +95,14 @@ async fn connect(p: &Impair) -> TcpStream {
     s
 }
 
+/// A connection through `p` that has carried one echoed byte (so it is fully set up).
+async fn echoing(p: &Impair) -> TcpStream {
+    let mut s = connect(p).await;
+    s.write_all(b"x").await.unwrap();
+    assert_eq!(read_n(&mut s, 1).await, b"x");
+    s
+}
+
 /// Reads exactly `n` bytes within [`WAIT`].
 async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
@@ -105,12 +113,22 @@ async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
-/// Whatever arrives on `s` within `d` (an empty vector when nothing did).
-async fn read_within(s: &mut TcpStream, d: Duration) -> Vec<u8> {
+/// How the next read on `s` ends (bytes, EOF or an error), failing the test after [`WAIT`]
+/// with "`what` in time".
+async fn next_read(s: &mut TcpStream, what: &str) -> std::io::Result<usize> {
+    let mut buf = [0; 16];
+    tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+}
+
+/// Asserts that nothing arrives on `s` (and it stays open) for `ms` milliseconds.
+async fn assert_silent(s: &mut TcpStream, ms: u64) {
     let mut buf = vec![0; 4096];
-    match tokio::time::timeout(d, s.read(&mut buf)).await {
-        Err(_) => Vec::new(),
-        Ok(Ok(n)) => buf[..n].to_vec(),
+    match tokio::time::timeout(Duration::from_millis(ms), s.read(&mut buf)).await {
+        Err(_) => {}
+        Ok(Ok(0)) => panic!("the connection closed"),
+        Ok(Ok(n)) => panic!("{n} bytes arrived: {:?}", &buf[..n]),
         Ok(Err(e)) => panic!("read failed: {e}"),
     }
 }
@@ -203,9 +221,7 @@ async fn rate_cap_bounds_throughput() {
 async fn a_stall_forwards_nothing_until_resumed() {
     let echo = Echo::start().await;
     let p = Impair::start(echo.addr).await.unwrap();
-    let mut s = connect(&p).await;
-    s.write_all(b"before").await.unwrap();
-    assert_eq!(read_n(&mut s, 6).await, b"before");
+    let mut s = echoing(&p).await;
     let up = p.bytes_up();
 
     p.stall();
@@ -213,22 +229,10 @@ async fn a_stall_forwards_nothing_until_resumed() {
     // A connection made during the stall is accepted, and stalls too.
     let mut late = connect(&p).await;
     late.write_all(b"late").await.unwrap();
-    assert!(
-        read_within(&mut s, Duration::from_millis(400))
-            .await
-            .is_empty()
-    );
-    assert!(
-        read_within(&mut late, Duration::from_millis(100))
-            .await
-            .is_empty()
-    );
+    assert_silent(&mut s, 400).await;
+    assert_silent(&mut late, 100).await;
     s.write_all(b"during-2").await.unwrap();
-    assert!(
-        read_within(&mut s, Duration::from_millis(100))
-            .await
-            .is_empty()
-    );
+    assert_silent(&mut s, 100).await;
     assert_eq!(
         p.bytes_up(),
         up,
@@ -245,15 +249,10 @@ async fn a_stall_forwards_nothing_until_resumed() {
 async fn a_reset_cut_resets_both_sides_and_new_connections_work() {
     let mut echo = Echo::start().await;
     let p = Impair::start(echo.addr).await.unwrap();
-    let mut s = connect(&p).await;
-    s.write_all(b"x").await.unwrap();
-    read_n(&mut s, 1).await;
+    let mut s = echoing(&p).await;
 
     p.cut(Cut::Reset);
-    let mut buf = [0; 16];
-    let r = tokio::time::timeout(WAIT, s.read(&mut buf))
-        .await
-        .expect("the cut reached the client");
+    let r = next_read(&mut s, "the cut reached the client").await;
     assert_eq!(
         r.map_err(|e| e.kind()),
         Err(ErrorKind::ConnectionReset),
@@ -279,14 +278,10 @@ async fn a_reset_cut_resets_both_sides_and_new_connections_work() {
 async fn a_close_cut_ends_connections_with_eof() {
     let echo = Echo::start().await;
     let p = Impair::start(echo.addr).await.unwrap();
-    let mut s = connect(&p).await;
-    s.write_all(b"x").await.unwrap();
-    read_n(&mut s, 1).await;
+    let mut s = echoing(&p).await;
     p.cut(Cut::Close);
-    let mut buf = [0; 16];
-    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+    let n = next_read(&mut s, "the cut reached the client")
         .await
-        .expect("the cut reached the client")
         .expect("an orderly close, not a reset");
     assert_eq!(n, 0);
 }
@@ -298,10 +293,7 @@ async fn refusing_resets_new_connections_until_accepting_again() {
     p.refuse_for(Duration::from_secs(600));
     // The kernel completes the handshake; the proxy then resets without reaching upstream.
     if let Ok(Ok(mut s)) = tokio::time::timeout(WAIT, TcpStream::connect(p.addr())).await {
-        let mut buf = [0; 1];
-        let r = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("refused in time");
+        let r = next_read(&mut s, "the refusal").await;
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     }
     assert_eq!((echo.accepted(), p.accepted()), (0, 0));
@@ -318,15 +310,10 @@ async fn dropping_the_handle_stops_every_task() {
     let echo = Echo::start().await;
     let p = Impair::start(echo.addr).await.unwrap();
     let addr = p.addr();
-    let mut s = connect(&p).await;
-    s.write_all(b"x").await.unwrap();
-    read_n(&mut s, 1).await;
+    let mut s = echoing(&p).await;
     drop(p);
     // The connection ends…
-    let mut buf = [0; 1];
-    let r = tokio::time::timeout(WAIT, s.read(&mut buf))
-        .await
-        .expect("connection ended in time");
+    let r = next_read(&mut s, "the end of the connection").await;
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     // …and the listener is gone.
     let deadline = Instant::now() + WAIT;

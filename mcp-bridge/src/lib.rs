@@ -10,7 +10,8 @@
 //!   [`actions`] runs them, [`format`] words their results; [`channel`] pushes new mail into
 //!   the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
-//!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
+//!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names); [`outbox`]: the
+//!   offline outbox on disk (not yet used by the tools).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
 
@@ -26,6 +27,7 @@ pub mod local;
 pub mod meta;
 pub mod outbox;
 pub mod owner;
+mod private_file;
 pub mod server;
 pub mod tools;
 pub mod transport;

@@ -7,12 +7,7 @@
 //! into place (see `docs/BRIDGE.md`, "Offline outbox"). A file is therefore either absent or
 //! complete; a crash mid-write leaves only a `.tmp-*` file, which is never read as an entry.
 
-use std::{
-    fs,
-    io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 use sessions::wire::{ClientFrame, SendMessage};
@@ -125,35 +120,4 @@ pub(crate) fn read(path: &Path, seq: u64, max_bytes: u64) -> io::Result<Option<E
     }
     entry.seq = seq;
     Ok(Some(entry))
-}
-
-/// Writes `bytes` to `dir/name` atomically: a 0600 temporary file, fsync, rename over
-/// `name`, fsync of the directory. On error the temporary file is removed.
-pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-    let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let path = dir.join(name);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| path)
-}
-
-/// Makes renames and unlinks in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }

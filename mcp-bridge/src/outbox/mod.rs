@@ -35,7 +35,7 @@ mod entry;
 use std::{
     fs,
     io::{self, ErrorKind},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -43,6 +43,8 @@ use std::{
 pub use entry::Entry;
 use entry::{CORRUPT, QUEUED, REJECTED, TEMP_PREFIX};
 use sessions::SessionId;
+
+use crate::private_file::{private_dir, sync_dir, write_atomic};
 
 /// Default bound on stored entries (queued + rejected + unreadable files).
 pub const DEFAULT_MAX_COUNT: usize = 1000;
@@ -187,18 +189,7 @@ impl Outbox {
     /// files that crashed writes left behind are removed: they were never reported queued.
     pub fn open(dir: impl Into<PathBuf>, limits: Limits) -> Result<Self, OutboxError> {
         let dir = dir.into();
-        for d in [dir.parent(), Some(dir.as_path())].into_iter().flatten() {
-            if d.as_os_str().is_empty() {
-                continue;
-            }
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)
-                .map_err(io_err(d))?;
-        }
-        // An existing directory keeps its mode on create; make sure only we can list it.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+        private_dir(&dir).map_err(io_err(&dir))?;
         let outbox = Self { dir, limits };
         outbox.locked(|| {
             for tmp in outbox.scan()?.temps {
@@ -259,8 +250,13 @@ impl Outbox {
                 });
             }
             entry.seq = scan.max_seq + 1;
-            entry::write_atomic(&self.dir, &entry::file_name(entry.seq, QUEUED), &bytes)
-                .map_err(io_err(&self.dir))?;
+            write_atomic(
+                &self.dir,
+                &entry::file_name(entry.seq, QUEUED),
+                TEMP_PREFIX,
+                &bytes,
+            )
+            .map_err(io_err(&self.dir))?;
             Ok(())
         })?;
         Ok(entry)
@@ -327,7 +323,7 @@ impl Outbox {
                 fs::remove_file(&path).map_err(io_err(&path))?;
             }
             if !out.is_empty() {
-                entry::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+                sync_dir(&self.dir).map_err(io_err(&self.dir))?;
             }
             Ok(out)
         })
@@ -457,7 +453,7 @@ impl Drain {
             }
             let path = o.path(entry.seq, QUEUED);
             fs::remove_file(&path).map_err(io_err(&path))?;
-            entry::sync_dir(&o.dir).map_err(io_err(&o.dir))?;
+            sync_dir(&o.dir).map_err(io_err(&o.dir))?;
             Ok(true)
         })
     }
@@ -492,11 +488,12 @@ impl Drain {
             current.attempts = current.attempts.saturating_add(1);
             current.last_error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
             let name = entry::file_name(current.seq, suffix);
-            entry::write_atomic(&o.dir, &name, &current.to_bytes()).map_err(io_err(&o.dir))?;
+            write_atomic(&o.dir, &name, TEMP_PREFIX, &current.to_bytes())
+                .map_err(io_err(&o.dir))?;
             if suffix != QUEUED {
                 let queued = o.path(current.seq, QUEUED);
                 fs::remove_file(&queued).map_err(io_err(&queued))?;
-                entry::sync_dir(&o.dir).map_err(io_err(&o.dir))?;
+                sync_dir(&o.dir).map_err(io_err(&o.dir))?;
             }
             Ok(Some(current))
         })

@@ -1,6 +1,8 @@
 //! The outbox's contract, on real files in temp dirs: order, durability across reopen, torn
 //! writes, bounds, acks by key, the one-drainer lock, private modes.
 
+use std::os::unix::fs::PermissionsExt;
+
 use super::*;
 
 fn mode(p: &Path) -> u32 {
