@@ -10,10 +10,11 @@
 //!   [`actions`] runs them, [`format`] words their results; [`channel`] pushes new mail into
 //!   the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
-//!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names); [`outbox`]: the
-//!   offline outbox on disk (not yet used by the tools).
+//!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
+//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub (not yet
+//!   used by the tools).
 
 pub mod actions;
 pub mod backoff;
