@@ -19,7 +19,7 @@
 //! - Every change (append, ack, failure, reject, cleanup) runs under a short exclusive lock
 //!   on `lock`, so two processes never pick the same sequence number or miscount the bounds.
 //!
-//! Format: one file per message, written to a temporary name and renamed (see [`entry`]).
+//! Format: one file per message, written to a temporary name and renamed (see `entry.rs`).
 //! Chosen over one append-only log because the rename makes each record all-or-nothing with
 //! no checksum or recovery scan, an ack is an unlink (no tombstones, no compaction), and an
 //! update (attempts, last error) is one more atomic rewrite. The price — two fsyncs per
