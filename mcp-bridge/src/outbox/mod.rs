@@ -102,7 +102,7 @@ pub enum OutboxError {
     /// The message (key, recipient or text) cannot be sent at all.
     #[error("this message cannot be queued: {0} — it was NOT queued")]
     Invalid(String),
-    /// Another process held the outbox's lock for longer than [`LOCK_WAIT`].
+    /// Another process held the outbox's lock for longer than 5 s.
     #[error("the outbox {} is busy (locked by another process)", path.display())]
     Busy {
         /// The lock file.
