@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod hub;
+pub mod impair;
 pub mod ws;
 
 /// Removes every variable that configures claude-relay (or Claude Code's session) from a
