@@ -61,10 +61,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `config.data_dir` (creating it if needed) and starts its actor.
+    /// Opens the store in `config.data_dir` (creating it if needed, and locking it for this
+    /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let backend = SqliteBackend::open(&config.data_dir, config.sync)?;
+        let backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
         let limits = limits::AddrLimits::new(
             config.max_conns_per_addr,
             config.register_rate,

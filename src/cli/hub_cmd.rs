@@ -163,8 +163,19 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let hub = hub::Hub::open(config)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let hub = match hub::Hub::open(config) {
+            Ok(hub) => hub,
+            Err(e @ hub::HubError::Store(hub::store::StoreError::Locked { .. })) => {
+                anyhow::bail!(
+                    "{e}. One store serves one hub: stop the other hub, or start this one on \
+                     its own store with --data-dir DIR (or RELAY_DATA_DIR=DIR)"
+                )
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("opening the store in {}", data_dir.display()));
+            }
+        };
         let listener = tokio::net::TcpListener::bind((args.host, args.port))
             .await
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;

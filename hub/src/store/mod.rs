@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod checkpoint;
+pub mod datadir;
 pub mod sqlite;
 
 use std::sync::{Arc, RwLock};
@@ -32,6 +33,17 @@ pub enum StoreError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// Another process (another hub) holds the data directory's lock.
+    #[error("the data directory {dir} is in use by another hub ({})", match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_string(),
+    })]
+    Locked {
+        /// The directory.
+        dir: String,
+        /// The holder's pid, as it wrote it into the lock file.
+        pid: Option<u32>,
     },
     /// The actor is gone (the hub is shutting down).
     #[error("store is shut down")]

@@ -13,7 +13,8 @@ use sessions::{BROADCAST, time::iso, wire::SendState};
 
 use super::{
     After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport,
-    SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, message_id,
+    SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
+    datadir::DataDirLock, message_id,
 };
 use crate::config::{Retention, SyncMode};
 
@@ -78,18 +79,30 @@ pub struct SqliteBackend {
     checkpointer: Option<Checkpointer>,
     /// Where the next size-eviction slice starts looking (see `prune`).
     evict_from: u64,
+    /// The data directory's lock, when this store is a hub's (see [`Self::open_exclusive`]).
+    lock: Option<DataDirLock>,
 }
 
 impl SqliteBackend {
-    /// Opens (creating if needed) the store in `data_dir`.
+    /// Opens (creating if needed) the store in `data_dir`, sharing it: what operator tools
+    /// use next to a running hub (`claude-relay sessions release --local`).
     pub fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
-            path: data_dir.display().to_string(),
-            source,
-        })?;
         let path = data_dir.join(DB_FILE);
+        datadir::prepare(data_dir, &path)?;
         let conn = Connection::open(&path)?;
         Self::init(conn, path, sync)
+    }
+
+    /// Opens the store for a hub: takes the data directory's lock first and holds it as long
+    /// as the store is open, so a second hub on the same directory fails with
+    /// [`StoreError::Locked`] instead of writing into the same file.
+    pub fn open_exclusive(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        datadir::prepare(data_dir, &path)?;
+        let lock = DataDirLock::acquire(data_dir)?;
+        let mut store = Self::init(Connection::open(&path)?, path, sync)?;
+        store.lock = Some(lock);
+        Ok(store)
     }
 
     /// Changes how large the WAL may grow (in 4 KiB frames) before the writer finishes a
@@ -178,6 +191,7 @@ impl SqliteBackend {
             file_id: Self::file_id(&path),
             checkpointer: Some(Checkpointer::start(path.clone())),
             evict_from: 0,
+            lock: None,
             path,
             sync,
             epoch,
@@ -352,7 +366,14 @@ impl Backend for SqliteBackend {
             }
         }
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        *self = Self::open(&dir, self.sync)?;
+        // Our own lock must go before the new store takes it again (if the lock file was
+        // not wiped with the rest, a second lock on it would conflict with ours).
+        let exclusive = self.lock.take().is_some();
+        *self = if exclusive {
+            Self::open_exclusive(&dir, self.sync)?
+        } else {
+            Self::open(&dir, self.sync)?
+        };
         Ok(true)
     }
 
@@ -757,7 +778,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> SqliteBackend {
-        SqliteBackend::open(dir, SyncMode::Normal).unwrap()
+        SqliteBackend::open_exclusive(dir, SyncMode::Normal).unwrap()
     }
 
     #[test]
@@ -863,6 +884,23 @@ mod tests {
             vec![1]
         );
         assert!(!b.verify().unwrap());
+    }
+
+    #[test]
+    fn a_replaced_database_next_to_its_lock_file_is_reopened_under_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "x", 1)], &[]).unwrap();
+        let before = b.epoch().to_string();
+        for f in [DB_FILE, "relay.db-wal", "relay.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        assert!(b.verify().unwrap());
+        assert_ne!(b.epoch(), before);
+        assert!(matches!(
+            SqliteBackend::open_exclusive(dir.path(), SyncMode::Normal),
+            Err(StoreError::Locked { .. })
+        ));
     }
 
     #[test]
