@@ -672,6 +672,9 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The name is owned and the owner secret was missing or wrong.
     pub const NOT_OWNER: &str = "not_owner";
+    /// A `message` reused the `key` of an earlier, different message of the same sender
+    /// (other recipient or content). It was not stored.
+    pub const KEY_CONFLICT: &str = "key_conflict";
 }
 
 /// Most unread messages the hub pushes after `registered` to a client that asked for its

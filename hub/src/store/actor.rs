@@ -32,13 +32,14 @@ pub struct Append {
 
 /// A message that is now durable, with whom to ack.
 pub struct Committed {
-    /// The stored message (for a duplicate: the original's seq with this send's content).
+    /// The stored message (for a duplicate or a key conflict: the earlier message's seq
+    /// with this send's content).
     pub msg: StoredMessage,
     /// Where the `sent` ack goes.
     pub ack: AckTo,
-    /// `Some(delivered)` when the message's key matched an earlier send: it must not be
-    /// delivered again, only acked.
-    pub duplicate_of: Option<bool>,
+    /// What the store did: a new message is delivered and acked; a duplicate (its key
+    /// matched an earlier send) is only acked; a key conflict is refused.
+    pub outcome: Appended,
     /// Whether the delivery was recorded with the insert (see [`NewMessage::delivered_at`]).
     pub predicted: bool,
 }
@@ -153,10 +154,7 @@ fn commit(
                         content: a.msg.content,
                     },
                     ack: a.ack,
-                    duplicate_of: match outcome {
-                        Appended::New(_) => None,
-                        Appended::Duplicate { delivered, .. } => Some(delivered),
-                    },
+                    outcome,
                 })
                 .collect();
             sink.committed(backend.epoch(), committed);

@@ -82,12 +82,20 @@ pub struct NewMessage {
 pub enum Appended {
     /// Stored under this sequence number.
     New(u64),
-    /// Its key matched an earlier message of the same sender; nothing was stored.
+    /// Its key matched an earlier message of the same sender, to the same recipient with
+    /// the same content (a resend); nothing was stored.
     Duplicate {
         /// The original's sequence number.
         seq: u64,
         /// Whether the original was delivered to a live connection.
         delivered: bool,
+    },
+    /// Its key matched an earlier message of the same sender with another recipient or
+    /// other content: the key was reused for a different message. Nothing was stored; the
+    /// sender must hear that this message was not sent (see `docs/PROTOCOL.md`, `key`).
+    KeyConflict {
+        /// The earlier message's sequence number.
+        seq: u64,
     },
 }
 
@@ -95,7 +103,9 @@ impl Appended {
     /// The sequence number of the stored (or original) message.
     pub fn seq(self) -> u64 {
         match self {
-            Appended::New(s) | Appended::Duplicate { seq: s, .. } => s,
+            Appended::New(s)
+            | Appended::Duplicate { seq: s, .. }
+            | Appended::KeyConflict { seq: s } => s,
         }
     }
 }

@@ -306,16 +306,23 @@ impl Backend for SqliteBackend {
             )?;
             for m in batch {
                 if let Some(key) = &m.key {
-                    let original: Option<(i64, Option<i64>)> = tx
+                    let original: Option<(i64, Option<i64>, bool)> = tx
                         .prepare_cached(
-                            "SELECT seq, delivered_at FROM messages WHERE sender = ?1 AND ckey = ?2",
+                            "SELECT seq, delivered_at, recipient = ?3 AND content = ?4
+                             FROM messages WHERE sender = ?1 AND ckey = ?2",
                         )?
-                        .query_row(params![&*m.from, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .query_row(params![&*m.from, key, &*m.to, m.content], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
                         .optional()?;
-                    if let Some((s, d)) = original {
-                        outcomes.push(Appended::Duplicate {
-                            seq: s as u64,
-                            delivered: d.is_some(),
+                    if let Some((s, d, same)) = original {
+                        outcomes.push(if same {
+                            Appended::Duplicate {
+                                seq: s as u64,
+                                delivered: d.is_some(),
+                            }
+                        } else {
+                            Appended::KeyConflict { seq: s as u64 }
                         });
                         continue;
                     }
@@ -859,6 +866,46 @@ mod tests {
         assert_eq!(
             b.inbox("B", None, 10, usize::MAX).unwrap().messages.len(),
             3
+        );
+    }
+
+    #[test]
+    fn a_key_reused_for_another_body_or_recipient_is_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let keyed = |to: &str, content: &str| {
+            let mut m = msg("A", to, content, 1);
+            m.key = Some("k1".into());
+            m
+        };
+        let first = keyed("B", "deploy v1");
+        let other_body = keyed("B", "deploy v2");
+        let other_recipient = keyed("C", "deploy v1");
+        assert_eq!(
+            b.append(&[&first, &other_body, &other_recipient, &first], &[])
+                .unwrap(),
+            vec![
+                Appended::New(1),
+                Appended::KeyConflict { seq: 1 },
+                Appended::KeyConflict { seq: 1 },
+                Appended::Duplicate {
+                    seq: 1,
+                    delivered: false
+                },
+            ]
+        );
+        let stored = b.inbox("B", None, 10, usize::MAX).unwrap().messages;
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].content, "deploy v1");
+        assert!(
+            b.inbox("C", None, 10, usize::MAX)
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        assert_eq!(
+            seqs(b.append(&[&msg("A", "B", "next", 2)], &[]).unwrap()),
+            vec![2]
         );
     }
 
