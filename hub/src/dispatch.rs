@@ -417,22 +417,38 @@ impl ConnSession {
                         },
                         None => false,
                     };
-                    let unread = b.session_registered(id.as_str(), &meta_json, now)?;
+                    // A store that cannot write (full disk, damaged file) must still let a
+                    // session in to read its mail: what needs writing degrades, with a warning.
+                    let unread = match b.session_registered(id.as_str(), &meta_json, now) {
+                        Ok(unread) => unread,
+                        Err(e) => {
+                            tracing::warn!(%id, "session record not written ({e}): registering without it");
+                            b.unread_count(id.as_str())?
+                        }
+                    };
                     let pending = if backlog && unread > 0 {
                         let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
                         let marks: Vec<(u64, Option<i64>)> =
                             page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                        b.mark_delivered(&marks)?;
+                        if let Err(e) = b.mark_delivered(&marks) {
+                            tracing::warn!(%id, "delivery of the backlog not recorded: {e}");
+                        }
                         page.messages
                     } else {
                         Vec::new()
                     };
                     // Last, so a secret is only ever handed out once the name is recorded: a
-                    // client that keeps secrets gets one for a name nobody owns yet.
+                    // client that keeps secrets gets one for a name nobody owns yet (and none
+                    // when it cannot be recorded).
                     let minted = if !owned && wants_secret {
                         let secret = mint_secret();
-                        b.set_owner(id.as_str(), &hash_secret(&secret), now)?;
-                        Some(secret)
+                        match b.set_owner(id.as_str(), &hash_secret(&secret), now) {
+                            Ok(()) => Some(secret),
+                            Err(e) => {
+                                tracing::warn!(%id, "owner secret not recorded ({e}): the name stays unowned");
+                                None
+                            }
+                        }
                     } else {
                         None
                     };
@@ -661,10 +677,13 @@ impl ConnSession {
             .store
             .call(move |b| {
                 let page = b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes)?;
-                // Handing mail to a live connection of its recipient is delivering it.
+                // Handing mail to a live connection of its recipient is delivering it (when
+                // the store can record that; reading works without it).
                 let marks: Vec<(u64, Option<i64>)> =
                     page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                b.mark_delivered(&marks)?;
+                if let Err(e) = b.mark_delivered(&marks) {
+                    tracing::warn!(viewer = %viewer, "delivery not recorded: {e}");
+                }
                 Ok(page)
             })
             .await;

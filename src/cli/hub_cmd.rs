@@ -162,6 +162,12 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // A file-size limit (`ulimit -f`) must make writes fail like a full disk — an error
+        // the store reports while the hub keeps serving reads — not kill the hub with
+        // SIGXFSZ. A registered handler (this one only counts) replaces the default action.
+        let _xfsz =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+                .context("installing the SIGXFSZ handler")?;
         let data_dir = config.data_dir.clone();
         let hub = match hub::Hub::open(config) {
             Ok(hub) => hub,
