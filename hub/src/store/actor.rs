@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use super::{Appended, Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
+use super::{
+    Appended, Backend, Integrity, NewMessage, Request, StoreError, StoreHandle, StoredMessage,
+};
 use crate::outbound::AckTo;
 
 /// Most appends stored in one transaction. Also the most `sent` acks one routed batch can
@@ -69,19 +71,27 @@ pub fn spawn(
 ) -> (StoreHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
     let epoch = Arc::new(RwLock::new(Arc::from(backend.epoch())));
-    let shared = epoch.clone();
+    let integrity = Arc::new(RwLock::new(backend.integrity()));
+    let shared = (epoch.clone(), integrity.clone());
     let thread = std::thread::Builder::new()
         .name("relay-store".into())
         .spawn(move || run(backend, rx, sink, shared))
         .expect("spawn store thread");
-    (StoreHandle { tx, epoch }, thread)
+    (
+        StoreHandle {
+            tx,
+            epoch,
+            integrity,
+        },
+        thread,
+    )
 }
 
 fn run(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<Request>,
     sink: Arc<dyn CommitSink>,
-    epoch: Arc<RwLock<Arc<str>>>,
+    (epoch, integrity): (Arc<RwLock<Arc<str>>>, Arc<RwLock<Integrity>>),
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
@@ -102,6 +112,7 @@ fn run(
                     if **epoch.read().expect("epoch lock") != *backend.epoch() {
                         delivered.clear();
                         *epoch.write().expect("epoch lock") = Arc::from(backend.epoch());
+                        *integrity.write().expect("integrity lock") = backend.integrity();
                     }
                 }
             }

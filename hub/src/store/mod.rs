@@ -45,6 +45,18 @@ pub enum StoreError {
         /// The holder's pid, as it wrote it into the lock file.
         pid: Option<u32>,
     },
+    /// The integrity check at open found the file damaged: writes are refused so that
+    /// nothing more is acknowledged into it (reads of what is intact still work).
+    #[error(
+        "store file {path} is damaged ({report}); the hub refuses to store anything in it — \
+         see docs/STORAGE.md, \"A damaged store\""
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What the check said (its first lines).
+        report: String,
+    },
     /// The actor is gone (the hub is shutting down).
     #[error("store is shut down")]
     Closed,
@@ -56,6 +68,17 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// What the integrity check at open (`PRAGMA quick_check`) found. Kept on the
+/// [`StoreHandle`] so that a health endpoint can report it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Integrity {
+    /// The check passed (or the backend has nothing to check).
+    #[default]
+    Ok,
+    /// The file is damaged: the store is read-only. The report is what the check said.
+    Damaged(String),
 }
 
 /// A message about to be stored.
@@ -239,6 +262,10 @@ pub struct PruneReport {
 pub trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
+    /// What the integrity check at open found; a damaged store refuses every write.
+    fn integrity(&self) -> Integrity {
+        Integrity::Ok
+    }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
     /// happened to each message, in order (a message whose key matches an earlier one of the
@@ -316,12 +343,19 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Updated by the actor when the store is reopened after a reset.
     epoch: Arc<RwLock<Arc<str>>>,
+    /// The open store's integrity (updated with the epoch).
+    integrity: Arc<RwLock<Integrity>>,
 }
 
 impl StoreHandle {
     /// The store's current epoch.
     pub fn epoch(&self) -> Arc<str> {
         self.epoch.read().expect("epoch lock").clone()
+    }
+
+    /// What the integrity check found when the store was opened (for `/healthz`).
+    pub fn integrity(&self) -> Integrity {
+        self.integrity.read().expect("integrity lock").clone()
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full

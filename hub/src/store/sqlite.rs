@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sessions::{BROADCAST, time::iso, wire::SendState};
 
 use super::{
-    After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport,
-    SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
+    After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, Integrity, NewMessage,
+    PruneReport, SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
     datadir::DataDirLock, message_id,
 };
 use crate::config::{Retention, SyncMode};
@@ -81,6 +81,24 @@ pub struct SqliteBackend {
     evict_from: u64,
     /// The data directory's lock, when this store is a hub's (see [`Self::open_exclusive`]).
     lock: Option<DataDirLock>,
+    /// What `PRAGMA quick_check` said at open; a damaged store refuses writes.
+    integrity: Integrity,
+}
+
+/// Most lines of a failed integrity check kept in its report.
+const CHECK_LINES: usize = 5;
+
+/// Runs `PRAGMA quick_check` (the b-tree structure of every page, without the index
+/// cross-checks of a full `integrity_check`: see `docs/STORAGE.md` for what it costs).
+fn quick_check(conn: &Connection) -> Integrity {
+    let lines: rusqlite::Result<Vec<String>> = conn
+        .prepare(&format!("PRAGMA quick_check({CHECK_LINES})"))
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    match lines {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Integrity::Ok,
+        Ok(lines) => Integrity::Damaged(lines.join("; ")),
+        Err(e) => Integrity::Damaged(e.to_string()),
+    }
 }
 
 impl SqliteBackend {
@@ -147,9 +165,31 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let integrity = quick_check(&conn);
+        match &integrity {
+            Integrity::Ok => tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "store integrity check passed"
+            ),
+            Integrity::Damaged(report) => {
+                // Nothing more may be acknowledged into a damaged file; SQLite refuses every
+                // write from here on, whichever path it comes by.
+                conn.pragma_update(None, "query_only", true)?;
+                tracing::error!(
+                    path = %path.display(),
+                    report = %report,
+                    "STORE DAMAGED: the integrity check failed. The hub serves what can still \
+                     be read and refuses every send. Stop the hub, copy the data directory \
+                     aside, and recover (docs/STORAGE.md, \"A damaged store\")"
+                );
+            }
+        }
+        let damaged = integrity != Integrity::Ok;
 
         let version: Option<String> = get_meta(&conn, "schema_version")?;
         match version.as_deref().map(str::parse::<i64>) {
+            None if damaged => return Err(corrupt("damaged and without a schema version".into())),
             None => set_meta(&conn, "schema_version", &SCHEMA_VERSION.to_string())?,
             Some(Ok(SCHEMA_VERSION)) => {}
             Some(other) => {
@@ -166,32 +206,50 @@ impl SqliteBackend {
                 e
             }
             Some(e) => return Err(corrupt(format!("epoch {e:?} is not a hex id"))),
+            None if damaged => return Err(corrupt("damaged and without an epoch".into())),
             None => {
                 let e = format!("{:08x}", rand::random::<u32>());
                 set_meta(&conn, "epoch", &e)?;
                 e
             }
         };
-        let max_seq: Option<i64> =
-            conn.query_row("SELECT max(seq) FROM messages", [], |r| r.get(0))?;
-        let high: u64 = get_meta(&conn, "high_seq")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let next_seq = high.max(max_seq.unwrap_or(0) as u64) + 1;
-        let total_bytes = match get_meta(&conn, "total_bytes")?.and_then(|v| v.parse().ok()) {
-            Some(b) => b,
-            None => conn.query_row(
-                "SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM messages",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64,
+        // A damaged store never writes, so these only need to be right for a sound one; on
+        // a damaged one the pages they read may be the broken ones.
+        let tolerate = |r: Result<u64, StoreError>| match r {
+            Err(_) if damaged => Ok(0),
+            r => r,
         };
+        let max_seq = tolerate(
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(StoreError::from),
+        )?;
+        let high = tolerate(
+            get_meta(&conn, "high_seq").map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0)),
+        )?;
+        let next_seq = high.max(max_seq) + 1;
+        let total_bytes = tolerate(
+            match get_meta(&conn, "total_bytes")?.and_then(|v| v.parse().ok()) {
+                Some(b) => Ok(b),
+                None => conn
+                    .query_row(
+                        "SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM messages",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|v| v as u64)
+                    .map_err(StoreError::from),
+            },
+        )?;
         Ok(Self {
             conn,
             file_id: Self::file_id(&path),
             checkpointer: Some(Checkpointer::start(path.clone())),
             evict_from: 0,
             lock: None,
+            integrity,
             path,
             sync,
             epoch,
@@ -208,6 +266,17 @@ impl SqliteBackend {
     /// Sum of stored content bytes.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// Refuses a write to a store the integrity check found damaged (see [`Integrity`]).
+    fn writable(&self) -> Result<(), StoreError> {
+        match &self.integrity {
+            Integrity::Ok => Ok(()),
+            Integrity::Damaged(report) => Err(StoreError::Damaged {
+                path: self.path.display().to_string(),
+                report: report.clone(),
+            }),
+        }
     }
 
     fn first_seq(&self, viewer: &str) -> Result<u64, StoreError> {
@@ -290,11 +359,16 @@ impl Backend for SqliteBackend {
         &self.epoch
     }
 
+    fn integrity(&self) -> Integrity {
+        self.integrity.clone()
+    }
+
     fn append(
         &mut self,
         batch: &[&NewMessage],
         delivered: &[(u64, Option<i64>)],
     ) -> Result<Vec<Appended>, StoreError> {
+        self.writable()?;
         let tx = self.conn.unchecked_transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut seq = self.next_seq;
@@ -385,7 +459,8 @@ impl Backend for SqliteBackend {
     }
 
     fn maintain(&mut self) {
-        if !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted()) {
+        if self.writable().is_err() || !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted())
+        {
             return;
         }
         // PASSIVE never waits; with this connection the only writer it completes. If the
@@ -400,6 +475,7 @@ impl Backend for SqliteBackend {
     }
 
     fn mark_delivered(&mut self, delivered: &[(u64, Option<i64>)]) -> Result<(), StoreError> {
+        self.writable()?;
         let tx = self.conn.unchecked_transaction()?;
         apply_delivery_fixes(&tx, delivered)?;
         tx.commit()?;
@@ -514,6 +590,7 @@ impl Backend for SqliteBackend {
         seqs: &[u64],
         now: i64,
     ) -> Result<(u64, u64), StoreError> {
+        self.writable()?;
         let first = self.first_seq(viewer)?;
         let tx = self.conn.unchecked_transaction()?;
         let mut marked = 0u64;
@@ -560,6 +637,7 @@ impl Backend for SqliteBackend {
     }
 
     fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError> {
+        self.writable()?;
         let high = self.next_seq as i64 - 1;
         self.conn
             .prepare_cached(
@@ -573,6 +651,7 @@ impl Backend for SqliteBackend {
     }
 
     fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.writable()?;
         self.conn
             .prepare_cached("UPDATE sessions SET last_seen = ?2 WHERE id = ?1")?
             .execute(params![id, now])?;
@@ -646,6 +725,7 @@ impl Backend for SqliteBackend {
     }
 
     fn set_owner(&mut self, id: &str, secret_hash: &str, now: i64) -> Result<(), StoreError> {
+        self.writable()?;
         self.conn
             .prepare_cached(
                 "INSERT INTO owners(id, secret_hash, created) VALUES (?1, ?2, ?3)
@@ -657,6 +737,7 @@ impl Backend for SqliteBackend {
     }
 
     fn release_owner(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.writable()?;
         Ok(self
             .conn
             .prepare_cached("DELETE FROM owners WHERE id = ?1")?
@@ -684,6 +765,7 @@ impl Backend for SqliteBackend {
         now: i64,
         budget: usize,
     ) -> Result<PruneReport, StoreError> {
+        self.writable()?;
         let cutoff = now - policy.max_age.as_millis() as i64;
         let tx = self.conn.unchecked_transaction()?;
         let mut report = PruneReport::default();
@@ -907,6 +989,54 @@ mod tests {
             seqs(b.append(&[&msg("A", "B", "next", 2)], &[]).unwrap()),
             vec![2]
         );
+    }
+
+    /// Overwrites the page header of the database page that holds `marker` (a table leaf).
+    fn corrupt_page_holding(db: &Path, marker: &str) {
+        let mut bytes = std::fs::read(db).unwrap();
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .expect("marker in the database file");
+        let page = at / 4096;
+        assert!(page > 0, "the marker is on the schema page");
+        bytes[page * 4096..page * 4096 + 12].fill(0xff);
+        std::fs::write(db, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_page_is_found_at_open_and_the_store_refuses_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        assert_eq!(b.integrity(), Integrity::Ok);
+        let body = "z".repeat(200);
+        let ms: Vec<NewMessage> = (0..300)
+            .map(|i| msg("A", "B", &format!("MARK-{i:04}-{body}"), i))
+            .collect();
+        b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        b.set_owner("A", "h", 1).unwrap();
+        let epoch = b.epoch().to_string();
+        drop(b);
+        corrupt_page_holding(&dir.path().join(DB_FILE), "MARK-0100-");
+
+        let mut b = open(dir.path());
+        let Integrity::Damaged(report) = b.integrity() else {
+            panic!("the damaged page went unnoticed");
+        };
+        assert!(!report.is_empty());
+        assert_eq!(b.epoch(), epoch, "the store is the same one, not a new one");
+        let refused = |r: Result<(), StoreError>| match r {
+            Err(StoreError::Damaged { report, .. }) => assert!(!report.is_empty()),
+            other => panic!("a write to a damaged store: {other:?}"),
+        };
+        refused(b.append(&[&msg("A", "B", "more", 400)], &[]).map(drop));
+        refused(b.session_registered("C", "{}", 400).map(drop));
+        refused(b.set_owner("C", "h", 400));
+        refused(b.mark_read("B", &[1], 400).map(drop));
+        // What is intact still reads.
+        assert_eq!(b.owner_hash("A").unwrap().as_deref(), Some("h"));
+        let e = b.append(&[&msg("A", "B", "more", 400)], &[]).unwrap_err();
+        assert!(e.to_string().contains("docs/STORAGE.md"), "{e}");
     }
 
     #[test]
