@@ -16,6 +16,7 @@
 //! ```
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod dispatch;

@@ -496,7 +496,12 @@ impl Backend for SqliteBackend {
                 (s as i64, false)
             }
             After::Time(t) => {
-                sql.push_str(" AND ts > ?5");
+                // From the first message stamped after `t` on, in seq order: a clock that
+                // stepped back between two messages cannot hide the later one.
+                sql.push_str(
+                    " AND seq >= coalesce((SELECT seq FROM messages WHERE ts > ?5 ORDER BY seq LIMIT 1),
+                                          9223372036854775807)",
+                );
                 (t, false)
             }
         };
@@ -771,13 +776,16 @@ impl Backend for SqliteBackend {
         let mut report = PruneReport::default();
         let mut freed = 0u64;
         {
-            // Only the oldest `budget` rows are looked at (seq order is time order: the hub
-            // stamps `ts` as it assigns `seq`), so a pass with nothing to expire costs a
-            // slice, not a scan of the whole table.
+            // Only the oldest `budget` rows are looked at, in seq order, and expiry stops at
+            // the first one that is not old enough: a pass with nothing to expire costs a
+            // slice, not a scan of the whole table, and a message stamped while the wall
+            // clock was behind (a small `ts` after a larger one) is not expired ahead of the
+            // mail stored before it (see `crate::clock`).
             let mut expire = tx.prepare_cached(
-                "DELETE FROM messages WHERE seq IN
-                   (SELECT seq FROM (SELECT seq, ts FROM messages ORDER BY seq LIMIT ?2)
-                    WHERE ts < ?1)
+                "WITH oldest AS (SELECT seq, ts FROM messages ORDER BY seq LIMIT ?2)
+                 DELETE FROM messages WHERE seq IN
+                   (SELECT seq FROM oldest WHERE seq < coalesce(
+                      (SELECT min(seq) FROM oldest WHERE ts >= ?1), 9223372036854775807))
                  RETURNING length(CAST(content AS BLOB))",
             )?;
             for len in expire.query_map(params![cutoff, budget as i64], |r| r.get::<_, i64>(0))? {
@@ -1209,6 +1217,36 @@ mod tests {
             b.history("A", &filtered).unwrap().messages.is_empty(),
             "C->D is not A's"
         );
+    }
+
+    #[test]
+    fn history_after_a_time_misses_nothing_stored_after_it_when_the_clock_stepped_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        // seq order is store order; the third was stamped after the clock stepped back.
+        let ms = [
+            msg("A", "B", "one", 100),
+            msg("A", "B", "two", 300),
+            msg("A", "B", "three", 200),
+            msg("A", "B", "four", 400),
+        ];
+        b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let q = HistoryQuery {
+            from: None,
+            to: None,
+            after: After::Time(250),
+            inbound_only: false,
+            count: 10,
+            max_bytes: usize::MAX,
+        };
+        let texts: Vec<String> = b
+            .history("B", &q)
+            .unwrap()
+            .messages
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(texts, ["two", "three", "four"]);
     }
 
     #[test]
