@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches, token_ok},
+    budget::Charge,
     frames::{self, RegisteredOut},
     outbound::{AckTo, Outbox},
     parse::ParseError,
@@ -56,6 +57,9 @@ pub struct ConnSession {
     pub authorized: bool,
     /// The session whose mail this connection watches (`watch`).
     pub watching: Option<SessionId>,
+    /// The frame budget charge of the frame being handled (a `message` takes it into the
+    /// store queue, so its bytes count until they are committed; see `crate::budget`).
+    pub charge: Option<Charge>,
 }
 
 impl ConnSession {
@@ -68,6 +72,7 @@ impl ConnSession {
             probe: Arc::new(Notify::new()),
             authorized,
             watching: None,
+            charge: None,
         }
     }
 
@@ -556,6 +561,7 @@ impl ConnSession {
                 outbox: self.outbox.clone(),
                 rid: m.rid.clone(),
             },
+            charge: self.charge.take(),
         };
         if let Err(e) = hub.store.append(append).await {
             self.store_error(e, m.rid);

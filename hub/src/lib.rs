@@ -16,6 +16,7 @@
 //! ```
 
 pub mod auth;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod connection;
@@ -27,6 +28,8 @@ pub mod limits;
 pub mod outbound;
 pub mod parse;
 pub mod presence;
+pub mod progress;
+pub mod refusals;
 pub mod retention;
 pub mod router;
 pub mod server;
@@ -51,6 +54,12 @@ pub struct HubState {
     pub store: StoreHandle,
     /// Per-address connection caps and registration rates.
     pub limits: limits::AddrLimits,
+    /// The hub-wide connection caps (token holders and the rest counted apart).
+    pub caps: Arc<limits::ConnCaps>,
+    /// The hub-wide memory budget for inbound frames.
+    pub budget: Arc<budget::FrameBudget>,
+    /// Where refused clients are logged.
+    pub refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -72,6 +81,12 @@ impl Hub {
             config.register_rate,
             config.register_burst,
         );
+        let caps = limits::ConnCaps::new(
+            config.max_connections,
+            config.max_unauthenticated,
+            config.token.is_some(),
+        );
+        let budget = budget::FrameBudget::new(config.frame_budget_bytes);
         let router = Arc::new(Router::new());
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
@@ -81,6 +96,9 @@ impl Hub {
                 router,
                 store,
                 limits,
+                caps,
+                budget,
+                refusals: refusals::Refusals::default(),
                 tls,
             }),
             store_thread,

@@ -30,6 +30,8 @@ pub struct Append {
     pub msg: NewMessage,
     /// Where the `sent` ack (or the error) goes.
     pub ack: AckTo,
+    /// The frame budget charge of the frame it came in: its bytes count until the commit.
+    pub charge: Option<crate::budget::Charge>,
 }
 
 /// A message that is now durable, with whom to ack.
