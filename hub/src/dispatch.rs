@@ -27,6 +27,7 @@ use crate::{
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
+    refusals::loggable,
     router::Peer,
     store::{After, Append, HistoryQuery, NewMessage, StoreError, message_id, parse_message_id},
 };
@@ -144,6 +145,8 @@ impl ConnSession {
             }
             Some(_) => {
                 let why = "invalid hub token";
+                hub.refusals
+                    .warn(self.addr, "invalid hub token presented in a frame: closing");
                 match frame {
                     ClientFrame::Register(r) => {
                         self.reply(ServerFrame::RegisterRejected(RegisterRejected {
@@ -295,6 +298,10 @@ impl ConnSession {
         let rid = r.rid;
         let asked = r.client_id.unwrap_or_default();
         let reject = |code: &str, reason: String| {
+            hub.refusals.info(
+                self.addr,
+                &format!("register {} ({code}): {reason}", loggable(&asked)),
+            );
             ServerFrame::RegisterRejected(RegisterRejected {
                 client_id: asked.clone(),
                 reason,
