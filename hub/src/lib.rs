@@ -5,7 +5,11 @@
 //! ([`store`], which commits it) → the [`router`] (which pushes it to live recipients and
 //! acks the sender) → each recipient's bounded [`outbound`] queue → socket. Presence and
 //! heartbeats live in [`presence`]; the accept loop in [`server`]; one connection's
-//! reader/writer pair in [`connection`].
+//! reader/writer pair in [`connection`]. What bounds a connection: caps and rates in
+//! [`limits`], write deadlines in [`progress`], the hub-wide inbound frame budget in
+//! [`budget`]; refusals are logged through [`refusals`]. The store's data directory (its
+//! lock and file modes) is [`store::datadir`]; time, and what it is not trusted for, is
+//! [`clock`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), hub::HubError> {

@@ -64,8 +64,12 @@ pub async fn bounded<F: Future>(
     progress: &Progress,
     limit: Duration,
 ) -> Result<F::Output, Stalled> {
-    let started = Instant::now();
     tokio::pin!(fut);
+    // Most writes complete at once (they only fill the write buffer): no timer for those.
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Ok(out);
+    }
+    let started = Instant::now();
     loop {
         let due = progress.last().max(started) + limit;
         tokio::select! {
