@@ -13,13 +13,11 @@ use std::{collections::HashSet, time::Duration};
 
 use common::{
     hub::{Hub, HubOpts, WAIT},
-    ws::Ws,
+    ws::{Ws, bearer_request},
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{
-    Message, client::IntoClientRequest, http::HeaderValue, protocol::frame::coding::CloseCode,
-};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 fn opts(args: &[&str]) -> HubOpts {
     HubOpts {
@@ -141,39 +139,14 @@ async fn clients_that_never_read_are_closed_their_slots_come_back_and_memory_sta
     drop(attackers);
 }
 
-/// A connection request with the hub token as a Bearer header.
-fn with_token(
-    url: &str,
-    token: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    req
-}
-
-fn token_hub_opts(dir: &std::path::Path, extra: &[&str]) -> (HubOpts, String) {
-    let token = "t0k3n-for-the-slot-test".to_string();
-    let file = dir.join("hub.token");
-    std::fs::write(&file, format!("{token}\n")).unwrap();
-    let mut args = vec!["--token-file".to_string(), file.display().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    (
-        HubOpts {
-            args,
-            ..Default::default()
-        },
-        token,
-    )
-}
+const TOKEN: &str = "t0k3n-for-the-slot-test";
 
 #[tokio::test]
 async fn clients_without_the_token_cannot_take_the_slots_of_token_holders() {
     let dir = tempfile::tempdir().unwrap();
-    let (o, token) = token_hub_opts(
+    let o = HubOpts::with_token(
         dir.path(),
+        TOKEN,
         &[
             "--max-connections",
             "3",
@@ -204,7 +177,7 @@ async fn clients_without_the_token_cannot_take_the_slots_of_token_holders() {
     // Every token holder still gets in: the anonymous ones hold none of their three slots.
     let mut holders = Vec::new();
     for i in 0..3 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(with_token(&hub.url, &token))
+        let (mut ws, _) = tokio_tungstenite::connect_async(bearer_request(&hub.url, TOKEN))
             .await
             .expect("a token holder is refused while anonymous clients hold slots");
         ws.send(Message::text(
@@ -228,11 +201,11 @@ async fn clients_without_the_token_cannot_take_the_slots_of_token_holders() {
 #[tokio::test]
 async fn a_client_that_shows_no_token_in_time_is_closed_and_one_that_does_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let (o, token) = token_hub_opts(dir.path(), &["--auth-timeout-secs", "1"]);
+    let o = HubOpts::with_token(dir.path(), TOKEN, &["--auth-timeout-secs", "1"]);
     let hub = Hub::start_with(dir.path(), o).await;
     let mut idle = Ws::connect(&hub.url).await;
     let mut late = Ws::connect(&hub.url).await;
-    late.send(json!({"type": "register", "clientId": "Late", "token": token}))
+    late.send(json!({"type": "register", "clientId": "Late", "token": TOKEN}))
         .await;
     late.expect("registered").await;
 
@@ -245,7 +218,7 @@ async fn a_client_that_shows_no_token_in_time_is_closed_and_one_that_does_stays(
     late.roundtrip().await;
     let log = hub.log.lock().unwrap().join("\n");
     assert!(log.contains("no valid hub token within"), "{log}");
-    assert!(!log.contains(&token), "the token is never logged");
+    assert!(!log.contains(TOKEN), "the token is never logged");
 }
 
 #[tokio::test]

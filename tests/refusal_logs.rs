@@ -6,10 +6,9 @@ mod common;
 
 use common::{
     hub::{Hub, HubOpts, WAIT},
-    ws::Ws,
+    ws::{Ws, bearer_request},
 };
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
 
 const TOKEN: &str = "refusal-log-token-8d1e";
 
@@ -38,29 +37,12 @@ async fn log_line(hub: &Hub, needles: &[&str]) -> String {
 #[tokio::test]
 async fn bad_tokens_owned_names_names_in_use_and_full_caps_are_logged_with_the_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("hub.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            args: vec![
-                "--token-file".into(),
-                token_file.display().to_string(),
-                "--max-connections".into(),
-                "3".into(),
-            ],
-            ..Default::default()
-        },
-    )
-    .await;
+    let opts = HubOpts::with_token(dir.path(), TOKEN, &["--max-connections", "3"]);
+    let hub = Hub::start_with(dir.path(), opts).await;
 
     // A wrong Bearer token on the upgrade.
-    let mut req = hub.url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_static("Bearer wrong-guess-3b7a"),
-    );
-    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    let wrong = bearer_request(&hub.url, "wrong-guess-3b7a");
+    assert!(tokio_tungstenite::connect_async(wrong).await.is_err());
     let line = log_line(&hub, &["refused", "invalid hub token", "127.0.0.1"]).await;
     assert!(line.contains("WARN"), "{line}");
 
@@ -112,14 +94,7 @@ async fn bad_tokens_owned_names_names_in_use_and_full_caps_are_logged_with_the_p
     .await;
 
     // The connection cap: owner and thief (both showed the token) hold two of three places.
-    let bearer = || {
-        let mut req = hub.url.as_str().into_client_request().unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap(),
-        );
-        req
-    };
+    let bearer = || bearer_request(&hub.url, TOKEN);
     let _third = tokio_tungstenite::connect_async(bearer()).await.unwrap();
     match tokio_tungstenite::connect_async(bearer()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),

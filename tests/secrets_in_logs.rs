@@ -42,17 +42,10 @@ fn assert_clean(who: &str, log: &[String], secrets: &[&str]) {
 #[tokio::test]
 async fn trace_logs_of_hub_and_bridge_hold_no_token_and_no_owner_secret() {
     let dir = tempfile::tempdir().unwrap();
+    let mut hub_opts = HubOpts::with_token(dir.path(), TOKEN, &[]);
+    hub_opts.env = vec![("RELAY_LOG".into(), "trace".into())];
+    let hub = Hub::start_with(dir.path(), hub_opts).await;
     let token_file = dir.path().join("hub.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            args: vec!["--token-file".into(), token_file.display().to_string()],
-            env: vec![("RELAY_LOG".into(), "trace".into())],
-            ..Default::default()
-        },
-    )
-    .await;
 
     let mut opts = BridgeOpts::new(dir.path(), &hub.url, "CC-1");
     opts.env = vec![
