@@ -12,8 +12,8 @@ use sessions::{
     id::validate,
     time::{now_ms, parse_iso},
     wire::{
-        self, ClientFrame, ErrorFrame, Forgotten, GetHistory, History, Inbox, Marked, Meta,
-        Peers, Pong, PresenceMode, Register, RegisterRejected, Registered, Released, RequestId,
+        self, ClientFrame, ErrorFrame, Forgotten, GetHistory, History, Inbox, Marked, Meta, Peers,
+        Pong, PresenceMode, Register, RegisterRejected, Registered, Released, RequestId,
         SendMessage, ServerFrame, Sessions, Status, Watching, codes,
     },
 };
@@ -695,9 +695,9 @@ impl ConnSession {
     /// One page of the session table (see [`listing`]): at most `limit` sessions and the
     /// hub's page budget in bytes, so the reply stays bounded however many sessions exist.
     async fn sessions(&mut self, hub: &HubState, q: wire::GetSessions) {
-        let limit = q
-            .limit
-            .map_or(listing::PAGE_MAX, |n| (n as usize).clamp(1, listing::PAGE_MAX));
+        let limit = q.limit.map_or(listing::PAGE_MAX, |n| {
+            (n as usize).clamp(1, listing::PAGE_MAX)
+        });
         let cursor = match q.after.as_deref().filter(|a| !a.is_empty()) {
             None => listing::Cursor::Start,
             Some(a) => match listing::Cursor::parse(a) {

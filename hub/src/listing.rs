@@ -120,10 +120,8 @@ pub fn page(
     }
     let listed: HashSet<&str> = online.iter().map(String::as_str).collect();
     loop {
-        let rows = store.sessions_by_recency(
-            offline_after.as_ref().map(|(s, i)| (*s, i.as_str())),
-            BATCH,
-        )?;
+        let rows = store
+            .sessions_by_recency(offline_after.as_ref().map(|(s, i)| (*s, i.as_str())), BATCH)?;
         let exhausted = rows.len() < BATCH;
         for rec in rows {
             offline_after = Some((rec.last_seen, rec.id.clone()));

@@ -66,6 +66,7 @@ impl LocalRecord {
             source: IdentitySource {
                 label: ident.source.label().to_string(),
                 auto_number_base: ident.base,
+                transient: ident.source == sessions::IdSource::Hostname,
             },
         })
     }

@@ -110,7 +110,10 @@ mod tests {
     fn text_keeps_newlines_and_tabs() {
         assert_eq!(text("one\n\ttwo"), "one\n\ttwo");
         assert_eq!(text("one\r\ntwo"), "one\ntwo");
-        assert_eq!(text("bell\u{7}\u{1b}]0;x\u{7}"), "bell\\u{7}\\u{1b}]0;x\\u{7}");
+        assert_eq!(
+            text("bell\u{7}\u{1b}]0;x\u{7}"),
+            "bell\\u{7}\\u{1b}]0;x\\u{7}"
+        );
         assert_eq!(text("lone\rcr"), "lone\\u{d}cr");
     }
 

@@ -301,8 +301,11 @@ pub trait Backend: Send {
     fn forget_if_idle(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Keeps at most `max` sessions: forgets the least recently seen ones for which `spare`
     /// (the router's "online now") is false, keeping their ownership. Returns how many went.
-    fn trim_sessions(&mut self, max: usize, spare: &dyn Fn(&str) -> bool)
-    -> Result<u64, StoreError>;
+    fn trim_sessions(
+        &mut self,
+        max: usize,
+        spare: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError>;
     /// The most recent sends of `sender`, newest first, with delivery state.
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError>;
     /// The stored hash of `id`'s owner secret, if the name is owned.

@@ -1121,7 +1121,11 @@ mod tests {
         let one = super::super::json_string_len(&body);
         assert_eq!(one, 60_000);
         let inbox = b.inbox("B", None, 100, 100_000).unwrap();
-        assert_eq!(inbox.messages.len(), 1, "a second one would pass the budget");
+        assert_eq!(
+            inbox.messages.len(),
+            1,
+            "a second one would pass the budget"
+        );
         assert_eq!(inbox.remaining, 19);
         let q = HistoryQuery {
             from: None,
@@ -1186,7 +1190,11 @@ mod tests {
         assert!(!b.forget_session("D").unwrap());
         assert_eq!(b.session_count().unwrap(), 2);
         drop(b);
-        assert_eq!(open(dir.path()).session_count().unwrap(), 2, "counted at open");
+        assert_eq!(
+            open(dir.path()).session_count().unwrap(),
+            2,
+            "counted at open"
+        );
     }
 
     #[test]
