@@ -4,6 +4,11 @@
 //!
 //! Printing only; installing is a separate, later step (`service install`). The files in
 //! `examples/` are the same definitions as commented templates.
+//!
+//! A hub reachable from other machines needs `--token-file` and usually TLS
+//! (`--tls-cert`/`--tls-key`, see docs/SECURITY.md): given here, they go into the definition
+//! as absolute paths (launchd expands neither `~` nor `$HOME`); not given, the definition
+//! shows where they would go, commented out.
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -30,7 +35,7 @@ enum ServiceKind {
     Systemd(HubOpts),
 }
 
-/// Where the service's hub listens.
+/// Where the service's hub listens, and how it authenticates.
 #[derive(Debug, clap::Args)]
 struct HubOpts {
     /// Port for the hub (RELAY_PORT).
@@ -39,14 +44,55 @@ struct HubOpts {
     /// Address for the hub (RELAY_HOST). Keep loopback unless the hub has auth configured.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// The hub token's file, passed to the hub as --token-file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The hub's TLS certificate (PEM), passed as --tls-cert (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert, passed as --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl HubOpts {
+    /// The hub's arguments after `hub`: the flags given, with absolute paths.
+    fn hub_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (flag, path) in [
+            ("--token-file", &self.token_file),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+        ] {
+            if let Some(p) = path {
+                args.push(flag.to_string());
+                args.push(absolute(p));
+            }
+        }
+        args
+    }
+}
+
+/// `p` as an absolute path (relative to the current directory), as text.
+fn absolute(p: &std::path::Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Runs `claude-relay service`.
 pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let install = Install::current();
     match args.kind {
-        ServiceKind::Plist(o) => print!("{}", plist(&install, &o.host.to_string(), o.port)),
-        ServiceKind::Systemd(o) => print!("{}", systemd(&install, &o.host.to_string(), o.port)),
+        ServiceKind::Plist(o) => print!(
+            "{}",
+            plist(&install, &o.host.to_string(), o.port, &o.hub_args())
+        ),
+        ServiceKind::Systemd(o) => print!(
+            "{}",
+            systemd(&install, &o.host.to_string(), o.port, &o.hub_args())
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -78,7 +124,19 @@ impl Install {
     }
 }
 
-fn plist(i: &Install, host: &str, port: u16) -> String {
+/// Where the token and TLS flags go when none were given (a commented example).
+const PLIST_AUTH_HINT: &str = "
+        <!-- Reachable from other machines? Add the token and TLS (absolute paths; see
+             docs/SECURITY.md), or print this file again with those flags:
+        <string>--token-file</string>
+        <string>/Users/YOU/.claude-relay/tls/hub.token</string>
+        <string>--tls-cert</string>
+        <string>/Users/YOU/.claude-relay/tls/hub.crt</string>
+        <string>--tls-key</string>
+        <string>/Users/YOU/.claude-relay/tls/hub.key</string>
+        -->";
+
+fn plist(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
     let logs = i.home.join("logs");
     let out = logs.join("hub.out.log");
     let err = logs.join("hub.err.log");
@@ -93,12 +151,20 @@ fn plist(i: &Install, host: &str, port: u16) -> String {
             )
         })
         .unwrap_or_default();
+    let extra_args = if hub_args.is_empty() {
+        PLIST_AUTH_HINT.to_string()
+    } else {
+        hub_args
+            .iter()
+            .map(|a| format!("\n        <string>{}</string>", xml(a)))
+            .collect()
+    };
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
 <!--
   claude-relay hub as a launchd LaunchAgent (made by `claude-relay service plist`).
-  Load it:
+  Load it (launchd does not create the log directory; without it the hub does not start):
     mkdir -p "{logs_dir}"
     claude-relay service plist > ~/Library/LaunchAgents/{HUB_LABEL}.plist
     launchctl bootstrap gui/$(id -u) ~/Library/LaunchAgents/{HUB_LABEL}.plist
@@ -112,7 +178,7 @@ fn plist(i: &Install, host: &str, port: u16) -> String {
     <key>ProgramArguments</key>
     <array>
         <string>{exe}</string>
-        <string>hub</string>
+        <string>hub</string>{extra_args}
     </array>
     <key>EnvironmentVariables</key>
     <dict>
@@ -142,7 +208,19 @@ fn plist(i: &Install, host: &str, port: u16) -> String {
     )
 }
 
-fn systemd(i: &Install, host: &str, port: u16) -> String {
+fn systemd(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
+    let exec_args: String = hub_args
+        .iter()
+        .map(|a| format!(" {}", systemd_quote(&a.replace('$', "$$"))))
+        .collect();
+    let auth_hint = if hub_args.is_empty() {
+        "# Reachable from other machines? Add the token and TLS to ExecStart (see\n\
+         # docs/SECURITY.md), or print this file again with those flags:\n\
+         #   ExecStart=… hub --token-file %h/.claude-relay/tls/hub.token \\\n\
+         #     --tls-cert %h/.claude-relay/tls/hub.crt --tls-key %h/.claude-relay/tls/hub.key\n"
+    } else {
+        ""
+    };
     let home_env = i
         .home_env
         .as_deref()
@@ -168,7 +246,7 @@ After=network.target
 
 [Service]
 Type=simple
-ExecStart={exe} hub
+{auth_hint}ExecStart={exe} hub{exec_args}
 Environment={host_env}
 Environment={port_env}
 {home_env}Restart=always
@@ -228,7 +306,7 @@ mod tests {
 
     #[test]
     fn plist_has_the_essentials() {
-        let p = plist(&install(), "127.0.0.1", 9999);
+        let p = plist(&install(), "127.0.0.1", 9999, &[]);
         for want in [
             "<string>com.claude-relay.hub</string>",
             "<string>/Users/me/my tools/claude-relay</string>\n        <string>hub</string>",
@@ -238,20 +316,32 @@ mod tests {
             "<key>RunAtLoad</key>\n    <true/>",
             "<string>/Users/me/.claude-relay/logs/hub.err.log</string>",
             "launchctl bootstrap gui/$(id -u)",
+            "mkdir -p \"/Users/me/.claude-relay/logs\"",
+            "<!-- Reachable from other machines? Add the token and TLS",
         ] {
             assert!(p.contains(want), "missing {want:?} in\n{p}");
         }
+        let args = ["--token-file".to_string(), "/t/hub token".to_string()];
+        let with_token = plist(&install(), "0.0.0.0", 9999, &args);
+        assert!(
+            with_token.contains(
+                "<string>hub</string>\n        <string>--token-file</string>\n        \
+                 <string>/t/hub token</string>\n    </array>"
+            ),
+            "{with_token}"
+        );
+        assert!(!with_token.contains("Reachable from other machines"));
         assert!(!p.contains("CLAUDE_RELAY_HOME"));
         let with_home = Install {
             home_env: Some("/x&y".into()),
             ..install()
         };
-        assert!(plist(&with_home, "127.0.0.1", 1).contains("<string>/x&amp;y</string>"));
+        assert!(plist(&with_home, "127.0.0.1", 1, &[]).contains("<string>/x&amp;y</string>"));
     }
 
     #[test]
     fn systemd_unit_quotes_paths() {
-        let u = systemd(&install(), "127.0.0.1", 4000);
+        let u = systemd(&install(), "127.0.0.1", 4000, &[]);
         assert!(
             u.contains("ExecStart=\"/Users/me/my tools/claude-relay\" hub\n"),
             "{u}"
@@ -260,5 +350,17 @@ mod tests {
         assert!(u.contains("Restart=always"));
         assert!(u.contains("systemctl --user enable --now claude-relay-hub.service"));
         assert_eq!(systemd_quote("50%"), "50%%");
+        assert!(u.contains("# Reachable from other machines?"), "{u}");
+        let args: Vec<String> = ["--tls-cert", "/c/hub.crt", "--tls-key", "/c/my key"]
+            .map(String::from)
+            .to_vec();
+        let u = systemd(&install(), "0.0.0.0", 4000, &args);
+        assert!(
+            u.contains(
+                "ExecStart=\"/Users/me/my tools/claude-relay\" hub --tls-cert /c/hub.crt \
+                 --tls-key \"/c/my key\"\n"
+            ),
+            "{u}"
+        );
     }
 }

@@ -10,7 +10,13 @@
 //! `claude-relay sessions release NAME` frees an owned name: with the owner secret kept on
 //! this machine it asks the hub (then deletes the secret here), or with `--local`, on the hub
 //! host, it edits the hub's store directly (hub running or not: SQLite in WAL mode allows a
-//! second writer to wait its turn).
+//! second writer to wait its turn). `claude-relay sessions forget NAME` removes an offline
+//! session from the hub's list (and this machine's registry) the same two ways.
+//!
+//! The hub's list comes in pages (`get_sessions` with `limit`/`after`), read on one
+//! connection until the last. Everything the hub sent is printed through
+//! [`sessions::display`], so metadata holding escape sequences or newlines can neither drive
+//! the terminal nor forge rows.
 //!
 //! Every hub connection presents the hub token (`--token-file`, `RELAY_TOKEN`,
 //! `RELAY_TOKEN_FILE`) and, for `wss://`, trusts `--ca-cert` / `RELAY_CA_CERT` when given.
@@ -26,19 +32,26 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use hub::store::{Backend, sqlite::SqliteBackend};
 use mcp_bridge::{
-    connect::{ClientAuth, ConnectError, request_once_with},
+    connect::{ClientAuth, ConnectError, connect_with, read_until, request_once_with, send_frame},
     owner::OwnerStore,
 };
 use serde_json::{Value, json};
 use sessions::{
-    Entry, EntryState, Registry, RegistryFile, SessionId,
+    Entry, EntryState, Registry, RegistryFile, SessionId, display,
     identity::{short_host, short_hostname},
     liveness,
-    wire::{Bare, ClientFrame, DEFAULT_URL, Release, ServerFrame, SessionView, codes},
+    wire::{
+        ClientFrame, DEFAULT_URL, Forget, GetSessions, Release, ServerFrame, SessionView, codes,
+    },
 };
 
-/// How long the hub may take to accept the connection, and then to answer.
+/// How long the hub may take to accept the connection, and then to answer (each page).
 const HUB_TIMEOUT: Duration = Duration::from_secs(3);
+/// Sessions asked for per page (the hub's largest page).
+const PAGE: u32 = 1000;
+/// Most pages read (a million sessions): a hub that keeps answering `next` cannot keep the
+/// command running forever.
+const MAX_PAGES: usize = 1000;
 
 /// Arguments of `claude-relay sessions`.
 #[derive(Debug, clap::Args)]
@@ -108,6 +121,23 @@ enum SessionsAction {
         #[command(flatten)]
         hub: HubConn,
     },
+    /// Remove an offline session from the hub's list (with its ownership) and from this
+    /// machine's registry. An owned name needs its owner secret on this machine
+    /// (~/.claude-relay/owners/NAME); a name nobody owns can be forgotten by anyone. Mail
+    /// waiting for it stays stored and goes to whoever claims the name next. With --local,
+    /// on the hub's host: edit the hub's store directly, without a secret.
+    Forget {
+        /// The session to forget.
+        name: String,
+        /// Edit the hub's store on this machine instead of asking the hub.
+        #[arg(long)]
+        local: bool,
+        /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
+        #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        hub: HubConn,
+    },
 }
 
 /// Runs `claude-relay sessions`.
@@ -121,6 +151,13 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             ..
         }) => release_local(&name, data_dir),
         Some(SessionsAction::Release { name, hub, .. }) => release_remote(&name, &hub),
+        Some(SessionsAction::Forget {
+            name,
+            local: true,
+            data_dir,
+            ..
+        }) => forget_local(&name, data_dir),
+        Some(SessionsAction::Forget { name, hub, .. }) => forget_remote(&name, &hub),
         None => list(&args),
     }
 }
@@ -247,19 +284,23 @@ fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
              released and claimed again elsewhere; the secret here is stale. To free it anyway, \
              run on the hub's host: claude-relay sessions release {id} --local",
             path.display(),
-            e.message
+            display::line(&e.message)
         ),
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => bail!(
             "the hub at {url} needs its token ({}): give --token-file FILE, or set RELAY_TOKEN \
              or RELAY_TOKEN_FILE. Nothing was released",
-            e.message
+            display::line(&e.message)
         ),
         Ok(ServerFrame::Error(e)) => {
-            bail!("the hub at {url} refused to release {id}: {}", e.message)
+            bail!(
+                "the hub at {url} refused to release {id}: {}",
+                display::line(&e.message)
+            )
         }
         Ok(other) => bail!(
-            "the hub at {url} answered release with an unexpected frame: {other:?}. Nothing \
-             changed here"
+            "the hub at {url} answered release with an unexpected frame ({}). Nothing changed \
+             here",
+            frame_type(&other)
         ),
         Err(e) => bail!(
             "{}. Nothing was released and the owner secret in {} is kept. Start the hub (or fix \
@@ -269,6 +310,170 @@ fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
             path.display()
         ),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// sessions forget
+
+/// Asks the hub to forget `name` (presenting the owner secret kept here, if any); then
+/// removes the secret and this machine's registry entry.
+fn forget_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let owners = OwnerStore::default_dir();
+    let path = owners.path(id.as_str())?;
+    let secret = owners.load(id.as_str())?;
+    let frame = ClientFrame::Forget(Forget {
+        client_id: id.to_string(),
+        owner_secret: secret.clone(),
+        token: None,
+        rid: None,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let url = &conn.relay_url;
+    let reply = rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT));
+    let hub_knew = match reply {
+        Ok(ServerFrame::Forgotten(_)) => true,
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_FOUND) => false,
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NAME_IN_USE) => bail!(
+            "{id} is online (the hub says: {}); only an offline session can be forgotten. End \
+             that session first. Nothing was forgotten",
+            display::line(&e.message)
+        ),
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_OWNER) => {
+            let why = match &secret {
+                Some(_) => format!(
+                    "the owner secret in {} is not {id}'s (stale: the name was released and \
+                     claimed again elsewhere?)",
+                    path.display()
+                ),
+                None => format!(
+                    "{id} is owned and there is no owner secret for it on this machine ({} does \
+                     not exist)",
+                    path.display()
+                ),
+            };
+            bail!(
+                "the hub refused: {why}. Run this on the machine that claimed {id}, or on the \
+                 hub's host: claude-relay sessions forget {id} --local. Nothing was forgotten"
+            )
+        }
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => bail!(
+            "the hub at {url} needs its token ({}): give --token-file FILE, or set RELAY_TOKEN \
+             or RELAY_TOKEN_FILE. Nothing was forgotten",
+            display::line(&e.message)
+        ),
+        Ok(ServerFrame::Error(e)) => bail!(
+            "the hub at {url} refused to forget {id}: {}",
+            display::line(&e.message)
+        ),
+        Ok(other) => bail!(
+            "the hub at {url} answered forget with an unexpected frame ({}). Nothing changed \
+             here",
+            frame_type(&other)
+        ),
+        Err(e) => bail!(
+            "{}. Nothing was forgotten. Start the hub (or fix the connection) and retry, or on \
+             the hub's host run: claude-relay sessions forget {id} --local",
+            describe_connect_error(url, &e)
+        ),
+    };
+    if secret.is_some() && hub_knew {
+        match owners.remove(id.as_str()) {
+            Ok(_) => eprintln!(
+                "claude-relay: deleted the owner secret {} (it no longer means anything)",
+                path.display()
+            ),
+            Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
+        }
+    }
+    let local = forget_in_registry(&id)?;
+    match (hub_knew, local) {
+        (true, _) => println!(
+            "forgot {id}: the hub no longer lists it{}",
+            local_note(local)
+        ),
+        (false, true) => println!(
+            "the hub at {url} knows no session {id}; removed it from this machine's registry"
+        ),
+        (false, false) => {
+            bail!("neither the hub at {url} nor this machine's registry knows a session {id}")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local_note(removed: bool) -> &'static str {
+    if removed {
+        " (removed from this machine's registry too)"
+    } else {
+        ""
+    }
+}
+
+/// Removes `id` from this machine's registry unless a live session holds it there. Returns
+/// whether an entry went.
+fn forget_in_registry(id: &SessionId) -> anyhow::Result<bool> {
+    let reg = Registry::open_default();
+    let outcome = reg.update(|f| match f.sessions.get(id.as_str()) {
+        Some(e) if e.is_live() => Err(describe(e)),
+        Some(_) => Ok(f.sessions.remove(id.as_str()).is_some()),
+        None => Ok(false),
+    })?;
+    match outcome {
+        Ok(removed) => Ok(removed),
+        Err(holder) => {
+            eprintln!(
+                "claude-relay: {id} runs on this machine ({holder}); its registry entry is kept"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Forgets `name` in the hub's store on this machine (the operator's way; no secret needed).
+fn forget_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let dir = data_dir.unwrap_or_else(sessions::paths::hub_data_dir);
+    let db = dir.join(hub::store::sqlite::DB_FILE);
+    if !db.exists() {
+        bail!(
+            "there is no hub store at {}: run this on the hub's host, with --data-dir DIR if the \
+             hub was started with --data-dir or RELAY_DATA_DIR",
+            db.display()
+        );
+    }
+    let mut store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
+        .with_context(|| format!("cannot open the hub store in {}", dir.display()))?;
+    let had = store
+        .forget_session(id.as_str())
+        .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
+    let local = forget_in_registry(&id)?;
+    if had {
+        println!(
+            "forgot {id} in the hub store {}{} (if it is online right now, it is listed again \
+             when it reconnects)",
+            db.display(),
+            local_note(local)
+        );
+    } else {
+        println!(
+            "the hub store {} knows no session {id}; nothing to forget there{}",
+            db.display(),
+            local_note(local)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A frame's `type`, for messages about unexpected replies.
+fn frame_type(f: &ServerFrame) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Frees `name` in the hub's store on this machine (the operator's way; no secret needed).
@@ -303,15 +508,17 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line saying why the hub could not be asked.
+/// One line saying why the hub could not be asked (safe to print: an HTTP refusal quotes
+/// the server's own words).
 fn describe_connect_error(url: &str, e: &ConnectError) -> String {
-    match e {
+    let text = match e {
         ConnectError::Unreachable { source, hint, .. } => {
             format!("the hub at {url} is unreachable ({source}){hint}")
         }
         ConnectError::Timeout(_, t) => format!("the hub at {url} did not answer within {t:?}"),
         other => other.to_string(),
-    }
+    };
+    display::line(&text).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -319,7 +526,8 @@ fn describe_connect_error(url: &str, e: &ConnectError) -> String {
 
 /// What the hub said (or why it could not).
 enum HubAnswer {
-    Reachable(BTreeMap<String, SessionView>),
+    /// Every session the hub listed, and whether the list is cut short (over [`MAX_PAGES`]).
+    Reachable(BTreeMap<String, SessionView>, bool),
     Unreachable(String),
 }
 
@@ -357,17 +565,15 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
     let mut rows = merge(&file, &hub, &local_host);
     if args.connected {
         rows.retain(|r| match &hub {
-            HubAnswer::Reachable(_) => r.connected == Some(true),
+            HubAnswer::Reachable(..) => r.connected == Some(true),
             // Unknown: show what runs here, marked `?`.
             HubAnswer::Unreachable(_) => r.alive == Some(true),
         });
     }
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(args, &hub, &pruned, &rows))?
-        );
+        let text = serde_json::to_string_pretty(&to_json(args, &hub, &pruned, &rows, &file))?;
+        println!("{}", display::json(&text));
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -387,40 +593,51 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
             pruned.join(", ")
         ));
     }
-    if let HubAnswer::Unreachable(why) = &hub {
+    for (name, u) in &file.unreadable {
         notes.push(format!(
-            "the hub at {} is unreachable ({why}); CONNECTED shows ?",
-            args.hub.relay_url
+            "registry entry {name} is unreadable by this version ({}); it is kept as it is",
+            u.reason
         ));
     }
+    match &hub {
+        HubAnswer::Unreachable(why) => notes.push(format!(
+            "the hub at {} is unreachable ({why}); CONNECTED shows ?",
+            args.hub.relay_url
+        )),
+        HubAnswer::Reachable(listed, true) => notes.push(format!(
+            "the hub's list was cut short after {} sessions",
+            listed.len()
+        )),
+        HubAnswer::Reachable(..) => {}
+    }
     for n in notes {
-        println!("{n}");
+        println!("{}", display::line(&n));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// One `get_sessions` round trip on a small runtime of its own.
+/// The hub's whole session list, page by page on one connection, on a small runtime of its
+/// own.
 fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
     let url = conn.relay_url.as_str();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let frame = ClientFrame::GetSessions(Bare::default());
-    let answer = match rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT)) {
-        Ok(ServerFrame::Sessions(s)) => HubAnswer::Reachable(s.sessions),
-        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => {
+    let answer = match rt.block_on(all_pages(url, &conn.auth())) {
+        Ok(Listed::Sessions(all, cut)) => HubAnswer::Reachable(all, cut),
+        Ok(Listed::Refused(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => {
             HubAnswer::Unreachable(
                 "it requires a token: give --token-file FILE, or set RELAY_TOKEN or \
                  RELAY_TOKEN_FILE"
                     .into(),
             )
         }
-        Ok(ServerFrame::Error(e)) => {
+        Ok(Listed::Refused(e)) => {
             HubAnswer::Unreachable(format!("it answered with an error: {}", e.message))
         }
-        Ok(other) => HubAnswer::Unreachable(format!(
-            "it answered get_sessions with an unexpected frame: {other:?}"
+        Ok(Listed::Unexpected(ty)) => HubAnswer::Unreachable(format!(
+            "it answered get_sessions with an unexpected frame ({ty})"
         )),
         Err(ConnectError::Unreachable { source, hint, .. }) => {
             HubAnswer::Unreachable(format!("{source}{hint}"))
@@ -431,6 +648,62 @@ fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
         Err(e) => HubAnswer::Unreachable(e.to_string()),
     };
     Ok(answer)
+}
+
+/// What paging through `get_sessions` produced.
+enum Listed {
+    /// Every session, and whether [`MAX_PAGES`] cut the list short.
+    Sessions(BTreeMap<String, SessionView>, bool),
+    Refused(sessions::wire::ErrorFrame),
+    Unexpected(String),
+}
+
+/// Reads every page of `get_sessions` (following `next`; a hub without paging answers in
+/// one) on one connection.
+async fn all_pages(url: &str, auth: &ClientAuth) -> Result<Listed, ConnectError> {
+    let mut ws = connect_with(url, auth, HUB_TIMEOUT).await?;
+    let mut all = BTreeMap::new();
+    let mut after: Option<String> = None;
+    let mut listed = None;
+    for _ in 0..MAX_PAGES {
+        let frame = ClientFrame::GetSessions(GetSessions {
+            limit: Some(PAGE),
+            after: after.take(),
+            rid: None,
+        });
+        send_frame(&mut ws, &frame).await?;
+        let reply = read_until(&mut ws, HUB_TIMEOUT, |f| match f {
+            ServerFrame::Message(_)
+            | ServerFrame::PeerJoined(_)
+            | ServerFrame::PeerLeft(_)
+            | ServerFrame::Presence(_)
+            | ServerFrame::Mail(_) => None,
+            other => Some(other),
+        })
+        .await?;
+        match reply {
+            ServerFrame::Sessions(page) => {
+                all.extend(page.sessions);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => {
+                        listed = Some(Listed::Sessions(std::mem::take(&mut all), false));
+                        break;
+                    }
+                }
+            }
+            ServerFrame::Error(e) => {
+                listed = Some(Listed::Refused(e));
+                break;
+            }
+            other => {
+                listed = Some(Listed::Unexpected(frame_type(&other)));
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+    Ok(listed.unwrap_or(Listed::Sessions(all, true)))
 }
 
 /// Local registry rows, joined by name with what the hub knows (which adds other machines).
@@ -449,7 +722,7 @@ fn merge(file: &RegistryFile, hub: &HubAnswer, local_host: &str) -> Vec<Row> {
                 name: name.clone(),
                 pid: e.process().map(|p| u64::from(p.pid)),
                 alive: alive.filter(|_| e.process().is_some()),
-                connected: matches!(hub, HubAnswer::Reachable(_)).then_some(false),
+                connected: matches!(hub, HubAnswer::Reachable(..)).then_some(false),
                 cwd: e.cwd.clone(),
                 host: e.host.clone(),
                 state: Some(e.state),
@@ -458,7 +731,7 @@ fn merge(file: &RegistryFile, hub: &HubAnswer, local_host: &str) -> Vec<Row> {
             (name.clone(), row)
         })
         .collect();
-    if let HubAnswer::Reachable(hub_sessions) = hub {
+    if let HubAnswer::Reachable(hub_sessions, _) = hub {
         for (name, view) in hub_sessions {
             let meta_str = |k: &str| view.meta.get(k).and_then(Value::as_str).map(str::to_string);
             let meta_pid = view.meta.get("pid").and_then(Value::as_u64);
@@ -504,7 +777,8 @@ fn yes_no(v: Option<bool>, unknown: &str) -> String {
 }
 
 /// The aligned table (header always printed). CWD is last and unpadded; a session on
-/// another machine shows `host:cwd`.
+/// another machine shows `host:cwd`. Every cell is made safe ([`display::line`]): one row
+/// per session, and nothing reaches the terminal raw.
 fn table(rows: &[Row], local_host: &str) -> String {
     let cells: Vec<[String; 5]> = rows
         .iter()
@@ -514,8 +788,9 @@ fn table(rows: &[Row], local_host: &str) -> String {
                 Some(h) if h != local_host => format!("{h}:{cwd}"),
                 _ => cwd,
             };
+            let cwd = display::line(&cwd).into_owned();
             [
-                r.name.clone(),
+                display::line(&r.name).into_owned(),
                 r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 yes_no(r.alive, "-"),
                 yes_no(r.connected, "?"),
@@ -542,14 +817,23 @@ fn table(rows: &[Row], local_host: &str) -> String {
     out
 }
 
-fn to_json(args: &SessionsArgs, hub: &HubAnswer, pruned: &[String], rows: &[Row]) -> Value {
-    let (reachable, error) = match hub {
-        HubAnswer::Reachable(_) => (true, None),
-        HubAnswer::Unreachable(why) => (false, Some(why.clone())),
+fn to_json(
+    args: &SessionsArgs,
+    hub: &HubAnswer,
+    pruned: &[String],
+    rows: &[Row],
+    file: &RegistryFile,
+) -> Value {
+    let (reachable, error, cut) = match hub {
+        HubAnswer::Reachable(_, cut) => (true, None, *cut),
+        HubAnswer::Unreachable(why) => (false, Some(why.clone()), false),
     };
     json!({
-        "hub": { "url": args.hub.relay_url, "reachable": reachable, "error": error },
+        "hub": { "url": args.hub.relay_url, "reachable": reachable, "error": error, "cutShort": cut },
         "pruned": pruned,
+        "unreadableRegistryEntries": file.unreadable.iter().map(|(name, u)| json!({
+            "name": name, "reason": u.reason,
+        })).collect::<Vec<_>>(),
         "sessions": rows.iter().map(|r| json!({
             "name": r.name,
             "pid": r.pid,
