@@ -203,7 +203,11 @@ async fn a_name_the_hub_never_saw_is_said_and_the_wait_still_behaves_as_a_hook()
         false,
     ))
     .await;
-    assert_eq!(status.code(), Some(0), "a timeout stays silent for Claude Code: {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a timeout stays silent for Claude Code: {stderr}"
+    );
     assert!(
         stderr.contains("has never seen a session named CC-TYPO"),
         "{stderr}"

@@ -8,8 +8,8 @@
 //! budget), so no reply can outgrow what clients accept (16 MiB). A client that asks without
 //! `limit`/`after` — the Node relay's — gets the first page: the sessions that matter most.
 //!
-//! Order: online sessions first, by id; then offline ones, most recently seen first (then by
-//! id). The cursor (`next`, passed back as `after`) is opaque to clients: `on:<id>` while in
+//! Order: online sessions first, by id; then offline ones, most recently seen first (ties by
+//! id, descending). The cursor (`next`, passed back as `after`) is opaque to clients: `on:<id>` while in
 //! the online part, `off:<last seen ms>:<id>` after it. A session that comes online or goes
 //! offline between two pages may be missed or seen twice by that reader — a listing is a
 //! snapshot of something that moves.
@@ -30,6 +30,9 @@ use crate::{
 pub const PAGE_MAX: usize = 1000;
 /// Rows read from the store per step of the offline part.
 const BATCH: usize = 256;
+/// Bytes of a session in a reply besides its id and metadata, at most:
+/// `"":{"online":false,"lastSeen":"…","connectedAt":"…",…},`.
+const ENTRY_FIXED: usize = 112;
 
 /// Where a page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,8 +113,9 @@ pub fn page(
                 let Some(rec) = store.session(id)? else {
                     continue;
                 };
+                let len = ENTRY_FIXED + id.len() + rec.meta_bytes;
                 let view = view(rec, router.connected_at(id), now);
-                if !filler.take(id.clone(), view, Cursor::Online(id.clone())) {
+                if !filler.take(id.clone(), view, len, Cursor::Online(id.clone())) {
                     return Ok(filler.done(true));
                 }
             }
@@ -131,7 +135,8 @@ pub fn page(
             }
             let at = Cursor::Offline(rec.last_seen, rec.id.clone());
             let id = rec.id.clone();
-            if !filler.take(id, view(rec, None, now), at) {
+            let len = ENTRY_FIXED + id.len() + rec.meta_bytes;
+            if !filler.take(id, view(rec, None, now), len, at) {
                 return Ok(filler.done(true));
             }
         }
@@ -151,13 +156,12 @@ struct Filler<'a> {
 }
 
 impl Filler<'_> {
-    /// Adds one session; false (adding nothing) when the page is full, so there is more.
-    fn take(&mut self, id: String, view: SessionView, at: Cursor) -> bool {
+    /// Adds one session of `len` reply bytes; false (adding nothing) when the page is full,
+    /// so there is more. The page always holds at least one session.
+    fn take(&mut self, id: String, view: SessionView, len: usize, at: Cursor) -> bool {
         if self.page.sessions.len() >= self.limit {
             return false;
         }
-        // `"id":{…},` — the page always holds at least one session.
-        let len = id.len() + 4 + serde_json::to_string(&view).map_or(0, |s| s.len());
         if !self.page.sessions.is_empty() && self.bytes + len > self.max_bytes {
             return false;
         }

@@ -220,6 +220,9 @@ pub struct SessionRecord {
     pub id: String,
     /// Metadata JSON object from its last registration.
     pub meta: serde_json::Map<String, serde_json::Value>,
+    /// Length of that metadata as stored (JSON text): what it adds to a reply, without
+    /// serializing it again to find out.
+    pub meta_bytes: usize,
     /// When it was last connected (Unix ms).
     pub last_seen: i64,
     /// When its last connection registered (Unix ms).
@@ -284,8 +287,8 @@ pub trait Backend: Send {
     fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError>;
     /// The session `id`, if the store knows it.
     fn session(&mut self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
-    /// Up to `limit` sessions, most recently seen first (then by id), strictly after the
-    /// position `after` = (last seen, id) in that order.
+    /// Up to `limit` sessions, most recently seen first (then by id, descending), strictly
+    /// after the position `after` = (last seen, id) in that order.
     fn sessions_by_recency(
         &mut self,
         after: Option<(i64, &str)>,

@@ -279,6 +279,7 @@ fn row_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let meta: String = r.get(1)?;
     Ok(SessionRecord {
         id: r.get(0)?,
+        meta_bytes: meta.len(),
         meta: serde_json::from_str(&meta).unwrap_or_default(),
         last_seen: r.get(2)?,
         connected_at: r.get(3)?,
@@ -600,14 +601,27 @@ impl Backend for SqliteBackend {
         after: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        let (seen, id) = after.unzip();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, meta, last_seen, connected_at FROM sessions
-             WHERE ?1 IS NULL OR last_seen < ?1 OR (last_seen = ?1 AND id > ?2)
-             ORDER BY last_seen DESC, id ASC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![seen, id, limit as i64], row_session)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        // Both read `sessions_by_seen` backwards from the cursor: no scan, no sort.
+        let rows = match after {
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, meta, last_seen, connected_at FROM sessions
+                     ORDER BY last_seen DESC, id DESC LIMIT ?1",
+                )?
+                .query_map(params![limit as i64], row_session)?
+                .collect::<Result<_, _>>()?,
+            Some((seen, id)) => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, meta, last_seen, connected_at FROM sessions
+                     WHERE (last_seen, id) < (?1, ?2)
+                     ORDER BY last_seen DESC, id DESC LIMIT ?3",
+                )?
+                .query_map(params![seen, id, limit as i64], row_session)?
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
     }
 
     fn session_count(&mut self) -> Result<u64, StoreError> {
@@ -652,11 +666,11 @@ impl Backend for SqliteBackend {
         let mut evicted = 0u64;
         let mut after: Option<(i64, String)> = None;
         'scan: loop {
-            let (seen, last) = after.clone().unzip();
+            // From the least recently seen up, along `sessions_by_seen`.
+            let (seen, last) = after.clone().unwrap_or((i64::MIN, String::new()));
             let batch: Vec<(String, i64)> = tx
                 .prepare_cached(
-                    "SELECT id, last_seen FROM sessions
-                     WHERE ?1 IS NULL OR last_seen > ?1 OR (last_seen = ?1 AND id > ?2)
+                    "SELECT id, last_seen FROM sessions WHERE (last_seen, id) > (?1, ?2)
                      ORDER BY last_seen ASC, id ASC LIMIT 256",
                 )?
                 .query_map(params![seen, last], |r| Ok((r.get(0)?, r.get(1)?)))?
