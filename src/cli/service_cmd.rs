@@ -7,8 +7,10 @@
 //!
 //! A hub reachable from other machines needs `--token-file` and usually TLS
 //! (`--tls-cert`/`--tls-key`, see docs/SECURITY.md): given here, they go into the definition
-//! as absolute paths (launchd expands neither `~` nor `$HOME`); not given, the definition
-//! shows where they would go, commented out.
+//! as absolute paths (launchd expands neither `~` nor `$HOME`) — in the plist as the hub's
+//! environment (`RELAY_TOKEN_FILE`, `RELAY_TLS_CERT`, `RELAY_TLS_KEY`: an XML comment may
+//! not contain `--`, so the commented example could not show flags), in the unit as flags;
+//! not given, the definition shows where they would go, commented out.
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -56,21 +58,33 @@ struct HubOpts {
 }
 
 impl HubOpts {
-    /// The hub's arguments after `hub`: the flags given, with absolute paths.
-    fn hub_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        for (flag, path) in [
-            ("--token-file", &self.token_file),
-            ("--tls-cert", &self.tls_cert),
-            ("--tls-key", &self.tls_key),
-        ] {
-            if let Some(p) = path {
-                args.push(flag.to_string());
-                args.push(absolute(p));
-            }
-        }
-        args
+    /// The auth settings given, as (flag, environment variable, absolute path).
+    fn auth(&self) -> Vec<Auth> {
+        [
+            ("--token-file", "RELAY_TOKEN_FILE", &self.token_file),
+            ("--tls-cert", "RELAY_TLS_CERT", &self.tls_cert),
+            ("--tls-key", "RELAY_TLS_KEY", &self.tls_key),
+        ]
+        .into_iter()
+        .filter_map(|(flag, env, path)| {
+            path.as_deref().map(|p| Auth {
+                flag,
+                env,
+                path: absolute(p),
+            })
+        })
+        .collect()
     }
+}
+
+/// One token or TLS setting of the hub.
+struct Auth {
+    /// The hub's flag (`--token-file`).
+    flag: &'static str,
+    /// The same as an environment variable (`RELAY_TOKEN_FILE`).
+    env: &'static str,
+    /// Absolute path.
+    path: String,
 }
 
 /// `p` as an absolute path (relative to the current directory), as text.
@@ -87,11 +101,11 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     match args.kind {
         ServiceKind::Plist(o) => print!(
             "{}",
-            plist(&install, &o.host.to_string(), o.port, &o.hub_args())
+            plist(&install, &o.host.to_string(), o.port, &o.auth())
         ),
         ServiceKind::Systemd(o) => print!(
             "{}",
-            systemd(&install, &o.host.to_string(), o.port, &o.hub_args())
+            systemd(&install, &o.host.to_string(), o.port, &o.auth())
         ),
     }
     Ok(ExitCode::SUCCESS)
@@ -124,19 +138,19 @@ impl Install {
     }
 }
 
-/// Where the token and TLS flags go when none were given (a commented example).
+/// Where the token and TLS settings go when none were given (a commented example).
 const PLIST_AUTH_HINT: &str = "
         <!-- Reachable from other machines? Add the token and TLS (absolute paths; see
              docs/SECURITY.md), or print this file again with those flags:
-        <string>--token-file</string>
+        <key>RELAY_TOKEN_FILE</key>
         <string>/Users/YOU/.claude-relay/tls/hub.token</string>
-        <string>--tls-cert</string>
+        <key>RELAY_TLS_CERT</key>
         <string>/Users/YOU/.claude-relay/tls/hub.crt</string>
-        <string>--tls-key</string>
+        <key>RELAY_TLS_KEY</key>
         <string>/Users/YOU/.claude-relay/tls/hub.key</string>
         -->";
 
-fn plist(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
+fn plist(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
     let logs = i.home.join("logs");
     let out = logs.join("hub.out.log");
     let err = logs.join("hub.err.log");
@@ -151,12 +165,17 @@ fn plist(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
             )
         })
         .unwrap_or_default();
-    let extra_args = if hub_args.is_empty() {
+    let auth_env = if auth.is_empty() {
         PLIST_AUTH_HINT.to_string()
     } else {
-        hub_args
-            .iter()
-            .map(|a| format!("\n        <string>{}</string>", xml(a)))
+        auth.iter()
+            .map(|a| {
+                format!(
+                    "\n        <key>{}</key>\n        <string>{}</string>",
+                    a.env,
+                    xml(&a.path)
+                )
+            })
             .collect()
     };
     format!(
@@ -178,14 +197,14 @@ fn plist(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
     <key>ProgramArguments</key>
     <array>
         <string>{exe}</string>
-        <string>hub</string>{extra_args}
+        <string>hub</string>
     </array>
     <key>EnvironmentVariables</key>
     <dict>
         <key>RELAY_HOST</key>
         <string>{host}</string>
         <key>RELAY_PORT</key>
-        <string>{port}</string>{home_env}
+        <string>{port}</string>{home_env}{auth_env}
     </dict>
     <key>RunAtLoad</key>
     <true/>
@@ -208,12 +227,12 @@ fn plist(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
     )
 }
 
-fn systemd(i: &Install, host: &str, port: u16, hub_args: &[String]) -> String {
-    let exec_args: String = hub_args
+fn systemd(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
+    let exec_args: String = auth
         .iter()
-        .map(|a| format!(" {}", systemd_quote(&a.replace('$', "$$"))))
+        .map(|a| format!(" {} {}", a.flag, systemd_quote(&a.path.replace('$', "$$"))))
         .collect();
-    let auth_hint = if hub_args.is_empty() {
+    let auth_hint = if auth.is_empty() {
         "# Reachable from other machines? Add the token and TLS to ExecStart (see\n\
          # docs/SECURITY.md), or print this file again with those flags:\n\
          #   ExecStart=… hub --token-file %h/.claude-relay/tls/hub.token \\\n\
@@ -304,9 +323,29 @@ mod tests {
         }
     }
 
+    /// The text of every XML comment in `xml`.
+    fn comments(xml: &str) -> Vec<&str> {
+        xml.split("<!--")
+            .skip(1)
+            .filter_map(|c| c.split_once("-->").map(|(inside, _)| inside))
+            .collect()
+    }
+
+    #[test]
+    fn the_example_plist_has_valid_comments() {
+        let example = include_str!("../../examples/com.claude-relay.hub.plist");
+        assert!(!comments(example).iter().any(|c| c.contains("--")));
+        assert!(example.contains("<key>RELAY_TOKEN_FILE</key>"));
+        assert!(example.contains("mkdir -p ~/.claude-relay/logs"));
+    }
+
     #[test]
     fn plist_has_the_essentials() {
         let p = plist(&install(), "127.0.0.1", 9999, &[]);
+        assert!(
+            !comments(&p).iter().any(|c| c.contains("--")),
+            "an XML comment may not contain --"
+        );
         for want in [
             "<string>com.claude-relay.hub</string>",
             "<string>/Users/me/my tools/claude-relay</string>\n        <string>hub</string>",
@@ -321,16 +360,20 @@ mod tests {
         ] {
             assert!(p.contains(want), "missing {want:?} in\n{p}");
         }
-        let args = ["--token-file".to_string(), "/t/hub token".to_string()];
-        let with_token = plist(&install(), "0.0.0.0", 9999, &args);
+        let token = Auth {
+            flag: "--token-file",
+            env: "RELAY_TOKEN_FILE",
+            path: "/t/hub token".into(),
+        };
+        let with_token = plist(&install(), "0.0.0.0", 9999, &[token]);
         assert!(
             with_token.contains(
-                "<string>hub</string>\n        <string>--token-file</string>\n        \
-                 <string>/t/hub token</string>\n    </array>"
+                "<key>RELAY_TOKEN_FILE</key>\n        <string>/t/hub token</string>\n    </dict>"
             ),
             "{with_token}"
         );
         assert!(!with_token.contains("Reachable from other machines"));
+        assert!(!comments(&with_token).iter().any(|c| c.contains("--")));
         assert!(!p.contains("CLAUDE_RELAY_HOME"));
         let with_home = Install {
             home_env: Some("/x&y".into()),
@@ -351,10 +394,19 @@ mod tests {
         assert!(u.contains("systemctl --user enable --now claude-relay-hub.service"));
         assert_eq!(systemd_quote("50%"), "50%%");
         assert!(u.contains("# Reachable from other machines?"), "{u}");
-        let args: Vec<String> = ["--tls-cert", "/c/hub.crt", "--tls-key", "/c/my key"]
-            .map(String::from)
-            .to_vec();
-        let u = systemd(&install(), "0.0.0.0", 4000, &args);
+        let tls = [
+            Auth {
+                flag: "--tls-cert",
+                env: "RELAY_TLS_CERT",
+                path: "/c/hub.crt".into(),
+            },
+            Auth {
+                flag: "--tls-key",
+                env: "RELAY_TLS_KEY",
+                path: "/c/my key".into(),
+            },
+        ];
+        let u = systemd(&install(), "0.0.0.0", 4000, &tls);
         assert!(
             u.contains(
                 "ExecStart=\"/Users/me/my tools/claude-relay\" hub --tls-cert /c/hub.crt \
