@@ -4,13 +4,6 @@
 //!
 //! Printing only; installing is a separate, later step (`service install`). The files in
 //! `examples/` are the same definitions as commented templates.
-//!
-//! A hub reachable from other machines needs `--token-file` and usually TLS
-//! (`--tls-cert`/`--tls-key`, see docs/SECURITY.md): given here, they go into the definition
-//! as absolute paths (launchd expands neither `~` nor `$HOME`) — in the plist as the hub's
-//! environment (`RELAY_TOKEN_FILE`, `RELAY_TLS_CERT`, `RELAY_TLS_KEY`: an XML comment may
-//! not contain `--`, so the commented example could not show flags), in the unit as flags;
-//! not given, the definition shows where they would go, commented out.
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -37,7 +30,7 @@ enum ServiceKind {
     Systemd(HubOpts),
 }
 
-/// Where the service's hub listens, and how it authenticates.
+/// Where the service's hub listens.
 #[derive(Debug, clap::Args)]
 struct HubOpts {
     /// Port for the hub (RELAY_PORT).
@@ -46,67 +39,14 @@ struct HubOpts {
     /// Address for the hub (RELAY_HOST). Keep loopback unless the hub has auth configured.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// The hub token's file, passed to the hub as --token-file.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// The hub's TLS certificate (PEM), passed as --tls-cert (needs --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The key of --tls-cert, passed as --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-impl HubOpts {
-    /// The auth settings given, as (flag, environment variable, absolute path).
-    fn auth(&self) -> Vec<Auth> {
-        [
-            ("--token-file", "RELAY_TOKEN_FILE", &self.token_file),
-            ("--tls-cert", "RELAY_TLS_CERT", &self.tls_cert),
-            ("--tls-key", "RELAY_TLS_KEY", &self.tls_key),
-        ]
-        .into_iter()
-        .filter_map(|(flag, env, path)| {
-            path.as_deref().map(|p| Auth {
-                flag,
-                env,
-                path: absolute(p),
-            })
-        })
-        .collect()
-    }
-}
-
-/// One token or TLS setting of the hub.
-struct Auth {
-    /// The hub's flag (`--token-file`).
-    flag: &'static str,
-    /// The same as an environment variable (`RELAY_TOKEN_FILE`).
-    env: &'static str,
-    /// Absolute path.
-    path: String,
-}
-
-/// `p` as an absolute path (relative to the current directory), as text.
-fn absolute(p: &std::path::Path) -> String {
-    std::path::absolute(p)
-        .unwrap_or_else(|_| p.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Runs `claude-relay service`.
 pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let install = Install::current();
     match args.kind {
-        ServiceKind::Plist(o) => print!(
-            "{}",
-            plist(&install, &o.host.to_string(), o.port, &o.auth())
-        ),
-        ServiceKind::Systemd(o) => print!(
-            "{}",
-            systemd(&install, &o.host.to_string(), o.port, &o.auth())
-        ),
+        ServiceKind::Plist(o) => print!("{}", plist(&install, &o.host.to_string(), o.port)),
+        ServiceKind::Systemd(o) => print!("{}", systemd(&install, &o.host.to_string(), o.port)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -138,19 +78,7 @@ impl Install {
     }
 }
 
-/// Where the token and TLS settings go when none were given (a commented example).
-const PLIST_AUTH_HINT: &str = "
-        <!-- Reachable from other machines? Add the token and TLS (absolute paths; see
-             docs/SECURITY.md), or print this file again with those flags:
-        <key>RELAY_TOKEN_FILE</key>
-        <string>/Users/YOU/.claude-relay/tls/hub.token</string>
-        <key>RELAY_TLS_CERT</key>
-        <string>/Users/YOU/.claude-relay/tls/hub.crt</string>
-        <key>RELAY_TLS_KEY</key>
-        <string>/Users/YOU/.claude-relay/tls/hub.key</string>
-        -->";
-
-fn plist(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
+fn plist(i: &Install, host: &str, port: u16) -> String {
     let logs = i.home.join("logs");
     let out = logs.join("hub.out.log");
     let err = logs.join("hub.err.log");
@@ -165,25 +93,12 @@ fn plist(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
             )
         })
         .unwrap_or_default();
-    let auth_env = if auth.is_empty() {
-        PLIST_AUTH_HINT.to_string()
-    } else {
-        auth.iter()
-            .map(|a| {
-                format!(
-                    "\n        <key>{}</key>\n        <string>{}</string>",
-                    a.env,
-                    xml(&a.path)
-                )
-            })
-            .collect()
-    };
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
 <!--
   claude-relay hub as a launchd LaunchAgent (made by `claude-relay service plist`).
-  Load it (launchd does not create the log directory; without it the hub does not start):
+  Load it:
     mkdir -p "{logs_dir}"
     claude-relay service plist > ~/Library/LaunchAgents/{HUB_LABEL}.plist
     launchctl bootstrap gui/$(id -u) ~/Library/LaunchAgents/{HUB_LABEL}.plist
@@ -204,7 +119,7 @@ fn plist(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
         <key>RELAY_HOST</key>
         <string>{host}</string>
         <key>RELAY_PORT</key>
-        <string>{port}</string>{home_env}{auth_env}
+        <string>{port}</string>{home_env}
     </dict>
     <key>RunAtLoad</key>
     <true/>
@@ -227,19 +142,7 @@ fn plist(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
     )
 }
 
-fn systemd(i: &Install, host: &str, port: u16, auth: &[Auth]) -> String {
-    let exec_args: String = auth
-        .iter()
-        .map(|a| format!(" {} {}", a.flag, systemd_quote(&a.path.replace('$', "$$"))))
-        .collect();
-    let auth_hint = if auth.is_empty() {
-        "# Reachable from other machines? Add the token and TLS to ExecStart (see\n\
-         # docs/SECURITY.md), or print this file again with those flags:\n\
-         #   ExecStart=… hub --token-file %h/.claude-relay/tls/hub.token \\\n\
-         #     --tls-cert %h/.claude-relay/tls/hub.crt --tls-key %h/.claude-relay/tls/hub.key\n"
-    } else {
-        ""
-    };
+fn systemd(i: &Install, host: &str, port: u16) -> String {
     let home_env = i
         .home_env
         .as_deref()
@@ -265,7 +168,7 @@ After=network.target
 
 [Service]
 Type=simple
-{auth_hint}ExecStart={exe} hub{exec_args}
+ExecStart={exe} hub
 Environment={host_env}
 Environment={port_env}
 {home_env}Restart=always
@@ -323,29 +226,9 @@ mod tests {
         }
     }
 
-    /// The text of every XML comment in `xml`.
-    fn comments(xml: &str) -> Vec<&str> {
-        xml.split("<!--")
-            .skip(1)
-            .filter_map(|c| c.split_once("-->").map(|(inside, _)| inside))
-            .collect()
-    }
-
-    #[test]
-    fn the_example_plist_has_valid_comments() {
-        let example = include_str!("../../examples/com.claude-relay.hub.plist");
-        assert!(!comments(example).iter().any(|c| c.contains("--")));
-        assert!(example.contains("<key>RELAY_TOKEN_FILE</key>"));
-        assert!(example.contains("mkdir -p ~/.claude-relay/logs"));
-    }
-
     #[test]
     fn plist_has_the_essentials() {
-        let p = plist(&install(), "127.0.0.1", 9999, &[]);
-        assert!(
-            !comments(&p).iter().any(|c| c.contains("--")),
-            "an XML comment may not contain --"
-        );
+        let p = plist(&install(), "127.0.0.1", 9999);
         for want in [
             "<string>com.claude-relay.hub</string>",
             "<string>/Users/me/my tools/claude-relay</string>\n        <string>hub</string>",
@@ -355,36 +238,20 @@ mod tests {
             "<key>RunAtLoad</key>\n    <true/>",
             "<string>/Users/me/.claude-relay/logs/hub.err.log</string>",
             "launchctl bootstrap gui/$(id -u)",
-            "mkdir -p \"/Users/me/.claude-relay/logs\"",
-            "<!-- Reachable from other machines? Add the token and TLS",
         ] {
             assert!(p.contains(want), "missing {want:?} in\n{p}");
         }
-        let token = Auth {
-            flag: "--token-file",
-            env: "RELAY_TOKEN_FILE",
-            path: "/t/hub token".into(),
-        };
-        let with_token = plist(&install(), "0.0.0.0", 9999, &[token]);
-        assert!(
-            with_token.contains(
-                "<key>RELAY_TOKEN_FILE</key>\n        <string>/t/hub token</string>\n    </dict>"
-            ),
-            "{with_token}"
-        );
-        assert!(!with_token.contains("Reachable from other machines"));
-        assert!(!comments(&with_token).iter().any(|c| c.contains("--")));
         assert!(!p.contains("CLAUDE_RELAY_HOME"));
         let with_home = Install {
             home_env: Some("/x&y".into()),
             ..install()
         };
-        assert!(plist(&with_home, "127.0.0.1", 1, &[]).contains("<string>/x&amp;y</string>"));
+        assert!(plist(&with_home, "127.0.0.1", 1).contains("<string>/x&amp;y</string>"));
     }
 
     #[test]
     fn systemd_unit_quotes_paths() {
-        let u = systemd(&install(), "127.0.0.1", 4000, &[]);
+        let u = systemd(&install(), "127.0.0.1", 4000);
         assert!(
             u.contains("ExecStart=\"/Users/me/my tools/claude-relay\" hub\n"),
             "{u}"
@@ -393,26 +260,5 @@ mod tests {
         assert!(u.contains("Restart=always"));
         assert!(u.contains("systemctl --user enable --now claude-relay-hub.service"));
         assert_eq!(systemd_quote("50%"), "50%%");
-        assert!(u.contains("# Reachable from other machines?"), "{u}");
-        let tls = [
-            Auth {
-                flag: "--tls-cert",
-                env: "RELAY_TLS_CERT",
-                path: "/c/hub.crt".into(),
-            },
-            Auth {
-                flag: "--tls-key",
-                env: "RELAY_TLS_KEY",
-                path: "/c/my key".into(),
-            },
-        ];
-        let u = systemd(&install(), "0.0.0.0", 4000, &tls);
-        assert!(
-            u.contains(
-                "ExecStart=\"/Users/me/my tools/claude-relay\" hub --tls-cert /c/hub.crt \
-                 --tls-key \"/c/my key\"\n"
-            ),
-            "{u}"
-        );
     }
 }
