@@ -306,7 +306,7 @@ fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
             "{}. Nothing was released and the owner secret in {} is kept. Start the hub (or fix \
              the connection) and retry, or on the hub's host run: claude-relay sessions release \
              {id} --local",
-            describe_connect_error(url, &e),
+            display::line(&describe_connect_error(url, &e)),
             path.display()
         ),
     }
@@ -377,7 +377,7 @@ fn forget_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
         Err(e) => bail!(
             "{}. Nothing was forgotten. Start the hub (or fix the connection) and retry, or on \
              the hub's host run: claude-relay sessions forget {id} --local",
-            describe_connect_error(url, &e)
+            display::line(&describe_connect_error(url, &e))
         ),
     };
     if secret.is_some() && hub_knew {
@@ -508,17 +508,15 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line saying why the hub could not be asked (safe to print: an HTTP refusal quotes
-/// the server's own words).
+/// One line saying why the hub could not be asked.
 fn describe_connect_error(url: &str, e: &ConnectError) -> String {
-    let text = match e {
+    match e {
         ConnectError::Unreachable { source, hint, .. } => {
             format!("the hub at {url} is unreachable ({source}){hint}")
         }
         ConnectError::Timeout(_, t) => format!("the hub at {url} did not answer within {t:?}"),
         other => other.to_string(),
-    };
-    display::line(&text).into_owned()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
