@@ -63,36 +63,41 @@ async fn listed(ws: &mut Ws) -> Vec<String> {
         .collect()
 }
 
-/// Polls the hub's list until `id` is listed and offline (bounded by [`WAIT`]).
-async fn offline_until(ws: &mut Ws, id: &str) {
+/// Polls the hub's first page (id → online) until `done` says yes (bounded by [`WAIT`]);
+/// returns the ids.
+async fn poll_sessions(
+    ws: &mut Ws,
+    what: &str,
+    done: impl Fn(&[(String, bool)]) -> bool,
+) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let all = sessions_online(ws).await;
-        if all.iter().any(|(i, online)| i == id && !online) {
-            return;
+        if done(&all) {
+            return all.into_iter().map(|(id, _)| id).collect();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{id} never listed offline: {all:?}"
+            "the hub never {what}: {all:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Polls the hub's list until `done` says yes (bounded by [`WAIT`]).
+/// Polls until `id` is listed and offline.
+async fn offline_until(ws: &mut Ws, id: &str) {
+    poll_sessions(ws, &format!("listed {id} offline"), |all| {
+        all.iter().any(|(i, online)| i == id && !online)
+    })
+    .await;
+}
+
+/// Polls until the listed ids satisfy `done`.
 async fn listed_until(ws: &mut Ws, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let ids = listed(ws).await;
-        if done(&ids) {
-            return ids;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hub never {what}: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_sessions(ws, what, |all| {
+        done(&all.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
+    })
+    .await
 }
 
 /// Files in the owner-secret directory of `home`.

@@ -68,6 +68,13 @@ impl Env {
         run(c).await
     }
 
+    /// `claude-relay sessions` in `cwd` with the hub down; it succeeds; its stdout.
+    async fn sessions_hub_down(&self, cwd: &Path) -> String {
+        let out = self.cli(cwd, &["sessions"], Some(&closed_port_url())).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    }
+
     /// `bash -c SCRIPT` in `cwd` (BIN names the binary).
     async fn bash(&self, cwd: &Path, script: &str, relay_url: Option<&str>) -> Output {
         self.shell("bash", cwd, script, relay_url).await
@@ -357,11 +364,7 @@ async fn listing_prunes_ghosts_but_keeps_their_names() {
             }
         })
         .unwrap();
-    let out = env
-        .cli(&proj, &["sessions"], Some(&closed_port_url()))
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = env.sessions_hub_down(&proj).await;
     assert!(
         text.contains("pruned 1 ghost session whose process is gone: GHOST"),
         "{text}"
@@ -558,11 +561,7 @@ async fn one_unreadable_registry_entry_costs_only_itself() {
     }});
     std::fs::write(&reg, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
 
-    let out = env
-        .cli(&proj, &["sessions"], Some(&closed_port_url()))
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = env.sessions_hub_down(&proj).await;
     assert!(
         row(&text, "CC-1").is_some(),
         "the rest is still listed: {text}"

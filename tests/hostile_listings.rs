@@ -37,6 +37,17 @@ async fn register_many(url: &str, n: usize, meta: &Value, parallel: usize) {
         .await;
 }
 
+/// `b` is connected and never lost its hub connection.
+async fn still_connected(b: &Bridge) {
+    let status = b.ok("relay_status", Value::Null).await;
+    assert!(status.contains("— connected for"), "{status}");
+    let log = b.log.lock().unwrap();
+    assert!(
+        !log.iter().any(|l| l.contains("connection error")),
+        "{log:#?}"
+    );
+}
+
 /// The next text frame on `ws`, raw (to measure it), skipping control frames.
 async fn raw_frame(ws: &mut Ws) -> String {
     loop {
@@ -77,17 +88,7 @@ async fn a_session_table_past_the_frame_limit_is_paged_and_keeps_every_connectio
     assert!(out.lines().count() <= 102, "a short result");
     let peers = cc1.ok("relay_peers", Value::Null).await;
     assert!(peers.contains("No other session is online"), "{peers}");
-    let status = cc1.ok("relay_status", Value::Null).await;
-    assert!(status.contains("— connected for"), "{status}");
-    assert!(
-        !cc1.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("connection error")),
-        "{:#?}",
-        cc1.log.lock().unwrap()
-    );
+    still_connected(&cc1).await;
 
     // An old client (no paging fields) gets a bounded first page and a cursor.
     let mut old = Ws::connect(&hub.url).await;
@@ -141,18 +142,8 @@ async fn pages_of_escaped_bodies_stay_under_the_frame_limit() {
         let out = cc2.ok("relay_receive", args.clone()).await;
         assert!(out.contains("[MALLORY → you"), "{args}: {out:.300}");
         assert!(!out.contains("dropped"), "{args}: {out:.300}");
-        let status = cc2.ok("relay_status", Value::Null).await;
-        assert!(status.contains("— connected for"), "{args}: {status}");
+        still_connected(&cc2).await;
     }
-    assert!(
-        !cc2.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("connection error")),
-        "{:#?}",
-        cc2.log.lock().unwrap()
-    );
 
     // And on the wire: every page is a frame a client accepts. (READER is away while the
     // mail comes, so nothing is pushed to it live.)

@@ -32,7 +32,7 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use hub::store::{Backend, sqlite::SqliteBackend};
 use mcp_bridge::{
-    connect::{ClientAuth, ConnectError, connect_with, read_until, request_once_with, send_frame},
+    connect::{ClientAuth, ConnectError, connect_with, read_reply, request_once_with, send_frame},
     owner::OwnerStore,
 };
 use serde_json::{Value, json};
@@ -109,55 +109,38 @@ enum SessionsAction {
     /// machine (~/.claude-relay/owners/NAME) and deletes it once the hub agrees. With --local,
     /// run on the hub's host by its operator: frees the name in the hub's store directly,
     /// without a secret (the hub may be running or not).
-    Release {
-        /// The name to free.
-        name: String,
-        /// Edit the hub's store on this machine instead of asking the hub.
-        #[arg(long)]
-        local: bool,
-        /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
-        #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
-        data_dir: Option<PathBuf>,
-        #[command(flatten)]
-        hub: HubConn,
-    },
+    Release(OnHub),
     /// Remove an offline session from the hub's list (with its ownership) and from this
     /// machine's registry. An owned name needs its owner secret on this machine
     /// (~/.claude-relay/owners/NAME); a name nobody owns can be forgotten by anyone. Mail
     /// waiting for it stays stored and goes to whoever claims the name next. With --local,
     /// on the hub's host: edit the hub's store directly, without a secret.
-    Forget {
-        /// The session to forget.
-        name: String,
-        /// Edit the hub's store on this machine instead of asking the hub.
-        #[arg(long)]
-        local: bool,
-        /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
-        #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
-        data_dir: Option<PathBuf>,
-        #[command(flatten)]
-        hub: HubConn,
-    },
+    Forget(OnHub),
+}
+
+/// A name to change on the hub: by asking it, or with `--local` in its store.
+#[derive(Debug, clap::Args)]
+struct OnHub {
+    /// The session's name.
+    name: String,
+    /// Edit the hub's store on this machine instead of asking the hub.
+    #[arg(long)]
+    local: bool,
+    /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
+    #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    hub: HubConn,
 }
 
 /// Runs `claude-relay sessions`.
 pub fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(SessionsAction::Name { name }) => name_session(name.as_deref()),
-        Some(SessionsAction::Release {
-            name,
-            local: true,
-            data_dir,
-            ..
-        }) => release_local(&name, data_dir),
-        Some(SessionsAction::Release { name, hub, .. }) => release_remote(&name, &hub),
-        Some(SessionsAction::Forget {
-            name,
-            local: true,
-            data_dir,
-            ..
-        }) => forget_local(&name, data_dir),
-        Some(SessionsAction::Forget { name, hub, .. }) => forget_remote(&name, &hub),
+        Some(SessionsAction::Release(a)) if a.local => release_local(&a.name, a.data_dir),
+        Some(SessionsAction::Release(a)) => release_remote(&a.name, &a.hub),
+        Some(SessionsAction::Forget(a)) if a.local => forget_local(&a.name, a.data_dir),
+        Some(SessionsAction::Forget(a)) => forget_remote(&a.name, &a.hub),
         None => list(&args),
     }
 }
@@ -241,6 +224,36 @@ fn parse_name(raw: &str) -> anyhow::Result<SessionId> {
     SessionId::parse(raw.trim()).map_err(|e| anyhow!("{raw:?} is not a valid session id: {e}"))
 }
 
+/// One request to the hub on a small runtime of its own: the reply, or why there was none
+/// (the outer error: the runtime could not start).
+fn ask_once(
+    conn: &HubConn,
+    frame: &ClientFrame,
+) -> anyhow::Result<Result<ServerFrame, ConnectError>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(request_once_with(
+        &conn.relay_url,
+        &conn.auth(),
+        frame,
+        HUB_TIMEOUT,
+    )))
+}
+
+/// Deletes the owner secret of `id` kept here (it means nothing once the hub let the name
+/// go), saying so on stderr.
+fn drop_secret(owners: &OwnerStore, id: &SessionId, path: &Path) {
+    match owners.remove(id.as_str()) {
+        Ok(_) => eprintln!(
+            "claude-relay: deleted the owner secret {} (it no longer means anything)",
+            path.display()
+        ),
+        Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
+    }
+}
+
 /// Asks the hub to free `name` with the owner secret kept here; deletes it on success.
 fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
     let id = parse_name(raw)?;
@@ -260,23 +273,11 @@ fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
         token: None,
         rid: None,
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let url = &conn.relay_url;
-    let reply = rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT));
-    match reply {
+    match ask_once(conn, &frame)? {
         Ok(ServerFrame::Released(_)) => {
-            let removed = owners.remove(id.as_str());
             println!("released {id}: any machine can claim it now");
-            match removed {
-                Ok(_) => eprintln!(
-                    "claude-relay: deleted the owner secret {} (it no longer means anything)",
-                    path.display()
-                ),
-                Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
-            }
+            drop_secret(&owners, &id, &path);
             Ok(ExitCode::SUCCESS)
         }
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_OWNER) => bail!(
@@ -328,13 +329,8 @@ fn forget_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
         token: None,
         rid: None,
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let url = &conn.relay_url;
-    let reply = rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT));
-    let hub_knew = match reply {
+    let hub_knew = match ask_once(conn, &frame)? {
         Ok(ServerFrame::Forgotten(_)) => true,
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_FOUND) => false,
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NAME_IN_USE) => bail!(
@@ -381,13 +377,7 @@ fn forget_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
         ),
     };
     if secret.is_some() && hub_knew {
-        match owners.remove(id.as_str()) {
-            Ok(_) => eprintln!(
-                "claude-relay: deleted the owner secret {} (it no longer means anything)",
-                path.display()
-            ),
-            Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
-        }
+        drop_secret(&owners, &id, &path);
     }
     let local = forget_in_registry(&id)?;
     match (hub_knew, local) {
@@ -436,17 +426,7 @@ fn forget_in_registry(id: &SessionId) -> anyhow::Result<bool> {
 /// Forgets `name` in the hub's store on this machine (the operator's way; no secret needed).
 fn forget_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let id = parse_name(raw)?;
-    let dir = data_dir.unwrap_or_else(sessions::paths::hub_data_dir);
-    let db = dir.join(hub::store::sqlite::DB_FILE);
-    if !db.exists() {
-        bail!(
-            "there is no hub store at {}: run this on the hub's host, with --data-dir DIR if the \
-             hub was started with --data-dir or RELAY_DATA_DIR",
-            db.display()
-        );
-    }
-    let mut store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
-        .with_context(|| format!("cannot open the hub store in {}", dir.display()))?;
+    let (mut store, dir, db) = open_local_store(data_dir)?;
     let had = store
         .forget_session(id.as_str())
         .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
@@ -476,9 +456,12 @@ fn frame_type(f: &ServerFrame) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Frees `name` in the hub's store on this machine (the operator's way; no secret needed).
-fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let id = parse_name(raw)?;
+/// The hub's store on this machine, for the operator's `--local` edits (hub running or not:
+/// SQLite in WAL mode lets a second writer wait its turn): the store, its directory and its
+/// database file.
+fn open_local_store(
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(SqliteBackend, PathBuf, PathBuf)> {
     let dir = data_dir.unwrap_or_else(sessions::paths::hub_data_dir);
     let db = dir.join(hub::store::sqlite::DB_FILE);
     if !db.exists() {
@@ -488,8 +471,15 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
             db.display()
         );
     }
-    let mut store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
+    let store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
         .with_context(|| format!("cannot open the hub store in {}", dir.display()))?;
+    Ok((store, dir, db))
+}
+
+/// Frees `name` in the hub's store on this machine (the operator's way; no secret needed).
+fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let (mut store, dir, db) = open_local_store(data_dir)?;
     let had_owner = store
         .release_owner(id.as_str())
         .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
@@ -670,15 +660,7 @@ async fn all_pages(url: &str, auth: &ClientAuth) -> Result<Listed, ConnectError>
             rid: None,
         });
         send_frame(&mut ws, &frame).await?;
-        let reply = read_until(&mut ws, HUB_TIMEOUT, |f| match f {
-            ServerFrame::Message(_)
-            | ServerFrame::PeerJoined(_)
-            | ServerFrame::PeerLeft(_)
-            | ServerFrame::Presence(_)
-            | ServerFrame::Mail(_) => None,
-            other => Some(other),
-        })
-        .await?;
+        let reply = read_reply(&mut ws, HUB_TIMEOUT).await?;
         match reply {
             ServerFrame::Sessions(page) => {
                 all.extend(page.sessions);
