@@ -1,5 +1,7 @@
-//! A bridge's life from start to exit: resolve who we are, record it, serve MCP on stdio
-//! until stdin closes (or the watchdog says stop), then leave cleanly.
+//! A bridge's life from start to exit: resolve who we are, serve MCP on stdio until stdin
+//! closes (or the watchdog says stop), then leave cleanly. The session is recorded (registry,
+//! hub) only once the hub connection starts — the first tool call, or a moment after
+//! `initialized` — so a health check that hangs up first leaves no trace (docs/BRIDGE.md).
 //!
 //! Exit paths:
 //! - stdin EOF ends rmcp's service (`waiting()` returns): the natural end; [`run`] returns 0.
