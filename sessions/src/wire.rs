@@ -128,8 +128,8 @@ pub struct Register {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// True to have the hub push this session's unread mail (oldest first, up to 100
-    /// messages) right after `registered`, as ordinary `message` frames. They count as
-    /// delivered, not read.
+    /// messages and the hub's page budget in bytes) right after `registered`, as ordinary
+    /// `message` frames. They count as delivered, not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<bool>,
     /// True when the name was made up for this one process (the bridge's
