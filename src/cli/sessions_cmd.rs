@@ -45,7 +45,7 @@ use sessions::{
     },
 };
 
-/// How long the hub may take to accept the connection, and then to answer (each page).
+/// How long the hub may take to accept the connection, and then to answer.
 const HUB_TIMEOUT: Duration = Duration::from_secs(3);
 /// Sessions asked for per page (the hub's largest page).
 const PAGE: u32 = 1000;
