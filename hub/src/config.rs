@@ -91,6 +91,11 @@ pub struct HubConfig {
     pub max_page_bytes: usize,
     /// Metadata a client may attach on `register`, serialized. Default 4 KiB.
     pub max_meta_bytes: usize,
+    /// Sessions the hub remembers. Default 10,000. Beyond it the least recently seen offline
+    /// sessions are forgotten (checked whenever a connection ends); their ownership and
+    /// their mail stay. Online sessions are never forgotten, so the table holds at most this
+    /// many plus the ones online.
+    pub max_sessions: usize,
     /// How long shutdown waits for connections to close and the store to flush.
     pub shutdown_grace: Duration,
     /// Open connections per remote address (loopback exempt: every SSH-tunnelled machine
@@ -136,6 +141,7 @@ impl HubConfig {
             max_page: 500,
             max_page_bytes: 4 << 20,
             max_meta_bytes: 4 << 10,
+            max_sessions: 10_000,
             shutdown_grace: Duration::from_secs(5),
             max_conns_per_addr: 256,
             frame_rate: 100_000.0,

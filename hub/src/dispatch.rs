@@ -10,11 +10,11 @@ use std::{net::SocketAddr, sync::Arc};
 use sessions::{
     BROADCAST, SessionId,
     id::validate,
-    time::{iso, now_ms, parse_iso},
+    time::{now_ms, parse_iso},
     wire::{
-        self, ClientFrame, ErrorFrame, GetHistory, History, Inbox, Marked, Meta, Peers, Pong,
-        PresenceMode, Register, RegisterRejected, Registered, Released, RequestId, SendMessage,
-        ServerFrame, SessionView, Sessions, Status, Watching, codes,
+        self, ClientFrame, ErrorFrame, Forgotten, GetHistory, History, Inbox, Marked, Meta, Peers,
+        Pong, PresenceMode, Register, RegisterRejected, Registered, Released, RequestId,
+        SendMessage, ServerFrame, Sessions, Status, Watching, codes,
     },
 };
 use tokio::sync::Notify;
@@ -24,6 +24,7 @@ use crate::{
     auth::{hash_secret, mint_secret, secret_matches, token_ok},
     budget::Charge,
     frames::{self, RegisteredOut},
+    listing,
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
@@ -61,6 +62,9 @@ pub struct ConnSession {
     /// The frame budget charge of the frame being handled (a `message` takes it into the
     /// store queue, so its bytes count until they are committed; see `crate::budget`).
     pub charge: Option<Charge>,
+    /// The name held was made up for this one connection (`register.transient`): forget it
+    /// when the connection ends, unless direct mail to it waits.
+    pub transient: bool,
 }
 
 impl ConnSession {
@@ -74,6 +78,7 @@ impl ConnSession {
             authorized,
             watching: None,
             charge: None,
+            transient: false,
         }
     }
 
@@ -136,6 +141,7 @@ impl ConnSession {
             ClientFrame::Register(r) => r.token.as_deref(),
             ClientFrame::Release(r) => r.token.as_deref(),
             ClientFrame::Watch(w) => w.token.as_deref(),
+            ClientFrame::Forget(f) => f.token.as_deref(),
             _ => None,
         };
         match presented {
@@ -190,7 +196,7 @@ impl ConnSession {
                 self_id: self.id.as_ref().map(|i| i.to_string()),
                 rid: b.rid,
             })),
-            ClientFrame::GetSessions(b) => Box::pin(self.sessions(hub, b.rid)).await,
+            ClientFrame::GetSessions(q) => Box::pin(self.sessions(hub, q)).await,
             ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
                 timestamp: now_ms(),
                 version: Some(crate::VERSION.to_string()),
@@ -201,6 +207,72 @@ impl ConnSession {
             ClientFrame::GetStatus(b) => Box::pin(self.status(hub, b.rid)).await,
             ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
+            ClientFrame::Forget(f) => Box::pin(self.forget(hub, f)).await,
+        }
+    }
+
+    /// `forget`: drops an offline session from the table. Who may: for an owned name, only
+    /// whoever presents its owner secret; for a name nobody owns, any client (anyone could
+    /// claim that name and read its mail anyway). A session held by a connection — online,
+    /// or registering right now — is never forgotten.
+    async fn forget(&mut self, hub: &HubState, f: wire::Forget) {
+        let id = match SessionId::parse(&f.client_id) {
+            Ok(id) => id,
+            Err(e) => {
+                return self.error(codes::INVALID_ID, format!("invalid clientId: {e}"), f.rid);
+            }
+        };
+        let secret = f.owner_secret;
+        let router = hub.router.clone();
+        let result = {
+            let id = id.clone();
+            // Checked on the store thread, after any registration queued before it.
+            hub.store
+                .call(move |b| {
+                    if router.is_held(id.as_str()) {
+                        return Ok(Forgot::Online);
+                    }
+                    match b.owner_hash(id.as_str())? {
+                        Some(h) if secret.as_deref().is_some_and(|s| secret_matches(&h, s)) => {}
+                        Some(_) => return Ok(Forgot::NotOwner(secret.is_some())),
+                        None => {}
+                    }
+                    Ok(if b.forget_session(id.as_str())? {
+                        Forgot::Done
+                    } else {
+                        Forgot::Unknown
+                    })
+                })
+                .await
+        };
+        match result {
+            Ok(Forgot::Done) => {
+                tracing::info!(%id, addr = %self.addr, "session forgotten");
+                self.reply(ServerFrame::Forgotten(Forgotten {
+                    client_id: id.to_string(),
+                    rid: f.rid,
+                }))
+            }
+            Ok(Forgot::Online) => self.error(
+                codes::NAME_IN_USE,
+                format!("{id} is online: only an offline session can be forgotten"),
+                f.rid,
+            ),
+            Ok(Forgot::NotOwner(presented)) => self.error(
+                codes::NOT_OWNER,
+                if presented {
+                    format!("wrong owner secret for {id}")
+                } else {
+                    format!("{id} is owned: forgetting it needs its owner secret")
+                },
+                f.rid,
+            ),
+            Ok(Forgot::Unknown) => self.error(
+                codes::NOT_FOUND,
+                format!("the hub knows no session {id}"),
+                f.rid,
+            ),
+            Err(e) => self.store_error(e, f.rid),
         }
     }
 
@@ -261,11 +333,12 @@ impl ConnSession {
                     Ok(Some((
                         b.unread_count(id.as_str())?,
                         b.unread_senders(id.as_str(), 10)?,
+                        b.session(id.as_str())?.is_some(),
                     )))
                 })
                 .await
         };
-        let (unread, from) = match checked {
+        let (unread, from, known) = match checked {
             Ok(Some(v)) => v,
             Ok(None) => {
                 return self.error(
@@ -291,6 +364,7 @@ impl ConnSession {
             client_id: id.to_string(),
             unread,
             from,
+            known: Some(known),
             rid: w.rid,
         }));
     }
@@ -491,6 +565,7 @@ impl ConnSession {
             }
         };
         self.id = Some(id.clone());
+        self.transient = r.transient == Some(true);
         // The whole list is the Node relay's contract (`presence: "full"`); delta clients need
         // it as the base their batches apply to; `none` clients asked not to be told.
         // (Not active yet, so the online list is exactly the others.)
@@ -647,30 +722,42 @@ impl ConnSession {
         }
     }
 
-    async fn sessions(&mut self, hub: &HubState, rid: Option<RequestId>) {
-        match hub.store.call(|b| b.sessions()).await {
-            Ok(records) => {
-                let now = now_ms();
-                let mut sessions = std::collections::BTreeMap::new();
-                for r in records {
-                    let online = hub.router.connected_at(&r.id);
-                    sessions.insert(
-                        r.id,
-                        SessionView {
-                            online: online.is_some(),
-                            last_seen: Some(iso(if online.is_some() { now } else { r.last_seen })),
-                            connected_at: online.or(r.connected_at).map(iso),
-                            meta: r.meta,
-                        },
+    /// One page of the session table (see [`listing`]): at most `limit` sessions and the
+    /// hub's page budget in bytes, so the reply stays bounded however many sessions exist.
+    async fn sessions(&mut self, hub: &HubState, q: wire::GetSessions) {
+        let limit = q.limit.map_or(listing::PAGE_MAX, |n| {
+            (n as usize).clamp(1, listing::PAGE_MAX)
+        });
+        let cursor = match q.after.as_deref().filter(|a| !a.is_empty()) {
+            None => listing::Cursor::Start,
+            Some(a) => match listing::Cursor::parse(a) {
+                Some(c) => c,
+                None => {
+                    return self.error(
+                        codes::BAD_FRAME,
+                        "after is not a cursor from this hub: pass the `next` of the previous \
+                         sessions page, or leave it out for the first page",
+                        q.rid,
                     );
                 }
-                self.reply(ServerFrame::Sessions(Sessions {
-                    sessions,
-                    self_id: self.id.as_ref().map(|i| i.to_string()),
-                    rid,
-                }));
-            }
-            Err(e) => self.store_error(e, rid),
+            },
+        };
+        let router = hub.router.clone();
+        let max_bytes = hub.config.max_page_bytes;
+        let page = hub
+            .store
+            .call(move |b| listing::page(b, &router, &cursor, limit, max_bytes))
+            .await;
+        match page {
+            Ok(p) => self.reply(ServerFrame::Sessions(Sessions {
+                sessions: p.sessions,
+                self_id: self.id.as_ref().map(|i| i.to_string()),
+                total: Some(p.total),
+                online: Some(p.online),
+                next: p.next,
+                rid: q.rid,
+            })),
+            Err(e) => self.store_error(e, q.rid),
         }
     }
 
@@ -782,8 +869,18 @@ impl ConnSession {
             presence::announce_left(&hub.router, &id);
             let now = now_ms();
             let sid = id.clone();
+            let transient = self.transient;
+            let max = hub.config.max_sessions;
+            let router = hub.router.clone();
             if !hub.store.try_call(move |b| {
                 let _ = b.session_left(sid.as_str(), now);
+                // A made-up name nobody will claim again: gone with its connection, unless
+                // mail to it waits (then it stays listed, and owned, until forgotten).
+                if transient && !router.is_held(sid.as_str()) {
+                    let _ = b.forget_if_idle(sid.as_str());
+                }
+                // The bound on the table: the least recently seen offline sessions go.
+                let _ = b.trim_sessions(max, &|id| router.is_held(id));
             }) {
                 tracing::warn!(%id, "store queue full: last-seen time not recorded");
             }
@@ -804,6 +901,17 @@ fn not_owner_reason(id: &SessionId, presented: bool) -> String {
              `claude-relay sessions release {id}`"
         )
     }
+}
+
+/// What the store said about a `forget`.
+enum Forgot {
+    Done,
+    /// A connection holds the name.
+    Online,
+    /// The name is owned; whether a (wrong) secret was presented.
+    NotOwner(bool),
+    /// Nothing by that name.
+    Unknown,
 }
 
 /// What the store said about a claim.

@@ -29,6 +29,7 @@ pub mod error;
 pub mod frames;
 pub mod integrity;
 pub mod limits;
+pub mod listing;
 pub mod outbound;
 pub mod parse;
 pub mod presence;

@@ -19,7 +19,11 @@ pub const KNOWN_TYPES: &[&str] = &[
     "get_status",
     "release",
     "watch",
+    "forget",
 ];
+
+/// Characters of serde's explanation quoted in an error reply.
+const MAX_DETAIL: usize = 300;
 
 /// A frame that could not be parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +111,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
     }
     let detail = err.to_string();
     let detail = detail.split(" at line ").next().unwrap_or(&detail);
+    // serde quotes the offending value, which may be most of a 1 MiB frame: an error reply
+    // stays short whatever the frame was.
+    let detail: String = detail.chars().take(MAX_DETAIL).collect();
     Err(ParseError {
         message: format!("invalid {ty} frame: {detail}"),
         code: codes::BAD_FRAME,

@@ -259,6 +259,11 @@ impl Router {
         self.peers.get(id).is_some_and(|p| p.active)
     }
 
+    /// True if a connection holds `id`, active or still registering.
+    pub fn is_held(&self, id: &str) -> bool {
+        self.peers.contains_key(id)
+    }
+
     /// When the current holder of `id` registered.
     pub fn connected_at(&self, id: &str) -> Option<i64> {
         self.peers

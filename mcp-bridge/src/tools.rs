@@ -29,9 +29,10 @@ pub mod name {
     pub const WAIT: &str = "relay_wait";
 }
 
-/// Largest message body the bridge will try to send. The hub caps a frame at 1 MiB; the
-/// envelope needs a little room, so bodies stop a bit short of it.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 - 4 * 1024;
+/// Largest message body the bridge will try to send: the hub's default content limit
+/// (`--max-content-bytes`, 512 KiB; see docs/PROTOCOL.md). A hub configured lower refuses
+/// with its own limit in the error, and the result says so.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// Default `relay_receive` page size.
 pub const DEFAULT_COUNT: u32 = 10;
 /// Largest `relay_receive` page size.
@@ -124,8 +125,8 @@ pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
             schema(json!({
                 "type": "object",
                 "properties": {
-                    "message": {"type": "string", "description": "The text (max ~1 MiB)."},
-                    "to": {"type": "string", "description": "Session id, e.g. CC-2 (see relay_peers). Omit to send to all."}
+                    "message": {"type": "string", "description": "The text (max 512 KiB)."},
+                    "to": {"type": "string", "description": "Session id, e.g. CC-2 (see relay_peers), or all. Omit to send to all."}
                 },
                 "required": ["message"],
                 "additionalProperties": false
@@ -200,12 +201,22 @@ pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> 
             }
             if message.len() > MAX_MESSAGE_BYTES {
                 return Err(format!(
-                    "{tool}: \"message\" is {} bytes; the hub takes at most about 1 MiB. Put the \
+                    "{tool}: \"message\" is {} bytes; the hub takes at most 512 KiB. Put the \
                      content in a file (or commit it) and send the path instead. Nothing was sent.",
                     message.len()
                 ));
             }
-            let to = a.string("to")?.map(str::trim).filter(|s| !s.is_empty());
+            let to = match a.string("to")?.map(str::trim) {
+                // An empty `to` is a mistake (a variable that was never filled in), not a
+                // wish to reach everyone: a broadcast is asked for by leaving it out.
+                Some("") => {
+                    return Err(format!(
+                        "{tool}: \"to\" is empty. Give a session id (see relay_peers), or leave \
+                         \"to\" out (or use \"all\") to send to everyone. Nothing was sent."
+                    ));
+                }
+                other => other,
+            };
             let to = match to {
                 None => None,
                 Some(t) if t.eq_ignore_ascii_case(sessions::BROADCAST) => None,
@@ -480,7 +491,7 @@ mod tests {
                 to: Some("CC-2".into())
             })
         );
-        for to in [json!("all"), json!("ALL"), json!(null), json!("")] {
+        for to in [json!("all"), json!("ALL"), json!(null)] {
             assert_eq!(
                 parse(
                     "relay_send",
@@ -509,6 +520,17 @@ mod tests {
         assert!(e.contains("unknown argument \"content\""), "{e}");
         let e = parse("relay_send", Some(&args(json!({"message": "  "})))).unwrap_err();
         assert!(e.contains("empty"), "{e}");
+        for blank in ["", "  ", "\t"] {
+            let e = parse(
+                "relay_send",
+                Some(&args(json!({"message": "hi", "to": blank}))),
+            )
+            .unwrap_err();
+            assert!(
+                e.contains("\"to\" is empty") && e.contains("Nothing was sent"),
+                "{e}"
+            );
+        }
         let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
         let e = parse("relay_send", Some(&args(json!({"message": big})))).unwrap_err();
         assert!(e.contains("file"), "{e}");

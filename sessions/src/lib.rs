@@ -3,6 +3,7 @@
 //! liveness. No server code lives here, so the bridge and CLI can depend on it without pulling
 //! in the hub.
 
+pub mod display;
 pub mod id;
 pub mod identity;
 pub mod liveness;

@@ -38,8 +38,8 @@ pub enum ClientFrame {
     GetHistory(GetHistory),
     /// Who is online now.
     GetPeers(Bare),
-    /// Every known session, online and offline, with its metadata.
-    GetSessions(Bare),
+    /// Known sessions, online and offline, with their metadata (paged).
+    GetSessions(GetSessions),
     /// Application-level liveness check.
     Ping(Bare),
     /// The oldest unread inbound messages of this session (does not mark them read).
@@ -52,6 +52,8 @@ pub enum ClientFrame {
     Release(Release),
     /// Be told when mail arrives for a session.
     Watch(Watch),
+    /// Remove an offline session from the hub's session table.
+    Forget(Forget),
 }
 
 impl ClientFrame {
@@ -61,13 +63,13 @@ impl ClientFrame {
             Self::Register(f) => &mut f.rid,
             Self::Message(f) => &mut f.rid,
             Self::GetHistory(f) => &mut f.rid,
-            Self::GetPeers(f) | Self::GetSessions(f) | Self::Ping(f) | Self::GetStatus(f) => {
-                &mut f.rid
-            }
+            Self::GetPeers(f) | Self::Ping(f) | Self::GetStatus(f) => &mut f.rid,
+            Self::GetSessions(f) => &mut f.rid,
             Self::Receive(f) => &mut f.rid,
             Self::MarkRead(f) => &mut f.rid,
             Self::Release(f) => &mut f.rid,
             Self::Watch(f) => &mut f.rid,
+            Self::Forget(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -78,13 +80,13 @@ impl ClientFrame {
             Self::Register(f) => f.rid.as_ref(),
             Self::Message(f) => f.rid.as_ref(),
             Self::GetHistory(f) => f.rid.as_ref(),
-            Self::GetPeers(f) | Self::GetSessions(f) | Self::Ping(f) | Self::GetStatus(f) => {
-                f.rid.as_ref()
-            }
+            Self::GetPeers(f) | Self::Ping(f) | Self::GetStatus(f) => f.rid.as_ref(),
+            Self::GetSessions(f) => f.rid.as_ref(),
             Self::Receive(f) => f.rid.as_ref(),
             Self::MarkRead(f) => f.rid.as_ref(),
             Self::Release(f) => f.rid.as_ref(),
             Self::Watch(f) => f.rid.as_ref(),
+            Self::Forget(f) => f.rid.as_ref(),
         }
     }
 }
@@ -126,10 +128,52 @@ pub struct Register {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// True to have the hub push this session's unread mail (oldest first, up to 100
-    /// messages) right after `registered`, as ordinary `message` frames. They count as
-    /// delivered, not read.
+    /// messages and the hub's page budget in bytes) right after `registered`, as ordinary
+    /// `message` frames. They count as delivered, not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<bool>,
+    /// True when the name was made up for this one process (the bridge's
+    /// `<HOSTNAME>-<pid base 36>`): nobody will claim it again, so when this connection ends
+    /// the hub forgets the session unless direct mail to it is waiting unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transient: Option<bool>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `get_sessions`: a page of the sessions the hub knows. Pages run online sessions first
+/// (by id), then offline ones, most recently seen first; follow `next` to read them all.
+/// A client that sends neither field (the Node relay's) gets the first page at the default
+/// size.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetSessions {
+    /// Most sessions in the reply (default and maximum: the hub's page size, 1000); the page
+    /// also ends early when it would exceed the hub's byte budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page (an opaque cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `forget`: remove an offline session from the hub's session table (and its ownership).
+/// Its unread mail stays stored for whoever claims the name next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forget {
+    /// The session to forget.
+    pub client_id: String,
+    /// Its owner secret; required when the name is owned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_secret: Option<String>,
+    /// The hub token, if the hub needs one and the upgrade did not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Echoed on the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -341,6 +385,8 @@ pub enum ServerFrame {
     Released(Released),
     /// Reply to `watch`.
     Watching(Watching),
+    /// Reply to `forget`.
+    Forgotten(Forgotten),
     /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
     Mail(Mail),
     /// Something about a client frame was wrong; the connection stays open.
@@ -363,6 +409,7 @@ impl ServerFrame {
             Self::Status(f) => f.rid.as_ref(),
             Self::Released(f) => f.rid.as_ref(),
             Self::Watching(f) => f.rid.as_ref(),
+            Self::Forgotten(f) => f.rid.as_ref(),
             Self::Error(f) => f.rid.as_ref(),
             Self::PeerJoined(_)
             | Self::PeerLeft(_)
@@ -425,6 +472,17 @@ pub struct Released {
     pub rid: Option<RequestId>,
 }
 
+/// `forgotten`: the session is no longer in the hub's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forgotten {
+    /// The forgotten session.
+    pub client_id: String,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
 /// `watching`: the watch is in place.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -435,6 +493,11 @@ pub struct Watching {
     pub unread: u64,
     /// Who sent them (distinct senders, oldest first, at most 10).
     pub from: Vec<String>,
+    /// Whether the hub knows a session by this name (one registered under it and was not
+    /// forgotten). False means nothing ever registered as it: mail to it can still come,
+    /// but a misspelt name would wait forever. Absent from older hubs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known: Option<bool>,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -590,14 +653,23 @@ pub struct SessionView {
     pub meta: Meta,
 }
 
-/// `sessions`.
+/// `sessions`: one page of known sessions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sessions {
-    /// Every known session by id.
+    /// The sessions of this page by id (see [`GetSessions`] for which ones).
     pub sessions: BTreeMap<String, SessionView>,
     /// The asker's id; null before `register`.
     #[serde(rename = "self")]
     pub self_id: Option<String>,
+    /// How many sessions the hub knows in all (this page may hold fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// How many of them are online now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<u64>,
+    /// Cursor of the next page (pass it as `after`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -741,6 +813,8 @@ pub mod codes {
     /// A `message` reused the `key` of an earlier, different message of the same sender
     /// (other recipient or content). It was not stored.
     pub const KEY_CONFLICT: &str = "key_conflict";
+    /// The hub knows no session by that name.
+    pub const NOT_FOUND: &str = "not_found";
 }
 
 /// Most unread messages the hub pushes after `registered` to a client that asked for its

@@ -82,6 +82,10 @@ pub struct HubArgs {
     /// (at least 1024).
     #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
     pub outbound_frames: usize,
+    /// Sessions the hub remembers; beyond it the least recently seen offline ones are
+    /// forgotten (their ownership and mail stay).
+    #[arg(long, env = "RELAY_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
     /// Threads serving connections (the store always has its own thread besides).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -126,6 +130,7 @@ impl HubArgs {
         c.register_rate = f64::from(self.register_rate.max(1));
         c.register_burst = c.register_rate;
         c.outbound_frames = self.outbound_frames.max(2 * hub::store::actor::MAX_BATCH);
+        c.max_sessions = self.max_sessions.max(1);
         c.token = self
             .token_file
             .as_deref()

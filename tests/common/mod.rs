@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod channel;
 pub mod hub;
 pub mod impair;
 pub mod ws;

@@ -174,6 +174,29 @@ impl StoredMessage {
     }
 }
 
+/// Bytes a message adds to a reply frame (`history`, `inbox`): its content as JSON escapes
+/// it, plus sender, recipient and the fixed fields. Pages are bounded by this, not by raw
+/// content bytes: a body of control characters grows sixfold when escaped, and a page that
+/// held 4 MiB of them raw would be a 24 MiB frame, past what clients accept (16 MiB).
+pub fn wire_len(m: &StoredMessage) -> usize {
+    /// `{"id":"<epoch>-<seq>","from":"","to":"","content":"","timestamp":"…","seq":N},`
+    const FIXED: usize = 128;
+    FIXED + m.from.len() + m.to.len() + json_string_len(&m.content)
+}
+
+/// Length of `s` once serde_json has escaped it (without the quotes): `"` and `\` and the
+/// short escapes (`\n`, `\t`, …) take two bytes, other C0 controls six (`\u001f`).
+pub fn json_string_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
 /// Formats a message id.
 pub fn message_id(epoch: &str, seq: u64) -> String {
     format!("{epoch}-{seq}")
@@ -212,7 +235,8 @@ pub struct HistoryQuery {
     pub inbound_only: bool,
     /// Page size in messages.
     pub count: usize,
-    /// Page size in content bytes (at least one message is always returned).
+    /// Page size in reply bytes, as [`wire_len`] counts them (at least one message is always
+    /// returned).
     pub max_bytes: usize,
 }
 
@@ -241,6 +265,9 @@ pub struct SessionRecord {
     pub id: String,
     /// Metadata JSON object from its last registration.
     pub meta: serde_json::Map<String, serde_json::Value>,
+    /// Length of that metadata as stored (JSON text): what it adds to a reply, without
+    /// serializing it again to find out.
+    pub meta_bytes: usize,
     /// When it was last connected (Unix ms).
     pub last_seen: i64,
     /// When its last connection registered (Unix ms).
@@ -287,7 +314,9 @@ pub trait Backend: Send {
     fn maintain(&mut self) {}
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
-    /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender.
+    /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender;
+    /// the page stops before `max_bytes` of reply (as [`wire_len`] counts), but always holds
+    /// at least one message.
     fn inbox(
         &mut self,
         viewer: &str,
@@ -305,8 +334,30 @@ pub trait Backend: Send {
     fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError>;
     /// A session's connection ended.
     fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError>;
-    /// Every known session.
-    fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError>;
+    /// The session `id`, if the store knows it.
+    fn session(&mut self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Up to `limit` sessions, most recently seen first (then by id, descending), strictly
+    /// after the position `after` = (last seen, id) in that order.
+    fn sessions_by_recency(
+        &mut self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+    /// How many sessions the store knows.
+    fn session_count(&mut self) -> Result<u64, StoreError>;
+    /// Forgets `id`: its session record, its ownership and its broadcast read marks (mail
+    /// addressed to it stays). Returns whether there was anything to forget.
+    fn forget_session(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Forgets `id` (as [`forget_session`](Self::forget_session)) unless direct mail to it
+    /// is waiting unread. Returns whether it was forgotten.
+    fn forget_if_idle(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Keeps at most `max` sessions: forgets the least recently seen ones for which `spare`
+    /// (the router's "online now") is false, keeping their ownership. Returns how many went.
+    fn trim_sessions(
+        &mut self,
+        max: usize,
+        spare: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError>;
     /// The most recent sends of `sender`, newest first, with delivery state.
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError>;
     /// The stored hash of `id`'s owner secret, if the name is owned.

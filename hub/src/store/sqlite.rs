@@ -14,7 +14,7 @@ use sessions::{BROADCAST, time::iso, wire::SendState};
 use super::{
     After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, Integrity, NewMessage,
     PruneReport, SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
-    datadir::DataDirLock, message_id,
+    datadir::DataDirLock, message_id, wire_len,
 };
 use crate::config::{Retention, SyncMode};
 
@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_seen    INTEGER NOT NULL,
     connected_at INTEGER
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_seen ON sessions(last_seen, id);
 ";
 
 /// Rows a size-eviction slice looks at, in multiples of its delete budget: bounds the
@@ -83,6 +84,9 @@ pub struct SqliteBackend {
     lock: Option<DataDirLock>,
     /// What `PRAGMA quick_check` said at open; a damaged store refuses writes.
     integrity: Integrity,
+    /// Rows in `sessions`, counted once at open and kept up to date, so bounding the table
+    /// (`trim_sessions`, at every disconnect) costs no table scan.
+    session_rows: u64,
 }
 
 /// Most lines of a failed integrity check kept in its report.
@@ -243,7 +247,10 @@ impl SqliteBackend {
                     .map_err(StoreError::from),
             },
         )?;
+        let session_rows =
+            conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
         Ok(Self {
+            session_rows,
             conn,
             file_id: Self::file_id(&path),
             checkpointer: Some(Checkpointer::start(path.clone())),
@@ -277,6 +284,14 @@ impl SqliteBackend {
                 report: report.clone(),
             }),
         }
+    }
+
+    /// True when the hub has a session record for `id`.
+    fn session_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+            .exists([id])?)
     }
 
     fn first_seq(&self, viewer: &str) -> Result<u64, StoreError> {
@@ -342,6 +357,27 @@ fn apply_delivery_fixes(tx: &Connection, fixes: &[(u64, Option<i64>)]) -> Result
         };
     }
     Ok(())
+}
+
+fn row_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let meta: String = r.get(1)?;
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        meta_bytes: meta.len(),
+        meta: serde_json::from_str(&meta).unwrap_or_default(),
+        last_seen: r.get(2)?,
+        connected_at: r.get(3)?,
+    })
+}
+
+/// Deletes `id`'s session row and its broadcast read marks (its ownership and the mail
+/// addressed to it stay). Returns the session rows deleted (0 or 1).
+fn drop_session(tx: &Connection, id: &str) -> Result<usize, StoreError> {
+    tx.prepare_cached("DELETE FROM reads WHERE identity = ?1")?
+        .execute([id])?;
+    Ok(tx
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+        .execute([id])?)
 }
 
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -521,13 +557,12 @@ impl Backend for SqliteBackend {
         let mut more = false;
         for row in rows {
             let m = row?;
-            if messages.len() >= q.count
-                || (!messages.is_empty() && bytes + m.content.len() > q.max_bytes)
-            {
+            let len = wire_len(&m);
+            if messages.len() >= q.count || (!messages.is_empty() && bytes + len > q.max_bytes) {
                 more = true;
                 break;
             }
-            bytes += m.content.len();
+            bytes += len;
             messages.push(m);
         }
         if desc {
@@ -574,12 +609,11 @@ impl Backend for SqliteBackend {
         let mut messages = Vec::with_capacity(count.min(all.len()));
         let mut bytes = 0usize;
         for m in all {
-            if messages.len() >= count
-                || (!messages.is_empty() && bytes + m.content.len() > max_bytes)
-            {
+            let len = wire_len(&m);
+            if messages.len() >= count || (!messages.is_empty() && bytes + len > max_bytes) {
                 break;
             }
-            bytes += m.content.len();
+            bytes += len;
             messages.push(m);
         }
         let total = self.count_unread(viewer, from)?;
@@ -644,6 +678,7 @@ impl Backend for SqliteBackend {
     fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError> {
         self.writable()?;
         let high = self.next_seq as i64 - 1;
+        let known = self.session_exists(id)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO sessions(id, first_seq, meta, first_seen, last_seen, connected_at)
@@ -652,6 +687,9 @@ impl Backend for SqliteBackend {
                     last_seen = excluded.last_seen, connected_at = excluded.connected_at",
             )?
             .execute(params![id, high, meta, now])?;
+        if !known {
+            self.session_rows += 1;
+        }
         self.count_unread(id, None)
     }
 
@@ -663,20 +701,113 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut stmt = self
+    fn session(&mut self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self
             .conn
-            .prepare_cached("SELECT id, meta, last_seen, connected_at FROM sessions ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            let meta: String = r.get(1)?;
-            Ok(SessionRecord {
-                id: r.get(0)?,
-                meta: serde_json::from_str(&meta).unwrap_or_default(),
-                last_seen: r.get(2)?,
-                connected_at: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .prepare_cached("SELECT id, meta, last_seen, connected_at FROM sessions WHERE id = ?1")?
+            .query_row([id], row_session)
+            .optional()?)
+    }
+
+    fn sessions_by_recency(
+        &mut self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        // Both read `sessions_by_seen` backwards from the cursor: no scan, no sort.
+        let rows = match after {
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, meta, last_seen, connected_at FROM sessions
+                     ORDER BY last_seen DESC, id DESC LIMIT ?1",
+                )?
+                .query_map(params![limit as i64], row_session)?
+                .collect::<Result<_, _>>()?,
+            Some((seen, id)) => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, meta, last_seen, connected_at FROM sessions
+                     WHERE (last_seen, id) < (?1, ?2)
+                     ORDER BY last_seen DESC, id DESC LIMIT ?3",
+                )?
+                .query_map(params![seen, id, limit as i64], row_session)?
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    fn session_count(&mut self) -> Result<u64, StoreError> {
+        Ok(self.session_rows)
+    }
+
+    fn forget_session(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.writable()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let owned = tx
+            .prepare_cached("DELETE FROM owners WHERE id = ?1")?
+            .execute([id])?;
+        let rows = drop_session(&tx, id)?;
+        tx.commit()?;
+        self.session_rows = self.session_rows.saturating_sub(rows as u64);
+        Ok(rows + owned > 0)
+    }
+
+    fn forget_if_idle(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.writable()?;
+        let waiting = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM messages
+                 WHERE recipient = ?1 AND read_at IS NULL AND sender <> ?1 LIMIT 1",
+            )?
+            .exists([id])?;
+        if waiting {
+            return Ok(false);
+        }
+        self.forget_session(id)
+    }
+
+    fn trim_sessions(
+        &mut self,
+        max: usize,
+        spare: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.writable()?;
+        let excess = self.session_rows.saturating_sub(max as u64);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let mut evicted = 0u64;
+        let mut after: Option<(i64, String)> = None;
+        'scan: loop {
+            // From the least recently seen up, along `sessions_by_seen`.
+            let (seen, last) = after.clone().unwrap_or((i64::MIN, String::new()));
+            let batch: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, last_seen FROM sessions WHERE (last_seen, id) > (?1, ?2)
+                     ORDER BY last_seen ASC, id ASC LIMIT 256",
+                )?
+                .query_map(params![seen, last], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            for (id, seen) in batch {
+                after = Some((seen, id.clone()));
+                if spare(&id) {
+                    continue;
+                }
+                evicted += drop_session(&tx, &id)? as u64;
+                if evicted >= excess {
+                    break 'scan;
+                }
+            }
+        }
+        tx.commit()?;
+        self.session_rows = self.session_rows.saturating_sub(evicted);
+        Ok(evicted)
     }
 
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError> {
@@ -1247,6 +1378,94 @@ mod tests {
             .map(|m| m.content)
             .collect();
         assert_eq!(texts, ["two", "three", "four"]);
+    }
+
+    #[test]
+    fn pages_are_bounded_by_escaped_bytes_not_raw_content() {
+        // 20 bodies of control characters: 20 × 10,000 raw bytes fit a 100 kB budget, but
+        // escaped (`\u0001`) each one is 60,000 bytes of reply.
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let body = "\u{1}".repeat(10_000);
+        let ms: Vec<NewMessage> = (0..20).map(|i| msg("A", "B", &body, i)).collect();
+        b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let one = super::super::json_string_len(&body);
+        assert_eq!(one, 60_000);
+        let inbox = b.inbox("B", None, 100, 100_000).unwrap();
+        assert_eq!(
+            inbox.messages.len(),
+            1,
+            "a second one would pass the budget"
+        );
+        assert_eq!(inbox.remaining, 19);
+        let q = HistoryQuery {
+            from: None,
+            to: None,
+            after: After::Seq(0),
+            inbound_only: false,
+            count: 100,
+            max_bytes: 130_000,
+        };
+        let page = b.history("B", &q).unwrap();
+        assert_eq!(page.messages.len(), 2);
+        assert!(page.more);
+        // One message is always returned, however big.
+        assert_eq!(b.inbox("B", None, 100, 10).unwrap().messages.len(), 1);
+    }
+
+    #[test]
+    fn sessions_are_paged_by_recency_forgotten_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        for (i, id) in ["A", "B", "C", "D", "E"].iter().enumerate() {
+            b.session_registered(id, "{}", 100 + i as i64).unwrap();
+        }
+        b.session_left("B", 500).unwrap();
+        assert_eq!(b.session_count().unwrap(), 5);
+        let ids = |v: Vec<SessionRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(b.sessions_by_recency(None, 10).unwrap()),
+            ["B", "E", "D", "C", "A"]
+        );
+        assert_eq!(
+            ids(b.sessions_by_recency(Some((103, "D")), 2).unwrap()),
+            ["C", "A"]
+        );
+        // A registration again is no new row.
+        b.session_registered("A", "{}", 600).unwrap();
+        assert_eq!(b.session_count().unwrap(), 5);
+
+        // Trimming to 3 forgets the least recently seen ones that are not spared: C is the
+        // least recently seen but online (spared), so D and E go.
+        b.set_owner("D", "hash", 1).unwrap();
+        let gone = b.trim_sessions(3, &|id| id == "C").unwrap();
+        assert_eq!(gone, 2);
+        assert_eq!(b.session_count().unwrap(), 3);
+        assert!(b.session("C").unwrap().is_some());
+        assert!(b.session("D").unwrap().is_none() && b.session("E").unwrap().is_none());
+        assert_eq!(
+            b.owner_hash("D").unwrap().as_deref(),
+            Some("hash"),
+            "trimming keeps ownership"
+        );
+        assert_eq!(b.trim_sessions(3, &|_| false).unwrap(), 0);
+
+        // Forgetting when idle: not while direct mail waits unread.
+        b.append(&[&msg("A", "C", "for C", 700)], &[]).unwrap();
+        assert!(!b.forget_if_idle("C").unwrap());
+        assert!(b.forget_if_idle("B").unwrap());
+        assert!(b.session("B").unwrap().is_none());
+        // Forgetting takes the ownership too; an unknown name is nothing to forget.
+        assert!(b.forget_session("D").unwrap(), "D still had an owner");
+        assert_eq!(b.owner_hash("D").unwrap(), None);
+        assert!(!b.forget_session("D").unwrap());
+        assert_eq!(b.session_count().unwrap(), 2);
+        drop(b);
+        assert_eq!(
+            open(dir.path()).session_count().unwrap(),
+            2,
+            "counted at open"
+        );
     }
 
     #[test]
