@@ -4,7 +4,7 @@
 //!
 //! Setup: the hub runs in this process (the `hub` library, default limits, a temporary data
 //! dir; for `wss://` a throwaway CA and certificate made with rcgen). Two clients, A and B,
-//! connect as the bridge does (`mcp_bridge::connect::connect_with`: the bridge's own rustls
+//! connect as the bridge does (`mcp_bridge::dial::connect_with`: the bridge's own rustls
 //! configuration) — each through its own transparent impairment proxy
 //! (`tests/common/impair.rs`), which counts the bytes it forwards: WebSocket frames plus, on
 //! `wss://`, TLS records. TCP/IP headers are not counted (see docs/BENCHMARKS.md).
@@ -39,12 +39,12 @@ use anyhow::{Context, Result, bail};
 use flate2::{Compress, Compression, FlushCompress};
 use futures_util::{SinkExt, StreamExt};
 use impair::Impair;
-use mcp_bridge::connect::{ClientAuth, HubSocket, connect_with};
+use mcp_bridge::dial::{ClientAuth, HubSocket, connect_with};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use sessions::wire::{Bare, ClientFrame, PresenceMode, Register, RequestId, SendMessage};
+use relay_proto::wire::{Bare, ClientFrame, PresenceMode, Register, RequestId, SendMessage};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -287,7 +287,11 @@ async fn measure_messages(hub: SocketAddr, scheme: &str, auth: &ClientAuth) -> R
     let mut b = Client::connect(hub, scheme, auth, "B").await?;
     let mut books: [Books; 3] = Default::default();
     let mut z = [streams(), streams(), streams()];
-    let prefix = format!("b{:x}-{:x}", std::process::id(), sessions::time::now_ms());
+    let prefix = format!(
+        "b{:x}-{:x}",
+        std::process::id(),
+        relay_proto::time::now_ms()
+    );
     for (i, content) in CORPUS.iter().enumerate() {
         let (up0, ack0, push0) = (
             a.proxy.bytes_up(),

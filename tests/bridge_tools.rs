@@ -343,7 +343,7 @@ async fn peers_and_sessions_merge_the_hub_and_the_local_registry() {
 
     // A name recorded on this machine that never reached the hub.
     let registry =
-        sessions::registry::Registry::at(cc1.opts.home.join("sessions").join("registry.json"));
+        relay_local::registry::Registry::at(cc1.opts.home.join("sessions").join("registry.json"));
     registry
         .update(|f| f.mark_named("CC-9", Some("/work/elsewhere".into())))
         .unwrap();

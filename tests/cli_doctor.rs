@@ -14,8 +14,8 @@ use std::{
 };
 
 use common::hub::{Hub, HubOpts, WAIT, bin};
+use relay_local::{EntryUpdate, Registry, liveness};
 use serde_json::{Value, json};
-use sessions::{EntryUpdate, Registry, liveness};
 use tokio::process::Command;
 
 const TOKEN: &str = "doctor-token-6c1f0a";

@@ -13,8 +13,8 @@ use common::{
     hub::{Hub, WAIT, bin},
     ws::Ws,
 };
+use relay_local::{EntryState, EntryUpdate, Registry, liveness};
 use serde_json::{Value, json};
-use sessions::{EntryState, EntryUpdate, Registry, liveness};
 use tokio::process::Command;
 
 /// A temp dir with a relay home and a project directory inside it.

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A client's frame limit (`mcp_bridge::connect::CLIENT_MAX_FRAME`).
+/// A client's frame limit (`mcp_bridge::dial::CLIENT_MAX_FRAME`).
 const CLIENT_MAX_FRAME: usize = 16 << 20;
 
 /// Registers `n` sessions `S-0000…` with `meta` and lets each go, `parallel` at a time.

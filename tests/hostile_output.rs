@@ -14,8 +14,8 @@ use common::{
     ws::Ws,
 };
 use futures_util::{SinkExt, StreamExt};
+use relay_local::display::is_unsafe;
 use serde_json::{Value, json};
-use sessions::display::is_unsafe;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Registers `id` on a raw connection with `meta`.

@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(content.len(), 100);
         assert_eq!(Body::decode(content.as_bytes()), Some(body));
         // And the hub's parser accepts it.
-        let parsed: sessions::wire::ClientFrame = serde_json::from_str(&f).unwrap();
-        assert!(matches!(parsed, sessions::wire::ClientFrame::Message(_)));
+        let parsed: relay_proto::wire::ClientFrame = serde_json::from_str(&f).unwrap();
+        assert!(matches!(parsed, relay_proto::wire::ClientFrame::Message(_)));
     }
 }

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sessions::wire::{RequestId, ServerFrame, codes};
+use relay_proto::wire::{RequestId, ServerFrame, codes};
 use tokio::sync::Notify;
 
 use crate::{
@@ -144,7 +144,7 @@ impl State {
             senders[i] = Some(Sender {
                 to: match target {
                     Target::One(r) => names[r].clone(),
-                    Target::All => sessions::BROADCAST.to_string(),
+                    Target::All => relay_proto::BROADCAST.to_string(),
                 },
                 target: match target {
                     Target::One(r) => r as u16,
@@ -228,7 +228,7 @@ impl State {
             && self.names[s] == from
             && s != me
             && if b.target == body::ALL {
-                to == sessions::BROADCAST
+                to == relay_proto::BROADCAST
             } else {
                 b.target as usize == me && to == self.names[me]
             };
@@ -339,7 +339,7 @@ pub enum Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessions::wire::Envelope;
+    use relay_proto::wire::Envelope;
 
     fn state(spec: &Spec) -> State {
         State::new(spec, (0..spec.clients).map(|i| format!("c{i}")).collect())

@@ -7,7 +7,7 @@
 //! hub's serialization); when a frame does not look as expected it falls back to
 //! `serde_json`, so an unexpected but valid frame is never misread.
 
-use sessions::wire::ServerFrame;
+use relay_proto::wire::ServerFrame;
 
 /// What a hub frame means to the generator.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ pub fn classify(text: &str) -> Incoming<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessions::wire::{Envelope, Sent};
+    use relay_proto::wire::{Envelope, Sent};
 
     fn hub_message(from: &str, to: &str, content: &str) -> String {
         // Serialized exactly as the hub does it.

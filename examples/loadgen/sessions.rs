@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use sessions::wire::ServerFrame;
+use relay_proto::wire::ServerFrame;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 

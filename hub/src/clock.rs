@@ -29,7 +29,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn wall_ms(&self) -> i64 {
-        sessions::time::now_ms()
+        relay_proto::time::now_ms()
     }
 
     fn steady(&self) -> Duration {

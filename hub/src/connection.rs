@@ -23,7 +23,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
-use sessions::wire::codes;
+use relay_proto::wire::codes;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,

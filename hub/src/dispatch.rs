@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use sessions::{
+use relay_proto::{
     BROADCAST, SessionId,
     id::validate,
     time::{now_ms, parse_iso},
@@ -39,7 +39,7 @@ pub const DEFAULT_COUNT: usize = 10;
 pub const MAX_MARK: usize = 1000;
 /// Most unread messages pushed right after `registered` to a client that asks for its
 /// backlog.
-pub const BACKLOG: usize = sessions::wire::BACKLOG_MAX as usize;
+pub const BACKLOG: usize = relay_proto::wire::BACKLOG_MAX as usize;
 /// Longest idempotency key of a `message`.
 pub const MAX_KEY: usize = 128;
 /// How many recent sends `get_status` reports.
@@ -480,7 +480,7 @@ impl ConnSession {
                     "{id} is held by a live connection from {} (registered {} ago); a name is never taken over. \
                      Pick another name, or retry once that session has ended",
                     holder.addr.ip(),
-                    sessions::time::ago(holder.connected_at, now)
+                    relay_proto::time::ago(holder.connected_at, now)
                 ),
             ));
         }

@@ -3,12 +3,12 @@
 //! [`Sent`] structs or going through serde's field machinery (they were a fifth of the hub's
 //! instructions per delivery). Only the content and the request id need JSON escaping; the
 //! rest (session ids, epoch, digits, times) cannot contain anything that would. The bytes are
-//! exactly what serializing the `sessions::wire` types gives, which the tests check.
+//! exactly what serializing the `relay_proto::wire` types gives, which the tests check.
 //!
-//! [`Envelope`]: sessions::wire::Envelope
-//! [`Sent`]: sessions::wire::Sent
+//! [`Envelope`]: relay_proto::wire::Envelope
+//! [`Sent`]: relay_proto::wire::Sent
 
-use sessions::{time::Iso, wire::RequestId};
+use relay_proto::{time::Iso, wire::RequestId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::StoredMessage;
@@ -215,7 +215,7 @@ pub fn id_array<'a>(ids: impl Iterator<Item = &'a str>) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use sessions::wire::{Sent, ServerFrame};
+    use relay_proto::wire::{Sent, ServerFrame};
 
     use super::*;
 
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn registered_and_presence_bytes_match_the_wire_types() {
-        use sessions::wire::{Presence, Registered};
+        use relay_proto::wire::{Presence, Registered};
         let peers = vec!["CC-1".to_string(), "CC-3".to_string()];
         let json = id_array(peers.iter().map(String::as_str));
         let rid = RequestId::Int(9);
@@ -311,7 +311,7 @@ mod tests {
                 to: "all".into(),
                 delivered: true,
                 seq: 7,
-                timestamp: ts.map(sessions::time::iso),
+                timestamp: ts.map(relay_proto::time::iso),
                 recipients,
                 duplicate,
                 rid: rid.cloned(),

@@ -4,7 +4,7 @@
 //! A frame travels one way: socket → [`parse`] → [`dispatch`] → the store actor
 //! ([`store`], which commits it) → the [`router`] (which pushes it to live recipients and
 //! acks the sender) → each recipient's bounded [`outbound`] queue → socket. Presence and
-//! heartbeats live in [`presence`]; the accept loop in [`server`]; one connection's
+//! heartbeats live in [`presence`]; the accept loop in [`accept`]; one connection's
 //! reader/writer pair in [`connection`]. What bounds a connection: caps and rates in
 //! [`limits`], write deadlines in [`progress`], the hub-wide inbound frame budget in
 //! [`budget`]; refusals are logged through [`refusals`]. The store's data directory (its
@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod accept;
 pub mod auth;
 pub mod budget;
 pub mod clock;
@@ -37,7 +38,6 @@ pub mod progress;
 pub mod refusals;
 pub mod retention;
 pub mod router;
-pub mod server;
 pub mod store;
 pub mod tls;
 
@@ -136,7 +136,7 @@ impl Hub {
         let checker = tokio::spawn(integrity::run(self.state.clone()));
         let presence = tokio::spawn(presence::run_batches(self.state.router.clone()));
         let routes = tokio::spawn(self.state.router.clone().run_routes());
-        server::run(listener, self.state.clone(), shutdown).await;
+        accept::run(listener, self.state.clone(), shutdown).await;
         for task in [pruner, checker, presence, routes] {
             task.abort();
             let _ = task.await;

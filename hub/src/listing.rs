@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sessions::{
+use relay_proto::{
     time::{iso, now_ms},
     wire::SessionView,
 };

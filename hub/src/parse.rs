@@ -4,7 +4,7 @@
 //! unknown `type`, which types exist. The request id is recovered even from a frame that
 //! failed to parse, so the `error` reply can be matched to the request.
 
-use sessions::wire::{ClientFrame, RequestId, codes};
+use relay_proto::wire::{ClientFrame, RequestId, codes};
 
 /// The frame types this hub understands (for "unknown type" errors).
 pub const KNOWN_TYPES: &[&str] = &[
@@ -44,7 +44,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
     // `SendMessage`, so it is skipped.) Anything else, or any error, takes the general path.
     if let Some(rest) = text.strip_prefix(r#"{"type":"message","#)
         && !rest.is_empty()
-        && let Ok(m) = serde_json::from_str::<sessions::wire::SendMessage>(text)
+        && let Ok(m) = serde_json::from_str::<relay_proto::wire::SendMessage>(text)
     {
         return Ok(ClientFrame::Message(m));
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use sessions::SessionId;
+use relay_proto::SessionId;
 use tokio::time::Instant;
 
 use crate::router::Router;

@@ -14,7 +14,7 @@ use std::{
 };
 
 use dashmap::{DashMap, mapref::entry::Entry};
-use sessions::{
+use relay_proto::{
     SessionId,
     time::now_ms,
     wire::{ErrorFrame, Mail, PresenceBatch, PresenceMode, ServerFrame, codes},
@@ -307,7 +307,7 @@ impl Router {
                 let _ = o.push(frame.clone());
             }
         };
-        if to == sessions::BROADCAST {
+        if to == relay_proto::BROADCAST {
             for w in self.watchers.iter() {
                 if w.key().as_str() != from {
                     ring_one(w.key().as_str(), w.value());
@@ -339,7 +339,7 @@ impl Router {
 
 impl CommitSink for Router {
     fn deliverable(&self, from: &str, to: &str) -> bool {
-        if to == sessions::BROADCAST {
+        if to == relay_proto::BROADCAST {
             let others = self.active.load(Ordering::Relaxed);
             others > usize::from(self.is_online(from))
         } else {
@@ -441,7 +441,7 @@ impl Router {
                 }
             }
             let frame = frames::message(epoch, &msg);
-            let (took, recipients) = if &*msg.to == sessions::BROADCAST {
+            let (took, recipients) = if &*msg.to == relay_proto::BROADCAST {
                 let n = self.broadcast(&msg.from, &frame);
                 (n > 0, Some(n))
             } else {

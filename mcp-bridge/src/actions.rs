@@ -18,12 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sessions::{
-    display,
-    wire::{
-        ClientFrame, ErrorFrame, GetHistory, GetSessions, MarkRead, Receive, SendMessage,
-        ServerFrame, SessionView,
-    },
+use relay_local::display;
+use relay_proto::wire::{
+    ClientFrame, ErrorFrame, GetHistory, GetSessions, MarkRead, Receive, SendMessage, ServerFrame,
+    SessionView,
 };
 
 use tokio::sync::broadcast;
@@ -92,7 +90,11 @@ struct Unsettled {
 impl SendKeys {
     fn new() -> Self {
         Self {
-            prefix: format!("b{:x}-{:x}", std::process::id(), sessions::time::now_ms()),
+            prefix: format!(
+                "b{:x}-{:x}",
+                std::process::id(),
+                relay_proto::time::now_ms()
+            ),
             counter: std::sync::atomic::AtomicU64::new(1),
             unsettled: Mutex::new(VecDeque::new()),
         }
@@ -247,7 +249,7 @@ impl Relay {
     async fn send(&self, content: String, to: Option<String>) -> Reply {
         let target = to
             .clone()
-            .unwrap_or_else(|| sessions::BROADCAST.to_string());
+            .unwrap_or_else(|| relay_proto::BROADCAST.to_string());
         let key = self.keys.key_for(&target, &content);
         let frame = ClientFrame::Message(SendMessage {
             to: Some(target.clone()),
@@ -394,7 +396,7 @@ impl Relay {
             }
             return Unread::Empty(Reply::ok(text));
         }
-        let now = sessions::time::now_ms();
+        let now = relay_proto::time::now_ms();
         let cap = if args.count == 1 {
             SINGLE_BODY_CAP
         } else {
@@ -579,7 +581,7 @@ impl Relay {
         if messages.is_empty() {
             return Reply::ok(format!("No messages in history{filter}."));
         }
-        let now = sessions::time::now_ms();
+        let now = relay_proto::time::now_ms();
         let cap = if args.count == 1 {
             SINGLE_BODY_CAP
         } else {
@@ -611,7 +613,7 @@ impl Relay {
 
     /// One page of the hub's session list: online sessions first, then the most recently
     /// seen, at most a screenful ([`format::LIST_MAX_LINES`]); the hub says how many exist.
-    async fn session_page(&self) -> Result<sessions::wire::Sessions, String> {
+    async fn session_page(&self) -> Result<relay_proto::wire::Sessions, String> {
         let frame = ClientFrame::GetSessions(GetSessions {
             limit: Some(format::LIST_MAX_LINES as u32),
             ..Default::default()
@@ -638,7 +640,7 @@ impl Relay {
                 ));
             }
         };
-        let now = sessions::time::now_ms();
+        let now = relay_proto::time::now_ms();
         let online: Vec<(&String, &SessionView)> =
             s.sessions.iter().filter(|(_, v)| v.online).collect();
         let total = s
@@ -663,13 +665,13 @@ impl Relay {
         self.hub.start();
         self.hub.settle().await;
         let snap = self.hub.snapshot();
-        let now = sessions::time::now_ms();
+        let now = relay_proto::time::now_ms();
         let mut lines = Vec::new();
         match &snap.state {
             LinkState::Connected { since_ms } => lines.push(format!(
                 "Hub: {} — connected for {}",
                 snap.url,
-                sessions::time::ago(*since_ms, now)
+                relay_proto::time::ago(*since_ms, now)
             )),
             _ => lines.push(format!("Hub: {}", snap.not_connected_text())),
         }
@@ -718,7 +720,7 @@ impl Relay {
 
     async fn sessions(&self) -> Reply {
         let me = self.hub.id();
-        let now = sessions::time::now_ms();
+        let now = relay_proto::time::now_ms();
         let (page, hub_problem) = match self.session_page().await {
             Ok(p) => (Some(p), None),
             Err(problem) => (None, Some(problem)),
@@ -813,7 +815,10 @@ fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
     };
     line.push_str(&format!(" · {state}"));
     if let Some(ms) = l.last_seen_ms.filter(|_| l.state != "running") {
-        line.push_str(&format!(", last seen {} ago", sessions::time::ago(ms, now)));
+        line.push_str(&format!(
+            ", last seen {} ago",
+            relay_proto::time::ago(ms, now)
+        ));
     }
     if !l.host.is_empty() {
         line.push_str(&format!(" · {}", display::line(&l.host)));

@@ -23,13 +23,13 @@
 
 use std::collections::BTreeSet;
 
+use relay_proto::wire::Envelope;
 use rmcp::{
     RoleServer,
     model::{CustomNotification, ServerNotification},
     service::Peer,
 };
 use serde_json::{Value, json};
-use sessions::wire::Envelope;
 use tokio::sync::broadcast;
 
 use crate::{format, hub_client::HubClient};

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use sessions::wire::DEFAULT_URL;
+use relay_proto::wire::DEFAULT_URL;
 
-use crate::{connect::ClientAuth, owner::OwnerStore};
+use crate::{dial::ClientAuth, owner::OwnerStore};
 
 /// Environment variable naming the hub URL (`--relay-url` wins over it).
 pub const RELAY_URL_ENV: &str = "RELAY_URL";

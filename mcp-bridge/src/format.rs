@@ -8,7 +8,7 @@
 //! directly.
 //!
 //! Everything that came from the hub is made safe before it is shown
-//! ([`sessions::display`]): control characters and bidi overrides in metadata, names and
+//! ([`relay_local::display`]): control characters and bidi overrides in metadata, names and
 //! error texts become visible escapes, and in message bodies everything but newlines and tabs
 //! does. And no message text can pass for the bridge's own words: every line of a body is
 //! shown behind [`QUOTE`] (`> `), so a body line identical to a message header
@@ -17,12 +17,12 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-use sessions::{
-    display,
+use relay_local::display;
+use relay_proto::{
     time::{ago, iso, parse_iso},
     wire::{Envelope, SendState, SessionView},
 };
+use serde_json::Value;
 
 /// Characters of one message body shown when a page holds several messages.
 pub const BODY_CAP: usize = 2_000;
@@ -229,7 +229,7 @@ pub fn sends(list: &[SendState], now_ms: i64) -> String {
         let mut line = format!("  →{} {}", display::line(&s.to), display::line(state));
         if let Some(n) = s
             .read_by
-            .filter(|_| s.to == sessions::BROADCAST && s.state == "read")
+            .filter(|_| s.to == relay_proto::BROADCAST && s.state == "read")
         {
             let _ = write!(line, " by {n}");
         }
@@ -276,7 +276,7 @@ pub fn short_path(p: &str) -> String {
 }
 
 /// One line about a session the hub knows: `CC-2 · online 5m · laptop · /work/app`. Every
-/// part that came from the hub is made safe ([`sessions::display::line`]).
+/// part that came from the hub is made safe ([`relay_local::display::line`]).
 pub fn session_line(id: &str, v: &SessionView, me: &str, now_ms: i64) -> String {
     let mut line = display::line(id).into_owned();
     if id == me {
@@ -448,7 +448,7 @@ mod tests {
             .insert("cwd".into(), "/w/\u{1b}]0;pwned\u{7}x".into());
         let line = session_line("CC-1", &v, "CC-2", NOW);
         assert_eq!(line.lines().count(), 1, "{line}");
-        assert!(!line.chars().any(sessions::display::is_unsafe), "{line}");
+        assert!(!line.chars().any(relay_local::display::is_unsafe), "{line}");
         assert!(line.contains("box\\u{a}CC-9"), "{line}");
     }
 

@@ -24,7 +24,7 @@
 //!   memory only: nobody claims that name after this process, so a file would only pile up.
 //! - The name in `registered` must be exactly the one asked for; anything else (a hub that
 //!   is not ours, or a broken one) is refused before any secret is kept for it.
-//! - The hub token and `wss://` trust come with every dial ([`connect::connect_with`]).
+//! - The hub token and `wss://` trust come with every dial ([`dial::connect_with`]).
 //! - Pushed `message` frames bump a cheap unread hint and go out on a bounded broadcast
 //!   channel (see [`HubClient::subscribe`]); nothing is buffered without bound.
 //!
@@ -42,7 +42,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use sessions::wire::{
+use relay_proto::wire::{
     ClientFrame, Envelope, Meta, PresenceMode, Register, RequestId, ServerFrame, codes,
 };
 use tokio::{
@@ -54,7 +54,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     backoff::Backoff,
     config::{BridgeConfig, Timeouts},
-    connect::{self, ClientAuth, HubSocket},
+    dial::{self, ClientAuth, HubSocket},
     owner::OwnerStore,
 };
 
@@ -673,10 +673,10 @@ impl Inner {
         let mut ident = lock(&self.ident);
         let base = ident.base.clone()?;
         let next = ident.number.max(1) + 1;
-        if next > sessions::identity::MAX_NUMBER {
+        if next > relay_local::identity::MAX_NUMBER {
             return None;
         }
-        let id = sessions::identity::numbered(&base, next).ok()?;
+        let id = relay_local::identity::numbered(&base, next).ok()?;
         ident.number = next;
         ident.id = id.to_string();
         Some(ident.id.clone())
@@ -809,7 +809,7 @@ async fn run(inner: Arc<Inner>) {
 
 async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     let t = &inner.timeouts;
-    let ws = match connect::connect_with(&inner.url, &inner.auth, t.connect).await {
+    let ws = match dial::connect_with(&inner.url, &inner.auth, t.connect).await {
         Ok(ws) => ws,
         Err(e) => return Ended::Failed(e.to_string()),
     };
@@ -824,7 +824,7 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOUND_QUEUE);
     *lock(&inner.link) = Some(Link { conn, tx });
     inner.state.send_replace(LinkState::Connected {
-        since_ms: sessions::time::now_ms(),
+        since_ms: relay_proto::time::now_ms(),
     });
 
     let mut stop = inner.stop.subscribe();
@@ -937,13 +937,13 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                                  MCP server's env",
                                 inner.url,
                                 inner.auth.token_origin(),
-                                connect::RELAY_TOKEN_ENV,
-                                connect::RELAY_TOKEN_FILE_ENV
+                                dial::RELAY_TOKEN_ENV,
+                                dial::RELAY_TOKEN_FILE_ENV
                             ));
                         }
                         return Err(format!(
                             "the hub refused to register {id}: {}",
-                            sessions::display::line(&e.message)
+                            relay_local::display::line(&e.message)
                         ));
                     }
                     _ => inner.dispatch(&text),
@@ -966,12 +966,14 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
             ServerFrame::Registered(r) => {
                 // Only the name asked for (auto-numbering happens here, by asking for the
                 // next number): never keep a secret for, or act under, a name we did not ask.
-                if r.client_id != id || sessions::id::validate(&r.client_id).is_err() {
+                if r.client_id != id || relay_proto::id::validate(&r.client_id).is_err() {
                     return Err(Ended::Rejected(format!(
                         "the server at {} answered register {id} with the name \"{}\", not the \
                          one asked for; not using it (is RELAY_URL a claude-relay hub?)",
                         inner.url,
-                        sessions::display::line(&r.client_id.chars().take(80).collect::<String>())
+                        relay_local::display::line(
+                            &r.client_id.chars().take(80).collect::<String>()
+                        )
                     )));
                 }
                 // Before the name is used: a secret the hub sends exactly once.
@@ -990,7 +992,7 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                     // The hub pushes up to BACKLOG_MAX of them right after `registered`.
                     inner
                         .backlog_left
-                        .store(n.min(sessions::wire::BACKLOG_MAX), Ordering::Release);
+                        .store(n.min(relay_proto::wire::BACKLOG_MAX), Ordering::Release);
                 }
                 tracing::info!("registered as {} at {}", r.client_id, inner.url);
                 inner.registered.send_replace(Some(r.client_id.clone()));
@@ -1012,12 +1014,12 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                         "the hub at {} refused this bridge's token ({}); check {} / {}",
                         inner.url,
                         inner.auth.token_origin(),
-                        connect::RELAY_TOKEN_ENV,
-                        connect::RELAY_TOKEN_FILE_ENV
+                        dial::RELAY_TOKEN_ENV,
+                        dial::RELAY_TOKEN_FILE_ENV
                     ),
                     _ => format!(
                         "the hub rejected the name {id}: {}",
-                        sessions::display::line(&r.reason)
+                        relay_local::display::line(&r.reason)
                     ),
                 };
                 return Err(Ended::Rejected(why));

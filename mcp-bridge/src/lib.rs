@@ -6,10 +6,10 @@
 //! Layout, one concern per module:
 //! - [`config`]: identity, hub URL, timeouts, tool profile — decided once at startup.
 //! - [`transport`]: newline-delimited JSON-RPC on stdio that answers malformed input.
-//! - [`server`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
+//! - [`mcp`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
 //!   [`actions`] runs them, [`format`] words their results; [`channel`] pushes new mail into
 //!   the session as Claude Code channel events.
-//! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
+//! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`dial`]: token and TLS,
 //!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
 //! - [`git`]: the git half of a task handoff — the sender's repository state, its unpushed
 //!   and uncommitted work as a bundle, and the receiver's checkout (docs/HANDOFF.md).
@@ -22,17 +22,17 @@ pub mod actions;
 pub mod backoff;
 pub mod channel;
 pub mod config;
-pub mod connect;
+pub mod dial;
 pub mod format;
 pub mod git;
 pub mod hub_client;
 pub mod lifecycle;
 pub mod local;
+pub mod mcp;
 pub mod meta;
 pub mod outbox;
 pub mod owner;
 mod private_file;
-pub mod server;
 pub mod tools;
 pub mod transport;
 pub mod watchdog;

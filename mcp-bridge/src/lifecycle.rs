@@ -19,11 +19,11 @@ use rmcp::ServiceExt;
 use crate::{
     actions::Relay,
     config::BridgeConfig,
-    connect,
+    dial,
     hub_client::HubClient,
     local::LocalRecord,
+    mcp::RelayServer,
     meta,
-    server::RelayServer,
     transport::StdioTransport,
     watchdog::{ExitCause, Watchdog},
 };
@@ -68,13 +68,13 @@ pub async fn run(opts: Options) -> i32 {
         }
     };
     let url = BridgeConfig::resolve_url(opts.relay_url.as_deref(), env);
-    if let Err(e) = connect::check_url(&url) {
+    if let Err(e) = dial::check_url(&url) {
         eprintln!("claude-relay mcp: {e}");
         return 2;
     }
     let mut config = BridgeConfig::new(identity, url, env);
     if opts.token_file.is_some() || opts.ca_cert.is_some() {
-        config.security.auth = crate::connect::ClientAuth::resolve(
+        config.security.auth = crate::dial::ClientAuth::resolve(
             opts.token_file.as_deref(),
             opts.ca_cert.as_deref(),
             env,
@@ -100,7 +100,7 @@ async fn serve(
 ) -> i32 {
     let hub = HubClient::new(
         &config,
-        meta::register_meta(&config, sessions::time::now_ms()),
+        meta::register_meta(&config, relay_proto::time::now_ms()),
     );
     // The registry records the session once the hub connection starts (first tool call, or
     // a moment after `initialized`): a health check that hangs up first leaves no entry.

@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sessions::{
+use relay_local::{
     liveness,
     registry::{EntryState, EntryUpdate, Registry, RegistryFile},
 };
@@ -60,14 +60,14 @@ impl LocalRecord {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Identity, String> {
         let file = self.load();
-        let ident = sessions::identity::resolve(flag, env, &file, self.bridge_pid)
+        let ident = relay_local::identity::resolve(flag, env, &file, self.bridge_pid)
             .map_err(|e| e.to_string())?;
         Ok(Identity {
             id: ident.id.to_string(),
             source: IdentitySource {
                 label: ident.source.label().to_string(),
                 auto_number_base: ident.base,
-                transient: ident.source == sessions::IdSource::Hostname,
+                transient: ident.source == relay_local::IdSource::Hostname,
             },
         })
     }
@@ -146,7 +146,7 @@ impl LocalRecord {
                         .ended_at
                         .as_deref()
                         .or(e.updated_at.as_deref())
-                        .and_then(sessions::time::parse_iso);
+                        .and_then(relay_proto::time::parse_iso);
                     LocalSession {
                         id: id.clone(),
                         state: state.to_string(),

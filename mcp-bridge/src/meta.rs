@@ -2,8 +2,8 @@
 //! where, since when. Other sessions see it in `relay_sessions`; `claude-relay sessions` and
 //! the Stop hook use `claudeSessionId` to find the session of a Claude Code window.
 
+use relay_proto::wire::Meta;
 use serde_json::Value;
-use sessions::wire::Meta;
 
 use crate::config::BridgeConfig;
 
@@ -37,7 +37,7 @@ pub fn register_meta(config: &BridgeConfig, started_ms: i64) -> Meta {
     m.insert("host".into(), Value::from(host_name()));
     m.insert(
         "started".into(),
-        Value::from(sessions::time::iso(started_ms)),
+        Value::from(relay_proto::time::iso(started_ms)),
     );
     m.insert("source".into(), Value::from(SOURCE));
     m.insert("version".into(), Value::from(env!("CARGO_PKG_VERSION")));

@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sessions::SessionId;
+use relay_proto::SessionId;
 
 use crate::private_file;
 
@@ -85,7 +85,7 @@ impl OwnerStore {
 
     /// `~/.claude-relay/owners` (or under `CLAUDE_RELAY_HOME`).
     pub fn default_dir() -> Self {
-        Self::new(sessions::paths::owners_dir())
+        Self::new(relay_local::paths::owners_dir())
     }
 
     /// The directory.

@@ -219,7 +219,7 @@ pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> 
             };
             let to = match to {
                 None => None,
-                Some(t) if t.eq_ignore_ascii_case(sessions::BROADCAST) => None,
+                Some(t) if t.eq_ignore_ascii_case(relay_proto::BROADCAST) => None,
                 Some(t) => Some(a.session_id("to", t)?),
             };
             Ok(ToolCall::Send {
@@ -380,7 +380,7 @@ impl<'a> Args<'a> {
     }
 
     fn session_id(&self, key: &str, id: &str) -> Result<String, String> {
-        sessions::id::validate(id).map_err(|e| {
+        relay_proto::id::validate(id).map_err(|e| {
             format!(
                 "{}: \"{key}\" is not a valid session id ({id:?}: {e}). Ids look like CC-2: a \
                  letter, then letters, digits, '_' or '-'. See relay_peers for who is online.",

@@ -10,8 +10,8 @@ use mcp_bridge::{
     config::{BridgeConfig, Identity, IdentitySource, Timeouts, ToolProfile},
     hub_client::{HubClient, LinkState, RequestError},
 };
+use relay_proto::wire::{ClientFrame, ServerFrame};
 use serde_json::{Value, json};
-use sessions::wire::{ClientFrame, ServerFrame};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
@@ -180,7 +180,7 @@ async fn a_dropped_connection_fails_pending_requests_at_once() {
     wait_state(&c, "connected", connected).await;
     let c1 = c.clone();
     let pending = tokio::spawn(async move {
-        c1.request(ClientFrame::Message(sessions::wire::SendMessage {
+        c1.request(ClientFrame::Message(relay_proto::wire::SendMessage {
             to: Some("CC-2".into()),
             content: "x".into(),
             ..Default::default()

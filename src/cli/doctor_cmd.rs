@@ -22,9 +22,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use mcp_bridge::connect::{ClientAuth, TokenSource};
+use mcp_bridge::dial::{ClientAuth, TokenSource};
+use relay_local::{EntryState, Registry};
+use relay_proto::wire::DEFAULT_URL;
 use serde_json::{Value, json};
-use sessions::{EntryState, Registry, wire::DEFAULT_URL};
 
 use super::{external, hub_ping, user_files::Home};
 use checks::{Check, Config, Found, McpEntry, Status};
@@ -192,7 +193,7 @@ fn examine(args: &DoctorArgs, home: &Home) -> anyhow::Result<Vec<Check>> {
         (None, None) => "server:claude-relay".to_string(),
     };
 
-    let owners = sessions::paths::owners_dir();
+    let owners = relay_local::paths::owners_dir();
     let token_file = match &auth.token {
         TokenSource::File(p) => modes(p, false).and_then(|m| {
             m.map(|m| vec![m])

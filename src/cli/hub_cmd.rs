@@ -22,7 +22,7 @@ pub struct HubArgs {
     #[arg(long, env = "RELAY_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Port to listen on (0 picks a free port; the real one is printed).
-    #[arg(long, env = "RELAY_PORT", default_value_t = sessions::wire::DEFAULT_PORT)]
+    #[arg(long, env = "RELAY_PORT", default_value_t = relay_proto::wire::DEFAULT_PORT)]
     pub port: u16,
     /// Directory of the embedded store [default: ~/.claude-relay/hub].
     #[arg(long, env = "RELAY_DATA_DIR")]
@@ -109,7 +109,7 @@ impl HubArgs {
         let data_dir = self
             .data_dir
             .clone()
-            .unwrap_or_else(sessions::paths::hub_data_dir);
+            .unwrap_or_else(relay_local::paths::hub_data_dir);
         let mut c = HubConfig::new(data_dir);
         c.sync = match self.sync {
             SyncArg::Normal => SyncMode::Normal,

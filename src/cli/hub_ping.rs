@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mcp_bridge::connect::{ClientAuth, ConnectError, request_once_with};
-use sessions::wire::{Bare, ClientFrame, ServerFrame, codes};
+use mcp_bridge::dial::{ClientAuth, ConnectError, request_once_with};
+use relay_proto::wire::{Bare, ClientFrame, ServerFrame, codes};
 
 /// How long the hub may take to accept the connection, and then to answer.
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(3);

@@ -16,7 +16,7 @@ pub struct McpArgs {
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
     /// Hub URL.
-    #[arg(long, env = "RELAY_URL", value_name = "URL", default_value = sessions::wire::DEFAULT_URL)]
+    #[arg(long, env = "RELAY_URL", value_name = "URL", default_value = relay_proto::wire::DEFAULT_URL)]
     pub relay_url: String,
     /// Do not push new mail into the session as Claude Code channel events
     /// (`RELAY_CHANNEL=off` does the same). The tools work either way.

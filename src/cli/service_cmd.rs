@@ -29,8 +29,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use mcp_bridge::connect::ClientAuth;
-use sessions::wire::DEFAULT_PORT;
+use mcp_bridge::dial::ClientAuth;
+use relay_proto::wire::DEFAULT_PORT;
 
 use super::{
     external::{self, shell_line},
@@ -488,7 +488,7 @@ fn hub_service(place: &Place, a: &InstallArgs) -> anyhow::Result<HubService> {
     if a.insecure {
         argv.push("--insecure".into());
     }
-    let relay_home = std::env::var(sessions::paths::HOME_ENV)
+    let relay_home = std::env::var(relay_local::paths::HOME_ENV)
         .ok()
         .filter(|v| !v.is_empty());
     for word in argv.iter().chain(&relay_home) {

@@ -15,7 +15,7 @@
 //!
 //! The hub's list comes in pages (`get_sessions` with `limit`/`after`), read on one
 //! connection until the last. Everything the hub sent is printed through
-//! [`sessions::display`], so metadata holding escape sequences or newlines can neither drive
+//! [`relay_local::display`], so metadata holding escape sequences or newlines can neither drive
 //! the terminal nor forge rows.
 //!
 //! Every hub connection presents the hub token (`--token-file`, `RELAY_TOKEN`,
@@ -32,18 +32,21 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use hub::store::{Backend, sqlite::SqliteBackend};
 use mcp_bridge::{
-    connect::{ClientAuth, ConnectError, connect_with, read_reply, request_once_with, send_frame},
+    dial::{ClientAuth, ConnectError, connect_with, read_reply, request_once_with, send_frame},
     owner::OwnerStore,
 };
-use serde_json::{Value, json};
-use sessions::{
-    Entry, EntryState, Registry, RegistryFile, SessionId, display,
+use relay_local::{
+    Entry, EntryState, Registry, RegistryFile, display,
     identity::{short_host, short_hostname},
     liveness,
+};
+use relay_proto::{
+    SessionId,
     wire::{
         ClientFrame, DEFAULT_URL, Forget, GetSessions, Release, ServerFrame, SessionView, codes,
     },
 };
+use serde_json::{Value, json};
 
 use super::hub_ping::describe_connect_error;
 
@@ -464,7 +467,7 @@ fn frame_type(f: &ServerFrame) -> String {
 fn open_local_store(
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<(SqliteBackend, PathBuf, PathBuf)> {
-    let dir = data_dir.unwrap_or_else(sessions::paths::hub_data_dir);
+    let dir = data_dir.unwrap_or_else(relay_local::paths::hub_data_dir);
     let db = dir.join(hub::store::sqlite::DB_FILE);
     if !db.exists() {
         bail!(
@@ -633,7 +636,7 @@ fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
 enum Listed {
     /// Every session, and whether [`MAX_PAGES`] cut the list short.
     Sessions(BTreeMap<String, SessionView>, bool),
-    Refused(sessions::wire::ErrorFrame),
+    Refused(relay_proto::wire::ErrorFrame),
     Unexpected(String),
 }
 

@@ -42,13 +42,14 @@ use std::{
 use anyhow::Context as _;
 use mcp_bridge::{
     backoff::Backoff,
-    connect::{self, ClientAuth, ConnectError},
+    dial::{self, ClientAuth, ConnectError},
 };
-use serde_json::Value;
-use sessions::{
-    Registry, RegistryFile, SessionId,
+use relay_local::{Registry, RegistryFile};
+use relay_proto::{
+    SessionId,
     wire::{Bare, ClientFrame, RequestId, ServerFrame, Watch, Watching},
 };
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::sessions_cmd::HubConn;
@@ -138,13 +139,13 @@ pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
     ));
     Ok(match outcome {
         Outcome::Mail(line) => {
-            eprintln!("{}", sessions::display::line(&line));
+            eprintln!("{}", relay_local::display::line(&line));
             ExitCode::from(EXIT_MAIL)
         }
         Outcome::TimedOut => ExitCode::SUCCESS,
         Outcome::Problem(why) => {
             // Never non-zero here: see "Exit codes" above (a failing rewake hook loops).
-            eprintln!("claude-relay wait: {}", sessions::display::line(&why));
+            eprintln!("claude-relay wait: {}", relay_local::display::line(&why));
             ExitCode::SUCCESS
         }
     })
@@ -251,7 +252,7 @@ enum Lock {
 
 /// Takes `locks/wait-NAME.lock` without blocking.
 fn take_lock(name: &str) -> Lock {
-    let dir = sessions::paths::locks_dir();
+    let dir = relay_local::paths::locks_dir();
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Lock::Unavailable(format!("{}: {e}", dir.display()));
     }
@@ -360,8 +361,7 @@ async fn watch_once(
 ) -> Ended {
     let lost = |why: String, watched: bool| Ended::Lost { why, watched };
     let limit = CONNECT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-    let mut ws = match connect::connect_with(url, auth, limit.max(Duration::from_millis(100))).await
-    {
+    let mut ws = match dial::connect_with(url, auth, limit.max(Duration::from_millis(100))).await {
         Ok(ws) => ws,
         Err(e) => return lost(e.to_string(), false),
     };
@@ -375,7 +375,7 @@ async fn watch_once(
             rid: Some(RequestId::Int(rid)),
         })
     };
-    if let Err(e) = connect::send_frame(&mut ws, &watch_frame()).await {
+    if let Err(e) = dial::send_frame(&mut ws, &watch_frame()).await {
         return lost(e.to_string(), false);
     }
     let mut watched = false;
@@ -386,7 +386,7 @@ async fn watch_once(
             break Ended::Done(Outcome::TimedOut);
         }
         let step = KEEPALIVE.min(deadline - now);
-        let frame = match connect::read_until(&mut ws, step, Some).await {
+        let frame = match dial::read_until(&mut ws, step, Some).await {
             Ok(f) => f,
             Err(ConnectError::Timeout(..)) if Instant::now() >= deadline => {
                 break Ended::Done(Outcome::TimedOut);
@@ -400,7 +400,7 @@ async fn watch_once(
             Err(ConnectError::Timeout(..)) => {
                 ping_out = true;
                 let ping = ClientFrame::Ping(Bare::default());
-                if let Err(e) = connect::send_frame(&mut ws, &ping).await {
+                if let Err(e) = dial::send_frame(&mut ws, &ping).await {
                     break lost(e.to_string(), watched);
                 }
                 continue;
@@ -430,7 +430,7 @@ async fn watch_once(
             ServerFrame::Mail(m) => {
                 tracing::info!("mail for {} from {} (seq {})", m.client_id, m.from, m.seq);
                 // Confirm (and count) with a fresh watch: the session may have read it.
-                if let Err(e) = connect::send_frame(&mut ws, &watch_frame()).await {
+                if let Err(e) = dial::send_frame(&mut ws, &watch_frame()).await {
                     break lost(e.to_string(), watched);
                 }
             }
@@ -466,8 +466,8 @@ fn line(w: &Watching) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay_local::EntryUpdate;
     use serde_json::json;
-    use sessions::EntryUpdate;
 
     fn no_env(_: &str) -> Option<String> {
         None

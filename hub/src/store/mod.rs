@@ -13,7 +13,7 @@ pub mod sqlite;
 
 use std::sync::{Arc, RwLock};
 
-use sessions::wire::{Envelope, SendState};
+use relay_proto::wire::{Envelope, SendState};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Retention;
@@ -156,7 +156,7 @@ impl StoredMessage {
             from: self.from.to_string(),
             to: self.to.to_string(),
             content: self.content,
-            timestamp: sessions::time::iso(self.ts),
+            timestamp: relay_proto::time::iso(self.ts),
             seq: self.seq,
         }
     }
@@ -168,7 +168,7 @@ impl StoredMessage {
             from: self.from.to_string(),
             to: self.to.to_string(),
             content: self.content.clone(),
-            timestamp: sessions::time::iso(self.ts),
+            timestamp: relay_proto::time::iso(self.ts),
             seq: self.seq,
         }
     }

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use relay_proto::{BROADCAST, time::iso, wire::SendState};
 use rusqlite::{Connection, OptionalExtension, params};
-use sessions::{BROADCAST, time::iso, wire::SendState};
 
 use super::{
     After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, Integrity, NewMessage,

@@ -9,8 +9,8 @@
 
 use std::{fs, io, path::Path};
 
+use relay_proto::wire::{ClientFrame, SendMessage};
 use serde::{Deserialize, Serialize};
-use sessions::wire::{ClientFrame, SendMessage};
 
 /// Suffix of a queued entry.
 pub(crate) const QUEUED: &str = "msg";

@@ -42,7 +42,7 @@ use std::{
 
 pub use entry::Entry;
 use entry::{CORRUPT, QUEUED, REJECTED, TEMP_PREFIX};
-use sessions::SessionId;
+use relay_proto::SessionId;
 
 use crate::private_file::{private_dir, sync_dir, write_atomic};
 
@@ -180,7 +180,7 @@ impl Outbox {
     /// the default [`Limits`]. Creates the directories (0700) and clears torn writes.
     pub fn for_session(session: &SessionId) -> Result<Self, OutboxError> {
         Self::open(
-            sessions::paths::outbox_dir().join(session.as_str()),
+            relay_local::paths::outbox_dir().join(session.as_str()),
             Limits::default(),
         )
     }
@@ -222,7 +222,7 @@ impl Outbox {
                 key.len()
             )));
         }
-        if !to.eq_ignore_ascii_case(sessions::BROADCAST)
+        if !to.eq_ignore_ascii_case(relay_proto::BROADCAST)
             && let Err(e) = SessionId::parse(to)
         {
             return Err(OutboxError::Invalid(format!("recipient {to:?}: {e}")));
@@ -234,7 +234,7 @@ impl Outbox {
                 content.len()
             )));
         }
-        let mut entry = Entry::new(key, to, content, sessions::time::now_ms());
+        let mut entry = Entry::new(key, to, content, relay_proto::time::now_ms());
         let bytes = entry.to_bytes();
         self.locked(|| {
             let scan = self.scan()?;
@@ -276,7 +276,7 @@ impl Outbox {
         // The head may be acked between the listing and the read: try the next one.
         for &seq in &scan.queued {
             if let Ok(Some(head)) = entry::read(&self.path(seq, QUEUED), seq, MAX_ENTRY_FILE) {
-                let now = sessions::time::now_ms();
+                let now = relay_proto::time::now_ms();
                 stats.oldest_queued_at_ms = Some(head.queued_at_ms);
                 stats.oldest_age = Some(Duration::from_millis(
                     now.saturating_sub(head.queued_at_ms).max(0) as u64,

@@ -21,7 +21,7 @@ fn keys(entries: &[Entry]) -> Vec<&str> {
 fn entries_come_out_in_order_with_what_a_resend_needs() {
     let home = tempfile::tempdir().unwrap();
     let o = outbox(home.path());
-    let before = sessions::time::now_ms();
+    let before = relay_proto::time::now_ms();
     for (i, to) in ["CC-2", "all", "codex"].iter().enumerate() {
         o.append(&format!("k{i}"), to, &format!("text {i}"))
             .unwrap();

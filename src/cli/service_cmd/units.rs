@@ -38,7 +38,7 @@ pub(super) fn plist(s: &HubService) -> String {
             format!(
                 "\n    <key>EnvironmentVariables</key>\n    <dict>\n        \
                  <key>{}</key>\n        <string>{}</string>\n    </dict>",
-                sessions::paths::HOME_ENV,
+                relay_local::paths::HOME_ENV,
                 xml(h)
             )
         })
@@ -92,7 +92,7 @@ pub(super) fn systemd_unit(s: &HubService) -> String {
         .map(|h| {
             format!(
                 "Environment={}\n",
-                systemd_quote(&format!("{}={h}", sessions::paths::HOME_ENV))
+                systemd_quote(&format!("{}={h}", relay_local::paths::HOME_ENV))
             )
         })
         .unwrap_or_default();

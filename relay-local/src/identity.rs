@@ -14,10 +14,9 @@
 
 use std::fmt;
 
-use crate::{
-    id::{IdError, MAX_ID_LEN, SessionId},
-    registry::RegistryFile,
-};
+use relay_proto::id::{IdError, MAX_ID_LEN, SessionId};
+
+use crate::registry::RegistryFile;
 
 /// Set by `claude-session NAME`; the strongest source.
 pub const SESSION_ENV: &str = "CLAUDE_RELAY_SESSION_ID";

@@ -22,6 +22,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use relay_proto::wire::Envelope;
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     model::{
@@ -32,7 +33,6 @@ use rmcp::{
     },
     service::{NotificationContext, RequestContext},
 };
-use sessions::wire::Envelope;
 use tokio::sync::broadcast;
 
 use crate::{

@@ -28,9 +28,11 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use relay_proto::time;
+
 use crate::{
     liveness::{self, ProcessStamp},
-    paths, time,
+    paths,
 };
 
 /// The schema version this code writes.

@@ -23,8 +23,8 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
+use relay_proto::wire::{ClientFrame, ServerFrame};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use sessions::wire::{ClientFrame, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,

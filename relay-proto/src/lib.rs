@@ -1,0 +1,13 @@
+//! The words the hub and its clients share: session ids and their grammar ([`id`]), the wire
+//! frames spoken over the WebSocket ([`wire`], docs/PROTOCOL.md) and the protocol's
+//! timestamps ([`time`]).
+//!
+//! This is everything the hub needs from the rest of the workspace, and nothing more: what
+//! only a client machine knows (its session registry, identity, process liveness, file
+//! locations) lives in `relay-local`, so the hub never links sysinfo or reads `~/.claude-relay`.
+
+pub mod id;
+pub mod time;
+pub mod wire;
+
+pub use id::{BROADCAST, IdError, SessionId};
