@@ -39,7 +39,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
@@ -67,7 +67,7 @@ fn main() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hub");
-    let mut lines = BufReader::new(hub.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(hub.stderr.take().expect("piped stderr")).lines();
     let url = loop {
         let line = lines.next().expect("hub exited").expect("hub stderr");
         if let Some(rest) = line.split("listening on ").nth(1) {
@@ -91,14 +91,14 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start bridge");
-        let mut stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        writeln!(stdin, "{INIT}").unwrap();
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        writeln!(stdin, "{INIT}").expect("write initialize");
         let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        out.read_line(&mut line).expect("read initialize reply");
         init_ms.push(start.elapsed().as_secs_f64() * 1000.0);
         assert!(line.contains("\"serverInfo\""), "unexpected answer: {line}");
-        writeln!(stdin, "{INITIALIZED}").unwrap();
+        writeln!(stdin, "{INITIALIZED}").expect("write initialized");
         // Wait (bounded) until the bridge is registered with the hub, then read its RSS.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut id = 2;
@@ -107,10 +107,10 @@ fn main() {
                 stdin,
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"relay_status","arguments":{{}}}}}}"#
             )
-            .unwrap();
+            .expect("write tools/call");
             id += 1;
             line.clear();
-            out.read_line(&mut line).unwrap();
+            out.read_line(&mut line).expect("read tools/call reply");
             if line.contains("connected for") || Instant::now() > deadline {
                 break;
             }

@@ -147,7 +147,7 @@ impl Client {
 /// A hub serving `listener` in this process until `stop` fires.
 async fn start_hub(
     dir: &Path,
-    tls: Option<hub::tls::TlsFiles>,
+    tls: Option<hub::TlsFiles>,
     heartbeat: Duration,
 ) -> Result<(SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -168,7 +168,7 @@ async fn start_hub(
 }
 
 /// A CA and a server certificate for 127.0.0.1 in `dir`; returns (hub TLS files, CA path).
-fn make_pki(dir: &Path) -> Result<(hub::tls::TlsFiles, std::path::PathBuf)> {
+fn make_pki(dir: &Path) -> Result<(hub::TlsFiles, std::path::PathBuf)> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -185,7 +185,7 @@ fn make_pki(dir: &Path) -> Result<(hub::tls::TlsFiles, std::path::PathBuf)> {
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &issuer)?;
-    let files = hub::tls::TlsFiles {
+    let files = hub::TlsFiles {
         cert: dir.join("hub.crt"),
         key: dir.join("hub.key"),
     };

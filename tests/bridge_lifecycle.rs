@@ -1,5 +1,6 @@
 //! How a bridge starts, holds its name, survives bad input and ends: stdin EOF, its parent's
 //! death, malformed JSON on stdin, names held by live connections, and its registry entry.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 

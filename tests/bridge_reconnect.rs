@@ -1,5 +1,6 @@
 //! Bridges outlive their hub: while it is gone every tool answers at once and honestly, and
 //! when it comes back on the same port they reconnect by themselves.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 

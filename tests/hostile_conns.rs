@@ -5,6 +5,7 @@
 //!
 //! The hub's own view is read from /proc (its TCP sockets, its peak memory), so this file is
 //! Linux's.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 #![cfg(target_os = "linux")]
 
 mod common;

@@ -1,6 +1,7 @@
 //! The hub's wire protocol, spoken over a raw WebSocket against the real `claude-relay hub`
 //! process: the Node relay's core frames field for field, privacy of direct mail, bad input,
 //! name ownership, heartbeats and clean shutdown.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Limits stop floods, not work, and each is answered clearly: a slow reader is closed and
 //! catches up later with nothing lost, a frame flood is rate-limited with a retry time, a
 //! registration flood is refused per address, and connections over the cap get a 503.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The operator sees every refusal at the hub's default log level: one line with the peer
 //! address and the reason — a bad token, a name owned elsewhere or in use, a cap reached —
 //! and never the secret that was presented.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `claude-relay hooks install|uninstall` against a temporary HOME whose
 //! `.claude/settings.json` already holds the user's own hooks and settings.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 

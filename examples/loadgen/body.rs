@@ -11,13 +11,13 @@
 //! send time in ns (16 hex), then padding.
 
 /// Bytes of the fixed part; bodies are at least this long.
-pub const HEADER: usize = 2 + 4 + 4 + 12 + 16;
+pub(crate) const HEADER: usize = 2 + 4 + 4 + 12 + 16;
 /// Target value meaning "broadcast to all".
-pub const ALL: u16 = 0xffff;
+pub(crate) const ALL: u16 = 0xffff;
 
 /// What a body says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Body {
+pub(crate) struct Body {
     /// Index of the sending client.
     pub sender: u16,
     /// Index of the intended recipient, or [`ALL`].
@@ -51,7 +51,7 @@ fn get_hex(s: &[u8]) -> Option<u64> {
 
 impl Body {
     /// Appends the body, padded to `len` bytes (at least [`HEADER`]), to `out`.
-    pub fn encode_into(&self, len: usize, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, len: usize, out: &mut Vec<u8>) {
         out.extend_from_slice(b"LG");
         put_hex(out, self.sender as u64, 4);
         put_hex(out, self.target as u64, 4);
@@ -61,7 +61,7 @@ impl Body {
     }
 
     /// Reads a body written by [`encode_into`](Self::encode_into); `None` if it is not one.
-    pub fn decode(s: &[u8]) -> Option<Body> {
+    pub(crate) fn decode(s: &[u8]) -> Option<Body> {
         if s.len() < HEADER || &s[..2] != b"LG" {
             return None;
         }
@@ -76,7 +76,7 @@ impl Body {
 
 /// Builds a complete `message` frame: `{"type":"message","to":TO,"content":BODY,"rid":N}`.
 /// The request id is the body's counter, so an `error` reply names the message it refused.
-pub fn message_frame(to: &str, body: &Body, body_len: usize) -> String {
+pub(crate) fn message_frame(to: &str, body: &Body, body_len: usize) -> String {
     let mut out = Vec::with_capacity(body_len + to.len() + 64);
     out.extend_from_slice(br#"{"type":"message","to":""#);
     out.extend_from_slice(to.as_bytes());

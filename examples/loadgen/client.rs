@@ -16,17 +16,17 @@ use tokio_tungstenite::{
 };
 
 /// A client connection to the hub.
-pub type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// How long one connect + register may take (rate-limit waits excluded).
-pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most rate-limit retries of one registration before giving up.
 const MAX_RETRIES: u32 = 1000;
 
 /// How presence changes should be pushed to a registering session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Presence {
+pub(crate) enum Presence {
     /// The whole peer list on every join/leave (old, Node-compatible clients).
     Full,
     /// Only the id that changed.
@@ -47,7 +47,7 @@ impl Presence {
 
 /// Counts of what registering cost besides the hub's own work.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RegisterStats {
+pub(crate) struct RegisterStats {
     /// Registrations refused for rate and retried.
     pub rate_limited: u64,
     /// Total time spent waiting as the hub asked, ms.
@@ -55,7 +55,7 @@ pub struct RegisterStats {
 }
 
 /// Where to connect: `ws://HOST:PORT[/…]` → `HOST:PORT`.
-pub fn host_port(url: &str) -> anyhow::Result<&str> {
+pub(crate) fn host_port(url: &str) -> anyhow::Result<&str> {
     let rest = url
         .strip_prefix("ws://")
         .with_context(|| format!("{url}: only ws:// URLs are supported"))?;
@@ -64,7 +64,7 @@ pub fn host_port(url: &str) -> anyhow::Result<&str> {
 
 /// Opens a WebSocket to `url`. `read_buffer` is tungstenite's read buffer: small for
 /// thousands of idle sessions, larger for the traffic clients.
-pub async fn connect(url: &str, read_buffer: usize) -> anyhow::Result<Ws> {
+pub(crate) async fn connect(url: &str, read_buffer: usize) -> anyhow::Result<Ws> {
     let tcp = TcpStream::connect(host_port(url)?)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -79,7 +79,7 @@ pub async fn connect(url: &str, read_buffer: usize) -> anyhow::Result<Ws> {
 }
 
 /// Parses the wait out of a rate-limit reason ("… retry in 12 ms").
-pub fn retry_ms(reason: &str) -> Option<u64> {
+pub(crate) fn retry_ms(reason: &str) -> Option<u64> {
     let at = reason.find("retry in ")? + "retry in ".len();
     let digits: String = reason[at..]
         .chars()
@@ -90,7 +90,7 @@ pub fn retry_ms(reason: &str) -> Option<u64> {
 
 /// Sends `register` for `id` and waits for `registered`, retrying rate-limit refusals.
 /// Any other refusal is an error.
-pub async fn register(
+pub(crate) async fn register(
     ws: &mut Ws,
     id: &str,
     presence: Presence,

@@ -15,7 +15,7 @@ const BUCKETS: usize = (SUB + (64 - SUB_BITS as u64) * (SUB / 2)) as usize;
 
 /// Counts of nanosecond values in log-linear buckets.
 #[derive(Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: Box<[u64]>,
     total: u64,
     max: u64,
@@ -58,26 +58,26 @@ fn highest(i: usize) -> u64 {
 
 impl Histogram {
     /// Counts one value.
-    pub fn record(&mut self, v: u64) {
+    pub(crate) fn record(&mut self, v: u64) {
         self.counts[index(v)] += 1;
         self.total += 1;
         self.max = self.max.max(v);
     }
 
     /// How many values were counted.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.total
     }
 
     /// The largest value counted (exact); 0 when empty.
-    pub fn max(&self) -> u64 {
+    pub(crate) fn max(&self) -> u64 {
         self.max
     }
 
     /// The `p`-th percentile (0 < p ≤ 100) by the nearest-rank method: the smallest value
     /// such that at least `p` % of the samples are ≤ it. Reported as its bucket's upper bound,
     /// clamped to the exact maximum. `None` when empty.
-    pub fn percentile(&self, p: f64) -> Option<u64> {
+    pub(crate) fn percentile(&self, p: f64) -> Option<u64> {
         if self.total == 0 {
             return None;
         }
@@ -94,7 +94,7 @@ impl Histogram {
     }
 
     /// Forgets everything (the warm-up's samples are not part of the measurement).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.counts.fill(0);
         self.total = 0;
         self.max = 0;

@@ -26,7 +26,7 @@ const KEEP_LINES: usize = 5;
 
 /// What the hub logged at WARN or ERROR while we watched (its log at INFO is discarded).
 #[derive(Default, Debug)]
-pub struct LogTally {
+pub(crate) struct LogTally {
     /// WARN lines seen.
     pub warnings: u64,
     /// ERROR lines seen.
@@ -36,7 +36,7 @@ pub struct LogTally {
 }
 
 /// A hub to measure.
-pub struct HubUnderTest {
+pub(crate) struct HubUnderTest {
     /// `ws://HOST:PORT`.
     pub url: String,
     /// Its process id, when known (CPU and RSS come from /proc/PID).
@@ -49,14 +49,14 @@ pub struct HubUnderTest {
 
 /// The default hub binary: `claude-relay` next to the directory of this example's executable
 /// (`target/release/examples/loadgen` → `target/release/claude-relay`).
-pub fn default_hub_bin() -> Option<PathBuf> {
+pub(crate) fn default_hub_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     Some(exe.parent()?.parent()?.join("claude-relay"))
 }
 
 impl HubUnderTest {
     /// A hub that is already running.
-    pub fn external(url: String, pid: Option<u32>) -> Self {
+    pub(crate) fn external(url: String, pid: Option<u32>) -> Self {
         Self {
             url,
             pid,
@@ -69,7 +69,7 @@ impl HubUnderTest {
     /// Starts `bin hub --host 127.0.0.1 --port 0 --data-dir <fresh temp dir>` and waits for
     /// its `listening on ws://…` line on stderr. Must run inside a `LocalSet` (the rest of its
     /// log is drained by a local task).
-    pub async fn start(bin: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(bin: &Path) -> anyhow::Result<Self> {
         if !bin.is_file() {
             bail!(
                 "hub binary {} not found: run `cargo build --release` first, or pass --hub-bin PATH",
@@ -145,7 +145,7 @@ impl HubUnderTest {
     /// Kills a hub we started (SIGKILL: it must not spend minutes telling thousands of
     /// sessions that the others left; the store is a throw-away temp dir) and waits for it.
     /// An external hub is left alone.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;

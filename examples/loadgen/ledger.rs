@@ -33,14 +33,14 @@ use crate::{
 };
 
 /// Nanoseconds on the one monotonic clock every send and receive time is read from.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// Where a run is: traffic before the window, the measured window, then draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Traffic flows; nothing is recorded.
     Warmup,
     /// Deliveries and latencies count.
@@ -50,7 +50,7 @@ pub enum Phase {
 }
 
 /// A sending client's side of the books.
-pub struct Sender {
+pub(crate) struct Sender {
     /// `to` of its frames.
     to: String,
     /// The body's target: the recipient's index, or [`body::ALL`].
@@ -84,7 +84,7 @@ struct Receiver {
 
 /// Counts over all clients.
 #[derive(Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Deliveries that passed the checks, over the whole run.
     pub deliveries: u64,
     /// Of those, inside the measured window.
@@ -104,7 +104,7 @@ pub struct Tally {
 }
 
 /// Everything the readers and writers of one run share.
-pub struct State {
+pub(crate) struct State {
     /// Where the run is.
     pub phase: Phase,
     names: Vec<String>,
@@ -122,7 +122,7 @@ pub struct State {
 
 /// The end-of-run account over all senders.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Books {
+pub(crate) struct Books {
     /// Messages written.
     pub sent: u64,
     /// `sent` acks received.
@@ -137,7 +137,7 @@ pub struct Books {
 
 impl State {
     /// Books for `spec` with clients called `names`.
-    pub fn new(spec: &Spec, names: Vec<String>) -> Self {
+    pub(crate) fn new(spec: &Spec, names: Vec<String>) -> Self {
         let n = spec.clients;
         let mut senders: Vec<Option<Sender>> = (0..n).map(|_| None).collect();
         for &(i, target) in &spec.senders {
@@ -180,7 +180,7 @@ impl State {
 
     /// What was sent, acked, refused, and lost: every message a sender wrote and the hub did
     /// not refuse must have reached each of its recipients once.
-    pub fn books(&self, spec: &Spec) -> Books {
+    pub(crate) fn books(&self, spec: &Spec) -> Books {
         let mut b = Books::default();
         for &(i, target) in &spec.senders {
             let s = self.senders[i].as_ref().expect("a sender");
@@ -254,7 +254,7 @@ impl State {
     }
 
     /// Accounts for one frame the hub sent to client `me`.
-    pub fn on_frame(&mut self, me: usize, text: &str) {
+    pub(crate) fn on_frame(&mut self, me: usize, text: &str) {
         match classify(text) {
             Incoming::Message { from, to, content } => self.on_message(me, from, to, content),
             Incoming::Sent { delivered } => {
@@ -291,7 +291,7 @@ impl State {
 
     /// Frames for every free slot of `sender` (each stamped as it is built), or why none can
     /// be written now.
-    pub fn next_batch(&mut self, sender: usize, body_len: usize) -> Batch {
+    pub(crate) fn next_batch(&mut self, sender: usize, body_len: usize) -> Batch {
         if self.phase == Phase::Drain {
             return Batch::Stop;
         }
@@ -325,7 +325,7 @@ impl State {
 }
 
 /// What a writer does next.
-pub enum Batch {
+pub(crate) enum Batch {
     /// Write these frames, then flush once.
     Ready(Vec<String>),
     /// Every slot is in flight: wait for one to be freed.

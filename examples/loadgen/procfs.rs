@@ -11,7 +11,7 @@ use std::{fs, io};
 
 /// CPU time of a process, in clock ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticks {
+pub(crate) struct Ticks {
     /// User time.
     pub user: u64,
     /// System (kernel) time.
@@ -20,13 +20,13 @@ pub struct Ticks {
 
 impl Ticks {
     /// User + system.
-    pub fn total(self) -> u64 {
+    pub(crate) fn total(self) -> u64 {
         self.user + self.system
     }
 }
 
 /// Ticks per second (`sysconf(_SC_CLK_TCK)`).
-pub fn ticks_per_sec() -> u64 {
+pub(crate) fn ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
@@ -34,20 +34,20 @@ pub fn ticks_per_sec() -> u64 {
 
 /// Other processes' CPU over a window, in % of one core: the machine's busy ticks minus the
 /// hub's and this process's (µs), over `secs`. Clamped at 0 (the three clocks differ a little).
-pub fn other_cpu_pct(machine_ticks: u64, hub_ticks: u64, own_us: u64, secs: f64) -> f64 {
+pub(crate) fn other_cpu_pct(machine_ticks: u64, hub_ticks: u64, own_us: u64, secs: f64) -> f64 {
     let other_ms = ticks_ms(machine_ticks) - ticks_ms(hub_ticks) - own_us as f64 / 1000.0;
     (other_ms / 10.0 / secs).max(0.0)
 }
 
 /// Converts ticks to milliseconds.
-pub fn ticks_ms(ticks: u64) -> f64 {
+pub(crate) fn ticks_ms(ticks: u64) -> f64 {
     ticks as f64 * 1000.0 / ticks_per_sec() as f64
 }
 
 /// Parses `utime` and `stime` (fields 14 and 15) out of a `/proc/PID/stat` line. The command
 /// name (field 2) is in parentheses and may itself contain spaces and parentheses, so fields
 /// are counted from the last `)`.
-pub fn parse_stat(line: &str) -> Option<Ticks> {
+pub(crate) fn parse_stat(line: &str) -> Option<Ticks> {
     let rest = &line[line.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     // After the name: state is field 3, so utime (14) is the 12th field of `rest`.
@@ -57,7 +57,7 @@ pub fn parse_stat(line: &str) -> Option<Ticks> {
 }
 
 /// CPU time of process `pid` so far.
-pub fn cpu(pid: u32) -> io::Result<Ticks> {
+pub(crate) fn cpu(pid: u32) -> io::Result<Ticks> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat(&s).ok_or_else(|| io::Error::other(format!("unreadable /proc/{pid}/stat")))
 }
@@ -65,7 +65,7 @@ pub fn cpu(pid: u32) -> io::Result<Ticks> {
 /// CPU time of each live thread of `pid`, summed by thread name (`relay-store`, `relay-hub`
 /// for the hub's store actor and tokio workers). Shows which thread a bottleneck is in;
 /// threads that exited in between are missing (the process total still has them).
-pub fn threads_cpu(pid: u32) -> io::Result<std::collections::BTreeMap<String, u64>> {
+pub(crate) fn threads_cpu(pid: u32) -> io::Result<std::collections::BTreeMap<String, u64>> {
     let mut by_name = std::collections::BTreeMap::new();
     for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = entry?.path();
@@ -83,7 +83,7 @@ pub fn threads_cpu(pid: u32) -> io::Result<std::collections::BTreeMap<String, u6
 }
 
 /// Reads `key:  N kB` out of a `/proc/PID/status` text, in KiB.
-pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+pub(crate) fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
@@ -91,7 +91,7 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
 }
 
 /// Resident memory of `pid` now and at its peak, in KiB (`VmRSS`, `VmHWM`).
-pub fn rss_kib(pid: u32) -> io::Result<(u64, u64)> {
+pub(crate) fn rss_kib(pid: u32) -> io::Result<(u64, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let now = parse_status_kib(&s, "VmRSS");
     let peak = parse_status_kib(&s, "VmHWM");
@@ -105,13 +105,13 @@ pub fn rss_kib(pid: u32) -> io::Result<(u64, u64)> {
 /// system + irq + softirq + steal` from the first line of `/proc/stat`. Compared with the
 /// hub's and the generator's own CPU over the same window it shows what *other* processes
 /// (a colleague's compiler) took: a run where that is large is not a clean measurement.
-pub fn machine_busy() -> io::Result<u64> {
+pub(crate) fn machine_busy() -> io::Result<u64> {
     let s = fs::read_to_string("/proc/stat")?;
     parse_machine_busy(&s).ok_or_else(|| io::Error::other("unreadable /proc/stat"))
 }
 
 /// The busy ticks of the aggregate `cpu` line of a `/proc/stat` text.
-pub fn parse_machine_busy(stat: &str) -> Option<u64> {
+pub(crate) fn parse_machine_busy(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let f: Vec<u64> = line
         .split_ascii_whitespace()
@@ -124,7 +124,7 @@ pub fn parse_machine_busy(stat: &str) -> Option<u64> {
 
 /// CPU time this process used so far (user + system), in microseconds. `getrusage` counts
 /// microseconds, so the generator's own cost is exact even for short windows.
-pub fn self_cpu_us() -> u64 {
+pub(crate) fn self_cpu_us() -> u64 {
     // SAFETY: getrusage writes into the struct we pass and nothing else.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
@@ -136,7 +136,7 @@ pub fn self_cpu_us() -> u64 {
 
 /// Raises the soft open-files limit to the hard limit (a spawned hub inherits it). Returns
 /// the soft limit now in force.
-pub fn raise_nofile() -> io::Result<u64> {
+pub(crate) fn raise_nofile() -> io::Result<u64> {
     // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {

@@ -11,22 +11,22 @@ use std::io::{self, Write};
 use serde_json::{Map, Value};
 
 /// A run's (or a median's) figures by name.
-pub type Row = Map<String, Value>;
+pub(crate) type Row = Map<String, Value>;
 
 /// Sets one figure.
-pub fn put(row: &mut Row, key: &str, v: impl Into<Value>) {
+pub(crate) fn put(row: &mut Row, key: &str, v: impl Into<Value>) {
     row.insert(key.to_string(), v.into());
 }
 
 /// Sets a figure if it exists.
-pub fn put_opt(row: &mut Row, key: &str, v: Option<impl Into<Value>>) {
+pub(crate) fn put_opt(row: &mut Row, key: &str, v: Option<impl Into<Value>>) {
     if let Some(v) = v {
         put(row, key, v);
     }
 }
 
 /// The median of `xs` (the mean of the middle two for an even count); `None` when empty.
-pub fn median(xs: &mut [f64]) -> Option<f64> {
+pub(crate) fn median(xs: &mut [f64]) -> Option<f64> {
     if xs.is_empty() {
         return None;
     }
@@ -41,7 +41,7 @@ pub fn median(xs: &mut [f64]) -> Option<f64> {
 
 /// Per-figure medians of `runs`. Numeric figures become their median over the runs that
 /// have them; anything else (names, first errors) is taken from the first run that has it.
-pub fn median_row(runs: &[Row]) -> Row {
+pub(crate) fn median_row(runs: &[Row]) -> Row {
     let mut out = Row::new();
     let mut keys: Vec<&String> = Vec::new();
     for r in runs {
@@ -74,10 +74,10 @@ pub fn median_row(runs: &[Row]) -> Row {
 }
 
 /// One column of a table: header, figure name, decimals.
-pub type Column = (&'static str, &'static str, usize);
+pub(crate) type Column = (&'static str, &'static str, usize);
 
 /// Columns of the message scenarios.
-pub const TRAFFIC: &[Column] = &[
+pub(crate) const TRAFFIC: &[Column] = &[
     ("deliv/s", "deliveries_per_sec", 0),
     ("p50 ms", "p50_ms", 3),
     ("p99 ms", "p99_ms", 3),
@@ -96,7 +96,7 @@ pub const TRAFFIC: &[Column] = &[
 ];
 
 /// Columns of the registration scenario.
-pub const REGISTER: &[Column] = &[
+pub(crate) const REGISTER: &[Column] = &[
     ("presence", "presence", 0),
     ("sessions", "sessions", 0),
     ("wall s", "register_wall_s", 2),
@@ -112,7 +112,7 @@ pub const REGISTER: &[Column] = &[
 ];
 
 /// Columns of the idle-connections scenario.
-pub const IDLE: &[Column] = &[
+pub(crate) const IDLE: &[Column] = &[
     ("conns", "connections", 0),
     ("RSS rest MiB", "hub_rss_rest_mib", 2),
     ("RSS conn MiB", "hub_rss_connected_mib", 1),
@@ -139,7 +139,7 @@ fn cell(row: &Row, key: &str, decimals: usize) -> String {
 }
 
 /// 1234567 → "1,234,567".
-pub fn group(n: i64) -> String {
+pub(crate) fn group(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -152,7 +152,11 @@ pub fn group(n: i64) -> String {
 }
 
 /// Writes a table: one line per `(label, row)`.
-pub fn table(w: &mut impl Write, columns: &[Column], rows: &[(String, Row)]) -> io::Result<()> {
+pub(crate) fn table(
+    w: &mut impl Write,
+    columns: &[Column],
+    rows: &[(String, Row)],
+) -> io::Result<()> {
     let mut grid: Vec<Vec<String>> = vec![
         std::iter::once("scenario".to_string())
             .chain(columns.iter().map(|c| c.0.to_string()))

@@ -11,7 +11,7 @@ use relay_proto::wire::ServerFrame;
 
 /// What a hub frame means to the generator.
 #[derive(Debug)]
-pub enum Incoming<'a> {
+pub(crate) enum Incoming<'a> {
     /// A `message`: who it claims to be from, whom it is addressed to, and its content.
     Message {
         /// `from` as the hub set it.
@@ -45,7 +45,7 @@ fn string_field<'a>(text: &'a str, key: &str, from: usize) -> Option<(&'a str, u
 }
 
 /// Classifies one text frame from the hub.
-pub fn classify(text: &str) -> Incoming<'_> {
+pub(crate) fn classify(text: &str) -> Incoming<'_> {
     if text.starts_with(r#"{"type":"message","#)
         && let Some((from, after_from)) = string_field(text, r#""from":""#, 0)
         && let Some((to, after_to)) = string_field(text, r#""to":""#, after_from)

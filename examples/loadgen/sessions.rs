@@ -151,7 +151,7 @@ fn require_pid(hub: &HubUnderTest, what: &str) -> anyhow::Result<u32> {
 
 /// `register`: `n` sessions, one after another, all staying connected. Hub CPU covers the
 /// registrations and the presence traffic they cause, up to when it has all arrived.
-pub async fn register(
+pub(crate) async fn register(
     hub: &HubUnderTest,
     prefix: &str,
     n: usize,
@@ -223,7 +223,7 @@ pub async fn register(
 
 /// `idle`: the hub's RSS at rest, then with `n` registered idle sessions (per connection),
 /// its CPU over `idle` seconds of doing nothing but heartbeats, and its RSS once they closed.
-pub async fn idle(
+pub(crate) async fn idle(
     hub: &HubUnderTest,
     prefix: &str,
     n: usize,

@@ -32,7 +32,7 @@ const READ_BUFFER: usize = 64 << 10;
 
 /// Whom a sender addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// One client, by index.
     One(usize),
     /// Every other client (`to: "all"`).
@@ -41,7 +41,7 @@ pub enum Target {
 
 /// One message scenario.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// Scenario name for the report.
     pub name: &'static str,
     /// Clients connected and registered.
@@ -62,7 +62,7 @@ pub struct Spec {
 
 impl Spec {
     /// A ring: client `i` sends to `i + 1`.
-    pub fn ring(name: &'static str, clients: usize, window: usize) -> Self {
+    pub(crate) fn ring(name: &'static str, clients: usize, window: usize) -> Self {
         Self::new(
             name,
             clients,
@@ -74,7 +74,7 @@ impl Spec {
     }
 
     /// A skeleton with default timings; the caller sets them.
-    pub fn new(
+    pub(crate) fn new(
         name: &'static str,
         clients: usize,
         senders: Vec<(usize, Target)>,
@@ -93,7 +93,7 @@ impl Spec {
     }
 
     /// The recipients of a sender's messages.
-    pub fn recipients(&self, sender: usize, target: Target) -> Vec<usize> {
+    pub(crate) fn recipients(&self, sender: usize, target: Target) -> Vec<usize> {
         match target {
             Target::One(r) => vec![r],
             Target::All => (0..self.clients).filter(|&r| r != sender).collect(),
@@ -145,7 +145,7 @@ async fn read_loop(
 
 /// Runs one message scenario against `hub` and returns its figures. `prefix` makes the
 /// session ids unique on a shared hub.
-pub async fn run(spec: &Spec, hub: &HubUnderTest, prefix: &str) -> anyhow::Result<Row> {
+pub(crate) async fn run(spec: &Spec, hub: &HubUnderTest, prefix: &str) -> anyhow::Result<Row> {
     let n = spec.clients;
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let mut conns = Vec::with_capacity(n);

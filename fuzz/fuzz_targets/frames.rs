@@ -6,7 +6,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use hub::{Hub, HubConfig, HubState, dispatch::ConnSession, outbound::outbox, parse::parse};
+use hub::{
+    Hub, HubConfig, HubState,
+    fuzzing::{ConnSession, outbox, parse},
+};
 use libfuzzer_sys::fuzz_target;
 
 struct World {

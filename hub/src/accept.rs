@@ -10,7 +10,11 @@ use tracing::{error, info, warn};
 use crate::{HubState, connection};
 
 /// Runs the accept loop until `shutdown` completes, then drains connections.
-pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn run(
+    listener: TcpListener,
+    hub: Arc<HubState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut next_id = 0u64;

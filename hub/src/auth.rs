@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 
 /// Constant-time equality of two byte strings (the length is not secret).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -19,29 +19,29 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Checks a presented hub token against the configured one.
-pub fn token_ok(expected: &str, presented: &str) -> bool {
+pub(crate) fn token_ok(expected: &str, presented: &str) -> bool {
     ct_eq(expected.as_bytes(), presented.as_bytes())
 }
 
 /// The token in an `Authorization: Bearer …` header value, if that is what it is.
-pub fn bearer(header: &str) -> Option<&str> {
+pub(crate) fn bearer(header: &str) -> Option<&str> {
     let (scheme, rest) = header.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// A new owner secret: 32 random bytes, hex.
-pub fn mint_secret() -> String {
+pub(crate) fn mint_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     hex(&bytes)
 }
 
 /// The stored form of an owner secret.
-pub fn hash_secret(secret: &str) -> String {
+pub(crate) fn hash_secret(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// Checks a presented owner secret against a stored hash.
-pub fn secret_matches(stored_hash: &str, presented: &str) -> bool {
+pub(crate) fn secret_matches(stored_hash: &str, presented: &str) -> bool {
     ct_eq(stored_hash.as_bytes(), hash_secret(presented).as_bytes())
 }
 

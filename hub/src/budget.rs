@@ -26,18 +26,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What one socket read may add to a connection that holds nothing yet (the WebSocket
 /// layer reads in chunks of this size; see `connection::serve`).
-pub const READ_CHUNK: usize = 4096;
+pub(crate) const READ_CHUNK: usize = 4096;
 
 /// The hub-wide budget. Cheap to share (`Arc`).
 #[derive(Debug)]
-pub struct FrameBudget {
+pub(crate) struct FrameBudget {
     used: AtomicUsize,
     limit: usize,
 }
 
 impl FrameBudget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             limit,
@@ -45,12 +45,13 @@ impl FrameBudget {
     }
 
     /// Bytes charged right now.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
     /// The limit in bytes.
-    pub fn limit(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
@@ -64,14 +65,14 @@ impl FrameBudget {
 /// One connection's account with the budget: what its socket reads have charged since its
 /// last finished frame. Released when dropped.
 #[derive(Debug)]
-pub struct Meter {
+pub(crate) struct Meter {
     budget: Arc<FrameBudget>,
     held: AtomicUsize,
 }
 
 impl Meter {
     /// A connection's meter.
-    pub fn new(budget: Arc<FrameBudget>) -> Arc<Self> {
+    pub(crate) fn new(budget: Arc<FrameBudget>) -> Arc<Self> {
         Arc::new(Self {
             budget,
             held: AtomicUsize::new(0),
@@ -80,7 +81,7 @@ impl Meter {
 
     /// Moves what the connection holds into a [`Charge`] (the frame just read is now that
     /// charge's; it may outlive the connection's next reads, say in the store queue).
-    pub fn take(&self) -> Charge {
+    pub(crate) fn take(&self) -> Charge {
         Charge {
             budget: self.budget.clone(),
             bytes: self.held.swap(0, Ordering::AcqRel),
@@ -130,21 +131,21 @@ impl Drop for Charge {
 /// The error a read returns when the budget is spent in the middle of a frame.
 #[derive(Debug, thiserror::Error)]
 #[error("the hub is over its memory budget for frames in flight ({limit} bytes)")]
-pub struct OverBudget {
+pub(crate) struct OverBudget {
     /// The budget.
     pub limit: usize,
 }
 
 /// A socket whose reads are charged to a [`Meter`].
 #[derive(Debug)]
-pub struct Metered<S> {
+pub(crate) struct Metered<S> {
     inner: S,
     meter: Arc<Meter>,
 }
 
 impl<S> Metered<S> {
     /// Charges `inner`'s reads to `meter`.
-    pub fn new(inner: S, meter: Arc<Meter>) -> Self {
+    pub(crate) fn new(inner: S, meter: Arc<Meter>) -> Self {
         Self { inner, meter }
     }
 }

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 /// Where the hub reads time from; tests inject their own.
-pub trait Clock: Send + Sync {
+pub(crate) trait Clock: Send + Sync {
     /// Wall-clock time in Unix milliseconds (may jump).
     fn wall_ms(&self) -> i64;
     /// Time since an arbitrary fixed point that never jumps and keeps counting while the
@@ -25,7 +25,7 @@ pub trait Clock: Send + Sync {
 
 /// The operating system's clocks.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn wall_ms(&self) -> i64 {
@@ -55,7 +55,7 @@ impl Clock for SystemClock {
 /// jumps forward while the hub runs therefore expires nothing early; one that jumps back is
 /// followed (expiry runs late, which loses nothing).
 #[derive(Debug)]
-pub struct ExpiryClock<C> {
+pub(crate) struct ExpiryClock<C> {
     clock: C,
     /// The last "now" given and the steady time it was given at.
     last: Option<(i64, Duration)>,
@@ -65,7 +65,7 @@ pub struct ExpiryClock<C> {
 
 impl<C: Clock> ExpiryClock<C> {
     /// Starts trusting the wall clock as it reads at the first [`now`](Self::now).
-    pub fn new(clock: C) -> Self {
+    pub(crate) fn new(clock: C) -> Self {
         Self {
             clock,
             last: None,
@@ -74,7 +74,7 @@ impl<C: Clock> ExpiryClock<C> {
     }
 
     /// The current time for expiry, in Unix milliseconds.
-    pub fn now(&mut self) -> i64 {
+    pub(crate) fn now(&mut self) -> i64 {
         let wall = self.clock.wall_ms();
         let steady = self.clock.steady();
         let now = match self.last {

@@ -3,6 +3,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
+/// The smallest outbound queue (in frames) a connection may have: one committed batch
+/// (up to `store::actor::MAX_BATCH` messages) may all be for one recipient, and the queue must
+/// take it with room to spare, or a busy sender would close a healthy reader.
+pub const MIN_OUTBOUND_FRAMES: usize = 2 * crate::store::actor::MAX_BATCH;
+
 /// How hard the store pushes commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -57,7 +62,8 @@ pub struct HubConfig {
     /// Largest `content` of a message, in bytes. Default 512 KiB (leaves room for escaping in
     /// the envelope that goes out, which must fit a client's 1 MiB frame).
     pub max_content_bytes: usize,
-    /// Frames that may wait in one connection's outbound queue. Default 4096.
+    /// Frames that may wait in one connection's outbound queue. Default 4096, at least
+    /// [`MIN_OUTBOUND_FRAMES`].
     pub outbound_frames: usize,
     /// Bytes that may wait in one connection's outbound queue. Default 8 MiB. A connection
     /// whose queue overflows is closed with a reason (its mail stays stored); it never blocks

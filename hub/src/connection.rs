@@ -57,7 +57,7 @@ use crate::{
 };
 
 /// A client has this long to complete the WebSocket handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After asking for a close, how long the hub waits for the close frame to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The writer flushes at least this often while draining a long queue.
@@ -70,7 +70,7 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 /// [`HANDSHAKE_TIMEOUT`] (and, on a hub with a token, within its auth timeout), then the
 /// session. `slot` is the connection's place under the hub's caps: it is given back only
 /// after the socket is closed, so a connection counts for as long as it holds one.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
     conn_id: u64,

@@ -34,16 +34,16 @@ use crate::{
 };
 
 /// Default page size of `get_history` and `receive` (the Node relay's).
-pub const DEFAULT_COUNT: usize = 10;
+pub(crate) const DEFAULT_COUNT: usize = 10;
 /// Most seqs one `mark_read` may carry.
-pub const MAX_MARK: usize = 1000;
+pub(crate) const MAX_MARK: usize = 1000;
 /// Most unread messages pushed right after `registered` to a client that asks for its
 /// backlog.
-pub const BACKLOG: usize = relay_proto::wire::BACKLOG_MAX as usize;
+pub(crate) const BACKLOG: usize = relay_proto::wire::BACKLOG_MAX as usize;
 /// Longest idempotency key of a `message`.
-pub const MAX_KEY: usize = 128;
+pub(crate) const MAX_KEY: usize = 128;
 /// How many recent sends `get_status` reports.
-pub const STATUS_SENDS: usize = 10;
+pub(crate) const STATUS_SENDS: usize = 10;
 
 /// What one connection has claimed and how to reach it.
 pub struct ConnSession {
@@ -83,7 +83,12 @@ impl ConnSession {
     }
 
     /// Answers a frame that arrived over the connection's frame rate; it was not processed.
-    pub fn rate_limited(&self, rid: Option<RequestId>, wait: std::time::Duration, rate: f64) {
+    pub(crate) fn rate_limited(
+        &self,
+        rid: Option<RequestId>,
+        wait: std::time::Duration,
+        rate: f64,
+    ) {
         let ms = wait.as_millis().max(1) as u64;
         self.reply(ServerFrame::Error(ErrorFrame {
             message: format!(
@@ -100,7 +105,7 @@ impl ConnSession {
     }
 
     /// Queues an `error` frame.
-    pub fn error(&self, code: &str, message: impl Into<String>, rid: Option<RequestId>) {
+    pub(crate) fn error(&self, code: &str, message: impl Into<String>, rid: Option<RequestId>) {
         self.reply(ServerFrame::Error(ErrorFrame {
             message: message.into(),
             code: Some(code.to_string()),
@@ -644,7 +649,7 @@ impl ConnSession {
                 outbox: self.outbox.clone(),
                 rid: m.rid.clone(),
             },
-            charge: self.charge.take(),
+            _charge: self.charge.take(),
         };
         if let Err(e) = hub.store.append(append).await {
             self.store_error(e, m.rid);

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::store::StoredMessage;
 
 /// The `sent` ack of a stored message.
-pub struct SentOut<'a> {
+pub(crate) struct SentOut<'a> {
     /// The store epoch (for the id).
     pub epoch: &'a str,
     /// Sequence number.
@@ -76,7 +76,7 @@ fn done(out: Vec<u8>) -> Utf8Bytes {
 
 /// The `message` frame recipients get:
 /// `{"type":"message","id":…,"from":…,"to":…,"content":…,"timestamp":…,"seq":…}`.
-pub fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
+pub(crate) fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
     let mut out = Vec::with_capacity(128 + m.content.len() + m.content.len() / 8);
     out.extend_from_slice(br#"{"type":"message","id":"#);
     id(&mut out, epoch, m.seq);
@@ -95,7 +95,7 @@ pub fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
 }
 
 /// The `sent` frame the sender gets.
-pub fn sent(ack: &SentOut<'_>) -> Utf8Bytes {
+pub(crate) fn sent(ack: &SentOut<'_>) -> Utf8Bytes {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(br#"{"type":"sent","id":"#);
     id(&mut out, ack.epoch, ack.seq);
@@ -129,7 +129,7 @@ pub fn sent(ack: &SentOut<'_>) -> Utf8Bytes {
 /// `registered`, with the peer list already rendered as a JSON array (see
 /// [`Router::online_json`](crate::router::Router::online_json)): a registration storm would
 /// otherwise clone and serialize every name again for every joiner.
-pub struct RegisteredOut<'a> {
+pub(crate) struct RegisteredOut<'a> {
     /// The id now held.
     pub client_id: &'a str,
     /// JSON array of the other online ids.
@@ -147,7 +147,7 @@ pub struct RegisteredOut<'a> {
 }
 
 /// The `registered` frame.
-pub fn registered(r: &RegisteredOut<'_>) -> Utf8Bytes {
+pub(crate) fn registered(r: &RegisteredOut<'_>) -> Utf8Bytes {
     let mut out = Vec::with_capacity(128 + r.peers_json.len());
     out.extend_from_slice(br#"{"type":"registered","clientId":""#);
     raw(&mut out, r.client_id);
@@ -182,7 +182,7 @@ pub fn registered(r: &RegisteredOut<'_>) -> Utf8Bytes {
 
 /// `peer_joined` / `peer_left` in the Node relay's format, with the whole (pre-rendered)
 /// peer list.
-pub fn presence_full(joined: bool, client_id: &str, peers_json: &str) -> Utf8Bytes {
+pub(crate) fn presence_full(joined: bool, client_id: &str, peers_json: &str) -> Utf8Bytes {
     let mut out = Vec::with_capacity(64 + peers_json.len());
     out.extend_from_slice(if joined {
         br#"{"type":"peer_joined","clientId":""#
@@ -197,7 +197,7 @@ pub fn presence_full(joined: bool, client_id: &str, peers_json: &str) -> Utf8Byt
 }
 
 /// A JSON array of session ids (which need no escaping).
-pub fn id_array<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn id_array<'a>(ids: impl Iterator<Item = &'a str>) -> String {
     let mut out = String::from("[");
     for (i, id) in ids.enumerate() {
         if i > 0 {

@@ -10,10 +10,10 @@ use tracing::warn;
 use crate::HubState;
 
 /// How often the store file is checked.
-pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs forever (the hub aborts it on shutdown).
-pub async fn run(hub: Arc<HubState>) {
+pub(crate) async fn run(hub: Arc<HubState>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

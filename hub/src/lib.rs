@@ -19,31 +19,31 @@
 //! # }
 //! ```
 
-pub mod accept;
-pub mod auth;
-pub mod budget;
-pub mod clock;
-pub mod config;
-pub mod connection;
-pub mod dispatch;
-pub mod error;
-pub mod frames;
-pub mod integrity;
-pub mod limits;
-pub mod listing;
-pub mod outbound;
-pub mod parse;
-pub mod presence;
-pub mod progress;
-pub mod refusals;
-pub mod retention;
-pub mod router;
-pub mod store;
-pub mod tls;
+mod accept;
+mod auth;
+mod budget;
+mod clock;
+mod config;
+mod connection;
+mod dispatch;
+mod error;
+mod frames;
+mod integrity;
+mod limits;
+mod listing;
+mod outbound;
+mod parse;
+mod presence;
+mod progress;
+mod refusals;
+mod retention;
+mod router;
+mod store;
+mod tls;
 
 use std::{future::Future, sync::Arc};
 
-pub use config::{HubConfig, Retention, SyncMode};
+pub use config::{HubConfig, MIN_OUTBOUND_FRAMES, Retention, SyncMode};
 
 /// The hub's version, reported in `pong` (docs/PROTOCOL.md) so `claude-relay doctor` can
 /// tell a hub still running an older binary. The workspace shares one version, so this is
@@ -51,27 +51,30 @@ pub use config::{HubConfig, Retention, SyncMode};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use error::HubError;
 use router::Router;
+pub use store::{LocalStore, StoreError};
 use store::{StoreHandle, sqlite::SqliteBackend};
+pub use tls::TlsFiles;
 use tokio::net::TcpListener;
 
-/// What every connection shares.
+/// What every connection shares. Opaque outside the crate: the fuzz target passes it to
+/// [`fuzzing::ConnSession::handle`].
 pub struct HubState {
     /// Limits and intervals.
-    pub config: HubConfig,
+    pub(crate) config: HubConfig,
     /// Who is online and how to reach them.
-    pub router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     /// The store actor.
-    pub store: StoreHandle,
+    pub(crate) store: StoreHandle,
     /// Per-address connection caps and registration rates.
-    pub limits: limits::AddrLimits,
+    pub(crate) limits: limits::AddrLimits,
     /// The hub-wide connection caps (token holders and the rest counted apart).
-    pub caps: Arc<limits::ConnCaps>,
+    pub(crate) caps: Arc<limits::ConnCaps>,
     /// The hub-wide memory budget for inbound frames.
-    pub budget: Arc<budget::FrameBudget>,
+    pub(crate) budget: Arc<budget::FrameBudget>,
     /// Where refused clients are logged.
-    pub refusals: refusals::Refusals,
+    pub(crate) refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A hub with its store open, ready to serve.
@@ -148,6 +151,17 @@ impl Hub {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         Ok(())
     }
+}
+
+/// The dispatcher without a socket, for the fuzz target (fuzz/fuzz_targets/frames.rs): it
+/// parses lines into frames and hands them to one connection's session, as the reader task in
+/// `connection.rs` does.
+pub mod fuzzing {
+    pub use crate::{
+        dispatch::ConnSession,
+        outbound::{Outbox, OutboxReceiver, outbox},
+        parse::{ParseError, parse},
+    };
 }
 
 /// Opens the store and serves `listener` until `shutdown` completes.

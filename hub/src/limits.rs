@@ -18,7 +18,7 @@ use dashmap::DashMap;
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -27,7 +27,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
             burst,
@@ -37,7 +37,7 @@ impl TokenBucket {
     }
 
     /// Takes one token. `Err(wait)` says how long until one is available.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -60,7 +60,7 @@ struct AddrState {
 /// Limits kept per remote address. Entries of addresses with no open connection are
 /// dropped after a minute, so the table is bounded by the connection cap plus recent
 /// visitors (and hard-capped at [`MAX_TRACKED`]).
-pub struct AddrLimits {
+pub(crate) struct AddrLimits {
     table: DashMap<IpAddr, AddrState>,
     max_conns_per_addr: usize,
     register_rate: f64,
@@ -69,11 +69,11 @@ pub struct AddrLimits {
 }
 
 /// Most addresses tracked at once; beyond it idle entries are swept first.
-pub const MAX_TRACKED: usize = 65_536;
+pub(crate) const MAX_TRACKED: usize = 65_536;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyConnections {
+pub(crate) struct TooManyConnections {
     /// The per-address cap.
     pub limit: usize,
 }
@@ -82,7 +82,7 @@ impl AddrLimits {
     /// Limits with the given per-address caps. Loopback addresses are exempt from the
     /// connection cap (every SSH-tunnelled machine arrives from 127.0.0.1); the total cap
     /// still bounds them.
-    pub fn new(max_conns_per_addr: usize, register_rate: f64, register_burst: f64) -> Self {
+    pub(crate) fn new(max_conns_per_addr: usize, register_rate: f64, register_burst: f64) -> Self {
         Self {
             table: DashMap::new(),
             max_conns_per_addr,
@@ -93,7 +93,7 @@ impl AddrLimits {
     }
 
     /// Counts a new connection from `ip`, or refuses it.
-    pub fn open(&self, ip: IpAddr) -> Result<(), TooManyConnections> {
+    pub(crate) fn open(&self, ip: IpAddr) -> Result<(), TooManyConnections> {
         let now = Instant::now();
         self.sweep(now);
         let mut e = self.table.entry(ip).or_insert_with(|| AddrState {
@@ -112,7 +112,7 @@ impl AddrLimits {
     }
 
     /// A connection from `ip` closed.
-    pub fn close(&self, ip: IpAddr) {
+    pub(crate) fn close(&self, ip: IpAddr) {
         if let Some(mut e) = self.table.get_mut(&ip) {
             e.conns = e.conns.saturating_sub(1);
             e.touched = Instant::now();
@@ -120,7 +120,7 @@ impl AddrLimits {
     }
 
     /// Takes a registration token for `ip`; `Err(wait)` when over the rate.
-    pub fn register(&self, ip: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn register(&self, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         match self.table.get_mut(&ip) {
             Some(mut e) => {
@@ -163,7 +163,7 @@ impl AddrLimits {
 /// auth timeout of its accept. A [`Slot`] is held until the connection's task ends — after
 /// its socket is closed — so a connection counts for as long as it holds a socket.
 #[derive(Debug)]
-pub struct ConnCaps {
+pub(crate) struct ConnCaps {
     main: AtomicUsize,
     anonymous: AtomicUsize,
     max_main: usize,
@@ -174,7 +174,7 @@ pub struct ConnCaps {
 
 /// Which cap refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CapFull {
+pub(crate) enum CapFull {
     /// `max_connections`: the hub is full of connections that may use it.
     Connections(usize),
     /// `max_unauthenticated`: too many connections have not shown the token.
@@ -198,7 +198,11 @@ impl std::fmt::Display for CapFull {
 
 impl ConnCaps {
     /// Caps for a hub with (`token`) or without a token.
-    pub fn new(max_connections: usize, max_unauthenticated: usize, token: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        max_connections: usize,
+        max_unauthenticated: usize,
+        token: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             main: AtomicUsize::new(0),
             anonymous: AtomicUsize::new(0),
@@ -209,7 +213,7 @@ impl ConnCaps {
     }
 
     /// Counts a connection just accepted, or refuses it.
-    pub fn admit(self: &Arc<Self>) -> Result<Slot, CapFull> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Slot, CapFull> {
         take(
             &self.main,
             self.max_main,
@@ -223,7 +227,8 @@ impl ConnCaps {
     }
 
     /// Connections counted now: (under `max_connections`, unauthenticated).
-    pub fn counts(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (usize, usize) {
         (
             self.main.load(Ordering::Acquire),
             self.anonymous.load(Ordering::Acquire),
@@ -242,7 +247,7 @@ fn take(count: &AtomicUsize, max: usize, full: CapFull) -> Result<(), CapFull> {
 
 /// One connection's place under the [`ConnCaps`]; given back when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     caps: Arc<ConnCaps>,
     /// Counted among the unauthenticated (else under `max_connections`).
     anonymous: bool,
@@ -252,13 +257,13 @@ pub struct Slot {
 
 impl Slot {
     /// Whether the connection has shown the token (or needs none).
-    pub fn is_authenticated(&self) -> bool {
+    pub(crate) fn is_authenticated(&self) -> bool {
         self.authenticated
     }
 
     /// The connection upgraded without a valid Bearer header: it moves to the
     /// unauthenticated places, or is refused when they are full.
-    pub fn upgraded_anonymous(&mut self) -> Result<(), CapFull> {
+    pub(crate) fn upgraded_anonymous(&mut self) -> Result<(), CapFull> {
         if self.authenticated || self.anonymous {
             return Ok(());
         }
@@ -275,7 +280,7 @@ impl Slot {
 
     /// The connection showed the token. An unauthenticated one moves back under
     /// `max_connections`, or is refused when that is full (keeping its place until closed).
-    pub fn authenticate(&mut self) -> Result<(), CapFull> {
+    pub(crate) fn authenticate(&mut self) -> Result<(), CapFull> {
         if self.anonymous {
             let caps = &self.caps;
             take(

@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// Default and largest number of sessions in one page.
-pub const PAGE_MAX: usize = 1000;
+pub(crate) const PAGE_MAX: usize = 1000;
 /// Rows read from the store per step of the offline part.
 const BATCH: usize = 256;
 /// Bytes of a session in a reply besides its id and metadata, at most:
@@ -36,7 +36,7 @@ const ENTRY_FIXED: usize = 112;
 
 /// Where a page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cursor {
+pub(crate) enum Cursor {
     /// The first page.
     Start,
     /// After this online session.
@@ -47,7 +47,7 @@ pub enum Cursor {
 
 impl Cursor {
     /// Reads a client's `after`; `None` for something that is not a cursor this hub made.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         if let Some(id) = s.strip_prefix("on:") {
             return Some(Self::Online(id.to_string()));
         }
@@ -57,7 +57,7 @@ impl Cursor {
     }
 
     /// The text sent as `next`.
-    pub fn encode(&self) -> Option<String> {
+    pub(crate) fn encode(&self) -> Option<String> {
         match self {
             Self::Start => None,
             Self::Online(id) => Some(format!("on:{id}")),
@@ -68,7 +68,7 @@ impl Cursor {
 
 /// One page of sessions.
 #[derive(Debug, Default)]
-pub struct Page {
+pub(crate) struct Page {
     /// The sessions, by id.
     pub sessions: BTreeMap<String, SessionView>,
     /// Sessions known in all.
@@ -80,7 +80,7 @@ pub struct Page {
 }
 
 /// Builds the page after `cursor` (runs on the store thread; `router` says who is online).
-pub fn page(
+pub(crate) fn page(
     store: &mut dyn Backend,
     router: &Router,
     cursor: &Cursor,

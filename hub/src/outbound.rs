@@ -8,7 +8,7 @@
 //! slow reader grow the hub's memory or stall other sessions.
 
 use std::sync::{
-    Arc,
+    Arc, PoisonError,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
@@ -27,7 +27,7 @@ pub enum PushError {
 
 /// Close code and reason the writer should send.
 #[derive(Debug, Clone)]
-pub struct CloseReason {
+pub(crate) struct CloseReason {
     /// WebSocket close code.
     pub code: u16,
     /// Human-readable reason (≤ 123 bytes on the wire).
@@ -159,7 +159,11 @@ impl Outbox {
             return;
         }
         self.inner.drain.store(drain, Ordering::Release);
-        *self.inner.close.lock().unwrap() = Some(CloseReason {
+        *self
+            .inner
+            .close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(CloseReason {
             code,
             reason: reason.to_string(),
         });
@@ -176,7 +180,7 @@ impl OutboxReceiver {
     /// The next frame, or `None` when the connection must close (see [`take_close`]).
     ///
     /// [`take_close`]: Self::take_close
-    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+    pub(crate) async fn recv(&mut self) -> Option<Utf8Bytes> {
         if self.inner.closed.load(Ordering::Acquire) {
             return self.leftover();
         }
@@ -209,18 +213,22 @@ impl OutboxReceiver {
     }
 
     /// Records that `n` bytes left the queue (were written to the socket).
-    pub fn written(&self, n: usize) {
+    pub(crate) fn written(&self, n: usize) {
         self.inner.bytes.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// The close the connection should send, if one was asked for.
-    pub fn take_close(&self) -> Option<CloseReason> {
-        self.inner.close.lock().unwrap().take()
+    pub(crate) fn take_close(&self) -> Option<CloseReason> {
+        self.inner
+            .close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
 /// Where a `sent` ack (or a store error) for a message goes.
-pub struct AckTo {
+pub(crate) struct AckTo {
     /// The sender's connection.
     pub outbox: Outbox,
     /// The request id of the `message` frame, echoed on the ack.
@@ -228,7 +236,7 @@ pub struct AckTo {
 }
 
 /// Serializes a frame once into shareable bytes (cloning them is a reference count bump).
-pub fn to_frame<T: serde::Serialize>(frame: &T) -> Utf8Bytes {
+pub(crate) fn to_frame<T: serde::Serialize>(frame: &T) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(frame).expect("server frames always serialize"))
 }
 

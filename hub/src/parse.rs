@@ -7,7 +7,7 @@
 use relay_proto::wire::{ClientFrame, RequestId, codes};
 
 /// The frame types this hub understands (for "unknown type" errors).
-pub const KNOWN_TYPES: &[&str] = &[
+pub(crate) const KNOWN_TYPES: &[&str] = &[
     "register",
     "message",
     "get_history",

@@ -19,23 +19,23 @@ use tokio::time::Instant;
 use crate::router::Router;
 
 /// How long a probed holder has to answer when someone else asks for its name.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often batched presence changes go to `presence: "delta"` sessions.
-pub const BATCH_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const BATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// Tells the other live sessions that `id` came online.
-pub fn announce_joined(router: &Router, id: &SessionId) {
+pub(crate) fn announce_joined(router: &Router, id: &SessionId) {
     router.announce(id, true);
 }
 
 /// Tells the other live sessions that `id` went offline.
-pub fn announce_left(router: &Router, id: &SessionId) {
+pub(crate) fn announce_left(router: &Router, id: &SessionId) {
     router.announce(id, false);
 }
 
 /// Sends batched presence to delta sessions every [`BATCH_EVERY`] (runs until aborted).
-pub async fn run_batches(router: Arc<Router>) {
+pub(crate) async fn run_batches(router: Arc<Router>) {
     let mut tick = tokio::time::interval(BATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -46,7 +46,7 @@ pub async fn run_batches(router: Arc<Router>) {
 
 /// What the heartbeat wants done now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Beat {
+pub(crate) enum Beat {
     /// Nothing yet.
     Idle,
     /// Send a WebSocket ping.
@@ -60,7 +60,7 @@ pub enum Beat {
 /// A ping's answer is due by the next ping, so an idle connection costs one timer wake-up
 /// per interval: at each wake the last ping is checked and the next one sent.
 #[derive(Debug)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     interval: Duration,
     next_ping: Instant,
     /// When the outstanding ping was sent and when its answer is due.
@@ -69,7 +69,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Starts the schedule: first ping one interval after `now`.
-    pub fn new(now: Instant, interval: Duration) -> Self {
+    pub(crate) fn new(now: Instant, interval: Duration) -> Self {
         Self {
             interval,
             next_ping: now + interval,
@@ -78,7 +78,7 @@ impl Heartbeat {
     }
 
     /// When [`on_wake`](Self::on_wake) must next be called.
-    pub fn next_wake(&self) -> Instant {
+    pub(crate) fn next_wake(&self) -> Instant {
         match self.awaiting {
             Some((_, due)) => due.min(self.next_ping),
             None => self.next_ping,
@@ -86,7 +86,7 @@ impl Heartbeat {
     }
 
     /// Advances the schedule. `last_rx` is when the client last sent anything.
-    pub fn on_wake(&mut self, now: Instant, last_rx: Instant) -> Beat {
+    pub(crate) fn on_wake(&mut self, now: Instant, last_rx: Instant) -> Beat {
         if let Some((sent, due)) = self.awaiting {
             if last_rx > sent {
                 self.awaiting = None;
@@ -106,7 +106,7 @@ impl Heartbeat {
 
     /// Someone asked for this connection's name: ping now and expect an answer within
     /// [`PROBE_TIMEOUT`] (or the interval, if shorter).
-    pub fn probe(&mut self, now: Instant) -> Beat {
+    pub(crate) fn probe(&mut self, now: Instant) -> Beat {
         let due = now + PROBE_TIMEOUT.min(self.interval);
         match self.awaiting {
             Some((_, d)) if d <= due => Beat::Idle,

@@ -27,7 +27,7 @@ use tokio::{
 
 /// When a socket last accepted bytes. Shared by the socket and the writer.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     base: Instant,
     /// Nanoseconds after `base` of the last write that moved bytes.
     last: AtomicU64,
@@ -35,7 +35,7 @@ pub struct Progress {
 
 impl Progress {
     /// A fresh record (as if bytes had just moved).
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             base: Instant::now(),
             last: AtomicU64::new(0),
@@ -43,7 +43,7 @@ impl Progress {
     }
 
     /// When bytes last moved.
-    pub fn last(&self) -> Instant {
+    pub(crate) fn last(&self) -> Instant {
         self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
     }
 
@@ -55,11 +55,11 @@ impl Progress {
 
 /// A write made no progress for the whole limit: the client is not reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stalled(pub Duration);
+pub(crate) struct Stalled(pub Duration);
 
 /// Runs the write `fut` until it completes, or until the socket has taken no byte for
 /// `limit` (counted from the start of this write at the earliest).
-pub async fn bounded<F: Future>(
+pub(crate) async fn bounded<F: Future>(
     fut: F,
     progress: &Progress,
     limit: Duration,
@@ -86,14 +86,14 @@ pub async fn bounded<F: Future>(
 
 /// A socket that records in a [`Progress`] when its writes move bytes.
 #[derive(Debug)]
-pub struct Watched<S> {
+pub(crate) struct Watched<S> {
     inner: S,
     progress: Arc<Progress>,
 }
 
 impl<S> Watched<S> {
     /// Watches `inner`'s writes.
-    pub fn new(inner: S, progress: Arc<Progress>) -> Self {
+    pub(crate) fn new(inner: S, progress: Arc<Progress>) -> Self {
         Self { inner, progress }
     }
 }

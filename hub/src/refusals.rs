@@ -18,11 +18,11 @@ use std::{
 };
 
 /// Most refusal lines written per second.
-pub const LINES_PER_SECOND: u32 = 20;
+pub(crate) const LINES_PER_SECOND: u32 = 20;
 
 /// The refusal log of one hub.
 #[derive(Debug)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     /// Start of the current one-second window and lines written in it.
     window: Mutex<(Instant, u32)>,
     /// Lines left out since the last one written.
@@ -40,7 +40,7 @@ impl Default for Refusals {
 
 impl Refusals {
     /// Logs a routine refusal (a name in use or owned elsewhere, a rate limit).
-    pub fn info(&self, addr: SocketAddr, why: &str) {
+    pub(crate) fn info(&self, addr: SocketAddr, why: &str) {
         if let Some(skipped) = self.allow(Instant::now()) {
             tracing::info!(%addr, skipped, "refused: {why}");
         }
@@ -48,7 +48,7 @@ impl Refusals {
 
     /// Logs a refusal that points at an attack or a misconfiguration (a bad token, a cap
     /// reached, a client that does not read).
-    pub fn warn(&self, addr: SocketAddr, why: &str) {
+    pub(crate) fn warn(&self, addr: SocketAddr, why: &str) {
         if let Some(skipped) = self.allow(Instant::now()) {
             tracing::warn!(%addr, skipped, "refused: {why}");
         }
@@ -71,7 +71,7 @@ impl Refusals {
 
 /// A client-chosen string made safe for one log line: control characters escaped,
 /// at most 64 characters.
-pub fn loggable(s: &str) -> String {
+pub(crate) fn loggable(s: &str) -> String {
     let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
     if s.chars().count() > 64 {
         out.push('…');

@@ -12,10 +12,10 @@ use crate::{
 };
 
 /// Messages deleted per slice; the actor serves other requests between slices.
-pub const SLICE: usize = 500;
+pub(crate) const SLICE: usize = 500;
 
 /// Runs forever (the hub aborts it on shutdown).
-pub async fn run(hub: Arc<HubState>) {
+pub(crate) async fn run(hub: Arc<HubState>) {
     let policy = hub.config.retention;
     let mut clock = ExpiryClock::new(SystemClock);
     let mut tick = tokio::time::interval(policy.every);

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// A live connection holding a session id.
-pub struct Peer {
+pub(crate) struct Peer {
     /// Its outbound queue.
     pub outbox: Outbox,
     /// How it wants presence reported.
@@ -48,7 +48,7 @@ pub struct Peer {
 
 /// Who holds a name a newcomer asked for.
 #[derive(Debug, Clone)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// Remote address of the holder.
     pub addr: SocketAddr,
     /// When it registered (Unix ms).
@@ -56,11 +56,11 @@ pub struct Holder {
 }
 
 /// Most connections that may watch one session's mail at once.
-pub const MAX_WATCHERS: usize = 16;
+pub(crate) const MAX_WATCHERS: usize = 16;
 
 /// The routing table.
 #[derive(Default)]
-pub struct Router {
+pub(crate) struct Router {
     peers: DashMap<SessionId, Peer>,
     /// Active peers per presence mode, so a change costs nothing for modes nobody uses.
     full_peers: AtomicUsize,
@@ -85,13 +85,13 @@ pub struct Router {
 
 impl Router {
     /// An empty table.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Claims `id` for a connection. Fails, without disturbing the holder, if a live
     /// connection holds it; the holder is probed so that a dead one is dropped quickly.
-    pub fn claim(&self, id: &SessionId, peer: Peer) -> Result<(), Holder> {
+    pub(crate) fn claim(&self, id: &SessionId, peer: Peer) -> Result<(), Holder> {
         match self.peers.entry(id.clone()) {
             Entry::Occupied(held) => {
                 let h = held.get();
@@ -109,7 +109,7 @@ impl Router {
     }
 
     /// Makes a claimed id deliverable.
-    pub fn activate(&self, id: &SessionId, conn: u64) {
+    pub(crate) fn activate(&self, id: &SessionId, conn: u64) {
         if let Some(mut p) = self.peers.get_mut(id)
             && p.outbox.id() == conn
             && !p.active
@@ -125,7 +125,7 @@ impl Router {
     }
 
     /// Frees `id` if connection `conn` holds it. Returns true if it did.
-    pub fn release(&self, id: &SessionId, conn: u64) -> bool {
+    pub(crate) fn release(&self, id: &SessionId, conn: u64) -> bool {
         match self.peers.remove_if(id, |_, p| p.outbox.id() == conn) {
             Some((_, p)) => {
                 if p.active {
@@ -151,7 +151,7 @@ impl Router {
     }
 
     /// Pushes `frame` to the live holder of `to`. True if its connection took it.
-    pub fn deliver(&self, to: &str, frame: &Utf8Bytes) -> bool {
+    pub(crate) fn deliver(&self, to: &str, frame: &Utf8Bytes) -> bool {
         match self.peers.get(to) {
             Some(p) if p.active => p.outbox.push(frame.clone()).is_ok(),
             _ => false,
@@ -159,7 +159,7 @@ impl Router {
     }
 
     /// Pushes `frame` to every live session except `except`. Returns how many took it.
-    pub fn broadcast(&self, except: &str, frame: &Utf8Bytes) -> u32 {
+    pub(crate) fn broadcast(&self, except: &str, frame: &Utf8Bytes) -> u32 {
         let mut n = 0;
         for p in self.peers.iter() {
             if p.active && p.key().as_str() != except && p.outbox.push(frame.clone()).is_ok() {
@@ -173,7 +173,7 @@ impl Router {
     /// `peer_left` frames (built once, with the whole list) go at once to every
     /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
     /// in the next batch (see [`flush_presence`](Self::flush_presence)).
-    pub fn announce(&self, subject: &SessionId, joined: bool) {
+    pub(crate) fn announce(&self, subject: &SessionId, joined: bool) {
         if self.delta_peers.load(Ordering::Relaxed) > 0 {
             self.pending_presence
                 .lock()
@@ -203,7 +203,7 @@ impl Router {
     /// Sends the presence changes collected since the last call, as one `presence` frame
     /// (serialized once) to every `presence: "delta"` session. Each id is reported with its
     /// last change only.
-    pub fn flush_presence(&self) {
+    pub(crate) fn flush_presence(&self) {
         let changes = std::mem::take(&mut *self.pending_presence.lock().expect("presence lock"));
         if changes.is_empty() {
             return;
@@ -232,7 +232,7 @@ impl Router {
     }
 
     /// Every session online now, sorted.
-    pub fn online(&self) -> Vec<String> {
+    pub(crate) fn online(&self) -> Vec<String> {
         self.online
             .lock()
             .expect("online lock")
@@ -243,7 +243,7 @@ impl Router {
 
     /// Every session online now, sorted, as a JSON array — shared until the next change, so
     /// a storm of joins renders each list once instead of once per recipient.
-    pub fn online_json(&self) -> Arc<str> {
+    pub(crate) fn online_json(&self) -> Arc<str> {
         let mut cached = self.online_json.lock().expect("online json lock");
         if let Some(json) = &*cached {
             return json.clone();
@@ -255,17 +255,17 @@ impl Router {
     }
 
     /// True if `id` is held by an active connection.
-    pub fn is_online(&self, id: &str) -> bool {
+    pub(crate) fn is_online(&self, id: &str) -> bool {
         self.peers.get(id).is_some_and(|p| p.active)
     }
 
     /// True if a connection holds `id`, active or still registering.
-    pub fn is_held(&self, id: &str) -> bool {
+    pub(crate) fn is_held(&self, id: &str) -> bool {
         self.peers.contains_key(id)
     }
 
     /// When the current holder of `id` registered.
-    pub fn connected_at(&self, id: &str) -> Option<i64> {
+    pub(crate) fn connected_at(&self, id: &str) -> Option<i64> {
         self.peers
             .get(id)
             .filter(|p| p.active)
@@ -274,7 +274,7 @@ impl Router {
 
     /// Adds `outbox` as a watcher of `id`'s mail. Fails when [`MAX_WATCHERS`] live watchers
     /// are already there.
-    pub fn watch(&self, id: &SessionId, outbox: Outbox) -> Result<(), usize> {
+    pub(crate) fn watch(&self, id: &SessionId, outbox: Outbox) -> Result<(), usize> {
         let mut list = self.watchers.entry(id.clone()).or_default();
         list.retain(|o| !o.is_closed() && o.id() != outbox.id());
         if list.len() >= MAX_WATCHERS {
@@ -285,7 +285,7 @@ impl Router {
     }
 
     /// Removes connection `conn` from the watchers of `id`.
-    pub fn unwatch(&self, id: &SessionId, conn: u64) {
+    pub(crate) fn unwatch(&self, id: &SessionId, conn: u64) {
         if let Some(mut list) = self.watchers.get_mut(id) {
             list.retain(|o| o.id() != conn);
         }
@@ -320,20 +320,10 @@ impl Router {
 
     /// Closes every registered connection (used when the store was reset: clients must
     /// reconnect and learn the new epoch).
-    pub fn close_all(&self, code: u16, reason: &str) {
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
         for p in self.peers.iter() {
             p.outbox.finish(code, reason);
         }
-    }
-
-    /// Number of held names.
-    pub fn len(&self) -> usize {
-        self.peers.len()
-    }
-
-    /// True when no name is held.
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
     }
 }
 
@@ -384,7 +374,7 @@ impl Router {
     /// Routes committed batches on the calling runtime until the store stops sending them.
     /// Bound: 64 batches (each ≤ [`MAX_BATCH`](crate::store::actor::MAX_BATCH) messages) may
     /// wait; beyond that the store thread waits.
-    pub async fn run_routes(self: Arc<Self>) {
+    pub(crate) async fn run_routes(self: Arc<Self>) {
         let (tx, mut rx) = mpsc::channel(64);
         if self.routes.set(tx).is_err() {
             return;
@@ -398,7 +388,7 @@ impl Router {
 
     /// Delivers a committed batch to live recipients and acks each sender, noting where the
     /// outcome differs from the delivery recorded with the insert.
-    pub fn route(&self, epoch: &str, batch: Vec<Committed>) {
+    pub(crate) fn route(&self, epoch: &str, batch: Vec<Committed>) {
         let now = now_ms();
         let mut fixes = Vec::new();
         for Committed {

@@ -18,7 +18,7 @@ pub struct TlsFiles {
 }
 
 /// Builds the TLS acceptor, with errors that name the file at fault.
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, HubError> {
+pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, HubError> {
     let bad = |what: &str, path: &PathBuf, e: &dyn std::fmt::Display| {
         HubError::Tls(format!("{what} {}: {e}", path.display()))
     };

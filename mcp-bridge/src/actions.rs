@@ -34,7 +34,7 @@ use crate::{
 
 /// A tool's answer: text for the model, and whether it is an error result.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// Plain text, short.
     pub text: String,
     /// Marks the result `isError` (the call did not do what was asked).
@@ -43,7 +43,7 @@ pub struct Reply {
 
 impl Reply {
     /// A normal result.
-    pub fn ok(text: impl Into<String>) -> Self {
+    pub(crate) fn ok(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
             is_error: false,
@@ -51,7 +51,7 @@ impl Reply {
     }
 
     /// An error result.
-    pub fn error(text: impl Into<String>) -> Self {
+    pub(crate) fn error(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
             is_error: true,
@@ -158,7 +158,7 @@ impl SendKeys {
 
 /// A session this machine's registry knows, for `relay_sessions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalSession {
+pub(crate) struct LocalSession {
     /// Session id.
     pub id: String,
     /// `running`, `named` or `ended`.
@@ -176,10 +176,10 @@ pub struct LocalSession {
 }
 
 /// Reads the local registry (injected, so the tools do not depend on where it lives).
-pub type LocalSessions = Arc<dyn Fn() -> Result<Vec<LocalSession>, String> + Send + Sync>;
+pub(crate) type LocalSessions = Arc<dyn Fn() -> Result<Vec<LocalSession>, String> + Send + Sync>;
 
 /// The tool implementations, over one hub client.
-pub struct Relay {
+pub(crate) struct Relay {
     hub: HubClient,
     local: LocalSessions,
     id_source: String,
@@ -213,7 +213,7 @@ impl Unread {
 
 impl Relay {
     /// Tools backed by `hub`; `id_source` says where the session id came from (for status).
-    pub fn new(hub: HubClient, local: LocalSessions, id_source: String) -> Self {
+    pub(crate) fn new(hub: HubClient, local: LocalSessions, id_source: String) -> Self {
         Self {
             hub,
             local,
@@ -225,12 +225,12 @@ impl Relay {
     }
 
     /// The hub client.
-    pub fn hub(&self) -> &HubClient {
+    pub(crate) fn hub(&self) -> &HubClient {
         &self.hub
     }
 
     /// Runs one parsed tool call.
-    pub async fn call(&self, call: ToolCall) -> Reply {
+    pub(crate) async fn call(&self, call: ToolCall) -> Reply {
         let mut reply = match call {
             ToolCall::Send { message, to } => self.send(message, to).await,
             ToolCall::Receive(args) if args.is_history() => self.history(args).await,

@@ -25,7 +25,7 @@ impl Backoff {
     }
 
     /// The ceiling for the next delay (before jitter).
-    pub fn ceiling(&self) -> Duration {
+    pub(crate) fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
         self.start.saturating_mul(factor).min(self.cap)
     }
@@ -39,7 +39,7 @@ impl Backoff {
     }
 
     /// Delays handed out since the last reset.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempt
     }
 

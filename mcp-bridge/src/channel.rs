@@ -35,23 +35,23 @@ use tokio::sync::broadcast;
 use crate::{format, hub_client::HubClient};
 
 /// The notification method Claude Code turns into a `<channel>` event.
-pub const METHOD: &str = "notifications/claude/channel";
+pub(crate) const METHOD: &str = "notifications/claude/channel";
 /// The experimental capability that tells Claude Code this server sends [`METHOD`].
-pub const CAPABILITY: &str = "claude/channel";
+pub(crate) const CAPABILITY: &str = "claude/channel";
 /// Characters of a message body a channel event carries; longer bodies end with a pointer to
 /// the `relay_receive` call that reads them whole. An event lands in the model's context
 /// unasked, so it is kept as short as one message in a `relay_receive` page.
-pub const CONTENT_CAP: usize = format::BODY_CAP;
+pub(crate) const CONTENT_CAP: usize = format::BODY_CAP;
 /// Sequence numbers remembered to avoid notifying a message twice. Beyond this the smallest
 /// are forgotten, and every seq at or below the largest forgotten one counts as seen — so the
 /// memory stays bounded and "never twice" still holds (an old message that was never notified
 /// and is older than 4096 notified ones is left to `relay_receive`).
-pub const SEEN_MAX: usize = 4096;
+pub(crate) const SEEN_MAX: usize = 4096;
 
 /// The params of the channel event for `e`, exactly
 /// `{"content": "<sender>: <text>", "meta": {"from", "message_id", "seq", "to", "ts"}}`:
 /// meta keys are identifiers and every value is a string (Claude Code drops anything else).
-pub fn params(e: &Envelope) -> Value {
+pub(crate) fn params(e: &Envelope) -> Value {
     json!({
         "content": format::channel_content(e, CONTENT_CAP),
         "meta": {
@@ -65,7 +65,7 @@ pub fn params(e: &Envelope) -> Value {
 }
 
 /// The notification carrying [`params`].
-pub fn notification(e: &Envelope) -> ServerNotification {
+pub(crate) fn notification(e: &Envelope) -> ServerNotification {
     ServerNotification::CustomNotification(CustomNotification::new(METHOD, Some(params(e))))
 }
 
@@ -74,7 +74,7 @@ pub fn notification(e: &Envelope) -> ServerNotification {
 /// Seqs are only unique within one store epoch (ids are `<epoch>-<seq>`); when the epoch
 /// changes (the hub's history was reset) everything starts over.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     epoch: Option<String>,
     seqs: BTreeSet<u64>,
     /// Every seq at or below this counts as seen (the largest one evicted).
@@ -83,7 +83,7 @@ pub struct Seen {
 
 impl Seen {
     /// True the first time `e` is offered (and remembers it); false for a repeat.
-    pub fn first_time(&mut self, e: &Envelope) -> bool {
+    pub(crate) fn first_time(&mut self, e: &Envelope) -> bool {
         let epoch =
             e.id.strip_suffix(&format!("-{}", e.seq))
                 .unwrap_or_default();
@@ -109,19 +109,15 @@ impl Seen {
     }
 
     /// How many seqs are remembered (at most [`SEEN_MAX`]).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.seqs.len()
-    }
-
-    /// True when nothing was notified yet in this epoch.
-    pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
     }
 }
 
 /// Forwards pushed mail from `pushes` to the client as channel events until the client goes
 /// away (a failed send means the transport closed) or the hub client is dropped.
-pub async fn pump(
+pub(crate) async fn pump(
     hub: HubClient,
     mut pushes: broadcast::Receiver<Envelope>,
     peer: Peer<RoleServer>,

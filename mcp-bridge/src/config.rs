@@ -12,15 +12,15 @@ use relay_proto::wire::DEFAULT_URL;
 use crate::{dial::ClientAuth, owner::OwnerStore};
 
 /// Environment variable naming the hub URL (`--relay-url` wins over it).
-pub const RELAY_URL_ENV: &str = "RELAY_URL";
+pub(crate) const RELAY_URL_ENV: &str = "RELAY_URL";
 /// Environment variable choosing the tool profile (`full` or `claude`).
-pub const TOOL_PROFILE_ENV: &str = "RELAY_TOOL_PROFILE";
+pub(crate) const TOOL_PROFILE_ENV: &str = "RELAY_TOOL_PROFILE";
 /// Environment variable Claude Code passes to MCP servers: its own session id.
-pub const CLAUDE_SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
+pub(crate) const CLAUDE_SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
 /// Environment variable that turns channel push off (`off`, `0`, `false`, `no`).
-pub const CHANNEL_ENV: &str = "RELAY_CHANNEL";
+pub(crate) const CHANNEL_ENV: &str = "RELAY_CHANNEL";
 /// Environment variable setting [`Timeouts::register_delay`] in milliseconds.
-pub const REGISTER_DELAY_ENV: &str = "RELAY_REGISTER_DELAY_MS";
+pub(crate) const REGISTER_DELAY_ENV: &str = "RELAY_REGISTER_DELAY_MS";
 
 /// Whether new mail is pushed into the session as Claude Code channel events
 /// (`notifications/claude/channel`, see `channel`): on, unless the `--no-channel` flag or
@@ -29,7 +29,7 @@ pub const REGISTER_DELAY_ENV: &str = "RELAY_REGISTER_DELAY_MS";
 /// On by default because the push is free when the client ignores it (Claude Code without
 /// `--dangerously-load-development-channels`, Codex, Gemini CLI), and it is the only way mail
 /// reaches an idle Claude Code session without the Stop hook.
-pub fn channel_enabled(flag_off: bool, env: impl Fn(&str) -> Option<String>) -> bool {
+pub(crate) fn channel_enabled(flag_off: bool, env: impl Fn(&str) -> Option<String>) -> bool {
     if flag_off {
         return false;
     }
@@ -53,7 +53,7 @@ pub fn channel_enabled(flag_off: bool, env: impl Fn(&str) -> Option<String>) -> 
 /// `relay_wait` is offered only in [`ToolProfile::Full`], to harnesses whose tool calls may
 /// block (Codex, Gemini CLI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolProfile {
+pub(crate) enum ToolProfile {
     /// Every tool, for harnesses whose tool calls may block (Codex, Gemini CLI).
     Full,
     /// The five tools that make sense inside Claude Code (no `relay_wait`).
@@ -63,7 +63,7 @@ pub enum ToolProfile {
 impl ToolProfile {
     /// `RELAY_TOOL_PROFILE` if set to a known value, else `Claude` when running under Claude
     /// Code (it sets `CLAUDE_CODE_SESSION_ID`), else `Full`.
-    pub fn detect(env: impl Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn detect(env: impl Fn(&str) -> Option<String>) -> Self {
         match env(TOOL_PROFILE_ENV).as_deref().map(str::trim) {
             Some("full") => return Self::Full,
             Some("claude") => return Self::Claude,
@@ -83,7 +83,7 @@ impl ToolProfile {
 /// Time limits of the hub connection. Each one bounds a wait, so nothing the model triggers
 /// can hang.
 #[derive(Debug, Clone)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// TCP connect + WebSocket handshake.
     pub connect: Duration,
     /// How long a request (send, receive, status…) waits for the hub's reply.
@@ -125,7 +125,7 @@ impl Default for Timeouts {
 
 /// Where the session id came from, for `relay_status` and for the auto-numbering rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentitySource {
+pub(crate) struct IdentitySource {
     /// Human label: `CLAUDE_RELAY_SESSION_ID`, `--client-id`, `RELAY_CLIENT_ID`, `hostname+pid`.
     pub label: String,
     /// For ids from `RELAY_CLIENT_ID`: the base name that gets numbered (`CODEX` → `CODEX2`)
@@ -140,7 +140,7 @@ pub struct IdentitySource {
 
 /// The bridge's resolved identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The session id to register (already validated against the id grammar).
     pub id: String,
     /// Where it came from.
@@ -150,7 +150,7 @@ pub struct Identity {
 /// How the bridge proves who it is: to the hub (the token; the CA it checks the hub's
 /// certificate against) and for its name (owner secrets).
 #[derive(Debug, Clone, Default)]
-pub struct Security {
+pub(crate) struct Security {
     /// Hub token and `wss://` trust (`RELAY_TOKEN`, `RELAY_TOKEN_FILE`, `RELAY_CA_CERT`).
     pub auth: ClientAuth,
     /// Where owner secrets are kept. `None`: this client keeps none, so it does not ask the
@@ -161,7 +161,7 @@ pub struct Security {
 impl Security {
     /// From the environment: token and CA as [`ClientAuth::resolve`] reads them, owner
     /// secrets in `~/.claude-relay/owners`.
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
         Self {
             auth: ClientAuth::resolve(None, None, env),
             owners: Some(OwnerStore::default_dir()),
@@ -171,7 +171,7 @@ impl Security {
 
 /// Everything the bridge is started with.
 #[derive(Debug, Clone)]
-pub struct BridgeConfig {
+pub(crate) struct BridgeConfig {
     /// Who this session is.
     pub identity: Identity,
     /// The hub's WebSocket URL.
@@ -190,7 +190,7 @@ pub struct BridgeConfig {
 impl BridgeConfig {
     /// The hub URL: `--relay-url`, else `RELAY_URL`, else the default (`ws://127.0.0.1:9999`).
     /// Empty values count as unset.
-    pub fn resolve_url(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    pub(crate) fn resolve_url(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
         flag.map(str::to_string)
             .or_else(|| env(RELAY_URL_ENV))
             .map(|s| s.trim().to_string())
@@ -200,7 +200,7 @@ impl BridgeConfig {
 
     /// A config with default timeouts, reading the profile, the Claude session id, the hub
     /// token and the CA from `env`; owner secrets live in `~/.claude-relay/owners`.
-    pub fn new(
+    pub(crate) fn new(
         identity: Identity,
         relay_url: String,
         env: impl Fn(&str) -> Option<String>,

@@ -41,14 +41,14 @@ use tokio_tungstenite::{
 pub type HubSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The largest frame a client accepts from the hub (history pages are capped far below).
-pub const CLIENT_MAX_FRAME: usize = 16 * 1024 * 1024;
+pub(crate) const CLIENT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Environment variable holding the hub token itself.
-pub const RELAY_TOKEN_ENV: &str = "RELAY_TOKEN";
+pub(crate) const RELAY_TOKEN_ENV: &str = "RELAY_TOKEN";
 /// Environment variable naming a file whose first line is the hub token.
-pub const RELAY_TOKEN_FILE_ENV: &str = "RELAY_TOKEN_FILE";
+pub(crate) const RELAY_TOKEN_FILE_ENV: &str = "RELAY_TOKEN_FILE";
 /// Environment variable naming a PEM file of the CA that signed the hub's certificate.
-pub const RELAY_CA_CERT_ENV: &str = "RELAY_CA_CERT";
+pub(crate) const RELAY_CA_CERT_ENV: &str = "RELAY_CA_CERT";
 
 /// Largest token file we read (a token is one short line; this bounds a mistaken path).
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
@@ -60,13 +60,13 @@ pub struct HubToken(String);
 
 impl HubToken {
     /// A token from its text (trimmed). `None` when empty.
-    pub fn new(text: &str) -> Option<Self> {
+    pub(crate) fn new(text: &str) -> Option<Self> {
         let t = text.trim();
         (!t.is_empty()).then(|| Self(t.to_string()))
     }
 
     /// The secret value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -129,13 +129,8 @@ impl ClientAuth {
         Self { token, ca_cert }
     }
 
-    /// [`Self::resolve`] from this process's environment, without flags.
-    pub fn from_env() -> Self {
-        Self::resolve(None, None, |k| std::env::var(k).ok())
-    }
-
     /// The token to present now (reading the token file, if that is the source).
-    pub fn current_token(&self) -> Result<Option<HubToken>, ConnectError> {
+    pub(crate) fn current_token(&self) -> Result<Option<HubToken>, ConnectError> {
         match &self.token {
             TokenSource::None => Ok(None),
             TokenSource::Value(t) => Ok(Some(t.clone())),
@@ -155,7 +150,7 @@ impl ClientAuth {
 
 /// Reads a token file: the first line, trimmed. Empty files and unreadable paths are errors
 /// that name the file.
-pub fn read_token_file(path: &Path) -> Result<HubToken, ConnectError> {
+pub(crate) fn read_token_file(path: &Path) -> Result<HubToken, ConnectError> {
     use std::io::Read;
     let bad = |reason: String| ConnectError::Token {
         path: path.to_path_buf(),
@@ -238,7 +233,7 @@ pub enum ConnectError {
 }
 
 /// Checks that `url` is a `ws://` or `wss://` URL.
-pub fn check_url(url: &str) -> Result<(), ConnectError> {
+pub(crate) fn check_url(url: &str) -> Result<(), ConnectError> {
     if url.starts_with("ws://") || url.starts_with("wss://") {
         Ok(())
     } else {
@@ -247,12 +242,6 @@ pub fn check_url(url: &str) -> Result<(), ConnectError> {
             reason: "it must start with ws:// or wss://".into(),
         })
     }
-}
-
-/// Opens a WebSocket to the hub at `url` with the token and CA from the environment
-/// (`RELAY_TOKEN`, `RELAY_TOKEN_FILE`, `RELAY_CA_CERT`), giving up after `timeout`.
-pub async fn connect(url: &str, timeout: Duration) -> Result<HubSocket, ConnectError> {
-    connect_with(url, &ClientAuth::from_env(), timeout).await
 }
 
 /// Opens a WebSocket to the hub at `url` presenting `auth`, giving up after `timeout`.
@@ -512,19 +501,9 @@ pub async fn read_until<T>(
     }
 }
 
-/// Connects (token and CA from the environment), sends one frame, returns the first reply
-/// that is not a push (`message`, `peer_joined`, `peer_left`, `mail`), and closes the
-/// connection.
+/// Connects presenting `auth`, sends one frame, returns the first reply that is not a push
+/// (`message`, `peer_joined`, `peer_left`, `mail`), and closes the connection.
 pub async fn request_once(
-    url: &str,
-    frame: &ClientFrame,
-    timeout: Duration,
-) -> Result<ServerFrame, ConnectError> {
-    request_once_with(url, &ClientAuth::from_env(), frame, timeout).await
-}
-
-/// [`request_once`] presenting `auth`.
-pub async fn request_once_with(
     url: &str,
     auth: &ClientAuth,
     frame: &ClientFrame,

@@ -25,20 +25,20 @@ use relay_proto::{
 use serde_json::Value;
 
 /// Characters of one message body shown when a page holds several messages.
-pub const BODY_CAP: usize = 2_000;
+pub(crate) const BODY_CAP: usize = 2_000;
 /// Characters of one message body shown when exactly one message is asked for (`count: 1`).
-pub const SINGLE_BODY_CAP: usize = 18_000;
+pub(crate) const SINGLE_BODY_CAP: usize = 18_000;
 /// Characters of message text one `relay_receive` result may hold (about 5k tokens).
-pub const RESULT_BUDGET: usize = 20_000;
+pub(crate) const RESULT_BUDGET: usize = 20_000;
 /// Lines of a session list.
-pub const LIST_MAX_LINES: usize = 100;
+pub(crate) const LIST_MAX_LINES: usize = 100;
 /// Recent sends shown by `relay_status`.
-pub const STATUS_SENDS: usize = 5;
+pub(crate) const STATUS_SENDS: usize = 5;
 /// What every line of message text starts with, so no body line can look like a header.
-pub const QUOTE: &str = "> ";
+pub(crate) const QUOTE: &str = "> ";
 
 /// `body`'s lines, each behind [`QUOTE`] (an empty line is just `>`).
-pub fn quoted(body: &str) -> String {
+pub(crate) fn quoted(body: &str) -> String {
     let mut out = String::with_capacity(body.len() + 16);
     for (i, line) in body.split('\n').enumerate() {
         if i > 0 {
@@ -74,7 +74,7 @@ fn defuse_tags(text: &str) -> String {
 }
 
 /// `s` cut to at most `max` characters (on a char boundary), and whether it was cut.
-pub fn cut(s: &str, max: usize) -> (&str, bool) {
+pub(crate) fn cut(s: &str, max: usize) -> (&str, bool) {
     match s.char_indices().nth(max) {
         Some((i, _)) => (&s[..i], true),
         None => (s, false),
@@ -82,7 +82,7 @@ pub fn cut(s: &str, max: usize) -> (&str, bool) {
 }
 
 /// "3m ago" for an ISO time, or the raw text when it does not parse.
-pub fn ago_text(ts: &str, now_ms: i64) -> String {
+pub(crate) fn ago_text(ts: &str, now_ms: i64) -> String {
     match parse_iso(ts) {
         Some(ms) => format!("{} ago", ago(ms, now_ms)),
         None => ts.to_string(),
@@ -99,7 +99,7 @@ fn since_text(ts: &str, now_ms: i64) -> String {
 /// Message ids are `<epoch>-<seq>` and the hub pages `after` an id by sequence number, so the
 /// id with `seq - 1` starts right at this message (whatever lies between it and the message
 /// shown before it). For ids of another shape, the message's time minus 1 ms.
-pub fn cursor_before(e: &Envelope) -> String {
+pub(crate) fn cursor_before(e: &Envelope) -> String {
     if e.seq > 0
         && let Some(prefix) = e.id.strip_suffix(&format!("-{}", e.seq))
     {
@@ -113,7 +113,7 @@ pub fn cursor_before(e: &Envelope) -> String {
 ///
 /// `me` turns the recipient into "you"; `cap` is [`BODY_CAP`] or [`SINGLE_BODY_CAP`]
 /// (characters of the body as shown, control characters escaped).
-pub fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String {
+pub(crate) fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String {
     let to = if e.to == me { "you" } else { e.to.as_str() };
     let mut out = format!(
         "[{} → {} · {} · id {}]\n",
@@ -145,7 +145,7 @@ pub fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String {
 /// `… [cut: 2000 of 4500 characters shown. Read it whole: relay_receive {…}]`: the tail of a
 /// cut body, with the exact call that shows that one message whole (history mode, so reading
 /// it changes no read state).
-pub fn read_whole_pointer(e: &Envelope, shown: usize, total: usize) -> String {
+pub(crate) fn read_whole_pointer(e: &Envelope, shown: usize, total: usize) -> String {
     format!(
         "… [cut: {shown} of {total} characters shown. Read it whole: relay_receive \
          {{\"replay\":true,\"after\":\"{}\",\"from\":\"{}\",\"count\":1}}]",
@@ -159,7 +159,7 @@ pub fn read_whole_pointer(e: &Envelope, shown: usize, total: usize) -> String {
 /// when it is longer — a channel event lands in the model's context unasked, so it stays
 /// short. Control characters are escaped, and `<channel`/`</channel` in the text are
 /// defused, so a body can neither forge a line from another sender nor a tag of its own.
-pub fn channel_content(e: &Envelope, cap: usize) -> String {
+pub(crate) fn channel_content(e: &Envelope, cap: usize) -> String {
     let safe = display::text(&e.content);
     let (body, was_cut) = cut(&safe, cap);
     let body = defuse_tags(body);
@@ -178,7 +178,7 @@ pub fn channel_content(e: &Envelope, cap: usize) -> String {
 
 /// A page of messages rendered under the result budget.
 #[derive(Debug)]
-pub struct Page {
+pub(crate) struct Page {
     /// The rendered messages, separated by blank lines.
     pub text: String,
     /// How many of the given messages are in `text` (a prefix, oldest first).
@@ -188,7 +188,13 @@ pub struct Page {
 /// Renders messages oldest first until the next one would push the text past `budget`
 /// characters. The first message is always shown (cut to fit), so a page never comes back
 /// empty while mail waits.
-pub fn page(messages: &[Envelope], me: &str, cap: usize, budget: usize, now_ms: i64) -> Page {
+pub(crate) fn page(
+    messages: &[Envelope],
+    me: &str,
+    cap: usize,
+    budget: usize,
+    now_ms: i64,
+) -> Page {
     let mut text = String::new();
     let mut used = 0usize;
     let mut shown = 0usize;
@@ -209,7 +215,7 @@ pub fn page(messages: &[Envelope], me: &str, cap: usize, budget: usize, now_ms: 
 }
 
 /// "1 unread message" / "3 unread messages".
-pub fn plural(n: u64, one: &str, many: &str) -> String {
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
     } else {
@@ -218,7 +224,7 @@ pub fn plural(n: u64, one: &str, many: &str) -> String {
 }
 
 /// One line per recent send: `→CC-2 read 2m ago "preview…"`.
-pub fn sends(list: &[SendState], now_ms: i64) -> String {
+pub(crate) fn sends(list: &[SendState], now_ms: i64) -> String {
     let mut out = String::new();
     for s in list.iter().take(STATUS_SENDS) {
         let (state, when) = match s.state.as_str() {
@@ -255,7 +261,7 @@ pub fn sends(list: &[SendState], now_ms: i64) -> String {
 }
 
 /// A string field of session metadata, if present and non-empty.
-pub fn meta_str<'a>(v: &'a SessionView, key: &str) -> Option<&'a str> {
+pub(crate) fn meta_str<'a>(v: &'a SessionView, key: &str) -> Option<&'a str> {
     v.meta
         .get(key)
         .and_then(Value::as_str)
@@ -264,7 +270,7 @@ pub fn meta_str<'a>(v: &'a SessionView, key: &str) -> Option<&'a str> {
 
 /// `cwd` shortened from the left so long paths keep their informative end (control
 /// characters escaped first).
-pub fn short_path(p: &str) -> String {
+pub(crate) fn short_path(p: &str) -> String {
     let p = display::line(p);
     let n = p.chars().count();
     if n <= 60 {
@@ -277,7 +283,7 @@ pub fn short_path(p: &str) -> String {
 
 /// One line about a session the hub knows: `CC-2 · online 5m · laptop · /work/app`. Every
 /// part that came from the hub is made safe ([`relay_local::display::line`]).
-pub fn session_line(id: &str, v: &SessionView, me: &str, now_ms: i64) -> String {
+pub(crate) fn session_line(id: &str, v: &SessionView, me: &str, now_ms: i64) -> String {
     let mut line = display::line(id).into_owned();
     if id == me {
         line.push_str(" (you)");
@@ -313,7 +319,7 @@ pub fn session_line(id: &str, v: &SessionView, me: &str, now_ms: i64) -> String 
 
 /// Joins lines, stopping at [`LIST_MAX_LINES`], then says how many of `total` were left out
 /// (`… and 12 more{what}`) — `total` may exceed `lines` when the hub sent one page of many.
-pub fn capped_lines(lines: &[String], total: u64, what: &str) -> String {
+pub(crate) fn capped_lines(lines: &[String], total: u64, what: &str) -> String {
     let shown = lines.len().min(LIST_MAX_LINES);
     let mut out = lines[..shown].join("\n");
     let left = total.max(lines.len() as u64) - shown as u64;

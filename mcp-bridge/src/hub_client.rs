@@ -60,15 +60,15 @@ use crate::{
 
 /// Frames queued for the connection task. Tool calls wait (bounded by the request timeout)
 /// when it is full.
-pub const OUTBOUND_QUEUE: usize = 64;
+pub(crate) const OUTBOUND_QUEUE: usize = 64;
 /// Pushed messages buffered per subscriber.
-pub const PUSH_BUFFER: usize = 256;
+pub(crate) const PUSH_BUFFER: usize = 256;
 /// The `rid` of `register` frames (replies to it are read before normal traffic starts).
 const REGISTER_RID: &str = "register";
 
 /// Where the connection stands.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LinkState {
+pub(crate) enum LinkState {
     /// `start` was not called yet.
     NotStarted,
     /// Dialling or registering.
@@ -98,7 +98,7 @@ pub enum LinkState {
 
 /// A copy of the client's state for tool output.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Hub URL.
     pub url: String,
     /// The session id we register (or hold) now.
@@ -113,12 +113,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// True when requests can be sent now.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         matches!(self.state, LinkState::Connected { .. })
     }
 
     /// "not connected to the hub at URL (retrying in N s; last error: …)".
-    pub fn not_connected_text(&self) -> String {
+    pub(crate) fn not_connected_text(&self) -> String {
         match &self.state {
             LinkState::Connected { .. } => format!("connected to the hub at {}", self.url),
             LinkState::NotStarted => format!("not connected to the hub at {} yet", self.url),
@@ -163,7 +163,7 @@ impl Snapshot {
 
 /// Why a request got no reply.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// Nothing was sent: no usable connection. Carries the state text for the model.
     #[error("{0}")]
     NotConnected(String),
@@ -193,7 +193,7 @@ pub enum RequestError {
 
 impl RequestError {
     /// True when the hub may have acted on the request (it was written, and no reply came).
-    pub fn maybe_delivered(&self) -> bool {
+    pub(crate) fn maybe_delivered(&self) -> bool {
         matches!(
             self,
             Self::Lost { written: true } | Self::Timeout { written: true, .. } | Self::BadReply(_)
@@ -203,7 +203,7 @@ impl RequestError {
 
 /// The reconnecting hub connection, shared by all tool calls. Cheap to clone.
 #[derive(Clone)]
-pub struct HubClient {
+pub(crate) struct HubClient {
     inner: Arc<Inner>,
 }
 
@@ -305,7 +305,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl HubClient {
     /// A client for `config`'s hub and identity, reporting `meta` on register. Not started.
-    pub fn new(config: &BridgeConfig, meta: Meta) -> Self {
+    pub(crate) fn new(config: &BridgeConfig, meta: Meta) -> Self {
         let identity = &config.identity;
         let base = identity.source.auto_number_base.clone();
         let number = base
@@ -346,7 +346,7 @@ impl HubClient {
 
     /// Starts the connection task (once; later calls, and calls after [`Self::shutdown`], do
     /// nothing). Needs a tokio runtime.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         if self.inner.stopping() || self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -359,7 +359,7 @@ impl HubClient {
 
     /// Resolves once [`Self::start`] was called: true, or false when the client was shut down
     /// without ever starting (a probe that hung up before registering).
-    pub async fn wait_started(&self) -> bool {
+    pub(crate) async fn wait_started(&self) -> bool {
         let mut rx = self.inner.state.subscribe();
         match rx.wait_for(|s| !matches!(s, LinkState::NotStarted)).await {
             Ok(s) => !matches!(*s, LinkState::Stopped),
@@ -368,22 +368,17 @@ impl HubClient {
     }
 
     /// How long after `initialized` the server starts the connection by itself.
-    pub fn register_delay(&self) -> Duration {
+    pub(crate) fn register_delay(&self) -> Duration {
         self.inner.timeouts.register_delay
     }
 
-    /// The hub URL.
-    pub fn url(&self) -> &str {
-        &self.inner.url
-    }
-
     /// The session id registered (or to be registered) now.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         lock(&self.inner.ident).id.clone()
     }
 
     /// A copy of the connection state for display.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             url: self.inner.url.clone(),
             id: self.id(),
@@ -395,36 +390,37 @@ impl HubClient {
 
     /// A receiver of the state; changes whenever the connection does (for waiting in tests
     /// and, later, for notifications).
-    pub fn watch_state(&self) -> watch::Receiver<LinkState> {
+    #[cfg(test)]
+    pub(crate) fn watch_state(&self) -> watch::Receiver<LinkState> {
         self.inner.state.subscribe()
     }
 
     /// The name of the latest successful registration (updated on every reconnect), so the
     /// local registry can follow a name the hub gave us.
-    pub fn watch_registered(&self) -> watch::Receiver<Option<String>> {
+    pub(crate) fn watch_registered(&self) -> watch::Receiver<Option<String>> {
         self.inner.registered.subscribe()
     }
 
     /// Messages the hub pushes to this session, as they arrive (bounded; see [`PUSH_BUFFER`]).
-    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Envelope> {
         self.inner.pushes.subscribe()
     }
 
     /// Records an unread count the hub reported.
-    pub fn set_unread(&self, n: u64) {
+    pub(crate) fn set_unread(&self, n: u64) {
         *lock(&self.inner.unread) = Some(n);
     }
 
     /// Records the store epoch seen in a reply; a change from the last one seen leaves a
     /// notice for [`Self::take_reset_notice`].
-    pub fn observe_epoch(&self, epoch: &str) {
+    pub(crate) fn observe_epoch(&self, epoch: &str) {
         self.inner.observe_epoch(epoch);
     }
 
     /// Notices the model must see with the next tool result: "the hub's history was reset"
     /// (once, after the store epoch changed) and, for as long as it lasts, a failure to save
     /// this session's owner secret ([`Self::owner_warning`]).
-    pub fn take_reset_notice(&self) -> Option<String> {
+    pub(crate) fn take_reset_notice(&self) -> Option<String> {
         let reset = lock(&self.inner.epoch).notice.take();
         match (self.owner_warning(), reset) {
             (Some(w), Some(r)) => Some(format!("{w}\n\n{r}")),
@@ -434,19 +430,22 @@ impl HubClient {
 
     /// The problem with this session's owner secret, while there is one (it could not be
     /// saved, so the name would be lost when the bridge exits).
-    pub fn owner_warning(&self) -> Option<String> {
+    pub(crate) fn owner_warning(&self) -> Option<String> {
         lock(&self.inner.owner).warning.clone()
     }
 
     /// Sends `frame` with a fresh `rid` and returns the hub's reply to it (which may be an
     /// `error` frame). Answers at once when disconnected; waits at most
     /// `connecting_grace` for a connection attempt in progress, then `request` for the reply.
-    pub async fn request(&self, mut frame: ClientFrame) -> Result<ServerFrame, RequestError> {
+    pub(crate) async fn request(
+        &self,
+        mut frame: ClientFrame,
+    ) -> Result<ServerFrame, RequestError> {
         self.start();
         let inner = &self.inner;
         let link = self.ready_link().await?;
         let rid = inner.next_rid.fetch_add(1, Ordering::Relaxed) as i64;
-        set_rid(&mut frame, RequestId::Int(rid));
+        frame.set_rid(RequestId::Int(rid));
         let text =
             serde_json::to_string(&frame).map_err(|e| RequestError::BadReply(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
@@ -492,7 +491,7 @@ impl HubClient {
 
     /// Lets a connection attempt that is under way finish (at most `connecting_grace`), so a
     /// status report right after start does not say "connecting" needlessly.
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         let mut rx = self.inner.state.subscribe();
         let waited = tokio::time::timeout(
             self.inner.timeouts.connecting_grace,
@@ -503,7 +502,7 @@ impl HubClient {
     }
 
     /// Waits up to `timeout` for a registered connection (starting the client if needed).
-    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
         self.start();
         let mut rx = self.inner.state.subscribe();
         let waited = tokio::time::timeout(
@@ -516,7 +515,7 @@ impl HubClient {
 
     /// Stops the connection task: closes the WebSocket politely (bounded), fails pending
     /// requests, and waits (bounded) until it is done.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         if !self.inner.started.load(Ordering::SeqCst) {
             self.inner.state.send_replace(LinkState::Stopped);
@@ -1058,19 +1057,5 @@ fn not_owner_text(id: &str, held: &Held) -> String {
     }
 }
 
-/// Puts `rid` on any client frame.
-fn set_rid(frame: &mut ClientFrame, rid: RequestId) {
-    frame.set_rid(rid);
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rid_is_set_on_every_frame_kind() {
-        let mut f = ClientFrame::GetStatus(Default::default());
-        set_rid(&mut f, RequestId::Int(9));
-        assert_eq!(f.rid(), Some(&RequestId::Int(9)));
-    }
-}
+mod tests;

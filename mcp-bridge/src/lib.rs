@@ -18,24 +18,24 @@
 //! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub (not yet
 //!   used by the tools).
 
-pub mod actions;
+mod actions;
 pub mod backoff;
-pub mod channel;
-pub mod config;
+mod channel;
+mod config;
 pub mod dial;
-pub mod format;
+mod format;
 pub mod git;
-pub mod hub_client;
-pub mod lifecycle;
-pub mod local;
-pub mod mcp;
-pub mod meta;
+mod hub_client;
+mod lifecycle;
+mod local;
+mod mcp;
+mod meta;
 pub mod outbox;
 pub mod owner;
 mod private_file;
-pub mod tools;
-pub mod transport;
-pub mod watchdog;
+mod tools;
+mod transport;
+mod watchdog;
 
 pub use lifecycle::{Options, run};
 
@@ -43,7 +43,7 @@ pub use lifecycle::{Options, run};
 #[cfg(test)]
 pub(crate) mod testing {
     /// A fake environment lookup over fixed pairs.
-    pub fn env_of(
+    pub(crate) fn env_of(
         pairs: &'static [(&'static str, &'static str)],
     ) -> impl Fn(&str) -> Option<String> {
         move |k| {

@@ -31,14 +31,14 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This bridge's handle on the registry.
 #[derive(Clone)]
-pub struct LocalRecord {
+pub(crate) struct LocalRecord {
     registry: Registry,
     bridge_pid: u32,
 }
 
 impl LocalRecord {
     /// The default registry (`CLAUDE_RELAY_HOME` aware).
-    pub fn open_default() -> Self {
+    pub(crate) fn open_default() -> Self {
         Self {
             registry: Registry::open_default().with_lock_timeout(LOCK_TIMEOUT),
             bridge_pid: std::process::id(),
@@ -46,7 +46,7 @@ impl LocalRecord {
     }
 
     /// The registry file, or an empty one (with a warning) when it cannot be read.
-    pub fn load(&self) -> RegistryFile {
+    pub(crate) fn load(&self) -> RegistryFile {
         self.registry.load().unwrap_or_else(|e| {
             tracing::warn!("session registry unreadable: {e}");
             RegistryFile::default()
@@ -54,7 +54,7 @@ impl LocalRecord {
     }
 
     /// Resolves the session id (PRODUCT.md §5). The error names the bad source.
-    pub fn resolve_identity(
+    pub(crate) fn resolve_identity(
         &self,
         flag: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
@@ -74,7 +74,7 @@ impl LocalRecord {
 
     /// Marks `name` running under this bridge. With `claim` false (at start, before the hub
     /// accepted the name) an entry owned by another live bridge is left alone.
-    pub async fn mark_running(&self, name: String, config: &BridgeConfig, claim: bool) {
+    pub(crate) async fn mark_running(&self, name: String, config: &BridgeConfig, claim: bool) {
         let up = EntryUpdate {
             cwd: Some(meta::cwd()).filter(|c| !c.is_empty()),
             host: Some(meta::host_name()).filter(|h| !h.is_empty()),
@@ -108,7 +108,7 @@ impl LocalRecord {
     }
 
     /// Marks `name` ended if this bridge still owns it. Blocking; bounded by the lock timeout.
-    pub fn mark_ended_blocking(&self, name: &str) {
+    pub(crate) fn mark_ended_blocking(&self, name: &str) {
         match self
             .registry
             .update(|file| file.mark_ended(name, self.bridge_pid))
@@ -119,7 +119,7 @@ impl LocalRecord {
     }
 
     /// Marks `name` ended on the blocking pool, waiting at most `limit`.
-    pub async fn mark_ended(&self, name: String, limit: Duration) {
+    pub(crate) async fn mark_ended(&self, name: String, limit: Duration) {
         let this = self.clone();
         let job = tokio::task::spawn_blocking(move || this.mark_ended_blocking(&name));
         if tokio::time::timeout(limit, job).await.is_err() {
@@ -128,7 +128,7 @@ impl LocalRecord {
     }
 
     /// A reader of the registry for `relay_sessions`.
-    pub fn sessions_reader(&self) -> LocalSessions {
+    pub(crate) fn sessions_reader(&self) -> LocalSessions {
         let registry = self.registry.clone();
         Arc::new(move || {
             let file = registry.load().map_err(|e| e.to_string())?;

@@ -43,13 +43,13 @@ use crate::{
 };
 
 /// The server name clients show (`claude mcp list`, the channel source).
-pub const SERVER_NAME: &str = "claude-relay";
+pub(crate) const SERVER_NAME: &str = "claude-relay";
 
 /// The newest MCP revision this server implements (what Claude Code speaks on stdio).
-pub const PROTOCOL: ProtocolVersion = ProtocolVersion::V_2025_11_25;
+pub(crate) const PROTOCOL: ProtocolVersion = ProtocolVersion::V_2025_11_25;
 
 /// The bridge's MCP server.
-pub struct RelayServer {
+pub(crate) struct RelayServer {
     relay: Arc<Relay>,
     profile: ToolProfile,
     instructions: String,
@@ -62,7 +62,7 @@ pub struct RelayServer {
 
 impl RelayServer {
     /// A server whose tools run on `relay`, with channel push on.
-    pub fn new(relay: Arc<Relay>, profile: ToolProfile) -> Self {
+    pub(crate) fn new(relay: Arc<Relay>, profile: ToolProfile) -> Self {
         Self {
             instructions: instructions(&relay.hub().id(), true),
             relay,
@@ -73,15 +73,10 @@ impl RelayServer {
     }
 
     /// Turns channel push on or off (`--no-channel`, `RELAY_CHANNEL=off`).
-    pub fn with_channel(mut self, on: bool) -> Self {
+    pub(crate) fn with_channel(mut self, on: bool) -> Self {
         self.channel = on;
         self.instructions = instructions(&self.relay.hub().id(), on);
         self
-    }
-
-    /// The tool implementations.
-    pub fn relay(&self) -> &Arc<Relay> {
-        &self.relay
     }
 }
 

@@ -8,10 +8,10 @@ use serde_json::Value;
 use crate::config::BridgeConfig;
 
 /// `source` value identifying connections made by this bridge.
-pub const SOURCE: &str = "mcp-bridge";
+pub(crate) const SOURCE: &str = "mcp-bridge";
 
 /// This machine's host name (empty when the OS will not say).
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -19,14 +19,14 @@ pub fn host_name() -> String {
 }
 
 /// The current directory as a string (empty when unknown).
-pub fn cwd() -> String {
+pub(crate) fn cwd() -> String {
     std::env::current_dir()
         .map(|p| p.display().to_string())
         .unwrap_or_default()
 }
 
 /// `{pid, agentPid, cwd, host, started, source, version, claudeSessionId?}` for `register`.
-pub fn register_meta(config: &BridgeConfig, started_ms: i64) -> Meta {
+pub(crate) fn register_meta(config: &BridgeConfig, started_ms: i64) -> Meta {
     let mut m = Meta::new();
     m.insert("pid".into(), Value::from(std::process::id()));
     m.insert(

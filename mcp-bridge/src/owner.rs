@@ -23,7 +23,7 @@ use relay_proto::SessionId;
 use crate::private_file;
 
 /// Largest owner file read (a secret is 64 hex characters; this bounds a mistaken file).
-pub const MAX_SECRET_FILE: u64 = 4096;
+pub(crate) const MAX_SECRET_FILE: u64 = 4096;
 
 /// Why an owner secret could not be read, stored or removed. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -79,18 +79,13 @@ pub struct OwnerStore {
 
 impl OwnerStore {
     /// Secrets kept in `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
 
     /// `~/.claude-relay/owners` (or under `CLAUDE_RELAY_HOME`).
     pub fn default_dir() -> Self {
         Self::new(relay_local::paths::owners_dir())
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The file that holds `name`'s secret. Fails for names outside the id grammar, so a
@@ -137,7 +132,7 @@ impl OwnerStore {
 
     /// Stores `name`'s secret atomically with mode 0600 (the directory 0700). Returns the
     /// file's path.
-    pub fn save(&self, name: &str, secret: &str) -> Result<PathBuf, OwnerError> {
+    pub(crate) fn save(&self, name: &str, secret: &str) -> Result<PathBuf, OwnerError> {
         let path = self.path(name)?;
         let write = |p: &Path| {
             let p = p.to_path_buf();
@@ -177,12 +172,12 @@ mod tests {
         let path = store.save("CC-1", "abc123").unwrap();
         assert_eq!(path, home.path().join("owners").join("CC-1"));
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(mode(store.dir()), 0o700);
+        assert_eq!(mode(&store.dir), 0o700);
         assert_eq!(store.load("CC-1").unwrap().as_deref(), Some("abc123"));
         // Overwrite is atomic and leaves no temp files behind.
         store.save("CC-1", "def456").unwrap();
         assert_eq!(store.load("CC-1").unwrap().as_deref(), Some("def456"));
-        let names: Vec<_> = fs::read_dir(store.dir()).unwrap().collect();
+        let names: Vec<_> = fs::read_dir(&store.dir).unwrap().collect();
         assert_eq!(names.len(), 1);
         assert!(store.remove("CC-1").unwrap());
         assert!(!store.remove("CC-1").unwrap());

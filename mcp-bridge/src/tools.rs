@@ -14,39 +14,39 @@ use serde_json::{Value, json};
 use crate::config::ToolProfile;
 
 /// Tool names.
-pub mod name {
+pub(crate) mod name {
     /// Send a message.
-    pub const SEND: &str = "relay_send";
+    pub(crate) const SEND: &str = "relay_send";
     /// Read unread mail or history.
-    pub const RECEIVE: &str = "relay_receive";
+    pub(crate) const RECEIVE: &str = "relay_receive";
     /// Who is online.
-    pub const PEERS: &str = "relay_peers";
+    pub(crate) const PEERS: &str = "relay_peers";
     /// Connection and delivery state.
-    pub const STATUS: &str = "relay_status";
+    pub(crate) const STATUS: &str = "relay_status";
     /// Every known session.
-    pub const SESSIONS: &str = "relay_sessions";
+    pub(crate) const SESSIONS: &str = "relay_sessions";
     /// Block until the next unread message arrives (profile `full` only).
-    pub const WAIT: &str = "relay_wait";
+    pub(crate) const WAIT: &str = "relay_wait";
 }
 
 /// Largest message body the bridge will try to send: the hub's default content limit
 /// (`--max-content-bytes`, 512 KiB; see docs/PROTOCOL.md). A hub configured lower refuses
 /// with its own limit in the error, and the result says so.
-pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// Default `relay_receive` page size.
-pub const DEFAULT_COUNT: u32 = 10;
+pub(crate) const DEFAULT_COUNT: u32 = 10;
 /// Largest `relay_receive` page size.
-pub const MAX_COUNT: u32 = 50;
+pub(crate) const MAX_COUNT: u32 = 50;
 /// Default `relay_wait` timeout. Codex gives an MCP tool call 60 s unless configured
 /// otherwise (`tool_timeout_sec`), so the default returns ("timed out, call again") before
 /// the client gives up on the call.
-pub const DEFAULT_WAIT_SECS: u64 = 50;
+pub(crate) const DEFAULT_WAIT_SECS: u64 = 50;
 /// Longest `relay_wait` timeout (larger values are capped, and the result says so).
-pub const MAX_WAIT_SECS: u64 = 3600;
+pub(crate) const MAX_WAIT_SECS: u64 = 3600;
 
 /// A parsed, validated tool call.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ToolCall {
+pub(crate) enum ToolCall {
     /// `relay_send`.
     Send {
         /// The text.
@@ -68,7 +68,7 @@ pub enum ToolCall {
 
 /// Arguments of `relay_wait`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     /// Only a message from this session ends the wait.
     pub from: Option<String>,
     /// How long to wait, in seconds (0..=[`MAX_WAIT_SECS`]; 0 only checks).
@@ -79,7 +79,7 @@ pub struct WaitArgs {
 
 /// Arguments of `relay_receive`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReceiveArgs {
+pub(crate) struct ReceiveArgs {
     /// Page size (1..=[`MAX_COUNT`]).
     pub count: u32,
     /// The caller asked for more than [`MAX_COUNT`] and got the cap.
@@ -94,7 +94,7 @@ pub struct ReceiveArgs {
 
 impl ReceiveArgs {
     /// True for history mode (`replay: true` or an `after` cursor): read state is untouched.
-    pub fn is_history(&self) -> bool {
+    pub(crate) fn is_history(&self) -> bool {
         self.replay || self.after.is_some()
     }
 }
@@ -108,13 +108,13 @@ fn schema(v: Value) -> Arc<JsonObject> {
 
 /// Whether `profile` offers the tool `name` (`relay_wait` blocks, so Claude Code does not
 /// get it; every other tool is in both profiles).
-pub fn offered(profile: ToolProfile, name: &str) -> bool {
+pub(crate) fn offered(profile: ToolProfile, name: &str) -> bool {
     name != name::WAIT || profile == ToolProfile::Full
 }
 
 /// The tool definitions `tools/list` returns for `profile`: the five relay tools, plus the
 /// blocking `relay_wait` for [`ToolProfile::Full`].
-pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
+pub(crate) fn definitions(profile: ToolProfile) -> Vec<Tool> {
     let read_only = || ToolAnnotations::new().read_only(true);
     let mut tools = vec![
         Tool::new(
@@ -188,7 +188,7 @@ pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
 }
 
 /// Parses the arguments of tool `tool`. The error is the complete message for the model.
-pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> {
+pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> {
     let a = Args { tool, args };
     match tool {
         name::SEND => {

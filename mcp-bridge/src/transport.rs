@@ -36,7 +36,7 @@ use tokio::{
 /// The longest stdin line (one JSON-RPC message) the bridge accepts. Tool arguments are
 /// messages for other agents, capped by the hub at 1 MiB, so 4 MiB leaves room for escaping
 /// without letting a runaway client grow memory without bound.
-pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Outgoing lines waiting for the writer task. Bounded: senders wait (backpressure) when stdout
 /// is slow, instead of queueing without limit.
@@ -50,9 +50,9 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// JSON-RPC error codes this transport emits itself.
 mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const INVALID_PARAMS: i64 = -32602;
+    pub(super) const PARSE_ERROR: i64 = -32700;
+    pub(super) const INVALID_REQUEST: i64 = -32600;
+    pub(super) const INVALID_PARAMS: i64 = -32602;
 }
 
 /// One line for the writer task, with an optional acknowledgement once it is flushed.
@@ -62,7 +62,7 @@ struct WriteJob {
 }
 
 /// A server-side MCP transport over a byte reader (stdin) and writer (stdout).
-pub struct StdioTransport<R> {
+pub(crate) struct StdioTransport<R> {
     reader: BufReader<R>,
     /// The line being assembled. Survives a cancelled `receive` (rmcp polls it in `select!`),
     /// so a partial line is resumed, never lost.
@@ -100,7 +100,7 @@ where
     R: AsyncRead + Send + Unpin + 'static,
 {
     /// Wraps `reader` and `writer`; spawns the writer task (call inside a tokio runtime).
-    pub fn new<W>(reader: R, writer: W) -> Self
+    pub(crate) fn new<W>(reader: R, writer: W) -> Self
     where
         W: AsyncWrite + Send + Unpin + 'static,
     {
@@ -119,7 +119,8 @@ where
     }
 
     /// Overrides [`MAX_LINE_BYTES`] (tests use a small limit).
-    pub fn with_max_line(mut self, max: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_max_line(mut self, max: usize) -> Self {
         self.max_line = max.max(1);
         self
     }

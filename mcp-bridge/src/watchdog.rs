@@ -16,11 +16,11 @@ use std::{fmt, time::Duration};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How often the parent pid is checked.
-pub const PARENT_POLL: Duration = Duration::from_millis(250);
+pub(crate) const PARENT_POLL: Duration = Duration::from_millis(250);
 
 /// Why the bridge is stopping.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitCause {
+pub(crate) enum ExitCause {
     /// stdin reached EOF (the client closed it): the natural end.
     StdinClosed,
     /// `getppid()` changed: the agent died and we were re-parented.
@@ -47,7 +47,7 @@ impl fmt::Display for ExitCause {
 }
 
 /// Installed signal handlers and the parent we started under.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     parent: u32,
     term: Signal,
     int: Signal,
@@ -57,7 +57,7 @@ pub struct Watchdog {
 impl Watchdog {
     /// Installs the signal handlers (do this first thing, so an early SIGTERM is not lost to
     /// the default action) and records the current parent.
-    pub fn install() -> std::io::Result<Self> {
+    pub(crate) fn install() -> std::io::Result<Self> {
         Ok(Self {
             parent: std::os::unix::process::parent_id(),
             term: signal(SignalKind::terminate())?,
@@ -66,13 +66,8 @@ impl Watchdog {
         })
     }
 
-    /// The parent pid recorded at start.
-    pub fn parent(&self) -> u32 {
-        self.parent
-    }
-
     /// Resolves when the parent changes or a termination signal arrives.
-    pub async fn wait(&mut self) -> ExitCause {
+    pub(crate) async fn wait(&mut self) -> ExitCause {
         let was = self.parent;
         let parent_changed = async {
             let mut tick = tokio::time::interval(PARENT_POLL);
@@ -100,7 +95,7 @@ mod tests {
     #[tokio::test]
     async fn a_living_parent_keeps_the_watchdog_quiet() {
         let mut w = Watchdog::install().unwrap();
-        assert_eq!(w.parent(), std::os::unix::process::parent_id());
+        assert_eq!(w.parent, std::os::unix::process::parent_id());
         let r = tokio::time::timeout(PARENT_POLL * 3, w.wait()).await;
         assert!(r.is_err(), "no exit cause while the parent lives: {r:?}");
     }

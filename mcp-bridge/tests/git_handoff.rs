@@ -3,6 +3,7 @@
 //! receivers on "other machines" (their own HOME and git config). Nothing of the user's git
 //! configuration is read: every command runs with its machine's HOME, `GIT_CONFIG_NOSYSTEM`
 //! and `GIT_CONFIG_GLOBAL`.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 use std::{
     collections::BTreeMap,

@@ -831,6 +831,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rid_is_set_on_every_frame_kind() {
+        let mut f = ClientFrame::GetStatus(Default::default());
+        f.set_rid(RequestId::Int(9));
+        assert_eq!(f.rid(), Some(&RequestId::Int(9)));
+    }
+
+    #[test]
     fn debug_output_of_frames_never_shows_a_secret() {
         let frames: Vec<ClientFrame> = [
             r#"{"type":"register","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,

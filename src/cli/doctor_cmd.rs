@@ -37,7 +37,7 @@ const MAX_CONFIG: u64 = 64 << 20;
 
 /// Arguments of `claude-relay doctor`.
 #[derive(Debug, clap::Args)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// Machine-readable output: a JSON array of {check, ok, status, detail, fix}.
     #[arg(long)]
     json: bool,
@@ -56,7 +56,7 @@ pub struct DoctorArgs {
 }
 
 /// Runs `claude-relay doctor`.
-pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let home = Home::current()?;
     let report = examine(&args, &home)?;
     if args.json {

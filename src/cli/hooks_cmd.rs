@@ -49,7 +49,7 @@ const BACKUP_SUFFIX: &str = "claude-relay.bak";
 
 /// Arguments of `claude-relay hooks`.
 #[derive(Debug, clap::Args)]
-pub struct HooksArgs {
+pub(crate) struct HooksArgs {
     #[command(subcommand)]
     action: HooksAction,
 }
@@ -72,7 +72,7 @@ enum HooksAction {
 }
 
 /// Runs `claude-relay hooks`.
-pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     let home = Home::current()?;
     let path = home.claude_settings();
     let (install, dry_run) = match args.action {

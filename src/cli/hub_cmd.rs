@@ -8,7 +8,7 @@ use hub::{HubConfig, SyncMode};
 
 /// Commit durability (see docs/STORAGE.md).
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SyncArg {
+pub(crate) enum SyncArg {
     /// A killed hub loses nothing it acknowledged; power loss may lose the last commits.
     Normal,
     /// Every commit is fsync'd before it is acknowledged.
@@ -17,7 +17,7 @@ pub enum SyncArg {
 
 /// Arguments of `claude-relay hub`.
 #[derive(Debug, clap::Args)]
-pub struct HubArgs {
+pub(crate) struct HubArgs {
     /// Address to listen on. Loopback by default; other machines come in over an SSH tunnel.
     #[arg(long, env = "RELAY_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -96,7 +96,7 @@ pub struct HubArgs {
 }
 
 /// Reads a token file: the first line, trimmed; empty files are an error.
-pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+pub(super) fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
@@ -129,7 +129,7 @@ impl HubArgs {
         c.frame_burst = c.frame_rate * 2.0;
         c.register_rate = f64::from(self.register_rate.max(1));
         c.register_burst = c.register_rate;
-        c.outbound_frames = self.outbound_frames.max(2 * hub::store::actor::MAX_BATCH);
+        c.outbound_frames = self.outbound_frames.max(hub::MIN_OUTBOUND_FRAMES);
         c.max_sessions = self.max_sessions.max(1);
         c.token = self
             .token_file
@@ -137,7 +137,7 @@ impl HubArgs {
             .map(read_token_file)
             .transpose()?;
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            c.tls = Some(hub::tls::TlsFiles {
+            c.tls = Some(hub::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
             });
@@ -147,7 +147,7 @@ impl HubArgs {
 }
 
 /// Runs the hub until a shutdown signal; exit code 0 after a clean shutdown.
-pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     if !args.host.is_loopback() {
         if config.token.is_none() && !args.insecure {
@@ -191,7 +191,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         let data_dir = config.data_dir.clone();
         let hub = match hub::Hub::open(config) {
             Ok(hub) => hub,
-            Err(e @ hub::HubError::Store(hub::store::StoreError::Locked { .. })) => {
+            Err(e @ hub::HubError::Store(hub::StoreError::Locked { .. })) => {
                 anyhow::bail!(
                     "{e}. One store serves one hub: stop the other hub, or start this one on \
                      its own store with --data-dir DIR (or RELAY_DATA_DIR=DIR)"

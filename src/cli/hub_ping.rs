@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mcp_bridge::dial::{ClientAuth, ConnectError, request_once_with};
+use mcp_bridge::dial::{ClientAuth, ConnectError, request_once};
 use relay_proto::wire::{Bare, ClientFrame, ServerFrame, codes};
 
 /// How long the hub may take to accept the connection, and then to answer.
@@ -35,7 +35,7 @@ pub(crate) fn ping(url: &str, auth: &ClientAuth) -> anyhow::Result<Ping> {
         .build()
         .context("cannot start the async runtime")?;
     let frame = ClientFrame::Ping(Bare::default());
-    let reply = rt.block_on(request_once_with(url, auth, &frame, PING_TIMEOUT));
+    let reply = rt.block_on(request_once(url, auth, &frame, PING_TIMEOUT));
     Ok(match reply {
         Ok(ServerFrame::Pong(p)) => Ping::Answered { version: p.version },
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => {

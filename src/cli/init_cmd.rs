@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 /// Arguments of `claude-relay init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The shell to print functions for.
     #[arg(value_enum)]
     pub shell: Shell,
@@ -21,7 +21,7 @@ pub struct InitArgs {
 
 /// Shells we print functions for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Shell {
+pub(crate) enum Shell {
     /// GNU bash.
     Bash,
     /// Z shell.
@@ -31,7 +31,7 @@ pub enum Shell {
 }
 
 /// Runs `claude-relay init`.
-pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     print!("{}", script(args.shell, &binary_path()));
     Ok(ExitCode::SUCCESS)
 }
@@ -45,7 +45,7 @@ fn binary_path() -> String {
 }
 
 /// The functions for `shell`, calling the binary at `bin`.
-pub fn script(shell: Shell, bin: &str) -> String {
+pub(super) fn script(shell: Shell, bin: &str) -> String {
     match shell {
         Shell::Bash | Shell::Zsh => posix_script(shell, &sh_quote(bin)),
         Shell::Fish => fish_script(&fish_quote(bin)),

@@ -20,7 +20,7 @@ mod wait_cmd;
 /// Message hub and MCP bridge that lets AI coding agents talk to each other.
 #[derive(Debug, Parser)]
 #[command(name = "claude-relay", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log filter for stderr (e.g. `info`, `debug`, `hub=trace`); also `RUST_LOG`.
     #[arg(long, global = true, env = "RELAY_LOG")]
     pub log: Option<String>,
@@ -30,7 +30,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the hub: the WebSocket server that routes and stores messages.
     Hub(hub_cmd::HubArgs),
     /// Run the MCP bridge on stdio (what an agent's MCP config starts).
@@ -70,7 +70,7 @@ impl Command {
 /// every frame and the client's upgrade request (with its `Authorization` header) at trace
 /// level, so its trace events are always left out (see docs/SECURITY.md); our own frames
 /// print tokens and owner secrets as `<redacted>`.
-pub fn init_tracing(cli: &Cli) {
+pub(crate) fn init_tracing(cli: &Cli) {
     use tracing_subscriber::{filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = cli
         .log
@@ -99,7 +99,7 @@ fn prints_frames(target: &str) -> bool {
 }
 
 /// Runs the chosen subcommand and returns the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Hub(args) => hub_cmd::run(args),
         Command::Mcp(args) => mcp_cmd::run(args),

@@ -49,7 +49,7 @@ const BOOTSTRAP_RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// Arguments of `claude-relay service`.
 #[derive(Debug, clap::Args)]
-pub struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     #[command(subcommand)]
     action: ServiceAction,
 }
@@ -145,7 +145,7 @@ struct StatusArgs {
 }
 
 /// Runs `claude-relay service`.
-pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let home = Home::current()?;
     match args.action {
         ServiceAction::Install(a) => {

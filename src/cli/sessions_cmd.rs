@@ -30,9 +30,9 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use hub::store::{Backend, sqlite::SqliteBackend};
+use hub::LocalStore;
 use mcp_bridge::{
-    dial::{ClientAuth, ConnectError, connect_with, read_reply, request_once_with, send_frame},
+    dial::{ClientAuth, ConnectError, connect_with, read_reply, request_once, send_frame},
     owner::OwnerStore,
 };
 use relay_local::{
@@ -61,7 +61,7 @@ const MAX_PAGES: usize = 1000;
 /// Arguments of `claude-relay sessions`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct SessionsArgs {
+pub(crate) struct SessionsArgs {
     #[command(subcommand)]
     action: Option<SessionsAction>,
     /// Only sessions connected to the hub (what `claude-peers` shows).
@@ -76,7 +76,7 @@ pub struct SessionsArgs {
 
 /// How to reach the hub (shared by the commands that talk to it: `sessions`, `wait`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct HubConn {
+pub(crate) struct HubConn {
     /// The hub's URL (ws:// or wss://).
     #[arg(long, env = "RELAY_URL", default_value = DEFAULT_URL)]
     pub relay_url: String,
@@ -93,7 +93,7 @@ pub struct HubConn {
 impl HubConn {
     /// The token and CA to present: the flags, else `RELAY_TOKEN` / `RELAY_TOKEN_FILE` /
     /// `RELAY_CA_CERT`.
-    pub fn auth(&self) -> ClientAuth {
+    pub(crate) fn auth(&self) -> ClientAuth {
         ClientAuth::resolve(self.token_file.as_deref(), self.ca_cert.as_deref(), |k| {
             std::env::var(k).ok()
         })
@@ -139,7 +139,7 @@ struct OnHub {
 }
 
 /// Runs `claude-relay sessions`.
-pub fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(SessionsAction::Name { name }) => name_session(name.as_deref()),
         Some(SessionsAction::Release(a)) if a.local => release_local(&a.name, a.data_dir),
@@ -239,7 +239,7 @@ fn ask_once(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    Ok(rt.block_on(request_once_with(
+    Ok(rt.block_on(request_once(
         &conn.relay_url,
         &conn.auth(),
         frame,
@@ -433,7 +433,7 @@ fn forget_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode
     let id = parse_name(raw)?;
     let (mut store, dir, db) = open_local_store(data_dir)?;
     let had = store
-        .forget_session(id.as_str())
+        .forget(id.as_str())
         .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
     let local = forget_in_registry(&id)?;
     if had {
@@ -464,11 +464,9 @@ fn frame_type(f: &ServerFrame) -> String {
 /// The hub's store on this machine, for the operator's `--local` edits (hub running or not:
 /// SQLite in WAL mode lets a second writer wait its turn): the store, its directory and its
 /// database file.
-fn open_local_store(
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<(SqliteBackend, PathBuf, PathBuf)> {
+fn open_local_store(data_dir: Option<PathBuf>) -> anyhow::Result<(LocalStore, PathBuf, PathBuf)> {
     let dir = data_dir.unwrap_or_else(relay_local::paths::hub_data_dir);
-    let db = dir.join(hub::store::sqlite::DB_FILE);
+    let db = LocalStore::db_file(&dir);
     if !db.exists() {
         bail!(
             "there is no hub store at {}: run this on the hub's host, with --data-dir DIR if the \
@@ -476,7 +474,7 @@ fn open_local_store(
             db.display()
         );
     }
-    let store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
+    let store = LocalStore::open(&dir)
         .with_context(|| format!("cannot open the hub store in {}", dir.display()))?;
     Ok((store, dir, db))
 }
@@ -486,7 +484,7 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
     let id = parse_name(raw)?;
     let (mut store, dir, db) = open_local_store(data_dir)?;
     let had_owner = store
-        .release_owner(id.as_str())
+        .release(id.as_str())
         .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
     if had_owner {
         println!(

@@ -71,7 +71,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Arguments of `claude-relay wait`.
 #[derive(Debug, clap::Args)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     /// The session to watch. Default: `CLAUDE_RELAY_SESSION_ID`, else the session of the
     /// Claude Code hook JSON on stdin (by `session_id`, else by `cwd`).
     #[arg(long, value_name = "ID")]
@@ -84,7 +84,7 @@ pub struct WaitArgs {
 }
 
 /// Runs `claude-relay wait`.
-pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let from_hook = || {
         if args.session.is_some() || env("CLAUDE_RELAY_SESSION_ID").is_some() {

@@ -28,7 +28,7 @@ use super::hub::{WAIT, bin};
 
 /// A tool result as text.
 #[derive(Debug, Clone)]
-pub struct ToolOut {
+pub(crate) struct ToolOut {
     /// All text content joined.
     pub text: String,
     /// `isError` of the result.
@@ -37,7 +37,7 @@ pub struct ToolOut {
 
 /// How to start a bridge.
 #[derive(Clone, Debug)]
-pub struct BridgeOpts {
+pub(crate) struct BridgeOpts {
     /// `CLAUDE_RELAY_SESSION_ID` (None: not set).
     pub session_id: Option<String>,
     /// Hub URL (`RELAY_URL`).
@@ -52,7 +52,7 @@ pub struct BridgeOpts {
 
 impl BridgeOpts {
     /// A bridge named `id` for the hub at `url`, with its relay home under `dir`.
-    pub fn new(dir: &Path, url: &str, id: &str) -> Self {
+    pub(crate) fn new(dir: &Path, url: &str, id: &str) -> Self {
         Self {
             session_id: Some(id.to_string()),
             url: url.to_string(),
@@ -65,7 +65,7 @@ impl BridgeOpts {
 
 /// `claude-relay mcp` with the environment of `opts`, stdio piped, stderr collected into
 /// `log`. `wrapper` runs it under `sh -c` (for a parent that can be killed).
-pub fn command(opts: &BridgeOpts, under_shell: bool) -> Command {
+pub(crate) fn command(opts: &BridgeOpts, under_shell: bool) -> Command {
     let mut cmd = if under_shell {
         // `; :` keeps sh from exec'ing the bridge, so sh stays its parent.
         let mut c = Command::new("sh");
@@ -100,7 +100,7 @@ pub fn command(opts: &BridgeOpts, under_shell: bool) -> Command {
 }
 
 /// Collects a child's stderr lines in the background.
-pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+pub(crate) fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     let stderr = child.stderr.take().expect("stderr piped");
@@ -114,7 +114,7 @@ pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
 }
 
 /// The client identity tests present: what Claude Code sends on stdio.
-pub fn client_config() -> ClientConfig {
+pub(crate) fn client_config() -> ClientConfig {
     let mut c = ClientConfig::new(
         ClientCapabilities::default(),
         Implementation::new("bridge-tests", "1.0"),
@@ -124,7 +124,7 @@ pub fn client_config() -> ClientConfig {
 }
 
 /// A running bridge with an initialized MCP client on its stdio.
-pub struct Bridge {
+pub(crate) struct Bridge {
     /// The session id it was started as.
     pub id: String,
     /// The process (the bridge, or `sh` when started under a shell).
@@ -139,12 +139,12 @@ pub struct Bridge {
 
 impl Bridge {
     /// Starts a bridge named `id` and initializes MCP with it.
-    pub async fn start(dir: &Path, url: &str, id: &str) -> Bridge {
+    pub(crate) async fn start(dir: &Path, url: &str, id: &str) -> Bridge {
         Self::start_with(BridgeOpts::new(dir, url, id), false).await
     }
 
     /// Starts a bridge from `opts` (under `sh` when `under_shell`).
-    pub async fn start_with(opts: BridgeOpts, under_shell: bool) -> Bridge {
+    pub(crate) async fn start_with(opts: BridgeOpts, under_shell: bool) -> Bridge {
         let mut child = command(&opts, under_shell).spawn().expect("spawn bridge");
         let log = collect_stderr(&mut child);
         let stdout = child.stdout.take().expect("stdout");
@@ -165,12 +165,12 @@ impl Bridge {
     }
 
     /// The MCP client.
-    pub fn client(&self) -> &RunningService<RoleClient, ClientConfig> {
+    pub(crate) fn client(&self) -> &RunningService<RoleClient, ClientConfig> {
         self.client.as_ref().expect("client open")
     }
 
     /// Calls `tool` with `args` (a JSON object or null) and returns its text.
-    pub async fn call(&self, tool: &str, args: Value) -> ToolOut {
+    pub(crate) async fn call(&self, tool: &str, args: Value) -> ToolOut {
         let mut params = CallToolRequestParams::new(tool.to_string());
         if let Value::Object(map) = args {
             params = params.with_arguments(map);
@@ -192,19 +192,19 @@ impl Bridge {
     }
 
     /// Calls `tool` and asserts it did not fail.
-    pub async fn ok(&self, tool: &str, args: Value) -> String {
+    pub(crate) async fn ok(&self, tool: &str, args: Value) -> String {
         let out = self.call(tool, args).await;
         assert!(!out.is_error, "{tool} on {} failed: {}", self.id, out.text);
         out.text
     }
 
     /// Polls `relay_status` until the bridge reports a registered connection.
-    pub async fn wait_connected(&self) {
+    pub(crate) async fn wait_connected(&self) {
         self.wait_connected_within(WAIT).await;
     }
 
     /// Like [`Self::wait_connected`] with an explicit limit.
-    pub async fn wait_connected_within(&self, limit: Duration) {
+    pub(crate) async fn wait_connected_within(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let status = self.ok("relay_status", Value::Null).await;
@@ -222,14 +222,14 @@ impl Bridge {
     }
 
     /// Closes the client's end (stdin EOF for the bridge).
-    pub async fn close_stdin(&mut self) {
+    pub(crate) async fn close_stdin(&mut self) {
         if let Some(mut client) = self.client.take() {
             let _ = tokio::time::timeout(WAIT, client.close()).await;
         }
     }
 
     /// Waits (bounded by `limit`) for the child to exit.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         tokio::time::timeout(limit, self.child.wait())
             .await
             .ok()
@@ -237,13 +237,13 @@ impl Bridge {
     }
 
     /// The registry file of this bridge's relay home, as JSON.
-    pub fn registry(&self) -> Value {
+    pub(crate) fn registry(&self) -> Value {
         read_registry(&self.opts.home)
     }
 
     /// Polls the registry until entry `name` has `state` (the bridge records it in the
     /// background), bounded by [`WAIT`]; returns the file.
-    pub async fn registry_until(&self, name: &str, state: &str) -> Value {
+    pub(crate) async fn registry_until(&self, name: &str, state: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let reg = self.registry();
@@ -260,7 +260,7 @@ impl Bridge {
 }
 
 /// `$CLAUDE_RELAY_HOME/sessions/registry.json` as JSON (null when missing).
-pub fn read_registry(home: &Path) -> Value {
+pub(crate) fn read_registry(home: &Path) -> Value {
     std::fs::read(home.join("sessions").join("registry.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -268,7 +268,7 @@ pub fn read_registry(home: &Path) -> Value {
 }
 
 /// True when `pid` no longer runs (gone, or a zombie nobody reaped yet).
-pub fn process_gone(pid: u32) -> bool {
+pub(crate) fn process_gone(pid: u32) -> bool {
     let out = std::process::Command::new("ps")
         .args(["-o", "stat=", "-p", &pid.to_string()])
         .output()

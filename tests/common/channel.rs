@@ -18,7 +18,7 @@ use super::{
 
 /// An MCP client that forwards every custom notification (method, params) to a channel.
 #[derive(Clone)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     tx: mpsc::UnboundedSender<(String, Value)>,
 }
 
@@ -41,7 +41,7 @@ impl ClientHandler for Recorder {
 }
 
 /// A bridge driven by a [`Recorder`].
-pub struct Recorded {
+pub(crate) struct Recorded {
     /// The MCP client.
     pub client: RunningService<RoleClient, Recorder>,
     /// Every custom notification received: (method, params).
@@ -53,7 +53,7 @@ pub struct Recorded {
 
 impl Recorded {
     /// Starts a bridge from `opts` and initializes MCP with a recording client.
-    pub async fn start(opts: BridgeOpts) -> Self {
+    pub(crate) async fn start(opts: BridgeOpts) -> Self {
         let mut child = command(&opts, false).spawn().expect("spawn bridge");
         let log = collect_stderr(&mut child);
         let stdout = child.stdout.take().unwrap();
@@ -72,7 +72,7 @@ impl Recorded {
     }
 
     /// Calls `tool` and returns its text.
-    pub async fn call(&self, tool: &str, args: Value) -> String {
+    pub(crate) async fn call(&self, tool: &str, args: Value) -> String {
         let mut params = CallToolRequestParams::new(tool.to_string());
         if let Value::Object(map) = args {
             params = params.with_arguments(map);
@@ -90,7 +90,7 @@ impl Recorded {
     }
 
     /// Polls `relay_status` until the bridge is connected (bounded by `limit`).
-    pub async fn wait_connected(&self, limit: Duration) {
+    pub(crate) async fn wait_connected(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let status = self.call("relay_status", Value::Null).await;
@@ -107,7 +107,7 @@ impl Recorded {
     }
 
     /// The next recorded notification (bounded by [`WAIT`]).
-    pub async fn next_event(&mut self) -> (String, Value) {
+    pub(crate) async fn next_event(&mut self) -> (String, Value) {
         tokio::time::timeout(WAIT, self.events.recv())
             .await
             .expect("a channel notification in time")

@@ -13,15 +13,15 @@ use tokio::{
 };
 
 /// How long any harness wait may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// Path of the binary under test.
-pub fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_claude-relay")
 }
 
 /// A running hub process. Killed when dropped.
-pub struct Hub {
+pub(crate) struct Hub {
     /// The child process.
     pub child: Child,
     /// `ws://127.0.0.1:PORT`.
@@ -36,7 +36,7 @@ pub struct Hub {
 
 /// Options for [`Hub::start_with`].
 #[derive(Clone, Default)]
-pub struct HubOpts {
+pub(crate) struct HubOpts {
     /// Port to bind (0 = any free port).
     pub port: u16,
     /// Extra arguments after `hub`.
@@ -48,7 +48,7 @@ pub struct HubOpts {
 impl HubOpts {
     /// Options for a hub that requires `token`: it is written to `dir/hub.token` (the first
     /// line, as `--token-file` reads it) and passed with `--token-file`, then `extra` flags.
-    pub fn with_token(dir: &Path, token: &str, extra: &[&str]) -> HubOpts {
+    pub(crate) fn with_token(dir: &Path, token: &str, extra: &[&str]) -> HubOpts {
         let file = dir.join("hub.token");
         std::fs::write(&file, format!("{token}\n")).expect("write token file");
         let mut args = vec!["--token-file".to_string(), file.display().to_string()];
@@ -62,13 +62,13 @@ impl HubOpts {
 
 impl Hub {
     /// Starts a hub on a free port with its data dir under `dir`.
-    pub async fn start(dir: &Path) -> Hub {
+    pub(crate) async fn start(dir: &Path) -> Hub {
         Self::start_with(dir, HubOpts::default()).await
     }
 
     /// Starts a hub on a given port (say, the port of a hub that was just killed: a restart
     /// on the same address and data directory).
-    pub async fn start_on(dir: &Path, port: u16) -> Hub {
+    pub(crate) async fn start_on(dir: &Path, port: u16) -> Hub {
         Self::start_with(
             dir,
             HubOpts {
@@ -80,7 +80,7 @@ impl Hub {
     }
 
     /// Starts a hub with options; panics (failing the test) if it does not come up in time.
-    pub async fn start_with(dir: &Path, opts: HubOpts) -> Hub {
+    pub(crate) async fn start_with(dir: &Path, opts: HubOpts) -> Hub {
         let data_dir = dir.join("hub-data");
         let mut cmd = Command::new(bin());
         super::clean_env(&mut cmd);
@@ -137,13 +137,13 @@ impl Hub {
     }
 
     /// Sends SIGKILL and waits for the process to go.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
     }
 
     /// Sends SIGTERM and returns the exit status (bounded by [`WAIT`]).
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("hub running") as i32;
         signal(pid, "TERM");
         tokio::time::timeout(WAIT, self.child.wait())
@@ -153,13 +153,13 @@ impl Hub {
     }
 
     /// The hub's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().expect("hub running")
     }
 }
 
 /// Sends a signal by name (`TERM`, `KILL`, `INT`, `STOP`, `CONT`) with the `kill` command.
-pub fn signal(pid: i32, name: &str) {
+pub(crate) fn signal(pid: i32, name: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())

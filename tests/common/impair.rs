@@ -45,11 +45,11 @@ use tokio::{
 };
 
 /// Largest chunk one read takes from a socket.
-pub const CHUNK: usize = 8 << 10;
+pub(crate) const CHUNK: usize = 8 << 10;
 /// Chunks that may wait in one direction of one connection (so ≤ 128 KiB).
-pub const QUEUE_CHUNKS: usize = 16;
+pub(crate) const QUEUE_CHUNKS: usize = 16;
 /// Connections open through the proxy at once; more are reset at accept.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Largest write while a rate cap is on, so the cap is smooth rather than bursty.
 const PIECE: usize = 2 << 10;
 /// How long connecting to the upstream may take before the client is reset.
@@ -57,7 +57,7 @@ const UPSTREAM_CONNECT: Duration = Duration::from_secs(5);
 
 /// How [`Impair::cut`] ends the current connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// Abortive close (`SO_LINGER` 0): both peers see a reset, like a router that dropped the
     /// flow or a tunnel process that was killed.
     Reset,
@@ -68,7 +68,7 @@ pub enum Cut {
 
 /// The impairments in force. Every field applies to both directions.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Knobs {
+pub(crate) struct Knobs {
     /// Added one-way delay: a chunk is forwarded no sooner than this after it was read.
     /// 150 ms makes a 300 ms round trip.
     pub latency: Duration,
@@ -137,7 +137,7 @@ struct Shared {
 }
 
 /// A running proxy. Dropping it stops the accept task and every connection.
-pub struct Impair {
+pub(crate) struct Impair {
     addr: SocketAddr,
     knobs: watch::Sender<Knobs>,
     shared: Arc<Shared>,
@@ -152,12 +152,12 @@ impl Drop for Impair {
 
 impl Impair {
     /// A transparent proxy (no impairment yet) on 127.0.0.1 port 0 in front of `upstream`.
-    pub async fn start(upstream: SocketAddr) -> io::Result<Impair> {
+    pub(crate) async fn start(upstream: SocketAddr) -> io::Result<Impair> {
         Self::start_with(upstream, Knobs::default()).await
     }
 
     /// A proxy with `knobs` in force from the first byte.
-    pub async fn start_with(upstream: SocketAddr, knobs: Knobs) -> io::Result<Impair> {
+    pub(crate) async fn start_with(upstream: SocketAddr, knobs: Knobs) -> io::Result<Impair> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(knobs);
@@ -176,42 +176,42 @@ impl Impair {
     }
 
     /// The address clients connect to.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `ws://127.0.0.1:PORT`, for a hub behind the proxy.
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}", self.addr)
     }
 
     /// The impairments in force.
-    pub fn knobs(&self) -> Knobs {
+    pub(crate) fn knobs(&self) -> Knobs {
         *self.knobs.borrow()
     }
 
     /// Sets the added one-way delay (each direction).
-    pub fn set_latency(&self, one_way: Duration) {
+    pub(crate) fn set_latency(&self, one_way: Duration) {
         self.knobs.send_modify(|k| k.latency = one_way);
     }
 
     /// Caps each direction at `bytes_per_sec` (`None` lifts the cap).
-    pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
+    pub(crate) fn set_rate(&self, bytes_per_sec: Option<u64>) {
         self.knobs.send_modify(|k| k.rate = bytes_per_sec);
     }
 
     /// Stops forwarding, holding every socket open, until [`Impair::resume`].
-    pub fn stall(&self) {
+    pub(crate) fn stall(&self) {
         self.knobs.send_modify(|k| k.stalled = true);
     }
 
     /// Forwards again what was held during a stall, in order.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.knobs.send_modify(|k| k.stalled = false);
     }
 
     /// Ends every current connection at once (both sockets). New connections are unaffected.
-    pub fn cut(&self, how: Cut) {
+    pub(crate) fn cut(&self, how: Cut) {
         self.knobs.send_modify(|k| {
             k.cut_gen += 1;
             k.cut_how = Some(how);
@@ -220,33 +220,33 @@ impl Impair {
 
     /// Resets every new connection at accept for `how_long` (a machine whose hub is
     /// unreachable). [`Impair::accept_again`] ends it early.
-    pub fn refuse_for(&self, how_long: Duration) {
+    pub(crate) fn refuse_for(&self, how_long: Duration) {
         let until = Instant::now() + how_long;
         self.knobs.send_modify(|k| k.refuse_until = Some(until));
     }
 
     /// Accepts new connections again.
-    pub fn accept_again(&self) {
+    pub(crate) fn accept_again(&self) {
         self.knobs.send_modify(|k| k.refuse_until = None);
     }
 
     /// Bytes forwarded client → upstream so far.
-    pub fn bytes_up(&self) -> u64 {
+    pub(crate) fn bytes_up(&self) -> u64 {
         self.shared.counters.up.load(Ordering::Relaxed)
     }
 
     /// Bytes forwarded upstream → client so far.
-    pub fn bytes_down(&self) -> u64 {
+    pub(crate) fn bytes_down(&self) -> u64 {
         self.shared.counters.down.load(Ordering::Relaxed)
     }
 
     /// Connections accepted and forwarded so far (refused ones not counted).
-    pub fn accepted(&self) -> u64 {
+    pub(crate) fn accepted(&self) -> u64 {
         self.shared.counters.accepted.load(Ordering::Relaxed)
     }
 
     /// Connections open through the proxy now.
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.shared.counters.open.load(Ordering::Relaxed)
     }
 }

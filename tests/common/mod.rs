@@ -4,16 +4,16 @@
 //! Each test binary includes this with `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
-pub mod bridge;
-pub mod channel;
-pub mod hub;
-pub mod impair;
-pub mod ws;
+pub(crate) mod bridge;
+pub(crate) mod channel;
+pub(crate) mod hub;
+pub(crate) mod impair;
+pub(crate) mod ws;
 
 /// Removes every variable that configures claude-relay (or Claude Code's session) from a
 /// child's environment, so a developer's own settings (a `RELAY_TOKEN_FILE`, a
 /// `CLAUDE_CODE_SESSION_ID` when the tests run inside Claude Code) never leak into a test.
-pub fn clean_env(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+pub(crate) fn clean_env(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
         if k.starts_with("RELAY_")

@@ -15,7 +15,7 @@ use tokio_tungstenite::{
 };
 
 /// An upgrade request for `url` carrying `token` as `Authorization: Bearer`.
-pub fn bearer_request(url: &str, token: &str) -> Request {
+pub(crate) fn bearer_request(url: &str, token: &str) -> Request {
     let mut req = url.into_client_request().expect("a ws:// URL");
     req.headers_mut().insert(
         "authorization",
@@ -27,14 +27,14 @@ pub fn bearer_request(url: &str, token: &str) -> Request {
 use super::hub::WAIT;
 
 /// One raw connection to the hub.
-pub struct Ws {
+pub(crate) struct Ws {
     /// The socket.
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 impl Ws {
     /// Connects to `url`.
-    pub async fn connect(url: &str) -> Ws {
+    pub(crate) async fn connect(url: &str) -> Ws {
         let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))
             .await
             .expect("connect timed out")
@@ -43,7 +43,7 @@ impl Ws {
     }
 
     /// Connects and registers as `id`, returning the `registered` frame.
-    pub async fn register(url: &str, id: &str) -> (Ws, Value) {
+    pub(crate) async fn register(url: &str, id: &str) -> (Ws, Value) {
         let mut ws = Ws::connect(url).await;
         ws.send(json!({"type": "register", "clientId": id})).await;
         let reg = ws.expect("registered").await;
@@ -51,7 +51,7 @@ impl Ws {
     }
 
     /// Sends one JSON frame.
-    pub async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::text(v.to_string()))
             .await
@@ -59,7 +59,7 @@ impl Ws {
     }
 
     /// Sends raw text as one frame.
-    pub async fn send_text(&mut self, s: impl Into<String>) {
+    pub(crate) async fn send_text(&mut self, s: impl Into<String>) {
         self.ws
             .send(Message::text(s.into()))
             .await
@@ -67,7 +67,7 @@ impl Ws {
     }
 
     /// The next JSON text frame (skipping control frames), or None if the connection closed.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
@@ -83,19 +83,19 @@ impl Ws {
     }
 
     /// The next JSON frame; panics if the connection closed.
-    pub async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         self.next_within(WAIT).await.expect("connection closed")
     }
 
     /// The next frame, which must have `type` == `ty`.
-    pub async fn expect(&mut self, ty: &str) -> Value {
+    pub(crate) async fn expect(&mut self, ty: &str) -> Value {
         let f = self.next().await;
         assert_eq!(f["type"], ty, "expected a {ty} frame, got {f}");
         f
     }
 
     /// Skips frames until one of type `ty` arrives.
-    pub async fn until(&mut self, ty: &str) -> Value {
+    pub(crate) async fn until(&mut self, ty: &str) -> Value {
         loop {
             let f = self.next().await;
             if f["type"] == ty {
@@ -106,14 +106,14 @@ impl Ws {
 
     /// Asserts that no frame arrives within `wait` (used only after a round trip on another
     /// connection has proven the hub already processed what could have produced one).
-    pub async fn assert_quiet(&mut self, wait: Duration) {
+    pub(crate) async fn assert_quiet(&mut self, wait: Duration) {
         if let Ok(Some(Ok(m))) = tokio::time::timeout(wait, self.ws.next()).await {
             panic!("expected silence, got {m:?}");
         }
     }
 
     /// Waits for the hub to close the connection; returns the close code and reason.
-    pub async fn closed(&mut self) -> Option<(CloseCode, String)> {
+    pub(crate) async fn closed(&mut self) -> Option<(CloseCode, String)> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
@@ -129,7 +129,7 @@ impl Ws {
 
     /// Ping/pong round trip: proves the connection is open and every earlier frame of this
     /// connection was processed.
-    pub async fn roundtrip(&mut self) {
+    pub(crate) async fn roundtrip(&mut self) {
         self.send(json!({"type": "ping", "rid": "rt"})).await;
         loop {
             let f = self.next().await;

@@ -14,28 +14,27 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use super::{
-    Appended, Backend, Integrity, NewMessage, Request, StoreError, StoreHandle, StoredMessage,
-};
+use super::{Appended, Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
 use crate::outbound::AckTo;
 
 /// Most appends stored in one transaction. Also the most `sent` acks one routed batch can
 /// push into a sender's outbox at once, so outboxes must hold well over this (the default is
 /// 4096 frames; the flag will not go below twice this).
-pub const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 
 /// A message to store and whom to ack.
-pub struct Append {
+pub(crate) struct Append {
     /// The message.
     pub msg: NewMessage,
     /// Where the `sent` ack (or the error) goes.
     pub ack: AckTo,
-    /// The frame budget charge of the frame it came in: its bytes count until the commit.
-    pub charge: Option<crate::budget::Charge>,
+    /// The frame budget charge of the frame it came in: held, never read, so its bytes count
+    /// until the commit drops it.
+    pub _charge: Option<crate::budget::Charge>,
 }
 
 /// A message that is now durable, with whom to ack.
-pub struct Committed {
+pub(crate) struct Committed {
     /// The stored message (for a duplicate or a key conflict: the earlier message's seq
     /// with this send's content).
     pub msg: StoredMessage,
@@ -49,7 +48,7 @@ pub struct Committed {
 }
 
 /// What happens to messages after they are committed (implemented by the router).
-pub trait CommitSink: Send + Sync + 'static {
+pub(crate) trait CommitSink: Send + Sync + 'static {
     /// Whether a live connection is there to take a message from `from` to `to` right now
     /// (asked just before the commit, so the delivery can be recorded with the insert).
     fn deliverable(&self, from: &str, to: &str) -> bool;
@@ -66,34 +65,26 @@ pub trait CommitSink: Send + Sync + 'static {
 
 /// Starts the actor thread. The queue holds `queue` requests (the backpressure bound for
 /// every connection's sends and queries). The thread ends when every handle is dropped.
-pub fn spawn(
+pub(crate) fn spawn(
     backend: Box<dyn Backend>,
     queue: usize,
     sink: Arc<dyn CommitSink>,
 ) -> (StoreHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
     let epoch = Arc::new(RwLock::new(Arc::from(backend.epoch())));
-    let integrity = Arc::new(RwLock::new(backend.integrity()));
-    let shared = (epoch.clone(), integrity.clone());
+    let shared = epoch.clone();
     let thread = std::thread::Builder::new()
         .name("relay-store".into())
         .spawn(move || run(backend, rx, sink, shared))
         .expect("spawn store thread");
-    (
-        StoreHandle {
-            tx,
-            epoch,
-            integrity,
-        },
-        thread,
-    )
+    (StoreHandle { tx, epoch }, thread)
 }
 
 fn run(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<Request>,
     sink: Arc<dyn CommitSink>,
-    (epoch, integrity): (Arc<RwLock<Arc<str>>>, Arc<RwLock<Integrity>>),
+    epoch: Arc<RwLock<Arc<str>>>,
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
@@ -114,7 +105,6 @@ fn run(
                     if **epoch.read().expect("epoch lock") != *backend.epoch() {
                         delivered.clear();
                         *epoch.write().expect("epoch lock") = Arc::from(backend.epoch());
-                        *integrity.write().expect("integrity lock") = backend.integrity();
                     }
                 }
             }

@@ -31,20 +31,20 @@ use rusqlite::Connection;
 /// How often the WAL is checkpointed while there is traffic. Measured on the direct
 /// benchmark: 500 ms let the WAL grow to tens of MiB (slower commits, 36 ms stalls); 50 ms
 /// keeps it small (p99 4.5 ms, max ~10 ms).
-pub const EVERY: Duration = Duration::from_millis(50);
+pub(crate) const EVERY: Duration = Duration::from_millis(50);
 /// WAL frames (pages of 4 KiB) above which the writer is asked to finish a checkpoint
 /// itself, so the WAL starts over. The writer is asked at once past twice this, so the
 /// WAL file stays under about 128 MiB plus what is written during one checkpoint pass.
-pub const RESET_FRAMES: i64 = 16384;
+pub(crate) const RESET_FRAMES: i64 = 16384;
 /// A pass that copied at most this many frames leaves only about as many for the writer
 /// to finish (1 MiB: about a millisecond of copying and syncing on its thread).
-pub const CATCH_UP_FRAMES: i64 = 256;
+pub(crate) const CATCH_UP_FRAMES: i64 = 256;
 /// The interval doubles up to this while the WAL is empty, so an idle hub wakes rarely.
-pub const IDLE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const IDLE_EVERY: Duration = Duration::from_secs(2);
 
 /// The checkpoint thread of one store file. Dropping it stops the thread (and closes its
 /// connection) before returning.
-pub struct Checkpointer {
+pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -61,7 +61,7 @@ struct Shared {
 
 impl Checkpointer {
     /// Starts checkpointing the database at `path`.
-    pub fn start(path: PathBuf) -> Self {
+    pub(crate) fn start(path: PathBuf) -> Self {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             reset: AtomicBool::new(false),
@@ -77,7 +77,8 @@ impl Checkpointer {
 
     /// Changes the WAL size (in frames) past which the writer finishes a checkpoint
     /// (tests use a small one to see the WAL start over without writing 64 MiB).
-    pub fn set_reset_frames(&self, frames: i64) {
+    #[cfg(test)]
+    pub(crate) fn set_reset_frames(&self, frames: i64) {
         self.shared.limit.store(frames.max(1), Ordering::Release);
     }
 
@@ -85,7 +86,7 @@ impl Checkpointer {
     /// PASSIVE checkpoint on its own connection between two transactions. With no writer
     /// racing it, that checkpoint completes, and the writer's next transaction restarts
     /// the WAL from its beginning.
-    pub fn reset_wanted(&self) -> bool {
+    pub(crate) fn reset_wanted(&self) -> bool {
         self.shared.reset.swap(false, Ordering::AcqRel)
     }
 }

@@ -14,17 +14,17 @@ use std::{
     fs::{self, File, OpenOptions, TryLockError},
     io::{Read, Seek, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use super::StoreError;
 
 /// Name of the lock file inside the data directory.
-pub const LOCK_FILE: &str = "relay.lock";
+pub(crate) const LOCK_FILE: &str = "relay.lock";
 /// Mode of the data directory.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 /// Mode of every file in it.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -38,7 +38,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 /// nothing but the store's files); a directory that holds other things (someone pointed
 /// `--data-dir` at a shared place such as `/tmp`) keeps its mode, with a warning — the
 /// store's files in it are 0600 either way.
-pub fn prepare(dir: &Path, db: &Path) -> Result<(), StoreError> {
+pub(crate) fn prepare(dir: &Path, db: &Path) -> Result<(), StoreError> {
     if !dir.exists() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -104,16 +104,15 @@ fn tighten(path: &Path) -> Result<(), StoreError> {
 
 /// The exclusive lock on a data directory; held until dropped (or the process dies).
 #[derive(Debug)]
-pub struct DataDirLock {
+pub(crate) struct DataDirLock {
     /// The open lock file: the `flock` lives as long as this descriptor.
     _file: File,
-    path: PathBuf,
 }
 
 impl DataDirLock {
     /// Takes the lock on `dir` (which must exist) and writes this process's pid into the lock
     /// file. Fails with [`StoreError::Locked`] when another process holds it.
-    pub fn acquire(dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -140,12 +139,7 @@ impl DataDirLock {
         file.set_len(0).map_err(io(&path))?;
         file.rewind().map_err(io(&path))?;
         writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
-        Ok(Self { _file: file, path })
-    }
-
-    /// Where the lock file is.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }
 

@@ -6,10 +6,11 @@
 //! that owns the backend, so the async hub never blocks on disk, and the actor group-commits
 //! concurrent sends into one transaction (see [`actor`]).
 
-pub mod actor;
-pub mod checkpoint;
-pub mod datadir;
-pub mod sqlite;
+pub(crate) mod actor;
+pub(crate) mod checkpoint;
+pub(crate) mod datadir;
+mod local;
+pub(crate) mod sqlite;
 
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +18,8 @@ use relay_proto::wire::{Envelope, SendState};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Retention;
-pub use actor::{Append, CommitSink, Committed};
+pub(crate) use actor::{Append, CommitSink, Committed};
+pub use local::LocalStore;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,7 @@ pub enum StoreError {
 /// What the integrity check at open (`PRAGMA quick_check`) found. Kept on the
 /// [`StoreHandle`] so that a health endpoint can report it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Integrity {
+pub(crate) enum Integrity {
     /// The check passed (or the backend has nothing to check).
     #[default]
     Ok,
@@ -83,7 +85,7 @@ pub enum Integrity {
 
 /// A message about to be stored.
 #[derive(Debug, Clone)]
-pub struct NewMessage {
+pub(crate) struct NewMessage {
     /// Sender id (already validated, set by the hub from the connection's registration).
     pub from: Arc<str>,
     /// Recipient id or `all`.
@@ -102,7 +104,7 @@ pub struct NewMessage {
 
 /// What `append` did with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
+pub(crate) enum Appended {
     /// Stored under this sequence number.
     New(u64),
     /// Its key matched an earlier message of the same sender, to the same recipient with
@@ -124,7 +126,7 @@ pub enum Appended {
 
 impl Appended {
     /// The sequence number of the stored (or original) message.
-    pub fn seq(self) -> u64 {
+    pub(crate) fn seq(self) -> u64 {
         match self {
             Appended::New(s)
             | Appended::Duplicate { seq: s, .. }
@@ -135,7 +137,7 @@ impl Appended {
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
+pub(crate) struct StoredMessage {
     /// Hub-wide sequence number.
     pub seq: u64,
     /// Unix milliseconds.
@@ -150,24 +152,12 @@ pub struct StoredMessage {
 
 impl StoredMessage {
     /// The client-facing form, consuming the message (no copy of the content).
-    pub fn into_envelope(self, epoch: &str) -> Envelope {
+    pub(crate) fn into_envelope(self, epoch: &str) -> Envelope {
         Envelope {
             id: message_id(epoch, self.seq),
             from: self.from.to_string(),
             to: self.to.to_string(),
             content: self.content,
-            timestamp: relay_proto::time::iso(self.ts),
-            seq: self.seq,
-        }
-    }
-
-    /// The client-facing form. Ids are `<epoch>-<seq>`, unique across store resets.
-    pub fn envelope(&self, epoch: &str) -> Envelope {
-        Envelope {
-            id: message_id(epoch, self.seq),
-            from: self.from.to_string(),
-            to: self.to.to_string(),
-            content: self.content.clone(),
             timestamp: relay_proto::time::iso(self.ts),
             seq: self.seq,
         }
@@ -178,7 +168,7 @@ impl StoredMessage {
 /// it, plus sender, recipient and the fixed fields. Pages are bounded by this, not by raw
 /// content bytes: a body of control characters grows sixfold when escaped, and a page that
 /// held 4 MiB of them raw would be a 24 MiB frame, past what clients accept (16 MiB).
-pub fn wire_len(m: &StoredMessage) -> usize {
+pub(crate) fn wire_len(m: &StoredMessage) -> usize {
     /// `{"id":"<epoch>-<seq>","from":"","to":"","content":"","timestamp":"…","seq":N},`
     const FIXED: usize = 128;
     FIXED + m.from.len() + m.to.len() + json_string_len(&m.content)
@@ -186,7 +176,7 @@ pub fn wire_len(m: &StoredMessage) -> usize {
 
 /// Length of `s` once serde_json has escaped it (without the quotes): `"` and `\` and the
 /// short escapes (`\n`, `\t`, …) take two bytes, other C0 controls six (`\u001f`).
-pub fn json_string_len(s: &str) -> usize {
+pub(crate) fn json_string_len(s: &str) -> usize {
     s.len()
         + s.bytes()
             .map(|b| match b {
@@ -198,12 +188,12 @@ pub fn json_string_len(s: &str) -> usize {
 }
 
 /// Formats a message id.
-pub fn message_id(epoch: &str, seq: u64) -> String {
+pub(crate) fn message_id(epoch: &str, seq: u64) -> String {
     format!("{epoch}-{seq}")
 }
 
 /// Parses a message id into its sequence number if it belongs to `epoch`.
-pub fn parse_message_id(epoch: &str, id: &str) -> Option<u64> {
+pub(crate) fn parse_message_id(epoch: &str, id: &str) -> Option<u64> {
     let (e, seq) = id.rsplit_once('-')?;
     if e != epoch {
         return None;
@@ -213,7 +203,7 @@ pub fn parse_message_id(epoch: &str, id: &str) -> Option<u64> {
 
 /// Where a history page starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
+pub(crate) enum After {
     /// The most recent page (no cursor given).
     Latest,
     /// Messages with a sequence number above this.
@@ -224,7 +214,7 @@ pub enum After {
 
 /// A `get_history` request after validation.
 #[derive(Debug, Clone)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// Only from this sender.
     pub from: Option<String>,
     /// Only to this recipient (`all` for broadcasts).
@@ -242,7 +232,7 @@ pub struct HistoryQuery {
 
 /// A page of history, oldest first.
 #[derive(Debug, Clone, Default)]
-pub struct HistoryPage {
+pub(crate) struct HistoryPage {
     /// The messages.
     pub messages: Vec<StoredMessage>,
     /// More matching messages follow (paging forward only).
@@ -251,7 +241,7 @@ pub struct HistoryPage {
 
 /// A page of unread inbound mail, oldest first.
 #[derive(Debug, Clone, Default)]
-pub struct InboxPage {
+pub(crate) struct InboxPage {
     /// The messages.
     pub messages: Vec<StoredMessage>,
     /// Unread messages matching the same filter that were not returned.
@@ -260,7 +250,7 @@ pub struct InboxPage {
 
 /// What the store knows about a session.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SessionRecord {
+pub(crate) struct SessionRecord {
     /// The id.
     pub id: String,
     /// Metadata JSON object from its last registration.
@@ -276,7 +266,7 @@ pub struct SessionRecord {
 
 /// What a prune pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PruneReport {
+pub(crate) struct PruneReport {
     /// Messages deleted for age.
     pub expired: u64,
     /// Messages deleted to get under the size cap.
@@ -286,13 +276,9 @@ pub struct PruneReport {
 }
 
 /// The storage contract. One owner calls it at a time (the actor thread).
-pub trait Backend: Send {
+pub(crate) trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
-    /// What the integrity check at open found; a damaged store refuses every write.
-    fn integrity(&self) -> Integrity {
-        Integrity::Ok
-    }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
     /// happened to each message, in order (a message whose key matches an earlier one of the
@@ -378,10 +364,10 @@ pub trait Backend: Send {
 }
 
 /// A query run on the actor thread (see [`StoreHandle::call`]).
-pub type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 
 /// A request to the store actor.
-pub enum Request {
+pub(crate) enum Request {
     /// Store a message, then route it and ack its sender (see [`CommitSink`]).
     Append(Append),
     /// Run a closure against the backend after every earlier append is committed.
@@ -390,28 +376,21 @@ pub enum Request {
 
 /// The hub's handle to the store actor. Cheap to clone.
 #[derive(Clone)]
-pub struct StoreHandle {
+pub(crate) struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Updated by the actor when the store is reopened after a reset.
     epoch: Arc<RwLock<Arc<str>>>,
-    /// The open store's integrity (updated with the epoch).
-    integrity: Arc<RwLock<Integrity>>,
 }
 
 impl StoreHandle {
     /// The store's current epoch.
-    pub fn epoch(&self) -> Arc<str> {
+    pub(crate) fn epoch(&self) -> Arc<str> {
         self.epoch.read().expect("epoch lock").clone()
-    }
-
-    /// What the integrity check found when the store was opened (for `/healthz`).
-    pub fn integrity(&self) -> Integrity {
-        self.integrity.read().expect("integrity lock").clone()
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full
     /// (backpressure); the sender is acked by the [`CommitSink`] after the commit.
-    pub async fn append(&self, append: Append) -> Result<(), StoreError> {
+    pub(crate) async fn append(&self, append: Append) -> Result<(), StoreError> {
         self.tx
             .send(Request::Append(append))
             .await
@@ -419,7 +398,7 @@ impl StoreHandle {
     }
 
     /// Runs `f` on the actor thread, after everything queued before it, and returns its result.
-    pub async fn call<R: Send + 'static>(
+    pub(crate) async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
@@ -435,7 +414,7 @@ impl StoreHandle {
 
     /// Like [`call`](Self::call) but never waits for queue space: used from `Drop`-like paths
     /// (a connection ending) where waiting is not possible. Returns false if the queue is full.
-    pub fn try_call(&self, f: impl FnOnce(&mut dyn Backend) + Send + 'static) -> bool {
+    pub(crate) fn try_call(&self, f: impl FnOnce(&mut dyn Backend) + Send + 'static) -> bool {
         self.tx.try_send(Request::Call(Box::new(f))).is_ok()
     }
 }

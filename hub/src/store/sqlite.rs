@@ -19,7 +19,7 @@ use super::{
 use crate::config::{Retention, SyncMode};
 
 /// File name of the database inside the data directory.
-pub const DB_FILE: &str = "relay.db";
+pub(crate) const DB_FILE: &str = "relay.db";
 const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
@@ -65,7 +65,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_seen ON sessions(last_seen, id);
 const EVICT_SCAN_SLICES: usize = 4;
 
 /// The SQLite backend.
-pub struct SqliteBackend {
+pub(crate) struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
     sync: SyncMode,
@@ -108,7 +108,7 @@ fn quick_check(conn: &Connection) -> Integrity {
 impl SqliteBackend {
     /// Opens (creating if needed) the store in `data_dir`, sharing it: what operator tools
     /// use next to a running hub (`claude-relay sessions release --local`).
-    pub fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+    pub(crate) fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let conn = Connection::open(&path)?;
@@ -118,7 +118,7 @@ impl SqliteBackend {
     /// Opens the store for a hub: takes the data directory's lock first and holds it as long
     /// as the store is open, so a second hub on the same directory fails with
     /// [`StoreError::Locked`] instead of writing into the same file.
-    pub fn open_exclusive(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+    pub(crate) fn open_exclusive(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let lock = DataDirLock::acquire(data_dir)?;
@@ -127,9 +127,22 @@ impl SqliteBackend {
         Ok(store)
     }
 
+    /// What the integrity check at open found; a damaged store refuses every write.
+    #[cfg(test)]
+    pub(crate) fn integrity(&self) -> Integrity {
+        self.integrity.clone()
+    }
+
+    /// Sum of stored content bytes.
+    #[cfg(test)]
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
     /// Changes how large the WAL may grow (in 4 KiB frames) before the writer finishes a
     /// checkpoint so it starts over (default [`super::checkpoint::RESET_FRAMES`]).
-    pub fn set_wal_reset_frames(&self, frames: i64) {
+    #[cfg(test)]
+    pub(crate) fn set_wal_reset_frames(&self, frames: i64) {
         if let Some(c) = &self.checkpointer {
             c.set_reset_frames(frames);
         }
@@ -265,16 +278,6 @@ impl SqliteBackend {
         })
     }
 
-    /// Where the database file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Sum of stored content bytes.
-    pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
-    }
-
     /// Refuses a write to a store the integrity check found damaged (see [`Integrity`]).
     fn writable(&self) -> Result<(), StoreError> {
         match &self.integrity {
@@ -393,10 +396,6 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 impl Backend for SqliteBackend {
     fn epoch(&self) -> &str {
         &self.epoch
-    }
-
-    fn integrity(&self) -> Integrity {
-        self.integrity.clone()
     }
 
     fn append(

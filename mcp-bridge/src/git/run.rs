@@ -36,7 +36,7 @@ pub const DEFAULT_NETWORK_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default bound on what one git command may print (a `git status` of ~300k paths).
 pub const DEFAULT_STDOUT_CAP: usize = 32 << 20;
 /// How much of a command's stderr is kept (the rest is read and dropped).
-pub const STDERR_KEPT: usize = 64 << 10;
+pub(super) const STDERR_KEPT: usize = 64 << 10;
 
 /// Variables that would point git at another repository, index or object store than the
 /// directory's own (`git rev-parse --local-env-vars`, plus the config injections).
@@ -155,12 +155,12 @@ pub(crate) struct Cmd<'a> {
 }
 
 impl Cmd<'_> {
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+    pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
         self
     }
 
-    pub fn args<I, S>(mut self, args: I) -> Self
+    pub(crate) fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -170,26 +170,26 @@ impl Cmd<'_> {
         self
     }
 
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+    pub(crate) fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
 
     /// Feeds `data` on stdin (otherwise stdin is /dev/null).
-    pub fn stdin(mut self, data: Vec<u8>) -> Self {
+    pub(crate) fn stdin(mut self, data: Vec<u8>) -> Self {
         self.stdin = Some(data);
         self
     }
 
     /// Bounds stdout: more than `cap` bytes stops git and fails with
     /// [`GitError::OutputTooLarge`].
-    pub fn stdout_cap(mut self, cap: usize) -> Self {
+    pub(crate) fn stdout_cap(mut self, cap: usize) -> Self {
         self.stdout_cap = cap;
         self
     }
 
     /// A clone or fetch: the network time limit and ssh in batch mode.
-    pub fn network(mut self) -> Self {
+    pub(crate) fn network(mut self) -> Self {
         self.network = true;
         self
     }
@@ -214,7 +214,7 @@ impl Cmd<'_> {
     }
 
     /// Runs to the end; any exit status is returned, not an error.
-    pub async fn output(self) -> Result<Output, GitError> {
+    pub(crate) async fn output(self) -> Result<Output, GitError> {
         if !self.dir.is_dir() {
             return Err(GitError::NoSuchDir {
                 path: self.dir.to_path_buf(),
@@ -296,7 +296,7 @@ impl Cmd<'_> {
     }
 
     /// Runs and requires success; returns stdout.
-    pub async fn run(self) -> Result<Vec<u8>, GitError> {
+    pub(crate) async fn run(self) -> Result<Vec<u8>, GitError> {
         let command = self.describe();
         let out = self.output().await?;
         if out.status.success() {
@@ -307,7 +307,7 @@ impl Cmd<'_> {
     }
 
     /// Runs and requires success; returns stdout as text without the final newline.
-    pub async fn text(self) -> Result<String, GitError> {
+    pub(crate) async fn text(self) -> Result<String, GitError> {
         let out = self.run().await?;
         let text = String::from_utf8_lossy(&out);
         Ok(text.trim_end_matches(['\n', '\r']).to_string())

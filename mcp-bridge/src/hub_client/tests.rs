@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
+use super::{HubClient, LinkState, RequestError};
+use crate::config::{BridgeConfig, Identity, IdentitySource, Timeouts, ToolProfile};
 use futures_util::{SinkExt, StreamExt};
-use mcp_bridge::{
-    config::{BridgeConfig, Identity, IdentitySource, Timeouts, ToolProfile},
-    hub_client::{HubClient, LinkState, RequestError},
-};
 use relay_proto::wire::{ClientFrame, ServerFrame};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -111,7 +109,7 @@ fn config(url: &str, id: &str, base: Option<&str>, timeouts: Timeouts) -> Bridge
 
 fn client(url: &str, id: &str, base: Option<&str>, timeouts: Timeouts) -> HubClient {
     let cfg = config(url, id, base, timeouts);
-    let meta = mcp_bridge::meta::register_meta(&cfg, 0);
+    let meta = crate::meta::register_meta(&cfg, 0);
     HubClient::new(&cfg, meta)
 }
 
@@ -306,6 +304,77 @@ async fn a_fixed_name_in_use_is_reported_plainly_and_retried() {
 }
 
 #[tokio::test]
+async fn a_rejected_claim_backs_off_instead_of_looping() {
+    // The hub refuses every claim of an owned name (`not_owner`, as hub/src/dispatch.rs words
+    // it); the client must wait between attempts, with a growing delay ceiling, and never
+    // write an owner secret it was not given.
+    let hub = FakeHub::new().await;
+    let owners = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        &hub.url,
+        "CC-1",
+        None,
+        Timeouts {
+            backoff_start: Duration::from_millis(10),
+            backoff_cap: Duration::from_secs(30),
+            ..Timeouts::default()
+        },
+    );
+    cfg.security.owners = Some(crate::owner::OwnerStore::new(owners.path()));
+    let meta = crate::meta::register_meta(&cfg, 0);
+    let client = HubClient::new(&cfg, meta);
+    let mut rx = client.watch_state();
+    client.start();
+    let refuse = tokio::spawn(async move {
+        loop {
+            let mut ws = hub.accept().await;
+            let reg = read(&mut ws).await;
+            assert!(reg.get("ownerSecret").is_none(), "{reg}");
+            send(
+                &mut ws,
+                json!({"type": "register_rejected", "clientId": "CC-1", "code": "not_owner",
+                       "reason": "CC-1 is owned: claims must present its owner secret",
+                       "rid": reg["rid"]}),
+            )
+            .await;
+        }
+    });
+    // Each refusal is followed by a wait (Waiting, retry in the future) and the attempt count
+    // keeps growing, so the delay ceiling doubles: 10 ms, 20, 40, … up to the cap.
+    let mut waits = 0;
+    let mut last_attempt = 0;
+    tokio::time::timeout(WAIT, async {
+        while waits < 4 {
+            rx.changed().await.unwrap();
+            let state = rx.borrow_and_update().clone();
+            match state {
+                LinkState::Waiting {
+                    rejected,
+                    last_error,
+                    ..
+                } => {
+                    assert!(rejected, "{last_error}");
+                    assert!(last_error.contains("CC-1 is owned"), "{last_error}");
+                    waits += 1;
+                }
+                LinkState::Connecting { attempt, .. } => {
+                    assert!(attempt >= last_attempt, "{attempt} after {last_attempt}");
+                    last_attempt = attempt;
+                }
+                LinkState::Connected { .. } => panic!("an owned name was granted"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("four refusals in time");
+    assert!(last_attempt >= 4, "{last_attempt}");
+    assert!(!owners.path().join("CC-1").exists());
+    client.shutdown().await;
+    refuse.abort();
+}
+
+#[tokio::test]
 async fn pushes_reach_subscribers_and_a_new_epoch_leaves_a_notice() {
     let hub = FakeHub::new().await;
     let c = client(&hub.url, "CC-1", None, fast());
@@ -369,16 +438,16 @@ async fn an_unreachable_hub_is_reported_with_its_url_at_once() {
     }
 }
 
-fn relay(c: &HubClient) -> mcp_bridge::actions::Relay {
-    mcp_bridge::actions::Relay::new(
+fn relay(c: &HubClient) -> crate::actions::Relay {
+    crate::actions::Relay::new(
         c.clone(),
         std::sync::Arc::new(|| Ok(Vec::new())),
         "test".into(),
     )
 }
 
-fn send_call(message: &str, to: &str) -> mcp_bridge::tools::ToolCall {
-    mcp_bridge::tools::ToolCall::Send {
+fn send_call(message: &str, to: &str) -> crate::tools::ToolCall {
+    crate::tools::ToolCall::Send {
         message: message.into(),
         to: Some(to.into()),
     }
