@@ -84,7 +84,7 @@ impl ConnSession {
         }));
     }
 
-    fn reply(&self, frame: ServerFrame) {
+    pub(crate) fn reply(&self, frame: ServerFrame) {
         let _ = self.outbox.push_json(&frame);
     }
 
@@ -111,7 +111,7 @@ impl ConnSession {
         );
     }
 
-    fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
+    pub(crate) fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
         if self.id.is_none() {
             self.error(
                 codes::NOT_REGISTERED,
@@ -192,6 +192,14 @@ impl ConnSession {
             ClientFrame::GetStatus(b) => Box::pin(self.status(hub, b.rid)).await,
             ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
+            f @ (ClientFrame::TaskCreate(_)
+            | ClientFrame::TaskAct(_)
+            | ClientFrame::TaskList(_)
+            | ClientFrame::TaskGet(_)
+            | ClientFrame::BlobPut(_)
+            | ClientFrame::TaskBundle(_)) => {
+                Box::pin(crate::tasks::handle::frame(self, hub, f)).await
+            }
         }
     }
 

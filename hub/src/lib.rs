@@ -30,6 +30,7 @@ pub mod retention;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod tasks;
 pub mod tls;
 
 use std::{future::Future, sync::Arc};
@@ -52,6 +53,8 @@ pub struct HubState {
     pub limits: limits::AddrLimits,
     /// TLS acceptor when serving `wss://`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Task bounds and the operator secret's hash (see [`tasks`]).
+    pub tasks: tasks::TaskConfig,
 }
 
 /// A hub with its store open, ready to serve.
@@ -70,6 +73,7 @@ impl Hub {
             config.register_rate,
             config.register_burst,
         );
+        let tasks = tasks::TaskConfig::new(&config.data_dir, config.max_bundle_bytes);
         let router = Arc::new(Router::new());
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
@@ -80,6 +84,7 @@ impl Hub {
                 store,
                 limits,
                 tls,
+                tasks,
             }),
             store_thread,
         })

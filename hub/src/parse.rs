@@ -19,6 +19,12 @@ pub const KNOWN_TYPES: &[&str] = &[
     "get_status",
     "release",
     "watch",
+    "task_create",
+    "task_act",
+    "task_list",
+    "task_get",
+    "blob_put",
+    "task_bundle",
 ];
 
 /// A frame that could not be parsed.

@@ -161,6 +161,7 @@ mod tests {
             content: content.into(),
             timestamp: "2026-11-23T19:37:47.123Z".into(),
             seq,
+            task: None,
         }
     }
 

@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::wire_tasks::{
+    BlobAck, BlobPut, BundleChunk, TaskAct, TaskBundle, TaskCreate, TaskGet, TaskList, TaskPage,
+    TaskRefused, TaskReply, TaskTag,
+};
+
 /// Free-form session metadata a client reports on `register` (pid, cwd, host, started, …).
 pub type Meta = serde_json::Map<String, Value>;
 
@@ -52,6 +57,18 @@ pub enum ClientFrame {
     Release(Release),
     /// Be told when mail arrives for a session.
     Watch(Watch),
+    /// Offer a task (see [`crate::wire_tasks`]).
+    TaskCreate(TaskCreate),
+    /// Move a task.
+    TaskAct(TaskAct),
+    /// List tasks.
+    TaskList(TaskList),
+    /// Read one task.
+    TaskGet(TaskGet),
+    /// Upload a chunk of a bundle.
+    BlobPut(BlobPut),
+    /// Download a chunk of a task's bundle.
+    TaskBundle(TaskBundle),
 }
 
 impl ClientFrame {
@@ -68,6 +85,12 @@ impl ClientFrame {
             Self::MarkRead(f) => &mut f.rid,
             Self::Release(f) => &mut f.rid,
             Self::Watch(f) => &mut f.rid,
+            Self::TaskCreate(f) => &mut f.rid,
+            Self::TaskAct(f) => &mut f.rid,
+            Self::TaskList(f) => &mut f.rid,
+            Self::TaskGet(f) => &mut f.rid,
+            Self::BlobPut(f) => &mut f.rid,
+            Self::TaskBundle(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -85,6 +108,12 @@ impl ClientFrame {
             Self::MarkRead(f) => f.rid.as_ref(),
             Self::Release(f) => f.rid.as_ref(),
             Self::Watch(f) => f.rid.as_ref(),
+            Self::TaskCreate(f) => f.rid.as_ref(),
+            Self::TaskAct(f) => f.rid.as_ref(),
+            Self::TaskList(f) => f.rid.as_ref(),
+            Self::TaskGet(f) => f.rid.as_ref(),
+            Self::BlobPut(f) => f.rid.as_ref(),
+            Self::TaskBundle(f) => f.rid.as_ref(),
         }
     }
 }
@@ -296,6 +325,16 @@ pub enum ServerFrame {
     Watching(Watching),
     /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
     Mail(Mail),
+    /// One task (reply to `task_create`, `task_act`, `task_get`).
+    Task(TaskReply),
+    /// A page of tasks (reply to `task_list`).
+    Tasks(TaskPage),
+    /// A task move was refused; nothing changed.
+    TaskRefused(TaskRefused),
+    /// Reply to `blob_put`.
+    Blob(BlobAck),
+    /// Reply to `task_bundle`.
+    Bundle(BundleChunk),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -317,6 +356,11 @@ impl ServerFrame {
             Self::Released(f) => f.rid.as_ref(),
             Self::Watching(f) => f.rid.as_ref(),
             Self::Error(f) => f.rid.as_ref(),
+            Self::Task(f) => f.rid.as_ref(),
+            Self::Tasks(f) => f.rid.as_ref(),
+            Self::TaskRefused(f) => f.rid.as_ref(),
+            Self::Blob(f) => f.rid.as_ref(),
+            Self::Bundle(f) => f.rid.as_ref(),
             Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)
@@ -448,6 +492,10 @@ pub struct Envelope {
     /// Hub-wide, strictly increasing sequence number.
     #[serde(default)]
     pub seq: u64,
+    /// On mail that reports a task change: the task and its new state (additive; see
+    /// [`crate::wire_tasks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskTag>,
 }
 
 /// `sent`: the hub stored the message (and says whether a live connection took it).
@@ -672,6 +720,10 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The name is owned and the owner secret was missing or wrong.
     pub const NOT_OWNER: &str = "not_owner";
+    /// No such task (or not one the asker may see).
+    pub const NOT_FOUND: &str = "not_found";
+    /// Not allowed to read or do this (not a party, not the operator).
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 /// Most unread messages the hub pushes after `registered` to a client that asked for its
@@ -734,6 +786,7 @@ mod tests {
             content: "hi".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             seq: 1,
+            task: None,
         });
         let s = serde_json::to_string(&f).unwrap();
         assert!(

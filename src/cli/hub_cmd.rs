@@ -70,6 +70,9 @@ pub struct HubArgs {
     /// (at least 1024).
     #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
     pub outbound_frames: usize,
+    /// Largest git bundle a task may carry, in bytes (see docs/HANDOFF.md).
+    #[arg(long, env = "RELAY_MAX_BUNDLE_BYTES", default_value_t = hub::tasks::DEFAULT_MAX_BUNDLE_BYTES)]
+    pub max_bundle_bytes: u64,
     /// Threads serving connections (the store always has its own thread besides).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -111,6 +114,7 @@ impl HubArgs {
         c.register_rate = f64::from(self.register_rate.max(1));
         c.register_burst = c.register_rate;
         c.outbound_frames = self.outbound_frames.max(2 * hub::store::actor::MAX_BATCH);
+        c.max_bundle_bytes = self.max_bundle_bytes;
         c.token = self
             .token_file
             .as_deref()

@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod checkpoint;
 pub mod sqlite;
+pub mod tasks;
 
 use std::sync::{Arc, RwLock};
 
@@ -113,6 +114,7 @@ impl StoredMessage {
             content: self.content,
             timestamp: sessions::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
     }
 
@@ -125,6 +127,7 @@ impl StoredMessage {
             content: self.content.clone(),
             timestamp: sessions::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
     }
 }
@@ -217,6 +220,11 @@ pub struct PruneReport {
 pub trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
+    /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
+    /// answers task frames with `unavailable`).
+    fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
+        None
+    }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
     /// happened to each message, in order (a message whose key matches an earlier one of the

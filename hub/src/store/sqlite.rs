@@ -17,6 +17,8 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod tasks;
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -133,6 +135,8 @@ impl SqliteBackend {
         conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(tasks::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
 
         let version: Option<String> = get_meta(&conn, "schema_version")?;
@@ -274,6 +278,10 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 impl Backend for SqliteBackend {
     fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    fn tasks(&mut self) -> Option<&mut dyn super::tasks::TaskStore> {
+        Some(self)
     }
 
     fn append(
