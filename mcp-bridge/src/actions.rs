@@ -30,13 +30,16 @@ use crate::{
     tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
 
-/// A tool's answer: text for the model, and whether it is an error result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tool's answer: text for the model, whether it is an error result, and (for the task
+/// tools) the record as `structuredContent`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     /// Plain text, short.
     pub text: String,
     /// Marks the result `isError` (the call did not do what was asked).
     pub is_error: bool,
+    /// `structuredContent`, matching the tool's `outputSchema`.
+    pub structured: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -45,6 +48,7 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: false,
+            structured: None,
         }
     }
 
@@ -53,7 +57,14 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: true,
+            structured: None,
         }
+    }
+
+    /// The same answer with `structuredContent`.
+    pub fn with_structured(mut self, value: serde_json::Value) -> Self {
+        self.structured = Some(value);
+        self
     }
 }
 
@@ -233,6 +244,7 @@ impl Relay {
             ToolCall::Peers => self.peers().await,
             ToolCall::Status => self.status().await,
             ToolCall::Sessions => self.sessions().await,
+            ToolCall::Task(call) => self.task(call).await,
         };
         if let Some(notice) = self.hub.take_reset_notice() {
             reply.text = format!("{notice}\n\n{}", reply.text);
@@ -818,7 +830,7 @@ fn request_failed(e: &RequestError) -> Reply {
     }
 }
 
-fn capitalize(s: &str) -> String {
+pub(crate) fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),

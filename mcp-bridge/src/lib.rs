@@ -26,6 +26,7 @@ pub mod local;
 pub mod meta;
 pub mod owner;
 pub mod server;
+pub mod tasks;
 pub mod tools;
 pub mod transport;
 pub mod watchdog;

@@ -89,7 +89,9 @@ fn instructions(id: &str, channel: bool) -> String {
          oldest first; relay_peers and relay_sessions show who exists; relay_status shows the \
          connection and whether your sends were read. When a relay message asks you something, \
          answer it with relay_send to its sender. Send file paths, commits and short summaries \
-         rather than pasting files."
+         rather than pasting files. relay_handoff hands a task (with this repo's git state) to \
+         another session; relay_tasks and relay_task track and move tasks; mail about a task \
+         starts with [T-n state]."
     );
     if channel {
         text.push_str(
@@ -111,11 +113,13 @@ fn instructions(id: &str, channel: bool) -> String {
 
 fn to_result(reply: Reply) -> CallToolResult {
     let content = vec![ContentBlock::text(reply.text)];
-    if reply.is_error {
+    let mut result = if reply.is_error {
         CallToolResult::error(content)
     } else {
         CallToolResult::success(content)
-    }
+    };
+    result.structured_content = reply.structured;
+    result
 }
 
 impl ServerHandler for RelayServer {

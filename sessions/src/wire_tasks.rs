@@ -196,6 +196,7 @@ pub struct BundleInfo {
 
 /// A task as the hub shows it to a party.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskView {
     /// `T-42`.
     pub id: String,
