@@ -11,6 +11,7 @@ mod init_cmd;
 mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
+mod tasks_cmd;
 mod wait_cmd;
 
 /// Message hub and MCP bridge that lets AI coding agents talk to each other.
@@ -42,6 +43,9 @@ pub enum Command {
     Wait(wait_cmd::WaitArgs),
     /// Install or remove the `claude-relay wait` Stop hook in ~/.claude/settings.json.
     Hooks(hooks_cmd::HooksArgs),
+    /// The task board (id, state, from → holder, age, title), one task, or `checkout ID`:
+    /// recreate a handed-over task's working state here.
+    Tasks(tasks_cmd::TasksArgs),
 }
 
 impl Command {
@@ -81,5 +85,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service_cmd::run(args),
         Command::Wait(args) => wait_cmd::run(args),
         Command::Hooks(args) => hooks_cmd::run(args),
+        Command::Tasks(args) => tasks_cmd::run(args),
     }
 }
