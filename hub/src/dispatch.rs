@@ -197,7 +197,8 @@ impl ConnSession {
             | ClientFrame::TaskList(_)
             | ClientFrame::TaskGet(_)
             | ClientFrame::BlobPut(_)
-            | ClientFrame::TaskBundle(_)) => {
+            | ClientFrame::TaskBundle(_)
+            | ClientFrame::TaskReserve(_)) => {
                 Box::pin(crate::tasks::handle::frame(self, hub, f)).await
             }
         }

@@ -25,6 +25,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "task_get",
     "blob_put",
     "task_bundle",
+    "task_reserve",
 ];
 
 /// A frame that could not be parsed.

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub use crate::wire_tasks::{
     BlobAck, BlobPut, BundleChunk, TaskAct, TaskBundle, TaskCreate, TaskGet, TaskList, TaskPage,
-    TaskRefused, TaskReply, TaskTag,
+    TaskRefused, TaskReply, TaskReserve, TaskReserved, TaskTag,
 };
 
 /// Free-form session metadata a client reports on `register` (pid, cwd, host, started, …).
@@ -69,6 +69,8 @@ pub enum ClientFrame {
     BlobPut(BlobPut),
     /// Download a chunk of a task's bundle.
     TaskBundle(TaskBundle),
+    /// Reserve the id of the next task.
+    TaskReserve(TaskReserve),
 }
 
 impl ClientFrame {
@@ -91,6 +93,7 @@ impl ClientFrame {
             Self::TaskGet(f) => &mut f.rid,
             Self::BlobPut(f) => &mut f.rid,
             Self::TaskBundle(f) => &mut f.rid,
+            Self::TaskReserve(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -114,6 +117,7 @@ impl ClientFrame {
             Self::TaskGet(f) => f.rid.as_ref(),
             Self::BlobPut(f) => f.rid.as_ref(),
             Self::TaskBundle(f) => f.rid.as_ref(),
+            Self::TaskReserve(f) => f.rid.as_ref(),
         }
     }
 }
@@ -335,6 +339,8 @@ pub enum ServerFrame {
     Blob(BlobAck),
     /// Reply to `task_bundle`.
     Bundle(BundleChunk),
+    /// Reply to `task_reserve`.
+    TaskReserved(TaskReserved),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -361,6 +367,7 @@ impl ServerFrame {
             Self::TaskRefused(f) => f.rid.as_ref(),
             Self::Blob(f) => f.rid.as_ref(),
             Self::Bundle(f) => f.rid.as_ref(),
+            Self::TaskReserved(f) => f.rid.as_ref(),
             Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)

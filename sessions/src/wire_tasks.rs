@@ -263,6 +263,10 @@ pub struct TaskCreate {
     /// A complete blob this connection uploaded with `blob_put`, attached as the bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
+    /// An id this session reserved with `task_reserve` (its git snapshot is already kept
+    /// under `refs/relay/tasks/<id>`); absent: the hub gives the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Idempotency key (≤ 128 bytes): creating again with the same key returns the task
     /// made the first time instead of a second one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +380,27 @@ pub struct BlobPut {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `task_reserve`: the id the next task of this session will have, so its git snapshot can
+/// be named after it before the task exists (reservations expire after an hour).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReserve {
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `task_reserved`: reply to `task_reserve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReserved {
+    /// The reserved id; pass it as `id` on `task_create`.
+    pub id: String,
+    /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }

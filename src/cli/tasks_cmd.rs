@@ -322,13 +322,8 @@ async fn show(reader: &Reader, id: &str, json: bool) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads the bundle of `id` into `into`, checking its size and SHA-256.
-async fn download(
-    reader: &Reader,
-    ws: &mut HubSocket,
-    id: &str,
-    into: &Path,
-) -> anyhow::Result<u64> {
+/// Downloads the bundle of `id`, checking its size and SHA-256.
+async fn download(reader: &Reader, ws: &mut HubSocket, id: &str) -> anyhow::Result<Vec<u8>> {
     let (_, act_as) = reader.act_as()?;
     let mut bytes: Vec<u8> = Vec::new();
     loop {
@@ -341,6 +336,9 @@ async fn download(
         let ServerFrame::Bundle(piece) = request(ws, &frame).await? else {
             bail!("unexpected reply from the hub to task_bundle");
         };
+        if piece.total > hub::tasks::DEFAULT_MAX_BUNDLE_BYTES.max(1 << 30) {
+            bail!("the hub announces a {}-byte bundle; refusing", piece.total);
+        }
         let data = BASE64
             .decode(piece.data.as_bytes())
             .context("the hub sent a bundle chunk that is not base64")?;
@@ -353,12 +351,12 @@ async fn download(
         }
         bytes.extend_from_slice(&data);
         if bytes.len() as u64 >= piece.total {
-            if sha256_hex(&bytes) != piece.sha256 {
-                bail!("the downloaded bundle does not match its SHA-256; nothing was applied");
+            if bytes.len() as u64 != piece.total || sha256_hex(&bytes) != piece.sha256 {
+                bail!(
+                    "the downloaded bundle does not match its size and SHA-256; nothing was applied"
+                );
             }
-            std::fs::write(into, &bytes)
-                .with_context(|| format!("cannot write {}", into.display()))?;
-            return Ok(piece.total);
+            return Ok(bytes);
         }
     }
 }
@@ -373,27 +371,18 @@ async fn checkout(reader: &Reader, id: &str, dir: Option<&Path>) -> anyhow::Resu
             "{id} carries no git context (its creator handed it over with git: false, or outside a git work tree)"
         );
     };
-    let tmp = tempfile_dir()?;
-    let bundle_path = tmp.join(format!("{id}.bundle"));
     let bundle = if task.bundle.is_some() {
-        let n = download(reader, &mut ws, &id, &bundle_path).await?;
+        let bytes = download(reader, &mut ws, &id).await?;
         eprintln!(
             "claude-relay: downloaded the bundle of {id} ({})",
-            text::size(n)
+            text::size(bytes.len() as u64)
         );
-        Some(bundle_path.as_path())
+        Some(bytes)
     } else {
         None
     };
     let _ = ws.close(None).await;
-    let (tid, dir) = (id.clone(), dir.map(Path::to_path_buf));
-    let bundle = bundle.map(Path::to_path_buf);
-    let made = tokio::task::spawn_blocking(move || {
-        git_seam::checkout(&tid, &git, bundle.as_deref(), dir.as_deref())
-    })
-    .await
-    .context("the checkout task failed")?;
-    let _ = std::fs::remove_dir_all(&tmp);
+    let made = git_seam::checkout(&id, &git, bundle, dir).await;
     match made {
         Ok(path) => {
             println!("{}", path.display());
@@ -405,22 +394,6 @@ async fn checkout(reader: &Reader, id: &str, dir: Option<&Path>) -> anyhow::Resu
         }
         Err(e) => bail!("checkout of {id} failed: {e}"),
     }
-}
-
-/// A private scratch directory for the download.
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "claude-relay-checkout-{}-{:x}",
-        std::process::id(),
-        now_ms()
-    ));
-    let mut b = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.recursive(true)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }
 
 #[cfg(test)]

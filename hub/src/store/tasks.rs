@@ -112,6 +112,8 @@ pub struct NewTask {
     pub git: Option<String>,
     /// A complete blob of the creator's to attach.
     pub blob: Option<u64>,
+    /// A number the creator reserved (see [`TaskStore::reserve_task`]).
+    pub reserved: Option<u64>,
     /// Idempotency key.
     pub key: Option<String>,
     /// Hub time.
@@ -298,6 +300,15 @@ pub trait TaskStore {
         offset: u64,
         max: usize,
     ) -> Result<Option<BundlePiece>, StoreError>;
+    /// Reserves the next task number for `owner` (at most `max` outstanding per session;
+    /// reservations older than `ttl_ms` lapse). Numbers are never given out twice.
+    fn reserve_task(
+        &mut self,
+        owner: &str,
+        now: i64,
+        max: u64,
+        ttl_ms: i64,
+    ) -> Result<u64, TaskError>;
     /// The task tags of those of `seqs` that are task mail.
     fn task_tags(&mut self, seqs: &[u64]) -> Result<Vec<(u64, TaskTag)>, StoreError>;
 }

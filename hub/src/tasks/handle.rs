@@ -18,7 +18,7 @@ use sessions::{
     time::{ago, iso, now_ms},
     wire::{
         BlobAck, BlobPut, BundleChunk, ClientFrame, RequestId, ServerFrame, TaskAct, TaskBundle,
-        TaskCreate, TaskGet, TaskList, TaskPage, TaskRefused, TaskReply, codes,
+        TaskCreate, TaskGet, TaskList, TaskPage, TaskRefused, TaskReply, TaskReserved, codes,
     },
     wire_tasks::{ANY, ActAs, TaskAction, parse_task_id},
 };
@@ -43,6 +43,7 @@ pub async fn frame(conn: &mut ConnSession, hub: &HubState, frame: ClientFrame) {
         ClientFrame::TaskGet(f) => get(conn, hub, f).await,
         ClientFrame::BlobPut(f) => blob_put(conn, hub, f).await,
         ClientFrame::TaskBundle(f) => bundle(conn, hub, f).await,
+        ClientFrame::TaskReserve(f) => reserve(conn, hub, f.rid).await,
         other => conn.error(codes::BAD_FRAME, "not a task frame", other.rid().cloned()),
     }
 }
@@ -172,6 +173,7 @@ fn validate_create(me: &str, f: &TaskCreate) -> Result<NewTask, Refuse> {
         None => None,
         Some(b) => Some(blob_number(b)?),
     };
+    let reserved = f.id.as_deref().map(task_number).transpose()?;
     if let Some(k) = &f.key
         && (k.is_empty() || k.len() > crate::dispatch::MAX_KEY)
     {
@@ -189,6 +191,7 @@ fn validate_create(me: &str, f: &TaskCreate) -> Result<NewTask, Refuse> {
         refs,
         git,
         blob,
+        reserved,
         key: f.key.clone(),
         now: now_ms(),
         max_open: MAX_OPEN_PER_CREATOR,
@@ -498,6 +501,24 @@ async fn get(conn: &mut ConnSession, hub: &HubState, f: TaskGet) {
                 rid,
             }))
         }
+        Err(e) => task_error(conn, e, rid),
+    }
+}
+
+async fn reserve(conn: &mut ConnSession, hub: &HubState, rid: Option<RequestId>) {
+    let Some(me) = conn.registered_id("reserving task ids", &rid) else {
+        return;
+    };
+    let now = now_ms();
+    match with_tasks(hub, move |t| {
+        t.reserve_task(me.as_str(), now, RESERVED_PER_SESSION, RESERVATION_TTL_MS)
+    })
+    .await
+    {
+        Ok(n) => conn.reply(ServerFrame::TaskReserved(TaskReserved {
+            id: sessions::wire_tasks::task_id(n),
+            rid,
+        })),
         Err(e) => task_error(conn, e, rid),
     }
 }

@@ -57,6 +57,11 @@ pub const MAX_HISTORY: usize = 200;
 pub const MAX_CHUNK_BYTES: usize = 256 << 10;
 /// Bytes of one `bundle` reply, decoded.
 pub const BUNDLE_PIECE_BYTES: usize = 192 << 10;
+/// Unused reserved task ids one session may hold (a handoff reserves one before it records
+/// the git state).
+pub const RESERVED_PER_SESSION: u64 = 8;
+/// A reserved id not used for this long lapses (its number is not given out again).
+pub const RESERVATION_TTL_MS: i64 = 3_600_000;
 /// Default `--max-bundle-bytes`.
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 16 << 20;
 /// Unattached uploads one session may have at once.

@@ -22,28 +22,31 @@ pub struct Captured {
     pub bundle_omitted: Option<String>,
 }
 
-/// Records the git state of the work tree at `cwd`. `Ok(None)`: `cwd` is not in a git work
-/// tree (nothing to record). A bundle larger than `max_bundle` bytes is left out (and said
-/// so in `bundle_omitted`).
-pub fn capture(cwd: &Path, max_bundle: u64) -> Result<Option<Captured>, String> {
-    let _ = (cwd, max_bundle);
+/// Records the git state of the work tree at `cwd` for task `task_id` (an id the hub
+/// reserved, so the snapshot can be kept under `refs/relay/tasks/<task_id>` before the task
+/// exists). `Ok(None)`: `cwd` is not in a git work tree (nothing to record). A bundle larger
+/// than `max_bundle` bytes is left out (and said so in `bundle_omitted`).
+pub async fn capture(
+    cwd: &Path,
+    task_id: &str,
+    max_bundle: u64,
+) -> Result<Option<Captured>, String> {
+    let _ = (cwd, task_id, max_bundle);
     Err("this build has no git support yet".into())
 }
 
-/// Keeps the snapshot of a handoff under `refs/relay/tasks/<task_id>` in the sender's
-/// repository, once the hub has given the task its id.
-pub fn pin(cwd: &Path, captured: &Captured, task_id: &str) -> Result<(), String> {
-    let _ = (cwd, captured, task_id);
-    Ok(())
+/// Lets go of `refs/relay/tasks/<task_id>` when the task was not created after all.
+pub async fn forget(cwd: &Path, task_id: &str) {
+    let _ = (cwd, task_id);
 }
 
 /// Recreates the sender's working state for task `task_id` on this machine (a worktree of
 /// the local clone, or a fresh clone) from `context` and the downloaded bundle; returns the
 /// work tree's path.
-pub fn checkout(
+pub async fn checkout(
     task_id: &str,
     context: &Value,
-    bundle: Option<&Path>,
+    bundle: Option<Vec<u8>>,
     dir: Option<&Path>,
 ) -> Result<PathBuf, String> {
     let _ = (task_id, context, bundle, dir);

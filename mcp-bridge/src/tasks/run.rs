@@ -8,10 +8,12 @@
 //! was lost is retried with the same key (the hub makes the task once); a move whose answer
 //! was lost is reported as unknown, with the call that checks it.
 
+use std::path::PathBuf;
+
 use serde_json::{Value, json};
 use sessions::{
     time::now_ms,
-    wire::{ClientFrame, ServerFrame, TaskAct, TaskCreate, TaskGet, TaskList},
+    wire::{ClientFrame, ServerFrame, TaskAct, TaskCreate, TaskGet, TaskList, TaskReserve},
     wire_tasks::{TaskAction, TaskView},
 };
 
@@ -58,40 +60,63 @@ impl Relay {
         }
     }
 
+    /// Reserves the id of the task about to be created (its git snapshot is named after
+    /// it).
+    async fn reserve(&self) -> Result<String, String> {
+        match self
+            .hub()
+            .request(ClientFrame::TaskReserve(TaskReserve::default()))
+            .await
+        {
+            Ok(ServerFrame::TaskReserved(r)) => Ok(r.id),
+            Ok(ServerFrame::Error(e)) => Err(e.message),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Records the git state for task `id`: the context and, when there is work the remote
+    /// lacks, its bundle. Problems become notes; the handoff goes on without git.
+    async fn record_git(&self, notes: &mut Vec<String>) -> Option<(PathBuf, String, Captured)> {
+        let cwd = match std::env::current_dir() {
+            Ok(c) => c,
+            Err(e) => {
+                notes.push(format!("Git: not recorded (no working directory: {e})."));
+                return None;
+            }
+        };
+        let id = match self.reserve().await {
+            Ok(id) => id,
+            Err(e) => {
+                notes.push(format!(
+                    "Git: not recorded (the hub reserved no task id: {e})."
+                ));
+                return None;
+            }
+        };
+        match git_seam::capture(&cwd, &id, MAX_BUNDLE_BYTES).await {
+            Ok(Some(c)) => Some((cwd, id, c)),
+            Ok(None) => {
+                notes.push("Git: not a git work tree; nothing recorded.".into());
+                None
+            }
+            Err(e) => {
+                notes.push(format!("Git: not recorded ({e})."));
+                None
+            }
+        }
+    }
+
     async fn handoff(&self, h: Handoff) -> Reply {
         let mut notes: Vec<String> = Vec::new();
-        let captured = if h.git {
-            match std::env::current_dir() {
-                Ok(cwd) => {
-                    let cwd2 = cwd.clone();
-                    let got = tokio::task::spawn_blocking(move || {
-                        git_seam::capture(&cwd2, MAX_BUNDLE_BYTES)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                    match got {
-                        Ok(Some(c)) => Some((cwd, c)),
-                        Ok(None) => {
-                            notes.push("Git: not a git work tree; nothing recorded.".into());
-                            None
-                        }
-                        Err(e) => {
-                            notes.push(format!("Git: not recorded ({e})."));
-                            None
-                        }
-                    }
-                }
-                Err(e) => {
-                    notes.push(format!("Git: not recorded (no working directory: {e})."));
-                    None
-                }
-            }
-        } else {
-            None
+        let captured = match h.git {
+            true => self.record_git(&mut notes).await,
+            false => None,
         };
-        let mut git = captured.as_ref().map(|(_, c)| c.context.clone());
+        let mut git = captured.as_ref().map(|(_, _, c)| c.context.clone());
         let mut blob = None;
         if let Some((
+            _,
             _,
             Captured {
                 bundle: Some(bytes),
@@ -112,6 +137,7 @@ impl Relay {
             }
         } else if let Some((
             _,
+            _,
             Captured {
                 bundle_omitted: Some(why),
                 ..
@@ -123,6 +149,7 @@ impl Relay {
         let key = format!("h{:x}-{:x}", std::process::id(), now_ms());
         let frame = ClientFrame::TaskCreate(TaskCreate {
             to: h.to.clone(),
+            id: captured.as_ref().map(|(_, id, _)| id.clone()),
             title: h.title,
             brief: h.brief,
             acceptance: h.acceptance,
@@ -144,27 +171,24 @@ impl Relay {
         }
         let reply = match result {
             Ok(ServerFrame::Task(r)) => r,
-            Ok(ServerFrame::Error(e)) => {
-                return Reply::error(format!("No task was created — the hub said: {}", e.message));
+            other => {
+                if let Some((cwd, id, _)) = &captured {
+                    git_seam::forget(cwd, id).await;
+                }
+                return match other {
+                    Ok(ServerFrame::Error(e)) => {
+                        Reply::error(format!("No task was created — the hub said: {}", e.message))
+                    }
+                    Ok(other) => Reply::error(format!("Unexpected reply from the hub: {other:?}")),
+                    Err(e) if e.maybe_delivered() => Reply::error(format!(
+                        "Outcome unknown: {e}. relay_tasks shows whether the task exists before \
+                         you hand it over again."
+                    )),
+                    Err(e) => Reply::error(format!("No task was created: {e}.")),
+                };
             }
-            Ok(other) => return Reply::error(format!("Unexpected reply from the hub: {other:?}")),
-            Err(e) if e.maybe_delivered() => {
-                return Reply::error(format!(
-                    "Outcome unknown: {e}. relay_tasks shows whether the task exists before \
-                     you hand it over again."
-                ));
-            }
-            Err(e) => return Reply::error(format!("No task was created: {e}.")),
         };
         let t = &reply.task;
-        if let Some((cwd, c)) = &captured
-            && let Err(e) = git_seam::pin(cwd, c, &t.id)
-        {
-            notes.push(format!(
-                "Git: the snapshot could not be kept under refs/relay/tasks/{} ({e}).",
-                t.id
-            ));
-        }
         let mut out = format!("Created {} for {} ({}).", t.id, t.to, t.state);
         if let Some(n) = &reply.notice {
             out.push_str(&format!(" {}", capitalize(n)));

@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS blobs (
     task     INTEGER
 );
 CREATE INDEX IF NOT EXISTS blobs_by_owner ON blobs(owner) WHERE task IS NULL;
+CREATE TABLE IF NOT EXISTS task_reservations (
+    n       INTEGER PRIMARY KEY,
+    owner   TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS blob_chunks (
     blob INTEGER NOT NULL,
     off  INTEGER NOT NULL,
@@ -151,6 +156,18 @@ fn add_event(
     )?
     .execute(params![n as i64, at, actor, action, state.as_str(), note])?;
     Ok(())
+}
+
+/// The next task number: above every number ever created or reserved (kept in
+/// `meta.task_high`, so a lapsed reservation's number is not given out again).
+fn next_number(conn: &Connection) -> Result<u64, StoreError> {
+    let high: u64 = super::get_meta(conn, "task_high")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let max: i64 = conn.query_row("SELECT coalesce(max(n), 0) FROM tasks", [], |r| r.get(0))?;
+    let n = high.max(max as u64) + 1;
+    set_meta(conn, "task_high", &n.to_string())?;
+    Ok(n)
 }
 
 /// Deletes a blob and its chunks.
@@ -308,10 +325,22 @@ impl TaskStore for SqliteBackend {
                 }
             }
         }
-        let n: i64 = tx.query_row("SELECT coalesce(max(n), 0) + 1 FROM tasks", [], |r| {
-            r.get(0)
-        })?;
-        let n = n as u64;
+        let n = match new.reserved {
+            Some(r) => {
+                let gone = tx
+                    .prepare_cached("DELETE FROM task_reservations WHERE n = ?1 AND owner = ?2")?
+                    .execute(params![r as i64, new.from])?;
+                if gone == 0 {
+                    return Err(TaskError::Invalid(format!(
+                        "{} is not an id you reserved (reservations lapse after an hour); \
+                         create the task without id",
+                        task_id(r)
+                    )));
+                }
+                r
+            }
+            None => next_number(&tx)?,
+        };
         tx.prepare_cached(
             "INSERT INTO tasks(n, creator, addressee, holder, title, brief, acceptance, state,
                                created, updated, result, refs, git, blob, ckey)
@@ -724,6 +753,32 @@ impl TaskStore for SqliteBackend {
         }))
     }
 
+    fn reserve_task(
+        &mut self,
+        owner: &str,
+        now: i64,
+        max: u64,
+        ttl_ms: i64,
+    ) -> Result<u64, TaskError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.prepare_cached("DELETE FROM task_reservations WHERE created < ?1")?
+            .execute([now - ttl_ms])?;
+        let mine: i64 = tx
+            .prepare_cached("SELECT count(*) FROM task_reservations WHERE owner = ?1")?
+            .query_row([owner], |r| r.get(0))?;
+        if mine as u64 >= max {
+            return Err(TaskError::Invalid(format!(
+                "you hold {mine} unused task ids (the limit is {max}); use them or wait an \
+                 hour for them to lapse"
+            )));
+        }
+        let n = next_number(&tx)?;
+        tx.prepare_cached("INSERT INTO task_reservations(n, owner, created) VALUES (?1, ?2, ?3)")?
+            .execute(params![n as i64, owner, now])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     fn task_tags(&mut self, seqs: &[u64]) -> Result<Vec<(u64, TaskTag)>, StoreError> {
         let mut out = Vec::new();
         let mut stmt = self
@@ -777,6 +832,7 @@ mod tests {
             refs: vec![],
             git: Some(r#"{"branch":"main"}"#.into()),
             blob: None,
+            reserved: None,
             key: None,
             now: 1_000,
             max_open: 10,
@@ -1124,5 +1180,32 @@ mod tests {
         );
         assert_eq!(b.task_events(n, 10).unwrap().0.len(), 2);
         assert!(b.tasks().is_some());
+    }
+
+    #[test]
+    fn reserved_ids_are_the_reservers_and_never_given_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let r = b.reserve_task("CC-1", 0, 2, 1000).unwrap();
+        assert_eq!(r, 1);
+        assert_eq!(
+            b.create_task(&new_task("CC-3", "CC-2"), &offline)
+                .unwrap()
+                .task
+                .n,
+            2
+        );
+        let mut theirs = new_task("CC-3", "CC-2");
+        theirs.reserved = Some(r);
+        assert!(b.create_task(&theirs, &offline).is_err(), "not CC-3's");
+        let mut mine = new_task("CC-1", "CC-2");
+        mine.reserved = Some(r);
+        assert_eq!(b.create_task(&mine, &offline).unwrap().task.n, 1);
+        assert!(b.create_task(&mine, &offline).is_err(), "used once");
+        b.reserve_task("CC-1", 0, 2, 1000).unwrap();
+        b.reserve_task("CC-1", 0, 2, 1000).unwrap();
+        assert!(b.reserve_task("CC-1", 0, 2, 1000).is_err(), "bounded");
+        // Lapsed reservations free the slot, but their numbers are not reused.
+        assert_eq!(b.reserve_task("CC-1", 5000, 2, 1000).unwrap(), 5);
     }
 }
