@@ -88,6 +88,8 @@ async fn node_core_client_works_unchanged() {
     m1.send(json!({"type": "ping"})).await;
     let pong = m1.expect("pong").await;
     assert!(pong["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    // The hub's version, for `claude-relay doctor` (additive; the Node relay has none).
+    assert_eq!(pong["version"], env!("CARGO_PKG_VERSION"));
 
     m1.send(json!({"type": "get_sessions"})).await;
     let s = m1.expect("sessions").await;

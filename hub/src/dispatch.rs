@@ -185,6 +185,7 @@ impl ConnSession {
             ClientFrame::GetSessions(b) => Box::pin(self.sessions(hub, b.rid)).await,
             ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
                 timestamp: now_ms(),
+                version: Some(crate::VERSION.to_string()),
                 rid: b.rid,
             })),
             ClientFrame::Receive(r) => Box::pin(self.receive(hub, r)).await,

@@ -36,6 +36,11 @@ pub mod tls;
 use std::{future::Future, sync::Arc};
 
 pub use config::{HubConfig, Retention, SyncMode};
+
+/// The hub's version, reported in `pong` (docs/PROTOCOL.md) so `claude-relay doctor` can
+/// tell a hub still running an older binary. The workspace shares one version, so this is
+/// also the version of the `claude-relay` binary the hub was built into.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use error::HubError;
 use router::Router;
 use store::{StoreHandle, sqlite::SqliteBackend};

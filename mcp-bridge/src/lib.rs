@@ -11,6 +11,8 @@
 //!   the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
 //!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
+//! - [`git`]: the git half of a task handoff — the sender's repository state, its unpushed
+//!   and uncommitted work as a bundle, and the receiver's checkout (docs/HANDOFF.md).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
 
@@ -20,6 +22,7 @@ pub mod channel;
 pub mod config;
 pub mod connect;
 pub mod format;
+pub mod git;
 pub mod hub_client;
 pub mod lifecycle;
 pub mod local;

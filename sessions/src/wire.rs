@@ -602,6 +602,11 @@ pub struct Sessions {
 pub struct Pong {
     /// Hub time, milliseconds since the Unix epoch (as the Node relay sends it).
     pub timestamp: i64,
+    /// The hub's version (`claude-relay --version` of the binary running it), so clients
+    /// such as `claude-relay doctor` can tell a hub left running on an old binary. Absent
+    /// from the Node relay and older hubs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,

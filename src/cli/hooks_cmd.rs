@@ -31,6 +31,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value, json};
 
+use super::{external::sh_quote, user_files::Home};
+
 /// The hook event we attach to.
 const EVENT: &str = "Stop";
 /// The subcommand the hook runs.
@@ -66,7 +68,8 @@ enum HooksAction {
 
 /// Runs `claude-relay hooks`.
 pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
-    let path = settings_path()?;
+    let home = Home::current()?;
+    let path = home.claude_settings();
     let (install, dry_run) = match args.action {
         HooksAction::Install { dry_run } => (true, dry_run),
         HooksAction::Uninstall { dry_run } => (false, dry_run),
@@ -86,7 +89,7 @@ pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
             )
         })?,
     };
-    let shown = display_path(&path);
+    let shown = home.show(&path);
     let changed = if install {
         let entry = our_entry(&command_line()?);
         let change = install_entry(&mut settings, entry)
@@ -128,7 +131,7 @@ pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     let target = write_target(&path);
     if existing.is_some() {
         let backup = backup(&target)?;
-        println!("Backup of the previous file: {}", display_path(&backup));
+        println!("Backup of the previous file: {}", home.show(&backup));
     }
     write_atomically(&target, text.as_bytes())?;
     if install {
@@ -138,27 +141,6 @@ pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `$HOME/.claude/settings.json` (HOME first, so tests and unusual setups can move it).
-fn settings_path() -> anyhow::Result<PathBuf> {
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(std::env::home_dir)
-        .context("no home directory (HOME is not set)")?;
-    Ok(home.join(".claude").join("settings.json"))
-}
-
-/// `~/…` for paths under HOME, for messages.
-fn display_path(p: &Path) -> String {
-    match std::env::var_os("HOME").map(PathBuf::from) {
-        Some(home) if !home.as_os_str().is_empty() => match p.strip_prefix(&home) {
-            Ok(rest) => format!("~/{}", rest.display()),
-            Err(_) => p.display().to_string(),
-        },
-        _ => p.display().to_string(),
-    }
 }
 
 /// The hook's command: this binary's absolute path (quoted for the shell when needed) and
@@ -172,18 +154,8 @@ fn command_line() -> anyhow::Result<String> {
     Ok(format!("{} {WAIT_ARG}", sh_quote(exe)))
 }
 
-/// `s` as one shell word: as is when it only has safe characters, else single-quoted.
-fn sh_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
 /// Our hook entry for `command`.
-fn our_entry(command: &str) -> Value {
+pub(crate) fn our_entry(command: &str) -> Value {
     json!({
         "type": "command",
         "command": command,
@@ -195,18 +167,20 @@ fn our_entry(command: &str) -> Value {
 
 /// True for a hook entry that runs `claude-relay wait` (any path to a binary named
 /// `claude-relay`, quoted or not, with exactly the argument `wait`).
-fn is_ours(hook: &Value) -> bool {
+pub(crate) fn is_ours(hook: &Value) -> bool {
+    our_program(hook).is_some()
+}
+
+/// The program of a hook entry of ours (`claude-relay wait`): the path or name before
+/// `wait`, unquoted; `None` for any other entry.
+pub(crate) fn our_program(hook: &Value) -> Option<String> {
     if hook.get("type").and_then(Value::as_str) != Some("command") {
-        return false;
+        return None;
     }
-    let Some(command) = hook.get("command").and_then(Value::as_str) else {
-        return false;
-    };
-    let Some(program) = command.trim().strip_suffix(WAIT_ARG) else {
-        return false;
-    };
+    let command = hook.get("command").and_then(Value::as_str)?;
+    let program = command.trim().strip_suffix(WAIT_ARG)?;
     if !program.ends_with(char::is_whitespace) {
-        return false;
+        return None;
     }
     let program = program.trim();
     let unquoted = program
@@ -215,7 +189,8 @@ fn is_ours(hook: &Value) -> bool {
         .or_else(|| program.strip_prefix('"').and_then(|p| p.strip_suffix('"')))
         .unwrap_or(program)
         .replace(r"'\''", "'");
-    Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME)
+    (Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME))
+        .then_some(unquoted)
 }
 
 /// What [`install_entry`] did.
@@ -413,10 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/usr/bin/claude-relay"), "/usr/bin/claude-relay");
-        assert_eq!(sh_quote("/a b/claude-relay"), "'/a b/claude-relay'");
-        assert_eq!(sh_quote("/it's/x"), r"'/it'\''s/x'");
+    fn quoted_paths_are_ours() {
         assert!(is_ours(&json!({"type": "command",
             "command": format!("{} wait", sh_quote("/it's here/claude-relay"))})));
     }
@@ -449,6 +421,22 @@ mod tests {
         assert_eq!(empty["hooks"]["Stop"][0]["hooks"][0], entry);
         uninstall_entry(&mut empty).unwrap();
         assert_eq!(empty, json!({}));
+    }
+
+    #[test]
+    fn the_plugin_rings_the_same_doorbell() {
+        // plugins/claude-relay/hooks/hooks.json is what `hooks install` writes, with the
+        // binary found on PATH (the plugin cannot know where it is installed).
+        let plugin: Value =
+            serde_json::from_str(include_str!("../../plugins/claude-relay/hooks/hooks.json"))
+                .expect("the plugin's hooks.json is JSON");
+        let mut installed = json!({});
+        install_entry(&mut installed, our_entry("claude-relay wait")).unwrap();
+        assert_eq!(plugin["hooks"], installed["hooks"]);
+        assert_eq!(
+            our_program(&plugin["hooks"]["Stop"][0]["hooks"][0]).as_deref(),
+            Some("claude-relay")
+        );
     }
 
     #[test]

@@ -5,13 +5,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod doctor_cmd;
+mod external;
 mod hooks_cmd;
 mod hub_cmd;
+mod hub_ping;
 mod init_cmd;
 mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
 mod tasks_cmd;
+mod user_files;
 mod wait_cmd;
 
 /// Message hub and MCP bridge that lets AI coding agents talk to each other.
@@ -36,7 +40,8 @@ pub enum Command {
     Init(init_cmd::InitArgs),
     /// List sessions (name, pid, alive, connected, cwd), or name one.
     Sessions(sessions_cmd::SessionsArgs),
-    /// Service-manager files for running the hub (launchd plist).
+    /// Run the hub as a service (launchd on macOS, systemd --user on Linux): install,
+    /// uninstall, status.
     Service(service_cmd::ServiceArgs),
     /// Block until a session has unread relay mail; exit 2 with a one-line notice (the
     /// Claude Code Stop-hook doorbell), 0 on timeout.
@@ -46,6 +51,9 @@ pub enum Command {
     /// The task board (id, state, from → holder, age, title), one task, or `checkout ID`:
     /// recreate a handed-over task's working state here.
     Tasks(tasks_cmd::TasksArgs),
+    /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
+    /// and say how to fix each problem; exit 1 if any.
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 impl Command {
@@ -86,5 +94,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wait(args) => wait_cmd::run(args),
         Command::Hooks(args) => hooks_cmd::run(args),
         Command::Tasks(args) => tasks_cmd::run(args),
+        Command::Doctor(args) => doctor_cmd::run(args),
     }
 }

@@ -37,6 +37,8 @@ use sessions::{
     wire::{Bare, ClientFrame, DEFAULT_URL, Release, ServerFrame, SessionView, codes},
 };
 
+use super::hub_ping::describe_connect_error;
+
 /// How long the hub may take to accept the connection, and then to answer.
 const HUB_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -301,17 +303,6 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One line saying why the hub could not be asked.
-fn describe_connect_error(url: &str, e: &ConnectError) -> String {
-    match e {
-        ConnectError::Unreachable { source, hint, .. } => {
-            format!("the hub at {url} is unreachable ({source}){hint}")
-        }
-        ConnectError::Timeout(_, t) => format!("the hub at {url} did not answer within {t:?}"),
-        other => other.to_string(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
