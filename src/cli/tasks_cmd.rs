@@ -384,12 +384,9 @@ async fn checkout(reader: &Reader, id: &str, dir: Option<&Path>) -> anyhow::Resu
     let _ = ws.close(None).await;
     let made = git_seam::checkout(&id, &git, bundle, dir).await;
     match made {
-        Ok(path) => {
+        Ok((path, summary)) => {
             println!("{}", path.display());
-            eprintln!(
-                "claude-relay: {id} is checked out in {} — the sender's working state, on branch relay/{id}",
-                path.display()
-            );
+            eprintln!("claude-relay: {id} is checked out: {summary}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => bail!("checkout of {id} failed: {e}"),

@@ -1,15 +1,18 @@
-//! The seam between task handoff and the git library: what `relay_handoff` asks of git on
-//! the sender's machine, and what `claude-relay tasks checkout` asks of it on the receiver's
-//! (see `docs/HANDOFF.md`).
+//! Task handoff's use of the git library ([`crate::git`], `docs/HANDOFF.md`): what
+//! `relay_handoff` asks of git on the sender's machine, and what `claude-relay tasks
+//! checkout` asks of it on the receiver's.
 //!
-//! The task side treats the git context as an opaque JSON object (stored and shown as the
-//! bridge recorded it) plus an optional bundle of bytes. Everything about reading a work
-//! tree, snapshotting uncommitted work without touching it, bundling what the remote lacks
-//! and recreating it elsewhere belongs to the git library; this module only adapts its calls.
+//! The task side treats the git context as an opaque JSON object — stored by the hub and
+//! shown as the bridge recorded it — plus an optional bundle of bytes uploaded beside it.
+//! Reading a work tree, snapshotting uncommitted work without touching it, bundling what the
+//! remote lacks and recreating it elsewhere all belong to the git library; this module only
+//! adapts its calls and turns its errors into sentences.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+use crate::git::{self, CaptureOptions, CheckoutTarget, Git, GitContext};
 
 /// What the git library recorded for a handoff.
 #[derive(Debug, Clone)]
@@ -23,7 +26,7 @@ pub struct Captured {
 }
 
 /// Records the git state of the work tree at `cwd` for task `task_id` (an id the hub
-/// reserved, so the snapshot can be kept under `refs/relay/tasks/<task_id>` before the task
+/// reserved, so the snapshot is kept under `refs/relay/tasks/<task_id>` before the task
 /// exists). `Ok(None)`: `cwd` is not in a git work tree (nothing to record). A bundle larger
 /// than `max_bundle` bytes is left out (and said so in `bundle_omitted`).
 pub async fn capture(
@@ -31,24 +34,49 @@ pub async fn capture(
     task_id: &str,
     max_bundle: u64,
 ) -> Result<Option<Captured>, String> {
-    let _ = (cwd, task_id, max_bundle);
-    Err("this build has no git support yet".into())
+    let opts = CaptureOptions {
+        bundle_cap: usize::try_from(max_bundle).unwrap_or(usize::MAX),
+        ..CaptureOptions::default()
+    };
+    let Some(c) = git::capture(cwd, task_id, &opts)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Captured {
+        bundle_omitted: c.context.bundle_omitted.clone(),
+        context: serde_json::to_value(&c.context).map_err(|e| e.to_string())?,
+        bundle: c.bundle,
+    }))
 }
 
 /// Lets go of `refs/relay/tasks/<task_id>` when the task was not created after all.
 pub async fn forget(cwd: &Path, task_id: &str) {
-    let _ = (cwd, task_id);
+    if let Err(e) = git::forget(cwd, task_id, &Git::new()).await {
+        tracing::warn!("could not delete refs/relay/tasks/{task_id}: {e}");
+    }
 }
 
-/// Recreates the sender's working state for task `task_id` on this machine (a worktree of
-/// the local clone, or a fresh clone) from `context` and the downloaded bundle; returns the
-/// work tree's path.
+/// Recreates the sender's working state for task `task_id` on this machine — a new work
+/// tree of a local clone of the same remote (found from the current directory), or a fresh
+/// clone — from `context` and the downloaded bundle. Returns the work tree's path and a
+/// one-line summary for a person.
 pub async fn checkout(
     task_id: &str,
     context: &Value,
     bundle: Option<Vec<u8>>,
     dir: Option<&Path>,
-) -> Result<PathBuf, String> {
-    let _ = (task_id, context, bundle, dir);
-    Err("this build has no git support yet: the bundle was downloaded but not applied".into())
+) -> Result<(PathBuf, String), String> {
+    let context: GitContext = serde_json::from_value(context.clone())
+        .map_err(|e| format!("the task's git context is not one this version can read ({e})"))?;
+    let target = CheckoutTarget {
+        here: std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?,
+        dir: dir.map(Path::to_path_buf),
+        git: Git::new(),
+    };
+    let done = git::checkout(&context, bundle.as_deref(), task_id, &target)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((done.path.clone(), done.summary()))
 }

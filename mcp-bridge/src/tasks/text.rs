@@ -42,19 +42,36 @@ pub fn git_summary(git: &Value) -> Option<String> {
     if let Some(b) = s("branch") {
         parts.push(format!("branch {b}"));
     }
-    if let Some(h) = s("head").or(s("commit")) {
+    if let Some(h) = s("head") {
         parts.push(format!("@ {}", cut(h, 12).0));
     }
-    if let Some(r) = s("remote").or(s("remote_url")).or(s("remoteUrl")) {
+    if let Some(r) = s("remote") {
         parts.push(format!("remote {r}"));
     }
     if let Some(d) = obj.get("dirty").and_then(Value::as_bool) {
         parts.push(if d { "dirty".into() } else { "clean".into() });
     }
-    for (k, what) in [("changed", "changed"), ("untracked", "untracked")] {
-        if let Some(c) = n(k).filter(|c| *c > 0) {
+    let count = |k: &str, list: &str| {
+        obj.get(k)
+            .and_then(Value::as_u64)
+            .or(n(list).map(|c| c as u64))
+            .filter(|c| *c > 0)
+    };
+    for (k, list, what) in [
+        ("changedCount", "changed", "changed"),
+        ("untrackedCount", "untracked", "untracked"),
+        (
+            "omittedCount",
+            "omitted",
+            "left out (secret-looking or nested repositories)",
+        ),
+    ] {
+        if let Some(c) = count(k, list) {
             parts.push(format!("{c} {what}"));
         }
+    }
+    if let Some(a) = obj.get("ahead").and_then(Value::as_u64).filter(|a| *a > 0) {
+        parts.push(format!("{a} unpushed"));
     }
     if let Some(o) = s("bundleOmitted") {
         parts.push(format!("no bundle: {o}"));
