@@ -329,6 +329,25 @@ async fn an_offer_to_an_offline_session_waits_and_tasks_survive_kill_9() {
             .contains("Take over the frontend"),
         "{m}"
     );
+    let offline_id = offline["task"]["id"].as_str().unwrap();
+    assert_eq!(
+        m["task"],
+        json!({"id": offline_id, "state": "submitted"}),
+        "{m}"
+    );
+    // Read back from the store (receive, history), task mail keeps its tag.
+    let inbox = ask(&mut cc2, json!({"type": "receive"}), "r").await;
+    assert_eq!(inbox["messages"][0]["task"]["id"], offline_id, "{inbox}");
+    assert_eq!(
+        inbox["messages"][1]["task"]["id"],
+        any_id.as_str(),
+        "{inbox}"
+    );
+    let history = ask(&mut cc2, json!({"type": "get_history"}), "h").await;
+    assert_eq!(
+        history["messages"][0]["task"]["state"], "submitted",
+        "{history}"
+    );
     let mine = ask(&mut cc2, json!({"type": "task_list"}), "l").await;
     let ids: Vec<&str> = mine["tasks"]
         .as_array()

@@ -27,7 +27,7 @@ use crate::{
     parse::ParseError,
     presence,
     router::Peer,
-    store::{After, Append, HistoryQuery, NewMessage, StoreError, message_id, parse_message_id},
+    store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
 };
 
 /// Default page size of `get_history` and `receive` (the Node relay's).
@@ -433,7 +433,7 @@ impl ConnSession {
                         let marks: Vec<(u64, Option<i64>)> =
                             page.messages.iter().map(|m| (m.seq, Some(now))).collect();
                         b.mark_delivered(&marks)?;
-                        page.messages
+                        crate::tasks::envelopes(b, page.messages)
                     } else {
                         Vec::new()
                     };
@@ -488,11 +488,8 @@ impl ConnSession {
             owned: Some(owned || minted.is_some()),
             rid: rid.as_ref(),
         }));
-        let epoch = hub.store.epoch();
-        for m in pending {
-            let _ = self
-                .outbox
-                .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
+        for e in pending {
+            let _ = self.outbox.push_json(&ServerFrame::Message(e));
         }
         hub.router.activate(&id, self.outbox.id());
         presence::announce_joined(&hub.router, &id);
@@ -602,24 +599,22 @@ impl ConnSession {
         };
         let page = hub
             .store
-            .call(move |b| b.history(viewer.as_str(), &query))
+            .call(move |b| {
+                let page = b.history(viewer.as_str(), &query)?;
+                Ok((page.more, crate::tasks::envelopes(b, page.messages)))
+            })
             .await;
         match page {
-            Ok(page) => {
-                let cursor = page
-                    .messages
+            Ok((more, messages)) => {
+                let cursor = messages
                     .last()
-                    .map(|m| message_id(&epoch, m.seq))
+                    .map(|m| m.id.clone())
                     .or(q.after.filter(|a| !a.is_empty()));
                 self.reply(ServerFrame::History(History {
-                    messages: page
-                        .messages
-                        .into_iter()
-                        .map(|m| m.into_envelope(&epoch))
-                        .collect(),
+                    messages,
                     cursor,
                     unknown_cursor: false,
-                    more: page.more,
+                    more,
                     rid: q.rid,
                 }))
             }
@@ -675,18 +670,14 @@ impl ConnSession {
                 let marks: Vec<(u64, Option<i64>)> =
                     page.messages.iter().map(|m| (m.seq, Some(now))).collect();
                 b.mark_delivered(&marks)?;
-                Ok(page)
+                Ok((page.remaining, crate::tasks::envelopes(b, page.messages)))
             })
             .await;
         let epoch = hub.store.epoch();
         match page {
-            Ok(p) => self.reply(ServerFrame::Inbox(Inbox {
-                messages: p
-                    .messages
-                    .into_iter()
-                    .map(|m| m.into_envelope(&epoch))
-                    .collect(),
-                remaining: p.remaining,
+            Ok((remaining, messages)) => self.reply(ServerFrame::Inbox(Inbox {
+                messages,
+                remaining,
                 epoch: Some(epoch.to_string()),
                 rid: r.rid,
             })),
@@ -794,7 +785,7 @@ enum Claim {
     Granted {
         owned: bool,
         unread: u64,
-        pending: Vec<crate::store::StoredMessage>,
+        pending: Vec<sessions::wire::Envelope>,
         minted: Option<String>,
     },
 }

@@ -17,11 +17,16 @@ pub mod machine;
 pub mod mail;
 pub mod operator;
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
+
+use sessions::wire::{Envelope, TaskTag};
 
 use crate::{
     HubState,
-    store::tasks::{BlobLimits, TaskMail},
+    store::{
+        Backend, StoredMessage,
+        tasks::{BlobLimits, TaskMail},
+    },
 };
 
 /// Longest title, in characters: one line on a board.
@@ -104,4 +109,28 @@ impl TaskConfig {
 pub fn route(hub: &HubState, m: &TaskMail) {
     let frame = mail::frame(&hub.store.epoch(), &m.msg, &m.tag);
     hub.router.route_stored(&m.msg, &frame, m.predicted);
+}
+
+/// Stored messages in their client-facing form, with the `task` tag on task mail — for the
+/// paths that read mail back from the store (the backlog after `register`, `receive`,
+/// `get_history`). A failed tag lookup leaves the tags off rather than failing the read.
+pub fn envelopes(b: &mut dyn Backend, msgs: Vec<StoredMessage>) -> Vec<Envelope> {
+    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+    let mut tags: HashMap<u64, TaskTag> = match b.tasks().map(|t| t.task_tags(&seqs)) {
+        Some(Ok(tags)) => tags.into_iter().collect(),
+        Some(Err(e)) => {
+            tracing::warn!("task tags unavailable: {e}");
+            HashMap::new()
+        }
+        None => HashMap::new(),
+    };
+    let epoch = b.epoch().to_string();
+    msgs.into_iter()
+        .map(|m| {
+            let seq = m.seq;
+            let mut e = m.into_envelope(&epoch);
+            e.task = tags.remove(&seq);
+            e
+        })
+        .collect()
 }

@@ -780,16 +780,26 @@ impl TaskStore for SqliteBackend {
     }
 
     fn task_tags(&mut self, seqs: &[u64]) -> Result<Vec<(u64, TaskTag)>, StoreError> {
-        let mut out = Vec::new();
+        let (Some(lo), Some(hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        // One range scan of the (small) task_mail table instead of a lookup per message.
+        let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT task, state FROM task_mail WHERE seq = ?1")?;
-        for &seq in seqs {
-            let row: Option<(i64, String)> = stmt
-                .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((task, state)) = row
-                && let Some(state) = TaskState::parse(&state)
+            .prepare_cached("SELECT seq, task, state FROM task_mail WHERE seq BETWEEN ?1 AND ?2")?;
+        let rows = stmt.query_map(params![*lo as i64, *hi as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, task, state) = row?;
+            if let Some(state) = TaskState::parse(&state)
+                && wanted.contains(&seq)
             {
                 out.push((
                     seq,
