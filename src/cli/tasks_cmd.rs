@@ -417,9 +417,9 @@ mod tests {
         );
         assert_eq!(
             table,
-            "ID    STATE      FROM → HOLDER   AGE  TITLE\n\
-             T-10  working    CC-1 → CC-22    3m   Fix parser\n\
-             T-9   submitted  CC-1 → (any)    3m   Docs"
+            "ID    STATE      FROM → HOLDER  AGE  TITLE\n\
+             T-10  working    CC-1 → CC-22   3m   Fix parser\n\
+             T-9   submitted  CC-1 → (any)   3m   Docs"
         );
     }
 }
