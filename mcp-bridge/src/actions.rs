@@ -806,14 +806,14 @@ fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
     line
 }
 
-fn frame_type(f: &ServerFrame) -> String {
+pub(crate) fn frame_type(f: &ServerFrame) -> String {
     serde_json::to_value(f)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
 
-fn unexpected(f: &ServerFrame) -> Reply {
+pub(crate) fn unexpected(f: &ServerFrame) -> Reply {
     Reply::error(format!(
         "The hub answered with an unexpected frame ({}); nothing changed.",
         frame_type(f)

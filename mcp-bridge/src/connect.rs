@@ -537,7 +537,18 @@ pub async fn request_once_with(
 ) -> Result<ServerFrame, ConnectError> {
     let mut ws = connect_with(url, auth, timeout).await?;
     send_frame(&mut ws, frame).await?;
-    let reply = read_until(&mut ws, timeout, |f| match f {
+    let reply = read_reply(&mut ws, timeout).await;
+    let _ = ws.close(None).await;
+    reply
+}
+
+/// The next frame that is not a push (`message`, `peer_joined`, `peer_left`, `presence`,
+/// `mail`): the reply to what was sent.
+pub async fn read_reply(
+    ws: &mut HubSocket,
+    timeout: Duration,
+) -> Result<ServerFrame, ConnectError> {
+    read_until(ws, timeout, |f| match f {
         ServerFrame::Message(_)
         | ServerFrame::PeerJoined(_)
         | ServerFrame::PeerLeft(_)
@@ -545,9 +556,7 @@ pub async fn request_once_with(
         | ServerFrame::Mail(_) => None,
         other => Some(other),
     })
-    .await;
-    let _ = ws.close(None).await;
-    reply
+    .await
 }
 
 fn truncate(s: &str, max: usize) -> &str {

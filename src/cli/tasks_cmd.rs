@@ -171,16 +171,7 @@ impl Reader {
 /// Sends `frame` and returns the hub's reply (pushes skipped); an `error` becomes an error.
 async fn request(ws: &mut HubSocket, frame: &ClientFrame) -> anyhow::Result<ServerFrame> {
     connect::send_frame(ws, frame).await?;
-    let reply = connect::read_until(ws, HUB_TIMEOUT, |f| match f {
-        ServerFrame::Message(_)
-        | ServerFrame::PeerJoined(_)
-        | ServerFrame::PeerLeft(_)
-        | ServerFrame::Presence(_)
-        | ServerFrame::Mail(_) => None,
-        other => Some(other),
-    })
-    .await?;
-    match reply {
+    match connect::read_reply(ws, HUB_TIMEOUT).await? {
         ServerFrame::Error(e) => bail!("the hub refused: {}", e.message),
         other => Ok(other),
     }
@@ -303,7 +294,7 @@ async fn fetch_task(reader: &Reader, ws: &mut HubSocket, id: &str) -> anyhow::Re
     });
     match request(ws, &frame).await? {
         ServerFrame::Task(r) => Ok(r.task),
-        other => bail!("unexpected reply from the hub: {other:?}"),
+        _ => bail!("unexpected reply from the hub to task_get"),
     }
 }
 

@@ -24,7 +24,7 @@ use super::{
     upload,
 };
 use crate::{
-    actions::{Relay, Reply, capitalize},
+    actions::{Relay, Reply, capitalize, frame_type, unexpected},
     hub_client::RequestError,
 };
 
@@ -70,7 +70,7 @@ impl Relay {
         {
             Ok(ServerFrame::TaskReserved(r)) => Ok(r.id),
             Ok(ServerFrame::Error(e)) => Err(e.message),
-            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Ok(other) => Err(format!("unexpected reply {}", frame_type(&other))),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -179,7 +179,7 @@ impl Relay {
                     Ok(ServerFrame::Error(e)) => {
                         Reply::error(format!("No task was created — the hub said: {}", e.message))
                     }
-                    Ok(other) => Reply::error(format!("Unexpected reply from the hub: {other:?}")),
+                    Ok(other) => unexpected(&other),
                     Err(e) if e.maybe_delivered() => Reply::error(format!(
                         "Outcome unknown: {e}. relay_tasks shows whether the task exists before \
                          you hand it over again."
@@ -255,7 +255,7 @@ impl Relay {
             Ok(ServerFrame::Error(e)) => {
                 Reply::error(format!("The hub refused to list tasks: {}", e.message))
             }
-            Ok(other) => Reply::error(format!("Unexpected reply from the hub: {other:?}")),
+            Ok(other) => unexpected(&other),
             Err(e) => failed(&e),
         }
     }
@@ -273,7 +273,7 @@ impl Relay {
                     .with_structured(structured_task(&r.task))
             }
             Ok(ServerFrame::Error(e)) => Reply::error(format!("{}.", capitalize(&e.message))),
-            Ok(other) => Reply::error(format!("Unexpected reply from the hub: {other:?}")),
+            Ok(other) => unexpected(&other),
             Err(e) => failed(&e),
         }
     }
@@ -324,7 +324,7 @@ impl Relay {
                 action.as_str(),
                 e.message
             )),
-            Ok(other) => Reply::error(format!("Unexpected reply from the hub: {other:?}")),
+            Ok(other) => unexpected(&other),
             Err(e) if e.maybe_delivered() => Reply::error(format!(
                 "Outcome unknown: {e}. Check with relay_tasks {{\"id\":\"{id}\"}} before \
                  trying again."

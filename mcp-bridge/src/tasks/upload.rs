@@ -64,7 +64,12 @@ pub async fn upload(hub: &HubClient, bytes: &[u8]) -> Result<String, String> {
                 offset = ack.received;
             }
             Ok(ServerFrame::Error(e)) => return Err(e.message),
-            Ok(other) => return Err(format!("unexpected reply to blob_put: {other:?}")),
+            Ok(other) => {
+                return Err(format!(
+                    "unexpected reply to blob_put: {}",
+                    crate::actions::frame_type(&other)
+                ));
+            }
             Err(e) if lost < MAX_RETRIES => {
                 lost += 1;
                 tracing::info!("bundle upload: {e}; resuming at byte {offset}");
