@@ -369,3 +369,124 @@ async fn an_offer_to_an_offline_session_waits_and_tasks_survive_kill_9() {
     .await;
     assert_eq!(r["task"]["state"], "working", "{r}");
 }
+
+/// Lowercase hex SHA-256 (the bridge's helper).
+fn sha256(bytes: &[u8]) -> String {
+    mcp_bridge::tasks::upload::sha256_hex(bytes)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    data_encoding::BASE64.encode(bytes)
+}
+
+#[tokio::test]
+async fn uploads_resume_across_connections_attach_whole_and_only_parties_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = common::hub::Hub::start_with(
+        dir.path(),
+        common::hub::HubOpts {
+            args: vec!["--max-bundle-bytes".into(), "1000".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mut cc1, _) = plain(&hub.url, "CC-1").await;
+    // Over the hub's cap: refused before anything is stored, with the cap in the reason.
+    let r = ask(
+        &mut cc1,
+        json!({"type": "blob_put", "offset": 0, "data": "", "size": 1001}),
+        "big",
+    )
+    .await;
+    assert!(
+        r["message"].as_str().unwrap().contains("up to 1000 bytes"),
+        "{r}"
+    );
+
+    let bytes: Vec<u8> = (0..900u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = ask(
+        &mut cc1,
+        json!({"type": "blob_put", "offset": 0, "data": b64(&bytes[..400]), "size": 900}),
+        "p1",
+    )
+    .await;
+    assert_eq!(
+        (r["received"].as_u64(), r["complete"].as_bool()),
+        (Some(400), Some(false)),
+        "{r}"
+    );
+    let blob = r["blob"].as_str().unwrap().to_string();
+    // Half an upload cannot be attached.
+    let r = ask(
+        &mut cc1,
+        json!({"type": "task_create", "to": "CC-2", "title": "t", "brief": "b", "blob": blob}),
+        "early",
+    )
+    .await;
+    assert!(
+        r["message"].as_str().unwrap().contains("not complete"),
+        "{r}"
+    );
+    // The connection drops; a new one resumes the same blob. A repeated chunk is answered
+    // with where the hub is, and is not stored twice.
+    drop(cc1);
+    let (mut cc1, _) = plain(&hub.url, "CC-1").await;
+    let r = ask(
+        &mut cc1,
+        json!({"type": "blob_put", "blob": blob, "offset": 0, "data": b64(&bytes[..400])}),
+        "again",
+    )
+    .await;
+    assert_eq!(
+        (r["accepted"].as_bool(), r["received"].as_u64()),
+        (Some(false), Some(400)),
+        "{r}"
+    );
+    // Someone else cannot touch it.
+    let (mut cc3, _) = plain(&hub.url, "CC-3").await;
+    let r = ask(
+        &mut cc3,
+        json!({"type": "blob_put", "blob": blob, "offset": 400, "data": b64(&bytes[400..]),
+               "last": true, "sha256": sha256(&bytes)}),
+        "steal",
+    )
+    .await;
+    assert_eq!(r["type"], "error", "{r}");
+    let r = ask(
+        &mut cc1,
+        json!({"type": "blob_put", "blob": blob, "offset": 400, "data": b64(&bytes[400..]),
+               "last": true, "sha256": sha256(&bytes)}),
+        "p2",
+    )
+    .await;
+    assert_eq!(r["complete"], true, "{r}");
+    let r = ask(
+        &mut cc1,
+        json!({"type": "task_create", "to": "CC-2", "title": "t", "brief": "b", "blob": blob}),
+        "c",
+    )
+    .await;
+    assert_eq!(r["task"]["bundle"]["bytes"], 900, "{r}");
+    assert_eq!(r["task"]["bundle"]["sha256"], sha256(&bytes).as_str());
+    let id = r["task"]["id"].as_str().unwrap().to_string();
+
+    // CC-3 is no party: no bundle for it. CC-2 is: it gets the bytes, in pieces from any offset.
+    let r = ask(&mut cc3, json!({"type": "task_bundle", "id": id}), "b3").await;
+    assert_eq!(r["code"], "not_found", "{r}");
+    let (mut cc2, _) = plain(&hub.url, "CC-2").await;
+    let r = ask(
+        &mut cc2,
+        json!({"type": "task_bundle", "id": id, "offset": 100}),
+        "b2",
+    )
+    .await;
+    assert_eq!(
+        (r["total"].as_u64(), r["offset"].as_u64()),
+        (Some(900), Some(100)),
+        "{r}"
+    );
+    let got = data_encoding::BASE64
+        .decode(r["data"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(got, bytes[100..]);
+}
