@@ -53,8 +53,14 @@ async fn read(ws: &mut Ws, id: &str) -> Value {
 async fn refused_moves_change_nothing_and_every_move_is_mail() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
-    let (mut cc1, _) = owned(&hub.url, "CC-1").await;
+    let (mut cc1, cc1_secret) = owned(&hub.url, "CC-1").await;
     let (mut cc2, _) = owned(&hub.url, "CC-2").await;
+    // CC-1's Stop-hook doorbell (`claude-relay wait` watches its mail without its name).
+    let mut doorbell = Ws::connect(&hub.url).await;
+    doorbell
+        .send(json!({"type": "watch", "clientId": "CC-1", "ownerSecret": cc1_secret}))
+        .await;
+    doorbell.expect("watching").await;
     let (mut cc3, _) = owned(&hub.url, "CC-3").await;
 
     let created = ask(
@@ -176,6 +182,14 @@ async fn refused_moves_change_nothing_and_every_move_is_mail() {
                 "{m}"
             );
         }
+    }
+    // Every move CC-1 was told of also rang its doorbell (claim, ask, progress, complete).
+    for _ in 0..4 {
+        let ring = doorbell.until("mail").await;
+        assert_eq!(
+            (ring["clientId"].as_str(), ring["from"].as_str()),
+            (Some("CC-1"), Some("CC-2"))
+        );
     }
     let done = read(&mut cc2, &id).await;
     assert_eq!(done["result"], "fixed in abc123");
