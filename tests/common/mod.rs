@@ -7,7 +7,6 @@
 pub mod bridge;
 pub mod hub;
 pub mod recorded;
-pub mod schema;
 pub mod ws;
 
 /// Removes every variable that configures claude-relay (or Claude Code's session) from a
