@@ -66,8 +66,22 @@ pub struct HubConfig {
     /// Interval of WebSocket pings to every connection. Default 25 s. A connection that sends
     /// nothing at all (not even the pong) before the next ping is dropped.
     pub heartbeat_interval: Duration,
-    /// Connections open at once; further ones are refused at accept. Default 10,000 + 240.
+    /// Connections open at once that may use the hub (on a hub with a token: that have
+    /// shown it); further ones are refused with 503. Default 10,000 + 240. A connection
+    /// counts until its socket is closed.
     pub max_connections: usize,
+    /// On a hub with a token: connections open at once that have not shown it yet (from
+    /// accept until a valid Bearer header or `token` on register), counted apart from
+    /// `max_connections` so they can never take token holders' places. Default 64; over it
+    /// a connection is refused at accept with 503.
+    pub max_unauthenticated: usize,
+    /// On a hub with a token: how long a connection has from accept to show it; then it is
+    /// closed (1008). Default 5 s.
+    pub auth_timeout: Duration,
+    /// Bytes of inbound frames the whole hub holds at once: being read, parsed, handled, or
+    /// waiting in the store queue (see [`crate::budget`]). Default 256 MiB. A connection in
+    /// the middle of a frame when it is spent is closed (1013, try again later).
+    pub frame_budget_bytes: usize,
     /// Requests queued to the store actor before senders wait (backpressure). Default 8192.
     pub store_queue: usize,
     /// Largest page `get_history` / `receive` returns, in messages. Default 500.
@@ -118,6 +132,9 @@ impl HubConfig {
             outbound_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(25),
             max_connections: 10_240,
+            max_unauthenticated: 64,
+            auth_timeout: Duration::from_secs(5),
+            frame_budget_bytes: 256 << 20,
             store_queue: 8192,
             max_page: 500,
             max_page_bytes: 4 << 20,

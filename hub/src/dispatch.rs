@@ -22,10 +22,12 @@ use tokio::sync::Notify;
 use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches, token_ok},
+    budget::Charge,
     frames::{self, RegisteredOut},
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
+    refusals::loggable,
     router::Peer,
     store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
 };
@@ -56,6 +58,9 @@ pub struct ConnSession {
     pub authorized: bool,
     /// The session whose mail this connection watches (`watch`).
     pub watching: Option<SessionId>,
+    /// The frame budget charge of the frame being handled (a `message` takes it into the
+    /// store queue, so its bytes count until they are committed; see `crate::budget`).
+    pub charge: Option<Charge>,
 }
 
 impl ConnSession {
@@ -68,6 +73,7 @@ impl ConnSession {
             probe: Arc::new(Notify::new()),
             authorized,
             watching: None,
+            charge: None,
         }
     }
 
@@ -139,6 +145,8 @@ impl ConnSession {
             }
             Some(_) => {
                 let why = "invalid hub token";
+                hub.refusals
+                    .warn(self.addr, "invalid hub token presented in a frame: closing");
                 match frame {
                     ClientFrame::Register(r) => {
                         self.reply(ServerFrame::RegisterRejected(RegisterRejected {
@@ -300,6 +308,10 @@ impl ConnSession {
         let rid = r.rid;
         let asked = r.client_id.unwrap_or_default();
         let reject = |code: &str, reason: String| {
+            hub.refusals.info(
+                self.addr,
+                &format!("register {} ({code}): {reason}", loggable(&asked)),
+            );
             ServerFrame::RegisterRejected(RegisterRejected {
                 client_id: asked.clone(),
                 reason,
@@ -427,22 +439,38 @@ impl ConnSession {
                         },
                         None => false,
                     };
-                    let unread = b.session_registered(id.as_str(), &meta_json, now)?;
+                    // A store that cannot write (full disk, damaged file) must still let a
+                    // session in to read its mail: what needs writing degrades, with a warning.
+                    let unread = match b.session_registered(id.as_str(), &meta_json, now) {
+                        Ok(unread) => unread,
+                        Err(e) => {
+                            tracing::warn!(%id, "session record not written ({e}): registering without it");
+                            b.unread_count(id.as_str())?
+                        }
+                    };
                     let pending = if backlog && unread > 0 {
                         let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
                         let marks: Vec<(u64, Option<i64>)> =
                             page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                        b.mark_delivered(&marks)?;
+                        if let Err(e) = b.mark_delivered(&marks) {
+                            tracing::warn!(%id, "delivery of the backlog not recorded: {e}");
+                        }
                         crate::tasks::envelopes(b, page.messages)
                     } else {
                         Vec::new()
                     };
                     // Last, so a secret is only ever handed out once the name is recorded: a
-                    // client that keeps secrets gets one for a name nobody owns yet.
+                    // client that keeps secrets gets one for a name nobody owns yet (and none
+                    // when it cannot be recorded).
                     let minted = if !owned && wants_secret {
                         let secret = mint_secret();
-                        b.set_owner(id.as_str(), &hash_secret(&secret), now)?;
-                        Some(secret)
+                        match b.set_owner(id.as_str(), &hash_secret(&secret), now) {
+                            Ok(()) => Some(secret),
+                            Err(e) => {
+                                tracing::warn!(%id, "owner secret not recorded ({e}): the name stays unowned");
+                                None
+                            }
+                        }
                     } else {
                         None
                     };
@@ -547,6 +575,7 @@ impl ConnSession {
                 outbox: self.outbox.clone(),
                 rid: m.rid.clone(),
             },
+            charge: self.charge.take(),
         };
         if let Err(e) = hub.store.append(append).await {
             self.store_error(e, m.rid);
@@ -666,10 +695,13 @@ impl ConnSession {
             .store
             .call(move |b| {
                 let page = b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes)?;
-                // Handing mail to a live connection of its recipient is delivering it.
+                // Handing mail to a live connection of its recipient is delivering it (when
+                // the store can record that; reading works without it).
                 let marks: Vec<(u64, Option<i64>)> =
                     page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                b.mark_delivered(&marks)?;
+                if let Err(e) = b.mark_delivered(&marks) {
+                    tracing::warn!(viewer = %viewer, "delivery not recorded: {e}");
+                }
                 Ok((page.remaining, crate::tasks::envelopes(b, page.messages)))
             })
             .await;

@@ -5,7 +5,11 @@
 //! ([`store`], which commits it) → the [`router`] (which pushes it to live recipients and
 //! acks the sender) → each recipient's bounded [`outbound`] queue → socket. Presence and
 //! heartbeats live in [`presence`]; the accept loop in [`server`]; one connection's
-//! reader/writer pair in [`connection`].
+//! reader/writer pair in [`connection`]. What bounds a connection: caps and rates in
+//! [`limits`], write deadlines in [`progress`], the hub-wide inbound frame budget in
+//! [`budget`]; refusals are logged through [`refusals`]. The store's data directory (its
+//! lock and file modes) is [`store::datadir`]; time, and what it is not trusted for, is
+//! [`clock`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), hub::HubError> {
@@ -16,6 +20,8 @@
 //! ```
 
 pub mod auth;
+pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod dispatch;
@@ -26,6 +32,8 @@ pub mod limits;
 pub mod outbound;
 pub mod parse;
 pub mod presence;
+pub mod progress;
+pub mod refusals;
 pub mod retention;
 pub mod router;
 pub mod server;
@@ -56,6 +64,12 @@ pub struct HubState {
     pub store: StoreHandle,
     /// Per-address connection caps and registration rates.
     pub limits: limits::AddrLimits,
+    /// The hub-wide connection caps (token holders and the rest counted apart).
+    pub caps: Arc<limits::ConnCaps>,
+    /// The hub-wide memory budget for inbound frames.
+    pub budget: Arc<budget::FrameBudget>,
+    /// Where refused clients are logged.
+    pub refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Task bounds and the operator secret's hash (see [`tasks`]).
@@ -69,16 +83,23 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `config.data_dir` (creating it if needed) and starts its actor.
+    /// Opens the store in `config.data_dir` (creating it if needed, and locking it for this
+    /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let backend = SqliteBackend::open(&config.data_dir, config.sync)?;
+        let backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
         let limits = limits::AddrLimits::new(
             config.max_conns_per_addr,
             config.register_rate,
             config.register_burst,
         );
         let tasks = tasks::TaskConfig::new(&config.data_dir, config.max_bundle_bytes);
+        let caps = limits::ConnCaps::new(
+            config.max_connections,
+            config.max_unauthenticated,
+            config.token.is_some(),
+        );
+        let budget = budget::FrameBudget::new(config.frame_budget_bytes);
         let router = Arc::new(Router::new());
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
@@ -88,6 +109,9 @@ impl Hub {
                 router,
                 store,
                 limits,
+                caps,
+                budget,
+                refusals: refusals::Refusals::default(),
                 tls,
                 tasks,
             }),

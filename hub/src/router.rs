@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::{
     frames::{self, SentOut},
     outbound::{Outbox, to_frame},
-    store::{Append, CommitSink, Committed, StoreError, StoredMessage},
+    store::{Append, Appended, CommitSink, Committed, StoreError, StoredMessage, message_id},
 };
 
 /// A live connection holding a session id.
@@ -417,24 +417,41 @@ impl Router {
         for Committed {
             msg,
             ack,
-            duplicate_of,
+            outcome,
             predicted,
         } in batch
         {
             let seq = msg.seq;
-            if let Some(was_delivered) = duplicate_of {
-                // Already stored (and routed) when first sent: ack only.
-                let _ = ack.outbox.push(frames::sent(&SentOut {
-                    epoch,
-                    seq,
-                    to: &msg.to,
-                    delivered: was_delivered,
-                    ts: None,
-                    recipients: None,
-                    duplicate: true,
-                    rid: ack.rid.as_ref(),
-                }));
-                continue;
+            match outcome {
+                Appended::New(_) => {}
+                Appended::Duplicate { delivered, .. } => {
+                    // Already stored (and routed) when first sent: ack only.
+                    let _ = ack.outbox.push(frames::sent(&SentOut {
+                        epoch,
+                        seq,
+                        to: &msg.to,
+                        delivered,
+                        ts: None,
+                        recipients: None,
+                        duplicate: true,
+                        rid: ack.rid.as_ref(),
+                    }));
+                    continue;
+                }
+                Appended::KeyConflict { .. } => {
+                    let _ = ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
+                        message: format!(
+                            "message NOT stored: its key was already used for a different \
+                             message ({}, to another recipient or with other content); use a \
+                             new key for a new message",
+                            message_id(epoch, seq)
+                        ),
+                        code: Some(codes::KEY_CONFLICT.into()),
+                        retry_after_ms: None,
+                        rid: ack.rid,
+                    }));
+                    continue;
+                }
             }
             let frame = frames::message(epoch, &msg);
             let (took, recipients) = if &*msg.to == sessions::BROADCAST {

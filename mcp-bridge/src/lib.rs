@@ -15,6 +15,8 @@
 //!   and uncommitted work as a bundle, and the receiver's checkout (docs/HANDOFF.md).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
+//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub (not yet
+//!   used by the tools).
 
 pub mod actions;
 pub mod backoff;
@@ -27,7 +29,9 @@ pub mod hub_client;
 pub mod lifecycle;
 pub mod local;
 pub mod meta;
+pub mod outbox;
 pub mod owner;
+mod private_file;
 pub mod server;
 pub mod tasks;
 pub mod tools;

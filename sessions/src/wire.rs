@@ -131,7 +131,7 @@ pub struct Bare {
 }
 
 /// `register`: claim `clientId` for this connection.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Register {
     /// The session id to claim. Required; validated against the id grammar.
@@ -169,7 +169,7 @@ pub struct Register {
 }
 
 /// `release`: give up ownership of a name (so it can be claimed elsewhere).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Release {
     /// The name to free.
@@ -186,7 +186,7 @@ pub struct Release {
 
 /// `watch`: be told when mail arrives for a session, without holding its name (what
 /// `claude-relay wait` uses to wake an idle agent).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Watch {
     /// The session to watch.
@@ -200,6 +200,53 @@ pub struct Watch {
     /// Echoed on the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
+}
+
+/// A secret field in `Debug` output: whether it is there, never what it is. Frames are
+/// printed in debug logs; tokens and owner secrets must not be (see docs/SECURITY.md).
+struct Redacted(bool);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 { "Some(<redacted>)" } else { "None" })
+    }
+}
+
+impl std::fmt::Debug for Register {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Register")
+            .field("client_id", &self.client_id)
+            .field("meta", &self.meta)
+            .field("presence", &self.presence)
+            .field("token", &Redacted(self.token.is_some()))
+            .field("ownership", &self.ownership)
+            .field("owner_secret", &Redacted(self.owner_secret.is_some()))
+            .field("backlog", &self.backlog)
+            .field("rid", &self.rid)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Release")
+            .field("client_id", &self.client_id)
+            .field("owner_secret", &Redacted(true))
+            .field("token", &Redacted(self.token.is_some()))
+            .field("rid", &self.rid)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("client_id", &self.client_id)
+            .field("owner_secret", &Redacted(self.owner_secret.is_some()))
+            .field("token", &Redacted(self.token.is_some()))
+            .field("rid", &self.rid)
+            .finish()
+    }
 }
 
 /// How presence changes are reported to a connection.
@@ -378,7 +425,7 @@ impl ServerFrame {
 }
 
 /// `registered`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Registered {
     /// The id this connection now holds.
@@ -402,6 +449,20 @@ pub struct Registered {
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("client_id", &self.client_id)
+            .field("peers", &self.peers)
+            .field("epoch", &self.epoch)
+            .field("unread", &self.unread)
+            .field("owner_secret", &Redacted(self.owner_secret.is_some()))
+            .field("owned", &self.owned)
+            .field("rid", &self.rid)
+            .finish()
+    }
 }
 
 /// `released`: the name has no owner any more.
@@ -732,6 +793,9 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The name is owned and the owner secret was missing or wrong.
     pub const NOT_OWNER: &str = "not_owner";
+    /// A `message` reused the `key` of an earlier, different message of the same sender
+    /// (other recipient or content). It was not stored.
+    pub const KEY_CONFLICT: &str = "key_conflict";
     /// No such task (or not one the asker may see).
     pub const NOT_FOUND: &str = "not_found";
     /// Not allowed to read or do this (not a party, not the operator).
@@ -750,6 +814,28 @@ pub const DEFAULT_URL: &str = "ws://127.0.0.1:9999";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_frames_never_shows_a_secret() {
+        let frames: Vec<ClientFrame> = [
+            r#"{"type":"register","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,
+            r#"{"type":"release","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,
+            r#"{"type":"watch","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,
+        ]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+        let reg: ServerFrame = serde_json::from_str(
+            r#"{"type":"registered","clientId":"A","peers":[],"ownerSecret":"OWN-SECRET"}"#,
+        )
+        .unwrap();
+        let text = format!("{frames:?} {reg:?}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(
+            text.contains("Some(<redacted>)") && text.contains("client_id: \"A\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn node_core_frames_parse() {

@@ -54,9 +54,21 @@ pub struct HubArgs {
     /// Largest message content, in bytes.
     #[arg(long, env = "RELAY_MAX_CONTENT_BYTES", default_value_t = 512 << 10)]
     pub max_content_bytes: usize,
-    /// Connections open at once.
+    /// Connections open at once (with --token-file: that have shown the token). A
+    /// connection counts until its socket is closed.
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_240)]
     pub max_connections: usize,
+    /// With --token-file: connections open at once that have not shown the token yet,
+    /// counted apart so they can never take token holders' places.
+    #[arg(long, env = "RELAY_MAX_UNAUTHENTICATED", default_value_t = 64)]
+    pub max_unauthenticated: usize,
+    /// With --token-file: seconds a connection has from connecting to show the token.
+    #[arg(long, env = "RELAY_AUTH_TIMEOUT_SECS", default_value_t = 5)]
+    pub auth_timeout_secs: u64,
+    /// MiB of inbound frames the whole hub holds at once (being read, handled, or queued
+    /// for the store); a connection mid-frame when it is spent is closed (1013).
+    #[arg(long, env = "RELAY_FRAME_BUDGET_MB", default_value_t = 256)]
+    pub frame_budget_mb: usize,
     /// Connections open at once per remote address (loopback is exempt).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
     pub max_connections_per_addr: usize,
@@ -108,6 +120,9 @@ impl HubArgs {
         c.max_frame_bytes = self.max_frame_bytes.max(1024);
         c.max_content_bytes = self.max_content_bytes.max(1);
         c.max_connections = self.max_connections.max(1);
+        c.max_unauthenticated = self.max_unauthenticated.max(1);
+        c.auth_timeout = Duration::from_secs(self.auth_timeout_secs.max(1));
+        c.frame_budget_bytes = self.frame_budget_mb.max(1) << 20;
         c.max_conns_per_addr = self.max_connections_per_addr.max(1);
         c.frame_rate = f64::from(self.frame_rate.max(1));
         c.frame_burst = c.frame_rate * 2.0;
@@ -166,9 +181,26 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // A file-size limit (`ulimit -f`) must make writes fail like a full disk — an error
+        // the store reports while the hub keeps serving reads — not kill the hub with
+        // SIGXFSZ. A registered handler (this one only counts) replaces the default action.
+        let _xfsz =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+                .context("installing the SIGXFSZ handler")?;
         let data_dir = config.data_dir.clone();
-        let hub = hub::Hub::open(config)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let hub = match hub::Hub::open(config) {
+            Ok(hub) => hub,
+            Err(e @ hub::HubError::Store(hub::store::StoreError::Locked { .. })) => {
+                anyhow::bail!(
+                    "{e}. One store serves one hub: stop the other hub, or start this one on \
+                     its own store with --data-dir DIR (or RELAY_DATA_DIR=DIR)"
+                )
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("opening the store in {}", data_dir.display()));
+            }
+        };
         let listener = tokio::net::TcpListener::bind((args.host, args.port))
             .await
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;

@@ -69,18 +69,37 @@ impl Command {
 }
 
 /// Sets up tracing to stderr (stdout belongs to MCP when running the bridge).
+///
+/// Whatever the filter asks for, no secret reaches the log: the WebSocket library prints
+/// every frame and the client's upgrade request (with its `Authorization` header) at trace
+/// level, so its trace events are always left out (see docs/SECURITY.md); our own frames
+/// print tokens and owner secrets as `<redacted>`.
 pub fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::{filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = cli
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| cli.command.default_log().to_string());
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let no_frame_dumps =
+        filter_fn(|meta| !(*meta.level() == tracing::Level::TRACE && prints_frames(meta.target())));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(no_frame_dumps)
         .init();
+}
+
+/// Targets whose trace events print frame payloads or HTTP headers verbatim.
+fn prints_frames(target: &str) -> bool {
+    ["tungstenite", "tokio_tungstenite"]
+        .iter()
+        .any(|t| target == *t || target.starts_with(&format!("{t}::")))
 }
 
 /// Runs the chosen subcommand and returns the process exit code.

@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod hub;
+pub mod impair;
 pub mod recorded;
 pub mod ws;
 

@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod checkpoint;
+pub mod datadir;
 pub mod sqlite;
 pub mod tasks;
 
@@ -34,6 +35,29 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another hub) holds the data directory's lock.
+    #[error("the data directory {dir} is in use by another hub ({})", match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_string(),
+    })]
+    Locked {
+        /// The directory.
+        dir: String,
+        /// The holder's pid, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+    /// The integrity check at open found the file damaged: writes are refused so that
+    /// nothing more is acknowledged into it (reads of what is intact still work).
+    #[error(
+        "store file {path} is damaged ({report}); the hub refuses to store anything in it — \
+         see docs/STORAGE.md, \"A damaged store\""
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What the check said (its first lines).
+        report: String,
+    },
     /// The actor is gone (the hub is shutting down).
     #[error("store is shut down")]
     Closed,
@@ -45,6 +69,17 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// What the integrity check at open (`PRAGMA quick_check`) found. Kept on the
+/// [`StoreHandle`] so that a health endpoint can report it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Integrity {
+    /// The check passed (or the backend has nothing to check).
+    #[default]
+    Ok,
+    /// The file is damaged: the store is read-only. The report is what the check said.
+    Damaged(String),
 }
 
 /// A message about to be stored.
@@ -71,12 +106,20 @@ pub struct NewMessage {
 pub enum Appended {
     /// Stored under this sequence number.
     New(u64),
-    /// Its key matched an earlier message of the same sender; nothing was stored.
+    /// Its key matched an earlier message of the same sender, to the same recipient with
+    /// the same content (a resend); nothing was stored.
     Duplicate {
         /// The original's sequence number.
         seq: u64,
         /// Whether the original was delivered to a live connection.
         delivered: bool,
+    },
+    /// Its key matched an earlier message of the same sender with another recipient or
+    /// other content: the key was reused for a different message. Nothing was stored; the
+    /// sender must hear that this message was not sent (see `docs/PROTOCOL.md`, `key`).
+    KeyConflict {
+        /// The earlier message's sequence number.
+        seq: u64,
     },
 }
 
@@ -84,7 +127,9 @@ impl Appended {
     /// The sequence number of the stored (or original) message.
     pub fn seq(self) -> u64 {
         match self {
-            Appended::New(s) | Appended::Duplicate { seq: s, .. } => s,
+            Appended::New(s)
+            | Appended::Duplicate { seq: s, .. }
+            | Appended::KeyConflict { seq: s } => s,
         }
     }
 }
@@ -220,6 +265,10 @@ pub struct PruneReport {
 pub trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
+    /// What the integrity check at open found; a damaged store refuses every write.
+    fn integrity(&self) -> Integrity {
+        Integrity::Ok
+    }
     /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
     /// answers task frames with `unavailable`).
     fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
@@ -302,12 +351,19 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Updated by the actor when the store is reopened after a reset.
     epoch: Arc<RwLock<Arc<str>>>,
+    /// The open store's integrity (updated with the epoch).
+    integrity: Arc<RwLock<Integrity>>,
 }
 
 impl StoreHandle {
     /// The store's current epoch.
     pub fn epoch(&self) -> Arc<str> {
         self.epoch.read().expect("epoch lock").clone()
+    }
+
+    /// What the integrity check found when the store was opened (for `/healthz`).
+    pub fn integrity(&self) -> Integrity {
+        self.integrity.read().expect("integrity lock").clone()
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full
