@@ -62,6 +62,14 @@ impl Machine {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// `git clone origin <machine>/app`; returns the clone.
+    fn clone_app(&self, origin: &Path) -> PathBuf {
+        let app = self.root.join("app");
+        let (from, to) = (origin.to_str().unwrap(), app.to_str().unwrap());
+        self.git(&self.root, &["clone", "-q", from, to]);
+        app
+    }
+
     /// A bridge on this machine, in `cwd`.
     fn bridge(&self, url: &str, id: &str, cwd: &Path) -> BridgeOpts {
         let mut o = BridgeOpts::new(&self.root, url, id);
@@ -104,16 +112,7 @@ async fn a_handoff_carries_the_exact_git_state_to_another_machine() {
     laptop.git(&seed, &["push", "-q", "origin", "main"]);
 
     // The sender's clone: an unpushed commit, an uncommitted edit, untracked files.
-    let sender = laptop.root.join("app");
-    laptop.git(
-        root,
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            sender.to_str().unwrap(),
-        ],
-    );
+    let sender = laptop.clone_app(&origin);
     write(&sender.join("src/lib.rs"), "pub fn a() {}\npub fn b() {}\n");
     laptop.git(&sender, &["commit", "-q", "-am", "unpushed: add b"]);
     write(&sender.join("README.md"), "# app\n\nhalf-written docs\n");
@@ -122,16 +121,7 @@ async fn a_handoff_carries_the_exact_git_state_to_another_machine() {
     let head = laptop.git(&sender, &["rev-parse", "HEAD"]);
 
     // The receiver's own clone, on the other machine.
-    let receiver = workstation.root.join("app");
-    workstation.git(
-        root,
-        &[
-            "clone",
-            "-q",
-            origin.to_str().unwrap(),
-            receiver.to_str().unwrap(),
-        ],
-    );
+    let receiver = workstation.clone_app(&origin);
 
     let hub = Hub::start(root).await;
     let cc1 = Bridge::start_with(laptop.bridge(&hub.url, "CC-1", &sender), false).await;
