@@ -39,6 +39,7 @@ pub mod retention;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod tasks;
 pub mod tls;
 
 use std::{future::Future, sync::Arc};
@@ -72,6 +73,8 @@ pub struct HubState {
     pub refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Task bounds and the operator secret's hash (see [`tasks`]).
+    pub tasks: tasks::TaskConfig,
 }
 
 /// A hub with its store open, ready to serve.
@@ -91,6 +94,7 @@ impl Hub {
             config.register_rate,
             config.register_burst,
         );
+        let tasks = tasks::TaskConfig::new(&config.data_dir, config.max_bundle_bytes);
         let caps = limits::ConnCaps::new(
             config.max_connections,
             config.max_unauthenticated,
@@ -110,6 +114,7 @@ impl Hub {
                 budget,
                 refusals: refusals::Refusals::default(),
                 tls,
+                tasks,
             }),
             store_thread,
         })

@@ -34,13 +34,16 @@ use crate::{
     tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
 
-/// A tool's answer: text for the model, and whether it is an error result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tool's answer: text for the model, whether it is an error result, and (for the task
+/// tools) the record as `structuredContent`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     /// Plain text, short.
     pub text: String,
     /// Marks the result `isError` (the call did not do what was asked).
     pub is_error: bool,
+    /// `structuredContent`, matching the tool's `outputSchema`.
+    pub structured: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -49,6 +52,7 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: false,
+            structured: None,
         }
     }
 
@@ -57,7 +61,14 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: true,
+            structured: None,
         }
+    }
+
+    /// The same answer with `structuredContent`.
+    pub fn with_structured(mut self, value: serde_json::Value) -> Self {
+        self.structured = Some(value);
+        self
     }
 }
 
@@ -237,6 +248,7 @@ impl Relay {
             ToolCall::Peers => self.peers().await,
             ToolCall::Status => self.status().await,
             ToolCall::Sessions => self.sessions().await,
+            ToolCall::Task(call) => self.task(call).await,
         };
         if let Some(notice) = self.hub.take_reset_notice() {
             reply.text = format!("{notice}\n\n{}", reply.text);
@@ -832,14 +844,14 @@ fn said(e: &ErrorFrame) -> String {
     display::line(&e.message).into_owned()
 }
 
-fn frame_type(f: &ServerFrame) -> String {
+pub(crate) fn frame_type(f: &ServerFrame) -> String {
     serde_json::to_value(f)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
 
-fn unexpected(f: &ServerFrame) -> Reply {
+pub(crate) fn unexpected(f: &ServerFrame) -> Reply {
     Reply::error(format!(
         "The hub answered with an unexpected frame ({}); nothing changed.",
         frame_type(f)
@@ -856,7 +868,7 @@ fn request_failed(e: &RequestError) -> Reply {
     }
 }
 
-fn capitalize(s: &str) -> String {
+pub(crate) fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),

@@ -33,6 +33,7 @@ pub mod outbox;
 pub mod owner;
 mod private_file;
 pub mod server;
+pub mod tasks;
 pub mod tools;
 pub mod transport;
 pub mod watchdog;

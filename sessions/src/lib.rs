@@ -11,6 +11,7 @@ pub mod paths;
 pub mod registry;
 pub mod time;
 pub mod wire;
+pub mod wire_tasks;
 
 pub use id::{BROADCAST, IdError, SessionId};
 pub use identity::{IdSource, Identity, IdentityError};

@@ -10,6 +10,7 @@ pub mod actor;
 pub mod checkpoint;
 pub mod datadir;
 pub mod sqlite;
+pub mod tasks;
 
 use std::sync::{Arc, RwLock};
 
@@ -158,6 +159,7 @@ impl StoredMessage {
             content: self.content,
             timestamp: sessions::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
     }
 
@@ -170,6 +172,7 @@ impl StoredMessage {
             content: self.content.clone(),
             timestamp: sessions::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
     }
 }
@@ -292,6 +295,11 @@ pub trait Backend: Send {
     /// What the integrity check at open found; a damaged store refuses every write.
     fn integrity(&self) -> Integrity {
         Integrity::Ok
+    }
+    /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
+    /// answers task frames with `unavailable`).
+    fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
+        None
     }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what

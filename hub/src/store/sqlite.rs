@@ -18,6 +18,8 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod tasks;
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -168,6 +170,8 @@ impl SqliteBackend {
         conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(tasks::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
         let integrity = quick_check(&conn);
@@ -397,6 +401,10 @@ impl Backend for SqliteBackend {
 
     fn integrity(&self) -> Integrity {
         self.integrity.clone()
+    }
+
+    fn tasks(&mut self) -> Option<&mut dyn super::tasks::TaskStore> {
+        Some(self)
     }
 
     fn append(
