@@ -21,8 +21,11 @@ fn version(v: &str) -> (u64, u64, u64) {
 
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Not --offline: the metadata covers every platform's packages, and a package only some
+    // other platform builds (say, a wasm-only dependency of a dev-dependency) is not
+    // downloaded by this machine's build; cargo fetches it once (`.ci/run` runs `cargo fetch`).
     let out = Command::new(cargo)
-        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["metadata", "--locked", "--format-version", "1"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");

@@ -124,6 +124,9 @@ pub struct HubConfig {
     pub token: Option<String>,
     /// Serve `wss://` with this certificate and key.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Largest git bundle a task may carry, in bytes (uploaded in chunks, see
+    /// `docs/HANDOFF.md`). Default 16 MiB.
+    pub max_bundle_bytes: u64,
 }
 
 impl HubConfig {
@@ -156,6 +159,7 @@ impl HubConfig {
             register_burst: 1_000.0,
             token: None,
             tls: None,
+            max_bundle_bytes: crate::tasks::DEFAULT_MAX_BUNDLE_BYTES,
         }
     }
 }

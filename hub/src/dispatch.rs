@@ -30,7 +30,7 @@ use crate::{
     presence,
     refusals::loggable,
     router::Peer,
-    store::{After, Append, HistoryQuery, NewMessage, StoreError, message_id, parse_message_id},
+    store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
 };
 
 /// Default page size of `get_history` and `receive` (the Node relay's).
@@ -100,7 +100,7 @@ impl ConnSession {
         }));
     }
 
-    fn reply(&self, frame: ServerFrame) {
+    pub(crate) fn reply(&self, frame: ServerFrame) {
         let _ = self.outbox.push_json(&frame);
     }
 
@@ -127,7 +127,7 @@ impl ConnSession {
         );
     }
 
-    fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
+    pub(crate) fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
         if self.id.is_none() {
             self.error(
                 codes::NOT_REGISTERED,
@@ -213,6 +213,15 @@ impl ConnSession {
             ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
             ClientFrame::Forget(f) => Box::pin(self.forget(hub, f)).await,
+            f @ (ClientFrame::TaskCreate(_)
+            | ClientFrame::TaskAct(_)
+            | ClientFrame::TaskList(_)
+            | ClientFrame::TaskGet(_)
+            | ClientFrame::BlobPut(_)
+            | ClientFrame::TaskBundle(_)
+            | ClientFrame::TaskReserve(_)) => {
+                Box::pin(crate::tasks::handle::frame(self, hub, f)).await
+            }
         }
     }
 
@@ -525,7 +534,7 @@ impl ConnSession {
                         if let Err(e) = b.mark_delivered(&marks) {
                             tracing::warn!(%id, "delivery of the backlog not recorded: {e}");
                         }
-                        page.messages
+                        crate::tasks::envelopes(b, page.messages)
                     } else {
                         Vec::new()
                     };
@@ -587,11 +596,8 @@ impl ConnSession {
             owned: Some(owned || minted.is_some()),
             rid: rid.as_ref(),
         }));
-        let epoch = hub.store.epoch();
-        for m in pending {
-            let _ = self
-                .outbox
-                .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
+        for e in pending {
+            let _ = self.outbox.push_json(&ServerFrame::Message(e));
         }
         hub.router.activate(&id, self.outbox.id());
         presence::announce_joined(&hub.router, &id);
@@ -702,24 +708,22 @@ impl ConnSession {
         };
         let page = hub
             .store
-            .call(move |b| b.history(viewer.as_str(), &query))
+            .call(move |b| {
+                let page = b.history(viewer.as_str(), &query)?;
+                Ok((page.more, crate::tasks::envelopes(b, page.messages)))
+            })
             .await;
         match page {
-            Ok(page) => {
-                let cursor = page
-                    .messages
+            Ok((more, messages)) => {
+                let cursor = messages
                     .last()
-                    .map(|m| message_id(&epoch, m.seq))
+                    .map(|m| m.id.clone())
                     .or(q.after.filter(|a| !a.is_empty()));
                 self.reply(ServerFrame::History(History {
-                    messages: page
-                        .messages
-                        .into_iter()
-                        .map(|m| m.into_envelope(&epoch))
-                        .collect(),
+                    messages,
                     cursor,
                     unknown_cursor: false,
-                    more: page.more,
+                    more,
                     rid: q.rid,
                 }))
             }
@@ -790,18 +794,14 @@ impl ConnSession {
                 if let Err(e) = b.mark_delivered(&marks) {
                     tracing::warn!(viewer = %viewer, "delivery not recorded: {e}");
                 }
-                Ok(page)
+                Ok((page.remaining, crate::tasks::envelopes(b, page.messages)))
             })
             .await;
         let epoch = hub.store.epoch();
         match page {
-            Ok(p) => self.reply(ServerFrame::Inbox(Inbox {
-                messages: p
-                    .messages
-                    .into_iter()
-                    .map(|m| m.into_envelope(&epoch))
-                    .collect(),
-                remaining: p.remaining,
+            Ok((remaining, messages)) => self.reply(ServerFrame::Inbox(Inbox {
+                messages,
+                remaining,
                 epoch: Some(epoch.to_string()),
                 rid: r.rid,
             })),
@@ -930,7 +930,7 @@ enum Claim {
     Granted {
         owned: bool,
         unread: u64,
-        pending: Vec<crate::store::StoredMessage>,
+        pending: Vec<relay_proto::wire::Envelope>,
         minted: Option<String>,
     },
 }

@@ -39,6 +39,7 @@ mod refusals;
 mod retention;
 mod router;
 mod store;
+mod tasks;
 mod tls;
 
 use std::{future::Future, sync::Arc};
@@ -53,6 +54,7 @@ pub use error::HubError;
 use router::Router;
 pub use store::{LocalStore, StoreError};
 use store::{StoreHandle, sqlite::SqliteBackend};
+pub use tasks::{DEFAULT_MAX_BUNDLE_BYTES, operator};
 pub use tls::TlsFiles;
 use tokio::net::TcpListener;
 
@@ -75,6 +77,8 @@ pub struct HubState {
     pub(crate) refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Task bounds and the operator secret's hash (see [`tasks`]).
+    pub(crate) tasks: tasks::TaskConfig,
 }
 
 /// A hub with its store open, ready to serve.
@@ -94,6 +98,7 @@ impl Hub {
             config.register_rate,
             config.register_burst,
         );
+        let tasks = tasks::TaskConfig::new(&config.data_dir, config.max_bundle_bytes);
         let caps = limits::ConnCaps::new(
             config.max_connections,
             config.max_unauthenticated,
@@ -113,6 +118,7 @@ impl Hub {
                 budget,
                 refusals: refusals::Refusals::default(),
                 tls,
+                tasks,
             }),
             store_thread,
         })

@@ -20,6 +20,13 @@ pub(crate) const KNOWN_TYPES: &[&str] = &[
     "release",
     "watch",
     "forget",
+    "task_create",
+    "task_act",
+    "task_list",
+    "task_get",
+    "blob_put",
+    "task_bundle",
+    "task_reserve",
 ];
 
 /// Characters of serde's explanation quoted in an error reply.

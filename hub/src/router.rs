@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::{
     frames::{self, SentOut},
     outbound::{Outbox, to_frame},
-    store::{Append, Appended, CommitSink, Committed, StoreError, message_id},
+    store::{Append, Appended, CommitSink, Committed, StoreError, StoredMessage, message_id},
 };
 
 /// A live connection holding a session id.
@@ -316,6 +316,24 @@ impl Router {
         } else if let Some(list) = self.watchers.get(to) {
             ring_one(to, &list);
         }
+    }
+
+    /// Pushes a committed message that did not come through the store's append path (task
+    /// mail, see `crate::tasks`) to its recipient(s) and watchers, and records a delivery
+    /// fix when the push went otherwise than `predicted` at the insert.
+    pub(crate) fn route_stored(&self, msg: &StoredMessage, frame: &Utf8Bytes, predicted: bool) {
+        let took = if &*msg.to == relay_proto::BROADCAST {
+            self.broadcast(&msg.from, frame) > 0
+        } else {
+            self.deliver(&msg.to, frame)
+        };
+        if took != predicted {
+            self.fixes
+                .lock()
+                .expect("fixes lock")
+                .push((msg.seq, took.then(now_ms)));
+        }
+        self.ring(&msg.to, &msg.from, msg.seq);
     }
 
     /// Closes every registered connection (used when the store was reset: clients must

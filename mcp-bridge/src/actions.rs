@@ -32,13 +32,16 @@ use crate::{
     tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
 
-/// A tool's answer: text for the model, and whether it is an error result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tool's answer: text for the model, whether it is an error result, and (for the task
+/// tools) the record as `structuredContent`.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Reply {
     /// Plain text, short.
     pub text: String,
     /// Marks the result `isError` (the call did not do what was asked).
     pub is_error: bool,
+    /// `structuredContent`, matching the tool's `outputSchema`.
+    pub structured: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -47,6 +50,7 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: false,
+            structured: None,
         }
     }
 
@@ -55,7 +59,14 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: true,
+            structured: None,
         }
+    }
+
+    /// The same answer with `structuredContent`.
+    pub(crate) fn with_structured(mut self, value: serde_json::Value) -> Self {
+        self.structured = Some(value);
+        self
     }
 }
 
@@ -239,6 +250,7 @@ impl Relay {
             ToolCall::Peers => self.peers().await,
             ToolCall::Status => self.status().await,
             ToolCall::Sessions => self.sessions().await,
+            ToolCall::Task(call) => self.task(call).await,
         };
         if let Some(notice) = self.hub.take_reset_notice() {
             reply.text = format!("{notice}\n\n{}", reply.text);
@@ -837,14 +849,14 @@ fn said(e: &ErrorFrame) -> String {
     display::line(&e.message).into_owned()
 }
 
-fn frame_type(f: &ServerFrame) -> String {
+pub(crate) fn frame_type(f: &ServerFrame) -> String {
     serde_json::to_value(f)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
 
-fn unexpected(f: &ServerFrame) -> Reply {
+pub(crate) fn unexpected(f: &ServerFrame) -> Reply {
     Reply::error(format!(
         "The hub answered with an unexpected frame ({}); nothing changed.",
         frame_type(f)
@@ -861,7 +873,7 @@ fn request_failed(e: &RequestError) -> Reply {
     }
 }
 
-fn capitalize(s: &str) -> String {
+pub(crate) fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),

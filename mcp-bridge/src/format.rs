@@ -343,6 +343,7 @@ mod tests {
             content: content.into(),
             timestamp: iso(NOW - 120_000),
             seq: 1,
+            task: None,
         }
     }
 

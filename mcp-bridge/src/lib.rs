@@ -33,6 +33,7 @@ mod meta;
 pub mod outbox;
 pub mod owner;
 mod private_file;
+pub mod tasks;
 mod tools;
 mod transport;
 mod watchdog;

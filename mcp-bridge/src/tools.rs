@@ -64,6 +64,8 @@ pub(crate) enum ToolCall {
     Sessions,
     /// `relay_wait`.
     Wait(WaitArgs),
+    /// `relay_handoff`, `relay_tasks`, `relay_task` (see [`crate::tasks`]).
+    Task(crate::tasks::tools::TaskCall),
 }
 
 /// Arguments of `relay_wait`.
@@ -99,7 +101,7 @@ impl ReceiveArgs {
     }
 }
 
-fn schema(v: Value) -> Arc<JsonObject> {
+pub(crate) fn schema(v: Value) -> Arc<JsonObject> {
     match v {
         Value::Object(map) => Arc::new(map),
         _ => Arc::new(JsonObject::new()),
@@ -184,6 +186,7 @@ pub(crate) fn definitions(profile: ToolProfile) -> Vec<Tool> {
             })),
         ));
     }
+    tools.extend(crate::tasks::tools::definitions());
     tools
 }
 
@@ -280,6 +283,9 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, S
                 timeout_capped,
             }))
         }
+        t if crate::tasks::tools::NAMES.contains(&t) => {
+            crate::tasks::tools::parse(t, args).map(ToolCall::Task)
+        }
         other => Err(format!(
             "unknown tool {other:?}; this server has: {}, {}, {}, {}, {}",
             name::SEND,
@@ -292,12 +298,12 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, S
 }
 
 /// Typed access to one call's arguments, with errors naming the tool and the argument.
-struct Args<'a> {
-    tool: &'a str,
-    args: Option<&'a JsonObject>,
+pub(crate) struct Args<'a> {
+    pub(crate) tool: &'a str,
+    pub(crate) args: Option<&'a JsonObject>,
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -309,12 +315,12 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl<'a> Args<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.args?.get(key).filter(|v| !v.is_null())
     }
 
     /// Rejects arguments the tool does not take (a misspelt name would otherwise be ignored).
-    fn only(&self, known: &[&str]) -> Result<(), String> {
+    pub(crate) fn only(&self, known: &[&str]) -> Result<(), String> {
         let Some(args) = self.args else { return Ok(()) };
         if let Some(bad) = args.keys().find(|k| !known.contains(&k.as_str())) {
             let takes = if known.is_empty() {
@@ -330,7 +336,7 @@ impl<'a> Args<'a> {
         Ok(())
     }
 
-    fn string(&self, key: &str) -> Result<Option<&'a str>, String> {
+    pub(crate) fn string(&self, key: &str) -> Result<Option<&'a str>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -342,7 +348,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn integer(&self, key: &str) -> Result<Option<i64>, String> {
+    pub(crate) fn integer(&self, key: &str) -> Result<Option<i64>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Number(n)) => n
@@ -367,7 +373,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
+    pub(crate) fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -379,7 +385,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn session_id(&self, key: &str, id: &str) -> Result<String, String> {
+    pub(crate) fn session_id(&self, key: &str, id: &str) -> Result<String, String> {
         relay_proto::id::validate(id).map_err(|e| {
             format!(
                 "{}: \"{key}\" is not a valid session id ({id:?}: {e}). Ids look like CC-2: a \
@@ -410,7 +416,10 @@ mod tests {
                 "relay_receive",
                 "relay_peers",
                 "relay_status",
-                "relay_sessions"
+                "relay_sessions",
+                "relay_handoff",
+                "relay_tasks",
+                "relay_task"
             ]
         );
         for t in &defs {
@@ -427,7 +436,7 @@ mod tests {
             );
         }
         let full = definitions(ToolProfile::Full);
-        assert_eq!(full.len(), 6);
+        assert_eq!(full.len(), 9);
         assert_eq!(full[5].name, "relay_wait");
         assert!(full[5].description.as_ref().unwrap().len() < 260);
         assert!(offered(ToolProfile::Full, "relay_wait"));

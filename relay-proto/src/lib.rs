@@ -9,5 +9,6 @@
 pub mod id;
 pub mod time;
 pub mod wire;
+pub mod wire_tasks;
 
 pub use id::{BROADCAST, IdError, SessionId};

@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::wire_tasks::{
+    BlobAck, BlobPut, BundleChunk, TaskAct, TaskBundle, TaskCreate, TaskGet, TaskList, TaskPage,
+    TaskRefused, TaskReply, TaskReserve, TaskReserved, TaskTag,
+};
+
 /// Free-form session metadata a client reports on `register` (pid, cwd, host, started, …).
 pub type Meta = serde_json::Map<String, Value>;
 
@@ -54,6 +59,20 @@ pub enum ClientFrame {
     Watch(Watch),
     /// Remove an offline session from the hub's session table.
     Forget(Forget),
+    /// Offer a task (see [`crate::wire_tasks`]).
+    TaskCreate(TaskCreate),
+    /// Move a task.
+    TaskAct(TaskAct),
+    /// List tasks.
+    TaskList(TaskList),
+    /// Read one task.
+    TaskGet(TaskGet),
+    /// Upload a chunk of a bundle.
+    BlobPut(BlobPut),
+    /// Download a chunk of a task's bundle.
+    TaskBundle(TaskBundle),
+    /// Reserve the id of the next task.
+    TaskReserve(TaskReserve),
 }
 
 impl ClientFrame {
@@ -70,6 +89,13 @@ impl ClientFrame {
             Self::Release(f) => &mut f.rid,
             Self::Watch(f) => &mut f.rid,
             Self::Forget(f) => &mut f.rid,
+            Self::TaskCreate(f) => &mut f.rid,
+            Self::TaskAct(f) => &mut f.rid,
+            Self::TaskList(f) => &mut f.rid,
+            Self::TaskGet(f) => &mut f.rid,
+            Self::BlobPut(f) => &mut f.rid,
+            Self::TaskBundle(f) => &mut f.rid,
+            Self::TaskReserve(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -87,6 +113,13 @@ impl ClientFrame {
             Self::Release(f) => f.rid.as_ref(),
             Self::Watch(f) => f.rid.as_ref(),
             Self::Forget(f) => f.rid.as_ref(),
+            Self::TaskCreate(f) => f.rid.as_ref(),
+            Self::TaskAct(f) => f.rid.as_ref(),
+            Self::TaskList(f) => f.rid.as_ref(),
+            Self::TaskGet(f) => f.rid.as_ref(),
+            Self::BlobPut(f) => f.rid.as_ref(),
+            Self::TaskBundle(f) => f.rid.as_ref(),
+            Self::TaskReserve(f) => f.rid.as_ref(),
         }
     }
 }
@@ -389,6 +422,18 @@ pub enum ServerFrame {
     Forgotten(Forgotten),
     /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
     Mail(Mail),
+    /// One task (reply to `task_create`, `task_act`, `task_get`).
+    Task(TaskReply),
+    /// A page of tasks (reply to `task_list`).
+    Tasks(TaskPage),
+    /// A task move was refused; nothing changed.
+    TaskRefused(TaskRefused),
+    /// Reply to `blob_put`.
+    Blob(BlobAck),
+    /// Reply to `task_bundle`.
+    Bundle(BundleChunk),
+    /// Reply to `task_reserve`.
+    TaskReserved(TaskReserved),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -411,6 +456,12 @@ impl ServerFrame {
             Self::Watching(f) => f.rid.as_ref(),
             Self::Forgotten(f) => f.rid.as_ref(),
             Self::Error(f) => f.rid.as_ref(),
+            Self::Task(f) => f.rid.as_ref(),
+            Self::Tasks(f) => f.rid.as_ref(),
+            Self::TaskRefused(f) => f.rid.as_ref(),
+            Self::Blob(f) => f.rid.as_ref(),
+            Self::Bundle(f) => f.rid.as_ref(),
+            Self::TaskReserved(f) => f.rid.as_ref(),
             Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)
@@ -572,6 +623,10 @@ pub struct Envelope {
     /// Hub-wide, strictly increasing sequence number.
     #[serde(default)]
     pub seq: u64,
+    /// On mail that reports a task change: the task and its new state (additive; see
+    /// [`crate::wire_tasks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskTag>,
 }
 
 /// `sent`: the hub stored the message (and says whether a live connection took it).
@@ -813,8 +868,11 @@ pub mod codes {
     /// A `message` reused the `key` of an earlier, different message of the same sender
     /// (other recipient or content). It was not stored.
     pub const KEY_CONFLICT: &str = "key_conflict";
-    /// The hub knows no session by that name.
+    /// The hub knows no session by that name (`forget`), or no such task, or not one the
+    /// asker may see (task frames).
     pub const NOT_FOUND: &str = "not_found";
+    /// Not allowed to read or do this (not a party, not the operator).
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 /// Most unread messages the hub pushes after `registered` to a client that asked for its
@@ -906,6 +964,7 @@ mod tests {
             content: "hi".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             seq: 1,
+            task: None,
         });
         let s = serde_json::to_string(&f).unwrap();
         assert!(

@@ -86,6 +86,9 @@ pub(crate) struct HubArgs {
     /// forgotten (their ownership and mail stay).
     #[arg(long, env = "RELAY_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
+    /// Largest git bundle a task may carry, in bytes (see docs/HANDOFF.md).
+    #[arg(long, env = "RELAY_MAX_BUNDLE_BYTES", default_value_t = hub::DEFAULT_MAX_BUNDLE_BYTES)]
+    pub max_bundle_bytes: u64,
     /// Threads serving connections (the store always has its own thread besides).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -131,6 +134,7 @@ impl HubArgs {
         c.register_burst = c.register_rate;
         c.outbound_frames = self.outbound_frames.max(hub::MIN_OUTBOUND_FRAMES);
         c.max_sessions = self.max_sessions.max(1);
+        c.max_bundle_bytes = self.max_bundle_bytes;
         c.token = self
             .token_file
             .as_deref()

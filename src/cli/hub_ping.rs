@@ -1,6 +1,6 @@
 //! One `ping` round trip to the hub, for the commands that only need to know whether the hub
 //! answers and which version it runs (`doctor`, `service status`), and the wording of why it
-//! did not. The connection goes through `mcp_bridge::connect` like every other client, so the
+//! did not. The connection goes through `mcp_bridge::dial` like every other client, so the
 //! token (never shown) and the CA are handled in one place.
 
 use std::time::Duration;

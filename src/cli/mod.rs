@@ -14,6 +14,7 @@ mod init_cmd;
 mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
+mod tasks_cmd;
 mod user_files;
 mod wait_cmd;
 
@@ -47,6 +48,9 @@ pub(crate) enum Command {
     Wait(wait_cmd::WaitArgs),
     /// Install or remove the `claude-relay wait` Stop hook in ~/.claude/settings.json.
     Hooks(hooks_cmd::HooksArgs),
+    /// The task board (id, state, from → holder, age, title), one task, or `checkout ID`:
+    /// recreate a handed-over task's working state here.
+    Tasks(tasks_cmd::TasksArgs),
     /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
     /// and say how to fix each problem; exit 1 if any.
     Doctor(doctor_cmd::DoctorArgs),
@@ -108,6 +112,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service_cmd::run(args),
         Command::Wait(args) => wait_cmd::run(args),
         Command::Hooks(args) => hooks_cmd::run(args),
+        Command::Tasks(args) => tasks_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct BridgeOpts {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `mcp`.
     pub args: Vec<String>,
+    /// Working directory of the bridge (None: the test's).
+    pub cwd: Option<PathBuf>,
 }
 
 impl BridgeOpts {
@@ -59,6 +61,7 @@ impl BridgeOpts {
             home: dir.join("home"),
             env: Vec::new(),
             args: Vec::new(),
+            cwd: None,
         }
     }
 }
@@ -92,6 +95,9 @@ pub(crate) fn command(opts: &BridgeOpts, under_shell: bool) -> Command {
         .kill_on_drop(true);
     if let Some(id) = &opts.session_id {
         cmd.env("CLAUDE_RELAY_SESSION_ID", id);
+    }
+    if let Some(cwd) = &opts.cwd {
+        cmd.current_dir(cwd);
     }
     for (k, v) in &opts.env {
         cmd.env(k, v);

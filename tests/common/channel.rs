@@ -1,11 +1,11 @@
 //! An MCP client that records the channel events a bridge sends (what Claude Code turns
-//! into `<channel>` events), for tests of channel push.
+//! into `<channel>` events), driving a real `claude-relay mcp`, for tests of channel push.
 
 use std::time::Duration;
 
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
-    model::{CallToolRequestParams, ClientConfig, CustomNotification},
+    model::{CallToolRequestParams, CallToolResult, ClientConfig, CustomNotification},
     service::{NotificationContext, RunningService},
 };
 use serde_json::Value;
@@ -44,7 +44,7 @@ impl ClientHandler for Recorder {
 pub(crate) struct Recorded {
     /// The MCP client.
     pub client: RunningService<RoleClient, Recorder>,
-    /// Every custom notification received: (method, params).
+    /// Every custom notification received, in order.
     pub events: mpsc::UnboundedReceiver<(String, Value)>,
     _child: Child,
     /// The bridge's stderr.
@@ -71,17 +71,22 @@ impl Recorded {
         }
     }
 
-    /// Calls `tool` and returns its text.
-    pub(crate) async fn call(&self, tool: &str, args: Value) -> String {
+    /// Calls `tool` and returns the whole result (text, `isError`, `structuredContent`).
+    pub(crate) async fn call_result(&self, tool: &str, args: Value) -> CallToolResult {
         let mut params = CallToolRequestParams::new(tool.to_string());
         if let Value::Object(map) = args {
             params = params.with_arguments(map);
         }
-        let result = tokio::time::timeout(WAIT, self.client.call_tool(params))
+        tokio::time::timeout(WAIT, self.client.call_tool(params))
             .await
             .expect("tool call in time")
-            .expect("tool call");
-        result
+            .expect("tool call")
+    }
+
+    /// Calls `tool` and returns its text.
+    pub(crate) async fn call(&self, tool: &str, args: Value) -> String {
+        self.call_result(tool, args)
+            .await
             .content
             .iter()
             .filter_map(|c| c.as_text().map(|t| t.text.clone()))
@@ -89,7 +94,7 @@ impl Recorded {
             .join("\n")
     }
 
-    /// Polls `relay_status` until the bridge is connected (bounded by `limit`).
+    /// Polls `relay_status` until connected, within `limit`.
     pub(crate) async fn wait_connected(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {

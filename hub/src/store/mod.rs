@@ -11,6 +11,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod datadir;
 mod local;
 pub(crate) mod sqlite;
+pub(crate) mod tasks;
 
 use std::sync::{Arc, RwLock};
 
@@ -160,7 +161,14 @@ impl StoredMessage {
             content: self.content,
             timestamp: relay_proto::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
+    }
+
+    /// The client-facing form, copying the content (task mail keeps its stored message).
+    /// Ids are `<epoch>-<seq>`, unique across store resets.
+    pub(crate) fn envelope(&self, epoch: &str) -> Envelope {
+        self.clone().into_envelope(epoch)
     }
 }
 
@@ -279,6 +287,11 @@ pub(crate) struct PruneReport {
 pub(crate) trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
+    /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
+    /// answers task frames with `unavailable`).
+    fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
+        None
+    }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
     /// happened to each message, in order (a message whose key matches an earlier one of the

@@ -18,6 +18,8 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod tasks;
+
 /// File name of the database inside the data directory.
 pub(crate) const DB_FILE: &str = "relay.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -181,6 +183,8 @@ impl SqliteBackend {
         conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(tasks::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
         let integrity = quick_check(&conn);
@@ -396,6 +400,10 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 impl Backend for SqliteBackend {
     fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    fn tasks(&mut self) -> Option<&mut dyn super::tasks::TaskStore> {
+        Some(self)
     }
 
     fn append(
