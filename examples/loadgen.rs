@@ -223,7 +223,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
             hubproc::default_hub_bin().context("cannot locate the hub binary: pass --hub-bin")?
         }
     };
-    let tag = base36(std::process::id() as u64);
+    let tag = relay_local::identity::base36(u64::from(std::process::id()));
     let mut outcomes = Vec::new();
     for scenario in scenarios {
         let mut runs = Vec::new();
@@ -394,18 +394,4 @@ fn print_tables(w: &mut impl std::io::Write, outcomes: &[Outcome]) -> anyhow::Re
         }
     }
     Ok(())
-}
-
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).expect("ASCII")
 }

@@ -121,7 +121,7 @@ pub struct HubConfig {
     /// Shared secret every connection must present (`Authorization: Bearer` on the
     /// upgrade, or `token` on `register`). None = open hub (loopback only, by policy of the
     /// binary).
-    pub token: Option<String>,
+    pub token: Option<relay_proto::token::HubToken>,
     /// Serve `wss://` with this certificate and key.
     pub tls: Option<crate::tls::TlsFiles>,
     /// Largest git bundle a task may carry, in bytes (uploaded in chunks, see

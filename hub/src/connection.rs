@@ -191,7 +191,7 @@ async fn run<S>(
                     upgrade = Upgrade::Anonymous;
                 }
                 Some(h) => match bearer(h) {
-                    Some(t) if token_ok(expected, t) => {
+                    Some(t) if token_ok(expected.expose(), t) => {
                         // Already counted under max_connections since accept.
                         let _ = slot.authenticate();
                     }

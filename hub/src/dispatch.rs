@@ -141,7 +141,7 @@ impl ConnSession {
     /// Checks the hub token for a connection that has not presented it yet. Returns false
     /// (after answering) when the frame must not be processed.
     fn authorize(&mut self, hub: &HubState, frame: &ClientFrame) -> bool {
-        let expected = hub.config.token.as_deref().unwrap_or_default();
+        let expected = hub.config.token.as_ref().map_or("", |t| t.expose());
         let presented = match frame {
             ClientFrame::Register(r) => r.token.as_deref(),
             ClientFrame::Release(r) => r.token.as_deref(),

@@ -16,14 +16,16 @@
 //! certificate that does not name the host, a CA that did not sign it.
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use futures_util::{SinkExt, StreamExt};
-use relay_proto::wire::{ClientFrame, ServerFrame};
+use relay_proto::{
+    token::HubToken,
+    wire::{ClientFrame, ServerFrame},
+};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
@@ -49,33 +51,6 @@ pub(crate) const RELAY_TOKEN_ENV: &str = "RELAY_TOKEN";
 pub(crate) const RELAY_TOKEN_FILE_ENV: &str = "RELAY_TOKEN_FILE";
 /// Environment variable naming a PEM file of the CA that signed the hub's certificate.
 pub(crate) const RELAY_CA_CERT_ENV: &str = "RELAY_CA_CERT";
-
-/// Largest token file we read (a token is one short line; this bounds a mistaken path).
-const MAX_TOKEN_FILE: u64 = 64 * 1024;
-
-/// The hub token. Its `Debug` never shows the value and it has no `Display`, so it cannot end
-/// up in a log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HubToken(String);
-
-impl HubToken {
-    /// A token from its text (trimmed). `None` when empty.
-    pub(crate) fn new(text: &str) -> Option<Self> {
-        let t = text.trim();
-        (!t.is_empty()).then(|| Self(t.to_string()))
-    }
-
-    /// The secret value, for the one place that sends it.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for HubToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("HubToken(<redacted>)")
-    }
-}
 
 /// Where the hub token comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,21 +123,12 @@ impl ClientAuth {
     }
 }
 
-/// Reads a token file: the first line, trimmed. Empty files and unreadable paths are errors
-/// that name the file.
+/// Reads a token file (see [`relay_proto::token::read_token_file`]); errors name the file.
 pub(crate) fn read_token_file(path: &Path) -> Result<HubToken, ConnectError> {
-    use std::io::Read;
-    let bad = |reason: String| ConnectError::Token {
+    relay_proto::token::read_token_file(path).map_err(|e| ConnectError::Token {
         path: path.to_path_buf(),
-        reason,
-    };
-    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let mut text = String::new();
-    file.take(MAX_TOKEN_FILE)
-        .read_to_string(&mut text)
-        .map_err(|e| bad(e.to_string()))?;
-    HubToken::new(text.lines().next().unwrap_or_default())
-        .ok_or_else(|| bad("the file is empty (the token is its first line)".into()))
+        reason: e.to_string(),
+    })
 }
 
 /// Why talking to the hub failed.

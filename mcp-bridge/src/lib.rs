@@ -32,7 +32,6 @@ mod mcp;
 mod meta;
 pub mod outbox;
 pub mod owner;
-mod private_file;
 pub mod tasks;
 mod tools;
 mod transport;

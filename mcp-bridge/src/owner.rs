@@ -20,7 +20,7 @@ use std::{
 
 use relay_proto::SessionId;
 
-use crate::private_file;
+use relay_local::files;
 
 /// Largest owner file read (a secret is 64 hex characters; this bounds a mistaken file).
 pub(crate) const MAX_SECRET_FILE: u64 = 4096;
@@ -138,10 +138,9 @@ impl OwnerStore {
             let p = p.to_path_buf();
             move |source| OwnerError::Write { path: p, source }
         };
-        private_file::private_dir(&self.dir).map_err(write(&self.dir))?;
+        files::private_dir(&self.dir).map_err(write(&self.dir))?;
         let bytes = format!("{}\n", secret.trim());
-        private_file::write_atomic(&self.dir, name, &format!(".{name}."), bytes.as_bytes())
-            .map_err(write(&path))?;
+        files::write_atomic(&path, bytes.as_bytes(), files::Mode::Private).map_err(write(&path))?;
         Ok(path)
     }
 

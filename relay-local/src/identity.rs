@@ -182,7 +182,7 @@ pub fn numbered(base: &str, n: u32) -> Result<SessionId, IdError> {
 /// `[A-Za-z0-9_-]` become `-`, an `h` is prefixed when it does not start with a letter
 /// (`host` when empty), and it is shortened so the whole id fits [`MAX_ID_LEN`].
 pub fn fallback_id(hostname: &str, pid: u32) -> SessionId {
-    let suffix = format!("-{}", base36(pid));
+    let suffix = format!("-{}", base36(u64::from(pid)));
     let mut host: String = short_host(hostname)
         .chars()
         .map(|c| {
@@ -203,7 +203,7 @@ pub fn fallback_id(hostname: &str, pid: u32) -> SessionId {
 }
 
 /// Lower-case base 36, as JavaScript's `pid.toString(36)` prints it.
-pub fn base36(mut n: u32) -> String {
+pub fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {
@@ -379,7 +379,10 @@ mod tests {
         assert_eq!(fallback_id("all", 1).as_str(), "all-1");
         let long = fallback_id(&"a".repeat(200), u32::MAX);
         assert_eq!(long.as_str().len(), MAX_ID_LEN);
-        assert!(long.as_str().ends_with(&format!("-{}", base36(u32::MAX))));
+        assert!(
+            long.as_str()
+                .ends_with(&format!("-{}", base36(u64::from(u32::MAX))))
+        );
     }
 
     #[test]
@@ -388,6 +391,6 @@ mod tests {
         assert_eq!(base36(35), "z");
         assert_eq!(base36(36), "10");
         assert_eq!(base36(12345), "9ix");
-        assert_eq!(base36(u32::MAX), "1z141z3");
+        assert_eq!(base36(u64::from(u32::MAX)), "1z141z3");
     }
 }

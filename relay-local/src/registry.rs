@@ -20,7 +20,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions, TryLockError},
-    io::{self, Write},
+    io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 use relay_proto::time;
 
 use crate::{
+    files,
     liveness::{self, ProcessStamp},
     paths,
 };
@@ -260,28 +261,15 @@ impl Registry {
         }
     }
 
-    /// Writes `bytes` to a temp file beside the registry, fsyncs it, renames it over the
-    /// registry and fsyncs the directory. Called with the lock held, so one temp name is
-    /// enough (a crashed writer's leftover is simply overwritten).
+    /// Replaces the registry file atomically (`files::write_atomic`). Called with the lock
+    /// held.
     fn write_atomic(&self, bytes: &[u8]) -> Result<(), RegistryError> {
-        let tmp = self
-            .path
-            .with_file_name(format!("{}.tmp", file_name(&self.path)));
-        let write_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RegistryError::Write { path, source }
-        };
-        let mut f = File::create(&tmp).map_err(write_err(&tmp))?;
-        f.write_all(bytes).map_err(write_err(&tmp))?;
-        f.sync_all().map_err(write_err(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(write_err(&self.path))?;
-        #[cfg(unix)]
-        if let Ok(dir) = File::open(parent_dir(&self.path)) {
-            // Makes the rename itself durable; failure here loses nothing already visible.
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        files::write_atomic(&self.path, bytes, files::Mode::KeepOr644).map_err(|source| {
+            RegistryError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 

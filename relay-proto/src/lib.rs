@@ -1,6 +1,6 @@
 //! The words the hub and its clients share: session ids and their grammar ([`id`]), the wire
-//! frames spoken over the WebSocket ([`wire`], docs/PROTOCOL.md) and the protocol's
-//! timestamps ([`time`]).
+//! frames spoken over the WebSocket ([`wire`], docs/PROTOCOL.md), the protocol's timestamps
+//! ([`time`]) and the hub token both ends hold ([`token`]).
 //!
 //! This is everything the hub needs from the rest of the workspace, and nothing more: what
 //! only a client machine knows (its session registry, identity, process liveness, file
@@ -8,6 +8,7 @@
 
 pub mod id;
 pub mod time;
+pub mod token;
 pub mod wire;
 pub mod wire_tasks;
 

@@ -26,15 +26,17 @@
 //!   when removing our entry left them empty — so the file means what it meant before.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::{Map, Value, json};
 
-use super::{external::sh_quote, user_files::Home};
+use super::{
+    external::sh_quote,
+    user_files::{Home, write_user_file},
+};
 
 /// The hook event we attach to.
 const EVENT: &str = "Stop";
@@ -141,7 +143,7 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
         let backup = backup(&target)?;
         println!("Backup of the previous file: {}", home.show(&backup));
     }
-    write_atomically(&target, text.as_bytes())?;
+    write_user_file(&target, text.as_bytes())?;
     println!("{did} {shown}.");
     if install {
         println!(
@@ -339,28 +341,6 @@ fn backup(path: &Path) -> anyhow::Result<PathBuf> {
     std::fs::copy(path, &target)
         .with_context(|| format!("cannot back up {} — nothing was changed", path.display()))?;
     Ok(target)
-}
-
-/// Writes `bytes` to a temporary file next to `path` and renames it over `path`, keeping the
-/// old file's permissions.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("settings path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("json.claude-relay-tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("cannot write {}: {e}", path.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

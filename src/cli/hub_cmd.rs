@@ -5,6 +5,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::ValueEnum;
 use hub::{HubConfig, SyncMode};
+use relay_proto::token::HubToken;
 
 /// Commit durability (see docs/STORAGE.md).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -98,13 +99,10 @@ pub(crate) struct HubArgs {
     pub insecure: bool,
 }
 
-/// Reads a token file: the first line, trimmed; empty files are an error.
-pub(super) fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or_default().trim().to_string();
-    anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
-    Ok(token)
+/// Reads the hub's token file (capped, first line, never shown: `relay_proto::token`).
+pub(super) fn read_token_file(path: &std::path::Path) -> anyhow::Result<HubToken> {
+    relay_proto::token::read_token_file(path)
+        .with_context(|| format!("reading token file {}", path.display()))
 }
 
 impl HubArgs {

@@ -11,6 +11,8 @@
 
 use std::process::ExitCode;
 
+use super::external::sh_quote;
+
 /// Arguments of `claude-relay init`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct InitArgs {
@@ -101,11 +103,6 @@ end
     )
 }
 
-/// Single-quotes `s` for bash/zsh (`'` becomes `'\''`).
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// Single-quotes `s` for fish (backslash and `'` are escaped with a backslash).
 fn fish_quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', r"\\").replace('\'', r"\'"))
@@ -117,8 +114,6 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(sh_quote("/usr/bin/x"), "'/usr/bin/x'");
-        assert_eq!(sh_quote("/a b/it's"), r"'/a b/it'\''s'");
         assert_eq!(fish_quote(r"/a\b/it's"), r"'/a\\b/it\'s'");
     }
 

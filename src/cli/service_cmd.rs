@@ -35,7 +35,7 @@ use relay_proto::wire::DEFAULT_PORT;
 use super::{
     external::{self, shell_line},
     hub_ping::{self, Ping},
-    user_files::Home,
+    user_files::{Home, write_user_file},
 };
 use units::{HubService, LAUNCHD_LABEL, SYSTEMD_UNIT};
 
@@ -274,7 +274,7 @@ impl Step {
         match self {
             Step::Mkdir(d) => std::fs::create_dir_all(d)
                 .with_context(|| format!("cannot create {}", d.display()))?,
-            Step::Write(p, text) => write_atomically(p, text)?,
+            Step::Write(p, text) => write_user_file(p, text.as_bytes())?,
             Step::Remove(p) => match std::fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("cannot remove {}", p.display()));
@@ -307,21 +307,6 @@ fn run_checked(a: &[String]) -> anyhow::Result<()> {
             out.code.map_or("by signal".into(), |c| c.to_string()),
             out.first_line()
         );
-    }
-    Ok(())
-}
-
-/// Writes `text` to a temporary file beside `path` and renames it over `path`.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().context("the service file has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".claude-relay-tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     Ok(())
 }

@@ -82,6 +82,15 @@ impl Home {
     }
 }
 
+/// Replaces `path` (a file of the user's: settings, a service unit) atomically, keeping its
+/// permissions; creates its directory if needed (`relay_local::files`).
+pub(crate) fn write_user_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("the path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    relay_local::files::write_atomic(path, bytes, relay_local::files::Mode::KeepOr644)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,6 @@ pub(crate) const QUEUED: &str = "msg";
 pub(crate) const REJECTED: &str = "rejected";
 /// Suffix of a file that is not a readable entry (damage from outside); kept for a human.
 pub(crate) const CORRUPT: &str = "corrupt";
-/// Prefix of a write in progress (or torn by a crash).
-pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
 /// Version of the on-disk format, stored in every file.
 const FORMAT: u32 = 1;

@@ -41,10 +41,10 @@ use std::{
 };
 
 pub use entry::Entry;
-use entry::{CORRUPT, QUEUED, REJECTED, TEMP_PREFIX};
+use entry::{CORRUPT, QUEUED, REJECTED};
 use relay_proto::SessionId;
 
-use crate::private_file::{private_dir, sync_dir, write_atomic};
+use relay_local::files::{self, Mode, private_dir, sync_dir};
 
 /// Default bound on stored entries (queued + rejected + unreadable files).
 pub const DEFAULT_MAX_COUNT: usize = 1000;
@@ -250,13 +250,8 @@ impl Outbox {
                 });
             }
             entry.seq = scan.max_seq + 1;
-            write_atomic(
-                &self.dir,
-                &entry::file_name(entry.seq, QUEUED),
-                TEMP_PREFIX,
-                &bytes,
-            )
-            .map_err(io_err(&self.dir))?;
+            let path = self.path(entry.seq, QUEUED);
+            files::write_atomic(&path, &bytes, Mode::Private).map_err(io_err(&path))?;
             Ok(())
         })?;
         Ok(entry)
@@ -340,7 +335,7 @@ impl Outbox {
             let item = item.map_err(io_err(&self.dir))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(TEMP_PREFIX) {
+            if files::is_temp(name) {
                 scan.temps.push(item.path());
                 continue;
             }
@@ -487,9 +482,9 @@ impl Drain {
             };
             current.attempts = current.attempts.saturating_add(1);
             current.last_error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
-            let name = entry::file_name(current.seq, suffix);
-            write_atomic(&o.dir, &name, TEMP_PREFIX, &current.to_bytes())
-                .map_err(io_err(&o.dir))?;
+            let path = o.path(current.seq, suffix);
+            files::write_atomic(&path, &current.to_bytes(), Mode::Private)
+                .map_err(io_err(&path))?;
             if suffix != QUEUED {
                 let queued = o.path(current.seq, QUEUED);
                 fs::remove_file(&queued).map_err(io_err(&queued))?;

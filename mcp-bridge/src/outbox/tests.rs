@@ -101,7 +101,9 @@ fn a_torn_write_is_never_an_entry() {
     let o = outbox(home.path());
     o.append("a", "CC-2", "complete").unwrap();
     // A crash mid-append leaves a temporary file with half a record…
-    let torn = o.dir().join(format!("{TEMP_PREFIX}4242-deadbeef"));
+    let torn = o
+        .dir()
+        .join(format!(".{}.4242.0.tmp", entry::file_name(2, QUEUED)));
     fs::write(&torn, br#"{"v":1,"key":"b","to":"CC-2","content":"half"#).unwrap();
     // …and damage from outside can leave a named file that is not an entry.
     let bad = o.dir().join(entry::file_name(7, QUEUED));
@@ -342,11 +344,9 @@ fn a_sigkill_mid_append_loses_nothing_that_was_queued() {
     let stats = o.stats().unwrap();
     assert_eq!((stats.queued, stats.corrupt), (all.len(), 0));
     assert!(
-        fs::read_dir(&dir).unwrap().all(|e| !e
+        fs::read_dir(&dir)
             .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(TEMP_PREFIX)),
+            .all(|e| !files::is_temp(&e.unwrap().file_name().to_string_lossy())),
         "the torn write was cleared"
     );
 }
