@@ -107,7 +107,7 @@ impl Raw {
 }
 
 #[tokio::test]
-async fn malformed_json_on_stdin_gets_a_parse_error_and_the_bridge_keeps_serving() {
+async fn malformed_json_on_stdin_is_ignored_and_the_bridge_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
     let mut child = command(&BridgeOpts::new(dir.path(), &hub.url, "CC-1"), false)
@@ -119,19 +119,9 @@ async fn malformed_json_on_stdin_gets_a_parse_error_and_the_bridge_keeps_serving
         stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
     };
 
+    // Not JSON: no reply (nothing to answer, and no error storm with a peer that turns
+    // replies into more garbage); the first line out is the answer to `initialize`.
     raw.write("{this is not json").await;
-    let e = raw.read().await;
-    assert_eq!(e["jsonrpc"], "2.0");
-    assert_eq!(e["id"], Value::Null);
-    assert_eq!(e["error"]["code"], -32700);
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("Parse error"),
-        "{e}"
-    );
-
     raw.write(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
     let init = raw.read().await;
     assert_eq!(init["id"], 1);
@@ -142,7 +132,6 @@ async fn malformed_json_on_stdin_gets_a_parse_error_and_the_bridge_keeps_serving
 
     // More garbage after initialize, then real requests: all answered, in order.
     raw.write("]]]").await;
-    assert_eq!(raw.read().await["error"]["code"], -32700);
     raw.write(r#"{"jsonrpc":"2.0","id":"q","method":7}"#).await;
     let e = raw.read().await;
     assert_eq!(

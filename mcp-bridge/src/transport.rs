@@ -1,21 +1,27 @@
-//! The bridge's stdio transport: newline-delimited JSON-RPC on stdin/stdout that answers bad
-//! input instead of going deaf.
+//! The bridge's stdio transport: newline-delimited JSON-RPC on stdin/stdout that answers every
+//! request it can identify, even a bad one, so a client's call fails instead of hanging.
 //!
-//! rmcp's own `AsyncRwTransport` silently drops a line that is not JSON. A client that sent it
-//! then waits forever, and the reference bridge's users saw exactly that ("a malformed line made
-//! the bridge deaf"). This transport instead:
-//! - answers a line that is not JSON with `-32700 Parse error` (id `null`) and keeps serving;
-//! - answers JSON that is not a valid JSON-RPC message with `-32600 Invalid Request`, echoing
-//!   its `id` when one can be read;
-//! - bounds a line at [`MAX_LINE_BYTES`]: a longer line is discarded as it streams in (never
-//!   buffered whole) and answered with `-32600`, echoing the request id if the start of the line
-//!   shows one, so the client's call fails instead of hanging;
-//! - ignores blank lines, and, like rmcp, silently ignores notifications it cannot parse
-//!   (non-standard notifications are common and JSON-RPC forbids replying to notifications);
-//! - writes each outgoing message as one line through a single writer task, flushed, so
-//!   concurrent responses never interleave and a cancelled future never leaves half a line.
+//! rmcp 3.11's own `AsyncRwTransport` now bounds lines, resumes a partial line after a
+//! cancelled read and answers well-formed JSON that is not a message with `-32600 Invalid
+//! Request`. What this one still adds (docs/BRIDGE.md, "Robust MCP on stdio"):
+//! - the `-32600` echoes the request's `id` when one can be read and says what is wrong (rmcp
+//!   answers with id `null`, which no client can match to its pending call);
+//! - a standard request with unreadable params (`tools/call` without `name`) gets `-32602
+//!   Invalid params` with its id (rmcp reads it as an unknown custom method);
+//! - a line over [`MAX_LINE_BYTES`] is discarded as it streams in and answered with `-32600`
+//!   echoing the id found at its start (rmcp drops it silently: the call would hang);
+//! - a last line without a newline at EOF is still served, and a UTF-8 BOM is ignored;
+//! - each outgoing message is one line written and flushed by a single writer task through a
+//!   bounded queue, so concurrent responses never interleave and a cancelled send never leaves
+//!   half a line.
 //!
-//! stdin EOF makes [`Transport::receive`] return `None`, which ends rmcp's service loop.
+//! A line that is not JSON at all is logged and ignored, as rmcp and the other MCP SDKs do
+//! (rust-sdk issue 938): it has no id to answer, and replying to a peer that turns our
+//! replies into more garbage (a shell on the other end of the pipe) would be an endless
+//! error storm. Ignoring it does not make the bridge deaf: the next line is served. Blank
+//! lines and notifications it cannot parse are ignored too (JSON-RPC forbids replying to a
+//! notification). stdin EOF makes [`Transport::receive`] return `None`, which ends rmcp's
+//! service loop.
 
 use std::{borrow::Cow, io, time::Duration};
 
@@ -50,7 +56,6 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// JSON-RPC error codes this transport emits itself.
 mod code {
-    pub(super) const PARSE_ERROR: i64 = -32700;
     pub(super) const INVALID_REQUEST: i64 = -32600;
     pub(super) const INVALID_PARAMS: i64 = -32602;
 }
@@ -327,12 +332,9 @@ fn classify(raw: &[u8]) -> Incoming {
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
-            tracing::debug!("stdin line is not JSON: {e}");
-            return Incoming::Reply(error_line(
-                None,
-                code::PARSE_ERROR,
-                &format!("Parse error: {e}"),
-            ));
+            // No id to answer, and answering garbage can feed an error storm (module doc).
+            tracing::warn!("ignoring a stdin line that is not JSON: {e}");
+            return Incoming::Ignore;
         }
     };
     match RxJsonRpcMessage::<RoleServer>::deserialize(&value) {
@@ -552,23 +554,27 @@ mod tests {
     const PING: &str = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
 
     #[tokio::test]
-    async fn malformed_line_gets_parse_error_and_next_request_is_served() {
+    async fn a_line_that_is_not_json_is_ignored_and_the_next_request_is_served() {
         let (mut t, client) = pair(MAX_LINE_BYTES);
         let (cr, mut cw) = tokio::io::split(client);
         let mut cr = BufReader::new(cr);
-        cw.write_all(format!("{{not json\n{PING}\n").as_bytes())
+        cw.write_all(format!("{{not json\n]]]\n{PING}\n").as_bytes())
             .await
             .unwrap();
-        let m = recv(&mut t).await.expect("the ping after the bad line");
+        let m = recv(&mut t).await.expect("the ping after the bad lines");
         assert!(is_ping(&m, 7), "{m:?}");
-        let err = next_line(&mut cr).await;
-        assert_eq!(err["id"], Value::Null);
-        assert_eq!(err["error"]["code"], -32700);
-        assert!(
-            err["error"]["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("Parse error: ")
+        // Nothing was written for the garbage: the first line out answers the next bad request.
+        cw.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":7}\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"ping\"}\n")
+            .await
+            .unwrap();
+        let m = recv(&mut t)
+            .await
+            .expect("the ping after the invalid request");
+        assert!(is_ping(&m, 9), "{m:?}");
+        let e = next_line(&mut cr).await;
+        assert_eq!(
+            (e["id"].clone(), e["error"]["code"].clone()),
+            (json!(8), json!(-32600))
         );
     }
 

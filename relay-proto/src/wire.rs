@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 pub use crate::wire_tasks::{
     BlobAck, BlobPut, BundleChunk, TaskAct, TaskBundle, TaskCreate, TaskGet, TaskList, TaskPage,
@@ -125,53 +126,45 @@ impl ClientFrame {
 }
 
 /// A frame with no fields besides the optional request id.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Bare {
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `register`: claim `clientId` for this connection.
+#[skip_serializing_none]
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Register {
     /// The session id to claim. Required; validated against the id grammar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Metadata shown to other sessions by `get_sessions`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Meta>,
     /// Presence format this client wants: `"full"` (default, Node-compatible: a
     /// `peer_joined`/`peer_left` per change, each with the whole peer list), `"delta"`
     /// (batched `presence {joined, left}` frames) or `"none"` (no presence pushes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<PresenceMode>,
     /// The hub token, for hubs started with `--token-file` (alternatively sent as an
     /// `Authorization: Bearer` header on the WebSocket upgrade).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// True when the client keeps owner secrets: a name claimed for the first time is then
     /// given one (returned once in `registered.ownerSecret`), and every later claim of the
     /// name must present it. Clients that do not set this (the Node relay's) keep the old
     /// behaviour for names nobody owns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ownership: Option<bool>,
     /// The owner secret of `clientId`, if this client holds it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// True to have the hub push this session's unread mail (oldest first, up to 100
     /// messages and the hub's page budget in bytes) right after `registered`, as ordinary
     /// `message` frames. They count as delivered, not read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<bool>,
     /// True when the name was made up for this one process (the bridge's
     /// `<HOSTNAME>-<pid base 36>`): nobody will claim it again, so when this connection ends
     /// the hub forgets the session unless direct mail to it is waiting unread.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transient: Option<bool>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
@@ -179,40 +172,37 @@ pub struct Register {
 /// (by id), then offline ones, most recently seen first; follow `next` to read them all.
 /// A client that sends neither field (the Node relay's) gets the first page at the default
 /// size.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetSessions {
     /// Most sessions in the reply (default and maximum: the hub's page size, 1000); the page
     /// also ends early when it would exceed the hub's byte budget.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// The `next` of the previous page (an opaque cursor).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `forget`: remove an offline session from the hub's session table (and its ownership).
 /// Its unread mail stays stored for whoever claims the name next.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Forget {
     /// The session to forget.
     pub client_id: String,
     /// Its owner secret; required when the name is owned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// The hub token, if the hub needs one and the upgrade did not carry it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `release`: give up ownership of a name (so it can be claimed elsewhere).
+#[skip_serializing_none]
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Release {
@@ -221,28 +211,24 @@ pub struct Release {
     /// Its owner secret.
     pub owner_secret: String,
     /// The hub token, if the hub needs one and the upgrade did not carry it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `watch`: be told when mail arrives for a session, without holding its name (what
 /// `claude-relay wait` uses to wake an idle agent).
+#[skip_serializing_none]
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Watch {
     /// The session to watch.
     pub client_id: String,
     /// Its owner secret; required when the name is owned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// The hub token, if the hub needs one and the upgrade did not carry it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
@@ -310,20 +296,18 @@ pub enum PresenceMode {
 }
 
 /// `message`: send `content` to `to` (a session id, or `all` — the default).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SendMessage {
     /// Recipient id or `all`; missing, null or empty means `all`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// The message text. Must be a string.
     pub content: String,
     /// Optional idempotency key chosen by the sender (≤ 128 chars). Sending again with the
     /// same key (say, after a lost connection swallowed the ack) stores nothing new: the
     /// hub answers with the original message's `sent`, marked `duplicate`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Echoed on the `sent` ack.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
@@ -332,53 +316,46 @@ pub struct SendMessage {
 /// Without `after`: the most recent `count` matching messages (oldest first within the page),
 /// as the Node relay does. With `after` (a message id or an ISO-8601 time): the oldest `count`
 /// matching messages after that point, so a reader following `cursor` sees everything once.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GetHistory {
     /// Page size; default 10, capped by the hub.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
     /// Only messages sent by this session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// Only messages addressed to this id (or `all`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// Page forward from this message id or ISO-8601 time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// Leave out this session's own sends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_only: Option<bool>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `receive`: the oldest unread inbound messages of this session, oldest first.
 /// Nothing is marked read until the client sends `mark_read`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Receive {
     /// Page size; default 10, capped by the hub.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
     /// Only messages from this sender.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `mark_read`: mark these messages (by `seq`) read for this session.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MarkRead {
     /// Sequence numbers of messages this session received.
     pub seqs: Vec<u64>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
@@ -472,6 +449,7 @@ impl ServerFrame {
 }
 
 /// `registered`.
+#[skip_serializing_none]
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Registered {
@@ -481,20 +459,15 @@ pub struct Registered {
     pub peers: Vec<String>,
     /// The store's epoch: a random id made when the store was created. A change means the
     /// hub's history was reset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
     /// Unread inbound messages waiting for this session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
     /// A newly minted owner secret for this name, sent exactly once: keep it (mode 0600)
     /// and present it on every later claim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// Whether the name is owned (claims need its secret).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned: Option<bool>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
@@ -513,28 +486,29 @@ impl std::fmt::Debug for Registered {
 }
 
 /// `released`: the name has no owner any more.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Released {
     /// The freed name.
     pub client_id: String,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `forgotten`: the session is no longer in the hub's table.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Forgotten {
     /// The forgotten session.
     pub client_id: String,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `watching`: the watch is in place.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Watching {
@@ -547,10 +521,8 @@ pub struct Watching {
     /// Whether the hub knows a session by this name (one registered under it and was not
     /// forgotten). False means nothing ever registered as it: mail to it can still come,
     /// but a misspelt name would wait forever. Absent from older hubs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known: Option<bool>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
@@ -567,6 +539,7 @@ pub struct Mail {
 }
 
 /// `register_rejected`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRejected {
@@ -576,21 +549,19 @@ pub struct RegisterRejected {
     pub reason: String,
     /// Machine-readable reason: `invalid_id`, `name_in_use`, `already_registered`,
     /// `not_owner`, `unauthorized`, `rate_limited`, `too_large`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `peer_joined` / `peer_left`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Presence {
     /// The session that joined or left.
     pub client_id: String,
     /// Everyone online after the change; omitted for `presence: "delta"` connections.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<String>>,
 }
 
@@ -608,6 +579,7 @@ pub struct PresenceBatch {
 }
 
 /// A stored message as clients see it (`message` frames and history entries).
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Hub-assigned id, unique across store resets (`<epoch>-<seq>`).
@@ -625,11 +597,11 @@ pub struct Envelope {
     pub seq: u64,
     /// On mail that reports a task change: the task and its new state (additive; see
     /// [`crate::wire_tasks`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskTag>,
 }
 
 /// `sent`: the hub stored the message (and says whether a live connection took it).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sent {
     /// The stored message's id.
@@ -643,21 +615,19 @@ pub struct Sent {
     #[serde(default)]
     pub seq: u64,
     /// When it was stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
     /// For broadcasts: how many live sessions took it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<u32>,
     /// True when `key` matched an earlier message: nothing new was stored or delivered, and
     /// `id`/`seq`/`delivered` describe the original.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `history`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct History {
@@ -665,6 +635,7 @@ pub struct History {
     pub messages: Vec<Envelope>,
     /// The id of the last message returned (pass it as `after` to continue), or the `after`
     /// that was given when nothing new matched; null when there is nothing to page from.
+    #[serialize_always]
     pub cursor: Option<String>,
     /// True when `after` named no known position (unknown id, other epoch, bad time):
     /// nothing is replayed; start again without `after`.
@@ -674,34 +645,33 @@ pub struct History {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `peers`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Peers {
     /// Every session online now (including the asker).
     pub peers: Vec<String>,
     /// The asker's id; null before `register`.
     #[serde(rename = "self")]
+    #[serialize_always]
     pub self_id: Option<String>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// One session in a `sessions` reply.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     /// Whether a live connection holds the id now.
     pub online: bool,
     /// When the session was last connected (now, if online). ISO-8601.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
     /// When the current (or last) connection registered. ISO-8601.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_at: Option<String>,
     /// The metadata the session reported on `register` (pid, cwd, host, started, …).
     #[serde(flatten)]
@@ -709,28 +679,27 @@ pub struct SessionView {
 }
 
 /// `sessions`: one page of known sessions.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sessions {
     /// The sessions of this page by id (see [`GetSessions`] for which ones).
     pub sessions: BTreeMap<String, SessionView>,
     /// The asker's id; null before `register`.
     #[serde(rename = "self")]
+    #[serialize_always]
     pub self_id: Option<String>,
     /// How many sessions the hub knows in all (this page may hold fewer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
     /// How many of them are online now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online: Option<u64>,
     /// Cursor of the next page (pass it as `after`); absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `pong`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pong {
     /// Hub time, milliseconds since the Unix epoch (as the Node relay sends it).
@@ -738,14 +707,13 @@ pub struct Pong {
     /// The hub's version (`claude-relay --version` of the binary running it), so clients
     /// such as `claude-relay doctor` can tell a hub left running on an old binary. Absent
     /// from the Node relay and older hubs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `inbox`: reply to `receive`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Inbox {
@@ -754,14 +722,13 @@ pub struct Inbox {
     /// How many more unread messages (matching the same filter) follow this page.
     pub remaining: u64,
     /// The store's epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `marked`: reply to `mark_read`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Marked {
@@ -770,11 +737,11 @@ pub struct Marked {
     /// Unread inbound messages left for this session.
     pub unread: u64,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// Where a sent message stands, as its sender sees it.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SendState {
@@ -789,13 +756,10 @@ pub struct SendState {
     /// When the hub stored it.
     pub stored_at: String,
     /// When a live connection of the recipient first took it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<String>,
     /// When the recipient first read it with `receive`/`mark_read`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<String>,
     /// For broadcasts: how many sessions have read it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_by: Option<u32>,
     /// The first characters of the content, for people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -803,11 +767,13 @@ pub struct SendState {
 }
 
 /// `status`: reply to `get_status`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// The asker's id.
     #[serde(rename = "self")]
+    #[serialize_always]
     pub self_id: Option<String>,
     /// Unread inbound messages waiting for the asker.
     pub unread: u64,
@@ -816,24 +782,21 @@ pub struct Status {
     /// The asker's most recent sends, newest first, with their delivery state.
     pub sends: Vec<SendState>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `error`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorFrame {
     /// What was wrong, in words.
     pub message: String,
     /// Machine-readable kind (see [`codes`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     /// For `rate_limited`: how long to wait before retrying.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
     /// Echoed request id (when the frame that failed carried a readable one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 use crate::wire::RequestId;
 
@@ -170,6 +171,7 @@ pub struct TaskTag {
 }
 
 /// One entry of a task's append-only history.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
     /// When (ISO-8601, hub time).
@@ -181,7 +183,6 @@ pub struct TaskEvent {
     /// The state after the move.
     pub state: TaskState,
     /// The note, question, answer, reason or result that came with it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
@@ -195,6 +196,7 @@ pub struct BundleInfo {
 }
 
 /// A task as the hub shows it to a party.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
@@ -205,11 +207,11 @@ pub struct TaskView {
     /// The addressee: a session id, or `any`.
     pub to: String,
     /// Who holds it now (working or input-required); null otherwise.
+    #[serialize_always]
     pub holder: Option<String>,
     /// One line.
     pub title: String,
     /// Markdown; omitted from lists (read one task for it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brief: Option<String>,
     /// Checks that define done.
     #[serde(default)]
@@ -222,6 +224,7 @@ pub struct TaskView {
     pub updated: String,
     /// The result (completed) or the reason (failed), when there is one.
     #[serde(default)]
+    #[serialize_always]
     pub result: Option<String>,
     /// Ids of the tasks this one follows up.
     #[serde(default)]
@@ -229,19 +232,20 @@ pub struct TaskView {
     /// The git context the creator's bridge recorded (remote, branch, HEAD, dirty files…),
     /// as it recorded it; null when none was recorded.
     #[serde(default)]
+    #[serialize_always]
     pub git: Option<Value>,
     /// The attached git bundle, if any (download it with `task_bundle`).
     #[serde(default)]
+    #[serialize_always]
     pub bundle: Option<BundleInfo>,
     /// The most recent events, oldest first (only when one task is read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<TaskEvent>>,
     /// How many older events were left out of `history`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_omitted: Option<u64>,
 }
 
 /// `task_create`: offer a task to `to` (a session id or `any`).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskCreate {
@@ -258,25 +262,21 @@ pub struct TaskCreate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<String>,
     /// Git context recorded by the creator's bridge (a JSON object, ≤ 64 KiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<Value>,
     /// A complete blob this connection uploaded with `blob_put`, attached as the bundle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
     /// An id this session reserved with `task_reserve` (its git snapshot is already kept
     /// under `refs/relay/tasks/<id>`); absent: the hub gives the next one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Idempotency key (≤ 128 bytes): creating again with the same key returns the task
     /// made the first time instead of a second one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task_act`: make a move on a task.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskAct {
@@ -285,85 +285,75 @@ pub struct TaskAct {
     /// The move.
     pub action: TaskAction,
     /// Progress note, question, answer, reason (≤ 4 KiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// The result, for `complete` (≤ 16 KiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// Acting for a session from a connection that does not hold its name (the CLI): its id
 /// and owner secret. Only for reading (`task_list`, `task_get`, `task_bundle`).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActAs {
     /// The session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Its owner secret (the name must be owned).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
 }
 
 /// `task_list`: my open tasks (to me, held by me, from me), newest first; or, for the hub
 /// operator, every session's.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskList {
     /// Only tasks in this state (default: every non-terminal state).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<TaskState>,
     /// Page size (default 20, at most 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
     /// Only tasks older than this id (the page cursor).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
     /// The operator view: every task of every session. Needs `operatorSecret`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
     /// The hub operator's secret (the file `operator.secret` in the hub's data directory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_secret: Option<String>,
     /// For a connection that holds no name.
     #[serde(flatten)]
     pub act_as: ActAs,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task_get`: one task with its recent history.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGet {
     /// Task id.
     pub id: String,
     /// Most events to return (default 20, at most 200), newest kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<u32>,
     /// The hub operator's secret, to read any task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_secret: Option<String>,
     /// For a connection that holds no name.
     #[serde(flatten)]
     pub act_as: ActAs,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `blob_put`: one chunk of a blob (a git bundle) this session uploads before
 /// `task_create` attaches it. Chunks must arrive in order: `offset` is the number of bytes
 /// the hub already has (a wrong one is answered with the right one, so an upload resumes).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlobPut {
     /// The blob to append to; absent on the first chunk (the hub makes one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
     /// Where this chunk starts.
     pub offset: u64,
@@ -371,41 +361,39 @@ pub struct BlobPut {
     pub data: String,
     /// The blob's whole size, declared on the first chunk (checked against the hub's cap
     /// before anything is stored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// True on the last chunk: the hub checks `sha256` and the blob becomes attachable.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub last: bool,
     /// SHA-256 of the whole blob, hex (required with `last`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task_reserve`: the id the next task of this session will have, so its git snapshot can
 /// be named after it before the task exists (reservations expire after an hour).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskReserve {
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task_reserved`: reply to `task_reserve`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskReserved {
     /// The reserved id; pass it as `id` on `task_create`.
     pub id: String,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task_bundle`: a chunk of a task's bundle, from `offset`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskBundle {
@@ -418,28 +406,27 @@ pub struct TaskBundle {
     #[serde(flatten)]
     pub act_as: ActAs,
     /// Echoed on the reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task`: one task (the reply to `task_create`, `task_act` and `task_get`).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskReply {
     /// The task as stored after the request.
     pub task: TaskView,
     /// For a new task: who will see it and when ("queued: CC-2 offline since 14:02").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     /// `task_create` with a key that was used before: this is the task made then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `tasks`: a page of tasks (reply to `task_list`), newest first, without briefs.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskPage {
@@ -449,11 +436,11 @@ pub struct TaskPage {
     #[serde(default)]
     pub more: bool,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `task_refused`: the move was not made, and why. Nothing changed.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRefused {
@@ -465,14 +452,13 @@ pub struct TaskRefused {
     pub reason: String,
     /// The task as it stands (unchanged), when the asker may see it: for a lost claim it
     /// names the holder.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskView>,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `blob`: reply to `blob_put`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlobAck {
@@ -485,11 +471,11 @@ pub struct BlobAck {
     /// True once the last chunk arrived and the checksum matched.
     pub complete: bool,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `bundle`: reply to `task_bundle`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleChunk {
@@ -504,7 +490,6 @@ pub struct BundleChunk {
     /// SHA-256 of the whole bundle, hex.
     pub sha256: String,
     /// Echoed request id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 

@@ -9,7 +9,9 @@
 //! online; the rare fixes the router reports ride along in the next batch's transaction, or
 //! are written on their own when the queue is idle.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tokio::sync::mpsc;
 use tracing::{debug, error};
@@ -71,7 +73,7 @@ pub(crate) fn spawn(
     sink: Arc<dyn CommitSink>,
 ) -> (StoreHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
-    let epoch = Arc::new(RwLock::new(Arc::from(backend.epoch())));
+    let epoch = Arc::new(ArcSwap::from_pointee(backend.epoch().to_string()));
     let shared = epoch.clone();
     let thread = std::thread::Builder::new()
         .name("relay-store".into())
@@ -84,7 +86,7 @@ fn run(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<Request>,
     sink: Arc<dyn CommitSink>,
-    epoch: Arc<RwLock<Arc<str>>>,
+    epoch: Arc<ArcSwap<String>>,
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
@@ -102,9 +104,9 @@ fn run(
                     commit(&mut *backend, &mut batch, &mut delivered, &*sink);
                     f(&mut *backend);
                     // A call may have reopened the store (see `Backend::verify`).
-                    if **epoch.read().expect("epoch lock") != *backend.epoch() {
+                    if **epoch.load() != backend.epoch() {
                         delivered.clear();
-                        *epoch.write().expect("epoch lock") = Arc::from(backend.epoch());
+                        epoch.store(Arc::new(backend.epoch().to_string()));
                     }
                 }
             }

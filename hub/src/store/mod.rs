@@ -13,7 +13,9 @@ mod local;
 pub(crate) mod sqlite;
 pub(crate) mod tasks;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use relay_proto::wire::{Envelope, SendState};
 use tokio::sync::{mpsc, oneshot};
@@ -392,13 +394,14 @@ pub(crate) enum Request {
 pub(crate) struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Updated by the actor when the store is reopened after a reset.
-    epoch: Arc<RwLock<Arc<str>>>,
+    epoch: Arc<ArcSwap<String>>,
 }
 
 impl StoreHandle {
-    /// The store's current epoch.
-    pub(crate) fn epoch(&self) -> Arc<str> {
-        self.epoch.read().expect("epoch lock").clone()
+    /// The store's current epoch (a lock-free read: every connection asks on its hot path,
+    /// the actor replaces it only when the store is reset).
+    pub(crate) fn epoch(&self) -> Arc<String> {
+        self.epoch.load_full()
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full
