@@ -8,7 +8,7 @@
 use std::{
     net::IpAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -133,7 +133,10 @@ impl AddrLimits {
 
     fn sweep(&self, now: Instant) {
         let due = {
-            let mut last = self.last_sweep.lock().expect("sweep lock");
+            let mut last = self
+                .last_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if now.duration_since(*last) < Duration::from_secs(60) && self.table.len() < MAX_TRACKED
             {
                 false

@@ -6,29 +6,6 @@
 
 use relay_proto::wire::{ClientFrame, RequestId, codes};
 
-/// The frame types this hub understands (for "unknown type" errors).
-pub(crate) const KNOWN_TYPES: &[&str] = &[
-    "register",
-    "message",
-    "get_history",
-    "get_peers",
-    "get_sessions",
-    "ping",
-    "receive",
-    "mark_read",
-    "get_status",
-    "release",
-    "watch",
-    "forget",
-    "task_create",
-    "task_act",
-    "task_list",
-    "task_get",
-    "blob_put",
-    "task_bundle",
-    "task_reserve",
-];
-
 /// Characters of serde's explanation quoted in an error reply.
 const MAX_DETAIL: usize = 300;
 
@@ -105,12 +82,12 @@ pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
             rid,
         });
     };
-    if !KNOWN_TYPES.contains(&ty) {
+    if !ClientFrame::TYPES.contains(&ty) {
         let shown: String = ty.chars().take(64).collect();
         return Err(ParseError {
             message: format!(
                 "unknown frame type {shown:?}; known types: {}",
-                KNOWN_TYPES.join(", ")
+                ClientFrame::TYPES.join(", ")
             ),
             code: codes::UNKNOWN_TYPE,
             rid,

@@ -11,7 +11,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Mutex,
+        Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -56,7 +56,7 @@ impl Refusals {
 
     /// `Some(lines left out before this one)` if a line may be written now.
     fn allow(&self, now: Instant) -> Option<u64> {
-        let mut w = self.window.lock().expect("refusal log lock");
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         if now.duration_since(w.0) >= Duration::from_secs(1) {
             *w = (now, 0);
         }

@@ -1,6 +1,6 @@
 //! What each tool does: the hub requests behind it and the honest sentence it answers with.
 //!
-//! The rules the wording keeps (PRODUCT.md §4, §6):
+//! The rules the wording keeps (docs/BRIDGE.md, "Tools"):
 //! - `relay_send` claims success only from the hub's `sent` ack, and says which: delivered
 //!   live, or stored for an offline session. When nothing was written it says "NOT sent"; when
 //!   the frame was written but no ack came it says the outcome is unknown and how to check —
@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     hash::{DefaultHasher, Hash, Hasher},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -112,7 +112,9 @@ impl SendKeys {
     }
 
     fn list(&self) -> std::sync::MutexGuard<'_, VecDeque<Unsettled>> {
-        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The key for sending `content` to `to`: the one of an earlier doubtful identical send,

@@ -53,7 +53,8 @@ impl LocalRecord {
         })
     }
 
-    /// Resolves the session id (PRODUCT.md §5). The error names the bad source.
+    /// Resolves the session id (docs/REGISTRY.md, "Which name a bridge takes"). The error
+    /// names the bad source.
     pub(crate) fn resolve_identity(
         &self,
         flag: Option<&str>,

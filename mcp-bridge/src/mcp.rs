@@ -19,7 +19,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use relay_proto::wire::Envelope;
@@ -154,7 +154,7 @@ impl ServerHandler for RelayServer {
     ) -> Result<InitializeResult, McpError> {
         context.peer.set_peer_info(request.clone());
         if self.channel {
-            let mut slot = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.pushes.lock().unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
                 *slot = Some(self.relay.hub().subscribe());
             }
@@ -172,7 +172,11 @@ impl ServerHandler for RelayServer {
             tokio::time::sleep(delay).await;
             hub.start();
         });
-        let pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let pushes = self
+            .pushes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(pushes) = pushes {
             tokio::spawn(channel::pump(
                 self.relay.hub().clone(),

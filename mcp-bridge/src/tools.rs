@@ -287,12 +287,12 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, S
             crate::tasks::tools::parse(t, args).map(ToolCall::Task)
         }
         other => Err(format!(
-            "unknown tool {other:?}; this server has: {}, {}, {}, {}, {}",
-            name::SEND,
-            name::RECEIVE,
-            name::PEERS,
-            name::STATUS,
-            name::SESSIONS
+            "unknown tool {other:?}; this server has: {}",
+            definitions(ToolProfile::Full)
+                .iter()
+                .map(|t| t.name.as_ref())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -605,10 +605,15 @@ mod tests {
                 .unwrap_err()
                 .contains("no arguments")
         );
-        assert!(
-            parse("relay_nope", None)
-                .unwrap_err()
-                .contains("unknown tool")
-        );
+        let unknown = parse("relay_nope", None).unwrap_err();
+        assert!(unknown.contains("unknown tool"), "{unknown}");
+        for t in definitions(ToolProfile::Full) {
+            assert!(
+                unknown.contains(t.name.as_ref()),
+                "{} missing: {unknown}",
+                t.name
+            );
+        }
+        assert!(unknown.contains("relay_wait") && unknown.contains("relay_handoff"));
     }
 }

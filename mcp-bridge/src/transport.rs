@@ -27,7 +27,16 @@ use std::{borrow::Cow, io, time::Duration};
 
 use rmcp::{
     RoleServer,
-    model::{CallToolRequestParams, ClientRequest, JsonRpcMessage},
+    model::{
+        CallToolRequestMethod, CallToolRequestParams, CancelTaskMethod, ClientRequest,
+        CompleteRequestMethod, ConstString, DiscoverRequestMethod, GetPromptRequestMethod,
+        GetSkillRequestMethod, GetTaskMethod, InitializeResultMethod, JsonRpcMessage,
+        ListPromptsRequestMethod, ListResourceTemplatesRequestMethod, ListResourcesRequestMethod,
+        ListSkillsRequestMethod, ListToolsRequestMethod, PingRequestMethod,
+        ReadResourceDirectoryRequestMethod, ReadResourceRequestMethod, SetLevelRequestMethod,
+        SubscribeRequestMethod, SubscriptionsListenRequestMethod, UnsubscribeRequestMethod,
+        UpdateTaskMethod,
+    },
     service::{RxJsonRpcMessage, TxJsonRpcMessage},
     transport::Transport,
 };
@@ -368,25 +377,39 @@ fn classify(raw: &[u8]) -> Incoming {
     }
 }
 
-/// MCP requests a client may send a server (rmcp falls back to "custom" for these only when
-/// their params are unreadable).
+/// The methods of rmcp's standard client requests: every `ClientRequest` variant but
+/// `CustomRequest`, named by rmcp's own method types, so a renamed method fails to compile.
+/// (`ClientRequest` is `#[non_exhaustive]` and untagged, so its variants cannot be enumerated
+/// from outside rmcp; the test `standard_methods_are_rmcps` checks each name against rmcp's
+/// `ClientRequest::method`, and an rmcp upgrade that adds a request must add it here.)
+const STANDARD_REQUESTS: [&str; 21] = [
+    InitializeResultMethod::VALUE,
+    PingRequestMethod::VALUE,
+    DiscoverRequestMethod::VALUE,
+    CompleteRequestMethod::VALUE,
+    SetLevelRequestMethod::VALUE,
+    GetPromptRequestMethod::VALUE,
+    ListPromptsRequestMethod::VALUE,
+    ListResourcesRequestMethod::VALUE,
+    ListResourceTemplatesRequestMethod::VALUE,
+    ReadResourceRequestMethod::VALUE,
+    SubscriptionsListenRequestMethod::VALUE,
+    SubscribeRequestMethod::VALUE,
+    UnsubscribeRequestMethod::VALUE,
+    CallToolRequestMethod::VALUE,
+    ListToolsRequestMethod::VALUE,
+    GetTaskMethod::VALUE,
+    UpdateTaskMethod::VALUE,
+    CancelTaskMethod::VALUE,
+    ListSkillsRequestMethod::VALUE,
+    GetSkillRequestMethod::VALUE,
+    ReadResourceDirectoryRequestMethod::VALUE,
+];
+
+/// A standard MCP request method (rmcp falls back to "custom" for these only when their
+/// params are unreadable).
 fn is_standard_request(method: &str) -> bool {
-    matches!(
-        method,
-        "initialize"
-            | "ping"
-            | "tools/call"
-            | "tools/list"
-            | "prompts/get"
-            | "prompts/list"
-            | "resources/list"
-            | "resources/read"
-            | "resources/subscribe"
-            | "resources/unsubscribe"
-            | "resources/templates/list"
-            | "completion/complete"
-            | "logging/setLevel"
-    )
+    STANDARD_REQUESTS.contains(&method)
 }
 
 /// The reply (or silence) for JSON that rmcp could not read as a client message.
@@ -549,6 +572,42 @@ mod tests {
     fn is_ping(m: &RxJsonRpcMessage<RoleServer>, want: i64) -> bool {
         matches!(m, JsonRpcMessage::Request(r)
             if matches!(r.request, ClientRequest::PingRequest(_)) && r.id.to_string() == want.to_string())
+    }
+
+    #[test]
+    fn standard_methods_are_rmcps() {
+        // Each listed method, sent with params rmcp cannot read, is answered `Invalid params`
+        // with its id, or (where its params are optional) read by rmcp as that very request;
+        // never passed on as a custom request that would be answered "method not found".
+        for method in STANDARD_REQUESTS {
+            let line = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": {"_": [1]}})
+                .to_string();
+            match classify(line.as_bytes()) {
+                Incoming::Message(m) => match *m {
+                    JsonRpcMessage::Request(r) => {
+                        assert!(
+                            !matches!(r.request, ClientRequest::CustomRequest(_)),
+                            "{method} read as custom"
+                        );
+                        assert_eq!(r.request.method(), method);
+                    }
+                    other => panic!("{method}: {other:?}"),
+                },
+                Incoming::Reply(bytes) => {
+                    let v: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(
+                        (v["id"].clone(), v["error"]["code"].clone()),
+                        (json!(5), json!(-32602)),
+                        "{method}: {v}"
+                    );
+                }
+                Incoming::Ignore => panic!("{method} ignored"),
+            }
+        }
+        // Anything else is rmcp's custom request, passed on untouched.
+        let custom = classify(br#"{"jsonrpc":"2.0","id":6,"method":"x/y","params":{}}"#);
+        assert!(matches!(custom, Incoming::Message(m)
+            if matches!(&*m, JsonRpcMessage::Request(r) if matches!(r.request, ClientRequest::CustomRequest(_)))));
     }
 
     const PING: &str = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;

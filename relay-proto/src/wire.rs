@@ -77,6 +77,30 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// Every `type` a client frame may have, in declaration order (for "unknown type" errors).
+    /// The test `client_frame_types_are_serdes` holds it equal to the variants serde reads.
+    pub const TYPES: &[&str] = &[
+        "register",
+        "message",
+        "get_history",
+        "get_peers",
+        "get_sessions",
+        "ping",
+        "receive",
+        "mark_read",
+        "get_status",
+        "release",
+        "watch",
+        "forget",
+        "task_create",
+        "task_act",
+        "task_list",
+        "task_get",
+        "blob_put",
+        "task_bundle",
+        "task_reserve",
+    ];
+
     /// Sets the request id of this frame (whatever its type).
     pub fn set_rid(&mut self, rid: RequestId) {
         let slot = match self {
@@ -850,6 +874,24 @@ pub const DEFAULT_URL: &str = "ws://127.0.0.1:9999";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_frame_types_are_serdes() {
+        // serde lists the variants it knows in its "unknown variant" error: the derived truth.
+        let err = serde_json::from_str::<ClientFrame>(r#"{"type":"no_such_type"}"#)
+            .unwrap_err()
+            .to_string();
+        let expected = err
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{err}"));
+        let serde_types: Vec<&str> = expected
+            .split(", ")
+            .map(|t| t.trim_start_matches('`'))
+            .map(|t| t.split('`').next().unwrap_or(t))
+            .collect();
+        assert_eq!(serde_types, ClientFrame::TYPES, "{err}");
+    }
 
     #[test]
     fn rid_is_set_on_every_frame_kind() {
