@@ -682,7 +682,7 @@ impl Relay {
         let now = relay_proto::time::now_ms();
         let mut lines = Vec::new();
         match &snap.state {
-            LinkState::Connected { since_ms } => lines.push(format!(
+            LinkState::Connected { since_ms, .. } => lines.push(format!(
                 "Hub: {} — connected for {}",
                 snap.url,
                 relay_proto::time::ago(*since_ms, now)

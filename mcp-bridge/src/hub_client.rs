@@ -31,30 +31,32 @@
 //! Bounds: [`OUTBOUND_QUEUE`] frames waiting to be written, [`PUSH_BUFFER`] pushed messages per
 //! subscriber (older ones are dropped for a lagging subscriber; the hub keeps the mail), and the
 //! pending-reply map holds at most one entry per in-flight tool call.
+//!
+//! State, one owner each: the connection task ([`link`]) is the only writer of the
+//! [`LinkState`] watch, which tools read and wait on, and a `Connected` state carries the live
+//! connection's queue, so "connected" and "where to send" can never disagree. Everything else
+//! that changes — the name and its numbering, pending replies, the unread hint, the epoch seen,
+//! the owner-secret memo — is one [`State`] behind one mutex, never held across an `.await`.
+//! Registering on a fresh connection is [`register`].
+
+mod link;
+mod register;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use futures_util::{SinkExt, StreamExt};
-use relay_proto::wire::{
-    ClientFrame, Envelope, Meta, PresenceMode, Register, RequestId, ServerFrame, codes,
-};
+use relay_proto::wire::{ClientFrame, Envelope, Meta, RequestId, ServerFrame};
 use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
     time::Instant,
 };
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    backoff::Backoff,
     config::{BridgeConfig, Timeouts},
-    dial::{self, ClientAuth, HubSocket},
+    dial::ClientAuth,
     owner::OwnerStore,
 };
 
@@ -63,11 +65,8 @@ use crate::{
 pub(crate) const OUTBOUND_QUEUE: usize = 64;
 /// Pushed messages buffered per subscriber.
 pub(crate) const PUSH_BUFFER: usize = 256;
-/// The `rid` of `register` frames (replies to it are read before normal traffic starts).
-const REGISTER_RID: &str = "register";
-
 /// Where the connection stands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) enum LinkState {
     /// `start` was not called yet.
     NotStarted,
@@ -82,6 +81,8 @@ pub(crate) enum LinkState {
     Connected {
         /// When the registration succeeded (Unix ms).
         since_ms: i64,
+        /// The live connection's queue.
+        link: Link,
     },
     /// Waiting before the next attempt.
     Waiting {
@@ -207,30 +208,43 @@ pub(crate) struct HubClient {
     inner: Arc<Inner>,
 }
 
+/// What the handle and the connection task share.
 struct Inner {
+    // Fixed for the client's life.
     url: String,
     timeouts: Timeouts,
     meta: Meta,
-    ident: Mutex<Ident>,
-    state: watch::Sender<LinkState>,
-    link: Mutex<Option<Link>>,
-    pending: Mutex<HashMap<i64, Pending>>,
-    next_rid: AtomicU64,
-    next_conn: AtomicU64,
-    unread: Mutex<Option<u64>>,
-    /// Backlog pushes still expected after `registered` (already in its `unread`, so they
-    /// must not be counted again).
-    backlog_left: AtomicU64,
-    epoch: Mutex<EpochSeen>,
-    pushes: broadcast::Sender<Envelope>,
-    started: AtomicBool,
-    stop: watch::Sender<bool>,
-    registered: watch::Sender<Option<String>>,
     auth: ClientAuth,
     owners: Option<OwnerStore>,
-    owner: Mutex<OwnerMemo>,
     /// The name is made up for this process (see `IdentitySource::transient`).
     transient: bool,
+    /// Pushed messages, to every subscriber (a channel, not state).
+    pushes: broadcast::Sender<Envelope>,
+    /// Set once to stop the connection task (a signal, not state).
+    stop: watch::Sender<bool>,
+    /// Where the connection stands; written only by the connection task.
+    status: watch::Sender<LinkState>,
+    /// Everything else that changes.
+    state: Mutex<State>,
+}
+
+/// The client's changing bookkeeping (see the module doc).
+struct State {
+    /// `start` was called.
+    started: bool,
+    ident: Ident,
+    /// The name of the latest successful registration (kept across reconnects).
+    granted: Option<String>,
+    pending: HashMap<i64, Pending>,
+    next_rid: i64,
+    next_conn: u64,
+    /// Last known unread count (from the hub, plus pushes since).
+    unread: Option<u64>,
+    /// Backlog pushes still expected after `registered` (already in its `unread`, so they
+    /// must not be counted again).
+    backlog_left: u64,
+    epoch: EpochSeen,
+    owner: OwnerMemo,
 }
 
 /// Owner-secret state that outlives one connection.
@@ -241,20 +255,6 @@ struct OwnerMemo {
     unsaved: Option<(String, String)>,
     /// Shown with every tool result while `unsaved` is set.
     warning: Option<String>,
-}
-
-/// What this bridge could present as the owner secret of a name.
-enum Held {
-    /// No owner store (this client keeps no secrets).
-    NoStore,
-    /// The store has no file for the name.
-    Nothing(std::path::PathBuf),
-    /// The secret from this file.
-    File(std::path::PathBuf),
-    /// The secret minted on an earlier connection, not saved yet.
-    Memory,
-    /// The file exists but could not be read.
-    Unreadable(String),
 }
 
 /// The name we register and how it may change.
@@ -272,12 +272,14 @@ struct EpochSeen {
     notice: Option<String>,
 }
 
-#[derive(Clone)]
-struct Link {
+/// The live connection's queue, tagged with the connection it feeds.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
     conn: u64,
     tx: mpsc::Sender<Outgoing>,
 }
 
+#[derive(Debug)]
 struct Outgoing {
     rid: Option<i64>,
     text: String,
@@ -287,20 +289,6 @@ struct Pending {
     conn: u64,
     written: bool,
     tx: oneshot::Sender<Result<ServerFrame, RequestError>>,
-}
-
-/// How one connection ended.
-enum Ended {
-    /// Dial, register or traffic failed; retry with backoff.
-    Failed(String),
-    /// The hub refused our name; retry with backoff.
-    Rejected(String),
-    /// We are shutting down.
-    Stopped,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl HubClient {
@@ -319,27 +307,28 @@ impl HubClient {
                 url: config.relay_url.clone(),
                 timeouts: config.timeouts.clone(),
                 meta,
-                ident: Mutex::new(Ident {
-                    id: identity.id.clone(),
-                    base,
-                    number,
-                }),
-                state: watch::Sender::new(LinkState::NotStarted),
-                link: Mutex::new(None),
-                pending: Mutex::new(HashMap::new()),
-                next_rid: AtomicU64::new(1),
-                next_conn: AtomicU64::new(1),
-                unread: Mutex::new(None),
-                backlog_left: AtomicU64::new(0),
-                epoch: Mutex::new(EpochSeen::default()),
-                pushes,
-                started: AtomicBool::new(false),
-                stop: watch::Sender::new(false),
-                registered: watch::Sender::new(None),
                 auth: config.security.auth.clone(),
                 owners: config.security.owners.clone(),
-                owner: Mutex::new(OwnerMemo::default()),
                 transient: identity.source.transient,
+                pushes,
+                stop: watch::Sender::new(false),
+                status: watch::Sender::new(LinkState::NotStarted),
+                state: Mutex::new(State {
+                    started: false,
+                    ident: Ident {
+                        id: identity.id.clone(),
+                        base,
+                        number,
+                    },
+                    granted: None,
+                    pending: HashMap::new(),
+                    next_rid: 1,
+                    next_conn: 1,
+                    unread: None,
+                    backlog_left: 0,
+                    epoch: EpochSeen::default(),
+                    owner: OwnerMemo::default(),
+                }),
             }),
         }
     }
@@ -347,20 +336,20 @@ impl HubClient {
     /// Starts the connection task (once; later calls, and calls after [`Self::shutdown`], do
     /// nothing). Needs a tokio runtime.
     pub(crate) fn start(&self) {
-        if self.inner.stopping() || self.inner.started.swap(true, Ordering::SeqCst) {
+        if self.inner.stopping() || std::mem::replace(&mut self.inner.lock().started, true) {
             return;
         }
-        self.inner.state.send_replace(LinkState::Connecting {
+        self.inner.status.send_replace(LinkState::Connecting {
             attempt: 1,
             last_error: None,
         });
-        tokio::spawn(run(self.inner.clone()));
+        tokio::spawn(link::run(self.inner.clone()));
     }
 
     /// Resolves once [`Self::start`] was called: true, or false when the client was shut down
     /// without ever starting (a probe that hung up before registering).
     pub(crate) async fn wait_started(&self) -> bool {
-        let mut rx = self.inner.state.subscribe();
+        let mut rx = self.inner.status.subscribe();
         match rx.wait_for(|s| !matches!(s, LinkState::NotStarted)).await {
             Ok(s) => !matches!(*s, LinkState::Stopped),
             Err(_) => false,
@@ -374,31 +363,31 @@ impl HubClient {
 
     /// The session id registered (or to be registered) now.
     pub(crate) fn id(&self) -> String {
-        lock(&self.inner.ident).id.clone()
+        self.inner.lock().ident.id.clone()
     }
 
     /// A copy of the connection state for display.
     pub(crate) fn snapshot(&self) -> Snapshot {
+        let state = self.inner.status.borrow().clone();
+        let s = self.inner.lock();
         Snapshot {
             url: self.inner.url.clone(),
-            id: self.id(),
-            state: self.inner.state.borrow().clone(),
-            unread: *lock(&self.inner.unread),
-            epoch: lock(&self.inner.epoch).current.clone(),
+            id: s.ident.id.clone(),
+            state,
+            unread: s.unread,
+            epoch: s.epoch.current.clone(),
         }
     }
 
-    /// A receiver of the state; changes whenever the connection does (for waiting in tests
-    /// and, later, for notifications).
-    #[cfg(test)]
+    /// A receiver of the connection state; changes whenever the connection does.
     pub(crate) fn watch_state(&self) -> watch::Receiver<LinkState> {
-        self.inner.state.subscribe()
+        self.inner.status.subscribe()
     }
 
-    /// The name of the latest successful registration (updated on every reconnect), so the
-    /// local registry can follow a name the hub gave us.
-    pub(crate) fn watch_registered(&self) -> watch::Receiver<Option<String>> {
-        self.inner.registered.subscribe()
+    /// The name of the latest successful registration, so the local registry can follow a
+    /// name the hub gave us (read it after a change of [`Self::watch_state`]).
+    pub(crate) fn granted(&self) -> Option<String> {
+        self.inner.lock().granted.clone()
     }
 
     /// Messages the hub pushes to this session, as they arrive (bounded; see [`PUSH_BUFFER`]).
@@ -408,30 +397,26 @@ impl HubClient {
 
     /// Records an unread count the hub reported.
     pub(crate) fn set_unread(&self, n: u64) {
-        *lock(&self.inner.unread) = Some(n);
+        self.inner.lock().unread = Some(n);
     }
 
     /// Records the store epoch seen in a reply; a change from the last one seen leaves a
     /// notice for [`Self::take_reset_notice`].
     pub(crate) fn observe_epoch(&self, epoch: &str) {
-        self.inner.observe_epoch(epoch);
+        self.inner.lock().observe_epoch(epoch);
     }
 
     /// Notices the model must see with the next tool result: "the hub's history was reset"
     /// (once, after the store epoch changed) and, for as long as it lasts, a failure to save
-    /// this session's owner secret ([`Self::owner_warning`]).
+    /// this session's owner secret (it could not be saved, so the name would be lost when the
+    /// bridge exits).
     pub(crate) fn take_reset_notice(&self) -> Option<String> {
-        let reset = lock(&self.inner.epoch).notice.take();
-        match (self.owner_warning(), reset) {
+        let mut s = self.inner.lock();
+        let reset = s.epoch.notice.take();
+        match (s.owner.warning.clone(), reset) {
             (Some(w), Some(r)) => Some(format!("{w}\n\n{r}")),
             (w, r) => w.or(r),
         }
-    }
-
-    /// The problem with this session's owner secret, while there is one (it could not be
-    /// saved, so the name would be lost when the bridge exits).
-    pub(crate) fn owner_warning(&self) -> Option<String> {
-        lock(&self.inner.owner).warning.clone()
     }
 
     /// Sends `frame` with a fresh `rid` and returns the hub's reply to it (which may be an
@@ -444,19 +429,29 @@ impl HubClient {
         self.start();
         let inner = &self.inner;
         let link = self.ready_link().await?;
-        let rid = inner.next_rid.fetch_add(1, Ordering::Relaxed) as i64;
-        frame.set_rid(RequestId::Int(rid));
-        let text =
-            serde_json::to_string(&frame).map_err(|e| RequestError::BadReply(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        lock(&inner.pending).insert(
-            rid,
-            Pending {
-                conn: link.conn,
-                written: false,
-                tx,
-            },
-        );
+        let rid = {
+            let mut s = inner.lock();
+            let rid = s.next_rid;
+            s.next_rid += 1;
+            s.pending.insert(
+                rid,
+                Pending {
+                    conn: link.conn,
+                    written: false,
+                    tx,
+                },
+            );
+            rid
+        };
+        frame.set_rid(RequestId::Int(rid));
+        let text = match serde_json::to_string(&frame) {
+            Ok(t) => t,
+            Err(e) => {
+                inner.lock().pending.remove(&rid);
+                return Err(RequestError::BadReply(e.to_string()));
+            }
+        };
         let deadline = Instant::now() + inner.timeouts.request;
         let queued = tokio::time::timeout_at(
             deadline,
@@ -467,7 +462,7 @@ impl HubClient {
         )
         .await;
         if !matches!(queued, Ok(Ok(()))) {
-            lock(&inner.pending).remove(&rid);
+            inner.lock().pending.remove(&rid);
             return Err(match queued {
                 Err(_) => RequestError::Timeout {
                     secs: inner.timeouts.request.as_secs(),
@@ -480,7 +475,7 @@ impl HubClient {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RequestError::Lost { written: true }),
             Err(_) => {
-                let written = lock(&inner.pending).remove(&rid).is_none_or(|p| p.written);
+                let written = inner.lock().pending.remove(&rid).is_none_or(|p| p.written);
                 Err(RequestError::Timeout {
                     secs: inner.timeouts.request.as_secs(),
                     written,
@@ -492,7 +487,7 @@ impl HubClient {
     /// Lets a connection attempt that is under way finish (at most `connecting_grace`), so a
     /// status report right after start does not say "connecting" needlessly.
     pub(crate) async fn settle(&self) {
-        let mut rx = self.inner.state.subscribe();
+        let mut rx = self.inner.status.subscribe();
         let waited = tokio::time::timeout(
             self.inner.timeouts.connecting_grace,
             rx.wait_for(|s| !matches!(s, LinkState::NotStarted | LinkState::Connecting { .. })),
@@ -504,7 +499,7 @@ impl HubClient {
     /// Waits up to `timeout` for a registered connection (starting the client if needed).
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
         self.start();
-        let mut rx = self.inner.state.subscribe();
+        let mut rx = self.inner.status.subscribe();
         let waited = tokio::time::timeout(
             timeout,
             rx.wait_for(|s| matches!(s, LinkState::Connected { .. })),
@@ -517,14 +512,14 @@ impl HubClient {
     /// requests, and waits (bounded) until it is done.
     pub(crate) async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
-        if !self.inner.started.load(Ordering::SeqCst) {
-            self.inner.state.send_replace(LinkState::Stopped);
+        if !self.inner.lock().started {
+            self.inner.status.send_replace(LinkState::Stopped);
             return;
         }
-        let mut rx = self.inner.state.subscribe();
+        let mut rx = self.inner.status.subscribe();
         let _ = tokio::time::timeout(
             Duration::from_millis(500),
-            rx.wait_for(|s| *s == LinkState::Stopped),
+            rx.wait_for(|s| matches!(s, LinkState::Stopped)),
         )
         .await;
     }
@@ -532,16 +527,11 @@ impl HubClient {
     /// The current connection's queue, waiting briefly for an attempt in progress.
     async fn ready_link(&self) -> Result<Link, RequestError> {
         let inner = &self.inner;
-        let mut rx = inner.state.subscribe();
+        let mut rx = inner.status.subscribe();
         let deadline = Instant::now() + inner.timeouts.connecting_grace;
         loop {
-            let state = rx.borrow_and_update().clone();
-            match state {
-                LinkState::Connected { .. } => {
-                    if let Some(link) = lock(&inner.link).clone() {
-                        return Ok(link);
-                    }
-                }
+            match &*rx.borrow_and_update() {
+                LinkState::Connected { link, .. } => return Ok(link.clone()),
                 LinkState::NotStarted | LinkState::Connecting { .. } => {}
                 LinkState::Waiting { .. } | LinkState::Stopped => {
                     return Err(RequestError::NotConnected(
@@ -562,123 +552,9 @@ impl HubClient {
 }
 
 impl Inner {
-    fn observe_epoch(&self, epoch: &str) {
-        let mut e = lock(&self.epoch);
-        if let Some(old) = &e.current
-            && old != epoch
-        {
-            e.notice = Some(format!(
-                "Note: the hub's history was reset (store epoch {old} → {epoch}). Messages \
-                 stored before the reset are gone; read positions start over."
-            ));
-        }
-        e.current = Some(epoch.to_string());
-    }
-
-    fn register_frame(&self, id: &str, owner_secret: Option<String>) -> ClientFrame {
-        ClientFrame::Register(Register {
-            client_id: Some(id.to_string()),
-            meta: Some(self.meta.clone()),
-            presence: Some(PresenceMode::None),
-            // Keep owner secrets: a first claim makes the name ours.
-            ownership: self.owners.is_some().then_some(true),
-            owner_secret,
-            // Unread mail is pushed right after `registered` (and again after a reconnect),
-            // so the channel push announces what arrived while the session was away.
-            backlog: Some(true),
-            transient: self.transient.then_some(true),
-            rid: Some(RequestId::Str(REGISTER_RID.into())),
-            ..Default::default()
-        })
-    }
-
-    /// The owner secret to present for `id`: one minted earlier and not saved yet, else the
-    /// owner file (read on the blocking pool).
-    async fn owner_secret(&self, id: &str) -> (Option<String>, Held) {
-        if let Some((name, secret)) = &lock(&self.owner).unsaved
-            && name == id
-        {
-            return (Some(secret.clone()), Held::Memory);
-        }
-        let Some(store) = self.owners.clone() else {
-            return (None, Held::NoStore);
-        };
-        let name = id.to_string();
-        let loaded =
-            tokio::task::spawn_blocking(move || (store.path(&name), store.load(&name))).await;
-        match loaded {
-            Ok((Ok(path), Ok(Some(secret)))) => (Some(secret), Held::File(path)),
-            Ok((Ok(path), Ok(None))) => (None, Held::Nothing(path)),
-            Ok((_, Err(e))) => {
-                tracing::warn!("{e}");
-                (None, Held::Unreadable(e.to_string()))
-            }
-            Ok((Err(e), _)) => (None, Held::Unreadable(e.to_string())),
-            Err(e) => (None, Held::Unreadable(e.to_string())),
-        }
-    }
-
-    /// Saves the owner secret of `id` — one the hub just minted, or one kept in memory
-    /// because saving failed before. On failure the secret stays in memory and a warning
-    /// goes to stderr and to every tool result.
-    async fn keep_owner_secret(&self, id: &str, minted: Option<String>) {
-        if self.transient {
-            // Memory only: this name dies with the process (see the module docs).
-            if let Some(secret) = minted {
-                lock(&self.owner).unsaved = Some((id.to_string(), secret));
-            }
-            return;
-        }
-        let secret = match minted {
-            Some(s) => s,
-            None => match &lock(&self.owner).unsaved {
-                Some((name, s)) if name == id => s.clone(),
-                _ => return,
-            },
-        };
-        let Some(store) = self.owners.clone() else {
-            return;
-        };
-        let (name, value) = (id.to_string(), secret.clone());
-        let saved = tokio::task::spawn_blocking(move || store.save(&name, &value))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let mut memo = lock(&self.owner);
-        match saved {
-            Ok(path) => {
-                tracing::info!("owner secret for {id} saved in {}", path.display());
-                memo.unsaved = None;
-                memo.warning = None;
-            }
-            Err(e) => {
-                let warning = format!(
-                    "WARNING: the hub made {id} an owned name, but its owner secret could not be \
-                     saved ({e}). This bridge keeps it in memory and retries on every reconnect; \
-                     if it exits first, {id} cannot be claimed again until the hub operator runs \
-                     `claude-relay sessions release {id} --local` on the hub host. Make the \
-                     owners directory writable to fix this."
-                );
-                tracing::error!("{warning}");
-                memo.unsaved = Some((id.to_string(), secret));
-                memo.warning = Some(warning);
-            }
-        }
-    }
-
-    /// After `name_in_use` or `not_owner`: the next numbered name, if this identity
-    /// auto-numbers.
-    fn next_number(&self) -> Option<String> {
-        let mut ident = lock(&self.ident);
-        let base = ident.base.clone()?;
-        let next = ident.number.max(1) + 1;
-        if next > relay_local::identity::MAX_NUMBER {
-            return None;
-        }
-        let id = relay_local::identity::numbered(&base, next).ok()?;
-        ident.number = next;
-        ident.id = id.to_string();
-        Some(ident.id.clone())
+    /// The bookkeeping; a poisoned lock is taken over (docs/ARCHITECTURE.md, "Rules").
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stopping(&self) -> bool {
@@ -688,13 +564,16 @@ impl Inner {
     /// Fails every request waiting on connection `conn`.
     fn fail_pending(&self, conn: u64) {
         let failed: Vec<Pending> = {
-            let mut pending = lock(&self.pending);
-            let rids: Vec<i64> = pending
+            let mut s = self.lock();
+            let rids: Vec<i64> = s
+                .pending
                 .iter()
                 .filter(|(_, p)| p.conn == conn)
                 .map(|(rid, _)| *rid)
                 .collect();
-            rids.iter().filter_map(|rid| pending.remove(rid)).collect()
+            rids.iter()
+                .filter_map(|rid| s.pending.remove(rid))
+                .collect()
         };
         for p in failed {
             let _ = p.tx.send(Err(RequestError::Lost { written: p.written }));
@@ -702,7 +581,7 @@ impl Inner {
     }
 
     fn mark_written(&self, rid: i64) {
-        if let Some(p) = lock(&self.pending).get_mut(&rid) {
+        if let Some(p) = self.lock().pending.get_mut(&rid) {
             p.written = true;
         }
     }
@@ -711,39 +590,23 @@ impl Inner {
     fn dispatch(&self, text: &str) {
         let frame: ServerFrame = match serde_json::from_str(text) {
             Ok(f) => f,
-            Err(e) => {
-                // Fail the request it answers, if we can tell, instead of letting it time out.
-                let rid = serde_json::from_str::<serde_json::Value>(text)
-                    .ok()
-                    .and_then(|v| v.get("rid").and_then(serde_json::Value::as_i64));
-                let waiting = rid.and_then(|rid| lock(&self.pending).remove(&rid));
-                let snippet: String = text.chars().take(200).collect();
-                match waiting {
-                    Some(p) => {
-                        let _ =
-                            p.tx.send(Err(RequestError::BadReply(format!("{e}: {snippet}"))));
-                    }
-                    None => {
-                        tracing::warn!("ignoring an unreadable frame from the hub ({e}): {snippet}")
-                    }
-                }
-                return;
-            }
+            Err(e) => return self.unreadable(text, &e),
         };
         if let Some(RequestId::Int(rid)) = frame.rid()
-            && let Some(p) = lock(&self.pending).remove(rid)
+            && let Some(p) = self.lock().pending.remove(rid)
         {
             let _ = p.tx.send(Ok(frame));
             return;
         }
         match frame {
             ServerFrame::Message(envelope) => {
-                let backlog = self
-                    .backlog_left
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                    .is_ok();
-                if !backlog && let Some(n) = lock(&self.unread).as_mut() {
-                    *n += 1;
+                {
+                    let mut s = self.lock();
+                    if s.backlog_left > 0 {
+                        s.backlog_left -= 1;
+                    } else if let Some(n) = s.unread.as_mut() {
+                        *n += 1;
+                    }
                 }
                 // No subscriber is fine: the hub keeps the mail; this is only a hint.
                 let _ = self.pushes.send(envelope);
@@ -758,302 +621,37 @@ impl Inner {
             other => tracing::debug!("unsolicited frame from the hub: {other:?}"),
         }
     }
-}
 
-/// Resolves once shutdown was requested (the guard `wait_for` returns is not `Send`, so it is
-/// dropped here rather than held in a `select!`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// The connection task: dial, register, serve, and on failure wait and redial.
-async fn run(inner: Arc<Inner>) {
-    let t = inner.timeouts.clone();
-    let mut backoff = Backoff::new(t.backoff_start, t.backoff_cap);
-    let mut previous_error: Option<String> = None;
-    let mut stop = inner.stop.subscribe();
-    loop {
-        if inner.stopping() {
-            break;
-        }
-        inner.state.send_replace(LinkState::Connecting {
-            attempt: backoff.attempts() + 1,
-            last_error: previous_error.clone(),
-        });
-        let ended = tokio::select! {
-            ended = connect_and_serve(&inner, &mut backoff) => ended,
-            _ = stopped(&mut stop) => Ended::Stopped,
-        };
-        let (last_error, rejected) = match ended {
-            Ended::Stopped => break,
-            Ended::Failed(e) => (e, false),
-            Ended::Rejected(e) => (e, true),
-        };
-        let delay = backoff.next_delay();
-        tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
-        previous_error = Some(last_error.clone());
-        inner.state.send_replace(LinkState::Waiting {
-            retry_at: Instant::now() + delay,
-            last_error,
-            rejected,
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    *lock(&inner.link) = None;
-    inner.state.send_replace(LinkState::Stopped);
-}
-
-async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
-    let t = &inner.timeouts;
-    let ws = match dial::connect_with(&inner.url, &inner.auth, t.connect).await {
-        Ok(ws) => ws,
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
-    let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (mut sink, mut stream) = ws.split();
-    if let Err(ended) = register(inner, &mut sink, &mut stream).await {
-        let _ =
-            tokio::time::timeout(Duration::from_millis(200), sink.send(Message::Close(None))).await;
-        return ended;
-    }
-    backoff.reset();
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOUND_QUEUE);
-    *lock(&inner.link) = Some(Link { conn, tx });
-    inner.state.send_replace(LinkState::Connected {
-        since_ms: relay_proto::time::now_ms(),
-    });
-
-    let mut stop = inner.stop.subscribe();
-    let mut ping = tokio::time::interval_at(Instant::now() + t.ping_interval, t.ping_interval);
-    let mut last_frame = Instant::now();
-    let ended = loop {
-        tokio::select! {
-            out = rx.recv() => {
-                let Some(out) = out else { break Ended::Failed("outbound queue closed".into()) };
-                match tokio::time::timeout(t.request, sink.send(Message::text(out.text))).await {
-                    Ok(Ok(())) => {
-                        if let Some(rid) = out.rid {
-                            inner.mark_written(rid);
-                        }
-                    }
-                    Ok(Err(e)) => break Ended::Failed(format!("writing to the hub failed: {e}")),
-                    Err(_) => break Ended::Failed("writing to the hub timed out".into()),
-                }
+    /// A frame this bridge cannot read: fails the request it answers, if we can tell, instead
+    /// of letting it time out.
+    fn unreadable(&self, text: &str, e: &serde_json::Error) {
+        let rid = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("rid").and_then(serde_json::Value::as_i64));
+        let waiting = rid.and_then(|rid| self.lock().pending.remove(&rid));
+        let snippet: String = text.chars().take(200).collect();
+        match waiting {
+            Some(p) => {
+                let _ =
+                    p.tx.send(Err(RequestError::BadReply(format!("{e}: {snippet}"))));
             }
-            msg = stream.next() => {
-                match msg {
-                    None => break Ended::Failed("the hub closed the connection".into()),
-                    Some(Err(e)) => break Ended::Failed(format!("connection error: {e}")),
-                    Some(Ok(m)) => {
-                        last_frame = Instant::now();
-                        match m {
-                            Message::Text(text) => inner.dispatch(&text),
-                            Message::Close(frame) => {
-                                let why = frame
-                                    .map(|f| format!(" ({})", f.reason))
-                                    .filter(|s| s != " ()")
-                                    .unwrap_or_default();
-                                break Ended::Failed(format!("the hub closed the connection{why}"));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                let text = serde_json::to_string(&ClientFrame::Ping(Default::default()))
-                    .unwrap_or_default();
-                match tokio::time::timeout(t.request, sink.send(Message::text(text))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break Ended::Failed(format!("writing to the hub failed: {e}")),
-                    Err(_) => break Ended::Failed("writing to the hub timed out".into()),
-                }
-            }
-            _ = tokio::time::sleep_until(last_frame + t.idle) => {
-                break Ended::Failed(format!(
-                    "no traffic from the hub for {} s; the connection looked dead",
-                    t.idle.as_secs()
-                ));
-            }
-            _ = stopped(&mut stop) => {
-                let _ = tokio::time::timeout(Duration::from_millis(200), sink.send(Message::Close(None))).await;
-                break Ended::Stopped;
-            }
-        }
-    };
-    // Close the queue first: a request racing this teardown then fails to enqueue (and says
-    // "not sent") instead of waiting for a reply that can no longer come.
-    rx.close();
-    {
-        let mut link = lock(&inner.link);
-        if link.as_ref().is_some_and(|l| l.conn == conn) {
-            *link = None;
-        }
-    }
-    inner.fail_pending(conn);
-    ended
-}
-
-type Sink = futures_util::stream::SplitSink<HubSocket, Message>;
-type Stream = futures_util::stream::SplitStream<HubSocket>;
-
-/// Claims our name on a fresh connection, moving to the next number on `name_in_use` or
-/// `not_owner` when the identity allows it. A minted owner secret is saved before the name
-/// is used.
-async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result<(), Ended> {
-    let t = &inner.timeouts;
-    loop {
-        let id = lock(&inner.ident).id.clone();
-        let (secret, held) = inner.owner_secret(&id).await;
-        let frame = inner.register_frame(&id, secret);
-        let text = serde_json::to_string(&frame).unwrap_or_default();
-        match tokio::time::timeout(t.request, sink.send(Message::text(text))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Ended::Failed(format!("writing to the hub failed: {e}"))),
-            Err(_) => return Err(Ended::Failed("writing to the hub timed out".into())),
-        }
-        let reply = tokio::time::timeout(t.request, async {
-            while let Some(msg) = stream.next().await {
-                let text = match msg {
-                    Ok(Message::Text(text)) => text,
-                    Ok(Message::Close(_)) => break,
-                    Ok(_) => continue,
-                    Err(e) => return Err(format!("connection error: {e}")),
-                };
-                match serde_json::from_str::<ServerFrame>(&text) {
-                    Ok(f @ (ServerFrame::Registered(_) | ServerFrame::RegisterRejected(_))) => {
-                        return Ok(f);
-                    }
-                    Ok(ServerFrame::Error(e))
-                        if e.rid == Some(RequestId::Str(REGISTER_RID.into())) =>
-                    {
-                        if e.code.as_deref() == Some(codes::UNAUTHORIZED) {
-                            return Err(format!(
-                                "the hub at {} requires a token and {}: set {} or {} in this \
-                                 MCP server's env",
-                                inner.url,
-                                inner.auth.token_origin(),
-                                dial::RELAY_TOKEN_ENV,
-                                dial::RELAY_TOKEN_FILE_ENV
-                            ));
-                        }
-                        return Err(format!(
-                            "the hub refused to register {id}: {}",
-                            relay_local::display::line(&e.message)
-                        ));
-                    }
-                    _ => inner.dispatch(&text),
-                }
-            }
-            Err("the hub closed the connection during registration".to_string())
-        })
-        .await;
-        let frame = match reply {
-            Err(_) => {
-                return Err(Ended::Failed(format!(
-                    "the hub did not answer register within {} s",
-                    t.request.as_secs()
-                )));
-            }
-            Ok(Err(e)) => return Err(Ended::Failed(e)),
-            Ok(Ok(frame)) => frame,
-        };
-        match frame {
-            ServerFrame::Registered(r) => {
-                // Only the name asked for (auto-numbering happens here, by asking for the
-                // next number): never keep a secret for, or act under, a name we did not ask.
-                if r.client_id != id || relay_proto::id::validate(&r.client_id).is_err() {
-                    return Err(Ended::Rejected(format!(
-                        "the server at {} answered register {id} with the name \"{}\", not the \
-                         one asked for; not using it (is RELAY_URL a claude-relay hub?)",
-                        inner.url,
-                        relay_local::display::line(
-                            &r.client_id.chars().take(80).collect::<String>()
-                        )
-                    )));
-                }
-                // Before the name is used: a secret the hub sends exactly once.
-                inner
-                    .keep_owner_secret(&r.client_id, r.owner_secret.clone())
-                    .await;
-                let mut ident = lock(&inner.ident);
-                // From now on the name is ours; a reconnect must come home to the same one.
-                ident.base = None;
-                drop(ident);
-                if let Some(epoch) = &r.epoch {
-                    inner.observe_epoch(epoch);
-                }
-                if let Some(n) = r.unread {
-                    *lock(&inner.unread) = Some(n);
-                    // The hub pushes up to BACKLOG_MAX of them right after `registered`.
-                    inner
-                        .backlog_left
-                        .store(n.min(relay_proto::wire::BACKLOG_MAX), Ordering::Release);
-                }
-                tracing::info!("registered as {} at {}", r.client_id, inner.url);
-                inner.registered.send_replace(Some(r.client_id.clone()));
-                return Ok(());
-            }
-            ServerFrame::RegisterRejected(r) => {
-                let code = r.code.as_deref();
-                let taken = code == Some(codes::NAME_IN_USE) || code == Some(codes::NOT_OWNER);
-                if taken && let Some(next) = inner.next_number() {
-                    tracing::info!("{id} is taken; trying {next}");
-                    continue;
-                }
-                let why = match code {
-                    Some(codes::NAME_IN_USE) => {
-                        format!("the name {id} is held by another live connection")
-                    }
-                    Some(codes::NOT_OWNER) => not_owner_text(&id, &held),
-                    Some(codes::UNAUTHORIZED) => format!(
-                        "the hub at {} refused this bridge's token ({}); check {} / {}",
-                        inner.url,
-                        inner.auth.token_origin(),
-                        dial::RELAY_TOKEN_ENV,
-                        dial::RELAY_TOKEN_FILE_ENV
-                    ),
-                    _ => format!(
-                        "the hub rejected the name {id}: {}",
-                        relay_local::display::line(&r.reason)
-                    ),
-                };
-                return Err(Ended::Rejected(why));
-            }
-            _ => unreachable!("only registration replies leave the read loop"),
+            None => tracing::warn!("ignoring an unreadable frame from the hub ({e}): {snippet}"),
         }
     }
 }
 
-/// Why an owned name was refused, and how to move it here, for the tools and the log.
-fn not_owner_text(id: &str, held: &Held) -> String {
-    let how = format!(
-        "To use {id} here, copy ~/.claude-relay/owners/{id} from the machine that claimed it \
-         into this machine's owners directory (mode 0600), or run `claude-relay sessions \
-         release {id}` there; or pick another name"
-    );
-    match held {
-        Held::Nothing(path) => format!(
-            "the name {id} is owned by a session elsewhere (another machine or \
-             CLAUDE_RELAY_HOME) and there is no owner secret for it here ({}). {how}",
-            path.display()
-        ),
-        Held::File(path) => format!(
-            "the name {id} is owned, and the owner secret in {} is not its current one (it was \
-             released and claimed again elsewhere?). {how}",
-            path.display()
-        ),
-        Held::Memory => format!(
-            "the name {id} is owned, and the hub refused the owner secret this bridge kept in \
-             memory (the name was released and claimed again elsewhere?). {how}"
-        ),
-        Held::Unreadable(e) => {
-            format!("the name {id} is owned, and its owner secret could not be read: {e}")
+impl State {
+    fn observe_epoch(&mut self, epoch: &str) {
+        let e = &mut self.epoch;
+        if let Some(old) = &e.current
+            && old != epoch
+        {
+            e.notice = Some(format!(
+                "Note: the hub's history was reset (store epoch {old} → {epoch}). Messages \
+                 stored before the reset are gone; read positions start over."
+            ));
         }
-        Held::NoStore => format!("the name {id} is owned and this client keeps no owner secrets"),
+        e.current = Some(epoch.to_string());
     }
 }
 

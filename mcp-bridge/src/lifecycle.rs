@@ -20,7 +20,7 @@ use crate::{
     actions::Relay,
     config::BridgeConfig,
     dial,
-    hub_client::HubClient,
+    hub_client::{HubClient, LinkState},
     local::LocalRecord,
     mcp::RelayServer,
     meta,
@@ -171,7 +171,7 @@ async fn serve(
 /// with the name the hub actually gave us (an auto-numbered id may move from `CODEX` to
 /// `CODEX2`; a name first refused may be granted later).
 async fn follow_registrations(hub: HubClient, local: LocalRecord, config: BridgeConfig) {
-    let mut rx = hub.watch_registered();
+    let mut rx = hub.watch_state();
     if !hub.wait_started().await {
         return;
     }
@@ -180,9 +180,15 @@ async fn follow_registrations(hub: HubClient, local: LocalRecord, config: Bridge
         .await;
     let mut recorded = config.identity.id.clone();
     while rx.changed().await.is_ok() {
-        let Some(id) = rx.borrow_and_update().clone() else {
+        // Every registration is followed by `Connected`. The name granted is kept apart, so a
+        // new name is recorded even when a quick drop replaced `Connected` before we looked.
+        let connected = matches!(*rx.borrow_and_update(), LinkState::Connected { .. });
+        let Some(id) = hub.granted() else {
             continue;
         };
+        if !connected && id == recorded {
+            continue;
+        }
         if id != recorded {
             local
                 .mark_ended(recorded.clone(), REGISTRY_EXIT_LIMIT)

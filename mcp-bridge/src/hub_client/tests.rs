@@ -266,7 +266,7 @@ async fn an_auto_numbered_id_moves_on_when_the_name_is_in_use() {
     .await;
     wait_state(&c, "connected", connected).await;
     assert_eq!(c.id(), "CODEX2");
-    assert_eq!(*c.watch_registered().borrow(), Some("CODEX2".to_string()));
+    assert_eq!(c.granted(), Some("CODEX2".to_string()));
 }
 
 #[tokio::test]
