@@ -1,6 +1,7 @@
-//! The hub's wire protocol, spoken over a raw WebSocket against the real `claude-relay hub`
-//! process: the Node relay's core frames field for field, privacy of direct mail, bad input,
-//! name ownership, heartbeats and clean shutdown.
+//! The hub's wire protocol, spoken over a raw WebSocket: the Node relay's core frames field
+//! for field, privacy of direct mail, bad input, name ownership, heartbeats and clean
+//! shutdown. The hub is served in this process (`common::inproc`) except where the process
+//! is the point (SIGTERM); the heartbeat tests move tokio's paused clock instead of waiting.
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
@@ -8,11 +9,14 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    hub::{Hub, HubOpts},
+    hub::{Hub, WAIT},
+    inproc::{InProcHub, hold_clock},
     ws::Ws,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 fn is_iso(v: &Value) -> bool {
     v.as_str()
@@ -23,7 +27,7 @@ fn is_iso(v: &Value) -> bool {
 #[tokio::test]
 async fn node_core_client_works_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
 
     let mut m1 = Ws::connect(&hub.url).await;
     m1.send(json!({"type": "register", "clientId": "M1"})).await;
@@ -101,12 +105,13 @@ async fn node_core_client_works_unchanged() {
     let left = m1.expect("peer_left").await;
     assert_eq!(left["clientId"], "M2");
     assert_eq!(left["peers"], json!(["M1"]));
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn request_ids_are_echoed_on_every_reply() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let mut a = Ws::connect(&hub.url).await;
     a.send(json!({"type": "register", "clientId": "A", "rid": 1}))
         .await;
@@ -133,12 +138,13 @@ async fn request_ids_are_echoed_on_every_reply() {
         let reply = a.next().await;
         assert_eq!(reply["rid"], json!(rid), "no rid echo for {frame}: {reply}");
     }
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn direct_mail_is_private_through_every_frame_and_filter() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut a, _) = Ws::register(&hub.url, "CC-1").await;
     let (mut b, _) = Ws::register(&hub.url, "CC-2").await;
     let (mut c, _) = Ws::register(&hub.url, "CC-3").await;
@@ -188,12 +194,13 @@ async fn direct_mail_is_private_through_every_frame_and_filter() {
     c.until("sent").await;
     let m = b.until("message").await;
     assert_eq!(m["from"], "CC-3");
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn bad_input_gets_an_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
     let (mut b, _) = Ws::register(&hub.url, "B").await;
     a.until("peer_joined").await;
@@ -291,7 +298,7 @@ async fn bad_input_gets_an_error_and_changes_nothing() {
 #[tokio::test]
 async fn a_key_reused_for_a_different_message_is_refused_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
     let send = |to: &str, content: &str, rid: u32| json!({"type": "message", "to": to, "content": content, "key": "k-1", "rid": rid});
     a.send(send("B", "deploy v1", 1)).await;
@@ -322,12 +329,13 @@ async fn a_key_reused_for_a_different_message_is_refused_and_not_stored() {
     assert_eq!(inbox["messages"][0]["content"], "deploy v1");
     let (_c, reg) = Ws::register(&hub.url, "C").await;
     assert_eq!(reg["unread"], 0, "{reg}");
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn a_frame_over_the_hard_limit_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
     let (mut big, _) = Ws::register(&hub.url, "Big").await;
     a.until("peer_joined").await;
@@ -345,12 +353,13 @@ async fn a_frame_over_the_hard_limit_closes_only_that_connection() {
     }
     assert_eq!(a.expect("peer_left").await["clientId"], "Big");
     a.roundtrip().await;
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn a_live_name_is_never_taken_over() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut holder, _) = Ws::register(&hub.url, "CC-1").await;
     let (mut other, _) = Ws::register(&hub.url, "CC-2").await;
     holder.until("peer_joined").await;
@@ -389,54 +398,116 @@ async fn a_live_name_is_never_taken_over() {
         .send(json!({"type": "register", "clientId": "CC-1"}))
         .await;
     thief.expect("registered").await;
+    hub.stop().await;
+}
+
+/// The hub's heartbeat interval in these tests (its default; the clock is paused, so it
+/// costs nothing to wait).
+const BEAT: Duration = Duration::from_secs(25);
+
+/// Reads `ws` in the background, as a live client does — so every ping is answered at once —
+/// and hands over each message (`None` once the connection ended).
+fn read_in_background(mut ws: Ws) -> mpsc::UnboundedReceiver<Option<Message>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let m = match ws.ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => None,
+                Some(Ok(m)) => Some(m),
+            };
+            let end = m.is_none();
+            if tx.send(m).is_err() || end {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Moves the paused clock on by `total`, a tenth of a second at a time, so whatever is in
+/// flight (a pong) is handled between any two of the hub's timers, as it would be in real time.
+async fn pass(total: Duration) {
+    let step = Duration::from_millis(100);
+    let mut left = total;
+    while !left.is_zero() {
+        let d = left.min(step);
+        tokio::time::advance(d).await;
+        left -= d;
+    }
+}
+
+/// The next message read (`None`: the connection ended), waited for with the clock held.
+async fn next_read(rx: &mut mpsc::UnboundedReceiver<Option<Message>>) -> Option<Message> {
+    hold_clock(tokio::time::timeout(WAIT, rx.recv()))
+        .await
+        .expect("a message in time")
+        .expect("the reader is running")
 }
 
 #[tokio::test]
 async fn a_connection_that_stops_answering_pings_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            args: vec!["--heartbeat-secs".into(), "1".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut watcher, _) = Ws::register(&hub.url, "Watcher").await;
     // A client that never reads never answers pings (its pongs are only sent while reading).
     let (_mute, _) = Ws::register(&hub.url, "Mute").await;
     assert_eq!(watcher.expect("peer_joined").await["clientId"], "Mute");
-    // The watcher keeps reading, so it answers pings and stays.
-    let left = watcher.next_within(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(left["type"], "peer_left");
+    let mut watched = read_in_background(watcher);
+    tokio::time::pause();
+    // One interval: both pinged; nothing else yet (the mute one's answer is not due).
+    pass(BEAT + Duration::from_secs(1)).await;
+    let first = next_read(&mut watched).await;
+    assert!(matches!(first, Some(Message::Ping(_))), "{first:?}");
+    // The second interval passes without a word from it: dropped; the watcher, which
+    // answered, stays and is told.
+    pass(BEAT).await;
+    let mut left = None;
+    for _ in 0..3 {
+        match next_read(&mut watched).await {
+            Some(Message::Text(t)) => {
+                left = Some(serde_json::from_str::<Value>(&t).unwrap());
+                break;
+            }
+            Some(Message::Ping(_)) => {}
+            other => panic!("the watcher got {other:?}"),
+        }
+    }
+    let left = left.expect("the mute connection is still there after two intervals");
+    assert_eq!(left["type"], "peer_left", "{left}");
     assert_eq!(left["clientId"], "Mute");
-    watcher.roundtrip().await;
+    let (mut again, _) = hold_clock(Ws::register(&hub.url, "Mute")).await;
+    hold_clock(again.roundtrip()).await;
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn an_idle_client_that_answers_pings_is_never_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_with(
-        dir.path(),
-        HubOpts {
-            args: vec!["--heartbeat-secs".into(), "1".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let (mut idle, _) = Ws::register(&hub.url, "Idle").await;
-    // Nothing but reading (which answers the hub's pings, often within the same
-    // millisecond on loopback) for five heartbeat intervals: no close, no error.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut pings = 0;
-    while let Ok(next) = tokio::time::timeout_at(deadline, idle.ws.next()).await {
-        match next {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
-            other => panic!("an idle, answering client got {other:?}"),
-        }
+    let hub = InProcHub::start(dir.path()).await;
+    let (idle, _) = Ws::register(&hub.url, "Idle").await;
+    let mut read = read_in_background(idle);
+    tokio::time::pause();
+    // Nothing but reading (which answers the hub's pings) for five heartbeat intervals: a
+    // ping each interval, no close, no error.
+    pass(5 * BEAT + Duration::from_secs(1)).await;
+    for beat in 1..=5 {
+        let got = next_read(&mut read).await;
+        assert!(
+            matches!(got, Some(Message::Ping(_))),
+            "heartbeat {beat}: {got:?}"
+        );
     }
-    assert!(pings >= 3, "only {pings} heartbeats in 5 s");
-    idle.roundtrip().await;
+    // Still registered: the name is held by it.
+    let refused = hold_clock(async {
+        let mut t = Ws::connect(&hub.url).await;
+        t.send(json!({"type": "register", "clientId": "Idle"}))
+            .await;
+        t.next().await
+    })
+    .await;
+    assert_eq!(refused["type"], "register_rejected", "{refused}");
+    assert_eq!(refused["code"], "name_in_use", "{refused}");
+    hub.stop().await;
 }
 
 #[tokio::test]
@@ -454,7 +525,7 @@ async fn sigterm_closes_clients_cleanly_and_exits_zero() {
 #[tokio::test]
 async fn history_pages_forward_from_a_cursor_and_refuses_unknown_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
     for i in 0..7 {
         a.send(json!({"type": "message", "to": "B", "content": format!("m{i}")}))
@@ -505,6 +576,7 @@ async fn history_pages_forward_from_a_cursor_and_refuses_unknown_ones() {
         assert_eq!(h["unknownCursor"], true, "{unknown}: {h}");
         assert_eq!(h["messages"], json!([]), "never a silent replay");
     }
+    hub.stop().await;
 }
 
 /// Collects `presence` batches on `ws` until `want(joined, left)` holds.
@@ -539,7 +611,7 @@ async fn presence_until(
 #[tokio::test]
 async fn delta_clients_get_batched_presence_and_none_clients_get_none() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     let mut delta = Ws::connect(&hub.url).await;
     delta
         .send(json!({"type": "register", "clientId": "D", "presence": "delta"}))
@@ -570,4 +642,5 @@ async fn delta_clients_get_batched_presence_and_none_clients_get_none() {
     quiet.send(json!({"type": "ping", "rid": "q"})).await;
     let f = quiet.next().await;
     assert_eq!(f["type"], "pong", "a presence: none client got {f}");
+    hub.stop().await;
 }

@@ -84,6 +84,9 @@ pub struct HubConfig {
     /// On a hub with a token: how long a connection has from accept to show it; then it is
     /// closed (1008). Default 5 s.
     pub auth_timeout: Duration,
+    /// How long a client has from accept to a completed WebSocket handshake (TLS included);
+    /// then the connection is dropped. Default 10 s.
+    pub handshake_timeout: Duration,
     /// Bytes of inbound frames the whole hub holds at once: being read, parsed, handled, or
     /// waiting in the store queue (see [`crate::budget`]). Default 256 MiB. A connection in
     /// the middle of a frame when it is spent is closed (1013, try again later).
@@ -145,6 +148,7 @@ impl HubConfig {
             max_connections: 10_240,
             max_unauthenticated: 64,
             auth_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
             frame_budget_bytes: 256 << 20,
             store_queue: 8192,
             max_page: 500,

@@ -56,8 +56,6 @@ use crate::{
     progress::{Progress, Stalled, Watched, bounded},
 };
 
-/// A client has this long to complete the WebSocket handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After asking for a close, how long the hub waits for the close frame to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The writer flushes at least this often while draining a long queue.
@@ -67,7 +65,7 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 /// Serves one accepted TCP connection until it closes or the hub shuts down: per-address
 /// cap, TLS (when configured) and the WebSocket handshake, all within
-/// [`HANDSHAKE_TIMEOUT`] (and, on a hub with a token, within its auth timeout), then the
+/// `handshake_timeout` (and, on a hub with a token, within its auth timeout), then the
 /// session. `slot` is the connection's place under the hub's caps: it is given back only
 /// after the socket is closed, so a connection counts for as long as it holds one.
 pub(crate) async fn serve(
@@ -83,8 +81,8 @@ pub(crate) async fn serve(
     let accepted = Instant::now();
     // On a hub with a token the whole way from accept to a valid token has one deadline.
     let auth_deadline = (!slot.is_authenticated()).then(|| accepted + hub.config.auth_timeout);
-    let deadline =
-        (accepted + HANDSHAKE_TIMEOUT).min(auth_deadline.unwrap_or(accepted + HANDSHAKE_TIMEOUT));
+    let handshake_deadline = accepted + hub.config.handshake_timeout;
+    let deadline = handshake_deadline.min(auth_deadline.unwrap_or(handshake_deadline));
     let progress = Progress::new();
     let meter = Meter::new(hub.budget.clone());
     let stream = Metered::new(Watched::new(stream, progress.clone()), meter.clone());
@@ -240,7 +238,7 @@ async fn run<S>(
     let mut frames = TokenBucket::new(
         hub.config.frame_rate,
         hub.config.frame_burst,
-        Instant::now().into_std(),
+        Instant::now(),
     );
     let wf = write_loop(
         sink,
@@ -331,7 +329,7 @@ async fn run<S>(
                     continue;
                 }
                 match parse(&text) {
-                    Ok(frame) => match frames.take(std::time::Instant::now()) {
+                    Ok(frame) => match frames.take(Instant::now()) {
                         Ok(()) => {
                             session.charge = Some(charge);
                             session.handle(hub, frame).await;

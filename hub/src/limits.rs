@@ -11,10 +11,12 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use dashmap::DashMap;
+// tokio's clock, so tests can pause and advance it (a refill is then instant, not waited).
+use tokio::time::Instant;
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
