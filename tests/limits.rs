@@ -1,6 +1,8 @@
 //! Limits stop floods, not work, and each is answered clearly: a slow reader is closed and
 //! catches up later with nothing lost, a frame flood is rate-limited with a retry time, a
-//! registration flood is refused per address, and connections over the cap get a 503.
+//! registration flood is refused per address, and connections over the cap get a 503. The
+//! hub is served in this process (`common::inproc`); the rate limit's refill is waited for on
+//! tokio's paused clock.
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
@@ -8,26 +10,21 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    hub::{Hub, HubOpts},
+    eventually,
+    hub::WAIT,
+    inproc::{InProcHub, hold_clock},
     ws::Ws,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-fn opts(args: &[&str]) -> HubOpts {
-    HubOpts {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_slow_reader_is_closed_with_a_reason_and_catches_up_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     // Default limits: 8 KiB messages overflow the 8 MiB outbound byte bound well before the
     // 4096-frame one.
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
     // The slow reader registers and then never reads again.
     let (mut slow, _) = Ws::register(&hub.url, "Slow").await;
     let (sender, _) = Ws::register(&hub.url, "Fast").await;
@@ -107,41 +104,67 @@ async fn a_slow_reader_is_closed_with_a_reason_and_catches_up_with_nothing_lost(
         again.until("marked").await;
     }
     assert_eq!(next, N);
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn a_frame_flood_is_rate_limited_with_a_retry_time_and_the_connection_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_with(dir.path(), opts(&["--frame-rate", "50"])).await;
-    let mut ws = Ws::connect(&hub.url).await;
-    for i in 0..300 {
-        ws.send(json!({"type": "ping", "rid": i})).await;
-    }
-    let mut limited = 0;
-    let mut retry = 0;
-    for _ in 0..300 {
-        let f = ws.next().await;
-        if f["code"] == "rate_limited" {
-            limited += 1;
-            retry = f["retryAfterMs"].as_u64().unwrap();
-            assert!(
-                f["message"].as_str().unwrap().contains("NOT processed"),
-                "{f}"
-            );
-            assert!(f["rid"].is_number(), "{f}");
-        } else {
-            assert_eq!(f["type"], "pong");
+    let hub = InProcHub::start_with(dir.path(), |c| {
+        c.frame_rate = 50.0;
+        c.frame_burst = 100.0;
+    })
+    .await;
+    // On a paused clock the bucket does not refill during the flood: exactly the burst is
+    // served, every other frame is refused, and the connection stays.
+    tokio::time::pause();
+    let mut ws = hold_clock(Ws::connect(&hub.url)).await;
+    let (served, limited) = hold_clock(async {
+        for i in 0..300 {
+            ws.send(json!({"type": "ping", "rid": i})).await;
         }
-    }
-    assert!(limited > 0 && limited < 300, "limited {limited} of 300");
-    tokio::time::sleep(Duration::from_millis(retry + 50)).await;
-    ws.roundtrip().await;
+        let (mut served, mut limited) = (0, 0);
+        for _ in 0..300 {
+            let f = ws.next().await;
+            if f["code"] == "rate_limited" {
+                limited += 1;
+                assert!(f["retryAfterMs"].as_u64().unwrap() >= 1, "{f}");
+                assert!(
+                    f["message"].as_str().unwrap().contains("NOT processed"),
+                    "{f}"
+                );
+                assert!(f["rid"].is_number(), "{f}");
+            } else {
+                assert_eq!(f["type"], "pong");
+                served += 1;
+            }
+        }
+        (served, limited)
+    })
+    .await;
+    assert_eq!((served, limited), (100, 200));
+    // A fraction of a token later the next frame is still refused; waiting exactly the retry
+    // time it names is enough (it is rounded up, never down).
+    tokio::time::advance(Duration::from_micros(7_500)).await;
+    ws.send(json!({"type": "ping", "rid": "early"})).await;
+    let early = hold_clock(ws.next()).await;
+    assert_eq!(early["code"], "rate_limited", "{early}");
+    let retry = early["retryAfterMs"].as_u64().unwrap();
+    tokio::time::advance(Duration::from_millis(retry)).await;
+    ws.send(json!({"type": "ping", "rid": "on-time"})).await;
+    let on_time = hold_clock(ws.next()).await;
+    assert_eq!(on_time["type"], "pong", "after {retry} ms: {on_time}");
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn a_registration_flood_from_one_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_with(dir.path(), opts(&["--register-rate", "5"])).await;
+    let hub = InProcHub::start_with(dir.path(), |c| {
+        c.register_rate = 5.0;
+        c.register_burst = 5.0;
+    })
+    .await;
     let mut refused = 0;
     let mut accepted = 0;
     let mut held = Vec::new();
@@ -164,12 +187,13 @@ async fn a_registration_flood_from_one_address_is_refused() {
         accepted >= 5 && refused > 0,
         "accepted {accepted}, refused {refused}"
     );
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn connections_over_the_cap_get_a_503_and_the_others_are_fine() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_with(dir.path(), opts(&["--max-connections", "2"])).await;
+    let hub = InProcHub::start_with(dir.path(), |c| c.max_connections = 2).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
     let (_b, _) = Ws::register(&hub.url, "B").await;
     let refused = tokio_tungstenite::connect_async(&hub.url).await;
@@ -183,28 +207,26 @@ async fn connections_over_the_cap_get_a_503_and_the_others_are_fine() {
     a.roundtrip().await;
     drop(a);
     // Once one closes, there is room again (poll: the hub notices the close asynchronously).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&hub.url).await {
-            ws.send(Message::text(json!({"type": "ping"}).to_string()))
-                .await
-                .unwrap();
-            if let Some(Ok(Message::Text(_))) = ws.next().await {
-                break;
-            }
+    eventually("room after a close", WAIT, async || {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&hub.url)
+            .await
+            .map_err(|e| e.to_string())?;
+        ws.send(Message::text(json!({"type": "ping"}).to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        match ws.next().await {
+            Some(Ok(Message::Text(_))) => Ok(()),
+            other => Err(format!("{other:?}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no room after a close"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    hub.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_content_is_refused_with_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start_with(dir.path(), opts(&["--max-content-bytes", "100"])).await;
+    let hub = InProcHub::start_with(dir.path(), |c| c.max_content_bytes = 100).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
     a.send(json!({"type": "message", "to": "B", "content": "y".repeat(101)}))
         .await;
@@ -217,4 +239,5 @@ async fn oversized_content_is_refused_with_the_limit() {
     a.send(json!({"type": "message", "to": "B", "content": "y".repeat(100)}))
         .await;
     a.expect("sent").await;
+    hub.stop().await;
 }

@@ -89,7 +89,10 @@ impl ConnSession {
         wait: std::time::Duration,
         rate: f64,
     ) {
-        let ms = wait.as_millis().max(1) as u64;
+        // Rounded up: a client that waits exactly this long must find a token there.
+        let ms = u64::try_from(wait.as_micros().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.reply(ServerFrame::Error(ErrorFrame {
             message: format!(
                 "rate limited: over {rate} frames/s on this connection; this frame was NOT processed, retry in {ms} ms"
