@@ -89,10 +89,7 @@ impl ConnSession {
         wait: std::time::Duration,
         rate: f64,
     ) {
-        // Rounded up: a client that waits exactly this long must find a token there.
-        let ms = u64::try_from(wait.as_micros().div_ceil(1000))
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let ms = retry_ms(wait);
         self.reply(ServerFrame::Error(ErrorFrame {
             message: format!(
                 "rate limited: over {rate} frames/s on this connection; this frame was NOT processed, retry in {ms} ms"
@@ -445,7 +442,7 @@ impl ConnSession {
                 format!(
                     "too many registrations from your address (over {}/s); retry in {} ms",
                     hub.config.register_rate,
-                    wait.as_millis().max(1)
+                    retry_ms(wait)
                 ),
             ));
         }
@@ -895,6 +892,14 @@ impl ConnSession {
             tracing::info!(%id, addr = %self.addr, "disconnected");
         }
     }
+}
+
+/// A token bucket's wait in whole milliseconds, rounded up (at least 1): a client that waits
+/// exactly this long must find a token there.
+fn retry_ms(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_micros().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Why a claim of an owned name was refused.
