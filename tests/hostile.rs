@@ -3,6 +3,9 @@
 //! with an error (or only its own connection is closed), the hub stays up, and the pair sees
 //! every message, in order.
 //!
+//! The hub is served in this process (`common::inproc`); connections that never finish their
+//! handshake are dropped on tokio's paused clock, so the 10 s timeout costs no time.
+//!
 //! More classes of attack live next to this file: clients that never read, clients without
 //! the token holding slots, and parallel near-limit frames (`hostile_conns.rs`); a second
 //! hub on the same store and world-readable mail files (`hostile_store.rs`).
@@ -12,10 +15,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{hub::Hub, ws::Ws};
+use common::{
+    inproc::{InProcHub, hold_clock},
+    ws::Ws,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Registers a pair of well-behaved sessions.
@@ -167,22 +176,10 @@ async fn attack(url: String, me: String) {
 #[tokio::test]
 async fn hostile_input_changes_nothing_for_well_behaved_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let hub = InProcHub::start(dir.path()).await;
 
     // Baseline latency of a pair with nothing else going on.
     let mut quiet = well_behaved_pair(pair(&hub.url, "Alice", "Bob").await, 100).await;
-
-    // Connections that never complete the handshake: raw TCP that sends nothing, and one
-    // that sends half an HTTP request. The hub drops them after its handshake timeout.
-    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
-        .await
-        .unwrap();
-    let mut half = tokio::net::TcpStream::connect(("127.0.0.1", hub.port))
-        .await
-        .unwrap();
-    half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
-        .await
-        .unwrap();
 
     // The pair under attack holds its names before the attackers start (they try to take
     // "Carol" and must be refused).
@@ -202,20 +199,6 @@ async fn hostile_input_changes_nothing_for_well_behaved_sessions() {
     let (mut late, _) = Ws::register(&hub.url, "Late").await;
     late.roundtrip().await;
 
-    // Handshake-less connections are closed by the hub (read returns 0 / error).
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf)).await;
-    assert!(
-        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "silent connection not dropped"
-    );
-    let closed = tokio::time::timeout(Duration::from_secs(15), half.read(&mut buf)).await;
-    assert!(
-        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "half handshake not dropped"
-    );
-
     println!(
         "pair round trip: quiet p50 {:?} p99 {:?}; under attack p50 {:?} p99 {:?}",
         p(&mut quiet, 0.5),
@@ -223,4 +206,56 @@ async fn hostile_input_changes_nothing_for_well_behaved_sessions() {
         p(&mut loaded, 0.5),
         p(&mut loaded, 0.99)
     );
+    hub.stop().await;
+}
+
+/// True once the peer closed `s` (a read gives 0 bytes or an error); false while it is open
+/// with nothing to read.
+fn closed(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_the_handshake_are_dropped_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start(dir.path()).await;
+    let timeout = hub::HubConfig::new(dir.path()).handshake_timeout;
+    tokio::time::pause();
+    // Raw TCP that sends nothing, one that sends half an HTTP request, and a client that
+    // finishes its handshake at the same moment.
+    let (mut silent, mut half, mut good) = hold_clock(async {
+        let silent = TcpStream::connect(hub.addr).await.unwrap();
+        let mut half = TcpStream::connect(hub.addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            .await
+            .unwrap();
+        let good = Ws::connect(&hub.url).await;
+        (silent, half, good)
+    })
+    .await;
+    // Just before the timeout all three are open (a round trip lets the hub catch up first).
+    tokio::time::advance(timeout - Duration::from_secs(1)).await;
+    hold_clock(good.roundtrip()).await;
+    assert!(
+        !closed(&silent) && !closed(&half),
+        "dropped before the timeout"
+    );
+    // At the timeout the two without a handshake are dropped (read returns 0 / error)...
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let mut buf = [0u8; 64];
+    for (name, s) in [("silent", &mut silent), ("half", &mut half)] {
+        let end = hold_clock(s.read(&mut buf)).await;
+        assert!(
+            matches!(end, Ok(0) | Err(_)),
+            "{name} connection not dropped: {end:?}"
+        );
+    }
+    // ...and the one that finished it stays.
+    hold_clock(good.roundtrip()).await;
+    hub.stop().await;
 }
