@@ -488,7 +488,9 @@ async fn a_send_whose_ack_was_lost_is_resent_with_the_same_key_and_reported_once
     assert!(reply.text.contains("not stored twice"), "{}", reply.text);
 }
 
-#[tokio::test]
+// On a paused clock (everything here runs on this runtime: the fake hub, the client, no store
+// thread), so the bridge's 5 s wait for a reconnect costs nothing.
+#[tokio::test(start_paused = true)]
 async fn an_unknown_outcome_is_said_plainly_and_the_retry_reuses_the_key() {
     let hub = FakeHub::new().await;
     let c = client(&hub.url, "CC-1", None, fast());
