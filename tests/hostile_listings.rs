@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// A client's frame limit (`mcp_bridge::dial::CLIENT_MAX_FRAME`).
 const CLIENT_MAX_FRAME: usize = 16 << 20;
 
-/// Registers `n` sessions `S-0000…` with `meta` and lets each go, `parallel` at a time.
+/// Registers `n` sessions `S-0000…` with `meta` and lets each go, `parallel` at a time. They
+/// ask for no presence pushes: the table is the subject here, not who hears of each join.
 async fn register_many(url: &str, n: usize, meta: &Value, parallel: usize) {
     futures_util::stream::iter(0..n)
         .map(|i| {
@@ -28,8 +29,10 @@ async fn register_many(url: &str, n: usize, meta: &Value, parallel: usize) {
             async move {
                 let id = format!("S-{i:04}");
                 let mut ws = Ws::connect(&url).await;
-                ws.send(json!({"type": "register", "clientId": id, "meta": meta}))
-                    .await;
+                ws.send(
+                    json!({"type": "register", "clientId": id, "meta": meta, "presence": "none"}),
+                )
+                .await;
                 assert_eq!(ws.until("registered").await["clientId"], id);
             }
         })
