@@ -25,19 +25,19 @@ fn bodies(out: &str) -> Vec<String> {
 
 /// Polls `tool` on `b` until its text contains `want` (bounded).
 async fn until(b: &Bridge, tool: &str, want: &str, limit: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let out = b.call(tool, Value::Null).await.text;
-        if out.contains(want) {
-            return out;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: {tool} never said {want:?} within {limit:?}; last:\n{out}",
-            b.id
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        &format!("{}: {tool} says {want:?}", b.id),
+        limit,
+        async || {
+            let out = b.call(tool, Value::Null).await.text;
+            if out.contains(want) {
+                Ok(out)
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -71,18 +71,15 @@ async fn poll_sessions(
     what: &str,
     done: impl Fn(&[(String, bool)]) -> bool,
 ) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    common::eventually(&format!("the hub {what}"), WAIT, async || {
         let all = sessions_online(ws).await;
         if done(&all) {
-            return all.into_iter().map(|(id, _)| id).collect();
+            Ok(all.into_iter().map(|(id, _)| id).collect())
+        } else {
+            Err(format!("{all:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hub never {what}: {all:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Polls until `id` is listed and offline.

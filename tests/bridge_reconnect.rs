@@ -11,19 +11,15 @@ use serde_json::{Value, json};
 
 /// Polls `relay_status` until it contains `want` (bounded by `limit`).
 async fn status_until(b: &Bridge, want: &str, limit: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = b.ok("relay_status", Value::Null).await;
-        if s.contains(want) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: no {want:?} within {limit:?}; last status:\n{s}",
-            b.id
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        &format!("{}: status says {want:?}", b.id),
+        limit,
+        async || {
+            let s = b.ok("relay_status", Value::Null).await;
+            if s.contains(want) { Ok(s) } else { Err(s) }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -354,14 +354,15 @@ async fn peers_and_sessions_merge_the_hub_and_the_local_registry() {
 
     cc2.close_stdin().await;
     cc2.wait_exit(WAIT).await.expect("CC-2 exits on stdin EOF");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let listed = loop {
+    let listed = common::eventually("CC-2 listed offline", WAIT, async || {
         let s = cc1.ok("relay_sessions", Value::Null).await;
-        if s.contains("CC-2 · offline") || tokio::time::Instant::now() > deadline {
-            break s;
+        if s.contains("CC-2 · offline") {
+            Ok(s)
+        } else {
+            Err(s)
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert!(listed.contains("(1 online)"), "{listed}");
     assert!(listed.contains("CC-1 (you) · online"), "{listed}");
     assert!(listed.contains("CC-2 · offline, last seen"), "{listed}");

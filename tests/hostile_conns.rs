@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::collections::HashSet;
 
 use common::{
     hub::{Hub, HubOpts, WAIT},
@@ -64,14 +64,12 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// Polls `f` until it is true (bounded by `WAIT`).
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        what,
+        WAIT,
+        async || if f() { Ok(()) } else { Err("not yet".into()) },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
     bridge::{Bridge, BridgeOpts},
     channel::Recorded,
@@ -180,15 +178,15 @@ async fn a_registered_name_we_did_not_ask_for_is_refused() {
     });
     let dir = tempfile::tempdir().unwrap();
     let b = Bridge::start(dir.path(), &url, "CC-1").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
+    let status = common::eventually("the bridge refuses the other name", WAIT, async || {
         let s = b.ok("relay_status", Value::Null).await;
         if s.contains("not the one asked for") {
-            break s;
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert!(status.contains("You: CC-1"), "{status}");
     assert!(!status.contains('\u{1b}'), "{status:?}");
     assert!(status.contains("LEAD\\u{1b}[2J"), "{status}");

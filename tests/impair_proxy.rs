@@ -136,11 +136,12 @@ async fn assert_silent(s: &mut TcpStream, ms: u64) {
 
 /// Polls `f` until it holds, failing the test after [`WAIT`].
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        what,
+        WAIT,
+        async || if f() { Ok(()) } else { Err("not yet".into()) },
+    )
+    .await
 }
 
 /// A recognisable pattern: byte i is i mod 251 (a prime, so chunk boundaries never align).
@@ -317,9 +318,13 @@ async fn dropping_the_handle_stops_every_task() {
     let r = next_read(&mut s, "the end of the connection").await;
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     // …and the listener is gone.
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the proxy still accepts");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        "the proxy's listener is gone",
+        WAIT,
+        async || match TcpStream::connect(addr).await {
+            Ok(_) => Err("it still accepts".into()),
+            Err(_) => Ok(()),
+        },
+    )
+    .await;
 }

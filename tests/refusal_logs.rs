@@ -15,24 +15,14 @@ const TOKEN: &str = "refusal-log-token-8d1e";
 
 /// Waits (bounded) until a line of the hub's log holds every needle; returns it.
 async fn log_line(hub: &Hub, needles: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(line) = hub
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return line.clone();
+    common::eventually(&format!("a log line with {needles:?}"), WAIT, async || {
+        let log = hub.log.lock().unwrap();
+        match log.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+            Some(line) => Ok(line.clone()),
+            None => Err(format!("{log:#?}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no log line with {needles:?}: {:#?}",
-            hub.log.lock().unwrap()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
     bridge::{Bridge, BridgeOpts},
     hub::{Hub, HubOpts, WAIT},
@@ -56,14 +54,14 @@ async fn trace_logs_of_hub_and_bridge_hold_no_token_and_no_owner_secret() {
     let mut bridge = Bridge::start_with(opts.clone(), false).await;
     bridge.wait_connected().await;
     let owner_file = opts.home.join("owners").join("CC-1");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !owner_file.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no owner secret was saved"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("the owner secret is saved", WAIT, async || {
+        if owner_file.exists() {
+            Ok(())
+        } else {
+            Err("no file yet".into())
+        }
+    })
+    .await;
     let secret = std::fs::read_to_string(&owner_file)
         .unwrap()
         .trim()

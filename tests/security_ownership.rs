@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Stdio, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Stdio};
 
 use common::{
     bridge::{Bridge, BridgeOpts},
@@ -43,42 +43,35 @@ async fn stop(mut b: Bridge, hub_url: &str) {
     let id = b.id.clone();
     b.close_stdin().await;
     assert!(b.wait_exit(WAIT).await.is_some(), "{id} did not exit");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    common::eventually(&format!("{id} offline"), WAIT, async || {
         let mut ws = Ws::connect(hub_url).await;
         ws.send(json!({"type": "get_peers"})).await;
         let peers = ws.expect("peers").await;
-        if !peers["peers"]
+        let online = peers["peers"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p == id.as_str())
-        {
-            return;
+            .any(|p| p == id.as_str());
+        if online {
+            Err(peers.to_string())
+        } else {
+            Ok(())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} still online: {peers}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// Polls `relay_status` until it contains `needle`; returns it.
 async fn status_until(b: &Bridge, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = b.ok("relay_status", Value::Null).await;
-        if s.contains(needle) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: status never said {needle:?}; last: {s}",
-            b.id
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        &format!("{}: status says {needle:?}", b.id),
+        WAIT,
+        async || {
+            let s = b.ok("relay_status", Value::Null).await;
+            if s.contains(needle) { Ok(s) } else { Err(s) }
+        },
+    )
+    .await
 }
 
 /// `claude-relay sessions ARGS` as machine `machine`.
@@ -392,15 +385,19 @@ async fn an_owner_secret_that_cannot_be_saved_is_announced_and_saved_once_possib
     let port = hub.port;
     hub.kill().await;
     let _hub = Hub::start_on(dir.path(), port).await;
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    loop {
-        let s = b.ok("relay_status", Value::Null).await;
-        if s.contains("— connected for") && !s.contains("WARNING") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        "connected again with the secret saved",
+        WAIT * 2,
+        async || {
+            let s = b.ok("relay_status", Value::Null).await;
+            if s.contains("— connected for") && !s.contains("WARNING") {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
     let file = owner_file(dir.path(), "laptop", "CC-1");
     assert_eq!(mode(&file), 0o600);
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim().len(), 64);

@@ -196,14 +196,15 @@ async fn a_session_cannot_claim_a_live_or_owned_name_nor_watch_its_mail() {
         assert_eq!(r["type"], "register_rejected", "{extra}: {r}");
     }
     let eve = Bridge::start_with(on(dir.path(), "m3", &hub.url, "CC-1"), false).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
+    let status = common::eventually("Eve is not registered", WAIT, async || {
         let s = eve.ok("relay_status", Value::Null).await;
-        if s.contains("not registered") || tokio::time::Instant::now() > deadline {
-            break s;
+        if s.contains("not registered") {
+            Ok(s)
+        } else {
+            Err(s)
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert!(status.contains("CC-1 is owned"), "{status}");
     // The holder is undisturbed.
     assert!(

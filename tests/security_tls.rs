@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use common::{
     bridge::{Bridge, BridgeOpts},
@@ -128,19 +125,15 @@ fn bridge_opts(dir: &Path, url: &str, id: &str, env: &[(&str, &str)]) -> BridgeO
 
 /// Polls `relay_status` until it contains `needle` (bounded); returns the status.
 async fn status_until(b: &Bridge, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    common::eventually(&format!("status says {needle:?}"), WAIT, async || {
         let s = b.ok("relay_status", Value::Null).await;
         if s.contains(needle) {
-            return s;
+            Ok(s)
+        } else {
+            Err(format!("{s}; stderr: {:#?}", b.log.lock().unwrap()))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never said {needle:?}; last: {s}; stderr: {:#?}",
-            b.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -318,21 +311,18 @@ async fn a_certificate_for_another_host_and_a_scheme_mismatch_are_explained() {
     let s = status_until(&c, "use a wss:// URL").await;
     assert!(s.contains("not connected"), "{s}");
     // The hub's operator sees the failed TLS handshake, with the peer.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !tls
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("refused: TLS handshake failed") && l.contains("addr=127.0.0.1:"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no TLS refusal in the hub log: {:#?}",
-            tls.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("a TLS refusal in the hub log", WAIT, async || {
+        let log = tls.log.lock().unwrap();
+        let refused = log
+            .iter()
+            .any(|l| l.contains("refused: TLS handshake failed") && l.contains("addr=127.0.0.1:"));
+        if refused {
+            Ok(())
+        } else {
+            Err(format!("{log:#?}"))
+        }
+    })
+    .await;
 
     // wss:// to a hub that serves ws://.
     let plain = Hub::start(&dir.path().join("h3")).await;

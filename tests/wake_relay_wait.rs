@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
     bridge::{Bridge, BridgeOpts},
     hub::{Hub, WAIT},
@@ -28,25 +26,19 @@ async fn tool_names(b: &Bridge) -> Vec<String> {
 /// Waits (bounded) until the bridge logged that `relay_wait` is waiting: it has read the
 /// mailbox, found nothing, and subscribed to pushes.
 async fn until_waiting(b: &Bridge, count: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let n = b
-            .log
-            .lock()
-            .unwrap()
+    common::eventually("relay_wait waiting", WAIT, async || {
+        let log = b.log.lock().unwrap();
+        let n = log
             .iter()
             .filter(|l| l.contains("relay_wait: nothing unread"))
             .count();
         if n >= count {
-            return;
+            Ok(())
+        } else {
+            Err(format!("stderr: {log:#?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay_wait never started waiting; stderr: {:#?}",
-            b.log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 async fn send(ws: &mut Ws, to: &str, content: &str) {
@@ -186,22 +178,19 @@ async fn times_out_cleanly_and_a_cancelled_wait_frees_the_slot() {
         .cancel(Some("user pressed escape".into()))
         .await
         .expect("cancel sent");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let out = common::eventually("the cancelled wait frees the slot", WAIT, async || {
         let out = b.call("relay_wait", json!({"timeout_seconds": 0})).await;
-        if !out.text.contains("already waiting") {
-            assert_eq!(
-                out.text,
-                "No new message within 0 s (timed out). Call relay_wait again to keep waiting."
-            );
-            break;
+        if out.text.contains("already waiting") {
+            Err(out.text)
+        } else {
+            Ok(out.text)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cancelled wait still holds the slot"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        out,
+        "No new message within 0 s (timed out). Call relay_wait again to keep waiting."
+    );
 
     // Mail that arrives after the cancel is not eaten by the cancelled wait.
     let (mut cc2, _) = Ws::register(&hub.url, "CC-2").await;

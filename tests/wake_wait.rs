@@ -74,25 +74,15 @@ impl Waiter {
 
     /// Waits (bounded) until the log has `n` lines containing `needle`.
     async fn until_logged(&self, needle: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let count = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if count >= n {
-                return;
+        common::eventually(&format!("{needle:?} logged ×{n}"), WAIT, async || {
+            let log = self.log.lock().unwrap();
+            if log.iter().filter(|l| l.contains(needle)).count() >= n {
+                Ok(())
+            } else {
+                Err(format!("{log:#?}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never logged {needle:?} ×{n}: {:#?}",
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     async fn exit_within(&mut self, limit: Duration) -> ExitStatus {

@@ -211,20 +211,15 @@ impl Bridge {
 
     /// Like [`Self::wait_connected`] with an explicit limit.
     pub(crate) async fn wait_connected_within(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
+        super::eventually(&format!("{} connected", self.id), limit, async || {
             let status = self.ok("relay_status", Value::Null).await;
             if status.contains("— connected for") {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{status}; stderr: {:#?}", self.log.lock().unwrap()))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} did not connect within {limit:?}; last status: {status}; stderr: {:#?}",
-                self.id,
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Closes the client's end (stdin EOF for the bridge).
@@ -250,18 +245,19 @@ impl Bridge {
     /// Polls the registry until entry `name` has `state` (the bridge records it in the
     /// background), bounded by [`WAIT`]; returns the file.
     pub(crate) async fn registry_until(&self, name: &str, state: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let reg = self.registry();
-            if reg["sessions"][name]["state"] == state {
-                return reg;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "registry entry {name} never became {state}: {reg}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::eventually(
+            &format!("registry entry {name} is {state}"),
+            WAIT,
+            async || {
+                let reg = self.registry();
+                if reg["sessions"][name]["state"] == state {
+                    Ok(reg)
+                } else {
+                    Err(reg.to_string())
+                }
+            },
+        )
+        .await
     }
 }
 

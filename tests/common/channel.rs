@@ -96,19 +96,15 @@ impl Recorded {
 
     /// Polls `relay_status` until connected, within `limit`.
     pub(crate) async fn wait_connected(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
+        super::eventually("connected", limit, async || {
             let status = self.call("relay_status", Value::Null).await;
             if status.contains("— connected for") {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{status}; stderr {:#?}", self.log.lock().unwrap()))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not connected: {status}; stderr {:#?}",
-                self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// The next recorded notification (bounded by [`WAIT`]).
