@@ -5,6 +5,8 @@
 //! Every reply echoes the request's `rid`. Every refusal is an `error` (or
 //! `register_rejected`) frame that says what was wrong; the connection stays open.
 
+mod register;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use relay_proto::{
@@ -12,24 +14,21 @@ use relay_proto::{
     id::validate,
     time::{now_ms, parse_iso},
     wire::{
-        self, ClientFrame, ErrorFrame, Forgotten, GetHistory, History, Inbox, Marked, Meta, Peers,
-        Pong, PresenceMode, Register, RegisterRejected, Registered, Released, RequestId,
-        SendMessage, ServerFrame, Sessions, Status, Watching, codes,
+        self, ClientFrame, ErrorFrame, Forgotten, GetHistory, History, Inbox, Marked, Peers, Pong,
+        RegisterRejected, Released, RequestId, SendMessage, ServerFrame, Sessions, Status,
+        Watching, codes,
     },
 };
 use tokio::sync::Notify;
 
 use crate::{
     HubState,
-    auth::{hash_secret, mint_secret, secret_matches, token_ok},
+    auth::{secret_matches, token_ok},
     budget::Charge,
-    frames::{self, RegisteredOut},
     listing,
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
-    refusals::loggable,
-    router::Peer,
     store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
 };
 
@@ -383,227 +382,6 @@ impl ConnSession {
         }));
     }
 
-    async fn register(&mut self, hub: &HubState, r: Register) {
-        let rid = r.rid;
-        let asked = r.client_id.unwrap_or_default();
-        let reject = |code: &str, reason: String| {
-            hub.refusals.info(
-                self.addr,
-                &format!("register {} ({code}): {reason}", loggable(&asked)),
-            );
-            ServerFrame::RegisterRejected(RegisterRejected {
-                client_id: asked.clone(),
-                reason,
-                code: Some(code.to_string()),
-                rid: rid.clone(),
-            })
-        };
-        let id = match SessionId::parse(&asked) {
-            Ok(id) => id,
-            Err(e) if asked.is_empty() => {
-                let _ = e;
-                return self.reply(reject(
-                    codes::INVALID_ID,
-                    "register needs a clientId (letters, digits, '_' or '-', starting with a letter)".into(),
-                ));
-            }
-            Err(e) => {
-                return self.reply(reject(codes::INVALID_ID, format!("invalid clientId: {e}")));
-            }
-        };
-        if let Some(held) = &self.id {
-            if *held == id {
-                // Registering twice under the same name is harmless: confirm again.
-                let unread = hub.store.call({
-                    let id = id.clone();
-                    move |b| b.unread_count(id.as_str())
-                });
-                let unread = unread.await.ok();
-                return self.reply(ServerFrame::Registered(Registered {
-                    client_id: id.to_string(),
-                    peers: others(hub, &id),
-                    epoch: Some(hub.store.epoch().to_string()),
-                    unread,
-                    owner_secret: None,
-                    owned: None,
-                    rid,
-                }));
-            }
-            return self.reply(reject(
-                codes::ALREADY_REGISTERED,
-                format!(
-                    "this connection already holds {held}; open a new connection for another name"
-                ),
-            ));
-        }
-        if let Err(wait) = hub.limits.register(self.addr.ip()) {
-            return self.reply(reject(
-                codes::RATE_LIMITED,
-                format!(
-                    "too many registrations from your address (over {}/s); retry in {} ms",
-                    hub.config.register_rate,
-                    retry_ms(wait)
-                ),
-            ));
-        }
-        let mut meta: Meta = r.meta.unwrap_or_default();
-        let meta_len = serde_json::to_string(&meta).map(|s| s.len()).unwrap_or(0);
-        if meta_len > hub.config.max_meta_bytes {
-            return self.reply(reject(
-                codes::TOO_LARGE,
-                format!(
-                    "meta is {meta_len} bytes; the limit is {}",
-                    hub.config.max_meta_bytes
-                ),
-            ));
-        }
-        meta.insert("remoteAddress".into(), self.addr.ip().to_string().into());
-        let now = now_ms();
-        let presence = r.presence.unwrap_or(PresenceMode::Full);
-        let peer = Peer {
-            outbox: self.outbox.clone(),
-            presence,
-            addr: self.addr,
-            connected_at: now,
-            active: false,
-            probe: self.probe.clone(),
-        };
-        // Claim first (a live holder is never disturbed, owner or not), then check ownership
-        // and record the session in one trip to the store.
-        if let Err(holder) = hub.router.claim(&id, peer) {
-            // Someone who could never hold the name learns that now, not after the holder
-            // leaves (the extra store trip is only paid on this refusal path).
-            let owner = {
-                let id = id.clone();
-                hub.store.call(move |b| b.owner_hash(id.as_str())).await
-            };
-            if let Ok(Some(hash)) = owner
-                && !r
-                    .owner_secret
-                    .as_deref()
-                    .is_some_and(|s| secret_matches(&hash, s))
-            {
-                return self.reply(reject(
-                    codes::NOT_OWNER,
-                    not_owner_reason(&id, r.owner_secret.is_some()),
-                ));
-            }
-            return self.reply(reject(
-                codes::NAME_IN_USE,
-                format!(
-                    "{id} is held by a live connection from {} (registered {} ago); a name is never taken over. \
-                     Pick another name, or retry once that session has ended",
-                    holder.addr.ip(),
-                    relay_proto::time::ago(holder.connected_at, now)
-                ),
-            ));
-        }
-        let meta_json = serde_json::to_string(&meta).unwrap_or_else(|_| "{}".into());
-        let presented = r.owner_secret;
-        let wants_secret = r.ownership == Some(true);
-        let backlog = r.backlog == Some(true);
-        let max_bytes = hub.config.max_page_bytes;
-        let recorded = {
-            let id = id.clone();
-            hub.store
-                .call(move |b| {
-                    let owned = match b.owner_hash(id.as_str())? {
-                        Some(hash) => match presented.as_deref() {
-                            Some(secret) if secret_matches(&hash, secret) => true,
-                            other => {
-                                return Ok(Claim::NotOwner {
-                                    presented: other.is_some(),
-                                });
-                            }
-                        },
-                        None => false,
-                    };
-                    // A store that cannot write (full disk, damaged file) must still let a
-                    // session in to read its mail: what needs writing degrades, with a warning.
-                    let unread = match b.session_registered(id.as_str(), &meta_json, now) {
-                        Ok(unread) => unread,
-                        Err(e) => {
-                            tracing::warn!(%id, "session record not written ({e}): registering without it");
-                            b.unread_count(id.as_str())?
-                        }
-                    };
-                    let pending = if backlog && unread > 0 {
-                        let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
-                        let marks: Vec<(u64, Option<i64>)> =
-                            page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                        if let Err(e) = b.mark_delivered(&marks) {
-                            tracing::warn!(%id, "delivery of the backlog not recorded: {e}");
-                        }
-                        crate::tasks::envelopes(b, page.messages)
-                    } else {
-                        Vec::new()
-                    };
-                    // Last, so a secret is only ever handed out once the name is recorded: a
-                    // client that keeps secrets gets one for a name nobody owns yet (and none
-                    // when it cannot be recorded).
-                    let minted = if !owned && wants_secret {
-                        let secret = mint_secret();
-                        match b.set_owner(id.as_str(), &hash_secret(&secret), now) {
-                            Ok(()) => Some(secret),
-                            Err(e) => {
-                                tracing::warn!(%id, "owner secret not recorded ({e}): the name stays unowned");
-                                None
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    Ok(Claim::Granted {
-                        owned,
-                        unread,
-                        pending,
-                        minted,
-                    })
-                })
-                .await
-        };
-        let (owned, unread, pending, minted) = match recorded {
-            Ok(Claim::Granted {
-                owned,
-                unread,
-                pending,
-                minted,
-            }) => (owned, Some(unread), pending, minted),
-            Ok(Claim::NotOwner { presented }) => {
-                hub.router.release(&id, self.outbox.id());
-                return self.reply(reject(codes::NOT_OWNER, not_owner_reason(&id, presented)));
-            }
-            Err(e) => {
-                hub.router.release(&id, self.outbox.id());
-                return self.store_error(e, rid);
-            }
-        };
-        self.id = Some(id.clone());
-        self.transient = r.transient == Some(true);
-        // The whole list is the Node relay's contract (`presence: "full"`); delta clients need
-        // it as the base their batches apply to; `none` clients asked not to be told.
-        // (Not active yet, so the online list is exactly the others.)
-        let peers = match presence {
-            PresenceMode::None => Arc::from("[]"),
-            _ => hub.router.online_json(),
-        };
-        let _ = self.outbox.push(frames::registered(&RegisteredOut {
-            client_id: id.as_str(),
-            peers_json: &peers,
-            epoch: &hub.store.epoch(),
-            unread,
-            owner_secret: minted.as_deref(),
-            owned: Some(owned || minted.is_some()),
-            rid: rid.as_ref(),
-        }));
-        for e in pending {
-            let _ = self.outbox.push_json(&ServerFrame::Message(e));
-        }
-        hub.router.activate(&id, self.outbox.id());
-        presence::announce_joined(&hub.router, &id);
-        tracing::info!(%id, addr = %self.addr, "registered");
-    }
-
     async fn message(&mut self, hub: &HubState, m: SendMessage) {
         let Some(from) = self.registered_id("sending messages", &m.rid) else {
             return;
@@ -925,22 +703,6 @@ enum Forgot {
     NotOwner(bool),
     /// Nothing by that name.
     Unknown,
-}
-
-/// What the store said about a claim.
-enum Claim {
-    /// The name is owned and the right secret was not presented.
-    NotOwner {
-        /// Whether some (wrong) secret was presented.
-        presented: bool,
-    },
-    /// Recorded.
-    Granted {
-        owned: bool,
-        unread: u64,
-        pending: Vec<relay_proto::wire::Envelope>,
-        minted: Option<String>,
-    },
 }
 
 fn others(hub: &HubState, me: &SessionId) -> Vec<String> {
