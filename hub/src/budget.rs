@@ -110,14 +110,15 @@ impl Drop for Meter {
 /// Bytes of one finished frame, charged until this is dropped (after the frame was handled,
 /// or for a `message`, after it was committed).
 #[derive(Debug)]
-pub struct Charge {
+pub(crate) struct Charge {
     budget: Arc<FrameBudget>,
     bytes: usize,
 }
 
 impl Charge {
     /// How many bytes it holds.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }

@@ -47,23 +47,23 @@ pub(crate) const STATUS_SENDS: usize = 10;
 /// What one connection has claimed and how to reach it.
 pub struct ConnSession {
     /// The connection's outbound queue.
-    pub outbox: Outbox,
+    pub(crate) outbox: Outbox,
     /// Remote address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The id this connection holds, once registered.
-    pub id: Option<SessionId>,
+    pub(crate) id: Option<SessionId>,
     /// Pinged by the router when someone else asks for our name.
-    pub probe: Arc<Notify>,
+    pub(crate) probe: Arc<Notify>,
     /// Whether the connection presented the hub token (always true on an open hub).
-    pub authorized: bool,
+    pub(crate) authorized: bool,
     /// The session whose mail this connection watches (`watch`).
-    pub watching: Option<SessionId>,
+    pub(crate) watching: Option<SessionId>,
     /// The frame budget charge of the frame being handled (a `message` takes it into the
     /// store queue, so its bytes count until they are committed; see `crate::budget`).
-    pub charge: Option<Charge>,
+    pub(crate) charge: Option<Charge>,
     /// The name held was made up for this one connection (`register.transient`): forget it
     /// when the connection ends, unless direct mail to it waits.
-    pub transient: bool,
+    pub(crate) transient: bool,
 }
 
 impl ConnSession {
