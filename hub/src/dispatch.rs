@@ -28,7 +28,6 @@ use crate::{
     listing,
     outbound::{AckTo, Outbox},
     parse::ParseError,
-    presence,
     store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
 };
 
@@ -649,7 +648,7 @@ impl ConnSession {
         }
         let Some(id) = self.id.take() else { return };
         if hub.router.release(&id, self.outbox.id()) {
-            presence::announce_left(&hub.router, &id);
+            hub.router.announce(&id, false);
             let now = now_ms();
             let sid = id.clone();
             let transient = self.transient;

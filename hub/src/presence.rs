@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use relay_proto::SessionId;
 use tokio::time::Instant;
 
 use crate::router::Router;
@@ -23,16 +22,6 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often batched presence changes go to `presence: "delta"` sessions.
 pub(crate) const BATCH_EVERY: Duration = Duration::from_millis(250);
-
-/// Tells the other live sessions that `id` came online.
-pub(crate) fn announce_joined(router: &Router, id: &SessionId) {
-    router.announce(id, true);
-}
-
-/// Tells the other live sessions that `id` went offline.
-pub(crate) fn announce_left(router: &Router, id: &SessionId) {
-    router.announce(id, false);
-}
 
 /// Sends batched presence to delta sessions every [`BATCH_EVERY`] (runs until aborted).
 pub(crate) async fn run_batches(router: Arc<Router>) {

@@ -4,16 +4,22 @@
 //! (see [`Router::claim`]). Delivery never waits: frames are pushed into the recipient's
 //! bounded [`Outbox`], so a slow reader can only hurt itself. The router is also the store's
 //! [`CommitSink`]: once a batch of messages is durable, it delivers them and acks senders.
+//!
+//! One owner for its state: everything that changes — who holds which name, which of them are
+//! online, the rendered online list, who wants which presence, presence changes not sent yet,
+//! the delivery fixes for the store, the mail watchers — is one [`State`] behind one mutex.
+//! The invariants between those parts (the online set is exactly the active holders, the
+//! per-mode counts match them, the rendered list is the online set or not yet rendered) are
+//! kept by [`State`]'s methods, in one place. The lock is held only for map work and
+//! non-blocking queue pushes, never across an `.await`; a batch of committed messages is
+//! routed under one acquisition.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
-use dashmap::{DashMap, mapref::entry::Entry};
 use relay_proto::{
     SessionId,
     time::now_ms,
@@ -31,265 +37,148 @@ use crate::{
 /// A live connection holding a session id.
 pub(crate) struct Peer {
     /// Its outbound queue.
-    pub outbox: Outbox,
+    pub(crate) outbox: Outbox,
     /// How it wants presence reported.
-    pub presence: PresenceMode,
+    pub(crate) presence: PresenceMode,
     /// Remote address (for reasons given to contenders and for logs).
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// When it registered (Unix ms).
-    pub connected_at: i64,
+    pub(crate) connected_at: i64,
     /// False while registration is still in progress: messages are stored but not pushed,
     /// so `registered` is always the first frame a session sees.
-    pub active: bool,
+    pub(crate) active: bool,
     /// Wakes the connection's heartbeat to probe the client now (used when someone else
     /// asks for the name: a dead holder is found in seconds, not at the next heartbeat).
-    pub probe: Arc<Notify>,
+    pub(crate) probe: Arc<Notify>,
 }
 
 /// Who holds a name a newcomer asked for.
 #[derive(Debug, Clone)]
 pub(crate) struct Holder {
     /// Remote address of the holder.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// When it registered (Unix ms).
-    pub connected_at: i64,
+    pub(crate) connected_at: i64,
 }
 
 /// Most connections that may watch one session's mail at once.
 pub(crate) const MAX_WATCHERS: usize = 16;
 
+/// Committed batches that may wait for the network runtime (see [`Router::run_routes`]);
+/// beyond that the store thread waits.
+const ROUTE_QUEUE: usize = 64;
+
 /// The routing table.
 #[derive(Default)]
 pub(crate) struct Router {
-    peers: DashMap<SessionId, Peer>,
-    /// Active peers per presence mode, so a change costs nothing for modes nobody uses.
-    full_peers: AtomicUsize,
-    delta_peers: AtomicUsize,
-    /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
-    pending_presence: Mutex<Vec<(SessionId, bool)>>,
-    /// The active ids, kept sorted as they come and go, so listing them never sorts.
-    online: Mutex<std::collections::BTreeSet<SessionId>>,
-    /// How many ids are active (deliverable).
-    active: AtomicUsize,
-    /// `online` rendered as a JSON array, rebuilt after a change when first asked for.
-    online_json: Mutex<Option<Arc<str>>>,
+    state: Mutex<State>,
     /// Where committed batches go to be routed on the network runtime (set by
     /// [`run_routes`](Self::run_routes)); without it they are routed on the store thread.
     routes: OnceLock<mpsc::Sender<(Arc<str>, Vec<Committed>)>>,
-    /// Delivery fixes for the store (see [`CommitSink::take_fixes`]).
-    fixes: Mutex<Vec<(u64, Option<i64>)>>,
-    /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
-    /// its name: `claude-relay wait` uses this to wake an idle agent.
-    watchers: DashMap<SessionId, Vec<Outbox>>,
 }
 
-impl Router {
-    /// An empty table.
-    pub(crate) fn new() -> Self {
-        Self::default()
+/// Everything the router knows, kept consistent by the methods below.
+#[derive(Default)]
+struct State {
+    /// Every held name and its connection, active or still registering.
+    peers: HashMap<SessionId, Peer>,
+    /// The active ids, sorted as they come and go, so listing them never sorts.
+    online: BTreeSet<SessionId>,
+    /// `online` rendered as a JSON array, rebuilt after a change when first asked for.
+    online_json: Option<Arc<str>>,
+    /// Active peers per presence mode, so a change costs nothing for modes nobody uses.
+    full_peers: usize,
+    delta_peers: usize,
+    /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
+    pending_presence: Vec<(SessionId, bool)>,
+    /// Delivery fixes for the store (see [`CommitSink::take_fixes`]).
+    fixes: Vec<(u64, Option<i64>)>,
+    /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
+    /// its name: `claude-relay wait` uses this to wake an idle agent.
+    watchers: HashMap<SessionId, Vec<Outbox>>,
+}
+
+impl State {
+    /// The active holder of `id`.
+    fn active(&self, id: &str) -> Option<&Peer> {
+        self.peers.get(id).filter(|p| p.active)
     }
 
-    /// Claims `id` for a connection. Fails, without disturbing the holder, if a live
-    /// connection holds it; the holder is probed so that a dead one is dropped quickly.
-    pub(crate) fn claim(&self, id: &SessionId, peer: Peer) -> Result<(), Holder> {
-        match self.peers.entry(id.clone()) {
-            Entry::Occupied(held) => {
-                let h = held.get();
-                h.probe.notify_one();
-                Err(Holder {
-                    addr: h.addr,
-                    connected_at: h.connected_at,
-                })
-            }
-            Entry::Vacant(v) => {
-                v.insert(peer);
-                Ok(())
-            }
-        }
-    }
-
-    /// Makes a claimed id deliverable.
-    pub(crate) fn activate(&self, id: &SessionId, conn: u64) {
-        if let Some(mut p) = self.peers.get_mut(id)
-            && p.outbox.id() == conn
-            && !p.active
-        {
-            p.active = true;
-            if let Some(n) = self.mode_count(p.presence) {
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-            self.online.lock().expect("online lock").insert(id.clone());
-            *self.online_json.lock().expect("online json lock") = None;
-            self.active.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Frees `id` if connection `conn` holds it. Returns true if it did.
-    pub(crate) fn release(&self, id: &SessionId, conn: u64) -> bool {
-        match self.peers.remove_if(id, |_, p| p.outbox.id() == conn) {
-            Some((_, p)) => {
-                if p.active {
-                    if let Some(n) = self.mode_count(p.presence) {
-                        n.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    self.online.lock().expect("online lock").remove(id);
-                    *self.online_json.lock().expect("online json lock") = None;
-                    self.active.fetch_sub(1, Ordering::Relaxed);
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn mode_count(&self, mode: PresenceMode) -> Option<&AtomicUsize> {
+    fn mode_count(&mut self, mode: PresenceMode) -> Option<&mut usize> {
         match mode {
-            PresenceMode::Full => Some(&self.full_peers),
-            PresenceMode::Delta => Some(&self.delta_peers),
+            PresenceMode::Full => Some(&mut self.full_peers),
+            PresenceMode::Delta => Some(&mut self.delta_peers),
             PresenceMode::None => None,
         }
     }
 
-    /// Pushes `frame` to the live holder of `to`. True if its connection took it.
-    pub(crate) fn deliver(&self, to: &str, frame: &Utf8Bytes) -> bool {
-        match self.peers.get(to) {
-            Some(p) if p.active => p.outbox.push(frame.clone()).is_ok(),
-            _ => false,
+    /// Adds `id` to the online set (and its mode's count).
+    fn went_online(&mut self, id: &SessionId, mode: PresenceMode) {
+        if let Some(n) = self.mode_count(mode) {
+            *n += 1;
         }
+        self.online.insert(id.clone());
+        self.online_json = None;
+    }
+
+    /// Removes `id` from the online set (and its mode's count).
+    fn went_offline(&mut self, id: &SessionId, mode: PresenceMode) {
+        if let Some(n) = self.mode_count(mode) {
+            *n = n.saturating_sub(1);
+        }
+        self.online.remove(id);
+        self.online_json = None;
+    }
+
+    fn online_json(&mut self) -> Arc<str> {
+        if let Some(json) = &self.online_json {
+            return json.clone();
+        }
+        let json: Arc<str> = Arc::from(frames::id_array(self.online.iter().map(SessionId::as_str)));
+        self.online_json = Some(json.clone());
+        json
+    }
+
+    /// Pushes `frame` to the live holder of `to`. True if its connection took it.
+    fn deliver(&self, to: &str, frame: &Utf8Bytes) -> bool {
+        self.active(to)
+            .is_some_and(|p| p.outbox.push(frame.clone()).is_ok())
     }
 
     /// Pushes `frame` to every live session except `except`. Returns how many took it.
-    pub(crate) fn broadcast(&self, except: &str, frame: &Utf8Bytes) -> u32 {
+    fn broadcast(&self, except: &str, frame: &Utf8Bytes) -> u32 {
         let mut n = 0;
-        for p in self.peers.iter() {
-            if p.active && p.key().as_str() != except && p.outbox.push(frame.clone()).is_ok() {
+        for (id, p) in &self.peers {
+            if p.active && id.as_str() != except && p.outbox.push(frame.clone()).is_ok() {
                 n += 1;
             }
         }
         n
     }
 
-    /// Reports that `subject` came online (`joined`) or went offline. `peer_joined` /
-    /// `peer_left` frames (built once, with the whole list) go at once to every
-    /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
-    /// in the next batch (see [`flush_presence`](Self::flush_presence)).
-    pub(crate) fn announce(&self, subject: &SessionId, joined: bool) {
-        if self.delta_peers.load(Ordering::Relaxed) > 0 {
-            self.pending_presence
-                .lock()
-                .expect("presence lock")
-                .push((subject.clone(), joined));
+    /// Delivers `frame` (message `seq` from `from` to `to`), rings the watchers, and records a
+    /// delivery fix when the push went otherwise than `predicted` at the insert. Returns
+    /// whether anyone took it and, for a broadcast, how many.
+    fn route_one(
+        &mut self,
+        seq: u64,
+        from: &str,
+        to: &str,
+        frame: &Utf8Bytes,
+        predicted: bool,
+        now: i64,
+    ) -> (bool, Option<u32>) {
+        let (took, recipients) = if to == relay_proto::BROADCAST {
+            let n = self.broadcast(from, frame);
+            (n > 0, Some(n))
+        } else {
+            (self.deliver(to, frame), None)
+        };
+        if took != predicted {
+            self.fixes.push((seq, took.then_some(now)));
         }
-        if self.full_peers.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        // Collect first: building the list iterates the table again, and nested iteration
-        // of a DashMap can deadlock against a concurrent writer.
-        let targets: Vec<Outbox> = self
-            .peers
-            .iter()
-            .filter(|p| p.active && p.key() != subject && p.presence == PresenceMode::Full)
-            .map(|p| p.outbox.clone())
-            .collect();
-        if targets.is_empty() {
-            return;
-        }
-        let frame = frames::presence_full(joined, subject.as_str(), &self.online_json());
-        for outbox in targets {
-            let _ = outbox.push(frame.clone());
-        }
-    }
-
-    /// Sends the presence changes collected since the last call, as one `presence` frame
-    /// (serialized once) to every `presence: "delta"` session. Each id is reported with its
-    /// last change only.
-    pub(crate) fn flush_presence(&self) {
-        let changes = std::mem::take(&mut *self.pending_presence.lock().expect("presence lock"));
-        if changes.is_empty() {
-            return;
-        }
-        let mut last: std::collections::HashMap<&str, bool> = Default::default();
-        let mut order: Vec<&str> = Vec::new();
-        for (id, joined) in &changes {
-            if last.insert(id.as_str(), *joined).is_none() {
-                order.push(id.as_str());
-            }
-        }
-        let mut batch = PresenceBatch::default();
-        for id in order {
-            if last[id] {
-                batch.joined.push(id.to_string());
-            } else {
-                batch.left.push(id.to_string());
-            }
-        }
-        let frame = to_frame(&ServerFrame::Presence(batch));
-        for p in self.peers.iter() {
-            if p.active && p.presence == PresenceMode::Delta {
-                let _ = p.outbox.push(frame.clone());
-            }
-        }
-    }
-
-    /// Every session online now, sorted.
-    pub(crate) fn online(&self) -> Vec<String> {
-        self.online
-            .lock()
-            .expect("online lock")
-            .iter()
-            .map(|id| id.to_string())
-            .collect()
-    }
-
-    /// Every session online now, sorted, as a JSON array — shared until the next change, so
-    /// a storm of joins renders each list once instead of once per recipient.
-    pub(crate) fn online_json(&self) -> Arc<str> {
-        let mut cached = self.online_json.lock().expect("online json lock");
-        if let Some(json) = &*cached {
-            return json.clone();
-        }
-        let online = self.online.lock().expect("online lock");
-        let json: Arc<str> = Arc::from(frames::id_array(online.iter().map(SessionId::as_str)));
-        *cached = Some(json.clone());
-        json
-    }
-
-    /// True if `id` is held by an active connection.
-    pub(crate) fn is_online(&self, id: &str) -> bool {
-        self.peers.get(id).is_some_and(|p| p.active)
-    }
-
-    /// True if a connection holds `id`, active or still registering.
-    pub(crate) fn is_held(&self, id: &str) -> bool {
-        self.peers.contains_key(id)
-    }
-
-    /// When the current holder of `id` registered.
-    pub(crate) fn connected_at(&self, id: &str) -> Option<i64> {
-        self.peers
-            .get(id)
-            .filter(|p| p.active)
-            .map(|p| p.connected_at)
-    }
-
-    /// Adds `outbox` as a watcher of `id`'s mail. Fails when [`MAX_WATCHERS`] live watchers
-    /// are already there.
-    pub(crate) fn watch(&self, id: &SessionId, outbox: Outbox) -> Result<(), usize> {
-        let mut list = self.watchers.entry(id.clone()).or_default();
-        list.retain(|o| !o.is_closed() && o.id() != outbox.id());
-        if list.len() >= MAX_WATCHERS {
-            return Err(MAX_WATCHERS);
-        }
-        list.push(outbox);
-        Ok(())
-    }
-
-    /// Removes connection `conn` from the watchers of `id`.
-    pub(crate) fn unwatch(&self, id: &SessionId, conn: u64) {
-        if let Some(mut list) = self.watchers.get_mut(id) {
-            list.retain(|o| o.id() != conn);
-        }
-        self.watchers.remove_if(id, |_, l| l.is_empty());
+        self.ring(to, from, seq);
+        (took, recipients)
     }
 
     /// Rings the watchers of whoever `to` reaches (one session, or everyone but the sender).
@@ -308,13 +197,168 @@ impl Router {
             }
         };
         if to == relay_proto::BROADCAST {
-            for w in self.watchers.iter() {
-                if w.key().as_str() != from {
-                    ring_one(w.key().as_str(), w.value());
+            for (id, list) in &self.watchers {
+                if id.as_str() != from {
+                    ring_one(id.as_str(), list);
                 }
             }
         } else if let Some(list) = self.watchers.get(to) {
-            ring_one(to, &list);
+            ring_one(to, list);
+        }
+    }
+}
+
+impl Router {
+    /// An empty table.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// The state; a poisoned lock is taken over (docs/ARCHITECTURE.md, "Rules").
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `id` for a connection. Fails, without disturbing the holder, if a live
+    /// connection holds it; the holder is probed so that a dead one is dropped quickly.
+    pub(crate) fn claim(&self, id: &SessionId, peer: Peer) -> Result<(), Holder> {
+        let mut s = self.lock();
+        if let Some(held) = s.peers.get(id) {
+            held.probe.notify_one();
+            return Err(Holder {
+                addr: held.addr,
+                connected_at: held.connected_at,
+            });
+        }
+        s.peers.insert(id.clone(), peer);
+        Ok(())
+    }
+
+    /// Makes a claimed id deliverable.
+    pub(crate) fn activate(&self, id: &SessionId, conn: u64) {
+        let mut s = self.lock();
+        let Some(p) = s.peers.get_mut(id) else { return };
+        if p.outbox.id() != conn || p.active {
+            return;
+        }
+        p.active = true;
+        let mode = p.presence;
+        s.went_online(id, mode);
+    }
+
+    /// Frees `id` if connection `conn` holds it. Returns true if it did.
+    pub(crate) fn release(&self, id: &SessionId, conn: u64) -> bool {
+        let mut s = self.lock();
+        if s.peers.get(id).is_none_or(|p| p.outbox.id() != conn) {
+            return false;
+        }
+        if let Some(p) = s.peers.remove(id)
+            && p.active
+        {
+            s.went_offline(id, p.presence);
+        }
+        true
+    }
+
+    /// Reports that `subject` came online (`joined`) or went offline. `peer_joined` /
+    /// `peer_left` frames (built once, with the whole list) go at once to every
+    /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
+    /// in the next batch (see [`flush_presence`](Self::flush_presence)).
+    pub(crate) fn announce(&self, subject: &SessionId, joined: bool) {
+        let mut s = self.lock();
+        if s.delta_peers > 0 {
+            s.pending_presence.push((subject.clone(), joined));
+        }
+        if s.full_peers == 0 {
+            return;
+        }
+        let frame = frames::presence_full(joined, subject.as_str(), &s.online_json());
+        for (id, p) in &s.peers {
+            if p.active && id != subject && p.presence == PresenceMode::Full {
+                let _ = p.outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// Sends the presence changes collected since the last call, as one `presence` frame
+    /// (serialized once) to every `presence: "delta"` session. Each id is reported with its
+    /// last change only.
+    pub(crate) fn flush_presence(&self) {
+        let mut s = self.lock();
+        if s.pending_presence.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut s.pending_presence);
+        let mut last: HashMap<&str, bool> = HashMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        for (id, joined) in &changes {
+            if last.insert(id.as_str(), *joined).is_none() {
+                order.push(id.as_str());
+            }
+        }
+        let mut batch = PresenceBatch::default();
+        for id in order {
+            if last[id] {
+                batch.joined.push(id.to_string());
+            } else {
+                batch.left.push(id.to_string());
+            }
+        }
+        let frame = to_frame(&ServerFrame::Presence(batch));
+        for p in s.peers.values() {
+            if p.active && p.presence == PresenceMode::Delta {
+                let _ = p.outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// Every session online now, sorted.
+    pub(crate) fn online(&self) -> Vec<String> {
+        self.lock().online.iter().map(|id| id.to_string()).collect()
+    }
+
+    /// Every session online now, sorted, as a JSON array — shared until the next change, so
+    /// a storm of joins renders each list once instead of once per recipient.
+    pub(crate) fn online_json(&self) -> Arc<str> {
+        self.lock().online_json()
+    }
+
+    /// True if `id` is held by an active connection.
+    pub(crate) fn is_online(&self, id: &str) -> bool {
+        self.lock().active(id).is_some()
+    }
+
+    /// When the current (active) holder of `id` registered.
+    pub(crate) fn connected_at(&self, id: &str) -> Option<i64> {
+        self.lock().active(id).map(|p| p.connected_at)
+    }
+
+    /// True if a connection holds `id`, active or still registering.
+    pub(crate) fn is_held(&self, id: &str) -> bool {
+        self.lock().peers.contains_key(id)
+    }
+
+    /// Adds `outbox` as a watcher of `id`'s mail. Fails when [`MAX_WATCHERS`] live watchers
+    /// are already there.
+    pub(crate) fn watch(&self, id: &SessionId, outbox: Outbox) -> Result<(), usize> {
+        let mut s = self.lock();
+        let list = s.watchers.entry(id.clone()).or_default();
+        list.retain(|o| !o.is_closed() && o.id() != outbox.id());
+        if list.len() >= MAX_WATCHERS {
+            return Err(MAX_WATCHERS);
+        }
+        list.push(outbox);
+        Ok(())
+    }
+
+    /// Removes connection `conn` from the watchers of `id`.
+    pub(crate) fn unwatch(&self, id: &SessionId, conn: u64) {
+        let mut s = self.lock();
+        if let Some(list) = s.watchers.get_mut(id) {
+            list.retain(|o| o.id() != conn);
+            if list.is_empty() {
+                s.watchers.remove(id);
+            }
         }
     }
 
@@ -322,78 +366,23 @@ impl Router {
     /// mail, see `crate::tasks`) to its recipient(s) and watchers, and records a delivery
     /// fix when the push went otherwise than `predicted` at the insert.
     pub(crate) fn route_stored(&self, msg: &StoredMessage, frame: &Utf8Bytes, predicted: bool) {
-        let took = if &*msg.to == relay_proto::BROADCAST {
-            self.broadcast(&msg.from, frame) > 0
-        } else {
-            self.deliver(&msg.to, frame)
-        };
-        if took != predicted {
-            self.fixes
-                .lock()
-                .expect("fixes lock")
-                .push((msg.seq, took.then(now_ms)));
-        }
-        self.ring(&msg.to, &msg.from, msg.seq);
+        self.lock()
+            .route_one(msg.seq, &msg.from, &msg.to, frame, predicted, now_ms());
     }
 
     /// Closes every registered connection (used when the store was reset: clients must
     /// reconnect and learn the new epoch).
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
-        for p in self.peers.iter() {
+        for p in self.lock().peers.values() {
             p.outbox.finish(code, reason);
         }
     }
-}
 
-impl CommitSink for Router {
-    fn deliverable(&self, from: &str, to: &str) -> bool {
-        if to == relay_proto::BROADCAST {
-            let others = self.active.load(Ordering::Relaxed);
-            others > usize::from(self.is_online(from))
-        } else {
-            self.peers
-                .get(to)
-                .is_some_and(|p| p.active && !p.outbox.is_closed())
-        }
-    }
-
-    fn committed(&self, epoch: &str, batch: Vec<Committed>) {
-        match self.routes.get() {
-            // Hand the batch to the network runtime: the store thread is the serial stage
-            // every message goes through, so it should only store.
-            Some(tx) => {
-                if let Err(mpsc::error::SendError((epoch, batch))) =
-                    tx.blocking_send((Arc::from(epoch), batch))
-                {
-                    self.route(&epoch, batch);
-                }
-            }
-            None => self.route(epoch, batch),
-        }
-    }
-
-    fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>) {
-        into.append(&mut self.fixes.lock().expect("fixes lock"));
-    }
-
-    fn failed(&self, batch: Vec<Append>, error: &StoreError) {
-        for a in batch {
-            let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
-                message: format!("message NOT stored: {error}"),
-                code: Some(codes::UNAVAILABLE.into()),
-                retry_after_ms: None,
-                rid: a.ack.rid,
-            }));
-        }
-    }
-}
-
-impl Router {
     /// Routes committed batches on the calling runtime until the store stops sending them.
-    /// Bound: 64 batches (each ≤ [`MAX_BATCH`](crate::store::actor::MAX_BATCH) messages) may
-    /// wait; beyond that the store thread waits.
+    /// Bound: [`ROUTE_QUEUE`] batches (each ≤ [`MAX_BATCH`](crate::store::actor::MAX_BATCH)
+    /// messages) may wait; beyond that the store thread waits.
     pub(crate) async fn run_routes(self: Arc<Self>) {
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
         if self.routes.set(tx).is_err() {
             return;
         }
@@ -405,10 +394,10 @@ impl Router {
     }
 
     /// Delivers a committed batch to live recipients and acks each sender, noting where the
-    /// outcome differs from the delivery recorded with the insert.
+    /// outcome differs from the delivery recorded with the insert. One lock for the batch.
     pub(crate) fn route(&self, epoch: &str, batch: Vec<Committed>) {
         let now = now_ms();
-        let mut fixes = Vec::new();
+        let mut s = self.lock();
         for Committed {
             msg,
             ack,
@@ -449,16 +438,7 @@ impl Router {
                 }
             }
             let frame = frames::message(epoch, &msg);
-            let (took, recipients) = if &*msg.to == relay_proto::BROADCAST {
-                let n = self.broadcast(&msg.from, &frame);
-                (n > 0, Some(n))
-            } else {
-                (self.deliver(&msg.to, &frame), None)
-            };
-            if took != predicted {
-                fixes.push((seq, took.then_some(now)));
-            }
-            self.ring(&msg.to, &msg.from, seq);
+            let (took, recipients) = s.route_one(seq, &msg.from, &msg.to, &frame, predicted, now);
             let _ = ack.outbox.push(frames::sent(&SentOut {
                 epoch,
                 seq,
@@ -470,8 +450,46 @@ impl Router {
                 rid: ack.rid.as_ref(),
             }));
         }
-        if !fixes.is_empty() {
-            self.fixes.lock().expect("fixes lock").append(&mut fixes);
+    }
+}
+
+impl CommitSink for Router {
+    fn deliverable(&self, from: &str, to: &str) -> bool {
+        let s = self.lock();
+        if to == relay_proto::BROADCAST {
+            s.online.len() > usize::from(s.active(from).is_some())
+        } else {
+            s.active(to).is_some_and(|p| !p.outbox.is_closed())
+        }
+    }
+
+    fn committed(&self, epoch: &str, batch: Vec<Committed>) {
+        match self.routes.get() {
+            // Hand the batch to the network runtime: the store thread is the serial stage
+            // every message goes through, so it should only store.
+            Some(tx) => {
+                if let Err(mpsc::error::SendError((epoch, batch))) =
+                    tx.blocking_send((Arc::from(epoch), batch))
+                {
+                    self.route(&epoch, batch);
+                }
+            }
+            None => self.route(epoch, batch),
+        }
+    }
+
+    fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>) {
+        into.append(&mut self.lock().fixes);
+    }
+
+    fn failed(&self, batch: Vec<Append>, error: &StoreError) {
+        for a in batch {
+            let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
+                message: format!("message NOT stored: {error}"),
+                code: Some(codes::UNAVAILABLE.into()),
+                retry_after_ms: None,
+                rid: a.ack.rid,
+            }));
         }
     }
 }

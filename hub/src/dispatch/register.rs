@@ -22,7 +22,6 @@ use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches},
     frames::{self, RegisteredOut},
-    presence,
     refusals::loggable,
     router::Peer,
     store::{Backend, StoreError},
@@ -244,7 +243,7 @@ impl ConnSession {
             let _ = self.outbox.push_json(&ServerFrame::Message(e));
         }
         hub.router.activate(&id, self.outbox.id());
-        presence::announce_joined(&hub.router, &id);
+        hub.router.announce(&id, true);
         tracing::info!(%id, addr = %self.addr, "registered");
     }
 }
