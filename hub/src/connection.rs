@@ -41,6 +41,7 @@ use crate::{
     auth::{bearer, token_ok},
     dispatch::ConnSession,
     limits::{TokenBucket, TooManyConnections},
+    metrics::{ConnRefusal, Metrics},
     outbound::{Outbox, OutboxReceiver, outbox},
     parse::parse,
     presence::{Beat, Heartbeat},
@@ -128,6 +129,12 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back.
+    let Some(stream) =
+        crate::http::route(stream, addr, hub, deadline, refused, shutdown.clone()).await
+    else {
+        return;
+    };
     let ws_config = WebSocketConfig::default()
         // Small eager read buffer: 10,000 idle connections must stay cheap.
         .read_buffer_size(4096)
@@ -153,6 +160,7 @@ async fn run<S>(
                 Some(h) => match bearer(h) {
                     Some(t) if token_ok(expected, t) => {}
                     _ => {
+                        hub.metrics.connection_refused(ConnRefusal::Unauthorized);
                         return Err(refuse(
                             StatusCode::UNAUTHORIZED,
                             "invalid hub token in the Authorization header".into(),
@@ -183,6 +191,7 @@ async fn run<S>(
             return;
         }
     };
+    hub.metrics.websockets.inc();
     let (sink, mut stream) = ws.split();
     let (outbox, rx) = outbox(
         conn_id,
@@ -205,8 +214,9 @@ async fn run<S>(
         session.probe.clone(),
         last_rx.clone(),
         base,
+        hub.metrics.clone(),
     );
-    let writer = tokio::spawn(wf);
+    let writer = tokio::spawn(tracing::Instrument::in_current_span(wf));
     let mut closed = outbox.closed_signal();
     loop {
         let msg = tokio::select! {
@@ -251,12 +261,17 @@ async fn run<S>(
                     continue;
                 }
                 match parse(&text) {
-                    Ok(frame) => match frames.take(std::time::Instant::now()) {
-                        Ok(()) => session.handle(hub, frame).await,
-                        Err(wait) => {
-                            session.rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate)
+                    Ok(frame) => {
+                        hub.metrics.frame_in(&frame);
+                        match frames.take(std::time::Instant::now()) {
+                            Ok(()) => session.handle(hub, frame).await,
+                            Err(wait) => session.rate_limited(
+                                frame.rid().cloned(),
+                                wait,
+                                hub.config.frame_rate,
+                            ),
                         }
-                    },
+                    }
                     Err(e) => session.parse_error(e),
                 }
             }
@@ -274,6 +289,10 @@ async fn run<S>(
     if tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err() {
         debug!(conn = conn_id, "writer did not finish in time");
     }
+    if outbox.overflowed() {
+        hub.metrics.outbox_overflow();
+    }
+    hub.metrics.websockets.dec();
 }
 
 async fn write_loop<S>(
@@ -284,6 +303,7 @@ async fn write_loop<S>(
     probe: Arc<Notify>,
     last_rx: Arc<AtomicU64>,
     base: Instant,
+    metrics: Arc<Metrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -303,12 +323,14 @@ async fn write_loop<S>(
                     return;
                 };
                 let mut bytes = frame.len();
+                metrics.frame_out(&frame);
                 if sink.feed(Message::Text(frame)).await.is_err() {
                     break;
                 }
                 while bytes < FLUSH_BYTES {
                     let Some(more) = rx.try_recv() else { break };
                     bytes += more.len();
+                    metrics.frame_out(&more);
                     if sink.feed(Message::Text(more)).await.is_err() {
                         outbox.close(1011, "write failed");
                         return;

@@ -56,6 +56,8 @@ pub struct ConnSession {
     pub authorized: bool,
     /// The session whose mail this connection watches (`watch`).
     pub watching: Option<SessionId>,
+    /// This connection follows the operator feed (`subscribe`).
+    pub subscribed: bool,
 }
 
 impl ConnSession {
@@ -68,6 +70,7 @@ impl ConnSession {
             probe: Arc::new(Notify::new()),
             authorized,
             watching: None,
+            subscribed: false,
         }
     }
 
@@ -130,6 +133,7 @@ impl ConnSession {
             ClientFrame::Register(r) => r.token.as_deref(),
             ClientFrame::Release(r) => r.token.as_deref(),
             ClientFrame::Watch(w) => w.token.as_deref(),
+            ClientFrame::Subscribe(s) => s.token.as_deref(),
             _ => None,
         };
         match presented {
@@ -193,6 +197,7 @@ impl ConnSession {
             ClientFrame::GetStatus(b) => Box::pin(self.status(hub, b.rid)).await,
             ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
+            ClientFrame::Subscribe(s) => Box::pin(crate::subscribe::handle(self, hub, s)).await,
         }
     }
 
@@ -480,12 +485,14 @@ impl ConnSession {
             rid: rid.as_ref(),
         }));
         let epoch = hub.store.epoch();
+        hub.feed.delivered(id.as_str(), pending.iter().map(|m| m.seq));
         for m in pending {
             let _ = self
                 .outbox
                 .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
         }
         hub.router.activate(&id, self.outbox.id());
+        tracing::Span::current().record("session", id.as_str());
         presence::announce_joined(&hub.router, &id);
         tracing::info!(%id, addr = %self.addr, "registered");
     }
@@ -670,6 +677,10 @@ impl ConnSession {
             })
             .await;
         let epoch = hub.store.epoch();
+        if let (Ok(p), Some(me)) = (&page, &self.id) {
+            hub.feed
+                .delivered(me.as_str(), p.messages.iter().map(|m| m.seq));
+        }
         match page {
             Ok(p) => self.reply(ServerFrame::Inbox(Inbox {
                 messages: p
@@ -701,16 +712,22 @@ impl ConnSession {
         }
         let seqs = m.seqs;
         let now = now_ms();
+        let watched = hub.feed.active().then(|| seqs.clone());
         match hub
             .store
             .call(move |b| b.mark_read(viewer.as_str(), &seqs, now))
             .await
         {
-            Ok((marked, unread)) => self.reply(ServerFrame::Marked(Marked {
-                marked,
-                unread,
-                rid: m.rid,
-            })),
+            Ok((marked, unread)) => {
+                if let (Some(seqs), Some(me)) = (watched, &self.id) {
+                    hub.feed.read(me.as_str(), seqs, unread);
+                }
+                self.reply(ServerFrame::Marked(Marked {
+                    marked,
+                    unread,
+                    rid: m.rid,
+                }))
+            }
             Err(e) => self.store_error(e, m.rid),
         }
     }

@@ -5,7 +5,8 @@
 //! ([`store`], which commits it) → the [`router`] (which pushes it to live recipients and
 //! acks the sender) → each recipient's bounded [`outbound`] queue → socket. Presence and
 //! heartbeats live in [`presence`]; the accept loop in [`server`]; one connection's
-//! reader/writer pair in [`connection`].
+//! reader/writer pair in [`connection`]. The same port serves HTTP ([`http`]: `/healthz`,
+//! `/metrics` from [`metrics`], and the web console, which follows the operator [`feed`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), hub::HubError> {
@@ -20,9 +21,12 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
+pub mod feed;
 pub mod frames;
+pub mod http;
 pub mod integrity;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod parse;
 pub mod presence;
@@ -30,6 +34,7 @@ pub mod retention;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod subscribe;
 pub mod tls;
 
 use std::{future::Future, sync::Arc};
@@ -57,6 +62,12 @@ pub struct HubState {
     pub limits: limits::AddrLimits,
     /// TLS acceptor when serving `wss://`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The operator feed (console, `claude-relay tail`).
+    pub feed: Arc<feed::Feed>,
+    /// The HTTP side's own state (connection slots, logins, the health probe).
+    pub http: http::HttpState,
 }
 
 /// A hub with its store open, ready to serve.
@@ -75,7 +86,9 @@ impl Hub {
             config.register_rate,
             config.register_burst,
         );
-        let router = Arc::new(Router::new());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let feed = Arc::new(feed::Feed::new(config.max_feed_subscribers));
+        let router = Arc::new(Router::observed(metrics.clone(), feed.clone()));
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
         Ok(Self {
@@ -85,6 +98,9 @@ impl Hub {
                 store,
                 limits,
                 tls,
+                metrics,
+                feed,
+                http: http::HttpState::default(),
             }),
             store_thread,
         })

@@ -19,6 +19,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "get_status",
     "release",
     "watch",
+    "subscribe",
 ];
 
 /// A frame that could not be parsed.

@@ -23,7 +23,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
+    feed::Feed,
     frames::{self, SentOut},
+    metrics::Metrics,
     outbound::{Outbox, to_frame},
     store::{Append, CommitSink, Committed, StoreError},
 };
@@ -81,12 +83,25 @@ pub struct Router {
     /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
     /// its name: `claude-relay wait` uses this to wake an idle agent.
     watchers: DashMap<SessionId, Vec<Outbox>>,
+    /// Counts what is routed (shared with the hub's `/metrics`).
+    metrics: Arc<Metrics>,
+    /// Tells the operator feed what is routed and who comes and goes.
+    feed: Arc<Feed>,
 }
 
 impl Router {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty table that reports to `metrics` and `feed`.
+    pub fn observed(metrics: Arc<Metrics>, feed: Arc<Feed>) -> Self {
+        Self {
+            metrics,
+            feed,
+            ..Self::default()
+        }
     }
 
     /// Claims `id` for a connection. Fails, without disturbing the holder, if a live
@@ -174,6 +189,7 @@ impl Router {
     /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
     /// in the next batch (see [`flush_presence`](Self::flush_presence)).
     pub fn announce(&self, subject: &SessionId, joined: bool) {
+        self.feed.session(subject.as_str(), joined);
         if self.delta_peers.load(Ordering::Relaxed) > 0 {
             self.pending_presence
                 .lock()
@@ -363,6 +379,10 @@ impl CommitSink for Router {
         into.append(&mut self.fixes.lock().expect("fixes lock"));
     }
 
+    fn observed(&self, seconds: f64, messages: usize) {
+        self.metrics.committed(seconds, messages);
+    }
+
     fn failed(&self, batch: Vec<Append>, error: &StoreError) {
         for a in batch {
             let _ = a.ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
@@ -428,6 +448,8 @@ impl Router {
             if took != predicted {
                 fixes.push((seq, took.then_some(now)));
             }
+            self.metrics.routed(took, recipients);
+            self.feed.routed(&msg, took, recipients);
             self.ring(&msg.to, &msg.from, seq);
             let _ = ack.outbox.push(frames::sent(&SentOut {
                 epoch,

@@ -22,11 +22,18 @@ pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Futur
                 Ok((stream, addr)) => {
                     if conns.len() >= hub.config.max_connections {
                         warn!(%addr, limit = hub.config.max_connections, "connection limit reached: refusing");
+                        hub.metrics.connection_refused(crate::metrics::ConnRefusal::MaxConnections);
                         refuse_full(stream, hub.config.max_connections);
                         continue;
                     }
                     next_id += 1;
-                    conns.spawn(connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone()));
+                    // One span per connection: its log lines carry the peer, and the session
+                    // name once it registers (see `dispatch`), so one grep follows a session.
+                    let span = tracing::info_span!("conn", id = next_id, peer = %addr, session = tracing::field::Empty);
+                    conns.spawn(tracing::Instrument::instrument(
+                        connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone()),
+                        span,
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

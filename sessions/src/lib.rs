@@ -3,6 +3,7 @@
 //! liveness. No server code lives here, so the bridge and CLI can depend on it without pulling
 //! in the hub.
 
+pub mod display;
 pub mod id;
 pub mod identity;
 pub mod liveness;
@@ -10,6 +11,7 @@ pub mod paths;
 pub mod registry;
 pub mod time;
 pub mod wire;
+pub mod wire_feed;
 
 pub use id::{BROADCAST, IdError, SessionId};
 pub use identity::{IdSource, Identity, IdentityError};

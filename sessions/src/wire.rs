@@ -52,6 +52,8 @@ pub enum ClientFrame {
     Release(Release),
     /// Be told when mail arrives for a session.
     Watch(Watch),
+    /// Follow the operator feed (docs/PROTOCOL.md, "The operator feed").
+    Subscribe(crate::wire_feed::Subscribe),
 }
 
 impl ClientFrame {
@@ -68,6 +70,7 @@ impl ClientFrame {
             Self::MarkRead(f) => &mut f.rid,
             Self::Release(f) => &mut f.rid,
             Self::Watch(f) => &mut f.rid,
+            Self::Subscribe(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -85,6 +88,7 @@ impl ClientFrame {
             Self::MarkRead(f) => f.rid.as_ref(),
             Self::Release(f) => f.rid.as_ref(),
             Self::Watch(f) => f.rid.as_ref(),
+            Self::Subscribe(f) => f.rid.as_ref(),
         }
     }
 }
@@ -296,6 +300,10 @@ pub enum ServerFrame {
     Watching(Watching),
     /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
     Mail(Mail),
+    /// Reply to `subscribe`.
+    Subscribed(crate::wire_feed::Subscribed),
+    /// One event of the operator feed.
+    Event(crate::wire_feed::FeedEvent),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -321,7 +329,9 @@ impl ServerFrame {
             | Self::PeerLeft(_)
             | Self::Presence(_)
             | Self::Message(_)
-            | Self::Mail(_) => None,
+            | Self::Mail(_)
+            | Self::Event(_) => None,
+            Self::Subscribed(f) => f.rid.as_ref(),
         }
     }
 }

@@ -57,6 +57,8 @@ pub trait CommitSink: Send + Sync + 'static {
     fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>);
     /// The batch could not be stored: tell each sender, nothing was delivered.
     fn failed(&self, batch: Vec<Append>, error: &StoreError);
+    /// A batch of `messages` was committed in `seconds` (for the metrics).
+    fn observed(&self, _seconds: f64, _messages: usize) {}
 }
 
 /// Starts the actor thread. The queue holds `queue` requests (the backpressure bound for
@@ -137,8 +139,10 @@ fn commit(
     }
     sink.take_fixes(delivered);
     let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
+    let started = std::time::Instant::now();
     match backend.append(&msgs, delivered) {
         Ok(outcomes) => {
+            sink.observed(started.elapsed().as_secs_f64(), outcomes.len());
             delivered.clear();
             let committed = batch
                 .drain(..)

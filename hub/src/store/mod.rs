@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod checkpoint;
+pub mod operator;
 pub mod sqlite;
 
 use std::sync::{Arc, RwLock};
@@ -268,6 +269,10 @@ pub trait Backend: Send {
     fn release_owner(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Distinct senders of `viewer`'s unread mail, oldest first, at most `limit`.
     fn unread_senders(&mut self, viewer: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// The operator's views (console, `/healthz`), if this backend answers them.
+    fn operator(&mut self) -> Option<&mut dyn operator::OperatorView> {
+        None
+    }
     /// Deletes what the retention policy says must go, at most `budget` messages per call.
     fn prune(
         &mut self,

@@ -17,6 +17,8 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod operator;
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -272,6 +274,10 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 }
 
 impl Backend for SqliteBackend {
+    fn operator(&mut self) -> Option<&mut dyn super::operator::OperatorView> {
+        Some(self)
+    }
+
     fn epoch(&self) -> &str {
         &self.epoch
     }

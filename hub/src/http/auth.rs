@@ -1,0 +1,439 @@
+//! Who may see the operator's pages, and how a browser logs in (docs/SECURITY.md, "The
+//! console, metrics and tail").
+//!
+//! - **Hub with a token**: an `Authorization: Bearer TOKEN` header (scripts, Prometheus), or
+//!   the login form, which trades the token for a session cookie: `relay_session`, random,
+//!   `HttpOnly; SameSite=Strict; Path=/` (plus `Secure` over TLS), valid for [`LOGIN_TTL`],
+//!   kept in memory (at most [`MAX_LOGINS`]; a restart logs everyone out). The token never
+//!   travels in a URL and is never logged; neither is the cookie.
+//! - **Hub without a token** (it binds loopback unless `--insecure`): only loopback peers,
+//!   and only with a loopback `Host` header (`localhost`, `127.x`, `[::1]`), so a web page on
+//!   another origin cannot read the console through DNS rebinding.
+//!
+//! CSRF: every state-changing request (logging in and out now; answering approvals later)
+//! must pass [`check_change`]: its `Origin` must be this hub's own origin (or, without
+//! `Origin`, `Sec-Fetch-Site: same-origin`; a request with neither is refused) **and** it must
+//! carry a CSRF token — for the login form, a double-submitted one (a `relay_csrf` cookie and
+//! the same value in the form); afterwards, the login's own token in an `X-Relay-CSRF`
+//! header. On top of that the cookies are `SameSite=Strict`. A Bearer request needs no CSRF
+//! token: no browser attaches that header on its own.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::{
+    Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+};
+use tokio::time::Instant;
+
+use super::{Body, Ctx, routes};
+use crate::auth::{bearer, ct_eq, hash_secret, mint_secret, token_ok};
+
+/// How long a console login lasts.
+pub const LOGIN_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Console logins kept at once; the oldest goes first.
+pub const MAX_LOGINS: usize = 64;
+/// The login cookie.
+const SESSION_COOKIE: &str = "relay_session";
+/// The login form's double-submit cookie.
+const CSRF_COOKIE: &str = "relay_csrf";
+/// The header carrying the CSRF token of a logged-in page.
+pub const CSRF_HEADER: &str = "x-relay-csrf";
+
+const LOGIN_HTML: &str = include_str!("../../assets/login.html");
+
+/// The console logins (hashes of their cookies), and the CSRF token of a token-less hub.
+pub(crate) struct Logins {
+    by_hash: Mutex<HashMap<String, Login>>,
+    open_csrf: String,
+}
+
+struct Login {
+    expires: Instant,
+    csrf: String,
+}
+
+impl Default for Logins {
+    fn default() -> Self {
+        Self {
+            by_hash: Mutex::new(HashMap::new()),
+            open_csrf: mint_secret(),
+        }
+    }
+}
+
+impl Logins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Login>> {
+        self.by_hash.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The CSRF token of a live login.
+    fn find(&self, cookie: &str) -> Option<String> {
+        let mut map = self.lock();
+        let key = hash_secret(cookie);
+        match map.get(&key) {
+            Some(l) if l.expires > Instant::now() => Some(l.csrf.clone()),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A new login: its cookie value and CSRF token.
+    fn create(&self) -> (String, String) {
+        let cookie = mint_secret();
+        let csrf = mint_secret();
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, l| l.expires > now);
+        if map.len() >= MAX_LOGINS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, l)| l.expires)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            hash_secret(&cookie),
+            Login {
+                expires: now + LOGIN_TTL,
+                csrf: csrf.clone(),
+            },
+        );
+        (cookie, csrf)
+    }
+
+    fn remove(&self, cookie: &str) {
+        self.lock().remove(&hash_secret(cookie));
+    }
+}
+
+/// Who is asking, once allowed.
+pub(crate) enum Who {
+    /// Presented the token in a Bearer header.
+    Bearer,
+    /// A logged-in browser, with its CSRF token.
+    Login { csrf: String },
+    /// A loopback peer of a hub without a token.
+    Loopback,
+}
+
+impl Who {
+    /// The CSRF token a page of this viewer must send with a state change (none for Bearer).
+    pub(crate) fn csrf<'a>(&'a self, cx: &'a Ctx) -> Option<&'a str> {
+        match self {
+            Who::Bearer => None,
+            Who::Login { csrf } => Some(csrf),
+            Who::Loopback => Some(&cx.hub.http.logins.open_csrf),
+        }
+    }
+
+    /// How this viewer got in (shown in the console's header).
+    pub(crate) fn how(&self) -> &'static str {
+        match self {
+            Who::Bearer => "token",
+            Who::Login { .. } => "login",
+            Who::Loopback => "loopback",
+        }
+    }
+}
+
+/// Why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No token presented.
+    NeedToken,
+    /// A wrong Bearer token.
+    WrongToken,
+    /// A token-less hub and a peer that is not on loopback.
+    NotLoopback,
+    /// A token-less hub asked under a non-loopback host name.
+    BadHost,
+}
+
+impl Denied {
+    pub(crate) fn response(self) -> Response<Body> {
+        let (status, why) = match self {
+            Denied::NeedToken => (
+                StatusCode::UNAUTHORIZED,
+                "this hub needs its token: an Authorization: Bearer header, or log in at /",
+            ),
+            Denied::WrongToken => (StatusCode::UNAUTHORIZED, "wrong hub token"),
+            Denied::NotLoopback => (
+                StatusCode::FORBIDDEN,
+                "this hub has no token, so its console is only served on loopback \
+                 (start it with --token-file to open it to others)",
+            ),
+            Denied::BadHost => (
+                StatusCode::FORBIDDEN,
+                "this hub has no token: open its console as http://127.0.0.1:PORT or \
+                 http://localhost:PORT",
+            ),
+        };
+        let mut r = routes::text(status, &format!("{why}\n"));
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"claude-relay\""),
+            );
+        }
+        r
+    }
+}
+
+/// Decides whether `req` may see the operator's pages.
+pub(crate) fn access<B>(cx: &Ctx, req: &Request<B>) -> Result<Who, Denied> {
+    let Some(expected) = cx.hub.config.token.as_deref() else {
+        if !cx.addr.ip().is_loopback() {
+            return Err(Denied::NotLoopback);
+        }
+        if !host(req).is_some_and(is_loopback_host) {
+            return Err(Denied::BadHost);
+        }
+        return Ok(Who::Loopback);
+    };
+    if let Some(h) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return match bearer(h) {
+            Some(t) if token_ok(expected, t) => Ok(Who::Bearer),
+            _ => Err(Denied::WrongToken),
+        };
+    }
+    match cookie(req, SESSION_COOKIE).and_then(|c| cx.hub.http.logins.find(c)) {
+        Some(csrf) => Ok(Who::Login { csrf }),
+        None => Err(Denied::NeedToken),
+    }
+}
+
+/// Checks a state-changing request from `who` (see the module header): same origin, and the
+/// CSRF token where one is due.
+pub(crate) fn check_change<B>(cx: &Ctx, req: &Request<B>, who: &Who) -> Result<(), Response<Body>> {
+    same_origin(cx, req)?;
+    match who.csrf(cx) {
+        None => Ok(()),
+        Some(expected) => match req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(t) if ct_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            _ => Err(forbidden("missing or wrong CSRF token")),
+        },
+    }
+}
+
+/// The login form (401), with a fresh double-submit CSRF token, or the refusal for viewers
+/// that no login can help.
+pub(crate) fn login_page(cx: &Ctx, denied: Denied, error: Option<&str>) -> Response<Body> {
+    if matches!(denied, Denied::NotLoopback | Denied::BadHost) {
+        return denied.response();
+    }
+    let csrf = mint_secret();
+    let page = LOGIN_HTML
+        .replace("{{csrf}}", &csrf)
+        .replace("{{error}}", &escape_html(error.unwrap_or("")));
+    let mut r = routes::html(StatusCode::UNAUTHORIZED, page);
+    set_cookie(&mut r, cx, CSRF_COOKIE, &csrf, Some(600));
+    r
+}
+
+/// `POST /login`: the form's token for a session cookie.
+pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = same_origin(cx, &req) {
+        return r;
+    }
+    let Some(expected) = cx.hub.config.token.clone() else {
+        return routes::text(
+            StatusCode::NOT_FOUND,
+            "this hub has no token: there is nothing to log in to\n",
+        );
+    };
+    // Guessing costs: logins share the per-address registration rate.
+    if cx.hub.limits.register(cx.addr.ip()).is_err() {
+        return routes::text(StatusCode::TOO_MANY_REQUESTS, "too many attempts; wait a moment\n");
+    }
+    let csrf_cookie = cookie(&req, CSRF_COOKIE).map(str::to_string);
+    let body = match Limited::new(req.into_body(), cx.hub.config.http_max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return routes::text(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n"),
+    };
+    let form = parse_form(&body);
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    match (csrf_cookie.as_deref(), field("csrf")) {
+        (Some(c), Some(f)) if !c.is_empty() && ct_eq(c.as_bytes(), f.as_bytes()) => {}
+        _ => return forbidden("missing or wrong CSRF token: reload the login page"),
+    }
+    if !field("token").is_some_and(|t| token_ok(&expected, t.trim())) {
+        tracing::info!(addr = %cx.addr, "console login refused: wrong token");
+        return login_page(cx, Denied::WrongToken, Some("That is not this hub's token."));
+    }
+    let (session, _csrf) = cx.hub.http.logins.create();
+    tracing::info!(addr = %cx.addr, "console login");
+    let mut r = routes::empty(StatusCode::SEE_OTHER);
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/"));
+    set_cookie(&mut r, cx, SESSION_COOKIE, &session, Some(LOGIN_TTL.as_secs()));
+    set_cookie(&mut r, cx, CSRF_COOKIE, "", Some(0));
+    r
+}
+
+/// `POST /logout` (with the login's CSRF header): ends the login.
+pub(crate) fn logout(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let who = match access(cx, &req) {
+        Ok(w @ Who::Login { .. }) => w,
+        Ok(_) => return routes::text(StatusCode::BAD_REQUEST, "not logged in with a cookie\n"),
+        Err(d) => return d.response(),
+    };
+    if let Err(r) = check_change(cx, &req, &who) {
+        return r;
+    }
+    if let Some(c) = cookie(&req, SESSION_COOKIE) {
+        cx.hub.http.logins.remove(c);
+    }
+    let mut r = routes::empty(StatusCode::NO_CONTENT);
+    set_cookie(&mut r, cx, SESSION_COOKIE, "", Some(0));
+    r
+}
+
+fn forbidden(why: &str) -> Response<Body> {
+    routes::text(StatusCode::FORBIDDEN, &format!("{why}\n"))
+}
+
+/// Refuses a request that a page of another origin could have made.
+fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Response<Body>> {
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let ok = match origin {
+        Some(o) => host(req).is_some_and(|h| {
+            let expected = format!("{}://{h}", if cx.tls { "https" } else { "http" });
+            o.eq_ignore_ascii_case(&expected)
+        }),
+        None => req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"same-origin"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(forbidden(
+            "cross-site request refused (its Origin is not this hub's)",
+        ))
+    }
+}
+
+fn host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn set_cookie(resp: &mut Response<Body>, cx: &Ctx, name: &str, value: &str, max_age: Option<u64>) {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    if cx.tls {
+        c.push_str("; Secure");
+    }
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs.
+fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let plus = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_host_names() {
+        for h in ["127.0.0.1:9999", "localhost", "LOCALHOST:1", "[::1]:80", "127.1.2.3"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["evil.example", "10.0.0.1:9999", "localhost.evil.example", "[::2]:1"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn forms_decode() {
+        assert_eq!(
+            parse_form(b"token=a%2Bb+c&csrf=x"),
+            vec![
+                ("token".to_string(), "a+b c".to_string()),
+                ("csrf".to_string(), "x".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn logins_expire_and_are_bounded() {
+        let logins = Logins::default();
+        let (cookie, csrf) = logins.create();
+        assert_eq!(logins.find(&cookie), Some(csrf));
+        assert_eq!(logins.find("forged"), None);
+        for _ in 0..MAX_LOGINS + 5 {
+            logins.create();
+        }
+        assert!(logins.lock().len() <= MAX_LOGINS);
+        logins.remove(&cookie);
+        assert_eq!(logins.find(&cookie), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! HTTP on the hub's own port: `/healthz`, `/metrics`, the web console and its live feed
+//! (docs/OPERATIONS.md; who may see what: docs/SECURITY.md, "The console, metrics and tail").
+//!
+//! One listener, one TLS set-up: every accepted connection (after TLS, when configured)
+//! comes here first. [`route`] reads the request head itself — bounded in size, and within
+//! the connection's handshake deadline — and looks for `Upgrade: websocket`:
+//! - an upgrade goes back to the WebSocket path with the bytes already read replayed in
+//!   front ([`io::Rewind`]), so tungstenite's handshake and everything after it are exactly
+//!   what they were before HTTP existed;
+//! - anything else is served here by hyper's HTTP/1 server (hyper writes every response
+//!   head, body framing and chunked encoding; this module never does).
+//!
+//! Bounds (all in [`crate::HubConfig`]): the request head (`http_max_header_bytes`), the body
+//! (`http_max_body_bytes`), HTTP connections open at once (`max_http_connections`, over it a
+//! 503), feed subscribers (`max_feed_subscribers`), and an idle timeout
+//! (`http_idle_timeout`) for kept-alive connections between requests. HTTP connections also
+//! count against the hub's total and per-address connection caps.
+
+mod auth;
+mod console;
+mod health;
+pub mod io;
+mod routes;
+mod sse;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    sync::watch,
+    time::Instant,
+};
+use tracing::debug;
+
+use crate::{HubState, limits::TooManyConnections, metrics::ConnRefusal};
+use io::{Idle, Rewind};
+
+/// Every response body: a whole buffer or an event stream.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// How long a closing HTTP connection (hub shutdown, idle timeout) may take to finish the
+/// response it is writing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Most headers parsed in a request head.
+const MAX_HEADERS: usize = 64;
+
+/// State the HTTP side keeps for the whole hub.
+pub struct HttpState {
+    open: AtomicUsize,
+    health: health::Cache,
+    logins: auth::Logins,
+}
+
+impl Default for HttpState {
+    fn default() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            health: health::Cache::default(),
+            logins: auth::Logins::default(),
+        }
+    }
+}
+
+/// What one request knows about its connection.
+pub(crate) struct Ctx {
+    pub hub: Arc<HubState>,
+    pub addr: SocketAddr,
+    /// Served over TLS (cookies get `Secure`).
+    pub tls: bool,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Holds one of the hub's HTTP connection slots and its gauge.
+struct Slot(Arc<HubState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.http.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.http_connections.dec();
+    }
+}
+
+/// Reads the request head of a fresh connection. A WebSocket upgrade is handed back (with
+/// the head replayed) for the WebSocket path; any other request is served here to the end
+/// of the connection and `None` is returned, as it is for a connection that sent no complete
+/// head before `deadline`.
+pub async fn route<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    hub: &Arc<HubState>,
+    deadline: Instant,
+    refused: Option<TooManyConnections>,
+    shutdown: watch::Receiver<bool>,
+) -> Option<Rewind<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max = hub.config.http_max_header_bytes.max(1024);
+    let mut buf = BytesMut::with_capacity(1024);
+    let upgrade = loop {
+        let read = tokio::time::timeout_at(deadline, async {
+            if buf.capacity() == buf.len() {
+                buf.reserve((buf.len()).min(max - buf.len()).max(512));
+            }
+            stream.read_buf(&mut buf).await
+        })
+        .await;
+        match read {
+            Err(_) => {
+                hub.metrics
+                    .connection_refused(ConnRefusal::HandshakeTimeout);
+                debug!(%addr, "no complete request head in time");
+                return None;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return None,
+            // EOF or an error mid-head: let hyper answer what it can.
+            Ok(Ok(0)) | Ok(Err(_)) => break false,
+            Ok(Ok(_)) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => break is_websocket_upgrade(req.headers),
+            Ok(httparse::Status::Partial) if buf.len() < max => {}
+            // Too big or not HTTP: hyper answers 431 / 400.
+            _ => break false,
+        }
+    };
+    if refused.is_some() {
+        hub.metrics.connection_refused(ConnRefusal::PerAddress);
+    }
+    let stream = Rewind::new(stream, buf.freeze());
+    if upgrade {
+        return Some(stream);
+    }
+    serve(stream, addr, hub, refused, shutdown).await;
+    None
+}
+
+/// `Upgrade: websocket` (the token, case-insensitively, in any `Upgrade` header).
+fn is_websocket_upgrade(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            && std::str::from_utf8(h.value).is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+            })
+    })
+}
+
+/// Serves HTTP/1 requests on one connection until it closes, idles out, or the hub stops.
+async fn serve<S>(
+    stream: Rewind<S>,
+    addr: SocketAddr,
+    hub: &Arc<HubState>,
+    refused: Option<TooManyConnections>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let taken = hub.http.open.fetch_add(1, Ordering::AcqRel);
+    hub.metrics.http_connections.inc();
+    let _slot = Slot(hub.clone());
+    let busy = taken >= hub.config.max_http_connections;
+    if busy {
+        hub.metrics.connection_refused(ConnRefusal::HttpBusy);
+    }
+    let cx = Arc::new(Ctx {
+        hub: hub.clone(),
+        addr,
+        tls: hub.tls.is_some(),
+        shutdown: shutdown.clone(),
+    });
+    let service = service_fn(move |req| {
+        let cx = cx.clone();
+        async move {
+            let resp = if let Some(TooManyConnections { limit }) = refused {
+                routes::unavailable(&format!(
+                    "too many connections from your address (limit {limit})"
+                ))
+            } else if busy {
+                routes::unavailable(&format!(
+                    "the hub is serving its maximum of {} HTTP connections; try again later",
+                    cx.hub.config.max_http_connections
+                ))
+            } else {
+                routes::handle(req, &cx).await
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let (io, last) = Idle::new(stream);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(hub.config.http_idle_timeout)
+        .max_buf_size(hub.config.http_max_header_bytes.max(8192))
+        .max_headers(MAX_HEADERS)
+        // One request per connection when refusing: the answer is the same every time.
+        .keep_alive(!busy && refused.is_none());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle = hub.config.http_idle_timeout;
+    let ended = loop {
+        tokio::select! {
+            r = conn.as_mut() => break Some(r),
+            _ = tokio::time::sleep_until(last.at() + idle) => {
+                if last.at() + idle <= Instant::now() {
+                    debug!(%addr, "HTTP connection idle: closing");
+                    break None;
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => break None,
+        }
+    };
+    if ended.is_none() {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+    } else if let Some(Err(e)) = ended {
+        debug!(%addr, "HTTP connection ended: {e}");
+    }
+}
