@@ -206,7 +206,9 @@ pub struct HubClient {
 struct Inner {
     url: String,
     timeouts: Timeouts,
-    meta: Meta,
+    /// What `register` reports (see `meta.rs`); the MCP client's name is added at
+    /// `initialize`, before the first connection.
+    meta: Mutex<Meta>,
     ident: Mutex<Ident>,
     state: watch::Sender<LinkState>,
     link: Mutex<Option<Link>>,
@@ -312,7 +314,7 @@ impl HubClient {
             inner: Arc::new(Inner {
                 url: config.relay_url.clone(),
                 timeouts: config.timeouts.clone(),
-                meta,
+                meta: Mutex::new(meta),
                 ident: Mutex::new(Ident {
                     id: identity.id.clone(),
                     base,
@@ -335,6 +337,17 @@ impl HubClient {
                 owner: Mutex::new(OwnerMemo::default()),
             }),
         }
+    }
+
+    /// Reports which MCP client this bridge serves (`clientInfo` of `initialize`: Claude
+    /// Code, Codex, Gemini CLI, …) in the `client` field of the register metadata, so the
+    /// hub's console can say which agent a session is. Call before [`start`](Self::start).
+    pub fn set_client(&self, name: &str, version: &str) {
+        let bounded = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        lock(&self.inner.meta).insert(
+            "client".into(),
+            serde_json::json!({"name": bounded(name, 64), "version": bounded(version, 32)}),
+        );
     }
 
     /// Starts the connection task (once; later calls do nothing). Needs a tokio runtime.
@@ -556,7 +569,7 @@ impl Inner {
     fn register_frame(&self, id: &str, owner_secret: Option<String>) -> ClientFrame {
         ClientFrame::Register(Register {
             client_id: Some(id.to_string()),
-            meta: Some(self.meta.clone()),
+            meta: Some(lock(&self.meta).clone()),
             presence: Some(PresenceMode::None),
             // Keep owner secrets: a first claim makes the name ours.
             ownership: self.owners.is_some().then_some(true),

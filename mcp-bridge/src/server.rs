@@ -152,6 +152,9 @@ impl ServerHandler for RelayServer {
                 *slot = Some(self.relay.hub().subscribe());
             }
         }
+        self.relay
+            .hub()
+            .set_client(&request.client_info.name, &request.client_info.version);
         // Dial the hub only now: a client that merely lists servers gets its answer without a
         // network round trip, and one that never initializes costs the hub nothing.
         self.relay.hub().start();

@@ -70,6 +70,12 @@ pub struct HubArgs {
     /// (at least 1024).
     #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
     pub outbound_frames: usize,
+    /// HTTP connections (console, /metrics, /healthz) open at once; more get 503.
+    #[arg(long, env = "RELAY_MAX_HTTP_CONNECTIONS", default_value_t = 64)]
+    pub max_http_connections: usize,
+    /// Live operator feed subscribers (console pages, `claude-relay tail`) at once.
+    #[arg(long, env = "RELAY_MAX_FEED_SUBSCRIBERS", default_value_t = hub::config::DEFAULT_FEED_SUBSCRIBERS)]
+    pub max_feed_subscribers: usize,
     /// Threads serving connections (the store always has its own thread besides).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -111,6 +117,8 @@ impl HubArgs {
         c.register_rate = f64::from(self.register_rate.max(1));
         c.register_burst = c.register_rate;
         c.outbound_frames = self.outbound_frames.max(2 * hub::store::actor::MAX_BATCH);
+        c.max_http_connections = self.max_http_connections.max(1);
+        c.max_feed_subscribers = self.max_feed_subscribers.max(1);
         c.token = self
             .token_file
             .as_deref()
@@ -162,6 +170,12 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // A file-size limit (`ulimit -f`) must make writes fail like a full disk — an error
+        // the store reports while the hub keeps serving reads — not kill the hub with
+        // SIGXFSZ. A registered handler (this one only counts) replaces the default action.
+        let _xfsz =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+                .context("installing the SIGXFSZ handler")?;
         let data_dir = config.data_dir.clone();
         let hub = hub::Hub::open(config)
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
@@ -171,6 +185,8 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         let scheme = if args.tls_cert.is_some() { "wss" } else { "ws" };
         eprintln!("listening on {scheme}://{addr}");
+        let web = if args.tls_cert.is_some() { "https" } else { "http" };
+        tracing::info!("console on {web}://{addr}/ (also /metrics, /healthz)");
         tracing::info!(data_dir = %data_dir.display(), epoch = %hub.epoch(), "hub ready");
         hub.serve(listener, shutdown_signal()).await?;
         tracing::info!("hub stopped");

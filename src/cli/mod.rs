@@ -14,6 +14,7 @@ mod init_cmd;
 mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
+mod tail_cmd;
 mod user_files;
 mod wait_cmd;
 
@@ -24,8 +25,21 @@ pub struct Cli {
     /// Log filter for stderr (e.g. `info`, `debug`, `hub=trace`); also `RUST_LOG`.
     #[arg(long, global = true, env = "RELAY_LOG")]
     pub log: Option<String>,
+    /// Log line format on stderr: `text` for people, `json` (one object per line, with the
+    /// connection span's peer and session) for log shippers.
+    #[arg(long, global = true, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -50,6 +64,10 @@ pub enum Command {
     /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
     /// and say how to fix each problem; exit 1 if any.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Follow the hub's traffic live, one line per event (time, from → to, kind, size,
+    /// state); bodies only with --content. Needs the hub token (or loopback, on a hub
+    /// without one).
+    Tail(tail_cmd::TailArgs),
 }
 
 impl Command {
@@ -71,12 +89,22 @@ pub fn init_tracing(cli: &Cli) {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| cli.command.default_log().to_string());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // `span` carries the connection's fields (peer, session); one grep on
+        // `"session":"CC-1"` follows a session.
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Runs the chosen subcommand and returns the process exit code.
@@ -90,5 +118,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wait(args) => wait_cmd::run(args),
         Command::Hooks(args) => hooks_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
+        Command::Tail(args) => tail_cmd::run(args),
     }
 }
