@@ -1,0 +1,106 @@
+//! A minimal HTTP/1.1 client for the hub's HTTP side: one request per connection
+//! (`Connection: close`), the answer read to the end and its head parsed with httparse. Every
+//! request is bounded by [`WAIT`]. Event streams are not read with this (they never end).
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::hub::WAIT;
+
+/// One answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl Resp {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header called `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends `method path` to 127.0.0.1:`port` with `headers` (Host and Connection are added)
+/// and `body`, and reads the whole answer.
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    tokio::time::timeout(WAIT, async {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to hub");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).await.expect("send request");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read answer");
+        let mut heads = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut heads);
+        let at = match resp.parse(&raw).expect("an HTTP answer") {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!(
+                "incomplete answer: {}",
+                String::from_utf8_lossy(&raw)
+            ),
+        };
+        Resp {
+            status: resp.code.expect("status"),
+            headers: resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&raw[at..]).into_owned(),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+}
+
+/// `GET path`.
+pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request(port, "GET", path, headers, "").await
+}

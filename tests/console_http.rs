@@ -1,0 +1,495 @@
+//! HTTP on the hub's WebSocket port, end to end against a real hub process: `/healthz` (open,
+//! 503 when the store cannot write), `/metrics` (Prometheus text whose counters move by
+//! exactly the traffic sent), who may see the console and how a browser logs in (401 first,
+//! CSRF-checked login and logout), the headers every answer carries, and the bounds.
+
+mod common;
+
+use std::{collections::HashMap, path::Path};
+
+use common::{
+    http::{Resp, get, request},
+    hub::{Hub, HubOpts, WAIT},
+    ws::Ws,
+};
+use serde_json::json;
+
+const TOKEN: &str = "console-token-5c1f9a";
+
+async fn token_hub(dir: &Path, extra: &[&str]) -> Hub {
+    let token_file = dir.join("hub.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut args = vec!["--token-file".to_string(), token_file.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Hub::start_with(
+        dir,
+        HubOpts {
+            args,
+            ..HubOpts::default()
+        },
+    )
+    .await
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+/// Every sample of a scrape, by `name{labels}` (labels sorted), as numbers.
+fn scrape(text: &str) -> HashMap<String, f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("/metrics parses");
+    let mut out = HashMap::new();
+    for s in parsed.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let key = format!("{}{{{}}}", s.metric, labels.join(","));
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        out.insert(key, v);
+    }
+    out
+}
+
+async fn metrics(port: u16) -> HashMap<String, f64> {
+    let r = get(port, "/metrics", &[("Authorization", &bearer())]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{:?}",
+        r.headers
+    );
+    scrape(&r.body)
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+    let a = after.get(key).unwrap_or_else(|| panic!("{key} missing from /metrics: {after:#?}"));
+    a - before.get(key).copied().unwrap_or(0.0)
+}
+
+/// A raw client that presented the token on `register`.
+async fn register(url: &str, id: &str) -> Ws {
+    let mut ws = Ws::connect(url).await;
+    ws.send(json!({"type": "register", "clientId": id, "token": TOKEN}))
+        .await;
+    ws.expect("registered").await;
+    ws
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_exactly_the_traffic_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path(), &[]).await;
+    let mut a = register(&hub.url, "Alpha").await;
+    let mut b = register(&hub.url, "Beta").await;
+    a.until("peer_joined").await;
+    a.roundtrip().await;
+    b.roundtrip().await;
+    let before = metrics(hub.port).await;
+    assert_eq!(before["relay_sessions_online{}"], 2.0);
+    assert_eq!(before["relay_connections{kind=websocket}"], 2.0);
+
+    // 3 direct to a live session, 2 to an offline one, 1 broadcast, 1 refused.
+    for i in 0..3 {
+        a.send(json!({"type": "message", "to": "Beta", "content": format!("live {i}")}))
+            .await;
+        assert_eq!(a.expect("sent").await["delivered"], true);
+    }
+    for i in 0..2 {
+        a.send(json!({"type": "message", "to": "Gamma", "content": format!("stored {i}")}))
+            .await;
+        assert_eq!(a.expect("sent").await["delivered"], false);
+    }
+    a.send(json!({"type": "message", "content": "to everyone"}))
+        .await;
+    assert_eq!(a.expect("sent").await["recipients"], 1);
+    a.send(json!({"type": "message", "to": "not a valid id!", "content": "x"}))
+        .await;
+    assert_eq!(a.expect("error").await["code"], "invalid_id");
+    for _ in 0..4 {
+        b.expect("message").await;
+    }
+    let after = metrics(hub.port).await;
+
+    let d = |k: &str| delta(&before, &after, k);
+    assert_eq!(d("relay_frames_in_total{type=message}"), 7.0);
+    assert_eq!(d("relay_frames_out_total{type=sent}"), 6.0);
+    assert_eq!(d("relay_frames_out_total{type=message}"), 4.0);
+    assert_eq!(d("relay_frames_out_total{type=error}"), 1.0);
+    assert_eq!(d("relay_frames_refused_total{reason=invalid_id}"), 1.0);
+    assert_eq!(d("relay_messages_routed_total{kind=direct}"), 5.0);
+    assert_eq!(d("relay_messages_routed_total{kind=broadcast}"), 1.0);
+    assert_eq!(d("relay_deliveries_total{outcome=live}"), 4.0);
+    assert_eq!(d("relay_deliveries_total{outcome=stored}"), 2.0);
+    // Every stored message went through exactly one commit.
+    assert_eq!(d("relay_store_batch_size_sum{}"), 6.0);
+    assert_eq!(
+        d("relay_store_batch_size_count{}"),
+        d("relay_store_commit_seconds_count{}")
+    );
+    assert!(d("relay_store_batch_size_count{}") >= 1.0);
+    assert_eq!(d("relay_frames_in_total{type=register}"), 0.0);
+    assert_eq!(after["relay_tasks{state=working}"], 0.0);
+    assert_eq!(after["relay_build_info{version=0.1.0}"], 1.0);
+    // Scrapes are HTTP, not WebSocket frames.
+    assert_eq!(d("relay_frames_out_total{type=other}"), 0.0);
+
+    drop(b);
+    a.until("peer_left").await;
+    let gone = metrics(hub.port).await;
+    assert_eq!(gone["relay_sessions_online{}"], 1.0);
+    assert_eq!(gone["relay_connections{kind=websocket}"], 1.0);
+}
+
+fn assert_secure_headers(r: &Resp) {
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    for part in ["default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(part), "CSP lacks {part}: {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+}
+
+/// `name=value` of the first Set-Cookie for `name`, and the whole header.
+fn set_cookie<'a>(r: &'a Resp, name: &str) -> Option<(String, &'a str)> {
+    r.all("set-cookie").into_iter().find_map(|c| {
+        let pair = c.split(';').next()?.trim();
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| (v.to_string(), c))
+    })
+}
+
+#[tokio::test]
+async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path(), &[]).await;
+    let port = hub.port;
+    let origin = format!("http://127.0.0.1:{port}");
+
+    // The wrong person first: nothing, a wrong token, a cookie nobody issued.
+    for path in ["/metrics", "/", "/api/state", "/api/feed", "/api/message?seq=1"] {
+        for auth in [
+            vec![],
+            vec![("Authorization", "Bearer not-the-token")],
+            vec![("Cookie", "relay_session=forged")],
+        ] {
+            let r = get(port, path, &auth).await;
+            assert_eq!(r.status, 401, "{path} {auth:?}: {}", r.body);
+            assert_secure_headers(&r);
+            assert!(!r.body.contains(TOKEN));
+        }
+    }
+    // The right Bearer token.
+    for path in ["/metrics", "/", "/api/state"] {
+        let r = get(port, path, &[("Authorization", &bearer())]).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_secure_headers(&r);
+    }
+    // /healthz stays open and says only what it must.
+    let h = get(port, "/healthz", &[]).await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    let mut keys: Vec<String> = h.json().as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["status", "store", "uptime_s", "version"]);
+
+    // The login form: a 401 page with a double-submit CSRF token.
+    let page = get(port, "/", &[]).await;
+    assert!(page.body.contains(r#"name="token""#), "{}", page.body);
+    let (csrf, cookie_line) = set_cookie(&page, "relay_csrf").expect("csrf cookie");
+    assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"));
+    assert!(page.body.contains(&csrf));
+    let form = |token: &str, csrf: &str| format!("token={token}&csrf={csrf}");
+    let csrf_cookie = format!("relay_csrf={csrf}");
+    let post = |path: &'static str, headers: Vec<(&'static str, String)>, body: String| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(port, "POST", path, &h, &body).await
+    };
+    let form_type = ("Content-Type", "application/x-www-form-urlencoded".to_string());
+
+    // A cross-site POST (another origin, no CSRF token) is refused...
+    let r = post(
+        "/login",
+        vec![form_type.clone(), ("Origin", "http://evil.example".into())],
+        format!("token={TOKEN}"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // ...so is one from another origin even with the right token and CSRF pair...
+    let r = post(
+        "/login",
+        vec![
+            form_type.clone(),
+            ("Origin", "http://evil.example".into()),
+            ("Cookie", csrf_cookie.clone()),
+        ],
+        form(TOKEN, &csrf),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // ...and a same-origin one without the CSRF token, or with a forged one.
+    for (cookie, field) in [("", ""), (csrf_cookie.as_str(), "forged")] {
+        let r = post(
+            "/login",
+            vec![
+                form_type.clone(),
+                ("Origin", origin.clone()),
+                ("Cookie", cookie.to_string()),
+            ],
+            form(TOKEN, field),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(set_cookie(&r, "relay_session").is_none());
+    }
+    // A wrong token gets the form again.
+    let r = post(
+        "/login",
+        vec![
+            form_type.clone(),
+            ("Origin", origin.clone()),
+            ("Cookie", csrf_cookie.clone()),
+        ],
+        form("wrong", &csrf),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("not this hub&#39;s token"), "{}", r.body);
+    // The right one: a session cookie, HttpOnly and SameSite=Strict.
+    let r = post(
+        "/login",
+        vec![
+            form_type.clone(),
+            ("Origin", origin.clone()),
+            ("Cookie", csrf_cookie.clone()),
+        ],
+        form(TOKEN, &csrf),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/"));
+    let (session, line) = set_cookie(&r, "relay_session").expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(line.contains(attr), "{line}");
+    }
+    assert!(!line.contains(TOKEN) && !session.contains(TOKEN));
+    let cookie = format!("relay_session={session}");
+
+    // The cookie works for the page, the state and the metrics.
+    let page = get(port, "/", &[("Cookie", &cookie)]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/console.js"), "{}", page.body);
+    let state = get(port, "/api/state", &[("Cookie", &cookie)]).await;
+    assert_eq!(state.status, 200);
+    let state = state.json();
+    assert_eq!(state["hub"]["viewer"], "login");
+    let login_csrf = state["csrf"].as_str().unwrap().to_string();
+    assert_eq!(get(port, "/metrics", &[("Cookie", &cookie)]).await.status, 200);
+
+    // Logging out needs the login's CSRF header and the hub's own origin.
+    let r = post(
+        "/logout",
+        vec![("Origin", origin.clone()), ("Cookie", cookie.clone())],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = post(
+        "/logout",
+        vec![
+            ("Origin", "http://evil.example".into()),
+            ("Cookie", cookie.clone()),
+            ("X-Relay-CSRF", login_csrf.clone()),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(get(port, "/api/state", &[("Cookie", &cookie)]).await.status, 200);
+    let r = post(
+        "/logout",
+        vec![
+            ("Origin", origin.clone()),
+            ("Cookie", cookie.clone()),
+            ("X-Relay-CSRF", login_csrf),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(get(port, "/api/state", &[("Cookie", &cookie)]).await.status, 401);
+
+    // Nothing here changes the hub: other methods are refused.
+    let r = request(port, "DELETE", "/api/state", &[("Authorization", &bearer())], "").await;
+    assert_eq!(r.status, 405);
+
+    // The token and the cookie never reach the log.
+    let log = hub.log.lock().unwrap().join("\n");
+    assert!(!log.contains(TOKEN) && !log.contains(&session), "{log}");
+}
+
+#[tokio::test]
+async fn a_hub_without_a_token_shows_its_console_on_loopback_names_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let ok = get(hub.port, "/api/state", &[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["hub"]["viewer"], "loopback");
+    // DNS rebinding: a page of another origin resolving its name to 127.0.0.1.
+    for host in ["evil.example", "evil.example:80", "localhost.evil.example"] {
+        let r = get(hub.port, "/api/state", &[("Host", host)]).await;
+        assert_eq!(r.status, 403, "{host}: {}", r.body);
+    }
+    let r = get(hub.port, "/", &[("Host", &format!("localhost:{}", hub.port))]).await;
+    assert_eq!(r.status, 200);
+    // Nothing to log in to.
+    let r = request(
+        hub.port,
+        "POST",
+        "/login",
+        &[("Origin", &format!("http://127.0.0.1:{}", hub.port))],
+        "token=x",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn http_requests_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path(), &["--max-http-connections", "1"]).await;
+    let port = hub.port;
+    // A head over the limit (16 KiB) is refused.
+    let big = "x".repeat(20 << 10);
+    let r = get(port, "/healthz", &[("X-Filler", &big)]).await;
+    assert_eq!(r.status, 431, "{}", r.body);
+    // A login body over the limit (4 KiB).
+    let origin = format!("http://127.0.0.1:{port}");
+    let r = request(
+        port,
+        "POST",
+        "/login",
+        &[("Origin", &origin), ("Cookie", "relay_csrf=a")],
+        &format!("csrf=a&token={}", "t".repeat(8 << 10)),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    // One HTTP connection at a time: while an event stream holds it, the next gets 503.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            format!(
+                "GET /api/feed HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {}\r\n\r\n",
+                bearer()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&first[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let r = get(port, "/healthz", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("maximum of 1 HTTP"), "{}", r.body);
+    // WebSockets are not HTTP connections: they still get in.
+    let _ws = register(&hub.url, "StillHere").await;
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(port, "/healthz", &[]).await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Forbids the process `pid` to grow any file past `bytes` (what a full disk does to SQLite).
+#[cfg(target_os = "linux")]
+fn limit_file_size(pid: u32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit only reads `limit`; a null old-limit pointer is allowed.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Polls `/healthz` until it answers `status`; returns the body.
+async fn health_until(port: u16, status: u16) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = get(port, "/healthz", &[]).await;
+        if r.status == status {
+            return r.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz never answered {status}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// How the disk is made full: the hub process's file-size limit (RLIMIT_FSIZE) is lowered to
+/// 0 with prlimit(2), then messages are sent until not one more page can be written — as on a
+/// full disk, nothing more can be written while everything stays readable. The hub turns
+/// SIGXFSZ into a write error (src/cli/hub_cmd.rs).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn healthz_is_503_while_the_store_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path(), &[]).await;
+    let ok = health_until(hub.port, 200).await;
+    assert_eq!(ok["status"], "ok");
+    assert_eq!(ok["store"], "ok");
+    assert_eq!(ok["version"], env!("CARGO_PKG_VERSION"));
+    assert!(ok["uptime_s"].is_u64());
+
+    let mut sender = register(&hub.url, "Sender").await;
+    limit_file_size(hub.pid(), 0);
+    for body in ["x".repeat(64 << 10), "y".to_string()] {
+        let mut refused = false;
+        for _ in 0..100_000 {
+            sender
+                .send(json!({"type": "message", "to": "Reader", "content": body}))
+                .await;
+            let f = sender.next().await;
+            if f["type"] == "error" {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the store never filled up");
+    }
+    let down = health_until(hub.port, 503).await;
+    assert_eq!(down["status"], "unavailable");
+    assert_eq!(down["store"], "unwritable");
+    // Nothing but the four fields: no path, no error text.
+    assert_eq!(down.as_object().unwrap().len(), 4, "{down}");
+
+    limit_file_size(hub.pid(), libc::RLIM_INFINITY as u64);
+    let back = health_until(hub.port, 200).await;
+    assert_eq!(back["store"], "ok");
+}
