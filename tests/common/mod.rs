@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod chromium;
 pub mod http;
 pub mod hub;
 pub mod ws;
