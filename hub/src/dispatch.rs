@@ -492,7 +492,7 @@ impl ConnSession {
                 .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
         }
         hub.router.activate(&id, self.outbox.id());
-        tracing::Span::current().record("session", id.as_str());
+        tracing::Span::current().record("session", tracing::field::display(&id));
         presence::announce_joined(&hub.router, &id);
         tracing::info!(%id, addr = %self.addr, "registered");
     }

@@ -101,13 +101,13 @@ async fn follow(args: &TailArgs, only: Option<&SessionId>) -> anyhow::Result<Exi
         match frame {
             ServerFrame::Subscribed(s) => {
                 subscribed = true;
-                if !args.json {
-                    eprintln!(
-                        "following {url} (epoch {}){}; Ctrl-C to stop",
-                        display::line(&s.epoch),
-                        if s.content { ", with bodies" } else { "" }
-                    );
-                }
+                // On stderr, so that `--json` output stays pure.
+                eprintln!(
+                    "following {} (epoch {}){}; Ctrl-C to stop",
+                    display::line(url),
+                    display::line(&s.epoch),
+                    if s.content { ", with bodies" } else { "" }
+                );
             }
             ServerFrame::Error(e) => bail!("the hub refused: {}", display::line(&e.message)),
             ServerFrame::Event(ev) => {
