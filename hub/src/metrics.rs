@@ -1,4 +1,4 @@
-//! The hub's Prometheus metrics (`GET /metrics`, see docs/OPERATIONS.md "Metrics"), through the
+//! The hub's Prometheus metrics (`GET /metrics`, see docs/CONSOLE.md "/metrics"), through the
 //! official `prometheus-client` crate.
 //!
 //! Cost on the hot path: every per-frame counter is a [`Counter`] handle created once at

@@ -1,5 +1,5 @@
 //! HTTP on the hub's own port: `/healthz`, `/metrics`, the web console and its live feed
-//! (docs/OPERATIONS.md; who may see what: docs/SECURITY.md, "The console, metrics and tail").
+//! (docs/CONSOLE.md; who may see what: docs/SECURITY.md, "The console, metrics and tail").
 //!
 //! One listener, one TLS set-up: every accepted connection (after TLS, when configured)
 //! comes here first. [`route`] reads the request head itself — bounded in size, and within
