@@ -118,7 +118,10 @@ async fn tail_needs_the_token_and_never_shows_it() {
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("token"), "{err}");
-        assert!(!err.contains("not-the-token") && !err.contains(TOKEN), "{err}");
+        assert!(
+            !err.contains("not-the-token") && !err.contains(TOKEN),
+            "{err}"
+        );
         assert!(out.stdout.is_empty());
     }
 }
@@ -146,28 +149,50 @@ async fn tail_prints_one_line_per_event_with_bodies_only_on_request() {
     for needle in [
         "Alpha  online",
         "Beta  online",
-        &format!("Alpha → Beta  message  {} B  delivered  #{}", "hello beta\n\u{1b}[31mred?".len(), live["seq"]),
+        &format!(
+            "Alpha → Beta  message  {} B  delivered  #{}",
+            "hello beta\n\u{1b}[31mred?".len(),
+            live["seq"]
+        ),
         &format!("Alpha → Gamma  message  9 B  stored  #{}", stored["seq"]),
         "Beta → all  message  6 B  delivered to 1",
         &format!("Beta  read  #{}  (0 unread left)", live["seq"]),
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
-    assert!(!text.contains("hello beta"), "no bodies without --content:\n{text}");
+    assert!(
+        !text.contains("hello beta"),
+        "no bodies without --content:\n{text}"
+    );
     // Every line starts with the time.
     for l in &lines {
-        assert!(l.starts_with("20") && l.contains('T') && l.contains("Z  "), "{l}");
+        assert!(
+            l.starts_with("20") && l.contains('T') && l.contains("Z  "),
+            "{l}"
+        );
     }
     plain.until("Alpha  offline").await;
 
     let text = bodies.until("Beta  read").await.join("\n");
-    assert!(text.contains("    │ hello beta\n    │ \\u{1b}[31mred?"), "{text}");
-    assert!(!text.contains('\u{1b}'), "raw escape reached the terminal:\n{text}");
+    assert!(
+        text.contains("    │ hello beta\n    │ \\u{1b}[31mred?"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "raw escape reached the terminal:\n{text}"
+    );
     assert!(text.contains("    │ for later"), "{text}");
 
     let text = only_b.until("Beta  read").await.join("\n");
-    assert!(text.contains("Alpha → Beta") && text.contains("Beta → all"), "{text}");
-    assert!(!text.contains("Gamma") && !text.contains("Alpha  online"), "{text}");
+    assert!(
+        text.contains("Alpha → Beta") && text.contains("Beta → all"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Gamma") && !text.contains("Alpha  online"),
+        "{text}"
+    );
     for t in [&mut plain, &mut bodies, &mut only_b] {
         let _ = t.child.start_kill();
     }
@@ -190,7 +215,11 @@ async fn tail_json_lines_parse_and_carry_bodies_only_with_content() {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        assert!(events.iter().any(|e| e["kind"] == "session" && e["id"] == "Alpha"));
+        assert!(
+            events
+                .iter()
+                .any(|e| e["kind"] == "session" && e["id"] == "Alpha")
+        );
         let m = events.last().unwrap();
         assert_eq!(m["from"], "Alpha");
         assert_eq!(m["to"], "Beta");
@@ -201,7 +230,10 @@ async fn tail_json_lines_parse_and_carry_bodies_only_with_content() {
             assert_eq!(m["content"], body);
             // The raw line has the unsafe characters escaped; parsed, it is the same text.
             let raw = lines.last().unwrap();
-            assert!(!raw.contains('\u{202e}') && !raw.contains('\u{7f}'), "{raw}");
+            assert!(
+                !raw.contains('\u{202e}') && !raw.contains('\u{7f}'),
+                "{raw}"
+            );
         } else {
             assert!(m.get("content").is_none(), "{m}");
         }

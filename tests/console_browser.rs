@@ -29,7 +29,9 @@ async fn bridge(dir: &std::path::Path, url: &str, id: &str, client: &str) -> Bri
 }
 
 async fn send(from: &Bridge, to: &str, text: &str) {
-    let out = from.ok("relay_send", json!({"message": text, "to": to})).await;
+    let out = from
+        .ok("relay_send", json!({"message": text, "to": to}))
+        .await;
     assert!(out.contains(" — id "), "{out}");
 }
 
@@ -101,7 +103,11 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
             .cloned()
             .unwrap_or_else(|| panic!("{id} not shown: {sessions}"))
     };
-    for (id, client) in [("CC-1", "Claude Code"), ("CC-2", "Claude Code"), ("CODEX", "Codex")] {
+    for (id, client) in [
+        ("CC-1", "Claude Code"),
+        ("CC-2", "Claude Code"),
+        ("CODEX", "Codex"),
+    ] {
         let s = by_id(id);
         assert_eq!(s["presence"], "online", "{s}");
         assert_eq!(s["unread"], unread(id).to_string(), "{s}");
@@ -171,7 +177,9 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     codex.close_stdin().await;
     assert!(codex.wait_exit(Duration::from_secs(10)).await.is_some());
     browser
-        .wait_for("document.querySelector('[data-session=\"CODEX\"]').dataset.presence === 'offline'")
+        .wait_for(
+            "document.querySelector('[data-session=\"CODEX\"]').dataset.presence === 'offline'",
+        )
         .await;
     assert_eq!(browser.eval("window.__noReload").await, 42);
     assert_eq!(

@@ -68,7 +68,9 @@ async fn metrics(port: u16) -> HashMap<String, f64> {
 }
 
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
-    let a = after.get(key).unwrap_or_else(|| panic!("{key} missing from /metrics: {after:#?}"));
+    let a = after
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from /metrics: {after:#?}"));
     a - before.get(key).copied().unwrap_or(0.0)
 }
 
@@ -148,7 +150,11 @@ async fn metrics_parse_and_count_exactly_the_traffic_sent() {
 
 fn assert_secure_headers(r: &Resp) {
     let csp = r.header("content-security-policy").unwrap_or_default();
-    for part in ["default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"] {
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
         assert!(csp.contains(part), "CSP lacks {part}: {csp}");
     }
     assert!(!csp.contains("unsafe-inline"), "{csp}");
@@ -173,7 +179,13 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     let origin = format!("http://127.0.0.1:{port}");
 
     // The wrong person first: nothing, a wrong token, a cookie nobody issued.
-    for path in ["/metrics", "/", "/api/state", "/api/feed", "/api/message?seq=1"] {
+    for path in [
+        "/metrics",
+        "/",
+        "/api/state",
+        "/api/feed",
+        "/api/message?seq=1",
+    ] {
         for auth in [
             vec![],
             vec![("Authorization", "Bearer not-the-token")],
@@ -210,7 +222,10 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         request(port, "POST", path, &h, &body).await
     };
-    let form_type = ("Content-Type", "application/x-www-form-urlencoded".to_string());
+    let form_type = (
+        "Content-Type",
+        "application/x-www-form-urlencoded".to_string(),
+    );
 
     // A cross-site POST (another origin, no CSRF token) is refused...
     let r = post(
@@ -289,7 +304,10 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     let state = state.json();
     assert_eq!(state["hub"]["viewer"], "login");
     let login_csrf = state["csrf"].as_str().unwrap().to_string();
-    assert_eq!(get(port, "/metrics", &[("Cookie", &cookie)]).await.status, 200);
+    assert_eq!(
+        get(port, "/metrics", &[("Cookie", &cookie)]).await.status,
+        200
+    );
 
     // Logging out needs the login's CSRF header and the hub's own origin.
     let r = post(
@@ -310,7 +328,10 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(get(port, "/api/state", &[("Cookie", &cookie)]).await.status, 200);
+    assert_eq!(
+        get(port, "/api/state", &[("Cookie", &cookie)]).await.status,
+        200
+    );
     let r = post(
         "/logout",
         vec![
@@ -322,10 +343,20 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     )
     .await;
     assert_eq!(r.status, 204, "{}", r.body);
-    assert_eq!(get(port, "/api/state", &[("Cookie", &cookie)]).await.status, 401);
+    assert_eq!(
+        get(port, "/api/state", &[("Cookie", &cookie)]).await.status,
+        401
+    );
 
     // Nothing here changes the hub: other methods are refused.
-    let r = request(port, "DELETE", "/api/state", &[("Authorization", &bearer())], "").await;
+    let r = request(
+        port,
+        "DELETE",
+        "/api/state",
+        &[("Authorization", &bearer())],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 405);
 
     // The token and the cookie never reach the log.
@@ -345,7 +376,12 @@ async fn a_hub_without_a_token_shows_its_console_on_loopback_names_only() {
         let r = get(hub.port, "/api/state", &[("Host", host)]).await;
         assert_eq!(r.status, 403, "{host}: {}", r.body);
     }
-    let r = get(hub.port, "/", &[("Host", &format!("localhost:{}", hub.port))]).await;
+    let r = get(
+        hub.port,
+        "/",
+        &[("Host", &format!("localhost:{}", hub.port))],
+    )
+    .await;
     assert_eq!(r.status, 200);
     // Nothing to log in to.
     let r = request(

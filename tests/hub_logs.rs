@@ -60,7 +60,10 @@ async fn json_logs_carry_the_connection_span_with_the_session_name() {
     for e in &of_session {
         assert_eq!(e["span"]["name"], "conn", "{e}");
         assert!(
-            e["span"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            e["span"]["peer"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
             "{e}"
         );
     }
@@ -74,5 +77,8 @@ async fn text_logs_name_the_session_on_every_line_of_its_connection() {
     drop(a);
     let lines = log_until(&hub, |l| l.contains("disconnected")).await;
     let line = lines.iter().find(|l| l.contains("disconnected")).unwrap();
-    assert!(line.contains("session=CC-8") && line.contains("peer=127.0.0.1:"), "{line}");
+    assert!(
+        line.contains("session=CC-8") && line.contains("peer=127.0.0.1:"),
+        "{line}"
+    );
 }

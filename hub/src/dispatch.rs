@@ -485,7 +485,8 @@ impl ConnSession {
             rid: rid.as_ref(),
         }));
         let epoch = hub.store.epoch();
-        hub.feed.delivered(id.as_str(), pending.iter().map(|m| m.seq));
+        hub.feed
+            .delivered(id.as_str(), pending.iter().map(|m| m.seq));
         for m in pending {
             let _ = self
                 .outbox

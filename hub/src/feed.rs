@@ -245,7 +245,9 @@ mod tests {
         }
         assert_eq!(
             sub.next().await,
-            Some(FeedEvent::Lagged(sessions::wire_feed::Lagged { missed: 10 }))
+            Some(FeedEvent::Lagged(sessions::wire_feed::Lagged {
+                missed: 10
+            }))
         );
     }
 }

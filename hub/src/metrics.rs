@@ -353,7 +353,9 @@ impl Metrics {
 
     /// A connection was refused.
     pub fn connection_refused(&self, why: ConnRefusal) {
-        self.conns_refused.get_or_create(&[("reason", why.label())]).inc();
+        self.conns_refused
+            .get_or_create(&[("reason", why.label())])
+            .inc();
     }
 
     /// Renders every metric in the text exposition format (OpenMetrics), reading the values
@@ -421,7 +423,10 @@ mod tests {
             r#"relay_sessions_online 2"#,
             r#"relay_tasks{state="input-required"} 0"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
         }
     }
 }

@@ -150,12 +150,19 @@ mod tests {
             content: None,
         });
         let text = serde_json::to_string(&ServerFrame::Event(ev.clone())).unwrap();
-        assert!(text.starts_with(r#"{"type":"event","kind":"message","seq":7,"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"type":"event","kind":"message","seq":7,"#),
+            "{text}"
+        );
         match serde_json::from_str::<ServerFrame>(&text).unwrap() {
             ServerFrame::Event(back) => assert_eq!(back, ev),
             other => panic!("{other:?}"),
         }
-        let sub: ClientFrame = serde_json::from_str(r#"{"type":"subscribe","content":true}"#).unwrap();
-        assert!(matches!(sub, ClientFrame::Subscribe(Subscribe { content: true, .. })));
+        let sub: ClientFrame =
+            serde_json::from_str(r#"{"type":"subscribe","content":true}"#).unwrap();
+        assert!(matches!(
+            sub,
+            ClientFrame::Subscribe(Subscribe { content: true, .. })
+        ));
     }
 }

@@ -185,7 +185,11 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         let scheme = if args.tls_cert.is_some() { "wss" } else { "ws" };
         eprintln!("listening on {scheme}://{addr}");
-        let web = if args.tls_cert.is_some() { "https" } else { "http" };
+        let web = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         tracing::info!("console on {web}://{addr}/ (also /metrics, /healthz)");
         tracing::info!(data_dir = %data_dir.display(), epoch = %hub.epoch(), "hub ready");
         hub.serve(listener, shutdown_signal()).await?;

@@ -27,7 +27,13 @@ pub struct Cli {
     pub log: Option<String>,
     /// Log line format on stderr: `text` for people, `json` (one object per line, with the
     /// connection span's peer and session) for log shippers.
-    #[arg(long, global = true, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

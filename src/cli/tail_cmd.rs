@@ -236,7 +236,10 @@ mod tests {
     #[test]
     fn a_session_filter_keeps_what_concerns_it() {
         let cc2 = SessionId::parse("CC-2").unwrap();
-        assert!(concerns(&message(None), Some(&cc2)), "broadcasts reach everyone");
+        assert!(
+            concerns(&message(None), Some(&cc2)),
+            "broadcasts reach everyone"
+        );
         let s = FeedEvent::Session(SessionEvent {
             id: "CC-1".into(),
             online: true,

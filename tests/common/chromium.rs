@@ -184,9 +184,8 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let v = self.eval(expr).await;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return v;
             }

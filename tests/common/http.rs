@@ -76,10 +76,9 @@ pub async fn request(
         let mut resp = httparse::Response::new(&mut heads);
         let at = match resp.parse(&raw).expect("an HTTP answer") {
             httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!(
-                "incomplete answer: {}",
-                String::from_utf8_lossy(&raw)
-            ),
+            httparse::Status::Partial => {
+                panic!("incomplete answer: {}", String::from_utf8_lossy(&raw))
+            }
         };
         Resp {
             status: resp.code.expect("status"),

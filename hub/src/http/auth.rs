@@ -254,7 +254,10 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     };
     // Guessing costs: logins share the per-address registration rate.
     if cx.hub.limits.register(cx.addr.ip()).is_err() {
-        return routes::text(StatusCode::TOO_MANY_REQUESTS, "too many attempts; wait a moment\n");
+        return routes::text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many attempts; wait a moment\n",
+        );
     }
     let csrf_cookie = cookie(&req, CSRF_COOKIE).map(str::to_string);
     let body = match Limited::new(req.into_body(), cx.hub.config.http_max_body_bytes)
@@ -265,21 +268,35 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         Err(_) => return routes::text(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n"),
     };
     let form = parse_form(&body);
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     match (csrf_cookie.as_deref(), field("csrf")) {
         (Some(c), Some(f)) if !c.is_empty() && ct_eq(c.as_bytes(), f.as_bytes()) => {}
         _ => return forbidden("missing or wrong CSRF token: reload the login page"),
     }
     if !field("token").is_some_and(|t| token_ok(&expected, t.trim())) {
         tracing::info!(addr = %cx.addr, "console login refused: wrong token");
-        return login_page(cx, Denied::WrongToken, Some("That is not this hub's token."));
+        return login_page(
+            cx,
+            Denied::WrongToken,
+            Some("That is not this hub's token."),
+        );
     }
     let (session, _csrf) = cx.hub.http.logins.create();
     tracing::info!(addr = %cx.addr, "console login");
     let mut r = routes::empty(StatusCode::SEE_OTHER);
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static("/"));
-    set_cookie(&mut r, cx, SESSION_COOKIE, &session, Some(LOGIN_TTL.as_secs()));
+    set_cookie(
+        &mut r,
+        cx,
+        SESSION_COOKIE,
+        &session,
+        Some(LOGIN_TTL.as_secs()),
+    );
     set_cookie(&mut r, cx, CSRF_COOKIE, "", Some(0));
     r
 }
@@ -308,7 +325,10 @@ fn forbidden(why: &str) -> Response<Body> {
 
 /// Refuses a request that a page of another origin could have made.
 fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Response<Body>> {
-    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
     let ok = match origin {
         Some(o) => host(req).is_some_and(|h| {
             let expected = format!("{}://{h}", if cx.tls { "https" } else { "http" });
@@ -404,10 +424,21 @@ mod tests {
 
     #[test]
     fn loopback_host_names() {
-        for h in ["127.0.0.1:9999", "localhost", "LOCALHOST:1", "[::1]:80", "127.1.2.3"] {
+        for h in [
+            "127.0.0.1:9999",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:80",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["evil.example", "10.0.0.1:9999", "localhost.evil.example", "[::2]:1"] {
+        for h in [
+            "evil.example",
+            "10.0.0.1:9999",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }

@@ -12,10 +12,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::{Body, Ctx, auth::Who, health, routes};
-use crate::store::{
-    StoreError, message_id,
-    operator::Traffic,
-};
+use crate::store::{StoreError, message_id, operator::Traffic};
 
 /// The page.
 pub(crate) const PAGE: &str = include_str!("../../assets/console.html");
@@ -59,7 +56,14 @@ pub(crate) async fn state(cx: &Ctx, who: &Who) -> Response<Body> {
         .enumerate()
         .map(|(i, r)| {
             let online = cx.hub.router.connected_at(&r.id);
-            session_json(&r.id, &r.meta, online, r.last_seen, r.connected_at, unread.get(i))
+            session_json(
+                &r.id,
+                &r.meta,
+                online,
+                r.last_seen,
+                r.connected_at,
+                unread.get(i),
+            )
         })
         .collect();
     // Online first; the sort is stable, so each group stays most-recent first.
@@ -129,7 +133,10 @@ pub(crate) async fn message(cx: &Ctx, query: Option<&str>) -> Response<Body> {
 
 fn store_error(e: StoreError) -> Response<Body> {
     tracing::warn!("console: store read failed: {e}");
-    routes::text(StatusCode::SERVICE_UNAVAILABLE, "the hub's store did not answer\n")
+    routes::text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the hub's store did not answer\n",
+    )
 }
 
 /// One session as the console shows it: selected metadata, each string bounded.

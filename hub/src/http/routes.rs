@@ -58,8 +58,8 @@ pub(crate) async fn handle(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
         (
             _,
             _,
-            "/healthz" | "/metrics" | "/" | "/api/state" | "/api/message" | "/api/feed"
-            | "/login" | "/logout" | "/console.css" | "/console.js",
+            "/healthz" | "/metrics" | "/" | "/api/state" | "/api/message" | "/api/feed" | "/login"
+            | "/logout" | "/console.css" | "/console.js",
         ) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
@@ -100,7 +100,10 @@ fn secure(resp: &mut Response<Body>) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
