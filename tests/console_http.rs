@@ -525,7 +525,7 @@ async fn healthz_is_503_while_the_store_cannot_write() {
     // Nothing but the four fields: no path, no error text.
     assert_eq!(down.as_object().unwrap().len(), 4, "{down}");
 
-    limit_file_size(hub.pid(), libc::RLIM_INFINITY as u64);
+    limit_file_size(hub.pid(), libc::RLIM_INFINITY);
     let back = health_until(hub.port, 200).await;
     assert_eq!(back["store"], "ok");
 }

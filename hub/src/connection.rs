@@ -295,6 +295,8 @@ async fn run<S>(
     hub.metrics.websockets.dec();
 }
 
+// One argument per thing the writer owns or shares; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn write_loop<S>(
     mut sink: Sink<S>,
     mut rx: OutboxReceiver,

@@ -213,15 +213,25 @@ pub(crate) fn access<B>(cx: &Ctx, req: &Request<B>) -> Result<Who, Denied> {
     }
 }
 
+/// A state-changing request refused (403), with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forbidden(&'static str);
+
+impl Forbidden {
+    pub(crate) fn response(self) -> Response<Body> {
+        routes::text(StatusCode::FORBIDDEN, &format!("{}\n", self.0))
+    }
+}
+
 /// Checks a state-changing request from `who` (see the module header): same origin, and the
 /// CSRF token where one is due.
-pub(crate) fn check_change<B>(cx: &Ctx, req: &Request<B>, who: &Who) -> Result<(), Response<Body>> {
+pub(crate) fn check_change<B>(cx: &Ctx, req: &Request<B>, who: &Who) -> Result<(), Forbidden> {
     same_origin(cx, req)?;
     match who.csrf(cx) {
         None => Ok(()),
         Some(expected) => match req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
             Some(t) if ct_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-            _ => Err(forbidden("missing or wrong CSRF token")),
+            _ => Err(Forbidden("missing or wrong CSRF token")),
         },
     }
 }
@@ -243,8 +253,8 @@ pub(crate) fn login_page(cx: &Ctx, denied: Denied, error: Option<&str>) -> Respo
 
 /// `POST /login`: the form's token for a session cookie.
 pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = same_origin(cx, &req) {
-        return r;
+    if let Err(f) = same_origin(cx, &req) {
+        return f.response();
     }
     let Some(expected) = cx.hub.config.token.clone() else {
         return routes::text(
@@ -275,7 +285,7 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     };
     match (csrf_cookie.as_deref(), field("csrf")) {
         (Some(c), Some(f)) if !c.is_empty() && ct_eq(c.as_bytes(), f.as_bytes()) => {}
-        _ => return forbidden("missing or wrong CSRF token: reload the login page"),
+        _ => return Forbidden("missing or wrong CSRF token: reload the login page").response(),
     }
     if !field("token").is_some_and(|t| token_ok(&expected, t.trim())) {
         tracing::info!(addr = %cx.addr, "console login refused: wrong token");
@@ -308,8 +318,8 @@ pub(crate) fn logout(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         Ok(_) => return routes::text(StatusCode::BAD_REQUEST, "not logged in with a cookie\n"),
         Err(d) => return d.response(),
     };
-    if let Err(r) = check_change(cx, &req, &who) {
-        return r;
+    if let Err(f) = check_change(cx, &req, &who) {
+        return f.response();
     }
     if let Some(c) = cookie(&req, SESSION_COOKIE) {
         cx.hub.http.logins.remove(c);
@@ -319,12 +329,8 @@ pub(crate) fn logout(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     r
 }
 
-fn forbidden(why: &str) -> Response<Body> {
-    routes::text(StatusCode::FORBIDDEN, &format!("{why}\n"))
-}
-
 /// Refuses a request that a page of another origin could have made.
-fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Response<Body>> {
+fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Forbidden> {
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -342,7 +348,7 @@ fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Response<Body>> {
     if ok {
         Ok(())
     } else {
-        Err(forbidden(
+        Err(Forbidden(
             "cross-site request refused (its Origin is not this hub's)",
         ))
     }
