@@ -8,7 +8,7 @@ mod common;
 use std::{path::Path, process::Stdio};
 
 use common::{
-    hub::{Hub, HubOpts, WAIT, bin},
+    hub::{Hub, WAIT, bin},
     ws::Ws,
 };
 use serde_json::{Value, json};
@@ -77,17 +77,7 @@ impl Tail {
 }
 
 async fn token_hub(dir: &Path) -> (Hub, std::path::PathBuf) {
-    let token_file = dir.join("hub.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let hub = Hub::start_with(
-        dir,
-        HubOpts {
-            args: vec!["--token-file".into(), token_file.display().to_string()],
-            ..HubOpts::default()
-        },
-    )
-    .await;
-    (hub, token_file)
+    Hub::start_with_token(dir, TOKEN, &[]).await
 }
 
 async fn register(url: &str, id: &str) -> Ws {

@@ -9,7 +9,7 @@ use std::{collections::HashMap, path::Path};
 
 use common::{
     http::{Resp, get, request},
-    hub::{Hub, HubOpts, WAIT},
+    hub::{Hub, WAIT},
     ws::Ws,
 };
 use serde_json::json;
@@ -17,18 +17,7 @@ use serde_json::json;
 const TOKEN: &str = "console-token-5c1f9a";
 
 async fn token_hub(dir: &Path, extra: &[&str]) -> Hub {
-    let token_file = dir.join("hub.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let mut args = vec!["--token-file".to_string(), token_file.display().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Hub::start_with(
-        dir,
-        HubOpts {
-            args,
-            ..HubOpts::default()
-        },
-    )
-    .await
+    Hub::start_with_token(dir, TOKEN, extra).await.0
 }
 
 fn bearer() -> String {
@@ -216,76 +205,40 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     let (csrf, cookie_line) = set_cookie(&page, "relay_csrf").expect("csrf cookie");
     assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"));
     assert!(page.body.contains(&csrf));
-    let form = |token: &str, csrf: &str| format!("token={token}&csrf={csrf}");
     let csrf_cookie = format!("relay_csrf={csrf}");
-    let post = |path: &'static str, headers: Vec<(&'static str, String)>, body: String| async move {
-        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        request(port, "POST", path, &h, &body).await
+    let evil = "http://evil.example";
+    // POST /login from `origin` with `cookie`, the form carrying `token` and `csrf`.
+    let login = |origin: &str, cookie: &str, token: &str, csrf: &str| {
+        let (origin, cookie) = (origin.to_string(), cookie.to_string());
+        let body = format!("token={token}&csrf={csrf}");
+        async move {
+            let headers = [
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Origin", origin.as_str()),
+                ("Cookie", cookie.as_str()),
+            ];
+            request(port, "POST", "/login", &headers, &body).await
+        }
     };
-    let form_type = (
-        "Content-Type",
-        "application/x-www-form-urlencoded".to_string(),
-    );
 
-    // A cross-site POST (another origin, no CSRF token) is refused...
-    let r = post(
-        "/login",
-        vec![form_type.clone(), ("Origin", "http://evil.example".into())],
-        format!("token={TOKEN}"),
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    // ...so is one from another origin even with the right token and CSRF pair...
-    let r = post(
-        "/login",
-        vec![
-            form_type.clone(),
-            ("Origin", "http://evil.example".into()),
-            ("Cookie", csrf_cookie.clone()),
-        ],
-        form(TOKEN, &csrf),
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    // ...and a same-origin one without the CSRF token, or with a forged one.
-    for (cookie, field) in [("", ""), (csrf_cookie.as_str(), "forged")] {
-        let r = post(
-            "/login",
-            vec![
-                form_type.clone(),
-                ("Origin", origin.clone()),
-                ("Cookie", cookie.to_string()),
-            ],
-            form(TOKEN, field),
-        )
-        .await;
-        assert_eq!(r.status, 403, "{}", r.body);
+    // A cross-site POST without the CSRF token is refused; so is one from another origin
+    // with everything right, and same-origin ones without the token or with a forged one.
+    for (from, cookie, field) in [
+        (evil, "", ""),
+        (evil, csrf_cookie.as_str(), csrf.as_str()),
+        (origin.as_str(), "", ""),
+        (origin.as_str(), csrf_cookie.as_str(), "forged"),
+    ] {
+        let r = login(from, cookie, TOKEN, field).await;
+        assert_eq!(r.status, 403, "{from} {cookie} {field}: {}", r.body);
         assert!(set_cookie(&r, "relay_session").is_none());
     }
     // A wrong token gets the form again.
-    let r = post(
-        "/login",
-        vec![
-            form_type.clone(),
-            ("Origin", origin.clone()),
-            ("Cookie", csrf_cookie.clone()),
-        ],
-        form("wrong", &csrf),
-    )
-    .await;
+    let r = login(&origin, &csrf_cookie, "wrong", &csrf).await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("not this hub&#39;s token"), "{}", r.body);
     // The right one: a session cookie, HttpOnly and SameSite=Strict.
-    let r = post(
-        "/login",
-        vec![
-            form_type.clone(),
-            ("Origin", origin.clone()),
-            ("Cookie", csrf_cookie.clone()),
-        ],
-        form(TOKEN, &csrf),
-    )
-    .await;
+    let r = login(&origin, &csrf_cookie, TOKEN, &csrf).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(r.header("location"), Some("/"));
     let (session, line) = set_cookie(&r, "relay_session").expect("session cookie");
@@ -294,59 +247,35 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     }
     assert!(!line.contains(TOKEN) && !session.contains(TOKEN));
     let cookie = format!("relay_session={session}");
+    let with_cookie = [("Cookie", cookie.as_str())];
 
     // The cookie works for the page, the state and the metrics.
-    let page = get(port, "/", &[("Cookie", &cookie)]).await;
+    let page = get(port, "/", &with_cookie).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("/console.js"), "{}", page.body);
-    let state = get(port, "/api/state", &[("Cookie", &cookie)]).await;
+    let state = get(port, "/api/state", &with_cookie).await;
     assert_eq!(state.status, 200);
     let state = state.json();
     assert_eq!(state["hub"]["viewer"], "login");
     let login_csrf = state["csrf"].as_str().unwrap().to_string();
-    assert_eq!(
-        get(port, "/metrics", &[("Cookie", &cookie)]).await.status,
-        200
-    );
+    assert_eq!(get(port, "/metrics", &with_cookie).await.status, 200);
 
     // Logging out needs the login's CSRF header and the hub's own origin.
-    let r = post(
-        "/logout",
-        vec![("Origin", origin.clone()), ("Cookie", cookie.clone())],
-        String::new(),
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    let r = post(
-        "/logout",
-        vec![
-            ("Origin", "http://evil.example".into()),
-            ("Cookie", cookie.clone()),
-            ("X-Relay-CSRF", login_csrf.clone()),
-        ],
-        String::new(),
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(
-        get(port, "/api/state", &[("Cookie", &cookie)]).await.status,
-        200
-    );
-    let r = post(
-        "/logout",
-        vec![
-            ("Origin", origin.clone()),
-            ("Cookie", cookie.clone()),
-            ("X-Relay-CSRF", login_csrf),
-        ],
-        String::new(),
-    )
-    .await;
-    assert_eq!(r.status, 204, "{}", r.body);
-    assert_eq!(
-        get(port, "/api/state", &[("Cookie", &cookie)]).await.status,
-        401
-    );
+    let logout = |origin: &str, csrf: &str| {
+        let (origin, csrf, cookie) = (origin.to_string(), csrf.to_string(), cookie.clone());
+        async move {
+            let mut headers = vec![("Origin", origin.as_str()), ("Cookie", cookie.as_str())];
+            if !csrf.is_empty() {
+                headers.push(("X-Relay-CSRF", csrf.as_str()));
+            }
+            request(port, "POST", "/logout", &headers, "").await.status
+        }
+    };
+    assert_eq!(logout(&origin, "").await, 403);
+    assert_eq!(logout(evil, &login_csrf).await, 403);
+    assert_eq!(get(port, "/api/state", &with_cookie).await.status, 200);
+    assert_eq!(logout(&origin, &login_csrf).await, 204);
+    assert_eq!(get(port, "/api/state", &with_cookie).await.status, 401);
 
     // Nothing here changes the hub: other methods are refused.
     let r = request(

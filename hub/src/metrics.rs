@@ -28,21 +28,7 @@ use prometheus_client::{
 };
 use sessions::wire::ClientFrame;
 
-/// Frame types a client may send, in the order of the `frames_in` handles.
-const IN_TYPES: &[&str] = &[
-    "register",
-    "message",
-    "get_history",
-    "get_peers",
-    "get_sessions",
-    "ping",
-    "receive",
-    "mark_read",
-    "get_status",
-    "release",
-    "watch",
-    "subscribe",
-];
+use crate::parse::KNOWN_TYPES;
 
 /// Frame types the hub writes, in the order of the `frames_out` handles; anything else is
 /// counted as `other`.
@@ -154,7 +140,7 @@ impl Metrics {
             "Client frames the hub parsed, by type",
             frames_in_family.clone(),
         );
-        let frames_in = IN_TYPES
+        let frames_in = KNOWN_TYPES
             .iter()
             .map(|t| frames_in_family.get_or_create(&[("type", *t)]).clone())
             .collect();
@@ -273,7 +259,8 @@ impl Metrics {
         self.started.elapsed().as_secs()
     }
 
-    /// A client frame was parsed.
+    /// A client frame was parsed. The index is the frame's position in [`KNOWN_TYPES`]
+    /// (checked by a test).
     pub fn frame_in(&self, frame: &ClientFrame) {
         let i = match frame {
             ClientFrame::Register(_) => 0,
@@ -398,6 +385,26 @@ mod tests {
         assert_eq!(frame_type(r#"{"id":"x"}"#), None);
         let err = r#"{"type":"error","message":"say \"code\":\"x\"","code":"too_large"}"#;
         assert_eq!(error_code(err), Some("too_large"));
+    }
+
+    #[test]
+    fn frames_in_are_counted_under_their_wire_type() {
+        for ty in KNOWN_TYPES {
+            let m = Metrics::new();
+            let mut fields = match *ty {
+                "message" => serde_json::json!({"content": "x"}),
+                "mark_read" => serde_json::json!({"seqs": []}),
+                "release" => serde_json::json!({"clientId": "A", "ownerSecret": "s"}),
+                "watch" => serde_json::json!({"clientId": "A"}),
+                _ => serde_json::json!({}),
+            };
+            fields["type"] = serde_json::json!(ty);
+            let frame: ClientFrame =
+                serde_json::from_value(fields).unwrap_or_else(|e| panic!("{ty}: {e}"));
+            m.frame_in(&frame);
+            let line = format!(r#"relay_frames_in_total{{type="{ty}"}} 1"#);
+            assert!(m.render(0, 0).lines().any(|l| l == line), "{ty}");
+        }
     }
 
     #[test]

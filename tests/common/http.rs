@@ -55,10 +55,7 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Resp {
-    let s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to hub");
-    request_over(s, port, method, path, headers, body).await
+    request_over(connect(port).await, port, method, path, headers, body).await
 }
 
 /// [`request`] over TLS, trusting only the CA certificate in `ca_pem` (for a `wss://` hub,
@@ -82,9 +79,7 @@ pub async fn request_tls(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to hub");
+    let tcp = connect(port).await;
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let tls = tokio::time::timeout(
         WAIT,
@@ -94,6 +89,13 @@ pub async fn request_tls(
     .expect("TLS handshake timed out")
     .expect("TLS handshake");
     request_over(tls, port, method, path, headers, "").await
+}
+
+async fn connect(port: u16) -> TcpStream {
+    tokio::time::timeout(WAIT, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .expect("connect timed out")
+        .expect("connect to hub")
 }
 
 async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(

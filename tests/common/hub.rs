@@ -121,6 +121,24 @@ impl Hub {
         }
     }
 
+    /// Starts a hub whose token is `token` (written to `dir/hub.token`, passed with
+    /// `--token-file`), with `extra` arguments; returns the hub and the token file.
+    pub async fn start_with_token(dir: &Path, token: &str, extra: &[&str]) -> (Hub, PathBuf) {
+        let token_file = dir.join("hub.token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let mut args = vec!["--token-file".to_string(), token_file.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let hub = Self::start_with(
+            dir,
+            HubOpts {
+                args,
+                ..HubOpts::default()
+            },
+        )
+        .await;
+        (hub, token_file)
+    }
+
     /// Sends SIGKILL and waits for the process to go.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
