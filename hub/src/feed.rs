@@ -12,7 +12,7 @@
 //!   refused with a reason.
 
 use std::sync::{
-    Arc,
+    Arc, OnceLock,
     atomic::{AtomicUsize, Ordering},
 };
 
@@ -29,7 +29,8 @@ pub const RING: usize = 4096;
 
 /// The bus. One per hub.
 pub struct Feed {
-    tx: broadcast::Sender<Arc<FeedEvent>>,
+    /// Made by the first subscriber: a hub nobody watches does not carry the ring.
+    tx: OnceLock<broadcast::Sender<Arc<FeedEvent>>>,
     subscribers: AtomicUsize,
     /// Subscribers that want message bodies.
     bodies: AtomicUsize,
@@ -67,7 +68,7 @@ impl Feed {
     /// A bus admitting `max_subscribers` at once.
     pub fn new(max_subscribers: usize) -> Self {
         Self {
-            tx: broadcast::Sender::new(RING),
+            tx: OnceLock::new(),
             subscribers: AtomicUsize::new(0),
             bodies: AtomicUsize::new(0),
             max_subscribers,
@@ -91,7 +92,7 @@ impl Feed {
         }
         Ok(Subscription {
             feed: self.clone(),
-            rx: self.tx.subscribe(),
+            rx: self.tx.get_or_init(|| broadcast::Sender::new(RING)).subscribe(),
             bodies,
         })
     }
@@ -103,7 +104,9 @@ impl Feed {
 
     fn publish(&self, event: FeedEvent) {
         // No receiver is not an error: the last one may have just left.
-        let _ = self.tx.send(Arc::new(event));
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(Arc::new(event));
+        }
     }
 
     /// A session came online (`online`) or went offline.
