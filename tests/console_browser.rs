@@ -195,3 +195,58 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     drop(cc1);
     drop(cc2);
 }
+
+#[tokio::test]
+async fn behind_a_token_the_browser_logs_in_sees_the_console_and_logs_out() {
+    let Some(mut browser) = Browser::launch(1200, 800).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "browser-token-0a7d";
+    let (hub, _) = Hub::start_with_token(dir.path(), token, &[]).await;
+    let mut alpha = common::ws::Ws::connect(&hub.url).await;
+    alpha
+        .send(json!({"type": "register", "clientId": "Alpha", "token": token}))
+        .await;
+    alpha.expect("registered").await;
+
+    browser
+        .open(&format!("http://127.0.0.1:{}/", hub.port))
+        .await;
+    browser
+        .wait_for("document.querySelector('form[action=\"/login\"] input[name=token]')")
+        .await;
+    let submit = |t: &str| {
+        format!(
+            "document.getElementById('token').value = {}; document.querySelector('form').submit(); true",
+            js(t)
+        )
+    };
+    browser.eval(&submit("not-the-token")).await;
+    browser
+        .wait_for("(document.querySelector('.error') || {}).textContent === \"That is not this hub's token.\"")
+        .await;
+    browser.eval(&submit(token)).await;
+    browser
+        .wait_for("document.body.dataset.ready === 'true' && !!document.querySelector('[data-session=\"Alpha\"][data-presence=\"online\"]') && document.getElementById('live').dataset.live === 'live'")
+        .await;
+    // The login cookie is HttpOnly: the page's script cannot read it.
+    assert_eq!(
+        browser
+            .eval("document.cookie.includes('relay_session')")
+            .await,
+        false
+    );
+    assert_eq!(
+        browser
+            .eval("document.getElementById('logout').hidden")
+            .await,
+        false
+    );
+    browser
+        .eval("document.getElementById('logout').click()")
+        .await;
+    browser
+        .wait_for("!!document.querySelector('form[action=\"/login\"]')")
+        .await;
+}

@@ -224,6 +224,8 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     // A cross-site POST without the CSRF token is refused; so is one from another origin
     // with everything right, and same-origin ones without the token or with a forged one.
     for (from, cookie, field) in [
+        // An opaque origin without the browser's word that it is this one.
+        ("null", csrf_cookie.as_str(), csrf.as_str()),
         (evil, "", ""),
         (evil, csrf_cookie.as_str(), csrf.as_str()),
         (origin.as_str(), "", ""),

@@ -92,7 +92,10 @@ impl Feed {
         }
         Ok(Subscription {
             feed: self.clone(),
-            rx: self.tx.get_or_init(|| broadcast::Sender::new(RING)).subscribe(),
+            rx: self
+                .tx
+                .get_or_init(|| broadcast::Sender::new(RING))
+                .subscribe(),
             bodies,
         })
     }

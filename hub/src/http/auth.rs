@@ -12,7 +12,8 @@
 //!
 //! CSRF: every state-changing request (logging in and out now; answering approvals later)
 //! must pass [`check_change`]: its `Origin` must be this hub's own origin (or, without
-//! `Origin`, `Sec-Fetch-Site: same-origin`; a request with neither is refused) **and** it must
+//! `Origin` or with `Origin: null`, `Sec-Fetch-Site: same-origin` — a header no page can
+//! set; a request with neither is refused) **and** it must
 //! carry a CSRF token — for the login form, a double-submitted one (a `relay_csrf` cookie and
 //! the same value in the form); afterwards, the login's own token in an `X-Relay-CSRF`
 //! header. On top of that the cookies are `SameSite=Strict`. A Bearer request needs no CSRF
@@ -335,15 +336,20 @@ fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Forbidden> {
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok());
+    let fetch_site = || {
+        req.headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"same-origin")
+    };
     let ok = match origin {
+        // An opaque origin (privacy settings, `no-referrer` pages): only the browser's own
+        // word that the request comes from this origin will do.
+        Some("null") => fetch_site(),
         Some(o) => host(req).is_some_and(|h| {
             let expected = format!("{}://{h}", if cx.tls { "https" } else { "http" });
             o.eq_ignore_ascii_case(&expected)
         }),
-        None => req
-            .headers()
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes() == b"same-origin"),
+        None => fetch_site(),
     };
     if ok {
         Ok(())
