@@ -129,6 +129,15 @@ impl Browser {
 
     /// Sends one command (to the page, once attached) and returns its result.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method} failed: {e}"),
+        }
+    }
+
+    /// Like [`call`](Self::call), with the protocol's error as `Err` (a navigation in
+    /// progress, say, destroys the context an evaluation was meant for).
+    pub async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -152,8 +161,10 @@ impl Browser {
             };
             let v: Value = serde_json::from_str(&text).expect("DevTools sends JSON");
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method} failed: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -179,11 +190,22 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Polls `expr` until it is truthy (bounded by [`WAIT`]); returns its value.
+    /// Polls `expr` until it is truthy (bounded by [`WAIT`]); returns its value. While the
+    /// page is loading, an expression that throws (no `body` yet) or a context destroyed by
+    /// the navigation counts as "not yet".
     pub async fn wait_for(&mut self, expr: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let guarded =
+            format!("(() => {{ try {{ return ({expr}); }} catch (e) {{ return null; }} }})()");
         loop {
-            let v = self.eval(expr).await;
+            let v = self
+                .try_call(
+                    "Runtime.evaluate",
+                    json!({"expression": guarded, "returnByValue": true, "awaitPromise": true}),
+                )
+                .await
+                .map(|r| r["result"]["value"].clone())
+                .unwrap_or(Value::Null);
             let truthy =
                 !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
