@@ -10,9 +10,11 @@ use std::time::Duration;
 use common::{bridge::Bridge, hub::Hub};
 use serde_json::{Value, json};
 
-/// The message bodies (lines like `m07`) in a relay_receive result, in order.
+/// The message bodies (lines like `> m07`: every body line is quoted) in a relay_receive
+/// result, in order.
 fn bodies(out: &str) -> Vec<String> {
     out.lines()
+        .filter_map(|l| l.strip_prefix("> "))
         .filter(|l| {
             l.len() == 3 && l.starts_with('m') && l[1..].chars().all(|c| c.is_ascii_digit())
         })

@@ -55,7 +55,10 @@ async fn initialize_and_tools_list() {
             "relay_peers",
             "relay_status",
             "relay_sessions",
-            "relay_wait"
+            "relay_wait",
+            "relay_handoff",
+            "relay_tasks",
+            "relay_task"
         ]
     );
     // MCP ping is answered.

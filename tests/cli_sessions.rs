@@ -68,6 +68,13 @@ impl Env {
         run(c).await
     }
 
+    /// `claude-relay sessions` in `cwd` with the hub down; it succeeds; its stdout.
+    async fn sessions_hub_down(&self, cwd: &Path) -> String {
+        let out = self.cli(cwd, &["sessions"], Some(&closed_port_url())).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    }
+
     /// `bash -c SCRIPT` in `cwd` (BIN names the binary).
     async fn bash(&self, cwd: &Path, script: &str, relay_url: Option<&str>) -> Output {
         self.shell("bash", cwd, script, relay_url).await
@@ -357,11 +364,7 @@ async fn listing_prunes_ghosts_but_keeps_their_names() {
             }
         })
         .unwrap();
-    let out = env
-        .cli(&proj, &["sessions"], Some(&closed_port_url()))
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = env.sessions_hub_down(&proj).await;
     assert!(
         text.contains("pruned 1 ghost session whose process is gone: GHOST"),
         "{text}"
@@ -542,4 +545,42 @@ async fn sessions_shows_what_the_live_hub_knows() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn one_unreadable_registry_entry_costs_only_itself() {
+    let env = Env::new();
+    let proj = env.project("app");
+    let reg = env.home().join("sessions").join("registry.json");
+    std::fs::create_dir_all(reg.parent().unwrap()).unwrap();
+    // CC-2 was written by a newer claude-relay: a state this version does not know.
+    let newer = json!({"state": "hibernating", "cwd": "/srv/x", "wakeAt": 5});
+    let file = json!({"version": 1, "sessions": {
+        "CC-1": {"state": "named", "cwd": proj.to_str().unwrap()},
+        "CC-2": newer,
+    }});
+    std::fs::write(&reg, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+
+    let text = env.sessions_hub_down(&proj).await;
+    assert!(
+        row(&text, "CC-1").is_some(),
+        "the rest is still listed: {text}"
+    );
+    assert!(
+        text.contains("registry entry CC-2 is unreadable") && text.contains("hibernating"),
+        "{text}"
+    );
+    // Naming another session rewrites the file: CC-2 is still there, exactly as it was.
+    let out = env.cli(&proj, &["sessions", "name", "CC-3"], None).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&std::fs::read(&reg).unwrap()).unwrap();
+    assert_eq!(v["sessions"]["CC-2"], newer, "{v:#}");
+    assert_eq!(v["sessions"]["CC-3"]["state"], "named");
+    assert_eq!(v["sessions"]["CC-1"]["state"], "named");
+    let aside: Vec<_> = std::fs::read_dir(reg.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+        .collect();
+    assert!(aside.is_empty(), "nothing was moved aside");
 }

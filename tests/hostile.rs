@@ -2,6 +2,10 @@
 //! other connections throw a corpus of bad frames at the hub. Each bad frame is answered
 //! with an error (or only its own connection is closed), the hub stays up, and the pair sees
 //! every message, in order.
+//!
+//! More classes of attack live next to this file: clients that never read, clients without
+//! the token holding slots, and parallel near-limit frames (`hostile_conns.rs`); a second
+//! hub on the same store and world-readable mail files (`hostile_store.rs`).
 
 mod common;
 

@@ -285,6 +285,44 @@ async fn bad_input_gets_an_error_and_changes_nothing() {
     );
 }
 
+/// A resend with the same key is acked as a duplicate; the same key on a different message
+/// is refused and that message is not stored (it would otherwise be acked and dropped).
+#[tokio::test]
+async fn a_key_reused_for_a_different_message_is_refused_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "A").await;
+    let send = |to: &str, content: &str, rid: u32| json!({"type": "message", "to": to, "content": content, "key": "k-1", "rid": rid});
+    a.send(send("B", "deploy v1", 1)).await;
+    let first = a.expect("sent").await;
+    a.send(send("B", "deploy v1", 2)).await;
+    let again = a.expect("sent").await;
+    assert_eq!(
+        (again["duplicate"].clone(), again["id"].clone()),
+        (json!(true), first["id"].clone())
+    );
+
+    for (to, content, rid) in [("B", "deploy v2", 3), ("C", "deploy v1", 4)] {
+        a.send(send(to, content, rid)).await;
+        let e = a.expect("error").await;
+        assert_eq!(e["code"], "key_conflict", "{e}");
+        assert_eq!(e["rid"], rid, "{e}");
+        let text = e["message"].as_str().unwrap();
+        assert!(
+            text.contains("NOT stored") && text.contains("new key"),
+            "{e}"
+        );
+    }
+
+    let (mut b, reg) = Ws::register(&hub.url, "B").await;
+    assert_eq!(reg["unread"], 1, "{reg}");
+    b.send(json!({"type": "receive"})).await;
+    let inbox = b.expect("inbox").await;
+    assert_eq!(inbox["messages"][0]["content"], "deploy v1");
+    let (_c, reg) = Ws::register(&hub.url, "C").await;
+    assert_eq!(reg["unread"], 0, "{reg}");
+}
+
 #[tokio::test]
 async fn a_frame_over_the_hard_limit_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();

@@ -223,6 +223,7 @@ async fn a_rejected_claim_backs_off_instead_of_looping() {
         source: IdentitySource {
             label: "test".into(),
             auto_number_base: None,
+            transient: false,
         },
     };
     let mut cfg = BridgeConfig::new(identity, hub.url.clone(), |_| None);

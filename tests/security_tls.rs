@@ -316,6 +316,22 @@ async fn a_certificate_for_another_host_and_a_scheme_mismatch_are_explained() {
     let c = Bridge::start_with(bridge_opts(dir.path(), &plain_url, "PLAIN", &[]), false).await;
     let s = status_until(&c, "use a wss:// URL").await;
     assert!(s.contains("not connected"), "{s}");
+    // The hub's operator sees the failed TLS handshake, with the peer.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !tls
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("refused: TLS handshake failed") && l.contains("addr=127.0.0.1:"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no TLS refusal in the hub log: {:#?}",
+            tls.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // wss:// to a hub that serves ws://.
     let plain = Hub::start(&dir.path().join("h3")).await;

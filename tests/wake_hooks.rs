@@ -46,7 +46,8 @@ fn backups(home: &Path) -> Vec<std::path::PathBuf> {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .starts_with("settings.json.bak-")
+                .starts_with("settings.json.")
+                && p.to_string_lossy().contains("bak")
         })
         .collect();
     list.sort();
@@ -94,9 +95,14 @@ fn install_keeps_everything_adds_ours_once_and_uninstall_restores_the_meaning() 
     let original_text = serde_json::to_string_pretty(&original).unwrap();
     std::fs::write(settings_path(home), &original_text).unwrap();
 
-    // --dry-run shows the result and writes nothing.
+    // --dry-run shows the result, writes nothing, and does not claim otherwise.
     let out = ok(&hooks(home, &["install", "--dry-run"]));
     assert!(out.contains("would become"), "{out}");
+    assert!(out.contains("nothing was written"), "{out}");
+    assert!(
+        !out.contains("Added"),
+        "--dry-run must not say it wrote: {out}"
+    );
     assert!(out.contains("\"asyncRewake\": true"), "{out}");
     assert_eq!(
         std::fs::read_to_string(settings_path(home)).unwrap(),
@@ -145,13 +151,29 @@ fn install_keeps_everything_adds_ours_once_and_uninstall_restores_the_meaning() 
     assert_eq!(backups(home), first_backups);
 
     // Uninstall: the file means what it meant before.
+    let out = ok(&hooks(home, &["uninstall", "--dry-run"]));
+    assert!(!out.contains("Removed"), "{out}");
     let out = ok(&hooks(home, &["uninstall"]));
     assert!(out.contains("Removed"), "{out}");
     assert_eq!(read(home), original);
-    assert_eq!(backups(home).len(), 2);
     let out = ok(&hooks(home, &["uninstall"]));
     assert!(out.contains("nothing changed"), "{out}");
     assert_eq!(read(home), original);
+
+    // Installing and uninstalling again and again keeps one backup: the file as it was
+    // before the last change.
+    for _ in 0..3 {
+        ok(&hooks(home, &["install"]));
+        ok(&hooks(home, &["uninstall"]));
+    }
+    let kept = backups(home);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let before_last: Value = serde_json::from_slice(&std::fs::read(&kept[0]).unwrap()).unwrap();
+    assert_eq!(
+        ours(&before_last).len(),
+        1,
+        "the backup is from before the uninstall"
+    );
 }
 
 #[test]

@@ -71,7 +71,10 @@ async fn hidden_from_claude_code_and_shown_with_the_full_profile() {
             "relay_receive",
             "relay_peers",
             "relay_status",
-            "relay_sessions"
+            "relay_sessions",
+            "relay_handoff",
+            "relay_tasks",
+            "relay_task"
         ]
     );
     let out = cc.call("relay_wait", json!({"timeout_seconds": 0})).await;
@@ -86,7 +89,7 @@ async fn hidden_from_claude_code_and_shown_with_the_full_profile() {
     full.env.push(("RELAY_TOOL_PROFILE".into(), "full".into()));
     let b = Bridge::start_with(full, false).await;
     let names = tool_names(&b).await;
-    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names.len(), 9, "{names:?}");
     assert_eq!(names[5], "relay_wait");
 
     // Without CLAUDE_CODE_SESSION_ID (Codex, Gemini CLI) the full set is the default.

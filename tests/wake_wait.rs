@@ -177,6 +177,10 @@ async fn mail_arriving_later_exits_2_right_after_it_arrives() {
 async fn timeout_exits_0_silently() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
+    // A session the hub knows (it registered once and left).
+    let (mut cc1, _) = Ws::register(&hub.url, "CC-1").await;
+    cc1.roundtrip().await;
+    drop(cc1);
     let (status, stderr) = run(wait_cmd(
         dir.path(),
         &hub.url,
@@ -186,6 +190,45 @@ async fn timeout_exits_0_silently() {
     .await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stderr, "");
+}
+
+#[tokio::test]
+async fn a_name_the_hub_never_saw_is_said_and_the_wait_still_behaves_as_a_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (status, stderr) = run(wait_cmd(
+        dir.path(),
+        &hub.url,
+        &["--session", "CC-TYPO", "--timeout", "1"],
+        false,
+    ))
+    .await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a timeout stays silent for Claude Code: {stderr}"
+    );
+    assert!(
+        stderr.contains("has never seen a session named CC-TYPO"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "said once: {stderr}");
+
+    // Mail to a name nobody registered yet still rings (exit 2), as before.
+    let mut w = Waiter::spawn(wait_cmd(
+        dir.path(),
+        &hub.url,
+        &["--session", "CC-NEW", "--timeout", "60"],
+        true,
+    ));
+    w.until_logged("watching CC-NEW", 1).await;
+    let (mut lead, _) = Ws::register(&hub.url, "LEAD").await;
+    send(&mut lead, "CC-NEW", "welcome").await;
+    assert_eq!(w.exit_within(WAKE_LIMIT).await.code(), Some(2));
+    assert_eq!(
+        w.doorbell_line().await,
+        "1 unread relay message from LEAD — call relay_receive"
+    );
 }
 
 #[tokio::test]

@@ -95,6 +95,7 @@ mod tests {
             content: content.into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             seq: 17,
+            task: None,
         }))
         .unwrap()
     }

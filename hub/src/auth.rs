@@ -45,7 +45,8 @@ pub fn secret_matches(stored_hash: &str, presented: &str) -> bool {
     ct_eq(stored_hash.as_bytes(), hash_secret(presented).as_bytes())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -66,8 +66,22 @@ pub struct HubConfig {
     /// Interval of WebSocket pings to every connection. Default 25 s. A connection that sends
     /// nothing at all (not even the pong) before the next ping is dropped.
     pub heartbeat_interval: Duration,
-    /// Connections open at once; further ones are refused at accept. Default 10,000 + 240.
+    /// Connections open at once that may use the hub (on a hub with a token: that have
+    /// shown it); further ones are refused with 503. Default 10,000 + 240. A connection
+    /// counts until its socket is closed.
     pub max_connections: usize,
+    /// On a hub with a token: connections open at once that have not shown it yet (from
+    /// accept until a valid Bearer header or `token` on register), counted apart from
+    /// `max_connections` so they can never take token holders' places. Default 64; over it
+    /// a connection is refused at accept with 503.
+    pub max_unauthenticated: usize,
+    /// On a hub with a token: how long a connection has from accept to show it; then it is
+    /// closed (1008). Default 5 s.
+    pub auth_timeout: Duration,
+    /// Bytes of inbound frames the whole hub holds at once: being read, parsed, handled, or
+    /// waiting in the store queue (see [`crate::budget`]). Default 256 MiB. A connection in
+    /// the middle of a frame when it is spent is closed (1013, try again later).
+    pub frame_budget_bytes: usize,
     /// Requests queued to the store actor before senders wait (backpressure). Default 8192.
     pub store_queue: usize,
     /// Largest page `get_history` / `receive` returns, in messages. Default 500.
@@ -77,6 +91,11 @@ pub struct HubConfig {
     pub max_page_bytes: usize,
     /// Metadata a client may attach on `register`, serialized. Default 4 KiB.
     pub max_meta_bytes: usize,
+    /// Sessions the hub remembers. Default 10,000. Beyond it the least recently seen offline
+    /// sessions are forgotten (checked whenever a connection ends); their ownership and
+    /// their mail stay. Online sessions are never forgotten, so the table holds at most this
+    /// many plus the ones online.
+    pub max_sessions: usize,
     /// How long shutdown waits for connections to close and the store to flush.
     pub shutdown_grace: Duration,
     /// Open connections per remote address (loopback exempt: every SSH-tunnelled machine
@@ -114,6 +133,9 @@ pub struct HubConfig {
     /// An HTTP connection with no traffic either way for this long is closed (event streams
     /// send a comment every 15 s, so they stay). Default 30 s.
     pub http_idle_timeout: Duration,
+    /// Largest git bundle a task may carry, in bytes (uploaded in chunks, see
+    /// `docs/HANDOFF.md`). Default 16 MiB.
+    pub max_bundle_bytes: u64,
 }
 
 /// Default of [`HubConfig::max_feed_subscribers`].
@@ -133,10 +155,14 @@ impl HubConfig {
             outbound_bytes: 8 << 20,
             heartbeat_interval: Duration::from_secs(25),
             max_connections: 10_240,
+            max_unauthenticated: 64,
+            auth_timeout: Duration::from_secs(5),
+            frame_budget_bytes: 256 << 20,
             store_queue: 8192,
             max_page: 500,
             max_page_bytes: 4 << 20,
             max_meta_bytes: 4 << 10,
+            max_sessions: 10_000,
             shutdown_grace: Duration::from_secs(5),
             max_conns_per_addr: 256,
             frame_rate: 100_000.0,
@@ -150,6 +176,7 @@ impl HubConfig {
             http_max_header_bytes: 16 << 10,
             http_max_body_bytes: 4 << 10,
             http_idle_timeout: Duration::from_secs(30),
+            max_bundle_bytes: crate::tasks::DEFAULT_MAX_BUNDLE_BYTES,
         }
     }
 }

@@ -5,6 +5,19 @@
 //! another connection. The writer drains the outbox to the socket in batches (many queued
 //! frames, one flush), sends heartbeats, and sends the close frame when the connection must
 //! end. Either side ending closes the outbox, which ends the other.
+//!
+//! Bounds on a connection's life: every write of the writer fails once the socket has taken
+//! no byte for a heartbeat interval ([`crate::progress`]), so a client that stops reading is
+//! closed; a writer still busy when the reader has ended is aborted after [`CLOSE_TIMEOUT`];
+//! and the connection keeps its place under the caps until both halves of its socket are
+//! gone. On a hub with a token, a connection that has not shown it is closed at the auth
+//! timeout. Every read is charged to the hub's frame budget ([`crate::budget`]). Every
+//! refusal is logged and counted through [`crate::refusals`].
+//!
+//! The same port serves HTTP: [`crate::http::route`] reads the request head first, serves
+//! anything that is not a WebSocket upgrade itself — inside this same lifecycle: the cap
+//! place, the deadlines, the budget and the refusal log apply to it too — and hands an
+//! upgrade back with the head replayed in front of the stream.
 
 use std::{
     net::SocketAddr,
@@ -22,6 +35,7 @@ use tokio::{
     net::TcpStream,
     sync::Notify,
     sync::watch,
+    task::JoinSet,
     time::Instant,
 };
 use tokio_tungstenite::{
@@ -30,7 +44,10 @@ use tokio_tungstenite::{
         Bytes, Message,
         error::{CapacityError, Error as WsError},
         handshake::server::{ErrorResponse, Request, Response},
-        http::{StatusCode, header::AUTHORIZATION},
+        http::{
+            StatusCode,
+            header::{AUTHORIZATION, HOST, ORIGIN},
+        },
         protocol::{CloseFrame, WebSocketConfig},
     },
 };
@@ -39,12 +56,15 @@ use tracing::{debug, warn};
 use crate::{
     HubState,
     auth::{bearer, token_ok},
+    budget::{Meter, Metered, OverBudget, READ_CHUNK},
     dispatch::ConnSession,
-    limits::{TokenBucket, TooManyConnections},
-    metrics::{ConnRefusal, Metrics},
+    limits::{Slot, TokenBucket, TooManyConnections},
+    operator::{self, Claim, Key},
     outbound::{Outbox, OutboxReceiver, outbox},
     parse::parse,
     presence::{Beat, Heartbeat},
+    progress::{Progress, Stalled, Watched, bounded},
+    refusals::ConnRefusal,
 };
 
 /// A client has this long to complete the WebSocket handshake.
@@ -58,55 +78,62 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 /// Serves one accepted TCP connection until it closes or the hub shuts down: per-address
 /// cap, TLS (when configured) and the WebSocket handshake, all within
-/// [`HANDSHAKE_TIMEOUT`], then the session.
+/// [`HANDSHAKE_TIMEOUT`] (and, on a hub with a token, within its auth timeout), then the
+/// session. `slot` is the connection's place under the hub's caps: it is given back only
+/// after the socket is closed, so a connection counts for as long as it holds one.
 pub async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
     conn_id: u64,
     hub: Arc<HubState>,
     shutdown: watch::Receiver<bool>,
+    mut slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let admitted = hub.limits.open(addr.ip());
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let accepted = Instant::now();
+    // On a hub with a token the whole way from accept to a valid token has one deadline.
+    let auth_deadline = (!slot.is_authenticated()).then(|| accepted + hub.config.auth_timeout);
+    let deadline =
+        (accepted + HANDSHAKE_TIMEOUT).min(auth_deadline.unwrap_or(accepted + HANDSHAKE_TIMEOUT));
+    let progress = Progress::new();
+    let meter = Meter::new(hub.budget.clone());
+    let stream = Metered::new(Watched::new(stream, progress.clone()), meter.clone());
+    let conn = Conn {
+        addr,
+        id: conn_id,
+        refused: admitted.err(),
+        deadline,
+        auth_deadline,
+        progress,
+        meter,
+    };
     // Each state machine is boxed on its own: an async fn's size is that of its largest
     // state, and the TLS branch and the handshakes would otherwise make every plain idle
     // connection carry ~12 KiB of dead weight for its whole life.
     match hub.tls.clone() {
         Some(acceptor) => {
             match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                Ok(Ok(tls)) => {
-                    Box::pin(run(
-                        tls,
-                        addr,
-                        conn_id,
-                        &hub,
-                        shutdown,
-                        admitted.err(),
-                        deadline,
-                    ))
-                    .await
-                }
-                Ok(Err(e)) => debug!(%addr, "TLS handshake failed: {e}"),
-                Err(_) => debug!(%addr, "TLS handshake timed out"),
+                Ok(Ok(tls)) => Box::pin(run(tls, conn, &hub, shutdown, &mut slot)).await,
+                Ok(Err(e)) => hub.refusals.connection(
+                    addr,
+                    ConnRefusal::Tls,
+                    &format!("TLS handshake failed: {e}"),
+                ),
+                Err(_) => hub.refusals.connection(
+                    addr,
+                    ConnRefusal::HandshakeTimeout,
+                    "TLS handshake timed out",
+                ),
             }
         }
-        None => {
-            Box::pin(run(
-                stream,
-                addr,
-                conn_id,
-                &hub,
-                shutdown,
-                admitted.err(),
-                deadline,
-            ))
-            .await
-        }
+        None => Box::pin(run(stream, conn, &hub, shutdown, &mut slot)).await,
     }
     if admitted.is_ok() {
         hub.limits.close(addr.ip());
     }
+    // The socket is closed by now (`run` returns only after its writer has ended).
+    drop(slot);
 }
 
 /// What the upgrade request said about authentication.
@@ -118,57 +145,101 @@ enum Upgrade {
     Anonymous,
 }
 
+/// One connection's particulars, handed from [`serve`] to [`run`] (and to the HTTP side).
+pub(crate) struct Conn {
+    pub(crate) addr: SocketAddr,
+    id: u64,
+    /// Over the per-address cap: the handshake (or HTTP request) is answered 503.
+    pub(crate) refused: Option<TooManyConnections>,
+    /// The handshake (or the first request head) must be done by then.
+    pub(crate) deadline: Instant,
+    /// On a hub with a token: the token must have been shown by then.
+    pub(crate) auth_deadline: Option<Instant>,
+    /// When the socket last took bytes (bounds every write; see [`crate::progress`]).
+    progress: Arc<Progress>,
+    /// The connection's account with the frame budget (see [`crate::budget`]).
+    pub(crate) meter: Arc<Meter>,
+}
+
 async fn run<S>(
     stream: S,
-    addr: SocketAddr,
-    conn_id: u64,
+    conn: Conn,
     hub: &Arc<HubState>,
     mut shutdown: watch::Receiver<bool>,
-    refused: Option<TooManyConnections>,
-    deadline: Instant,
+    slot: &mut Slot,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back.
-    let Some(stream) =
-        crate::http::route(stream, addr, hub, deadline, refused, shutdown.clone()).await
-    else {
+    let Some(stream) = crate::http::route(stream, &conn, hub, slot, shutdown.clone()).await else {
         return;
     };
+    let Conn {
+        addr,
+        id: conn_id,
+        refused,
+        deadline,
+        auth_deadline,
+        progress,
+        meter,
+    } = conn;
     let ws_config = WebSocketConfig::default()
-        // Small eager read buffer: 10,000 idle connections must stay cheap.
-        .read_buffer_size(4096)
+        // Small eager read buffer: 10,000 idle connections must stay cheap (and reads come
+        // in chunks of at most this: see `budget::READ_CHUNK`).
+        .read_buffer_size(READ_CHUNK)
         .max_message_size(Some(hub.config.hard_frame_limit))
         .max_frame_size(Some(hub.config.hard_frame_limit));
     let mut upgrade = Upgrade::Authorized;
+    let mut is_operator = Err(operator::Denied::NeedToken);
     // The signature is tungstenite's handshake callback.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if let Some(TooManyConnections { limit }) = refused {
-            return Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("too many connections from your address (limit {limit})"),
-            ));
+            let why = format!("too many connections from your address (limit {limit})");
+            hub.refusals.connection(addr, ConnRefusal::PerAddress, &why);
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, why));
         }
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let authorization = header(AUTHORIZATION);
         if let Some(expected) = &hub.config.token {
-            match req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-            {
-                None => upgrade = Upgrade::Anonymous,
+            match authorization {
+                None => {
+                    if let Err(full) = slot.upgraded_anonymous() {
+                        hub.refusals.connection(
+                            addr,
+                            ConnRefusal::Unauthenticated,
+                            &full.to_string(),
+                        );
+                        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, full.to_string()));
+                    }
+                    upgrade = Upgrade::Anonymous;
+                }
                 Some(h) => match bearer(h) {
-                    Some(t) if token_ok(expected, t) => {}
+                    Some(t) if token_ok(expected, t) => {
+                        // Already counted under max_connections since accept.
+                        let _ = slot.authenticate();
+                    }
                     _ => {
-                        hub.metrics.connection_refused(ConnRefusal::Unauthorized);
-                        return Err(refuse(
-                            StatusCode::UNAUTHORIZED,
-                            "invalid hub token in the Authorization header".into(),
-                        ));
+                        let why = "invalid hub token in the Authorization header";
+                        hub.refusals
+                            .connection(addr, ConnRefusal::Unauthorized, why);
+                        return Err(refuse(StatusCode::UNAUTHORIZED, why.into()));
                     }
                 },
             }
         }
+        // Whether this connection may follow the feed and read every task (a hub without a
+        // token: loopback, a loopback Host, no foreign Origin; with one: the Bearer token).
+        is_operator = operator::decide(
+            hub.config.token.as_deref(),
+            &Claim {
+                peer: addr.ip(),
+                host: header(HOST),
+                origin: header(ORIGIN),
+                tls: hub.tls.is_some(),
+                key: authorization.map_or(Key::None, |h| Key::Token(bearer(h).unwrap_or_default())),
+            },
+        );
         Ok(resp)
     };
     let ws = match tokio::time::timeout_at(
@@ -187,10 +258,16 @@ async fn run<S>(
             return;
         }
         Err(_) => {
-            debug!(%addr, "handshake timed out");
+            hub.refusals.connection(
+                addr,
+                ConnRefusal::HandshakeTimeout,
+                "WebSocket handshake not completed in time",
+            );
             return;
         }
     };
+    // The handshake's bytes are done with.
+    drop(meter.take());
     hub.metrics.websockets.inc();
     let (sink, mut stream) = ws.split();
     let (outbox, rx) = outbox(
@@ -201,6 +278,7 @@ async fn run<S>(
     let base = Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
     let mut session = ConnSession::new(outbox.clone(), addr, upgrade == Upgrade::Authorized);
+    session.operator = is_operator;
     let mut frames = TokenBucket::new(
         hub.config.frame_rate,
         hub.config.frame_burst,
@@ -209,15 +287,24 @@ async fn run<S>(
     let wf = write_loop(
         sink,
         rx,
-        outbox.clone(),
-        Heartbeat::new(Instant::now(), hub.config.heartbeat_interval),
-        session.probe.clone(),
-        last_rx.clone(),
-        base,
-        hub.metrics.clone(),
+        Writer {
+            outbox: outbox.clone(),
+            heartbeat: Heartbeat::new(Instant::now(), hub.config.heartbeat_interval),
+            probe: session.probe.clone(),
+            last_rx: last_rx.clone(),
+            base,
+            progress,
+            hub: hub.clone(),
+            addr,
+        },
     );
-    let writer = tokio::spawn(tracing::Instrument::in_current_span(wf));
+    // In a set of its own so that it is aborted (and its half of the socket dropped) if
+    // this task is; in the connection's span, so its lines carry the peer and session.
+    let mut writer = JoinSet::new();
+    writer.spawn(tracing::Instrument::in_current_span(wf));
     let mut closed = outbox.closed_signal();
+    let auth_timer = tokio::time::sleep_until(auth_deadline.unwrap_or(deadline));
+    tokio::pin!(auth_timer);
     loop {
         let msg = tokio::select! {
             biased;
@@ -226,6 +313,21 @@ async fn run<S>(
                 break;
             }
             _ = closed.wait_for(|c| *c) => break,
+            _ = &mut auth_timer, if auth_deadline.is_some() && !slot.is_authenticated() => {
+                let secs = hub.config.auth_timeout.as_secs_f64();
+                hub.refusals.connection(
+                    addr,
+                    ConnRefusal::AuthTimeout,
+                    &format!("no valid hub token within {secs} s: closing"),
+                );
+                session.error(
+                    codes::UNAUTHORIZED,
+                    format!("no valid hub token within {secs} s of connecting: closing"),
+                    None,
+                );
+                outbox.finish(1008, "no valid hub token in time");
+                break;
+            }
             msg = stream.next() => msg,
         };
         let msg = match msg {
@@ -238,11 +340,26 @@ async fn run<S>(
                 );
                 break;
             }
+            Some(Err(WsError::Io(e))) if over_budget(&e) => {
+                hub.refusals.frame(
+                    addr,
+                    "over_budget",
+                    "frame refused: the hub is over its memory budget for frames in flight",
+                );
+                outbox.close(
+                    1013,
+                    "hub over its memory budget for frames in flight; frame NOT processed; retry later",
+                );
+                break;
+            }
             Some(Err(e)) => {
                 debug!(conn = conn_id, "read error: {e}");
                 break;
             }
         };
+        // The frame's bytes stay charged to the budget until it is handled (a `message`:
+        // until it is committed; it takes the charge along).
+        let charge = meter.take();
         // Nanoseconds, not milliseconds: a pong read in the same millisecond as its ping was
         // sent must still count as later than the ping.
         last_rx.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -264,7 +381,11 @@ async fn run<S>(
                     Ok(frame) => {
                         hub.metrics.frame_in(&frame);
                         match frames.take(std::time::Instant::now()) {
-                            Ok(()) => session.handle(hub, frame).await,
+                            Ok(()) => {
+                                session.charge = Some(charge);
+                                session.handle(hub, frame).await;
+                                session.charge = None;
+                            }
                             Err(wait) => session.rate_limited(
                                 frame.rid().cloned(),
                                 wait,
@@ -273,6 +394,16 @@ async fn run<S>(
                         }
                     }
                     Err(e) => session.parse_error(e),
+                }
+                // A token shown on `register` moves the connection to the token holders.
+                if session.authorized
+                    && !slot.is_authenticated()
+                    && let Err(full) = slot.authenticate()
+                {
+                    hub.refusals
+                        .connection(addr, ConnRefusal::MaxConnections, &full.to_string());
+                    outbox.finish(1013, "hub is at its connection limit; try again later");
+                    break;
                 }
             }
             Message::Binary(_) => session.error(
@@ -286,8 +417,14 @@ async fn run<S>(
     }
     session.disconnected(hub);
     outbox.finish(1000, "");
-    if tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err() {
-        debug!(conn = conn_id, "writer did not finish in time");
+    // The writer sends what is left and the close frame, each write bounded; one that
+    // still has not finished is aborted, which drops its half of the socket.
+    if tokio::time::timeout(CLOSE_TIMEOUT, writer.join_next())
+        .await
+        .is_err()
+    {
+        debug!(conn = conn_id, "writer did not finish in time: aborting it");
+        writer.shutdown().await;
     }
     if outbox.overflowed() {
         hub.metrics.outbox_overflow();
@@ -295,21 +432,85 @@ async fn run<S>(
     hub.metrics.websockets.dec();
 }
 
-// One argument per thing the writer owns or shares; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
-async fn write_loop<S>(
-    mut sink: Sink<S>,
-    mut rx: OutboxReceiver,
+/// Whether a read failed because the frame budget is spent (see [`crate::budget`]).
+fn over_budget(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OverBudget>())
+}
+
+/// What the writer task needs besides the socket and the queue.
+struct Writer {
     outbox: Outbox,
-    mut heartbeat: Heartbeat,
+    heartbeat: Heartbeat,
     probe: Arc<Notify>,
     last_rx: Arc<AtomicU64>,
     base: Instant,
-    metrics: Arc<Metrics>,
-) where
+    progress: Arc<Progress>,
+    hub: Arc<HubState>,
+    addr: SocketAddr,
+}
+
+/// Why the writer stopped before the connection was asked to close.
+enum WriteEnd {
+    /// The socket failed.
+    Failed,
+    /// The socket took no byte for a heartbeat interval: the client does not read.
+    Stalled,
+    /// No answer to the heartbeat.
+    Dead,
+}
+
+async fn write_loop<S>(sink: Sink<S>, rx: OutboxReceiver, w: Writer)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let last_rx_at = || base + Duration::from_nanos(last_rx.load(Ordering::Relaxed));
+    let (outbox, hub, addr) = (w.outbox.clone(), w.hub.clone(), w.addr);
+    match pump(sink, rx, w).await {
+        Ok(()) => {}
+        Err(WriteEnd::Failed) => outbox.close(1011, "write failed"),
+        Err(WriteEnd::Stalled) => {
+            let secs = hub.config.heartbeat_interval.as_secs_f64();
+            hub.refusals.connection(
+                addr,
+                ConnRefusal::NotReading,
+                &format!("client not reading: nothing written for {secs} s; closing"),
+            );
+            outbox.close(
+                1008,
+                "client not reading; mail is stored, reconnect to catch up",
+            );
+        }
+        Err(WriteEnd::Dead) => {
+            warn!(conn = outbox.id(), %addr, "no answer to heartbeat: dropping connection");
+            outbox.close(1011, "heartbeat timeout");
+        }
+    }
+}
+
+/// Drains the outbox to the socket and keeps the heartbeat, every write bounded by the
+/// heartbeat interval of no progress. Returns when the connection closes.
+async fn pump<S>(mut sink: Sink<S>, mut rx: OutboxReceiver, mut w: Writer) -> Result<(), WriteEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limit = w.hub.config.heartbeat_interval;
+    let progress = w.progress.clone();
+    let metrics = w.hub.metrics.clone();
+    let write = async |sink: &mut Sink<S>, op: Op| {
+        if let Op::Feed(Message::Text(frame)) = &op {
+            metrics.frame_out(frame.as_str());
+        }
+        let done = match op {
+            Op::Feed(m) => bounded(sink.feed(m), &progress, limit).await,
+            Op::Flush => bounded(sink.flush(), &progress, limit).await,
+            Op::Send(m) => bounded(sink.send(m), &progress, limit).await,
+        };
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteEnd::Failed),
+            Err(Stalled(_)) => Err(WriteEnd::Stalled),
+        }
+    };
+    let last_rx_at = || w.base + Duration::from_nanos(w.last_rx.load(Ordering::Relaxed));
     loop {
         let beat = tokio::select! {
             biased;
@@ -322,51 +523,37 @@ async fn write_loop<S>(
                         }));
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
                     }
-                    return;
+                    return Ok(());
                 };
                 let mut bytes = frame.len();
-                metrics.frame_out(&frame);
-                if sink.feed(Message::Text(frame)).await.is_err() {
-                    break;
-                }
+                write(&mut sink, Op::Feed(Message::Text(frame))).await?;
                 while bytes < FLUSH_BYTES {
                     let Some(more) = rx.try_recv() else { break };
                     bytes += more.len();
-                    metrics.frame_out(&more);
-                    if sink.feed(Message::Text(more)).await.is_err() {
-                        outbox.close(1011, "write failed");
-                        return;
-                    }
+                    write(&mut sink, Op::Feed(Message::Text(more))).await?;
                 }
-                if sink.flush().await.is_err() {
-                    break;
-                }
+                write(&mut sink, Op::Flush).await?;
                 rx.written(bytes);
                 continue;
             }
-            _ = tokio::time::sleep_until(heartbeat.next_wake()) => {
-                heartbeat.on_wake(Instant::now(), last_rx_at())
+            _ = tokio::time::sleep_until(w.heartbeat.next_wake()) => {
+                w.heartbeat.on_wake(Instant::now(), last_rx_at())
             }
-            _ = probe.notified() => heartbeat.probe(Instant::now()),
+            _ = w.probe.notified() => w.heartbeat.probe(Instant::now()),
         };
         match beat {
             Beat::Idle => {}
-            Beat::Ping => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
-            }
-            Beat::Dead => {
-                warn!(
-                    conn = outbox.id(),
-                    "no answer to heartbeat: dropping connection"
-                );
-                outbox.close(1011, "heartbeat timeout");
-                return;
-            }
+            Beat::Ping => write(&mut sink, Op::Send(Message::Ping(Bytes::new()))).await?,
+            Beat::Dead => return Err(WriteEnd::Dead),
         }
     }
-    outbox.close(1011, "write failed");
+}
+
+/// One bounded write of the writer.
+enum Op {
+    Feed(Message),
+    Flush,
+    Send(Message),
 }
 
 fn refuse(status: StatusCode, why: String) -> ErrorResponse {

@@ -10,11 +10,11 @@ use std::{net::SocketAddr, sync::Arc};
 use sessions::{
     BROADCAST, SessionId,
     id::validate,
-    time::{iso, now_ms, parse_iso},
+    time::{now_ms, parse_iso},
     wire::{
-        self, ClientFrame, ErrorFrame, GetHistory, History, Inbox, Marked, Meta, Peers, Pong,
-        PresenceMode, Register, RegisterRejected, Registered, Released, RequestId, SendMessage,
-        ServerFrame, SessionView, Sessions, Status, Watching, codes,
+        self, ClientFrame, ErrorFrame, Forgotten, GetHistory, History, Inbox, Marked, Meta, Peers,
+        Pong, PresenceMode, Register, RegisterRejected, Registered, Released, RequestId,
+        SendMessage, ServerFrame, Sessions, Status, Watching, codes,
     },
 };
 use tokio::sync::Notify;
@@ -22,12 +22,16 @@ use tokio::sync::Notify;
 use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches, token_ok},
+    budget::Charge,
     frames::{self, RegisteredOut},
+    listing,
+    operator::{self, Denied, Key, Operator},
     outbound::{AckTo, Outbox},
     parse::ParseError,
     presence,
+    refusals::loggable,
     router::Peer,
-    store::{After, Append, HistoryQuery, NewMessage, StoreError, message_id, parse_message_id},
+    store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
 };
 
 /// Default page size of `get_history` and `receive` (the Node relay's).
@@ -58,6 +62,16 @@ pub struct ConnSession {
     pub watching: Option<SessionId>,
     /// This connection follows the operator feed (`subscribe`).
     pub subscribed: bool,
+    /// Whether this connection is the hub's operator, decided by [`operator::decide`] from its
+    /// upgrade request, and again when it shows the token in a frame: it may follow the feed
+    /// (`subscribe`) and read every session's tasks.
+    pub operator: Result<Operator, Denied>,
+    /// The frame budget charge of the frame being handled (a `message` takes it into the
+    /// store queue, so its bytes count until they are committed; see `crate::budget`).
+    pub charge: Option<Charge>,
+    /// The name held was made up for this one connection (`register.transient`): forget it
+    /// when the connection ends, unless direct mail to it waits.
+    pub transient: bool,
 }
 
 impl ConnSession {
@@ -71,6 +85,9 @@ impl ConnSession {
             authorized,
             watching: None,
             subscribed: false,
+            operator: Err(Denied::NeedToken),
+            charge: None,
+            transient: false,
         }
     }
 
@@ -87,7 +104,7 @@ impl ConnSession {
         }));
     }
 
-    fn reply(&self, frame: ServerFrame) {
+    pub(crate) fn reply(&self, frame: ServerFrame) {
         let _ = self.outbox.push_json(&frame);
     }
 
@@ -114,7 +131,7 @@ impl ConnSession {
         );
     }
 
-    fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
+    pub(crate) fn registered_id(&self, what: &str, rid: &Option<RequestId>) -> Option<SessionId> {
         if self.id.is_none() {
             self.error(
                 codes::NOT_REGISTERED,
@@ -134,15 +151,28 @@ impl ConnSession {
             ClientFrame::Release(r) => r.token.as_deref(),
             ClientFrame::Watch(w) => w.token.as_deref(),
             ClientFrame::Subscribe(s) => s.token.as_deref(),
+            ClientFrame::Forget(f) => f.token.as_deref(),
             _ => None,
         };
         match presented {
             Some(t) if token_ok(expected, t) => {
                 self.authorized = true;
+                self.operator = operator::decide(
+                    hub.config.token.as_deref(),
+                    &operator::Claim {
+                        peer: self.addr.ip(),
+                        host: None,
+                        origin: None,
+                        tls: hub.tls.is_some(),
+                        key: Key::Token(t),
+                    },
+                );
                 true
             }
             Some(_) => {
                 let why = "invalid hub token";
+                hub.refusals
+                    .warn(self.addr, "invalid hub token presented in a frame: closing");
                 match frame {
                     ClientFrame::Register(r) => {
                         self.reply(ServerFrame::RegisterRejected(RegisterRejected {
@@ -186,7 +216,7 @@ impl ConnSession {
                 self_id: self.id.as_ref().map(|i| i.to_string()),
                 rid: b.rid,
             })),
-            ClientFrame::GetSessions(b) => Box::pin(self.sessions(hub, b.rid)).await,
+            ClientFrame::GetSessions(q) => Box::pin(self.sessions(hub, q)).await,
             ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
                 timestamp: now_ms(),
                 version: Some(crate::VERSION.to_string()),
@@ -198,6 +228,81 @@ impl ConnSession {
             ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
             ClientFrame::Subscribe(s) => Box::pin(crate::subscribe::handle(self, hub, s)).await,
+            ClientFrame::Forget(f) => Box::pin(self.forget(hub, f)).await,
+            f @ (ClientFrame::TaskCreate(_)
+            | ClientFrame::TaskAct(_)
+            | ClientFrame::TaskList(_)
+            | ClientFrame::TaskGet(_)
+            | ClientFrame::BlobPut(_)
+            | ClientFrame::TaskBundle(_)
+            | ClientFrame::TaskReserve(_)) => {
+                Box::pin(crate::tasks::handle::frame(self, hub, f)).await
+            }
+        }
+    }
+
+    /// `forget`: drops an offline session from the table. Who may: for an owned name, only
+    /// whoever presents its owner secret; for a name nobody owns, any client (anyone could
+    /// claim that name and read its mail anyway). A session held by a connection — online,
+    /// or registering right now — is never forgotten.
+    async fn forget(&mut self, hub: &HubState, f: wire::Forget) {
+        let id = match SessionId::parse(&f.client_id) {
+            Ok(id) => id,
+            Err(e) => {
+                return self.error(codes::INVALID_ID, format!("invalid clientId: {e}"), f.rid);
+            }
+        };
+        let secret = f.owner_secret;
+        let router = hub.router.clone();
+        let result = {
+            let id = id.clone();
+            // Checked on the store thread, after any registration queued before it.
+            hub.store
+                .call(move |b| {
+                    if router.is_held(id.as_str()) {
+                        return Ok(Forgot::Online);
+                    }
+                    match b.owner_hash(id.as_str())? {
+                        Some(h) if secret.as_deref().is_some_and(|s| secret_matches(&h, s)) => {}
+                        Some(_) => return Ok(Forgot::NotOwner(secret.is_some())),
+                        None => {}
+                    }
+                    Ok(if b.forget_session(id.as_str())? {
+                        Forgot::Done
+                    } else {
+                        Forgot::Unknown
+                    })
+                })
+                .await
+        };
+        match result {
+            Ok(Forgot::Done) => {
+                tracing::info!(%id, addr = %self.addr, "session forgotten");
+                self.reply(ServerFrame::Forgotten(Forgotten {
+                    client_id: id.to_string(),
+                    rid: f.rid,
+                }))
+            }
+            Ok(Forgot::Online) => self.error(
+                codes::NAME_IN_USE,
+                format!("{id} is online: only an offline session can be forgotten"),
+                f.rid,
+            ),
+            Ok(Forgot::NotOwner(presented)) => self.error(
+                codes::NOT_OWNER,
+                if presented {
+                    format!("wrong owner secret for {id}")
+                } else {
+                    format!("{id} is owned: forgetting it needs its owner secret")
+                },
+                f.rid,
+            ),
+            Ok(Forgot::Unknown) => self.error(
+                codes::NOT_FOUND,
+                format!("the hub knows no session {id}"),
+                f.rid,
+            ),
+            Err(e) => self.store_error(e, f.rid),
         }
     }
 
@@ -258,11 +363,12 @@ impl ConnSession {
                     Ok(Some((
                         b.unread_count(id.as_str())?,
                         b.unread_senders(id.as_str(), 10)?,
+                        b.session(id.as_str())?.is_some(),
                     )))
                 })
                 .await
         };
-        let (unread, from) = match checked {
+        let (unread, from, known) = match checked {
             Ok(Some(v)) => v,
             Ok(None) => {
                 return self.error(
@@ -288,6 +394,7 @@ impl ConnSession {
             client_id: id.to_string(),
             unread,
             from,
+            known: Some(known),
             rid: w.rid,
         }));
     }
@@ -296,6 +403,10 @@ impl ConnSession {
         let rid = r.rid;
         let asked = r.client_id.unwrap_or_default();
         let reject = |code: &str, reason: String| {
+            hub.refusals.info(
+                self.addr,
+                &format!("register {} ({code}): {reason}", loggable(&asked)),
+            );
             ServerFrame::RegisterRejected(RegisterRejected {
                 client_id: asked.clone(),
                 reason,
@@ -423,22 +534,38 @@ impl ConnSession {
                         },
                         None => false,
                     };
-                    let unread = b.session_registered(id.as_str(), &meta_json, now)?;
+                    // A store that cannot write (full disk, damaged file) must still let a
+                    // session in to read its mail: what needs writing degrades, with a warning.
+                    let unread = match b.session_registered(id.as_str(), &meta_json, now) {
+                        Ok(unread) => unread,
+                        Err(e) => {
+                            tracing::warn!(%id, "session record not written ({e}): registering without it");
+                            b.unread_count(id.as_str())?
+                        }
+                    };
                     let pending = if backlog && unread > 0 {
                         let page = b.inbox(id.as_str(), None, BACKLOG, max_bytes)?;
                         let marks: Vec<(u64, Option<i64>)> =
                             page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                        b.mark_delivered(&marks)?;
-                        page.messages
+                        if let Err(e) = b.mark_delivered(&marks) {
+                            tracing::warn!(%id, "delivery of the backlog not recorded: {e}");
+                        }
+                        crate::tasks::envelopes(b, page.messages)
                     } else {
                         Vec::new()
                     };
                     // Last, so a secret is only ever handed out once the name is recorded: a
-                    // client that keeps secrets gets one for a name nobody owns yet.
+                    // client that keeps secrets gets one for a name nobody owns yet (and none
+                    // when it cannot be recorded).
                     let minted = if !owned && wants_secret {
                         let secret = mint_secret();
-                        b.set_owner(id.as_str(), &hash_secret(&secret), now)?;
-                        Some(secret)
+                        match b.set_owner(id.as_str(), &hash_secret(&secret), now) {
+                            Ok(()) => Some(secret),
+                            Err(e) => {
+                                tracing::warn!(%id, "owner secret not recorded ({e}): the name stays unowned");
+                                None
+                            }
+                        }
                     } else {
                         None
                     };
@@ -468,6 +595,7 @@ impl ConnSession {
             }
         };
         self.id = Some(id.clone());
+        self.transient = r.transient == Some(true);
         // The whole list is the Node relay's contract (`presence: "full"`); delta clients need
         // it as the base their batches apply to; `none` clients asked not to be told.
         // (Not active yet, so the online list is exactly the others.)
@@ -484,13 +612,10 @@ impl ConnSession {
             owned: Some(owned || minted.is_some()),
             rid: rid.as_ref(),
         }));
-        let epoch = hub.store.epoch();
         hub.feed
-            .delivered(id.as_str(), pending.iter().map(|m| m.seq));
-        for m in pending {
-            let _ = self
-                .outbox
-                .push_json(&ServerFrame::Message(m.into_envelope(&epoch)));
+            .delivered(id.as_str(), pending.iter().map(|e| e.seq));
+        for e in pending {
+            let _ = self.outbox.push_json(&ServerFrame::Message(e));
         }
         hub.router.activate(&id, self.outbox.id());
         tracing::Span::current().record("session", tracing::field::display(&id));
@@ -549,6 +674,7 @@ impl ConnSession {
                 outbox: self.outbox.clone(),
                 rid: m.rid.clone(),
             },
+            charge: self.charge.take(),
         };
         if let Err(e) = hub.store.append(append).await {
             self.store_error(e, m.rid);
@@ -601,24 +727,22 @@ impl ConnSession {
         };
         let page = hub
             .store
-            .call(move |b| b.history(viewer.as_str(), &query))
+            .call(move |b| {
+                let page = b.history(viewer.as_str(), &query)?;
+                Ok((page.more, crate::tasks::envelopes(b, page.messages)))
+            })
             .await;
         match page {
-            Ok(page) => {
-                let cursor = page
-                    .messages
+            Ok((more, messages)) => {
+                let cursor = messages
                     .last()
-                    .map(|m| message_id(&epoch, m.seq))
+                    .map(|m| m.id.clone())
                     .or(q.after.filter(|a| !a.is_empty()));
                 self.reply(ServerFrame::History(History {
-                    messages: page
-                        .messages
-                        .into_iter()
-                        .map(|m| m.into_envelope(&epoch))
-                        .collect(),
+                    messages,
                     cursor,
                     unknown_cursor: false,
-                    more: page.more,
+                    more,
                     rid: q.rid,
                 }))
             }
@@ -626,30 +750,42 @@ impl ConnSession {
         }
     }
 
-    async fn sessions(&mut self, hub: &HubState, rid: Option<RequestId>) {
-        match hub.store.call(|b| b.sessions()).await {
-            Ok(records) => {
-                let now = now_ms();
-                let mut sessions = std::collections::BTreeMap::new();
-                for r in records {
-                    let online = hub.router.connected_at(&r.id);
-                    sessions.insert(
-                        r.id,
-                        SessionView {
-                            online: online.is_some(),
-                            last_seen: Some(iso(if online.is_some() { now } else { r.last_seen })),
-                            connected_at: online.or(r.connected_at).map(iso),
-                            meta: r.meta,
-                        },
+    /// One page of the session table (see [`listing`]): at most `limit` sessions and the
+    /// hub's page budget in bytes, so the reply stays bounded however many sessions exist.
+    async fn sessions(&mut self, hub: &HubState, q: wire::GetSessions) {
+        let limit = q.limit.map_or(listing::PAGE_MAX, |n| {
+            (n as usize).clamp(1, listing::PAGE_MAX)
+        });
+        let cursor = match q.after.as_deref().filter(|a| !a.is_empty()) {
+            None => listing::Cursor::Start,
+            Some(a) => match listing::Cursor::parse(a) {
+                Some(c) => c,
+                None => {
+                    return self.error(
+                        codes::BAD_FRAME,
+                        "after is not a cursor from this hub: pass the `next` of the previous \
+                         sessions page, or leave it out for the first page",
+                        q.rid,
                     );
                 }
-                self.reply(ServerFrame::Sessions(Sessions {
-                    sessions,
-                    self_id: self.id.as_ref().map(|i| i.to_string()),
-                    rid,
-                }));
-            }
-            Err(e) => self.store_error(e, rid),
+            },
+        };
+        let router = hub.router.clone();
+        let max_bytes = hub.config.max_page_bytes;
+        let page = hub
+            .store
+            .call(move |b| listing::page(b, &router, &cursor, limit, max_bytes))
+            .await;
+        match page {
+            Ok(p) => self.reply(ServerFrame::Sessions(Sessions {
+                sessions: p.sessions,
+                self_id: self.id.as_ref().map(|i| i.to_string()),
+                total: Some(p.total),
+                online: Some(p.online),
+                next: p.next,
+                rid: q.rid,
+            })),
+            Err(e) => self.store_error(e, q.rid),
         }
     }
 
@@ -670,26 +806,25 @@ impl ConnSession {
             .store
             .call(move |b| {
                 let page = b.inbox(viewer.as_str(), from.as_deref(), count, max_bytes)?;
-                // Handing mail to a live connection of its recipient is delivering it.
+                // Handing mail to a live connection of its recipient is delivering it (when
+                // the store can record that; reading works without it).
                 let marks: Vec<(u64, Option<i64>)> =
                     page.messages.iter().map(|m| (m.seq, Some(now))).collect();
-                b.mark_delivered(&marks)?;
-                Ok(page)
+                if let Err(e) = b.mark_delivered(&marks) {
+                    tracing::warn!(viewer = %viewer, "delivery not recorded: {e}");
+                }
+                Ok((page.remaining, crate::tasks::envelopes(b, page.messages)))
             })
             .await;
         let epoch = hub.store.epoch();
-        if let (Ok(p), Some(me)) = (&page, &self.id) {
+        if let (Ok((_, messages)), Some(me)) = (&page, &self.id) {
             hub.feed
-                .delivered(me.as_str(), p.messages.iter().map(|m| m.seq));
+                .delivered(me.as_str(), messages.iter().map(|m| m.seq));
         }
         match page {
-            Ok(p) => self.reply(ServerFrame::Inbox(Inbox {
-                messages: p
-                    .messages
-                    .into_iter()
-                    .map(|m| m.into_envelope(&epoch))
-                    .collect(),
-                remaining: p.remaining,
+            Ok((remaining, messages)) => self.reply(ServerFrame::Inbox(Inbox {
+                messages,
+                remaining,
                 epoch: Some(epoch.to_string()),
                 rid: r.rid,
             })),
@@ -768,8 +903,18 @@ impl ConnSession {
             presence::announce_left(&hub.router, &id);
             let now = now_ms();
             let sid = id.clone();
+            let transient = self.transient;
+            let max = hub.config.max_sessions;
+            let router = hub.router.clone();
             if !hub.store.try_call(move |b| {
                 let _ = b.session_left(sid.as_str(), now);
+                // A made-up name nobody will claim again: gone with its connection, unless
+                // mail to it waits (then it stays listed, and owned, until forgotten).
+                if transient && !router.is_held(sid.as_str()) {
+                    let _ = b.forget_if_idle(sid.as_str());
+                }
+                // The bound on the table: the least recently seen offline sessions go.
+                let _ = b.trim_sessions(max, &|id| router.is_held(id));
             }) {
                 tracing::warn!(%id, "store queue full: last-seen time not recorded");
             }
@@ -792,6 +937,17 @@ fn not_owner_reason(id: &SessionId, presented: bool) -> String {
     }
 }
 
+/// What the store said about a `forget`.
+enum Forgot {
+    Done,
+    /// A connection holds the name.
+    Online,
+    /// The name is owned; whether a (wrong) secret was presented.
+    NotOwner(bool),
+    /// Nothing by that name.
+    Unknown,
+}
+
 /// What the store said about a claim.
 enum Claim {
     /// The name is owned and the right secret was not presented.
@@ -803,7 +959,7 @@ enum Claim {
     Granted {
         owned: bool,
         unread: u64,
-        pending: Vec<crate::store::StoredMessage>,
+        pending: Vec<sessions::wire::Envelope>,
         minted: Option<String>,
     },
 }

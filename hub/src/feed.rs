@@ -1,5 +1,5 @@
 //! The operator feed's bus: the hub publishes what happens (a session came or went, a message
-//! was routed, delivered, read) and every live subscriber — a console page's event stream, a
+//! was routed, delivered, read, a task was created or moved) and every live subscriber — a console page's event stream, a
 //! `claude-relay tail` — gets it. See docs/PROTOCOL.md, "The operator feed".
 //!
 //! Costs and bounds:
@@ -18,11 +18,11 @@ use std::sync::{
 
 use sessions::{
     time::now_ms,
-    wire_feed::{FeedEvent, MessageEvent, ReadEvent, SeqsEvent, SessionEvent},
+    wire_feed::{FeedEvent, MessageEvent, ReadEvent, SeqsEvent, SessionEvent, TaskMoved},
 };
 use tokio::sync::broadcast;
 
-use crate::store::StoredMessage;
+use crate::store::{StoredMessage, tasks::TaskRow};
 
 /// Events the bus holds for the slowest subscriber before it starts losing them.
 pub const RING: usize = 4096;
@@ -109,6 +109,24 @@ impl Feed {
         // No receiver is not an error: the last one may have just left.
         if let Some(tx) = self.tx.get() {
             let _ = tx.send(Arc::new(event));
+        }
+    }
+
+    /// `task` was created (`action` = `create`) or moved by `by`.
+    pub fn task(&self, task: &TaskRow, action: &str, by: &str) {
+        if self.active() {
+            self.publish(FeedEvent::Task(TaskMoved {
+                id: task.id(),
+                state: task.state,
+                action: action.to_string(),
+                by: by.to_string(),
+                from: task.from.clone(),
+                to: task.to.clone(),
+                holder: task.holder.clone(),
+                title: task.title.clone(),
+                created: task.created,
+                ts: task.updated,
+            }));
         }
     }
 

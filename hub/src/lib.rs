@@ -5,8 +5,13 @@
 //! ([`store`], which commits it) → the [`router`] (which pushes it to live recipients and
 //! acks the sender) → each recipient's bounded [`outbound`] queue → socket. Presence and
 //! heartbeats live in [`presence`]; the accept loop in [`server`]; one connection's
-//! reader/writer pair in [`connection`]. The same port serves HTTP ([`http`]: `/healthz`,
-//! `/metrics` from [`metrics`], and the web console, which follows the operator [`feed`]).
+//! reader/writer pair in [`connection`]. What bounds a connection: caps and rates in
+//! [`limits`], write deadlines in [`progress`], the hub-wide inbound frame budget in
+//! [`budget`]; refusals are logged through [`refusals`]. The store's data directory (its
+//! lock and file modes) is [`store::datadir`]; time, and what it is not trusted for, is
+//! [`clock`]. The same port serves HTTP ([`http`]: `/healthz`, `/metrics` from [`metrics`],
+//! and the web console, which follows the operator [`feed`]); who the operator is, for the
+//! console, `subscribe` and the every-session task view alike, is decided in [`operator`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), hub::HubError> {
@@ -17,6 +22,8 @@
 //! ```
 
 pub mod auth;
+pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod dispatch;
@@ -26,15 +33,20 @@ pub mod frames;
 pub mod http;
 pub mod integrity;
 pub mod limits;
+pub mod listing;
 pub mod metrics;
+pub mod operator;
 pub mod outbound;
 pub mod parse;
 pub mod presence;
+pub mod progress;
+pub mod refusals;
 pub mod retention;
 pub mod router;
 pub mod server;
 pub mod store;
 pub mod subscribe;
+pub mod tasks;
 pub mod tls;
 
 use std::{future::Future, sync::Arc};
@@ -47,7 +59,7 @@ pub use config::{HubConfig, Retention, SyncMode};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use error::HubError;
 use router::Router;
-use store::{StoreHandle, sqlite::SqliteBackend};
+use store::{Backend, StoreHandle, sqlite::SqliteBackend};
 use tokio::net::TcpListener;
 
 /// What every connection shares.
@@ -60,6 +72,12 @@ pub struct HubState {
     pub store: StoreHandle,
     /// Per-address connection caps and registration rates.
     pub limits: limits::AddrLimits,
+    /// The hub-wide connection caps (token holders and the rest counted apart).
+    pub caps: Arc<limits::ConnCaps>,
+    /// The hub-wide memory budget for inbound frames.
+    pub budget: Arc<budget::FrameBudget>,
+    /// Where refused clients are logged.
+    pub refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// What `/metrics` shows.
@@ -68,6 +86,8 @@ pub struct HubState {
     pub feed: Arc<feed::Feed>,
     /// The HTTP side's own state (connection slots, logins, the health probe).
     pub http: http::HttpState,
+    /// Task bounds (see [`tasks`]).
+    pub tasks: tasks::TaskConfig,
 }
 
 /// A hub with its store open, ready to serve.
@@ -77,18 +97,36 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `config.data_dir` (creating it if needed) and starts its actor.
+    /// Opens the store in `config.data_dir` (creating it if needed, and locking it for this
+    /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let backend = SqliteBackend::open(&config.data_dir, config.sync)?;
+        let mut backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        // The tasks-by-state gauge starts from the store; moves keep it in step.
+        match backend.tasks().map(|t| t.count_by_state()) {
+            Some(Ok(counts)) => {
+                for (state, n) in counts {
+                    metrics.set_tasks(state, n);
+                }
+            }
+            Some(Err(e)) => tracing::warn!("tasks by state not counted: {e}"),
+            None => {}
+        }
         let limits = limits::AddrLimits::new(
             config.max_conns_per_addr,
             config.register_rate,
             config.register_burst,
         );
-        let metrics = Arc::new(metrics::Metrics::new());
         let feed = Arc::new(feed::Feed::new(config.max_feed_subscribers));
         let router = Arc::new(Router::observed(metrics.clone(), feed.clone()));
+        let tasks = tasks::TaskConfig::new(config.max_bundle_bytes);
+        let caps = limits::ConnCaps::new(
+            config.max_connections,
+            config.max_unauthenticated,
+            config.token.is_some(),
+        );
+        let budget = budget::FrameBudget::new(config.frame_budget_bytes);
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
         Ok(Self {
@@ -97,10 +135,14 @@ impl Hub {
                 router,
                 store,
                 limits,
+                caps,
+                budget,
+                refusals: refusals::Refusals::new(metrics.clone()),
                 tls,
                 metrics,
                 feed,
                 http: http::HttpState::default(),
+                tasks,
             }),
             store_thread,
         })

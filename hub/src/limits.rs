@@ -7,7 +7,10 @@
 
 use std::{
     net::IpAddr,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -147,9 +150,206 @@ impl AddrLimits {
     }
 }
 
+/// The connection caps of the whole hub: connections that may use it, and — on a hub with a
+/// token — connections that upgraded without showing it, counted apart.
+///
+/// Every accepted connection takes a place under `max_connections` (it may be a token
+/// holder about to send its Bearer header). On a hub with a token, one that completes the
+/// WebSocket upgrade without a valid Bearer header moves to the places of the
+/// *unauthenticated* (at most `max_unauthenticated`; over it the upgrade is refused with
+/// 503), and moves back only when it presents the token on `register`. So clients without
+/// the token hold at most `max_unauthenticated` places, never the `max_connections` places
+/// of token holders; and every connection on a token hub must show the token within the
+/// auth timeout of its accept. A [`Slot`] is held until the connection's task ends — after
+/// its socket is closed — so a connection counts for as long as it holds a socket.
+#[derive(Debug)]
+pub struct ConnCaps {
+    main: AtomicUsize,
+    anonymous: AtomicUsize,
+    max_main: usize,
+    max_anonymous: usize,
+    /// Whether connections must show a token.
+    token: bool,
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapFull {
+    /// `max_connections`: the hub is full of connections that may use it.
+    Connections(usize),
+    /// `max_unauthenticated`: too many connections have not shown the token.
+    Unauthenticated(usize),
+}
+
+impl std::fmt::Display for CapFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CapFull::Connections(n) => {
+                write!(f, "hub is at its connection limit ({n}); try again later")
+            }
+            CapFull::Unauthenticated(n) => write!(
+                f,
+                "too many connections without the hub token ({n}); present the token as an \
+                 Authorization: Bearer header"
+            ),
+        }
+    }
+}
+
+impl ConnCaps {
+    /// Caps for a hub with (`token`) or without a token.
+    pub fn new(max_connections: usize, max_unauthenticated: usize, token: bool) -> Arc<Self> {
+        Arc::new(Self {
+            main: AtomicUsize::new(0),
+            anonymous: AtomicUsize::new(0),
+            max_main: max_connections,
+            max_anonymous: max_unauthenticated,
+            token,
+        })
+    }
+
+    /// Counts a connection just accepted, or refuses it.
+    pub fn admit(self: &Arc<Self>) -> Result<Slot, CapFull> {
+        take(
+            &self.main,
+            self.max_main,
+            CapFull::Connections(self.max_main),
+        )?;
+        Ok(Slot {
+            caps: self.clone(),
+            anonymous: false,
+            authenticated: !self.token,
+        })
+    }
+
+    /// Connections counted now: (under `max_connections`, unauthenticated).
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.main.load(Ordering::Acquire),
+            self.anonymous.load(Ordering::Acquire),
+        )
+    }
+}
+
+fn take(count: &AtomicUsize, max: usize, full: CapFull) -> Result<(), CapFull> {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map(drop)
+        .map_err(|_| full)
+}
+
+/// One connection's place under the [`ConnCaps`]; given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    caps: Arc<ConnCaps>,
+    /// Counted among the unauthenticated (else under `max_connections`).
+    anonymous: bool,
+    /// Has shown the token (always, on a hub without one).
+    authenticated: bool,
+}
+
+impl Slot {
+    /// Whether the connection has shown the token (or needs none).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The connection upgraded without a valid Bearer header: it moves to the
+    /// unauthenticated places, or is refused when they are full.
+    pub fn upgraded_anonymous(&mut self) -> Result<(), CapFull> {
+        if self.authenticated || self.anonymous {
+            return Ok(());
+        }
+        let caps = &self.caps;
+        take(
+            &caps.anonymous,
+            caps.max_anonymous,
+            CapFull::Unauthenticated(caps.max_anonymous),
+        )?;
+        caps.main.fetch_sub(1, Ordering::AcqRel);
+        self.anonymous = true;
+        Ok(())
+    }
+
+    /// The connection showed the token. An unauthenticated one moves back under
+    /// `max_connections`, or is refused when that is full (keeping its place until closed).
+    pub fn authenticate(&mut self) -> Result<(), CapFull> {
+        if self.anonymous {
+            let caps = &self.caps;
+            take(
+                &caps.main,
+                caps.max_main,
+                CapFull::Connections(caps.max_main),
+            )?;
+            caps.anonymous.fetch_sub(1, Ordering::AcqRel);
+            self.anonymous = false;
+        }
+        self.authenticated = true;
+        Ok(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let count = if self.anonymous {
+            &self.caps.anonymous
+        } else {
+            &self.caps.main
+        };
+        count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_without_the_token_have_their_own_cap_and_never_take_token_holders_slots() {
+        let caps = ConnCaps::new(2, 3, true);
+        let mut anon = Vec::new();
+        for _ in 0..3 {
+            let mut s = caps.admit().unwrap();
+            assert!(!s.is_authenticated());
+            s.upgraded_anonymous().unwrap();
+            anon.push(s);
+        }
+        let mut fourth = caps.admit().unwrap();
+        assert_eq!(
+            fourth.upgraded_anonymous().unwrap_err(),
+            CapFull::Unauthenticated(3)
+        );
+        drop(fourth);
+        assert_eq!(caps.counts(), (0, 3));
+        // Token holders get every place under max_connections.
+        let mut a = caps.admit().unwrap();
+        a.authenticate().unwrap();
+        let b = caps.admit().unwrap();
+        assert_eq!(caps.admit().unwrap_err(), CapFull::Connections(2));
+        // An anonymous one that shows the token later needs a place there too.
+        assert_eq!(anon[0].authenticate().unwrap_err(), CapFull::Connections(2));
+        drop(b);
+        anon[0].authenticate().unwrap();
+        assert!(anon[0].is_authenticated());
+        assert_eq!(caps.counts(), (2, 2));
+        drop((a, anon));
+        assert_eq!(caps.counts(), (0, 0));
+    }
+
+    #[test]
+    fn on_an_open_hub_every_connection_counts_against_max_connections() {
+        let caps = ConnCaps::new(2, 0, false);
+        let mut a = caps.admit().unwrap();
+        let _b = caps.admit().unwrap();
+        assert!(a.is_authenticated());
+        a.upgraded_anonymous().unwrap();
+        assert_eq!(caps.counts(), (2, 0));
+        assert_eq!(caps.admit().unwrap_err(), CapFull::Connections(2));
+        drop(a);
+        caps.admit().unwrap();
+    }
 
     #[test]
     fn bucket_allows_burst_then_rate() {

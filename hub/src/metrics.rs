@@ -8,6 +8,12 @@
 //! to 512 messages, on the store thread), never per frame. Gauges that the hub already knows
 //! (sessions online) are read at scrape time instead of being kept in step.
 //!
+//! Tasks by state are kept in step by the task handlers ([`Metrics::task_moved`]) from a
+//! count the store made at start ([`Metrics::set_tasks`]): tasks are only ever created and
+//! moved by the hub, never deleted, so the gauge stays exact without a query per scrape.
+//!
+//! Refusals are counted where they are logged (see [`crate::refusals`]).
+//!
 //! Frames out are counted by their `type`, read from the first bytes of the serialized frame
 //! (`{"type":"…"`): every frame the hub writes starts that way (serde writes the tag of an
 //! internally tagged enum first, and `frames.rs` writes it first by hand), so one short prefix
@@ -15,6 +21,8 @@
 //! frame is also counted as a refused frame, by its `code`.
 
 use std::time::Instant;
+
+use std::fmt;
 
 use prometheus_client::{
     encoding::text::encode,
@@ -26,9 +34,9 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use sessions::wire::ClientFrame;
+use sessions::{wire::ClientFrame, wire_tasks::TaskState};
 
-use crate::parse::KNOWN_TYPES;
+use crate::{parse::KNOWN_TYPES, refusals::ConnRefusal};
 
 /// Frame types the hub writes, in the order of the `frames_out` handles; anything else is
 /// counted as `other`.
@@ -49,56 +57,24 @@ const OUT_TYPES: &[&str] = &[
     "status",
     "released",
     "watching",
+    "forgotten",
     "mail",
     "error",
     "subscribed",
     "event",
+    "task",
+    "tasks",
+    "task_refused",
+    "blob",
+    "bundle",
+    "task_reserved",
     "other",
-];
-
-/// States a task can be in (the A2A names; see the handoff design). The family is registered
-/// now and reads 0 until the hub keeps tasks.
-pub const TASK_STATES: &[&str] = &[
-    "submitted",
-    "working",
-    "input-required",
-    "completed",
-    "failed",
-    "rejected",
-    "canceled",
 ];
 
 /// One label, both parts static: no allocation per use.
 type Label = [(&'static str, &'static str); 1];
 /// One label whose value is decided at run time (refusal reasons).
 type DynLabel = [(&'static str, String); 1];
-
-/// Why a connection was refused before it could do anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnRefusal {
-    /// The hub is at `max_connections`.
-    MaxConnections,
-    /// The remote address is at `max_conns_per_addr`.
-    PerAddress,
-    /// A wrong token on the WebSocket upgrade.
-    Unauthorized,
-    /// The hub is at `max_http_connections`.
-    HttpBusy,
-    /// The request head did not arrive (complete) within the handshake time.
-    HandshakeTimeout,
-}
-
-impl ConnRefusal {
-    fn label(self) -> &'static str {
-        match self {
-            Self::MaxConnections => "max_connections",
-            Self::PerAddress => "per_address",
-            Self::Unauthorized => "unauthorized",
-            Self::HttpBusy => "http_busy",
-            Self::HandshakeTimeout => "handshake_timeout",
-        }
-    }
-}
 
 /// Every metric of one hub, and the registry that renders them.
 pub struct Metrics {
@@ -121,7 +97,14 @@ pub struct Metrics {
     pub http_connections: Gauge,
     sessions_online: Gauge,
     feed_subscribers: Gauge,
-    tasks: Family<Label, Gauge>,
+    /// Tasks by state, in [`TaskState::ALL`] order.
+    tasks: Vec<Gauge>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -201,9 +184,13 @@ impl Metrics {
         let conns_refused = Family::<Label, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections refused before they could do anything, by reason",
+            "Connections refused, or cut off by one of the hub's bounds, by reason (a wrong \
+             token on an HTTP request counts as unauthorized)",
             conns_refused.clone(),
         );
+        for reason in ConnRefusal::ALL {
+            drop(conns_refused.get_or_create(&[("reason", reason.label())]));
+        }
         let conns = Family::<Label, Gauge>::default();
         registry.register(
             "connections",
@@ -224,11 +211,12 @@ impl Metrics {
             "Live operator feed subscribers (console pages, claude-relay tail)",
             feed_subscribers.clone(),
         );
-        let tasks = Family::<Label, Gauge>::default();
-        registry.register("tasks", "Tasks, by state", tasks.clone());
-        for state in TASK_STATES {
-            tasks.get_or_create(&[("state", *state)]).set(0);
-        }
+        let tasks_family = Family::<Label, Gauge>::default();
+        registry.register("tasks", "Tasks, by state", tasks_family.clone());
+        let tasks = TaskState::ALL
+            .iter()
+            .map(|s| tasks_family.get_or_create(&[("state", s.as_str())]).clone())
+            .collect();
         let build = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         registry.register("build_info", "The hub's version (always 1)", build.clone());
         build.get_or_create(&[("version", crate::VERSION)]).set(1);
@@ -275,6 +263,14 @@ impl Metrics {
             ClientFrame::Release(_) => 9,
             ClientFrame::Watch(_) => 10,
             ClientFrame::Subscribe(_) => 11,
+            ClientFrame::Forget(_) => 12,
+            ClientFrame::TaskCreate(_) => 13,
+            ClientFrame::TaskAct(_) => 14,
+            ClientFrame::TaskList(_) => 15,
+            ClientFrame::TaskGet(_) => 16,
+            ClientFrame::BlobPut(_) => 17,
+            ClientFrame::TaskBundle(_) => 18,
+            ClientFrame::TaskReserve(_) => 19,
         };
         self.frames_in[i].inc();
     }
@@ -292,7 +288,9 @@ impl Metrics {
         }
     }
 
-    fn frame_refused(&self, code: &str) {
+    /// A frame was refused with `code` (an error frame's code, or a reason of
+    /// [`crate::refusals::Refusals::frame`]).
+    pub fn frame_refused(&self, code: &str) {
         // The code is ours (`sessions::wire::codes`), but bound the label anyway.
         let code = if !code.is_empty()
             && code.len() <= 32
@@ -356,10 +354,25 @@ impl Metrics {
         out
     }
 
-    /// Sets the number of tasks in `state` (for the task store to call).
-    pub fn set_tasks(&self, state: &'static str, n: i64) {
-        self.tasks.get_or_create(&[("state", state)]).set(n);
+    /// Sets the number of tasks in `state` (from the store's count at start).
+    pub fn set_tasks(&self, state: TaskState, n: u64) {
+        self.tasks[state_index(state)].set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+
+    /// A task was created (`was` None) or moved from `was` to `now`.
+    pub fn task_moved(&self, was: Option<TaskState>, now: TaskState) {
+        if let Some(was) = was {
+            self.tasks[state_index(was)].dec();
+        }
+        self.tasks[state_index(now)].inc();
+    }
+}
+
+fn state_index(state: TaskState) -> usize {
+    TaskState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .expect("ALL holds every state")
 }
 
 /// The `type` of a serialized frame, if it starts `{"type":"…"`.
@@ -395,7 +408,11 @@ mod tests {
                 "message" => serde_json::json!({"content": "x"}),
                 "mark_read" => serde_json::json!({"seqs": []}),
                 "release" => serde_json::json!({"clientId": "A", "ownerSecret": "s"}),
-                "watch" => serde_json::json!({"clientId": "A"}),
+                "watch" | "forget" => serde_json::json!({"clientId": "A"}),
+                "task_create" => serde_json::json!({"to": "B", "title": "t", "brief": "b"}),
+                "task_act" => serde_json::json!({"id": "T-1", "action": "claim"}),
+                "task_get" | "task_bundle" => serde_json::json!({"id": "T-1"}),
+                "blob_put" => serde_json::json!({"offset": 0, "data": ""}),
                 _ => serde_json::json!({}),
             };
             fields["type"] = serde_json::json!(ty);

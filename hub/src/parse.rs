@@ -20,7 +20,18 @@ pub const KNOWN_TYPES: &[&str] = &[
     "release",
     "watch",
     "subscribe",
+    "forget",
+    "task_create",
+    "task_act",
+    "task_list",
+    "task_get",
+    "blob_put",
+    "task_bundle",
+    "task_reserve",
 ];
+
+/// Characters of serde's explanation quoted in an error reply.
+const MAX_DETAIL: usize = 300;
 
 /// A frame that could not be parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +119,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, ParseError> {
     }
     let detail = err.to_string();
     let detail = detail.split(" at line ").next().unwrap_or(&detail);
+    // serde quotes the offending value, which may be most of a 1 MiB frame: an error reply
+    // stays short whatever the frame was.
+    let detail: String = detail.chars().take(MAX_DETAIL).collect();
     Err(ParseError {
         message: format!("invalid {ty} frame: {detail}"),
         code: codes::BAD_FRAME,

@@ -27,7 +27,7 @@ use crate::{
     frames::{self, SentOut},
     metrics::Metrics,
     outbound::{Outbox, to_frame},
-    store::{Append, CommitSink, Committed, StoreError},
+    store::{Append, Appended, CommitSink, Committed, StoreError, StoredMessage, message_id},
 };
 
 /// A live connection holding a session id.
@@ -275,6 +275,11 @@ impl Router {
         self.peers.get(id).is_some_and(|p| p.active)
     }
 
+    /// True if a connection holds `id`, active or still registering.
+    pub fn is_held(&self, id: &str) -> bool {
+        self.peers.contains_key(id)
+    }
+
     /// When the current holder of `id` registered.
     pub fn connected_at(&self, id: &str) -> Option<i64> {
         self.peers
@@ -327,6 +332,24 @@ impl Router {
         } else if let Some(list) = self.watchers.get(to) {
             ring_one(to, &list);
         }
+    }
+
+    /// Pushes a committed message that did not come through the store's append path (task
+    /// mail, see `crate::tasks`) to its recipient(s) and watchers, and records a delivery
+    /// fix when the push went otherwise than `predicted` at the insert.
+    pub fn route_stored(&self, msg: &StoredMessage, frame: &Utf8Bytes, predicted: bool) {
+        let took = if &*msg.to == sessions::BROADCAST {
+            self.broadcast(&msg.from, frame) > 0
+        } else {
+            self.deliver(&msg.to, frame)
+        };
+        if took != predicted {
+            self.fixes
+                .lock()
+                .expect("fixes lock")
+                .push((msg.seq, took.then(now_ms)));
+        }
+        self.ring(&msg.to, &msg.from, msg.seq);
     }
 
     /// Closes every registered connection (used when the store was reset: clients must
@@ -419,24 +442,41 @@ impl Router {
         for Committed {
             msg,
             ack,
-            duplicate_of,
+            outcome,
             predicted,
         } in batch
         {
             let seq = msg.seq;
-            if let Some(was_delivered) = duplicate_of {
-                // Already stored (and routed) when first sent: ack only.
-                let _ = ack.outbox.push(frames::sent(&SentOut {
-                    epoch,
-                    seq,
-                    to: &msg.to,
-                    delivered: was_delivered,
-                    ts: None,
-                    recipients: None,
-                    duplicate: true,
-                    rid: ack.rid.as_ref(),
-                }));
-                continue;
+            match outcome {
+                Appended::New(_) => {}
+                Appended::Duplicate { delivered, .. } => {
+                    // Already stored (and routed) when first sent: ack only.
+                    let _ = ack.outbox.push(frames::sent(&SentOut {
+                        epoch,
+                        seq,
+                        to: &msg.to,
+                        delivered,
+                        ts: None,
+                        recipients: None,
+                        duplicate: true,
+                        rid: ack.rid.as_ref(),
+                    }));
+                    continue;
+                }
+                Appended::KeyConflict { .. } => {
+                    let _ = ack.outbox.push_json(&ServerFrame::Error(ErrorFrame {
+                        message: format!(
+                            "message NOT stored: its key was already used for a different \
+                             message ({}, to another recipient or with other content); use a \
+                             new key for a new message",
+                            message_id(epoch, seq)
+                        ),
+                        code: Some(codes::KEY_CONFLICT.into()),
+                        retry_after_ms: None,
+                        rid: ack.rid,
+                    }));
+                    continue;
+                }
             }
             let frame = frames::message(epoch, &msg);
             let (took, recipients) = if &*msg.to == sessions::BROADCAST {

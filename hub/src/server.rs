@@ -1,12 +1,13 @@
-//! The accept loop: takes connections until the shutdown signal, caps how many are open,
-//! and on shutdown tells every connection to close and waits (bounded) for them to finish.
+//! The accept loop: takes connections until the shutdown signal, caps how many are open
+//! (see [`crate::limits::ConnCaps`]), and on shutdown tells every connection to close and
+//! waits (bounded) for them to finish.
 
 use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tracing::{error, info, warn};
 
-use crate::{HubState, connection};
+use crate::{HubState, connection, refusals::ConnRefusal};
 
 /// Runs the accept loop until `shutdown` completes, then drains connections.
 pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Future<Output = ()>) {
@@ -20,18 +21,20 @@ pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Futur
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    if conns.len() >= hub.config.max_connections {
-                        warn!(%addr, limit = hub.config.max_connections, "connection limit reached: refusing");
-                        hub.metrics.connection_refused(crate::metrics::ConnRefusal::MaxConnections);
-                        refuse_full(stream, hub.config.max_connections);
-                        continue;
-                    }
+                    let slot = match hub.caps.admit() {
+                        Ok(slot) => slot,
+                        Err(full) => {
+                            hub.refusals.connection(addr, ConnRefusal::MaxConnections, &full.to_string());
+                            refuse_full(stream, &full.to_string());
+                            continue;
+                        }
+                    };
                     next_id += 1;
                     // One span per connection: its log lines carry the peer, and the session
                     // name once it registers (see `dispatch`), so one grep follows a session.
                     let span = tracing::info_span!("conn", id = next_id, peer = %addr, session = tracing::field::Empty);
                     conns.spawn(tracing::Instrument::instrument(
-                        connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone()),
+                        connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone(), slot),
                         span,
                     ));
                 }
@@ -60,10 +63,10 @@ pub async fn run(listener: TcpListener, hub: Arc<HubState>, shutdown: impl Futur
     }
 }
 
-/// Answers a connection over the cap with an HTTP 503 (best effort, without waiting: the
+/// Answers a connection over a cap with an HTTP 503 (best effort, without waiting: the
 /// socket buffer of a fresh connection always has room) and closes it.
-fn refuse_full(stream: tokio::net::TcpStream, limit: usize) {
-    let body = format!("hub is at its connection limit ({limit}); try again later\n");
+fn refuse_full(stream: tokio::net::TcpStream, why: &str) {
+    let body = format!("{why}\n");
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -11,13 +11,13 @@ use sessions::wire_feed::{Subscribe, Subscribed};
 
 use crate::{HubState, dispatch::ConnSession};
 
-/// Handles `subscribe` for `session`'s connection.
+/// Handles `subscribe` for `session`'s connection: only the operator's (see
+/// [`crate::operator`]).
 pub async fn handle(session: &mut ConnSession, hub: &HubState, s: Subscribe) {
-    // On a hub with a token the dispatcher has already checked it (upgrade or `token`).
-    if hub.config.token.is_none() && !session.addr.ip().is_loopback() {
+    if let Err(denied) = session.operator {
         return session.error(
             codes::UNAUTHORIZED,
-            "this hub has no token, so its operator feed is only for loopback connections",
+            format!("the feed is the hub operator's: {}", denied.why()),
             s.rid,
         );
     }

@@ -1,5 +1,5 @@
-//! `wss://`: TLS for the hub's listener (rustls with the `ring` provider), configured from
-//! a PEM certificate chain and private key.
+//! `wss://`: TLS for the hub's listener (rustls with the `ring` provider, TLS 1.2 and 1.3),
+//! configured from a PEM certificate chain and private key.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -31,13 +31,13 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, HubError> {
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| bad("reading private key", &files.key, &e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| HubError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| HubError::Tls(format!("certificate and key do not fit together: {e}")))?;
+    // The process-default provider, which rustls takes from its crate features: `ring`, the
+    // only one this workspace enables (see the root Cargo.toml). Naming
+    // `rustls::crypto::ring::default_provider()` here instead is deprecated since rustls
+    // 0.23.48 (ring has no post-quantum key exchange).
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| HubError::Tls(format!("certificate and key do not fit together: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

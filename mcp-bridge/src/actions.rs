@@ -18,8 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sessions::wire::{
-    ClientFrame, GetHistory, MarkRead, Receive, SendMessage, ServerFrame, SessionView,
+use sessions::{
+    display,
+    wire::{
+        ClientFrame, ErrorFrame, GetHistory, GetSessions, MarkRead, Receive, SendMessage,
+        ServerFrame, SessionView,
+    },
 };
 
 use tokio::sync::broadcast;
@@ -30,13 +34,16 @@ use crate::{
     tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
 
-/// A tool's answer: text for the model, and whether it is an error result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tool's answer: text for the model, whether it is an error result, and (for the task
+/// tools) the record as `structuredContent`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     /// Plain text, short.
     pub text: String,
     /// Marks the result `isError` (the call did not do what was asked).
     pub is_error: bool,
+    /// `structuredContent`, matching the tool's `outputSchema`.
+    pub structured: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -45,6 +52,7 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: false,
+            structured: None,
         }
     }
 
@@ -53,7 +61,14 @@ impl Reply {
         Self {
             text: text.into(),
             is_error: true,
+            structured: None,
         }
+    }
+
+    /// The same answer with `structuredContent`.
+    pub fn with_structured(mut self, value: serde_json::Value) -> Self {
+        self.structured = Some(value);
+        self
     }
 }
 
@@ -233,6 +248,7 @@ impl Relay {
             ToolCall::Peers => self.peers().await,
             ToolCall::Status => self.status().await,
             ToolCall::Sessions => self.sessions().await,
+            ToolCall::Task(call) => self.task(call).await,
         };
         if let Some(notice) = self.hub.take_reset_notice() {
             reply.text = format!("{notice}\n\n{}", reply.text);
@@ -270,21 +286,21 @@ impl Relay {
                     if n == 0 {
                         format!(
                             "Sent to all — stored; no other session is online right now. id {}",
-                            s.id
+                            display::line(&s.id)
                         )
                     } else {
                         format!(
                             "Sent to all: {} online took it — id {}",
                             format::plural(u64::from(n), "session", "sessions"),
-                            s.id
+                            display::line(&s.id)
                         )
                     }
                 } else if s.delivered {
-                    format!("Delivered to {target} (live) — id {}", s.id)
+                    format!("Delivered to {target} (live) — id {}", display::line(&s.id))
                 } else {
                     format!(
                         "Stored for {target} (offline); they get it when they connect — id {}",
-                        s.id
+                        display::line(&s.id)
                     )
                 };
                 if s.duplicate {
@@ -302,7 +318,7 @@ impl Relay {
                 Reply::error(format!(
                     "The hub refused this attempt: {}. An earlier attempt of this message may \
                      have been stored; sending it again is safe (the bridge reuses its key).",
-                    e.message
+                    said(&e)
                 ))
             }
             Ok(ServerFrame::Error(e)) => {
@@ -360,7 +376,7 @@ impl Relay {
             Ok(ServerFrame::Error(e)) => {
                 return failed(Reply::error(format!(
                     "The hub refused to list unread mail: {}",
-                    e.message
+                    said(&e)
                 )));
             }
             Ok(other) => return failed(unexpected(&other)),
@@ -414,7 +430,7 @@ impl Relay {
                     self.hub.set_unread(m.unread);
                     None
                 }
-                Ok(ServerFrame::Error(e)) => Some(e.message),
+                Ok(ServerFrame::Error(e)) => Some(said(&e)),
                 Ok(other) => Some(format!("unexpected reply {}", frame_type(&other))),
                 Err(e) => Some(e.to_string()),
             }
@@ -589,7 +605,7 @@ impl Relay {
         );
         let cut_short = page.shown < messages.len();
         if cut_short || (args.after.is_some() && history.more) {
-            let last = &messages[page.shown - 1].id;
+            let last = display::line(&messages[page.shown - 1].id);
             let from = args
                 .from
                 .as_deref()
@@ -605,36 +621,54 @@ impl Relay {
         Reply::ok(text)
     }
 
+    /// One page of the hub's session list: online sessions first, then the most recently
+    /// seen, at most a screenful ([`format::LIST_MAX_LINES`]); the hub says how many exist.
+    async fn session_page(&self) -> Result<sessions::wire::Sessions, String> {
+        let frame = ClientFrame::GetSessions(GetSessions {
+            limit: Some(format::LIST_MAX_LINES as u32),
+            ..Default::default()
+        });
+        match self.hub.request(frame).await {
+            Ok(ServerFrame::Sessions(s)) => Ok(s),
+            Ok(ServerFrame::Error(e)) => Err(format!("the hub said {}", said(&e))),
+            Ok(other) => Err(format!("unexpected reply {}", frame_type(&other))),
+            Err(RequestError::NotConnected(state)) => {
+                Err(format!("{state}. The bridge reconnects by itself"))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn peers(&self) -> Reply {
         let me = self.hub.id();
-        match self
-            .hub
-            .request(ClientFrame::GetSessions(Default::default()))
-            .await
-        {
-            Ok(ServerFrame::Sessions(s)) => {
-                let now = sessions::time::now_ms();
-                let online: Vec<(&String, &SessionView)> =
-                    s.sessions.iter().filter(|(_, v)| v.online).collect();
-                if online.iter().all(|(id, _)| **id == me) {
-                    return Reply::ok(format!("No other session is online (you are {me})."));
-                }
-                let lines: Vec<String> = online
-                    .iter()
-                    .map(|(id, v)| format::session_line(id, v, &me, now))
-                    .collect();
-                Reply::ok(format!(
-                    "{} online:\n{}",
-                    format::plural(lines.len() as u64, "session", "sessions"),
-                    format::capped_lines(&lines)
-                ))
+        let s = match self.session_page().await {
+            Ok(s) => s,
+            Err(problem) => {
+                return Reply::error(format!(
+                    "Could not list sessions: {}.",
+                    capitalize(&problem)
+                ));
             }
-            Ok(ServerFrame::Error(e)) => {
-                Reply::error(format!("The hub refused to list sessions: {}", e.message))
-            }
-            Ok(other) => unexpected(&other),
-            Err(e) => request_failed(&e),
+        };
+        let now = sessions::time::now_ms();
+        let online: Vec<(&String, &SessionView)> =
+            s.sessions.iter().filter(|(_, v)| v.online).collect();
+        let total = s
+            .online
+            .unwrap_or(online.len() as u64)
+            .max(online.len() as u64);
+        if online.iter().all(|(id, _)| **id == me) && total <= online.len() as u64 {
+            return Reply::ok(format!("No other session is online (you are {me})."));
         }
+        let lines: Vec<String> = online
+            .iter()
+            .map(|(id, v)| format::session_line(id, v, &me, now))
+            .collect();
+        Reply::ok(format!(
+            "{} online:\n{}",
+            format::plural(total, "session", "sessions"),
+            format::capped_lines(&lines, total, " online")
+        ))
     }
 
     async fn status(&self) -> Reply {
@@ -666,7 +700,7 @@ impl Relay {
                     } else {
                         "Unread: 0".to_string()
                     });
-                    lines.push(format!("Hub epoch: {}", st.epoch));
+                    lines.push(format!("Hub epoch: {}", display::line(&st.epoch)));
                     if st.sends.is_empty() {
                         lines.push("Recent sends: none".to_string());
                     } else {
@@ -688,7 +722,7 @@ impl Relay {
                 None => "Unread: unknown while disconnected".to_string(),
             });
             if let Some(epoch) = &snap.epoch {
-                lines.push(format!("Hub epoch (last seen): {epoch}"));
+                lines.push(format!("Hub epoch (last seen): {}", display::line(epoch)));
             }
         }
         Reply::ok(lines.join("\n"))
@@ -697,18 +731,9 @@ impl Relay {
     async fn sessions(&self) -> Reply {
         let me = self.hub.id();
         let now = sessions::time::now_ms();
-        let (hub_view, hub_problem) = match self
-            .hub
-            .request(ClientFrame::GetSessions(Default::default()))
-            .await
-        {
-            Ok(ServerFrame::Sessions(s)) => (Some(s.sessions), None),
-            Ok(ServerFrame::Error(e)) => (None, Some(format!("the hub said {}", e.message))),
-            Ok(other) => (
-                None,
-                Some(format!("unexpected reply {}", frame_type(&other))),
-            ),
-            Err(e) => (None, Some(e.to_string())),
+        let (page, hub_problem) = match self.session_page().await {
+            Ok(p) => (Some(p), None),
+            Err(problem) => (None, Some(problem)),
         };
         // Registry reads and process probes are blocking work.
         let reader = self.local.clone();
@@ -717,7 +742,16 @@ impl Relay {
             Ok(Err(e)) => (Vec::new(), Some(e)),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
-        let hub_view = hub_view.unwrap_or_default();
+        let (hub_view, total, online_total, complete) = match page {
+            Some(p) => {
+                let shown = p.sessions.len() as u64;
+                let total = p.total.unwrap_or(shown).max(shown);
+                let online = p.sessions.values().filter(|v| v.online).count() as u64;
+                let complete = p.next.is_none();
+                (p.sessions, total, p.online.unwrap_or(online), complete)
+            }
+            None => (Default::default(), 0, 0, true),
+        };
         let mut lines = Vec::new();
         let mut ordered: Vec<(&String, &SessionView)> = hub_view.iter().collect();
         // Online first (by id), then offline, most recently seen first.
@@ -733,11 +767,14 @@ impl Relay {
         for (id, v) in &ordered {
             lines.push(format::session_line(id, v, &me, now));
         }
-        let online = ordered.iter().filter(|(_, v)| v.online).count();
+        // This machine's entries the hub does not know — only decidable when the hub's whole
+        // list is here (or the hub is down and the registry is all there is).
         let mut local_only: BTreeMap<&str, &LocalSession> = BTreeMap::new();
-        for l in &local {
-            if !hub_view.contains_key(&l.id) {
-                local_only.insert(&l.id, l);
+        if complete {
+            for l in &local {
+                if !hub_view.contains_key(&l.id) {
+                    local_only.insert(&l.id, l);
+                }
             }
         }
         for l in local_only.values() {
@@ -752,16 +789,24 @@ impl Relay {
         if lines.is_empty() {
             text.push_str("No sessions known.");
         } else {
+            let known = total + local_only.len() as u64;
             if hub_problem.is_none() {
                 text.push_str(&format!(
-                    "{} known ({online} online):\n",
-                    format::plural(lines.len() as u64, "session", "sessions")
+                    "{} known ({online_total} online):\n",
+                    format::plural(known, "session", "sessions")
                 ));
             }
-            text.push_str(&format::capped_lines(&lines));
+            text.push_str(&format::capped_lines(
+                &lines,
+                known,
+                ", seen longer ago (`claude-relay sessions` lists them all)",
+            ));
         }
         if let Some(problem) = local_problem {
-            text.push_str(&format!("\n(local registry unreadable: {problem})"));
+            text.push_str(&format!(
+                "\n(local registry unreadable: {})",
+                display::line(&problem)
+            ));
         }
         Reply::ok(text)
     }
@@ -769,7 +814,7 @@ impl Relay {
 
 /// A registry entry the hub does not know (or, with the hub down, any entry).
 fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
-    let mut line = l.id.clone();
+    let mut line = display::line(&l.id).into_owned();
     let state = match (l.state.as_str(), l.alive) {
         ("running", Some(true)) => match l.pid {
             Some(pid) => format!("running (pid {pid})"),
@@ -783,7 +828,7 @@ fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
         line.push_str(&format!(", last seen {} ago", sessions::time::ago(ms, now)));
     }
     if !l.host.is_empty() {
-        line.push_str(&format!(" · {}", l.host));
+        line.push_str(&format!(" · {}", display::line(&l.host)));
     }
     if !l.cwd.is_empty() {
         line.push_str(&format!(" · {}", format::short_path(&l.cwd)));
@@ -794,14 +839,19 @@ fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
     line
 }
 
-fn frame_type(f: &ServerFrame) -> String {
+/// The hub's error text, made safe to show.
+fn said(e: &ErrorFrame) -> String {
+    display::line(&e.message).into_owned()
+}
+
+pub(crate) fn frame_type(f: &ServerFrame) -> String {
     serde_json::to_value(f)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
 
-fn unexpected(f: &ServerFrame) -> Reply {
+pub(crate) fn unexpected(f: &ServerFrame) -> Reply {
     Reply::error(format!(
         "The hub answered with an unexpected frame ({}); nothing changed.",
         frame_type(f)
@@ -818,7 +868,7 @@ fn request_failed(e: &RequestError) -> Reply {
     }
 }
 
-fn capitalize(s: &str) -> String {
+pub(crate) fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),

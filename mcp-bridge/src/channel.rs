@@ -49,10 +49,11 @@ pub const CONTENT_CAP: usize = format::BODY_CAP;
 pub const SEEN_MAX: usize = 4096;
 
 /// The params of the channel event for `e`, exactly
-/// `{"content": "<sender>: <text>", "meta": {"from", "message_id", "seq", "to", "ts"}}`:
+/// `{"content": "<sender>: <text>", "meta": {"from", "message_id", "seq", "to", "ts"}}`
+/// (plus `task_id` and `task_state` on mail about a task):
 /// meta keys are identifiers and every value is a string (Claude Code drops anything else).
 pub fn params(e: &Envelope) -> Value {
-    json!({
+    let mut p = json!({
         "content": format::channel_content(e, CONTENT_CAP),
         "meta": {
             "from": e.from,
@@ -61,7 +62,13 @@ pub fn params(e: &Envelope) -> Value {
             "to": e.to,
             "ts": e.timestamp,
         }
-    })
+    });
+    // Task mail: which task and its new state (see crate::tasks).
+    if let Some(t) = &e.task {
+        p["meta"]["task_id"] = json!(t.id);
+        p["meta"]["task_state"] = json!(t.state.as_str());
+    }
+    p
 }
 
 /// The notification carrying [`params`].
@@ -161,6 +168,7 @@ mod tests {
             content: content.into(),
             timestamp: "2026-11-23T19:37:47.123Z".into(),
             seq,
+            task: None,
         }
     }
 

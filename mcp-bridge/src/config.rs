@@ -19,6 +19,8 @@ pub const TOOL_PROFILE_ENV: &str = "RELAY_TOOL_PROFILE";
 pub const CLAUDE_SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
 /// Environment variable that turns channel push off (`off`, `0`, `false`, `no`).
 pub const CHANNEL_ENV: &str = "RELAY_CHANNEL";
+/// Environment variable setting [`Timeouts::register_delay`] in milliseconds.
+pub const REGISTER_DELAY_ENV: &str = "RELAY_REGISTER_DELAY_MS";
 
 /// Whether new mail is pushed into the session as Claude Code channel events
 /// (`notifications/claude/channel`, see `channel`): on, unless the `--no-channel` flag or
@@ -98,6 +100,12 @@ pub struct Timeouts {
     pub backoff_start: Duration,
     /// Largest reconnect delay (before jitter).
     pub backoff_cap: Duration,
+    /// How long after the client's `initialized` the bridge registers with the hub on its
+    /// own, if no tool was called first (a tool call registers at once). A health check —
+    /// `claude mcp list`, the MCP Inspector's connect — initializes and hangs up well within
+    /// it, so it never shows up on the hub: no session, no owner secret, and no mail marked
+    /// delivered to a session nobody runs (see docs/BRIDGE.md, "Lifecycle").
+    pub register_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -110,6 +118,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(45),
             backoff_start: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(15),
+            register_delay: Duration::from_secs(3),
         }
     }
 }
@@ -123,6 +132,10 @@ pub struct IdentitySource {
     /// when the hub says the name is held by a live connection. `None` means the id is
     /// fixed and a rejection is reported rather than worked around.
     pub auto_number_base: Option<String>,
+    /// The id was made up for this process (`<HOSTNAME>-<pid base 36>`): nobody will claim
+    /// it again, so it registers as `transient` (the hub forgets it when the bridge leaves,
+    /// unless mail to it waits) and its owner secret is kept in memory only.
+    pub transient: bool,
 }
 
 /// The bridge's resolved identity.
@@ -192,10 +205,19 @@ impl BridgeConfig {
         relay_url: String,
         env: impl Fn(&str) -> Option<String>,
     ) -> Self {
+        let mut timeouts = Timeouts::default();
+        if let Some(ms) = env(REGISTER_DELAY_ENV) {
+            match ms.trim().parse::<u64>() {
+                Ok(ms) => timeouts.register_delay = Duration::from_millis(ms),
+                Err(_) => {
+                    tracing::warn!("ignoring {REGISTER_DELAY_ENV}={ms:?}: expected milliseconds")
+                }
+            }
+        }
         Self {
             identity,
             relay_url,
-            timeouts: Timeouts::default(),
+            timeouts,
             profile: ToolProfile::detect(&env),
             claude_session_id: env(CLAUDE_SESSION_ENV).filter(|v| !v.is_empty()),
             security: Security::from_env(&env),

@@ -301,13 +301,10 @@ pub async fn connect_with(
 
 /// The TLS connector for `wss://`: one trusting exactly the CA certificate(s) in `ca_cert`,
 /// or `None` for the system roots (tokio-tungstenite loads them; its `rustls-tls-native-roots`
-/// feature). Always rustls with the `ring` provider.
+/// feature). Always rustls with the process-default provider, which rustls takes from its
+/// crate features: `ring`, the only one this workspace enables (see the root Cargo.toml).
 fn tls_connector(ca_cert: Option<&Path>) -> Result<Option<Connector>, ConnectError> {
-    let provider = rustls::crypto::ring::default_provider();
     let Some(path) = ca_cert else {
-        // tokio-tungstenite builds the system-roots config with the process default provider;
-        // make that ring (a no-op when it is already installed).
-        let _ = provider.install_default();
         return Ok(None);
     };
     let bad = |reason: String| ConnectError::CaCert {
@@ -329,9 +326,7 @@ fn tls_connector(ca_cert: Option<&Path>) -> Result<Option<Connector>, ConnectErr
             .add(cert)
             .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
+    let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Some(Connector::Rustls(Arc::new(config))))
@@ -537,7 +532,18 @@ pub async fn request_once_with(
 ) -> Result<ServerFrame, ConnectError> {
     let mut ws = connect_with(url, auth, timeout).await?;
     send_frame(&mut ws, frame).await?;
-    let reply = read_until(&mut ws, timeout, |f| match f {
+    let reply = read_reply(&mut ws, timeout).await;
+    let _ = ws.close(None).await;
+    reply
+}
+
+/// The next frame that is a reply, skipping pushes (`message`, `peer_joined`, `peer_left`,
+/// `presence`, `mail`).
+pub async fn read_reply(
+    ws: &mut HubSocket,
+    timeout: Duration,
+) -> Result<ServerFrame, ConnectError> {
+    read_until(ws, timeout, |f| match f {
         ServerFrame::Message(_)
         | ServerFrame::PeerJoined(_)
         | ServerFrame::PeerLeft(_)
@@ -545,9 +551,7 @@ pub async fn request_once_with(
         | ServerFrame::Mail(_) => None,
         other => Some(other),
     })
-    .await;
-    let _ = ws.close(None).await;
-    reply
+    .await
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -5,8 +5,9 @@
 //! for the reply carrying the same `rid` — under a timeout, and failing at once when the
 //! connection drops. So a tool call can never hang on the hub.
 //!
-//! - The connection starts on [`HubClient::start`] (the server calls it on `initialize`), so a
-//!   client that only probes the server (`claude mcp list`) is answered without a network trip.
+//! - The connection starts on [`HubClient::start`]: at the first tool call, or a moment after
+//!   the client's `initialized` (see `Timeouts::register_delay`), so a client that only probes
+//!   the server (`claude mcp list`) never registers anything on the hub.
 //! - Lost connections are retried with exponential backoff and full jitter ([`Backoff`]); each
 //!   new connection registers again.
 //! - Liveness both ways: the hub pings us (tungstenite answers while we keep reading); we send
@@ -19,7 +20,10 @@
 //!   secret from [`OwnerStore`] when there is one. A secret the hub mints is saved (0600,
 //!   atomically) before the name is used; if it cannot be saved, the bridge keeps it in
 //!   memory, retries saving on every reconnect, and says so on stderr and in every tool
-//!   result until it is saved.
+//!   result until it is saved. A transient name (`<HOSTNAME>-<pid>`) keeps its secret in
+//!   memory only: nobody claims that name after this process, so a file would only pile up.
+//! - The name in `registered` must be exactly the one asked for; anything else (a hub that
+//!   is not ours, or a broken one) is refused before any secret is kept for it.
 //! - The hub token and `wss://` trust come with every dial ([`connect::connect_with`]).
 //! - Pushed `message` frames bump a cheap unread hint and go out on a bounded broadcast
 //!   channel (see [`HubClient::subscribe`]); nothing is buffered without bound.
@@ -227,13 +231,15 @@ struct Inner {
     auth: ClientAuth,
     owners: Option<OwnerStore>,
     owner: Mutex<OwnerMemo>,
+    /// The name is made up for this process (see `IdentitySource::transient`).
+    transient: bool,
 }
 
 /// Owner-secret state that outlives one connection.
 #[derive(Default)]
 struct OwnerMemo {
-    /// (name, secret) the hub minted that could not be saved yet: presented from memory and
-    /// saved again on the next registration.
+    /// (name, secret) the hub minted and that lives in memory: not saved yet (saved again on
+    /// the next registration), or, for a transient name, never saved. Presented from here.
     unsaved: Option<(String, String)>,
     /// Shown with every tool result while `unsaved` is set.
     warning: Option<String>,
@@ -335,6 +341,7 @@ impl HubClient {
                 auth: config.security.auth.clone(),
                 owners: config.security.owners.clone(),
                 owner: Mutex::new(OwnerMemo::default()),
+                transient: identity.source.transient,
             }),
         }
     }
@@ -350,9 +357,10 @@ impl HubClient {
         );
     }
 
-    /// Starts the connection task (once; later calls do nothing). Needs a tokio runtime.
+    /// Starts the connection task (once; later calls, and calls after [`Self::shutdown`], do
+    /// nothing). Needs a tokio runtime.
     pub fn start(&self) {
-        if self.inner.started.swap(true, Ordering::SeqCst) {
+        if self.inner.stopping() || self.inner.started.swap(true, Ordering::SeqCst) {
             return;
         }
         self.inner.state.send_replace(LinkState::Connecting {
@@ -360,6 +368,21 @@ impl HubClient {
             last_error: None,
         });
         tokio::spawn(run(self.inner.clone()));
+    }
+
+    /// Resolves once [`Self::start`] was called: true, or false when the client was shut down
+    /// without ever starting (a probe that hung up before registering).
+    pub async fn wait_started(&self) -> bool {
+        let mut rx = self.inner.state.subscribe();
+        match rx.wait_for(|s| !matches!(s, LinkState::NotStarted)).await {
+            Ok(s) => !matches!(*s, LinkState::Stopped),
+            Err(_) => false,
+        }
+    }
+
+    /// How long after `initialized` the server starts the connection by itself.
+    pub fn register_delay(&self) -> Duration {
+        self.inner.timeouts.register_delay
     }
 
     /// The hub URL.
@@ -577,6 +600,7 @@ impl Inner {
             // Unread mail is pushed right after `registered` (and again after a reconnect),
             // so the channel push announces what arrived while the session was away.
             backlog: Some(true),
+            transient: self.transient.then_some(true),
             rid: Some(RequestId::Str(REGISTER_RID.into())),
             ..Default::default()
         })
@@ -612,6 +636,13 @@ impl Inner {
     /// because saving failed before. On failure the secret stays in memory and a warning
     /// goes to stderr and to every tool result.
     async fn keep_owner_secret(&self, id: &str, minted: Option<String>) {
+        if self.transient {
+            // Memory only: this name dies with the process (see the module docs).
+            if let Some(secret) = minted {
+                lock(&self.owner).unsaved = Some((id.to_string(), secret));
+            }
+            return;
+        }
         let secret = match minted {
             Some(s) => s,
             None => match &lock(&self.owner).unsaved {
@@ -923,7 +954,10 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                                 connect::RELAY_TOKEN_FILE_ENV
                             ));
                         }
-                        return Err(format!("the hub refused to register {id}: {}", e.message));
+                        return Err(format!(
+                            "the hub refused to register {id}: {}",
+                            sessions::display::line(&e.message)
+                        ));
                     }
                     _ => inner.dispatch(&text),
                 }
@@ -943,19 +977,21 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
         };
         match frame {
             ServerFrame::Registered(r) => {
+                // Only the name asked for (auto-numbering happens here, by asking for the
+                // next number): never keep a secret for, or act under, a name we did not ask.
+                if r.client_id != id || sessions::id::validate(&r.client_id).is_err() {
+                    return Err(Ended::Rejected(format!(
+                        "the server at {} answered register {id} with the name \"{}\", not the \
+                         one asked for; not using it (is RELAY_URL a claude-relay hub?)",
+                        inner.url,
+                        sessions::display::line(&r.client_id.chars().take(80).collect::<String>())
+                    )));
+                }
                 // Before the name is used: a secret the hub sends exactly once.
                 inner
                     .keep_owner_secret(&r.client_id, r.owner_secret.clone())
                     .await;
                 let mut ident = lock(&inner.ident);
-                if r.client_id != ident.id {
-                    tracing::warn!(
-                        "hub registered us as {} (asked for {})",
-                        r.client_id,
-                        ident.id
-                    );
-                    ident.id = r.client_id.clone();
-                }
                 // From now on the name is ours; a reconnect must come home to the same one.
                 ident.base = None;
                 drop(ident);
@@ -992,7 +1028,10 @@ async fn register(inner: &Inner, sink: &mut Sink, stream: &mut Stream) -> Result
                         connect::RELAY_TOKEN_ENV,
                         connect::RELAY_TOKEN_FILE_ENV
                     ),
-                    _ => format!("the hub rejected the name {id}: {}", r.reason),
+                    _ => format!(
+                        "the hub rejected the name {id}: {}",
+                        sessions::display::line(&r.reason)
+                    ),
                 };
                 return Err(Ended::Rejected(why));
             }

@@ -11,8 +11,12 @@
 //!   the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`connect`]: token and TLS,
 //!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
+//! - [`git`]: the git half of a task handoff — the sender's repository state, its unpushed
+//!   and uncommitted work as a bundle, and the receiver's checkout (docs/HANDOFF.md).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
+//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub (not yet
+//!   used by the tools).
 
 pub mod actions;
 pub mod backoff;
@@ -20,12 +24,16 @@ pub mod channel;
 pub mod config;
 pub mod connect;
 pub mod format;
+pub mod git;
 pub mod hub_client;
 pub mod lifecycle;
 pub mod local;
 pub mod meta;
+pub mod outbox;
 pub mod owner;
+mod private_file;
 pub mod server;
+pub mod tasks;
 pub mod tools;
 pub mod transport;
 pub mod watchdog;

@@ -1,5 +1,7 @@
-//! A bridge's life from start to exit: resolve who we are, record it, serve MCP on stdio
-//! until stdin closes (or the watchdog says stop), then leave cleanly.
+//! A bridge's life from start to exit: resolve who we are, serve MCP on stdio until stdin
+//! closes (or the watchdog says stop), then leave cleanly. The session is recorded (registry,
+//! hub) only once the hub connection starts — the first tool call, or a moment after
+//! `initialized` — so a health check that hangs up first leaves no trace (docs/BRIDGE.md).
 //!
 //! Exit paths:
 //! - stdin EOF ends rmcp's service (`waiting()` returns): the natural end; [`run`] returns 0.
@@ -100,9 +102,8 @@ async fn serve(
         &config,
         meta::register_meta(&config, sessions::time::now_ms()),
     );
-    local
-        .mark_running(config.identity.id.clone(), &config, false)
-        .await;
+    // The registry records the session once the hub connection starts (first tool call, or
+    // a moment after `initialized`): a health check that hangs up first leaves no entry.
     tokio::spawn(follow_registrations(
         hub.clone(),
         local.clone(),
@@ -166,10 +167,17 @@ async fn serve(
     }
 }
 
-/// Keeps the registry in step with the name the hub actually gave us (an auto-numbered id may
-/// move from `CODEX` to `CODEX2`; a name first refused may be granted later).
+/// Records the session in the registry when the hub connection starts, then keeps it in step
+/// with the name the hub actually gave us (an auto-numbered id may move from `CODEX` to
+/// `CODEX2`; a name first refused may be granted later).
 async fn follow_registrations(hub: HubClient, local: LocalRecord, config: BridgeConfig) {
     let mut rx = hub.watch_registered();
+    if !hub.wait_started().await {
+        return;
+    }
+    local
+        .mark_running(config.identity.id.clone(), &config, false)
+        .await;
     let mut recorded = config.identity.id.clone();
     while rx.changed().await.is_ok() {
         let Some(id) = rx.borrow_and_update().clone() else {

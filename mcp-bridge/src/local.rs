@@ -1,10 +1,11 @@
 //! The bridge's record in this machine's session registry
 //! (`~/.claude-relay/sessions/registry.json`).
 //!
-//! - At start: resolve the session id (the registry says which names live sessions hold) and
-//!   mark the entry `Running` with the agent (our parent), the bridge, cwd, host, Claude Code
-//!   session id and hub URL — unless another live bridge owns that entry (then we wait until
-//!   the hub gives us the name, and never clobber its record).
+//! - At start: resolve the session id (the registry says which names live sessions hold).
+//! - When the hub connection starts (first tool call, or a moment after `initialized`; never
+//!   for a health check): mark the entry `Running` with the agent (our parent), the bridge,
+//!   cwd, host, Claude Code session id and hub URL — unless another live bridge owns that
+//!   entry (then we wait until the hub gives us the name, and never clobber its record).
 //! - When the hub registers us under a (new) name: that name is ours; record it.
 //! - On the way out: mark the entry `Ended`, only if we still own it.
 //!
@@ -66,6 +67,7 @@ impl LocalRecord {
             source: IdentitySource {
                 label: ident.source.label().to_string(),
                 auto_number_base: ident.base,
+                transient: ident.source == sessions::IdSource::Hostname,
             },
         })
     }

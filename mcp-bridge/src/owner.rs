@@ -13,12 +13,14 @@
 
 use std::{
     fs,
-    io::{self, Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    io::{self, Read},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
 use sessions::SessionId;
+
+use crate::private_file;
 
 /// Largest owner file read (a secret is 64 hex characters; this bounds a mistaken file).
 pub const MAX_SECRET_FILE: u64 = 4096;
@@ -141,36 +143,10 @@ impl OwnerStore {
             let p = p.to_path_buf();
             move |source| OwnerError::Write { path: p, source }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(write(&self.dir))?;
-        // An existing directory keeps its mode on create; make sure only we can list it.
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-            .map_err(write(&self.dir))?;
-        let tmp = self.dir.join(format!(
-            ".{name}.{}.{:08x}.tmp",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(secret.trim().as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            // The rename is durable once the directory is.
-            fs::File::open(&self.dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(OwnerError::Write { path, source: e });
-        }
+        private_file::private_dir(&self.dir).map_err(write(&self.dir))?;
+        let bytes = format!("{}\n", secret.trim());
+        private_file::write_atomic(&self.dir, name, &format!(".{name}."), bytes.as_bytes())
+            .map_err(write(&path))?;
         Ok(path)
     }
 

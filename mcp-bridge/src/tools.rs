@@ -29,9 +29,10 @@ pub mod name {
     pub const WAIT: &str = "relay_wait";
 }
 
-/// Largest message body the bridge will try to send. The hub caps a frame at 1 MiB; the
-/// envelope needs a little room, so bodies stop a bit short of it.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 - 4 * 1024;
+/// Largest message body the bridge will try to send: the hub's default content limit
+/// (`--max-content-bytes`, 512 KiB; see docs/PROTOCOL.md). A hub configured lower refuses
+/// with its own limit in the error, and the result says so.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// Default `relay_receive` page size.
 pub const DEFAULT_COUNT: u32 = 10;
 /// Largest `relay_receive` page size.
@@ -63,6 +64,8 @@ pub enum ToolCall {
     Sessions,
     /// `relay_wait`.
     Wait(WaitArgs),
+    /// `relay_handoff`, `relay_tasks`, `relay_task` (see [`crate::tasks`]).
+    Task(crate::tasks::tools::TaskCall),
 }
 
 /// Arguments of `relay_wait`.
@@ -98,7 +101,7 @@ impl ReceiveArgs {
     }
 }
 
-fn schema(v: Value) -> Arc<JsonObject> {
+pub(crate) fn schema(v: Value) -> Arc<JsonObject> {
     match v {
         Value::Object(map) => Arc::new(map),
         _ => Arc::new(JsonObject::new()),
@@ -124,8 +127,8 @@ pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
             schema(json!({
                 "type": "object",
                 "properties": {
-                    "message": {"type": "string", "description": "The text (max ~1 MiB)."},
-                    "to": {"type": "string", "description": "Session id, e.g. CC-2 (see relay_peers). Omit to send to all."}
+                    "message": {"type": "string", "description": "The text (max 512 KiB)."},
+                    "to": {"type": "string", "description": "Session id, e.g. CC-2 (see relay_peers), or all. Omit to send to all."}
                 },
                 "required": ["message"],
                 "additionalProperties": false
@@ -183,6 +186,7 @@ pub fn definitions(profile: ToolProfile) -> Vec<Tool> {
             })),
         ));
     }
+    tools.extend(crate::tasks::tools::definitions());
     tools
 }
 
@@ -200,12 +204,22 @@ pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> 
             }
             if message.len() > MAX_MESSAGE_BYTES {
                 return Err(format!(
-                    "{tool}: \"message\" is {} bytes; the hub takes at most about 1 MiB. Put the \
+                    "{tool}: \"message\" is {} bytes; the hub takes at most 512 KiB. Put the \
                      content in a file (or commit it) and send the path instead. Nothing was sent.",
                     message.len()
                 ));
             }
-            let to = a.string("to")?.map(str::trim).filter(|s| !s.is_empty());
+            let to = match a.string("to")?.map(str::trim) {
+                // An empty `to` is a mistake (a variable that was never filled in), not a
+                // wish to reach everyone: a broadcast is asked for by leaving it out.
+                Some("") => {
+                    return Err(format!(
+                        "{tool}: \"to\" is empty. Give a session id (see relay_peers), or leave \
+                         \"to\" out (or use \"all\") to send to everyone. Nothing was sent."
+                    ));
+                }
+                other => other,
+            };
             let to = match to {
                 None => None,
                 Some(t) if t.eq_ignore_ascii_case(sessions::BROADCAST) => None,
@@ -269,6 +283,9 @@ pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> 
                 timeout_capped,
             }))
         }
+        t if crate::tasks::tools::NAMES.contains(&t) => {
+            crate::tasks::tools::parse(t, args).map(ToolCall::Task)
+        }
         other => Err(format!(
             "unknown tool {other:?}; this server has: {}, {}, {}, {}, {}",
             name::SEND,
@@ -281,12 +298,12 @@ pub fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, String> 
 }
 
 /// Typed access to one call's arguments, with errors naming the tool and the argument.
-struct Args<'a> {
-    tool: &'a str,
-    args: Option<&'a JsonObject>,
+pub(crate) struct Args<'a> {
+    pub(crate) tool: &'a str,
+    pub(crate) args: Option<&'a JsonObject>,
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -298,12 +315,12 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl<'a> Args<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.args?.get(key).filter(|v| !v.is_null())
     }
 
     /// Rejects arguments the tool does not take (a misspelt name would otherwise be ignored).
-    fn only(&self, known: &[&str]) -> Result<(), String> {
+    pub(crate) fn only(&self, known: &[&str]) -> Result<(), String> {
         let Some(args) = self.args else { return Ok(()) };
         if let Some(bad) = args.keys().find(|k| !known.contains(&k.as_str())) {
             let takes = if known.is_empty() {
@@ -319,7 +336,7 @@ impl<'a> Args<'a> {
         Ok(())
     }
 
-    fn string(&self, key: &str) -> Result<Option<&'a str>, String> {
+    pub(crate) fn string(&self, key: &str) -> Result<Option<&'a str>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -331,7 +348,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn integer(&self, key: &str) -> Result<Option<i64>, String> {
+    pub(crate) fn integer(&self, key: &str) -> Result<Option<i64>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Number(n)) => n
@@ -356,7 +373,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
+    pub(crate) fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -368,7 +385,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    fn session_id(&self, key: &str, id: &str) -> Result<String, String> {
+    pub(crate) fn session_id(&self, key: &str, id: &str) -> Result<String, String> {
         sessions::id::validate(id).map_err(|e| {
             format!(
                 "{}: \"{key}\" is not a valid session id ({id:?}: {e}). Ids look like CC-2: a \
@@ -399,7 +416,10 @@ mod tests {
                 "relay_receive",
                 "relay_peers",
                 "relay_status",
-                "relay_sessions"
+                "relay_sessions",
+                "relay_handoff",
+                "relay_tasks",
+                "relay_task"
             ]
         );
         for t in &defs {
@@ -416,7 +436,7 @@ mod tests {
             );
         }
         let full = definitions(ToolProfile::Full);
-        assert_eq!(full.len(), 6);
+        assert_eq!(full.len(), 9);
         assert_eq!(full[5].name, "relay_wait");
         assert!(full[5].description.as_ref().unwrap().len() < 260);
         assert!(offered(ToolProfile::Full, "relay_wait"));
@@ -480,7 +500,7 @@ mod tests {
                 to: Some("CC-2".into())
             })
         );
-        for to in [json!("all"), json!("ALL"), json!(null), json!("")] {
+        for to in [json!("all"), json!("ALL"), json!(null)] {
             assert_eq!(
                 parse(
                     "relay_send",
@@ -509,6 +529,17 @@ mod tests {
         assert!(e.contains("unknown argument \"content\""), "{e}");
         let e = parse("relay_send", Some(&args(json!({"message": "  "})))).unwrap_err();
         assert!(e.contains("empty"), "{e}");
+        for blank in ["", "  ", "\t"] {
+            let e = parse(
+                "relay_send",
+                Some(&args(json!({"message": "hi", "to": blank}))),
+            )
+            .unwrap_err();
+            assert!(
+                e.contains("\"to\" is empty") && e.contains("Nothing was sent"),
+                "{e}"
+            );
+        }
         let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
         let e = parse("relay_send", Some(&args(json!({"message": big})))).unwrap_err();
         assert!(e.contains("file"), "{e}");

@@ -98,6 +98,7 @@ fn config(url: &str, id: &str, base: Option<&str>, timeouts: Timeouts) -> Bridge
             source: IdentitySource {
                 label: "test".into(),
                 auto_number_base: base.map(str::to_string),
+                transient: false,
             },
         },
         relay_url: url.into(),

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod time;
 pub mod wire;
 pub mod wire_feed;
+pub mod wire_tasks;
 
 pub use id::{BROADCAST, IdError, SessionId};
 pub use identity::{IdSource, Identity, IdentityError};

@@ -36,3 +36,9 @@ pub fn owners_dir() -> PathBuf {
 pub fn locks_dir() -> PathBuf {
     relay_home().join("locks")
 }
+
+/// Per-session offline outboxes of the MCP bridge (`outbox/NAME/`, mode 0700): messages
+/// queued while the hub was unreachable, waiting to be sent.
+pub fn outbox_dir() -> PathBuf {
+    relay_home().join("outbox")
+}

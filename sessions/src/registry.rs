@@ -6,8 +6,13 @@
 //! take an exclusive lock on the sibling `registry.lock`, read, change, write a temp file in
 //! the same directory, fsync it, rename it over the registry. Readers ([`Registry::load`])
 //! take no lock: a rename is atomic, so they see the old file or the new one, never half of
-//! one. A file that does not parse is moved aside (`registry.json.corrupt-<ms>`) with a
-//! warning rather than bricking every tool that reads it.
+//! one. A file that is not a registry at all (not JSON, `sessions` not an object) is moved
+//! aside (`registry.json.corrupt-<ms>`) with a warning rather than bricking every tool that
+//! reads it. Within a good file, entries are read one by one: an entry this version cannot
+//! read (an unknown `state`, a field of the wrong type — say, written by a newer claude-relay)
+//! costs only itself. It is reported ([`RegistryFile::unreadable`]) and written back exactly
+//! as it was, as are fields this version does not know, so an older binary never destroys
+//! what a newer one recorded.
 //!
 //! An ended session keeps its entry (name → cwd), so a session restarted in the same
 //! directory can come home to the same name. The schema is documented in `docs/REGISTRY.md`.
@@ -20,7 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use crate::{
     liveness::{self, ProcessStamp},
@@ -307,15 +313,89 @@ fn now_iso() -> String {
 }
 
 /// The whole registry file.
-#[derive(Serialize, Deserialize, Default, Clone, Debug)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default, Clone, Debug)]
 pub struct RegistryFile {
     /// Schema version ([`VERSION`]).
-    #[serde(default)]
     pub version: u32,
     /// Every known session by name.
-    #[serde(default)]
     pub sessions: BTreeMap<String, Entry>,
+    /// Entries this version cannot read, by name: kept as they were and written back
+    /// unchanged (an entry of the same name in `sessions` replaces one here).
+    pub unreadable: BTreeMap<String, Unreadable>,
+    /// Top-level fields this version does not know, written back unchanged.
+    pub extra: Map<String, Value>,
+}
+
+/// A registry entry that could not be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreadable {
+    /// The entry exactly as it is in the file.
+    pub raw: Value,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// The file's shape before entries are read one by one.
+#[derive(Serialize, Deserialize)]
+struct RawFile {
+    #[serde(default)]
+    version: u32,
+    #[serde(default)]
+    sessions: Map<String, Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for RegistryFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawFile::deserialize(d)?;
+        let mut file = RegistryFile {
+            version: raw.version,
+            extra: raw.extra,
+            ..Default::default()
+        };
+        for (name, value) in raw.sessions {
+            match Entry::deserialize(&value) {
+                Ok(entry) => {
+                    file.sessions.insert(name, entry);
+                }
+                Err(e) => {
+                    file.unreadable.insert(
+                        name,
+                        Unreadable {
+                            raw: value,
+                            reason: e.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(file)
+    }
+}
+
+impl Serialize for RegistryFile {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut sessions = Map::new();
+        for (name, u) in &self.unreadable {
+            sessions.insert(name.clone(), u.raw.clone());
+        }
+        for (name, e) in &self.sessions {
+            sessions.insert(
+                name.clone(),
+                serde_json::to_value(e).map_err(S::Error::custom)?,
+            );
+        }
+        // Keys in name order, as the BTreeMap wrote them before.
+        sessions.sort_keys();
+        RawFile {
+            version: self.version,
+            sessions,
+            extra: self.extra.clone(),
+        }
+        .serialize(s)
+    }
 }
 
 /// Where a session stands in its life.
@@ -368,6 +448,9 @@ pub struct Entry {
     /// When the entry last changed (ISO-8601); "most recently used" means this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
+    /// Fields this version does not know (written by a newer one), kept and written back.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl Entry {
@@ -512,7 +595,7 @@ impl RegistryFile {
     }
 
     /// Evicts entries beyond `max`: ended ones first, then named ones, oldest first. Running
-    /// entries are never evicted.
+    /// entries are never evicted (nor unreadable ones: this version cannot tell what they are).
     pub fn trim(&mut self, max: usize) {
         if self.sessions.len() <= max {
             return;
@@ -697,16 +780,60 @@ mod tests {
         reg.update(|f| f.mark_named("CC-2", None)).unwrap();
         assert!(reg.load().unwrap().sessions.contains_key("CC-2"));
 
-        // The same through update() directly, and with a wrong-typed field.
-        fs::write(
-            reg.path(),
-            br#"{"version":1,"sessions":{"X":{"state":"sleeping"}}}"#,
-        )
-        .unwrap();
+        // The same through update() directly, with a file whose `sessions` is no object.
+        fs::write(reg.path(), br#"{"version":1,"sessions":[1,2]}"#).unwrap();
         reg.update(|f| assert!(f.sessions.is_empty())).unwrap();
         // An empty file is just empty.
         fs::write(reg.path(), b"").unwrap();
         assert!(reg.load().unwrap().sessions.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_entry_costs_only_itself_and_is_written_back_unchanged() {
+        let (_d, reg) = temp_registry();
+        fs::create_dir_all(reg.path().parent().unwrap()).unwrap();
+        fs::write(
+            reg.path(),
+            br#"{"version":1,"future":{"x":1},"sessions":{
+                "CC-1":{"state":"ended","cwd":"/a","colour":"blue"},
+                "NEW":{"state":"sleeping","cwd":"/n"},
+                "ODD":{"state":"named","cwd":42}}}"#,
+        )
+        .unwrap();
+        let f = reg.load().unwrap();
+        assert_eq!(f.sessions.keys().collect::<Vec<_>>(), ["CC-1"]);
+        assert_eq!(f.sessions["CC-1"].cwd.as_deref(), Some("/a"));
+        assert_eq!(
+            f.unreadable.keys().collect::<Vec<_>>(),
+            ["NEW", "ODD"],
+            "reported"
+        );
+        assert!(
+            f.unreadable["NEW"].reason.contains("sleeping"),
+            "{:?}",
+            f.unreadable
+        );
+        // A write keeps everything this version did not understand, as it was.
+        reg.update(|f| f.mark_named("CC-2", Some("/b".into())))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(reg.path()).unwrap()).unwrap();
+        assert_eq!(
+            v["sessions"]["NEW"],
+            serde_json::json!({"state":"sleeping","cwd":"/n"})
+        );
+        assert_eq!(v["sessions"]["ODD"]["cwd"], 42);
+        assert_eq!(v["sessions"]["CC-1"]["colour"], "blue");
+        assert_eq!(v["future"], serde_json::json!({"x": 1}));
+        assert_eq!(v["sessions"]["CC-2"]["state"], "named");
+        let names: Vec<&String> = v["sessions"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["CC-1", "CC-2", "NEW", "ODD"], "still in name order");
+        // Naming an unreadable name replaces it with a readable entry.
+        reg.update(|f| f.mark_named("NEW", None)).unwrap();
+        let f = reg.load().unwrap();
+        assert_eq!(f.sessions["NEW"].state, EntryState::Named);
+        assert!(!f.unreadable.contains_key("NEW"));
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(reg.path()).unwrap()).unwrap();
+        assert_eq!(v["sessions"]["NEW"]["state"], "named");
     }
 
     #[test]

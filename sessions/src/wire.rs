@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::wire_tasks::{
+    BlobAck, BlobPut, BundleChunk, TaskAct, TaskBundle, TaskCreate, TaskGet, TaskList, TaskPage,
+    TaskRefused, TaskReply, TaskReserve, TaskReserved, TaskTag,
+};
+
 /// Free-form session metadata a client reports on `register` (pid, cwd, host, started, …).
 pub type Meta = serde_json::Map<String, Value>;
 
@@ -38,8 +43,8 @@ pub enum ClientFrame {
     GetHistory(GetHistory),
     /// Who is online now.
     GetPeers(Bare),
-    /// Every known session, online and offline, with its metadata.
-    GetSessions(Bare),
+    /// Known sessions, online and offline, with their metadata (paged).
+    GetSessions(GetSessions),
     /// Application-level liveness check.
     Ping(Bare),
     /// The oldest unread inbound messages of this session (does not mark them read).
@@ -54,6 +59,22 @@ pub enum ClientFrame {
     Watch(Watch),
     /// Follow the operator feed (docs/PROTOCOL.md, "The operator feed").
     Subscribe(crate::wire_feed::Subscribe),
+    /// Remove an offline session from the hub's session table.
+    Forget(Forget),
+    /// Offer a task (see [`crate::wire_tasks`]).
+    TaskCreate(TaskCreate),
+    /// Move a task.
+    TaskAct(TaskAct),
+    /// List tasks.
+    TaskList(TaskList),
+    /// Read one task.
+    TaskGet(TaskGet),
+    /// Upload a chunk of a bundle.
+    BlobPut(BlobPut),
+    /// Download a chunk of a task's bundle.
+    TaskBundle(TaskBundle),
+    /// Reserve the id of the next task.
+    TaskReserve(TaskReserve),
 }
 
 impl ClientFrame {
@@ -63,14 +84,21 @@ impl ClientFrame {
             Self::Register(f) => &mut f.rid,
             Self::Message(f) => &mut f.rid,
             Self::GetHistory(f) => &mut f.rid,
-            Self::GetPeers(f) | Self::GetSessions(f) | Self::Ping(f) | Self::GetStatus(f) => {
-                &mut f.rid
-            }
+            Self::GetPeers(f) | Self::Ping(f) | Self::GetStatus(f) => &mut f.rid,
+            Self::GetSessions(f) => &mut f.rid,
             Self::Receive(f) => &mut f.rid,
             Self::MarkRead(f) => &mut f.rid,
             Self::Release(f) => &mut f.rid,
             Self::Watch(f) => &mut f.rid,
             Self::Subscribe(f) => &mut f.rid,
+            Self::Forget(f) => &mut f.rid,
+            Self::TaskCreate(f) => &mut f.rid,
+            Self::TaskAct(f) => &mut f.rid,
+            Self::TaskList(f) => &mut f.rid,
+            Self::TaskGet(f) => &mut f.rid,
+            Self::BlobPut(f) => &mut f.rid,
+            Self::TaskBundle(f) => &mut f.rid,
+            Self::TaskReserve(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -81,14 +109,21 @@ impl ClientFrame {
             Self::Register(f) => f.rid.as_ref(),
             Self::Message(f) => f.rid.as_ref(),
             Self::GetHistory(f) => f.rid.as_ref(),
-            Self::GetPeers(f) | Self::GetSessions(f) | Self::Ping(f) | Self::GetStatus(f) => {
-                f.rid.as_ref()
-            }
+            Self::GetPeers(f) | Self::Ping(f) | Self::GetStatus(f) => f.rid.as_ref(),
+            Self::GetSessions(f) => f.rid.as_ref(),
             Self::Receive(f) => f.rid.as_ref(),
             Self::MarkRead(f) => f.rid.as_ref(),
             Self::Release(f) => f.rid.as_ref(),
             Self::Watch(f) => f.rid.as_ref(),
             Self::Subscribe(f) => f.rid.as_ref(),
+            Self::Forget(f) => f.rid.as_ref(),
+            Self::TaskCreate(f) => f.rid.as_ref(),
+            Self::TaskAct(f) => f.rid.as_ref(),
+            Self::TaskList(f) => f.rid.as_ref(),
+            Self::TaskGet(f) => f.rid.as_ref(),
+            Self::BlobPut(f) => f.rid.as_ref(),
+            Self::TaskBundle(f) => f.rid.as_ref(),
+            Self::TaskReserve(f) => f.rid.as_ref(),
         }
     }
 }
@@ -102,7 +137,7 @@ pub struct Bare {
 }
 
 /// `register`: claim `clientId` for this connection.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Register {
     /// The session id to claim. Required; validated against the id grammar.
@@ -130,17 +165,59 @@ pub struct Register {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_secret: Option<String>,
     /// True to have the hub push this session's unread mail (oldest first, up to 100
-    /// messages) right after `registered`, as ordinary `message` frames. They count as
-    /// delivered, not read.
+    /// messages and the hub's page budget in bytes) right after `registered`, as ordinary
+    /// `message` frames. They count as delivered, not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<bool>,
+    /// True when the name was made up for this one process (the bridge's
+    /// `<HOSTNAME>-<pid base 36>`): nobody will claim it again, so when this connection ends
+    /// the hub forgets the session unless direct mail to it is waiting unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transient: Option<bool>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `get_sessions`: a page of the sessions the hub knows. Pages run online sessions first
+/// (by id), then offline ones, most recently seen first; follow `next` to read them all.
+/// A client that sends neither field (the Node relay's) gets the first page at the default
+/// size.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetSessions {
+    /// Most sessions in the reply (default and maximum: the hub's page size, 1000); the page
+    /// also ends early when it would exceed the hub's byte budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page (an opaque cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Echoed on the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `forget`: remove an offline session from the hub's session table (and its ownership).
+/// Its unread mail stays stored for whoever claims the name next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forget {
+    /// The session to forget.
+    pub client_id: String,
+    /// Its owner secret; required when the name is owned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_secret: Option<String>,
+    /// The hub token, if the hub needs one and the upgrade did not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Echoed on the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
 }
 
 /// `release`: give up ownership of a name (so it can be claimed elsewhere).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Release {
     /// The name to free.
@@ -157,7 +234,7 @@ pub struct Release {
 
 /// `watch`: be told when mail arrives for a session, without holding its name (what
 /// `claude-relay wait` uses to wake an idle agent).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Watch {
     /// The session to watch.
@@ -171,6 +248,53 @@ pub struct Watch {
     /// Echoed on the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
+}
+
+/// A secret field in `Debug` output: whether it is there, never what it is. Frames are
+/// printed in debug logs; tokens and owner secrets must not be (see docs/SECURITY.md).
+struct Redacted(bool);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 { "Some(<redacted>)" } else { "None" })
+    }
+}
+
+impl std::fmt::Debug for Register {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Register")
+            .field("client_id", &self.client_id)
+            .field("meta", &self.meta)
+            .field("presence", &self.presence)
+            .field("token", &Redacted(self.token.is_some()))
+            .field("ownership", &self.ownership)
+            .field("owner_secret", &Redacted(self.owner_secret.is_some()))
+            .field("backlog", &self.backlog)
+            .field("rid", &self.rid)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Release")
+            .field("client_id", &self.client_id)
+            .field("owner_secret", &Redacted(true))
+            .field("token", &Redacted(self.token.is_some()))
+            .field("rid", &self.rid)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("client_id", &self.client_id)
+            .field("owner_secret", &Redacted(self.owner_secret.is_some()))
+            .field("token", &Redacted(self.token.is_some()))
+            .field("rid", &self.rid)
+            .finish()
+    }
 }
 
 /// How presence changes are reported to a connection.
@@ -298,12 +422,26 @@ pub enum ServerFrame {
     Released(Released),
     /// Reply to `watch`.
     Watching(Watching),
+    /// Reply to `forget`.
+    Forgotten(Forgotten),
     /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
     Mail(Mail),
     /// Reply to `subscribe`.
     Subscribed(crate::wire_feed::Subscribed),
     /// One event of the operator feed.
     Event(crate::wire_feed::FeedEvent),
+    /// One task (reply to `task_create`, `task_act`, `task_get`).
+    Task(TaskReply),
+    /// A page of tasks (reply to `task_list`).
+    Tasks(TaskPage),
+    /// A task move was refused; nothing changed.
+    TaskRefused(TaskRefused),
+    /// Reply to `blob_put`.
+    Blob(BlobAck),
+    /// Reply to `task_bundle`.
+    Bundle(BundleChunk),
+    /// Reply to `task_reserve`.
+    TaskReserved(TaskReserved),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -324,7 +462,14 @@ impl ServerFrame {
             Self::Status(f) => f.rid.as_ref(),
             Self::Released(f) => f.rid.as_ref(),
             Self::Watching(f) => f.rid.as_ref(),
+            Self::Forgotten(f) => f.rid.as_ref(),
             Self::Error(f) => f.rid.as_ref(),
+            Self::Task(f) => f.rid.as_ref(),
+            Self::Tasks(f) => f.rid.as_ref(),
+            Self::TaskRefused(f) => f.rid.as_ref(),
+            Self::Blob(f) => f.rid.as_ref(),
+            Self::Bundle(f) => f.rid.as_ref(),
+            Self::TaskReserved(f) => f.rid.as_ref(),
             Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)
@@ -337,7 +482,7 @@ impl ServerFrame {
 }
 
 /// `registered`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Registered {
     /// The id this connection now holds.
@@ -363,11 +508,36 @@ pub struct Registered {
     pub rid: Option<RequestId>,
 }
 
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("client_id", &self.client_id)
+            .field("peers", &self.peers)
+            .field("epoch", &self.epoch)
+            .field("unread", &self.unread)
+            .field("owner_secret", &Redacted(self.owner_secret.is_some()))
+            .field("owned", &self.owned)
+            .field("rid", &self.rid)
+            .finish()
+    }
+}
+
 /// `released`: the name has no owner any more.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Released {
     /// The freed name.
+    pub client_id: String,
+    /// Echoed request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<RequestId>,
+}
+
+/// `forgotten`: the session is no longer in the hub's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forgotten {
+    /// The forgotten session.
     pub client_id: String,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,6 +554,11 @@ pub struct Watching {
     pub unread: u64,
     /// Who sent them (distinct senders, oldest first, at most 10).
     pub from: Vec<String>,
+    /// Whether the hub knows a session by this name (one registered under it and was not
+    /// forgotten). False means nothing ever registered as it: mail to it can still come,
+    /// but a misspelt name would wait forever. Absent from older hubs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known: Option<bool>,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -458,6 +633,10 @@ pub struct Envelope {
     /// Hub-wide, strictly increasing sequence number.
     #[serde(default)]
     pub seq: u64,
+    /// On mail that reports a task change: the task and its new state (additive; see
+    /// [`crate::wire_tasks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskTag>,
 }
 
 /// `sent`: the hub stored the message (and says whether a live connection took it).
@@ -539,14 +718,23 @@ pub struct SessionView {
     pub meta: Meta,
 }
 
-/// `sessions`.
+/// `sessions`: one page of known sessions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sessions {
-    /// Every known session by id.
+    /// The sessions of this page by id (see [`GetSessions`] for which ones).
     pub sessions: BTreeMap<String, SessionView>,
     /// The asker's id; null before `register`.
     #[serde(rename = "self")]
     pub self_id: Option<String>,
+    /// How many sessions the hub knows in all (this page may hold fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// How many of them are online now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<u64>,
+    /// Cursor of the next page (pass it as `after`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     /// Echoed request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<RequestId>,
@@ -687,6 +875,14 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The name is owned and the owner secret was missing or wrong.
     pub const NOT_OWNER: &str = "not_owner";
+    /// A `message` reused the `key` of an earlier, different message of the same sender
+    /// (other recipient or content). It was not stored.
+    pub const KEY_CONFLICT: &str = "key_conflict";
+    /// The hub knows no session by that name (`forget`), or no such task, or not one the
+    /// asker may see (task frames).
+    pub const NOT_FOUND: &str = "not_found";
+    /// Not allowed to read or do this (not a party, not the operator).
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 /// Most unread messages the hub pushes after `registered` to a client that asked for its
@@ -701,6 +897,28 @@ pub const DEFAULT_URL: &str = "ws://127.0.0.1:9999";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_frames_never_shows_a_secret() {
+        let frames: Vec<ClientFrame> = [
+            r#"{"type":"register","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,
+            r#"{"type":"release","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,
+            r#"{"type":"watch","clientId":"A","token":"TOK-SECRET","ownerSecret":"OWN-SECRET"}"#,
+        ]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+        let reg: ServerFrame = serde_json::from_str(
+            r#"{"type":"registered","clientId":"A","peers":[],"ownerSecret":"OWN-SECRET"}"#,
+        )
+        .unwrap();
+        let text = format!("{frames:?} {reg:?}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(
+            text.contains("Some(<redacted>)") && text.contains("client_id: \"A\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn node_core_frames_parse() {
@@ -749,6 +967,7 @@ mod tests {
             content: "hi".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             seq: 1,
+            task: None,
         });
         let s = serde_json::to_string(&f).unwrap();
         assert!(

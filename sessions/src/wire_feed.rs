@@ -1,9 +1,10 @@
 //! The operator feed: what happens on the hub, as it happens — sessions coming and going,
-//! messages routed, delivered and read. One event shape for both ways of following it: the
+//! messages routed, delivered and read, tasks created and moved. One event shape for both ways of following it: the
 //! web console's server-sent events (`GET /api/feed`) and a WebSocket `subscribe` frame
 //! (what `claude-relay tail` uses). See docs/PROTOCOL.md, "The operator feed".
 //!
-//! Events carry metadata only (who, to whom, when, how big, what state). A message body is
+//! Events carry metadata only (who, to whom, when, how big, what state; a task's title, never
+//! its brief, notes or result). A message body is
 //! carried only to a WebSocket subscriber that asked for `content` — an operator who may
 //! already read everything — and the console fetches one body at a time when its viewer opens
 //! it.
@@ -14,7 +15,8 @@ use crate::wire::RequestId;
 
 /// `subscribe`: follow the operator feed on this connection (no registration needed). Only
 /// for operators: on a hub with a token, the connection must have presented it (on the
-/// upgrade or here); on a hub without one, only loopback peers may subscribe.
+/// upgrade or here); on a hub without one, only loopback peers may subscribe (the hub's
+/// one rule for who the operator is; see docs/SECURITY.md, "The operator").
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscribe {
@@ -57,6 +59,8 @@ pub enum FeedEvent {
     Delivered(SeqsEvent),
     /// A session marked messages read.
     Read(ReadEvent),
+    /// A task was created or moved.
+    Task(TaskMoved),
     /// This subscriber fell behind and `missed` events were dropped for it (the feed never
     /// slows the hub down): refetch the state instead of trusting counts built from events.
     Lagged(Lagged),
@@ -121,6 +125,34 @@ pub struct ReadEvent {
     /// Its unread count afterwards.
     pub unread: u64,
     /// Unix milliseconds.
+    pub ts: i64,
+}
+
+/// `task`: a task was created (`action` = `create`) or moved. What a board row needs, never
+/// the brief, a note or the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskMoved {
+    /// Task id (`T-42`).
+    pub id: String,
+    /// Its state now.
+    pub state: crate::wire_tasks::TaskState,
+    /// `create`, or the move (`claim`, `complete`, …).
+    pub action: String,
+    /// Who made it.
+    pub by: String,
+    /// The creator.
+    pub from: String,
+    /// The addressee: a session id or `any`.
+    pub to: String,
+    /// Who holds it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Its one-line title.
+    pub title: String,
+    /// When it was created (Unix ms).
+    pub created: i64,
+    /// When this happened (Unix ms).
     pub ts: i64,
 }
 

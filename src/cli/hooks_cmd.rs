@@ -17,8 +17,11 @@
 //!   `preserve_order`);
 //! - installing is idempotent (our entry is recognised by its command, `…claude-relay wait`,
 //!   and updated in place if it differs, e.g. after the binary moved);
-//! - the old file is copied to `settings.json.bak-<time>` before anything is written, and the
-//!   new one replaces it atomically (through a symlink to its target, for dotfile managers);
+//! - the old file is copied to `settings.json.claude-relay.bak` before anything is written (one
+//!   backup, replaced at each change we make, so repeated installs do not pile up copies;
+//!   nothing is written, nor backed up, when nothing changes), and the new one replaces it
+//!   atomically (through a symlink to its target, for dotfile managers);
+//! - `--dry-run` prints what the file would become and writes nothing (and says so);
 //! - uninstall removes exactly our entry, and the group, `Stop` array and `hooks` object only
 //!   when removing our entry left them empty — so the file means what it meant before.
 
@@ -41,6 +44,8 @@ const WAIT_ARG: &str = "wait";
 const BIN_NAME: &str = "claude-relay";
 /// Seconds Claude Code lets the hook run; matches `wait`'s default timeout.
 const HOOK_TIMEOUT_SECS: u64 = 3600;
+/// Extension of our one backup of the settings file.
+const BACKUP_SUFFIX: &str = "claude-relay.bak";
 
 /// Arguments of `claude-relay hooks`.
 #[derive(Debug, clap::Args)]
@@ -90,41 +95,44 @@ pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
         })?,
     };
     let shown = home.show(&path);
-    let changed = if install {
+    // What the change is, in words that stay true with --dry-run.
+    let (changed, did, would) = if install {
         let entry = our_entry(&command_line()?);
         let change = install_entry(&mut settings, entry)
             .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
         match change {
             Install::Unchanged => {
                 println!("The claude-relay Stop hook is already in {shown}; nothing changed.");
-                false
+                return Ok(ExitCode::SUCCESS);
             }
-            Install::Added => {
-                println!("Added the claude-relay Stop hook to {shown}.");
-                true
-            }
-            Install::Updated => {
-                println!("Updated the claude-relay Stop hook in {shown}.");
-                true
-            }
+            Install::Added => (
+                true,
+                "Added the claude-relay Stop hook to",
+                "add the claude-relay Stop hook to",
+            ),
+            Install::Updated => (
+                true,
+                "Updated the claude-relay Stop hook in",
+                "update the claude-relay Stop hook in",
+            ),
         }
     } else {
         let removed = uninstall_entry(&mut settings)
             .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
-        if removed == 0 {
-            println!("No claude-relay Stop hook in {shown}; nothing changed.");
-        } else {
-            println!("Removed the claude-relay Stop hook from {shown}.");
-        }
-        removed > 0
+        (
+            removed > 0,
+            "Removed the claude-relay Stop hook from",
+            "remove the claude-relay Stop hook from",
+        )
     };
     if !changed {
+        println!("No claude-relay Stop hook in {shown}; nothing changed.");
         return Ok(ExitCode::SUCCESS);
     }
     let mut text = serde_json::to_string_pretty(&settings).context("serializing settings")?;
     text.push('\n');
     if dry_run {
-        println!("--dry-run: {shown} would become:");
+        println!("--dry-run: nothing was written. This would {would} {shown}, which would become:");
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -134,6 +142,7 @@ pub fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
         println!("Backup of the previous file: {}", home.show(&backup));
     }
     write_atomically(&target, text.as_bytes())?;
+    println!("{did} {shown}.");
     if install {
         println!(
             "Claude Code sessions started from now on run `claude-relay wait` when a turn \
@@ -318,22 +327,18 @@ fn write_target(path: &Path) -> PathBuf {
     }
 }
 
-/// Copies `path` to `path.bak-<UTC time>` (a new name, never overwriting an older backup).
+/// Copies `path` to `path.claude-relay.bak`: one backup, the file as it was before our last
+/// change, replaced at each change (so installing and uninstalling again and again leaves
+/// one copy, not one per run).
 fn backup(path: &Path) -> anyhow::Result<PathBuf> {
-    let stamp = sessions::time::iso(sessions::time::now_ms()).replace(':', "-");
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("settings.json");
-    let mut candidate = path.with_file_name(format!("{name}.bak-{stamp}"));
-    let mut n = 1;
-    while candidate.exists() {
-        n += 1;
-        candidate = path.with_file_name(format!("{name}.bak-{stamp}-{n}"));
-    }
-    std::fs::copy(path, &candidate)
+    let target = path.with_file_name(format!("{name}.{BACKUP_SUFFIX}"));
+    std::fs::copy(path, &target)
         .with_context(|| format!("cannot back up {} — nothing was changed", path.display()))?;
-    Ok(candidate)
+    Ok(target)
 }
 
 /// Writes `bytes` to a temporary file next to `path` and renames it over `path`, keeping the

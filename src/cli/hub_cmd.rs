@@ -54,9 +54,21 @@ pub struct HubArgs {
     /// Largest message content, in bytes.
     #[arg(long, env = "RELAY_MAX_CONTENT_BYTES", default_value_t = 512 << 10)]
     pub max_content_bytes: usize,
-    /// Connections open at once.
+    /// Connections open at once (with --token-file: that have shown the token). A
+    /// connection counts until its socket is closed.
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_240)]
     pub max_connections: usize,
+    /// With --token-file: connections open at once that have not shown the token yet,
+    /// counted apart so they can never take token holders' places.
+    #[arg(long, env = "RELAY_MAX_UNAUTHENTICATED", default_value_t = 64)]
+    pub max_unauthenticated: usize,
+    /// With --token-file: seconds a connection has from connecting to show the token.
+    #[arg(long, env = "RELAY_AUTH_TIMEOUT_SECS", default_value_t = 5)]
+    pub auth_timeout_secs: u64,
+    /// MiB of inbound frames the whole hub holds at once (being read, handled, or queued
+    /// for the store); a connection mid-frame when it is spent is closed (1013).
+    #[arg(long, env = "RELAY_FRAME_BUDGET_MB", default_value_t = 256)]
+    pub frame_budget_mb: usize,
     /// Connections open at once per remote address (loopback is exempt).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDR", default_value_t = 256)]
     pub max_connections_per_addr: usize,
@@ -76,6 +88,13 @@ pub struct HubArgs {
     /// Live operator feed subscribers (console pages, `claude-relay tail`) at once.
     #[arg(long, env = "RELAY_MAX_FEED_SUBSCRIBERS", default_value_t = hub::config::DEFAULT_FEED_SUBSCRIBERS)]
     pub max_feed_subscribers: usize,
+    /// Sessions the hub remembers; beyond it the least recently seen offline ones are
+    /// forgotten (their ownership and mail stay).
+    #[arg(long, env = "RELAY_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
+    /// Largest git bundle a task may carry, in bytes (see docs/HANDOFF.md).
+    #[arg(long, env = "RELAY_MAX_BUNDLE_BYTES", default_value_t = hub::tasks::DEFAULT_MAX_BUNDLE_BYTES)]
+    pub max_bundle_bytes: u64,
     /// Threads serving connections (the store always has its own thread besides).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 1)]
     pub threads: usize,
@@ -111,6 +130,9 @@ impl HubArgs {
         c.max_frame_bytes = self.max_frame_bytes.max(1024);
         c.max_content_bytes = self.max_content_bytes.max(1);
         c.max_connections = self.max_connections.max(1);
+        c.max_unauthenticated = self.max_unauthenticated.max(1);
+        c.auth_timeout = Duration::from_secs(self.auth_timeout_secs.max(1));
+        c.frame_budget_bytes = self.frame_budget_mb.max(1) << 20;
         c.max_conns_per_addr = self.max_connections_per_addr.max(1);
         c.frame_rate = f64::from(self.frame_rate.max(1));
         c.frame_burst = c.frame_rate * 2.0;
@@ -119,6 +141,8 @@ impl HubArgs {
         c.outbound_frames = self.outbound_frames.max(2 * hub::store::actor::MAX_BATCH);
         c.max_http_connections = self.max_http_connections.max(1);
         c.max_feed_subscribers = self.max_feed_subscribers.max(1);
+        c.max_sessions = self.max_sessions.max(1);
+        c.max_bundle_bytes = self.max_bundle_bytes;
         c.token = self
             .token_file
             .as_deref()
@@ -177,8 +201,19 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
                 .context("installing the SIGXFSZ handler")?;
         let data_dir = config.data_dir.clone();
-        let hub = hub::Hub::open(config)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let hub = match hub::Hub::open(config) {
+            Ok(hub) => hub,
+            Err(e @ hub::HubError::Store(hub::store::StoreError::Locked { .. })) => {
+                anyhow::bail!(
+                    "{e}. One store serves one hub: stop the other hub, or start this one on \
+                     its own store with --data-dir DIR (or RELAY_DATA_DIR=DIR)"
+                )
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("opening the store in {}", data_dir.display()));
+            }
+        };
         let listener = tokio::net::TcpListener::bind((args.host, args.port))
             .await
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;

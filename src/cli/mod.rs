@@ -15,6 +15,7 @@ mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
 mod tail_cmd;
+mod tasks_cmd;
 mod user_files;
 mod wait_cmd;
 
@@ -67,6 +68,9 @@ pub enum Command {
     Wait(wait_cmd::WaitArgs),
     /// Install or remove the `claude-relay wait` Stop hook in ~/.claude/settings.json.
     Hooks(hooks_cmd::HooksArgs),
+    /// The task board (id, state, from → holder, age, title), one task, or `checkout ID`:
+    /// recreate a handed-over task's working state here.
+    Tasks(tasks_cmd::TasksArgs),
     /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
     /// and say how to fix each problem; exit 1 if any.
     Doctor(doctor_cmd::DoctorArgs),
@@ -89,28 +93,50 @@ impl Command {
 }
 
 /// Sets up tracing to stderr (stdout belongs to MCP when running the bridge).
+///
+/// Whatever the filter asks for, no secret reaches the log: the WebSocket library prints
+/// every frame and the client's upgrade request (with its `Authorization` header) at trace
+/// level, so its trace events are always left out (see docs/SECURITY.md); our own frames
+/// print tokens and owner secrets as `<redacted>`.
 pub fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::{filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = cli
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| cli.command.default_log().to_string());
-    let fmt = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_target(false);
-    match cli.log_format {
-        LogFormat::Text => fmt
+    let no_frame_dumps =
+        filter_fn(|meta| !(*meta.level() == tracing::Level::TRACE && prints_frames(meta.target())));
+    let json = matches!(cli.log_format, LogFormat::Json);
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // `span` carries the connection's fields (peer, session); one grep on
-        // `"session":"CC-1"` follows a session.
-        LogFormat::Json => fmt
+    });
+    // `span` carries the connection's fields (peer, session); one grep on
+    // `"session":"CC-1"` follows a session.
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
             .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-    }
+    });
+    tracing_subscriber::registry()
+        .with(text)
+        .with(json)
+        .with(tracing_subscriber::EnvFilter::new(filter))
+        .with(no_frame_dumps)
+        .init();
+}
+
+/// Targets whose trace events print frame payloads or HTTP headers verbatim.
+fn prints_frames(target: &str) -> bool {
+    ["tungstenite", "tokio_tungstenite"]
+        .iter()
+        .any(|t| target == *t || target.starts_with(&format!("{t}::")))
 }
 
 /// Runs the chosen subcommand and returns the process exit code.
@@ -123,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service_cmd::run(args),
         Command::Wait(args) => wait_cmd::run(args),
         Command::Hooks(args) => hooks_cmd::run(args),
+        Command::Tasks(args) => tasks_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Tail(args) => tail_cmd::run(args),
     }

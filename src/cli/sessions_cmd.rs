@@ -10,7 +10,13 @@
 //! `claude-relay sessions release NAME` frees an owned name: with the owner secret kept on
 //! this machine it asks the hub (then deletes the secret here), or with `--local`, on the hub
 //! host, it edits the hub's store directly (hub running or not: SQLite in WAL mode allows a
-//! second writer to wait its turn).
+//! second writer to wait its turn). `claude-relay sessions forget NAME` removes an offline
+//! session from the hub's list (and this machine's registry) the same two ways.
+//!
+//! The hub's list comes in pages (`get_sessions` with `limit`/`after`), read on one
+//! connection until the last. Everything the hub sent is printed through
+//! [`sessions::display`], so metadata holding escape sequences or newlines can neither drive
+//! the terminal nor forge rows.
 //!
 //! Every hub connection presents the hub token (`--token-file`, `RELAY_TOKEN`,
 //! `RELAY_TOKEN_FILE`) and, for `wss://`, trusts `--ca-cert` / `RELAY_CA_CERT` when given.
@@ -26,21 +32,28 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use hub::store::{Backend, sqlite::SqliteBackend};
 use mcp_bridge::{
-    connect::{ClientAuth, ConnectError, request_once_with},
+    connect::{ClientAuth, ConnectError, connect_with, read_reply, request_once_with, send_frame},
     owner::OwnerStore,
 };
 use serde_json::{Value, json};
 use sessions::{
-    Entry, EntryState, Registry, RegistryFile, SessionId,
+    Entry, EntryState, Registry, RegistryFile, SessionId, display,
     identity::{short_host, short_hostname},
     liveness,
-    wire::{Bare, ClientFrame, DEFAULT_URL, Release, ServerFrame, SessionView, codes},
+    wire::{
+        ClientFrame, DEFAULT_URL, Forget, GetSessions, Release, ServerFrame, SessionView, codes,
+    },
 };
 
 use super::hub_ping::describe_connect_error;
 
 /// How long the hub may take to accept the connection, and then to answer.
 const HUB_TIMEOUT: Duration = Duration::from_secs(3);
+/// Sessions asked for per page (the hub's largest page).
+const PAGE: u32 = 1000;
+/// Most pages read (a million sessions): a hub that keeps answering `next` cannot keep the
+/// command running forever.
+const MAX_PAGES: usize = 1000;
 
 /// Arguments of `claude-relay sessions`.
 #[derive(Debug, clap::Args)]
@@ -98,31 +111,38 @@ enum SessionsAction {
     /// machine (~/.claude-relay/owners/NAME) and deletes it once the hub agrees. With --local,
     /// run on the hub's host by its operator: frees the name in the hub's store directly,
     /// without a secret (the hub may be running or not).
-    Release {
-        /// The name to free.
-        name: String,
-        /// Edit the hub's store on this machine instead of asking the hub.
-        #[arg(long)]
-        local: bool,
-        /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
-        #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
-        data_dir: Option<PathBuf>,
-        #[command(flatten)]
-        hub: HubConn,
-    },
+    Release(OnHub),
+    /// Remove an offline session from the hub's list (with its ownership) and from this
+    /// machine's registry. An owned name needs its owner secret on this machine
+    /// (~/.claude-relay/owners/NAME); a name nobody owns can be forgotten by anyone. Mail
+    /// waiting for it stays stored and goes to whoever claims the name next. With --local,
+    /// on the hub's host: edit the hub's store directly, without a secret.
+    Forget(OnHub),
+}
+
+/// A name to change on the hub: by asking it, or with `--local` in its store.
+#[derive(Debug, clap::Args)]
+struct OnHub {
+    /// The session's name.
+    name: String,
+    /// Edit the hub's store on this machine instead of asking the hub.
+    #[arg(long)]
+    local: bool,
+    /// The hub's data directory, for --local [default: ~/.claude-relay/hub].
+    #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR", requires = "local")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    hub: HubConn,
 }
 
 /// Runs `claude-relay sessions`.
 pub fn run(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(SessionsAction::Name { name }) => name_session(name.as_deref()),
-        Some(SessionsAction::Release {
-            name,
-            local: true,
-            data_dir,
-            ..
-        }) => release_local(&name, data_dir),
-        Some(SessionsAction::Release { name, hub, .. }) => release_remote(&name, &hub),
+        Some(SessionsAction::Release(a)) if a.local => release_local(&a.name, a.data_dir),
+        Some(SessionsAction::Release(a)) => release_remote(&a.name, &a.hub),
+        Some(SessionsAction::Forget(a)) if a.local => forget_local(&a.name, a.data_dir),
+        Some(SessionsAction::Forget(a)) => forget_remote(&a.name, &a.hub),
         None => list(&args),
     }
 }
@@ -206,6 +226,36 @@ fn parse_name(raw: &str) -> anyhow::Result<SessionId> {
     SessionId::parse(raw.trim()).map_err(|e| anyhow!("{raw:?} is not a valid session id: {e}"))
 }
 
+/// One request to the hub on a small runtime of its own: the reply, or why there was none
+/// (the outer error: the runtime could not start).
+fn ask_once(
+    conn: &HubConn,
+    frame: &ClientFrame,
+) -> anyhow::Result<Result<ServerFrame, ConnectError>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(request_once_with(
+        &conn.relay_url,
+        &conn.auth(),
+        frame,
+        HUB_TIMEOUT,
+    )))
+}
+
+/// Deletes the owner secret of `id` kept here (it means nothing once the hub let the name
+/// go), saying so on stderr.
+fn drop_secret(owners: &OwnerStore, id: &SessionId, path: &Path) {
+    match owners.remove(id.as_str()) {
+        Ok(_) => eprintln!(
+            "claude-relay: deleted the owner secret {} (it no longer means anything)",
+            path.display()
+        ),
+        Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
+    }
+}
+
 /// Asks the hub to free `name` with the owner secret kept here; deletes it on success.
 fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
     let id = parse_name(raw)?;
@@ -225,23 +275,11 @@ fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
         token: None,
         rid: None,
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let url = &conn.relay_url;
-    let reply = rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT));
-    match reply {
+    match ask_once(conn, &frame)? {
         Ok(ServerFrame::Released(_)) => {
-            let removed = owners.remove(id.as_str());
             println!("released {id}: any machine can claim it now");
-            match removed {
-                Ok(_) => eprintln!(
-                    "claude-relay: deleted the owner secret {} (it no longer means anything)",
-                    path.display()
-                ),
-                Err(e) => eprintln!("claude-relay: {e}; delete it by hand"),
-            }
+            drop_secret(&owners, &id, &path);
             Ok(ExitCode::SUCCESS)
         }
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_OWNER) => bail!(
@@ -249,33 +287,183 @@ fn release_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
              released and claimed again elsewhere; the secret here is stale. To free it anyway, \
              run on the hub's host: claude-relay sessions release {id} --local",
             path.display(),
-            e.message
+            display::line(&e.message)
         ),
         Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => bail!(
             "the hub at {url} needs its token ({}): give --token-file FILE, or set RELAY_TOKEN \
              or RELAY_TOKEN_FILE. Nothing was released",
-            e.message
+            display::line(&e.message)
         ),
         Ok(ServerFrame::Error(e)) => {
-            bail!("the hub at {url} refused to release {id}: {}", e.message)
+            bail!(
+                "the hub at {url} refused to release {id}: {}",
+                display::line(&e.message)
+            )
         }
         Ok(other) => bail!(
-            "the hub at {url} answered release with an unexpected frame: {other:?}. Nothing \
-             changed here"
+            "the hub at {url} answered release with an unexpected frame ({}). Nothing changed \
+             here",
+            frame_type(&other)
         ),
         Err(e) => bail!(
             "{}. Nothing was released and the owner secret in {} is kept. Start the hub (or fix \
              the connection) and retry, or on the hub's host run: claude-relay sessions release \
              {id} --local",
-            describe_connect_error(url, &e),
+            display::line(&describe_connect_error(url, &e)),
             path.display()
         ),
     }
 }
 
-/// Frees `name` in the hub's store on this machine (the operator's way; no secret needed).
-fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+// ---------------------------------------------------------------------------------------
+// sessions forget
+
+/// Asks the hub to forget `name` (presenting the owner secret kept here, if any); then
+/// removes the secret and this machine's registry entry.
+fn forget_remote(raw: &str, conn: &HubConn) -> anyhow::Result<ExitCode> {
     let id = parse_name(raw)?;
+    let owners = OwnerStore::default_dir();
+    let path = owners.path(id.as_str())?;
+    let secret = owners.load(id.as_str())?;
+    let frame = ClientFrame::Forget(Forget {
+        client_id: id.to_string(),
+        owner_secret: secret.clone(),
+        token: None,
+        rid: None,
+    });
+    let url = &conn.relay_url;
+    let hub_knew = match ask_once(conn, &frame)? {
+        Ok(ServerFrame::Forgotten(_)) => true,
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_FOUND) => false,
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NAME_IN_USE) => bail!(
+            "{id} is online (the hub says: {}); only an offline session can be forgotten. End \
+             that session first. Nothing was forgotten",
+            display::line(&e.message)
+        ),
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::NOT_OWNER) => {
+            let why = match &secret {
+                Some(_) => format!(
+                    "the owner secret in {} is not {id}'s (stale: the name was released and \
+                     claimed again elsewhere?)",
+                    path.display()
+                ),
+                None => format!(
+                    "{id} is owned and there is no owner secret for it on this machine ({} does \
+                     not exist)",
+                    path.display()
+                ),
+            };
+            bail!(
+                "the hub refused: {why}. Run this on the machine that claimed {id}, or on the \
+                 hub's host: claude-relay sessions forget {id} --local. Nothing was forgotten"
+            )
+        }
+        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => bail!(
+            "the hub at {url} needs its token ({}): give --token-file FILE, or set RELAY_TOKEN \
+             or RELAY_TOKEN_FILE. Nothing was forgotten",
+            display::line(&e.message)
+        ),
+        Ok(ServerFrame::Error(e)) => bail!(
+            "the hub at {url} refused to forget {id}: {}",
+            display::line(&e.message)
+        ),
+        Ok(other) => bail!(
+            "the hub at {url} answered forget with an unexpected frame ({}). Nothing changed \
+             here",
+            frame_type(&other)
+        ),
+        Err(e) => bail!(
+            "{}. Nothing was forgotten. Start the hub (or fix the connection) and retry, or on \
+             the hub's host run: claude-relay sessions forget {id} --local",
+            display::line(&describe_connect_error(url, &e))
+        ),
+    };
+    if secret.is_some() && hub_knew {
+        drop_secret(&owners, &id, &path);
+    }
+    let local = forget_in_registry(&id)?;
+    match (hub_knew, local) {
+        (true, _) => println!(
+            "forgot {id}: the hub no longer lists it{}",
+            local_note(local)
+        ),
+        (false, true) => println!(
+            "the hub at {url} knows no session {id}; removed it from this machine's registry"
+        ),
+        (false, false) => {
+            bail!("neither the hub at {url} nor this machine's registry knows a session {id}")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local_note(removed: bool) -> &'static str {
+    if removed {
+        " (removed from this machine's registry too)"
+    } else {
+        ""
+    }
+}
+
+/// Removes `id` from this machine's registry unless a live session holds it there. Returns
+/// whether an entry went.
+fn forget_in_registry(id: &SessionId) -> anyhow::Result<bool> {
+    let reg = Registry::open_default();
+    let outcome = reg.update(|f| match f.sessions.get(id.as_str()) {
+        Some(e) if e.is_live() => Err(describe(e)),
+        Some(_) => Ok(f.sessions.remove(id.as_str()).is_some()),
+        None => Ok(false),
+    })?;
+    match outcome {
+        Ok(removed) => Ok(removed),
+        Err(holder) => {
+            eprintln!(
+                "claude-relay: {id} runs on this machine ({holder}); its registry entry is kept"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Forgets `name` in the hub's store on this machine (the operator's way; no secret needed).
+fn forget_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let (mut store, dir, db) = open_local_store(data_dir)?;
+    let had = store
+        .forget_session(id.as_str())
+        .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
+    let local = forget_in_registry(&id)?;
+    if had {
+        println!(
+            "forgot {id} in the hub store {}{} (if it is online right now, it is listed again \
+             when it reconnects)",
+            db.display(),
+            local_note(local)
+        );
+    } else {
+        println!(
+            "the hub store {} knows no session {id}; nothing to forget there{}",
+            db.display(),
+            local_note(local)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A frame's `type`, for messages about unexpected replies.
+fn frame_type(f: &ServerFrame) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The hub's store on this machine, for the operator's `--local` edits (hub running or not:
+/// SQLite in WAL mode lets a second writer wait its turn): the store, its directory and its
+/// database file.
+fn open_local_store(
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(SqliteBackend, PathBuf, PathBuf)> {
     let dir = data_dir.unwrap_or_else(sessions::paths::hub_data_dir);
     let db = dir.join(hub::store::sqlite::DB_FILE);
     if !db.exists() {
@@ -285,8 +473,15 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
             db.display()
         );
     }
-    let mut store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
+    let store = SqliteBackend::open(&dir, hub::SyncMode::Normal)
         .with_context(|| format!("cannot open the hub store in {}", dir.display()))?;
+    Ok((store, dir, db))
+}
+
+/// Frees `name` in the hub's store on this machine (the operator's way; no secret needed).
+fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let id = parse_name(raw)?;
+    let (mut store, dir, db) = open_local_store(data_dir)?;
     let had_owner = store
         .release_owner(id.as_str())
         .with_context(|| format!("cannot update the hub store in {}", dir.display()))?;
@@ -310,7 +505,8 @@ fn release_local(raw: &str, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCod
 
 /// What the hub said (or why it could not).
 enum HubAnswer {
-    Reachable(BTreeMap<String, SessionView>),
+    /// Every session the hub listed, and whether the list is cut short (over [`MAX_PAGES`]).
+    Reachable(BTreeMap<String, SessionView>, bool),
     Unreachable(String),
 }
 
@@ -348,17 +544,15 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
     let mut rows = merge(&file, &hub, &local_host);
     if args.connected {
         rows.retain(|r| match &hub {
-            HubAnswer::Reachable(_) => r.connected == Some(true),
+            HubAnswer::Reachable(..) => r.connected == Some(true),
             // Unknown: show what runs here, marked `?`.
             HubAnswer::Unreachable(_) => r.alive == Some(true),
         });
     }
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(args, &hub, &pruned, &rows))?
-        );
+        let text = serde_json::to_string_pretty(&to_json(args, &hub, &pruned, &rows, &file))?;
+        println!("{}", display::json(&text));
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -378,40 +572,51 @@ fn list(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
             pruned.join(", ")
         ));
     }
-    if let HubAnswer::Unreachable(why) = &hub {
+    for (name, u) in &file.unreadable {
         notes.push(format!(
-            "the hub at {} is unreachable ({why}); CONNECTED shows ?",
-            args.hub.relay_url
+            "registry entry {name} is unreadable by this version ({}); it is kept as it is",
+            u.reason
         ));
     }
+    match &hub {
+        HubAnswer::Unreachable(why) => notes.push(format!(
+            "the hub at {} is unreachable ({why}); CONNECTED shows ?",
+            args.hub.relay_url
+        )),
+        HubAnswer::Reachable(listed, true) => notes.push(format!(
+            "the hub's list was cut short after {} sessions",
+            listed.len()
+        )),
+        HubAnswer::Reachable(..) => {}
+    }
     for n in notes {
-        println!("{n}");
+        println!("{}", display::line(&n));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// One `get_sessions` round trip on a small runtime of its own.
+/// The hub's whole session list, page by page on one connection, on a small runtime of its
+/// own.
 fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
     let url = conn.relay_url.as_str();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let frame = ClientFrame::GetSessions(Bare::default());
-    let answer = match rt.block_on(request_once_with(url, &conn.auth(), &frame, HUB_TIMEOUT)) {
-        Ok(ServerFrame::Sessions(s)) => HubAnswer::Reachable(s.sessions),
-        Ok(ServerFrame::Error(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => {
+    let answer = match rt.block_on(all_pages(url, &conn.auth())) {
+        Ok(Listed::Sessions(all, cut)) => HubAnswer::Reachable(all, cut),
+        Ok(Listed::Refused(e)) if e.code.as_deref() == Some(codes::UNAUTHORIZED) => {
             HubAnswer::Unreachable(
                 "it requires a token: give --token-file FILE, or set RELAY_TOKEN or \
                  RELAY_TOKEN_FILE"
                     .into(),
             )
         }
-        Ok(ServerFrame::Error(e)) => {
+        Ok(Listed::Refused(e)) => {
             HubAnswer::Unreachable(format!("it answered with an error: {}", e.message))
         }
-        Ok(other) => HubAnswer::Unreachable(format!(
-            "it answered get_sessions with an unexpected frame: {other:?}"
+        Ok(Listed::Unexpected(ty)) => HubAnswer::Unreachable(format!(
+            "it answered get_sessions with an unexpected frame ({ty})"
         )),
         Err(ConnectError::Unreachable { source, hint, .. }) => {
             HubAnswer::Unreachable(format!("{source}{hint}"))
@@ -422,6 +627,54 @@ fn ask_hub(conn: &HubConn) -> anyhow::Result<HubAnswer> {
         Err(e) => HubAnswer::Unreachable(e.to_string()),
     };
     Ok(answer)
+}
+
+/// What paging through `get_sessions` produced.
+enum Listed {
+    /// Every session, and whether [`MAX_PAGES`] cut the list short.
+    Sessions(BTreeMap<String, SessionView>, bool),
+    Refused(sessions::wire::ErrorFrame),
+    Unexpected(String),
+}
+
+/// Reads every page of `get_sessions` (following `next`; a hub without paging answers in
+/// one) on one connection.
+async fn all_pages(url: &str, auth: &ClientAuth) -> Result<Listed, ConnectError> {
+    let mut ws = connect_with(url, auth, HUB_TIMEOUT).await?;
+    let mut all = BTreeMap::new();
+    let mut after: Option<String> = None;
+    let mut listed = None;
+    for _ in 0..MAX_PAGES {
+        let frame = ClientFrame::GetSessions(GetSessions {
+            limit: Some(PAGE),
+            after: after.take(),
+            rid: None,
+        });
+        send_frame(&mut ws, &frame).await?;
+        let reply = read_reply(&mut ws, HUB_TIMEOUT).await?;
+        match reply {
+            ServerFrame::Sessions(page) => {
+                all.extend(page.sessions);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => {
+                        listed = Some(Listed::Sessions(std::mem::take(&mut all), false));
+                        break;
+                    }
+                }
+            }
+            ServerFrame::Error(e) => {
+                listed = Some(Listed::Refused(e));
+                break;
+            }
+            other => {
+                listed = Some(Listed::Unexpected(frame_type(&other)));
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+    Ok(listed.unwrap_or(Listed::Sessions(all, true)))
 }
 
 /// Local registry rows, joined by name with what the hub knows (which adds other machines).
@@ -440,7 +693,7 @@ fn merge(file: &RegistryFile, hub: &HubAnswer, local_host: &str) -> Vec<Row> {
                 name: name.clone(),
                 pid: e.process().map(|p| u64::from(p.pid)),
                 alive: alive.filter(|_| e.process().is_some()),
-                connected: matches!(hub, HubAnswer::Reachable(_)).then_some(false),
+                connected: matches!(hub, HubAnswer::Reachable(..)).then_some(false),
                 cwd: e.cwd.clone(),
                 host: e.host.clone(),
                 state: Some(e.state),
@@ -449,7 +702,7 @@ fn merge(file: &RegistryFile, hub: &HubAnswer, local_host: &str) -> Vec<Row> {
             (name.clone(), row)
         })
         .collect();
-    if let HubAnswer::Reachable(hub_sessions) = hub {
+    if let HubAnswer::Reachable(hub_sessions, _) = hub {
         for (name, view) in hub_sessions {
             let meta_str = |k: &str| view.meta.get(k).and_then(Value::as_str).map(str::to_string);
             let meta_pid = view.meta.get("pid").and_then(Value::as_u64);
@@ -495,7 +748,8 @@ fn yes_no(v: Option<bool>, unknown: &str) -> String {
 }
 
 /// The aligned table (header always printed). CWD is last and unpadded; a session on
-/// another machine shows `host:cwd`.
+/// another machine shows `host:cwd`. Every cell is made safe ([`display::line`]): one row
+/// per session, and nothing reaches the terminal raw.
 fn table(rows: &[Row], local_host: &str) -> String {
     let cells: Vec<[String; 5]> = rows
         .iter()
@@ -505,8 +759,9 @@ fn table(rows: &[Row], local_host: &str) -> String {
                 Some(h) if h != local_host => format!("{h}:{cwd}"),
                 _ => cwd,
             };
+            let cwd = display::line(&cwd).into_owned();
             [
-                r.name.clone(),
+                display::line(&r.name).into_owned(),
                 r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 yes_no(r.alive, "-"),
                 yes_no(r.connected, "?"),
@@ -533,14 +788,23 @@ fn table(rows: &[Row], local_host: &str) -> String {
     out
 }
 
-fn to_json(args: &SessionsArgs, hub: &HubAnswer, pruned: &[String], rows: &[Row]) -> Value {
-    let (reachable, error) = match hub {
-        HubAnswer::Reachable(_) => (true, None),
-        HubAnswer::Unreachable(why) => (false, Some(why.clone())),
+fn to_json(
+    args: &SessionsArgs,
+    hub: &HubAnswer,
+    pruned: &[String],
+    rows: &[Row],
+    file: &RegistryFile,
+) -> Value {
+    let (reachable, error, cut) = match hub {
+        HubAnswer::Reachable(_, cut) => (true, None, *cut),
+        HubAnswer::Unreachable(why) => (false, Some(why.clone()), false),
     };
     json!({
-        "hub": { "url": args.hub.relay_url, "reachable": reachable, "error": error },
+        "hub": { "url": args.hub.relay_url, "reachable": reachable, "error": error, "cutShort": cut },
         "pruned": pruned,
+        "unreadableRegistryEntries": file.unreadable.iter().map(|(name, u)| json!({
+            "name": name, "reason": u.reason,
+        })).collect::<Vec<_>>(),
         "sessions": rows.iter().map(|r| json!({
             "name": r.name,
             "pid": r.pid,

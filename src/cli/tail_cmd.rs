@@ -140,6 +140,9 @@ fn concerns(ev: &FeedEvent, only: Option<&SessionId>) -> bool {
         FeedEvent::Message(m) => m.from == id || m.to == id || m.to == sessions::BROADCAST,
         FeedEvent::Delivered(d) => d.to == id,
         FeedEvent::Read(r) => r.by == id,
+        FeedEvent::Task(t) => {
+            t.by == id || t.from == id || t.to == id || t.holder.as_deref() == Some(id)
+        }
         FeedEvent::Lagged(_) => true,
     }
 }
@@ -193,6 +196,17 @@ fn render(ev: &FeedEvent, content: bool) -> String {
             display::line(&r.by),
             seqs(&r.seqs),
             r.unread
+        ),
+        FeedEvent::Task(t) => format!(
+            "{}  {} → {}  task {}  {} by {}  {}  {}",
+            Iso(t.ts),
+            display::line(&t.from),
+            display::line(t.holder.as_deref().unwrap_or(&t.to)),
+            display::line(&t.id),
+            display::line(&t.action),
+            display::line(&t.by),
+            t.state,
+            display::line(&t.title)
         ),
         FeedEvent::Lagged(l) => format!(
             "{}  … {} events missed: this tail fell behind",

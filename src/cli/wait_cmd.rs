@@ -27,6 +27,9 @@
 //!   (anthropics/claude-plugins-official#5934). Only a manual call without any session to
 //!   watch exits 1. A connection lost while waiting is redialled with backoff until the
 //!   timeout.
+//! - **A name the hub has never seen** (nothing ever registered under it: a typo, or a
+//!   session named but not started yet) is said on stderr once, and the wait goes on — mail
+//!   can be sent to a name before its session starts, and a hook must not fail on it.
 
 use std::{
     fs::File,
@@ -135,13 +138,13 @@ pub fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
     ));
     Ok(match outcome {
         Outcome::Mail(line) => {
-            eprintln!("{line}");
+            eprintln!("{}", sessions::display::line(&line));
             ExitCode::from(EXIT_MAIL)
         }
         Outcome::TimedOut => ExitCode::SUCCESS,
         Outcome::Problem(why) => {
             // Never non-zero here: see "Exit codes" above (a failing rewake hook loops).
-            eprintln!("claude-relay wait: {why}");
+            eprintln!("claude-relay wait: {}", sessions::display::line(&why));
             ExitCode::SUCCESS
         }
     })
@@ -414,6 +417,13 @@ async fn watch_once(
             ServerFrame::Watching(w) => {
                 if !watched {
                     tracing::info!("watching {}: no unread mail; waiting", w.client_id);
+                    if w.known == Some(false) {
+                        eprintln!(
+                            "claude-relay wait: the hub at {url} has never seen a session named \
+                             {id} (nothing ever registered under that name); waiting for mail to \
+                             it anyway — check the name if that is not what you meant"
+                        );
+                    }
                 }
                 watched = true;
             }
@@ -507,6 +517,7 @@ mod tests {
             client_id: "CC-1".into(),
             unread,
             from: from.iter().map(|s| s.to_string()).collect(),
+            known: Some(true),
             rid: None,
         };
         assert_eq!(

@@ -50,6 +50,8 @@ pub struct BridgeOpts {
     pub args: Vec<String>,
     /// The MCP client's name in `initialize` (default: `bridge-tests`).
     pub client_name: Option<String>,
+    /// Working directory of the bridge (None: the test's).
+    pub cwd: Option<PathBuf>,
 }
 
 impl BridgeOpts {
@@ -62,6 +64,7 @@ impl BridgeOpts {
             env: Vec::new(),
             args: Vec::new(),
             client_name: None,
+            cwd: None,
         }
     }
 }
@@ -95,6 +98,9 @@ pub fn command(opts: &BridgeOpts, under_shell: bool) -> Command {
         .kill_on_drop(true);
     if let Some(id) = &opts.session_id {
         cmd.env("CLAUDE_RELAY_SESSION_ID", id);
+    }
+    if let Some(cwd) = &opts.cwd {
+        cmd.current_dir(cwd);
     }
     for (k, v) in &opts.env {
         cmd.env(k, v);

@@ -45,6 +45,21 @@ pub struct HubOpts {
     pub env: Vec<(String, String)>,
 }
 
+impl HubOpts {
+    /// Options for a hub that requires `token`: it is written to `dir/hub.token` (the first
+    /// line, as `--token-file` reads it) and passed with `--token-file`, then `extra` flags.
+    pub fn with_token(dir: &Path, token: &str, extra: &[&str]) -> HubOpts {
+        let file = dir.join("hub.token");
+        std::fs::write(&file, format!("{token}\n")).expect("write token file");
+        let mut args = vec!["--token-file".to_string(), file.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        HubOpts {
+            args,
+            ..Default::default()
+        }
+    }
+}
+
 impl Hub {
     /// Starts a hub on a free port with its data dir under `dir`.
     pub async fn start(dir: &Path) -> Hub {

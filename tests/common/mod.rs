@@ -5,9 +5,11 @@
 #![allow(dead_code)]
 
 pub mod bridge;
+pub mod channel;
 pub mod chromium;
 pub mod http;
 pub mod hub;
+pub mod impair;
 pub mod ws;
 
 /// Removes every variable that configures claude-relay (or Claude Code's session) from a

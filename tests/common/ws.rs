@@ -8,8 +8,21 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
-    tungstenite::{Message, protocol::frame::coding::CloseCode},
+    tungstenite::{
+        Message, client::IntoClientRequest, handshake::client::Request, http::HeaderValue,
+        protocol::frame::coding::CloseCode,
+    },
 };
+
+/// An upgrade request for `url` carrying `token` as `Authorization: Bearer`.
+pub fn bearer_request(url: &str, token: &str) -> Request {
+    let mut req = url.into_client_request().expect("a ws:// URL");
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token"),
+    );
+    req
+}
 
 use super::hub::WAIT;
 

@@ -1,5 +1,8 @@
 //! Who may see the operator's pages, and how a browser logs in (docs/SECURITY.md, "The
-//! console, metrics and tail").
+//! operator" and "The console, metrics and tail").
+//!
+//! Whether a request is the operator's is decided by [`crate::operator::decide`], the one
+//! rule the whole hub uses; this module only gathers what the request presented:
 //!
 //! - **Hub with a token**: an `Authorization: Bearer TOKEN` header (scripts, Prometheus), or
 //!   the login form, which trades the token for a session cookie: `relay_session`, random,
@@ -30,7 +33,11 @@ use hyper::{
 use tokio::time::Instant;
 
 use super::{Body, Ctx, routes};
-use crate::auth::{bearer, ct_eq, hash_secret, mint_secret, token_ok};
+use crate::{
+    auth::{bearer, ct_eq, hash_secret, mint_secret, token_ok},
+    operator::{self, Claim, Denied, Key, Operator},
+    refusals::ConnRefusal,
+};
 
 /// How long a console login lasts.
 pub const LOGIN_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -114,103 +121,81 @@ impl Logins {
     }
 }
 
-/// Who is asking, once allowed.
-pub(crate) enum Who {
-    /// Presented the token in a Bearer header.
-    Bearer,
-    /// A logged-in browser, with its CSRF token.
-    Login { csrf: String },
-    /// A loopback peer of a hub without a token.
-    Loopback,
+/// The operator, once allowed, and how a page of theirs proves a state change is theirs.
+pub(crate) struct Who {
+    /// How they got in.
+    pub(crate) how: Operator,
+    /// The CSRF token of a login (None otherwise).
+    login_csrf: Option<String>,
 }
 
 impl Who {
     /// The CSRF token a page of this viewer must send with a state change (none for Bearer).
     pub(crate) fn csrf<'a>(&'a self, cx: &'a Ctx) -> Option<&'a str> {
-        match self {
-            Who::Bearer => None,
-            Who::Login { csrf } => Some(csrf),
-            Who::Loopback => Some(&cx.hub.http.logins.open_csrf),
-        }
-    }
-
-    /// How this viewer got in (shown in the console's header).
-    pub(crate) fn how(&self) -> &'static str {
-        match self {
-            Who::Bearer => "token",
-            Who::Login { .. } => "login",
-            Who::Loopback => "loopback",
+        match self.how {
+            Operator::Token => None,
+            Operator::Login => self.login_csrf.as_deref(),
+            Operator::Loopback => Some(&cx.hub.http.logins.open_csrf),
         }
     }
 }
 
-/// Why not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Denied {
-    /// No token presented.
-    NeedToken,
-    /// A wrong Bearer token.
-    WrongToken,
-    /// A token-less hub and a peer that is not on loopback.
-    NotLoopback,
-    /// A token-less hub asked under a non-loopback host name.
-    BadHost,
-}
-
-impl Denied {
-    pub(crate) fn response(self) -> Response<Body> {
-        let (status, why) = match self {
-            Denied::NeedToken => (
-                StatusCode::UNAUTHORIZED,
-                "this hub needs its token: an Authorization: Bearer header, or log in at /",
-            ),
-            Denied::WrongToken => (StatusCode::UNAUTHORIZED, "wrong hub token"),
-            Denied::NotLoopback => (
-                StatusCode::FORBIDDEN,
-                "this hub has no token, so its console is only served on loopback \
-                 (start it with --token-file to open it to others)",
-            ),
-            Denied::BadHost => (
-                StatusCode::FORBIDDEN,
-                "this hub has no token: open its console as http://127.0.0.1:PORT or \
-                 http://localhost:PORT",
-            ),
-        };
-        let mut r = routes::text(status, &format!("{why}\n"));
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"claude-relay\""),
-            );
-        }
-        r
-    }
-}
-
-/// Decides whether `req` may see the operator's pages.
-pub(crate) fn access<B>(cx: &Ctx, req: &Request<B>) -> Result<Who, Denied> {
-    let Some(expected) = cx.hub.config.token.as_deref() else {
-        if !cx.addr.ip().is_loopback() {
-            return Err(Denied::NotLoopback);
-        }
-        if !host(req).is_some_and(is_loopback_host) {
-            return Err(Denied::BadHost);
-        }
-        return Ok(Who::Loopback);
+/// The answer to a request that is not the operator's: 401 (with `WWW-Authenticate`) when
+/// the token would help, 403 when nothing would.
+pub(crate) fn denied_response(d: Denied) -> Response<Body> {
+    let status = match d {
+        Denied::NeedToken | Denied::WrongToken => StatusCode::UNAUTHORIZED,
+        Denied::NotLoopback | Denied::BadHost | Denied::ForeignOrigin => StatusCode::FORBIDDEN,
     };
-    if let Some(h) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return match bearer(h) {
-            Some(t) if token_ok(expected, t) => Ok(Who::Bearer),
-            _ => Err(Denied::WrongToken),
-        };
+    let mut r = routes::text(status, &format!("{}\n", d.why()));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"claude-relay\""),
+        );
     }
-    match cookie(req, SESSION_COOKIE).and_then(|c| cx.hub.http.logins.find(c)) {
-        Some(csrf) => Ok(Who::Login { csrf }),
-        None => Err(Denied::NeedToken),
+    r
+}
+
+/// Decides whether `req` is the operator's (through [`operator::decide`]). A wrong token is
+/// a refusal the operator sees in the log and in `/metrics`; a request without one is not
+/// (that is every first visit to the console). A request that is the operator's
+/// authenticates its connection on a hub with a token (see [`super::serve`]).
+pub(crate) fn access<B>(cx: &Ctx, req: &Request<B>) -> Result<Who, Denied> {
+    let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let mut login_csrf = None;
+    let key = match header(header::AUTHORIZATION) {
+        Some(h) => Key::Token(bearer(h).unwrap_or_default()),
+        None => match cookie(req, SESSION_COOKIE).and_then(|c| cx.hub.http.logins.find(c)) {
+            Some(csrf) => {
+                login_csrf = Some(csrf);
+                Key::Login
+            }
+            None => Key::None,
+        },
+    };
+    let claim = Claim {
+        peer: cx.addr.ip(),
+        host: host(req),
+        origin: header(header::ORIGIN),
+        tls: cx.tls,
+        key,
+    };
+    match operator::decide(cx.hub.config.token.as_deref(), &claim) {
+        Ok(how) => {
+            cx.authenticated();
+            Ok(Who { how, login_csrf })
+        }
+        Err(d) => {
+            if d == Denied::WrongToken {
+                cx.hub.refusals.connection(
+                    cx.addr,
+                    ConnRefusal::Unauthorized,
+                    "invalid hub token in the Authorization header of an HTTP request",
+                );
+            }
+            Err(d)
+        }
     }
 }
 
@@ -240,8 +225,11 @@ pub(crate) fn check_change<B>(cx: &Ctx, req: &Request<B>, who: &Who) -> Result<(
 /// The login form (401), with a fresh double-submit CSRF token, or the refusal for viewers
 /// that no login can help.
 pub(crate) fn login_page(cx: &Ctx, denied: Denied, error: Option<&str>) -> Response<Body> {
-    if matches!(denied, Denied::NotLoopback | Denied::BadHost) {
-        return denied.response();
+    if matches!(
+        denied,
+        Denied::NotLoopback | Denied::BadHost | Denied::ForeignOrigin
+    ) {
+        return denied_response(denied);
     }
     let csrf = mint_secret();
     let page = LOGIN_HTML
@@ -289,7 +277,11 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         _ => return Forbidden("missing or wrong CSRF token: reload the login page").response(),
     }
     if !field("token").is_some_and(|t| token_ok(&expected, t.trim())) {
-        tracing::info!(addr = %cx.addr, "console login refused: wrong token");
+        cx.hub.refusals.connection(
+            cx.addr,
+            ConnRefusal::Unauthorized,
+            "console login with a wrong token",
+        );
         return login_page(
             cx,
             Denied::WrongToken,
@@ -315,9 +307,9 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
 /// `POST /logout` (with the login's CSRF header): ends the login.
 pub(crate) fn logout(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let who = match access(cx, &req) {
-        Ok(w @ Who::Login { .. }) => w,
+        Ok(w) if w.how == Operator::Login => w,
         Ok(_) => return routes::text(StatusCode::BAD_REQUEST, "not logged in with a cookie\n"),
-        Err(d) => return d.response(),
+        Err(d) => return denied_response(d),
     };
     if let Err(f) = check_change(cx, &req, &who) {
         return f.response();
@@ -345,10 +337,7 @@ fn same_origin<B>(cx: &Ctx, req: &Request<B>) -> Result<(), Forbidden> {
         // An opaque origin (privacy settings, `no-referrer` pages): only the browser's own
         // word that the request comes from this origin will do.
         Some("null") => fetch_site(),
-        Some(o) => host(req).is_some_and(|h| {
-            let expected = format!("{}://{h}", if cx.tls { "https" } else { "http" });
-            o.eq_ignore_ascii_case(&expected)
-        }),
+        Some(o) => host(req).is_some_and(|h| operator::same_origin(o, h, cx.tls)),
         None => fetch_site(),
     };
     if ok {
@@ -365,19 +354,6 @@ fn host<B>(req: &Request<B>) -> Option<&str> {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
-}
-
-/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split_once(']').map_or(rest, |(h, _)| h)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
@@ -433,27 +409,6 @@ fn escape_html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_host_names() {
-        for h in [
-            "127.0.0.1:9999",
-            "localhost",
-            "LOCALHOST:1",
-            "[::1]:80",
-            "127.1.2.3",
-        ] {
-            assert!(is_loopback_host(h), "{h}");
-        }
-        for h in [
-            "evil.example",
-            "10.0.0.1:9999",
-            "localhost.evil.example",
-            "[::2]:1",
-        ] {
-            assert!(!is_loopback_host(h), "{h}");
-        }
-    }
 
     #[test]
     fn forms_decode() {

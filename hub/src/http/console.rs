@@ -1,6 +1,7 @@
 //! The web console: one page, its stylesheet and script (embedded in the binary: no build
 //! step, nothing fetched from elsewhere, works offline), and the two reads its script makes —
-//! the state to start from (`/api/state`) and one message body when the viewer opens it
+//! the state to start from (`/api/state`: the hub, its sessions, the recent message flow and
+//! the task board) and one message body when the viewer opens it
 //! (`/api/message?seq=N`). Live changes arrive on the event stream (`/api/feed`, see
 //! [`super::sse`]).
 //!
@@ -12,7 +13,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::{Body, Ctx, auth::Who, health, routes};
-use crate::store::{StoreError, message_id, operator::Traffic};
+use crate::store::{SessionRecord, StoreError, message_id, operator::Traffic, tasks::TaskRow};
 
 /// The page.
 pub(crate) const PAGE: &str = include_str!("../../assets/console.html");
@@ -25,28 +26,75 @@ pub(crate) const JS: &str = include_str!("../../assets/console.js");
 pub const FLOW_MESSAGES: usize = 200;
 /// Sessions the console lists (online first, then the most recently seen).
 pub const MAX_SESSIONS: usize = 500;
+/// Open tasks on the board (newest first).
+pub const BOARD_OPEN: usize = 200;
+/// Finished tasks on the board (the most recent).
+pub const BOARD_FINISHED: usize = 50;
 /// Longest metadata string passed on (cwd, host, …), in characters.
 const MAX_FIELD: usize = 256;
 
-/// `GET /api/state`: the hub, its sessions, the recent flow.
+/// What `/api/state` reads from the store in one call.
+struct Read {
+    sessions: Vec<SessionRecord>,
+    unread: Vec<u64>,
+    traffic: Vec<Traffic>,
+    tasks: Option<Vec<TaskRow>>,
+}
+
+/// `GET /api/state`: the hub, its sessions, the recent flow, the task board.
 pub(crate) async fn state(cx: &Ctx, who: &Who) -> Response<Body> {
     let store = health::store_state(cx).await;
+    let online = cx.hub.router.online();
     let read = cx
         .hub
         .store
-        .call(|b| {
-            let mut sessions = b.sessions()?;
-            let Some(view) = b.operator() else {
-                return Ok((sessions, Vec::new(), Vec::new()));
-            };
+        .call(move |b| {
+            // Online first (each is one indexed read; they are bounded by the connection
+            // cap), then the most recently seen.
+            let mut sessions = Vec::with_capacity(MAX_SESSIONS);
+            for id in &online {
+                if let Some(s) = b.session(id)? {
+                    sessions.push(s);
+                }
+            }
             sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+            for s in b.sessions_by_recency(None, MAX_SESSIONS)? {
+                if sessions.len() >= MAX_SESSIONS {
+                    break;
+                }
+                if !online.contains(&s.id) {
+                    sessions.push(s);
+                }
+            }
+            let tasks = b
+                .tasks()
+                .map(|t| t.board(BOARD_OPEN, BOARD_FINISHED))
+                .transpose()?;
+            let Some(view) = b.operator() else {
+                return Ok(Read {
+                    sessions,
+                    unread: Vec::new(),
+                    traffic: Vec::new(),
+                    tasks,
+                });
+            };
             let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
             let unread = view.unread_counts(&ids)?;
             let traffic = view.traffic(FLOW_MESSAGES)?;
-            Ok((sessions, unread, traffic))
+            Ok(Read {
+                sessions,
+                unread,
+                traffic,
+                tasks,
+            })
         })
         .await;
-    let (records, unread, traffic) = match read {
+    let Read {
+        sessions: records,
+        unread,
+        traffic,
+        tasks,
+    } = match read {
         Ok(v) => v,
         Err(e) => return store_error(e),
     };
@@ -66,9 +114,9 @@ pub(crate) async fn state(cx: &Ctx, who: &Who) -> Response<Body> {
             )
         })
         .collect();
-    // Online first; the sort is stable, so each group stays most-recent first.
+    // Online first (a session may have left while the store was read); the sort is stable,
+    // so each group stays most-recent first.
     sessions.sort_by_key(|s| !s["online"].as_bool().unwrap_or(false));
-    sessions.truncate(MAX_SESSIONS);
     let messages: Vec<Value> = traffic.iter().map(|t| traffic_json(&epoch, t)).collect();
     routes::json(
         StatusCode::OK,
@@ -80,14 +128,14 @@ pub(crate) async fn state(cx: &Ctx, who: &Who) -> Response<Body> {
                 "store": store,
                 "tls": cx.tls,
                 "auth": cx.hub.config.token.is_some(),
-                "viewer": who.how(),
+                "viewer": who.how.how(),
                 "online": cx.hub.router.online().len(),
                 "subscribers": cx.hub.feed.subscribers(),
             },
             "sessions": sessions,
             "messages": messages,
-            // Filled in once the hub keeps tasks; the board says "no tasks yet" until then.
-            "tasks": Value::Null,
+            // Null for a store that keeps no tasks.
+            "tasks": tasks.map(|t| t.iter().map(task_json).collect::<Vec<_>>()),
             "csrf": who.csrf(cx),
         }),
     )
@@ -176,6 +224,20 @@ fn session_json(
         "claudeCode": meta.contains_key("claudeSessionId"),
         "client": client,
         "addr": field("remoteAddress"),
+    })
+}
+
+/// One task of the board: what a row shows (the same fields as a feed `task` event).
+fn task_json(t: &TaskRow) -> Value {
+    json!({
+        "id": t.id(),
+        "state": t.state,
+        "from": t.from,
+        "to": t.to,
+        "holder": t.holder,
+        "title": t.title,
+        "created": t.created,
+        "updated": t.updated,
     })
 }
 

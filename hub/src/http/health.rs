@@ -2,9 +2,11 @@
 //!
 //! Open to anyone (load balancers, `systemctl`-style probes, `claude-relay doctor`), so it
 //! says nothing but `{status, version, uptime_s, store}` — no paths, no counts, no names.
-//! `store` is `ok`, `unwritable` (a small write failed: disk full, file-size limit, read-only
-//! file system) or `unresponsive` (the store did not answer within [`PROBE_TIMEOUT`]); either
-//! of the last two makes the answer a 503. What exactly failed goes to the hub's log.
+//! `store` is `ok`, `damaged` (the integrity check at start found the file damaged: the store
+//! is read-only until it is recovered, see docs/STORAGE.md), `unwritable` (a small write
+//! failed: disk full, file-size limit, read-only file system) or `unresponsive` (the store
+//! did not answer within [`PROBE_TIMEOUT`]); any but `ok` makes the answer a 503. What exactly
+//! failed goes to the hub's log.
 //!
 //! The probe writes one row of the store's own bookkeeping, so probing costs a small
 //! transaction; its result is kept for [`FRESH`] and concurrent requests share one probe, so
@@ -17,6 +19,7 @@ use serde_json::json;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::{Body, Ctx, routes};
+use crate::store::Integrity;
 
 /// How long one probe result is reused.
 const FRESH: Duration = Duration::from_secs(1);
@@ -47,6 +50,10 @@ pub(crate) async fn get(cx: &Ctx) -> Response<Body> {
 
 /// The store's state, probed at most once per [`FRESH`].
 pub(crate) async fn store_state(cx: &Ctx) -> &'static str {
+    // Damage was found (and logged loudly) at start; nothing to probe.
+    if let Integrity::Damaged(_) = cx.hub.store.integrity() {
+        return "damaged";
+    }
     let mut last = cx.hub.http.health.0.lock().await;
     if let Some((at, state)) = *last
         && at.elapsed() < FRESH

@@ -13,8 +13,19 @@
 //! Bounds (all in [`crate::HubConfig`]): the request head (`http_max_header_bytes`), the body
 //! (`http_max_body_bytes`), HTTP connections open at once (`max_http_connections`, over it a
 //! 503), feed subscribers (`max_feed_subscribers`), and an idle timeout
-//! (`http_idle_timeout`) for kept-alive connections between requests. HTTP connections also
-//! count against the hub's total and per-address connection caps.
+//! (`http_idle_timeout`) for kept-alive connections between requests — no byte moved either
+//! way for that long, which also closes a client that stops reading an event stream.
+//!
+//! An HTTP connection lives inside the same hardened lifecycle as a WebSocket (see
+//! [`crate::connection`] and docs/CONSOLE.md, "One listener"): it holds its place under
+//! `max_connections` (and the per-address cap) until its socket is closed, its head must
+//! arrive within the handshake deadline, its reads are charged to the frame budget (released
+//! at each request), and every refusal goes through [`crate::refusals`]. On a hub with a
+//! token it also counts among the connections that have not shown the token
+//! (`max_unauthenticated`, over it a 503) until one of its requests is the operator's (a
+//! Bearer header or the login cookie), and one that has not shown it within the auth timeout
+//! is closed once its current answer is written — so `/healthz` and the login page stay open
+//! to anyone, but clients without the token never hold the places of those who have it.
 
 mod auth;
 mod console;
@@ -39,12 +50,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
-    sync::watch,
+    sync::{Notify, watch},
     time::Instant,
 };
 use tracing::debug;
 
-use crate::{HubState, limits::TooManyConnections, metrics::ConnRefusal};
+use crate::{
+    HubState,
+    budget::Meter,
+    connection::Conn,
+    limits::{Slot, TooManyConnections},
+    refusals::ConnRefusal,
+};
 use io::{Idle, Rewind};
 
 /// Every response body: a whole buffer or an event stream.
@@ -80,12 +97,23 @@ pub(crate) struct Ctx {
     /// Served over TLS (cookies get `Secure`).
     pub tls: bool,
     pub shutdown: watch::Receiver<bool>,
+    /// The connection's account with the frame budget (released at each request).
+    meter: Arc<Meter>,
+    /// Rung when a request turns out to be the operator's (it authenticates the connection).
+    authenticated: Notify,
 }
 
-/// Holds one of the hub's HTTP connection slots and its gauge.
-struct Slot(Arc<HubState>);
+impl Ctx {
+    /// This connection's request was the operator's (see [`serve`]).
+    pub(crate) fn authenticated(&self) {
+        self.authenticated.notify_one();
+    }
+}
 
-impl Drop for Slot {
+/// Holds one of the hub's HTTP connection places and its gauge.
+struct HttpPlace(Arc<HubState>);
+
+impl Drop for HttpPlace {
     fn drop(&mut self) {
         self.0.http.open.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.http_connections.dec();
@@ -95,22 +123,22 @@ impl Drop for Slot {
 /// Reads the request head of a fresh connection. A WebSocket upgrade is handed back (with
 /// the head replayed) for the WebSocket path; any other request is served here to the end
 /// of the connection and `None` is returned, as it is for a connection that sent no complete
-/// head before `deadline`.
-pub async fn route<S>(
+/// head before `conn.deadline`.
+pub(crate) async fn route<S>(
     mut stream: S,
-    addr: SocketAddr,
+    conn: &Conn,
     hub: &Arc<HubState>,
-    deadline: Instant,
-    refused: Option<TooManyConnections>,
+    slot: &mut Slot,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Rewind<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let addr = conn.addr;
     let max = hub.config.http_max_header_bytes.max(1024);
     let mut buf = BytesMut::with_capacity(1024);
     let upgrade = loop {
-        let read = tokio::time::timeout_at(deadline, async {
+        let read = tokio::time::timeout_at(conn.deadline, async {
             if buf.capacity() == buf.len() {
                 buf.reserve((buf.len()).min(max - buf.len()).max(512));
             }
@@ -119,9 +147,11 @@ where
         .await;
         match read {
             Err(_) => {
-                hub.metrics
-                    .connection_refused(ConnRefusal::HandshakeTimeout);
-                debug!(%addr, "no complete request head in time");
+                hub.refusals.connection(
+                    addr,
+                    ConnRefusal::HandshakeTimeout,
+                    "no complete request head (WebSocket upgrade or HTTP request) in time",
+                );
                 return None;
             }
             Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return None,
@@ -138,14 +168,12 @@ where
             _ => break false,
         }
     };
-    if refused.is_some() {
-        hub.metrics.connection_refused(ConnRefusal::PerAddress);
-    }
     let stream = Rewind::new(stream, buf.freeze());
     if upgrade {
+        // The WebSocket handshake answers the caps and the token itself.
         return Some(stream);
     }
-    serve(stream, addr, hub, refused, shutdown).await;
+    serve(stream, conn, hub, slot, shutdown).await;
     None
 }
 
@@ -160,47 +188,68 @@ fn is_websocket_upgrade(headers: &[httparse::Header<'_>]) -> bool {
     })
 }
 
-/// Serves HTTP/1 requests on one connection until it closes, idles out, or the hub stops.
+/// Serves HTTP/1 requests on one connection until it closes, idles out, is closed for not
+/// showing the token in time, or the hub stops. A connection over a cap gets one 503 with
+/// the reason and is closed.
 async fn serve<S>(
     stream: Rewind<S>,
-    addr: SocketAddr,
+    conn: &Conn,
     hub: &Arc<HubState>,
-    refused: Option<TooManyConnections>,
+    slot: &mut Slot,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let addr = conn.addr;
     let taken = hub.http.open.fetch_add(1, Ordering::AcqRel);
     hub.metrics.http_connections.inc();
-    let _slot = Slot(hub.clone());
-    let busy = taken >= hub.config.max_http_connections;
-    if busy {
-        hub.metrics.connection_refused(ConnRefusal::HttpBusy);
-    }
+    let _place = HttpPlace(hub.clone());
+    // The head just read is done with; each request releases what came since.
+    drop(conn.meter.take());
+    let refused = if let Some(TooManyConnections { limit }) = conn.refused {
+        let why = format!("too many connections from your address (limit {limit})");
+        hub.refusals.connection(addr, ConnRefusal::PerAddress, &why);
+        Some(why)
+    } else if taken >= hub.config.max_http_connections {
+        let why = format!(
+            "the hub is serving its maximum of {} HTTP connections; try again later",
+            hub.config.max_http_connections
+        );
+        hub.refusals.connection(addr, ConnRefusal::HttpBusy, &why);
+        Some(why)
+    } else if let Err(full) = slot.upgraded_anonymous() {
+        // A hub with a token, full of connections that have not shown it.
+        let why = full.to_string();
+        hub.refusals
+            .connection(addr, ConnRefusal::Unauthenticated, &why);
+        Some(why)
+    } else {
+        None
+    };
     let cx = Arc::new(Ctx {
         hub: hub.clone(),
         addr,
         tls: hub.tls.is_some(),
         shutdown: shutdown.clone(),
+        meter: conn.meter.clone(),
+        authenticated: Notify::new(),
     });
-    let service = service_fn(move |req| {
+    let service = {
         let cx = cx.clone();
-        async move {
-            let resp = if let Some(TooManyConnections { limit }) = refused {
-                routes::unavailable(&format!(
-                    "too many connections from your address (limit {limit})"
-                ))
-            } else if busy {
-                routes::unavailable(&format!(
-                    "the hub is serving its maximum of {} HTTP connections; try again later",
-                    cx.hub.config.max_http_connections
-                ))
-            } else {
-                routes::handle(req, &cx).await
-            };
-            Ok::<_, Infallible>(resp)
-        }
-    });
+        let refused: Option<Arc<str>> = refused.as_deref().map(Arc::from);
+        service_fn(move |req| {
+            let cx = cx.clone();
+            let refused = refused.clone();
+            async move {
+                drop(cx.meter.take());
+                let resp = match refused {
+                    Some(why) => routes::unavailable(&why),
+                    None => routes::handle(req, &cx).await,
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
     let (io, last) = Idle::new(stream);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -209,25 +258,43 @@ async fn serve<S>(
         .max_buf_size(hub.config.http_max_header_bytes.max(8192))
         .max_headers(MAX_HEADERS)
         // One request per connection when refusing: the answer is the same every time.
-        .keep_alive(!busy && refused.is_none());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
+        .keep_alive(refused.is_none());
+    let http = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(http);
     let idle = hub.config.http_idle_timeout;
+    let auth_timer = tokio::time::sleep_until(conn.auth_deadline.unwrap_or(conn.deadline));
+    tokio::pin!(auth_timer);
     let ended = loop {
         tokio::select! {
-            r = conn.as_mut() => break Some(r),
+            r = http.as_mut() => break Some(r),
             _ = tokio::time::sleep_until(last.at() + idle) => {
                 if last.at() + idle <= Instant::now() {
                     debug!(%addr, "HTTP connection idle: closing");
                     break None;
                 }
             }
+            _ = cx.authenticated.notified(), if !slot.is_authenticated() => {
+                // Back among the token holders, or closed when their places are full.
+                if let Err(full) = slot.authenticate() {
+                    hub.refusals.connection(addr, ConnRefusal::MaxConnections, &full.to_string());
+                    break None;
+                }
+            }
+            _ = &mut auth_timer, if conn.auth_deadline.is_some() && !slot.is_authenticated() => {
+                let secs = hub.config.auth_timeout.as_secs_f64();
+                hub.refusals.connection(
+                    addr,
+                    ConnRefusal::AuthTimeout,
+                    &format!("no valid hub token within {secs} s on an HTTP connection: closing"),
+                );
+                break None;
+            }
             _ = shutdown.wait_for(|s| *s) => break None,
         }
     };
     if ended.is_none() {
-        conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+        http.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(CLOSE_GRACE, http.as_mut()).await;
     } else if let Some(Err(e)) = ended {
         debug!(%addr, "HTTP connection ended: {e}");
     }

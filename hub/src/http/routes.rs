@@ -44,7 +44,7 @@ pub(crate) async fn handle(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
         },
         (true, _, "/metrics" | "/api/state" | "/api/message" | "/api/feed") => {
             match auth::access(cx, &req) {
-                Err(denied) => denied.response(),
+                Err(denied) => auth::denied_response(denied),
                 Ok(who) => match path.as_str() {
                     "/metrics" => metrics(cx),
                     "/api/state" => console::state(cx, &who).await,

@@ -81,6 +81,7 @@ fn sse_event(ev: &FeedEvent) -> String {
         FeedEvent::Message(_) => "message",
         FeedEvent::Delivered(_) => "delivered",
         FeedEvent::Read(_) => "read",
+        FeedEvent::Task(_) => "task",
         FeedEvent::Lagged(_) => "lagged",
     };
     let data = serde_json::to_string(ev).expect("feed events always serialize");

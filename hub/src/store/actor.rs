@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use super::{Appended, Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
+use super::{
+    Appended, Backend, Integrity, NewMessage, Request, StoreError, StoreHandle, StoredMessage,
+};
 use crate::outbound::AckTo;
 
 /// Most appends stored in one transaction. Also the most `sent` acks one routed batch can
@@ -28,17 +30,20 @@ pub struct Append {
     pub msg: NewMessage,
     /// Where the `sent` ack (or the error) goes.
     pub ack: AckTo,
+    /// The frame budget charge of the frame it came in: its bytes count until the commit.
+    pub charge: Option<crate::budget::Charge>,
 }
 
 /// A message that is now durable, with whom to ack.
 pub struct Committed {
-    /// The stored message (for a duplicate: the original's seq with this send's content).
+    /// The stored message (for a duplicate or a key conflict: the earlier message's seq
+    /// with this send's content).
     pub msg: StoredMessage,
     /// Where the `sent` ack goes.
     pub ack: AckTo,
-    /// `Some(delivered)` when the message's key matched an earlier send: it must not be
-    /// delivered again, only acked.
-    pub duplicate_of: Option<bool>,
+    /// What the store did: a new message is delivered and acked; a duplicate (its key
+    /// matched an earlier send) is only acked; a key conflict is refused.
+    pub outcome: Appended,
     /// Whether the delivery was recorded with the insert (see [`NewMessage::delivered_at`]).
     pub predicted: bool,
 }
@@ -70,19 +75,27 @@ pub fn spawn(
 ) -> (StoreHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
     let epoch = Arc::new(RwLock::new(Arc::from(backend.epoch())));
-    let shared = epoch.clone();
+    let integrity = Arc::new(RwLock::new(backend.integrity()));
+    let shared = (epoch.clone(), integrity.clone());
     let thread = std::thread::Builder::new()
         .name("relay-store".into())
         .spawn(move || run(backend, rx, sink, shared))
         .expect("spawn store thread");
-    (StoreHandle { tx, epoch }, thread)
+    (
+        StoreHandle {
+            tx,
+            epoch,
+            integrity,
+        },
+        thread,
+    )
 }
 
 fn run(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<Request>,
     sink: Arc<dyn CommitSink>,
-    epoch: Arc<RwLock<Arc<str>>>,
+    (epoch, integrity): (Arc<RwLock<Arc<str>>>, Arc<RwLock<Integrity>>),
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
@@ -103,6 +116,7 @@ fn run(
                     if **epoch.read().expect("epoch lock") != *backend.epoch() {
                         delivered.clear();
                         *epoch.write().expect("epoch lock") = Arc::from(backend.epoch());
+                        *integrity.write().expect("integrity lock") = backend.integrity();
                     }
                 }
             }
@@ -157,10 +171,7 @@ fn commit(
                         content: a.msg.content,
                     },
                     ack: a.ack,
-                    duplicate_of: match outcome {
-                        Appended::New(_) => None,
-                        Appended::Duplicate { delivered, .. } => Some(delivered),
-                    },
+                    outcome,
                 })
                 .collect();
             sink.committed(backend.epoch(), committed);

@@ -8,8 +8,10 @@
 
 pub mod actor;
 pub mod checkpoint;
+pub mod datadir;
 pub mod operator;
 pub mod sqlite;
+pub mod tasks;
 
 use std::sync::{Arc, RwLock};
 
@@ -34,6 +36,29 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another hub) holds the data directory's lock.
+    #[error("the data directory {dir} is in use by another hub ({})", match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_string(),
+    })]
+    Locked {
+        /// The directory.
+        dir: String,
+        /// The holder's pid, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+    /// The integrity check at open found the file damaged: writes are refused so that
+    /// nothing more is acknowledged into it (reads of what is intact still work).
+    #[error(
+        "store file {path} is damaged ({report}); the hub refuses to store anything in it — \
+         see docs/STORAGE.md, \"A damaged store\""
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What the check said (its first lines).
+        report: String,
+    },
     /// The actor is gone (the hub is shutting down).
     #[error("store is shut down")]
     Closed,
@@ -45,6 +70,17 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// What the integrity check at open (`PRAGMA quick_check`) found. Kept on the
+/// [`StoreHandle`] so that a health endpoint can report it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Integrity {
+    /// The check passed (or the backend has nothing to check).
+    #[default]
+    Ok,
+    /// The file is damaged: the store is read-only. The report is what the check said.
+    Damaged(String),
 }
 
 /// A message about to be stored.
@@ -71,12 +107,20 @@ pub struct NewMessage {
 pub enum Appended {
     /// Stored under this sequence number.
     New(u64),
-    /// Its key matched an earlier message of the same sender; nothing was stored.
+    /// Its key matched an earlier message of the same sender, to the same recipient with
+    /// the same content (a resend); nothing was stored.
     Duplicate {
         /// The original's sequence number.
         seq: u64,
         /// Whether the original was delivered to a live connection.
         delivered: bool,
+    },
+    /// Its key matched an earlier message of the same sender with another recipient or
+    /// other content: the key was reused for a different message. Nothing was stored; the
+    /// sender must hear that this message was not sent (see `docs/PROTOCOL.md`, `key`).
+    KeyConflict {
+        /// The earlier message's sequence number.
+        seq: u64,
     },
 }
 
@@ -84,7 +128,9 @@ impl Appended {
     /// The sequence number of the stored (or original) message.
     pub fn seq(self) -> u64 {
         match self {
-            Appended::New(s) | Appended::Duplicate { seq: s, .. } => s,
+            Appended::New(s)
+            | Appended::Duplicate { seq: s, .. }
+            | Appended::KeyConflict { seq: s } => s,
         }
     }
 }
@@ -114,6 +160,7 @@ impl StoredMessage {
             content: self.content,
             timestamp: sessions::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
     }
 
@@ -126,8 +173,32 @@ impl StoredMessage {
             content: self.content.clone(),
             timestamp: sessions::time::iso(self.ts),
             seq: self.seq,
+            task: None,
         }
     }
+}
+
+/// Bytes a message adds to a reply frame (`history`, `inbox`): its content as JSON escapes
+/// it, plus sender, recipient and the fixed fields. Pages are bounded by this, not by raw
+/// content bytes: a body of control characters grows sixfold when escaped, and a page that
+/// held 4 MiB of them raw would be a 24 MiB frame, past what clients accept (16 MiB).
+pub fn wire_len(m: &StoredMessage) -> usize {
+    /// `{"id":"<epoch>-<seq>","from":"","to":"","content":"","timestamp":"…","seq":N},`
+    const FIXED: usize = 128;
+    FIXED + m.from.len() + m.to.len() + json_string_len(&m.content)
+}
+
+/// Length of `s` once serde_json has escaped it (without the quotes): `"` and `\` and the
+/// short escapes (`\n`, `\t`, …) take two bytes, other C0 controls six (`\u001f`).
+pub fn json_string_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
 }
 
 /// Formats a message id.
@@ -168,7 +239,8 @@ pub struct HistoryQuery {
     pub inbound_only: bool,
     /// Page size in messages.
     pub count: usize,
-    /// Page size in content bytes (at least one message is always returned).
+    /// Page size in reply bytes, as [`wire_len`] counts them (at least one message is always
+    /// returned).
     pub max_bytes: usize,
 }
 
@@ -197,6 +269,9 @@ pub struct SessionRecord {
     pub id: String,
     /// Metadata JSON object from its last registration.
     pub meta: serde_json::Map<String, serde_json::Value>,
+    /// Length of that metadata as stored (JSON text): what it adds to a reply, without
+    /// serializing it again to find out.
+    pub meta_bytes: usize,
     /// When it was last connected (Unix ms).
     pub last_seen: i64,
     /// When its last connection registered (Unix ms).
@@ -218,6 +293,15 @@ pub struct PruneReport {
 pub trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
+    /// What the integrity check at open found; a damaged store refuses every write.
+    fn integrity(&self) -> Integrity {
+        Integrity::Ok
+    }
+    /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
+    /// answers task frames with `unavailable`).
+    fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
+        None
+    }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
     /// happened to each message, in order (a message whose key matches an earlier one of the
@@ -239,7 +323,9 @@ pub trait Backend: Send {
     fn maintain(&mut self) {}
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
-    /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender.
+    /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender;
+    /// the page stops before `max_bytes` of reply (as [`wire_len`] counts), but always holds
+    /// at least one message.
     fn inbox(
         &mut self,
         viewer: &str,
@@ -257,8 +343,30 @@ pub trait Backend: Send {
     fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError>;
     /// A session's connection ended.
     fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError>;
-    /// Every known session.
-    fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError>;
+    /// The session `id`, if the store knows it.
+    fn session(&mut self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Up to `limit` sessions, most recently seen first (then by id, descending), strictly
+    /// after the position `after` = (last seen, id) in that order.
+    fn sessions_by_recency(
+        &mut self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+    /// How many sessions the store knows.
+    fn session_count(&mut self) -> Result<u64, StoreError>;
+    /// Forgets `id`: its session record, its ownership and its broadcast read marks (mail
+    /// addressed to it stays). Returns whether there was anything to forget.
+    fn forget_session(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Forgets `id` (as [`forget_session`](Self::forget_session)) unless direct mail to it
+    /// is waiting unread. Returns whether it was forgotten.
+    fn forget_if_idle(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Keeps at most `max` sessions: forgets the least recently seen ones for which `spare`
+    /// (the router's "online now") is false, keeping their ownership. Returns how many went.
+    fn trim_sessions(
+        &mut self,
+        max: usize,
+        spare: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError>;
     /// The most recent sends of `sender`, newest first, with delivery state.
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError>;
     /// The stored hash of `id`'s owner secret, if the name is owned.
@@ -299,12 +407,19 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Updated by the actor when the store is reopened after a reset.
     epoch: Arc<RwLock<Arc<str>>>,
+    /// The open store's integrity (updated with the epoch).
+    integrity: Arc<RwLock<Integrity>>,
 }
 
 impl StoreHandle {
     /// The store's current epoch.
     pub fn epoch(&self) -> Arc<str> {
         self.epoch.read().expect("epoch lock").clone()
+    }
+
+    /// What the integrity check found when the store was opened (for `/healthz`).
+    pub fn integrity(&self) -> Integrity {
+        self.integrity.read().expect("integrity lock").clone()
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full

@@ -12,12 +12,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sessions::{BROADCAST, time::iso, wire::SendState};
 
 use super::{
-    After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, NewMessage, PruneReport,
-    SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, message_id,
+    After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, Integrity, NewMessage,
+    PruneReport, SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
+    datadir::DataDirLock, message_id, wire_len,
 };
 use crate::config::{Retention, SyncMode};
 
 mod operator;
+mod tasks;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_seen    INTEGER NOT NULL,
     connected_at INTEGER
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_seen ON sessions(last_seen, id);
 ";
 
 /// Rows a size-eviction slice looks at, in multiples of its delete budget: bounds the
@@ -80,18 +83,51 @@ pub struct SqliteBackend {
     checkpointer: Option<Checkpointer>,
     /// Where the next size-eviction slice starts looking (see `prune`).
     evict_from: u64,
+    /// The data directory's lock, when this store is a hub's (see [`Self::open_exclusive`]).
+    lock: Option<DataDirLock>,
+    /// What `PRAGMA quick_check` said at open; a damaged store refuses writes.
+    integrity: Integrity,
+    /// Rows in `sessions`, counted once at open and kept up to date, so bounding the table
+    /// (`trim_sessions`, at every disconnect) costs no table scan.
+    session_rows: u64,
+}
+
+/// Most lines of a failed integrity check kept in its report.
+const CHECK_LINES: usize = 5;
+
+/// Runs `PRAGMA quick_check` (the b-tree structure of every page, without the index
+/// cross-checks of a full `integrity_check`: see `docs/STORAGE.md` for what it costs).
+fn quick_check(conn: &Connection) -> Integrity {
+    let lines: rusqlite::Result<Vec<String>> = conn
+        .prepare(&format!("PRAGMA quick_check({CHECK_LINES})"))
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    match lines {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Integrity::Ok,
+        Ok(lines) => Integrity::Damaged(lines.join("; ")),
+        Err(e) => Integrity::Damaged(e.to_string()),
+    }
 }
 
 impl SqliteBackend {
-    /// Opens (creating if needed) the store in `data_dir`.
+    /// Opens (creating if needed) the store in `data_dir`, sharing it: what operator tools
+    /// use next to a running hub (`claude-relay sessions release --local`).
     pub fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
-            path: data_dir.display().to_string(),
-            source,
-        })?;
         let path = data_dir.join(DB_FILE);
+        datadir::prepare(data_dir, &path)?;
         let conn = Connection::open(&path)?;
         Self::init(conn, path, sync)
+    }
+
+    /// Opens the store for a hub: takes the data directory's lock first and holds it as long
+    /// as the store is open, so a second hub on the same directory fails with
+    /// [`StoreError::Locked`] instead of writing into the same file.
+    pub fn open_exclusive(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        datadir::prepare(data_dir, &path)?;
+        let lock = DataDirLock::acquire(data_dir)?;
+        let mut store = Self::init(Connection::open(&path)?, path, sync)?;
+        store.lock = Some(lock);
+        Ok(store)
     }
 
     /// Changes how large the WAL may grow (in 4 KiB frames) before the writer finishes a
@@ -136,9 +172,33 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(tasks::SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let integrity = quick_check(&conn);
+        match &integrity {
+            Integrity::Ok => tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "store integrity check passed"
+            ),
+            Integrity::Damaged(report) => {
+                // Nothing more may be acknowledged into a damaged file; SQLite refuses every
+                // write from here on, whichever path it comes by.
+                conn.pragma_update(None, "query_only", true)?;
+                tracing::error!(
+                    path = %path.display(),
+                    report = %report,
+                    "STORE DAMAGED: the integrity check failed. The hub serves what can still \
+                     be read and refuses every send. Stop the hub, copy the data directory \
+                     aside, and recover (docs/STORAGE.md, \"A damaged store\")"
+                );
+            }
+        }
+        let damaged = integrity != Integrity::Ok;
 
         let version: Option<String> = get_meta(&conn, "schema_version")?;
         match version.as_deref().map(str::parse::<i64>) {
+            None if damaged => return Err(corrupt("damaged and without a schema version".into())),
             None => set_meta(&conn, "schema_version", &SCHEMA_VERSION.to_string())?,
             Some(Ok(SCHEMA_VERSION)) => {}
             Some(other) => {
@@ -155,31 +215,53 @@ impl SqliteBackend {
                 e
             }
             Some(e) => return Err(corrupt(format!("epoch {e:?} is not a hex id"))),
+            None if damaged => return Err(corrupt("damaged and without an epoch".into())),
             None => {
                 let e = format!("{:08x}", rand::random::<u32>());
                 set_meta(&conn, "epoch", &e)?;
                 e
             }
         };
-        let max_seq: Option<i64> =
-            conn.query_row("SELECT max(seq) FROM messages", [], |r| r.get(0))?;
-        let high: u64 = get_meta(&conn, "high_seq")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let next_seq = high.max(max_seq.unwrap_or(0) as u64) + 1;
-        let total_bytes = match get_meta(&conn, "total_bytes")?.and_then(|v| v.parse().ok()) {
-            Some(b) => b,
-            None => conn.query_row(
-                "SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM messages",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64,
+        // A damaged store never writes, so these only need to be right for a sound one; on
+        // a damaged one the pages they read may be the broken ones.
+        let tolerate = |r: Result<u64, StoreError>| match r {
+            Err(_) if damaged => Ok(0),
+            r => r,
         };
+        let max_seq = tolerate(
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(StoreError::from),
+        )?;
+        let high = tolerate(
+            get_meta(&conn, "high_seq").map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0)),
+        )?;
+        let next_seq = high.max(max_seq) + 1;
+        let total_bytes = tolerate(
+            match get_meta(&conn, "total_bytes")?.and_then(|v| v.parse().ok()) {
+                Some(b) => Ok(b),
+                None => conn
+                    .query_row(
+                        "SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM messages",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|v| v as u64)
+                    .map_err(StoreError::from),
+            },
+        )?;
+        let session_rows =
+            conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
         Ok(Self {
+            session_rows,
             conn,
             file_id: Self::file_id(&path),
             checkpointer: Some(Checkpointer::start(path.clone())),
             evict_from: 0,
+            lock: None,
+            integrity,
             path,
             sync,
             epoch,
@@ -196,6 +278,25 @@ impl SqliteBackend {
     /// Sum of stored content bytes.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// Refuses a write to a store the integrity check found damaged (see [`Integrity`]).
+    fn writable(&self) -> Result<(), StoreError> {
+        match &self.integrity {
+            Integrity::Ok => Ok(()),
+            Integrity::Damaged(report) => Err(StoreError::Damaged {
+                path: self.path.display().to_string(),
+                report: report.clone(),
+            }),
+        }
+    }
+
+    /// True when the hub has a session record for `id`.
+    fn session_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+            .exists([id])?)
     }
 
     fn first_seq(&self, viewer: &str) -> Result<u64, StoreError> {
@@ -263,6 +364,27 @@ fn apply_delivery_fixes(tx: &Connection, fixes: &[(u64, Option<i64>)]) -> Result
     Ok(())
 }
 
+fn row_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let meta: String = r.get(1)?;
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        meta_bytes: meta.len(),
+        meta: serde_json::from_str(&meta).unwrap_or_default(),
+        last_seen: r.get(2)?,
+        connected_at: r.get(3)?,
+    })
+}
+
+/// Deletes `id`'s session row and its broadcast read marks (its ownership and the mail
+/// addressed to it stay). Returns the session rows deleted (0 or 1).
+fn drop_session(tx: &Connection, id: &str) -> Result<usize, StoreError> {
+    tx.prepare_cached("DELETE FROM reads WHERE identity = ?1")?
+        .execute([id])?;
+    Ok(tx
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+        .execute([id])?)
+}
+
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         seq: r.get::<_, i64>(0)? as u64,
@@ -282,11 +404,20 @@ impl Backend for SqliteBackend {
         &self.epoch
     }
 
+    fn integrity(&self) -> Integrity {
+        self.integrity.clone()
+    }
+
+    fn tasks(&mut self) -> Option<&mut dyn super::tasks::TaskStore> {
+        Some(self)
+    }
+
     fn append(
         &mut self,
         batch: &[&NewMessage],
         delivered: &[(u64, Option<i64>)],
     ) -> Result<Vec<Appended>, StoreError> {
+        self.writable()?;
         let tx = self.conn.unchecked_transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut seq = self.next_seq;
@@ -298,16 +429,23 @@ impl Backend for SqliteBackend {
             )?;
             for m in batch {
                 if let Some(key) = &m.key {
-                    let original: Option<(i64, Option<i64>)> = tx
+                    let original: Option<(i64, Option<i64>, bool)> = tx
                         .prepare_cached(
-                            "SELECT seq, delivered_at FROM messages WHERE sender = ?1 AND ckey = ?2",
+                            "SELECT seq, delivered_at, recipient = ?3 AND content = ?4
+                             FROM messages WHERE sender = ?1 AND ckey = ?2",
                         )?
-                        .query_row(params![&*m.from, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .query_row(params![&*m.from, key, &*m.to, m.content], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
                         .optional()?;
-                    if let Some((s, d)) = original {
-                        outcomes.push(Appended::Duplicate {
-                            seq: s as u64,
-                            delivered: d.is_some(),
+                    if let Some((s, d, same)) = original {
+                        outcomes.push(if same {
+                            Appended::Duplicate {
+                                seq: s as u64,
+                                delivered: d.is_some(),
+                            }
+                        } else {
+                            Appended::KeyConflict { seq: s as u64 }
                         });
                         continue;
                     }
@@ -358,12 +496,20 @@ impl Backend for SqliteBackend {
             }
         }
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        *self = Self::open(&dir, self.sync)?;
+        // Our own lock must go before the new store takes it again (if the lock file was
+        // not wiped with the rest, a second lock on it would conflict with ours).
+        let exclusive = self.lock.take().is_some();
+        *self = if exclusive {
+            Self::open_exclusive(&dir, self.sync)?
+        } else {
+            Self::open(&dir, self.sync)?
+        };
         Ok(true)
     }
 
     fn maintain(&mut self) {
-        if !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted()) {
+        if self.writable().is_err() || !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted())
+        {
             return;
         }
         // PASSIVE never waits; with this connection the only writer it completes. If the
@@ -378,6 +524,7 @@ impl Backend for SqliteBackend {
     }
 
     fn mark_delivered(&mut self, delivered: &[(u64, Option<i64>)]) -> Result<(), StoreError> {
+        self.writable()?;
         let tx = self.conn.unchecked_transaction()?;
         apply_delivery_fixes(&tx, delivered)?;
         tx.commit()?;
@@ -398,7 +545,12 @@ impl Backend for SqliteBackend {
                 (s as i64, false)
             }
             After::Time(t) => {
-                sql.push_str(" AND ts > ?5");
+                // From the first message stamped after `t` on, in seq order: a clock that
+                // stepped back between two messages cannot hide the later one.
+                sql.push_str(
+                    " AND seq >= coalesce((SELECT seq FROM messages WHERE ts > ?5 ORDER BY seq LIMIT 1),
+                                          9223372036854775807)",
+                );
                 (t, false)
             }
         };
@@ -418,13 +570,12 @@ impl Backend for SqliteBackend {
         let mut more = false;
         for row in rows {
             let m = row?;
-            if messages.len() >= q.count
-                || (!messages.is_empty() && bytes + m.content.len() > q.max_bytes)
-            {
+            let len = wire_len(&m);
+            if messages.len() >= q.count || (!messages.is_empty() && bytes + len > q.max_bytes) {
                 more = true;
                 break;
             }
-            bytes += m.content.len();
+            bytes += len;
             messages.push(m);
         }
         if desc {
@@ -471,12 +622,11 @@ impl Backend for SqliteBackend {
         let mut messages = Vec::with_capacity(count.min(all.len()));
         let mut bytes = 0usize;
         for m in all {
-            if messages.len() >= count
-                || (!messages.is_empty() && bytes + m.content.len() > max_bytes)
-            {
+            let len = wire_len(&m);
+            if messages.len() >= count || (!messages.is_empty() && bytes + len > max_bytes) {
                 break;
             }
-            bytes += m.content.len();
+            bytes += len;
             messages.push(m);
         }
         let total = self.count_unread(viewer, from)?;
@@ -492,6 +642,7 @@ impl Backend for SqliteBackend {
         seqs: &[u64],
         now: i64,
     ) -> Result<(u64, u64), StoreError> {
+        self.writable()?;
         let first = self.first_seq(viewer)?;
         let tx = self.conn.unchecked_transaction()?;
         let mut marked = 0u64;
@@ -538,7 +689,9 @@ impl Backend for SqliteBackend {
     }
 
     fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError> {
+        self.writable()?;
         let high = self.next_seq as i64 - 1;
+        let known = self.session_exists(id)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO sessions(id, first_seq, meta, first_seen, last_seen, connected_at)
@@ -547,30 +700,127 @@ impl Backend for SqliteBackend {
                     last_seen = excluded.last_seen, connected_at = excluded.connected_at",
             )?
             .execute(params![id, high, meta, now])?;
+        if !known {
+            self.session_rows += 1;
+        }
         self.count_unread(id, None)
     }
 
     fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.writable()?;
         self.conn
             .prepare_cached("UPDATE sessions SET last_seen = ?2 WHERE id = ?1")?
             .execute(params![id, now])?;
         Ok(())
     }
 
-    fn sessions(&mut self) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut stmt = self
+    fn session(&mut self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self
             .conn
-            .prepare_cached("SELECT id, meta, last_seen, connected_at FROM sessions ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            let meta: String = r.get(1)?;
-            Ok(SessionRecord {
-                id: r.get(0)?,
-                meta: serde_json::from_str(&meta).unwrap_or_default(),
-                last_seen: r.get(2)?,
-                connected_at: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .prepare_cached("SELECT id, meta, last_seen, connected_at FROM sessions WHERE id = ?1")?
+            .query_row([id], row_session)
+            .optional()?)
+    }
+
+    fn sessions_by_recency(
+        &mut self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        // Both read `sessions_by_seen` backwards from the cursor: no scan, no sort.
+        let rows = match after {
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, meta, last_seen, connected_at FROM sessions
+                     ORDER BY last_seen DESC, id DESC LIMIT ?1",
+                )?
+                .query_map(params![limit as i64], row_session)?
+                .collect::<Result<_, _>>()?,
+            Some((seen, id)) => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, meta, last_seen, connected_at FROM sessions
+                     WHERE (last_seen, id) < (?1, ?2)
+                     ORDER BY last_seen DESC, id DESC LIMIT ?3",
+                )?
+                .query_map(params![seen, id, limit as i64], row_session)?
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    fn session_count(&mut self) -> Result<u64, StoreError> {
+        Ok(self.session_rows)
+    }
+
+    fn forget_session(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.writable()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let owned = tx
+            .prepare_cached("DELETE FROM owners WHERE id = ?1")?
+            .execute([id])?;
+        let rows = drop_session(&tx, id)?;
+        tx.commit()?;
+        self.session_rows = self.session_rows.saturating_sub(rows as u64);
+        Ok(rows + owned > 0)
+    }
+
+    fn forget_if_idle(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.writable()?;
+        let waiting = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM messages
+                 WHERE recipient = ?1 AND read_at IS NULL AND sender <> ?1 LIMIT 1",
+            )?
+            .exists([id])?;
+        if waiting {
+            return Ok(false);
+        }
+        self.forget_session(id)
+    }
+
+    fn trim_sessions(
+        &mut self,
+        max: usize,
+        spare: &dyn Fn(&str) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.writable()?;
+        let excess = self.session_rows.saturating_sub(max as u64);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let mut evicted = 0u64;
+        let mut after: Option<(i64, String)> = None;
+        'scan: loop {
+            // From the least recently seen up, along `sessions_by_seen`.
+            let (seen, last) = after.clone().unwrap_or((i64::MIN, String::new()));
+            let batch: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, last_seen FROM sessions WHERE (last_seen, id) > (?1, ?2)
+                     ORDER BY last_seen ASC, id ASC LIMIT 256",
+                )?
+                .query_map(params![seen, last], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            for (id, seen) in batch {
+                after = Some((seen, id.clone()));
+                if spare(&id) {
+                    continue;
+                }
+                evicted += drop_session(&tx, &id)? as u64;
+                if evicted >= excess {
+                    break 'scan;
+                }
+            }
+        }
+        tx.commit()?;
+        self.session_rows = self.session_rows.saturating_sub(evicted);
+        Ok(evicted)
     }
 
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError> {
@@ -624,6 +874,7 @@ impl Backend for SqliteBackend {
     }
 
     fn set_owner(&mut self, id: &str, secret_hash: &str, now: i64) -> Result<(), StoreError> {
+        self.writable()?;
         self.conn
             .prepare_cached(
                 "INSERT INTO owners(id, secret_hash, created) VALUES (?1, ?2, ?3)
@@ -635,6 +886,7 @@ impl Backend for SqliteBackend {
     }
 
     fn release_owner(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.writable()?;
         Ok(self
             .conn
             .prepare_cached("DELETE FROM owners WHERE id = ?1")?
@@ -662,18 +914,22 @@ impl Backend for SqliteBackend {
         now: i64,
         budget: usize,
     ) -> Result<PruneReport, StoreError> {
+        self.writable()?;
         let cutoff = now - policy.max_age.as_millis() as i64;
         let tx = self.conn.unchecked_transaction()?;
         let mut report = PruneReport::default();
         let mut freed = 0u64;
         {
-            // Only the oldest `budget` rows are looked at (seq order is time order: the hub
-            // stamps `ts` as it assigns `seq`), so a pass with nothing to expire costs a
-            // slice, not a scan of the whole table.
+            // Only the oldest `budget` rows are looked at, in seq order, and expiry stops at
+            // the first one that is not old enough: a pass with nothing to expire costs a
+            // slice, not a scan of the whole table, and a message stamped while the wall
+            // clock was behind (a small `ts` after a larger one) is not expired ahead of the
+            // mail stored before it (see `crate::clock`).
             let mut expire = tx.prepare_cached(
-                "DELETE FROM messages WHERE seq IN
-                   (SELECT seq FROM (SELECT seq, ts FROM messages ORDER BY seq LIMIT ?2)
-                    WHERE ts < ?1)
+                "WITH oldest AS (SELECT seq, ts FROM messages ORDER BY seq LIMIT ?2)
+                 DELETE FROM messages WHERE seq IN
+                   (SELECT seq FROM oldest WHERE seq < coalesce(
+                      (SELECT min(seq) FROM oldest WHERE ts >= ?1), 9223372036854775807))
                  RETURNING length(CAST(content AS BLOB))",
             )?;
             for len in expire.query_map(params![cutoff, budget as i64], |r| r.get::<_, i64>(0))? {
@@ -763,7 +1019,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> SqliteBackend {
-        SqliteBackend::open(dir, SyncMode::Normal).unwrap()
+        SqliteBackend::open_exclusive(dir, SyncMode::Normal).unwrap()
     }
 
     #[test]
@@ -848,6 +1104,94 @@ mod tests {
     }
 
     #[test]
+    fn a_key_reused_for_another_body_or_recipient_is_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let keyed = |to: &str, content: &str| {
+            let mut m = msg("A", to, content, 1);
+            m.key = Some("k1".into());
+            m
+        };
+        let first = keyed("B", "deploy v1");
+        let other_body = keyed("B", "deploy v2");
+        let other_recipient = keyed("C", "deploy v1");
+        assert_eq!(
+            b.append(&[&first, &other_body, &other_recipient, &first], &[])
+                .unwrap(),
+            vec![
+                Appended::New(1),
+                Appended::KeyConflict { seq: 1 },
+                Appended::KeyConflict { seq: 1 },
+                Appended::Duplicate {
+                    seq: 1,
+                    delivered: false
+                },
+            ]
+        );
+        let stored = b.inbox("B", None, 10, usize::MAX).unwrap().messages;
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].content, "deploy v1");
+        assert!(
+            b.inbox("C", None, 10, usize::MAX)
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        assert_eq!(
+            seqs(b.append(&[&msg("A", "B", "next", 2)], &[]).unwrap()),
+            vec![2]
+        );
+    }
+
+    /// Overwrites the page header of the database page that holds `marker` (a table leaf).
+    fn corrupt_page_holding(db: &Path, marker: &str) {
+        let mut bytes = std::fs::read(db).unwrap();
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .expect("marker in the database file");
+        let page = at / 4096;
+        assert!(page > 0, "the marker is on the schema page");
+        bytes[page * 4096..page * 4096 + 12].fill(0xff);
+        std::fs::write(db, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_page_is_found_at_open_and_the_store_refuses_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        assert_eq!(b.integrity(), Integrity::Ok);
+        let body = "z".repeat(200);
+        let ms: Vec<NewMessage> = (0..300)
+            .map(|i| msg("A", "B", &format!("MARK-{i:04}-{body}"), i))
+            .collect();
+        b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        b.set_owner("A", "h", 1).unwrap();
+        let epoch = b.epoch().to_string();
+        drop(b);
+        corrupt_page_holding(&dir.path().join(DB_FILE), "MARK-0100-");
+
+        let mut b = open(dir.path());
+        let Integrity::Damaged(report) = b.integrity() else {
+            panic!("the damaged page went unnoticed");
+        };
+        assert!(!report.is_empty());
+        assert_eq!(b.epoch(), epoch, "the store is the same one, not a new one");
+        let refused = |r: Result<(), StoreError>| match r {
+            Err(StoreError::Damaged { report, .. }) => assert!(!report.is_empty()),
+            other => panic!("a write to a damaged store: {other:?}"),
+        };
+        refused(b.append(&[&msg("A", "B", "more", 400)], &[]).map(drop));
+        refused(b.session_registered("C", "{}", 400).map(drop));
+        refused(b.set_owner("C", "h", 400));
+        refused(b.mark_read("B", &[1], 400).map(drop));
+        // What is intact still reads.
+        assert_eq!(b.owner_hash("A").unwrap().as_deref(), Some("h"));
+        let e = b.append(&[&msg("A", "B", "more", 400)], &[]).unwrap_err();
+        assert!(e.to_string().contains("docs/STORAGE.md"), "{e}");
+    }
+
+    #[test]
     fn a_wiped_store_is_noticed_and_reopened_with_a_new_epoch() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -869,6 +1213,23 @@ mod tests {
             vec![1]
         );
         assert!(!b.verify().unwrap());
+    }
+
+    #[test]
+    fn a_replaced_database_next_to_its_lock_file_is_reopened_under_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "x", 1)], &[]).unwrap();
+        let before = b.epoch().to_string();
+        for f in [DB_FILE, "relay.db-wal", "relay.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        assert!(b.verify().unwrap());
+        assert_ne!(b.epoch(), before);
+        assert!(matches!(
+            SqliteBackend::open_exclusive(dir.path(), SyncMode::Normal),
+            Err(StoreError::Locked { .. })
+        ));
     }
 
     #[test]
@@ -999,6 +1360,124 @@ mod tests {
         assert!(
             b.history("A", &filtered).unwrap().messages.is_empty(),
             "C->D is not A's"
+        );
+    }
+
+    #[test]
+    fn history_after_a_time_misses_nothing_stored_after_it_when_the_clock_stepped_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        // seq order is store order; the third was stamped after the clock stepped back.
+        let ms = [
+            msg("A", "B", "one", 100),
+            msg("A", "B", "two", 300),
+            msg("A", "B", "three", 200),
+            msg("A", "B", "four", 400),
+        ];
+        b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let q = HistoryQuery {
+            from: None,
+            to: None,
+            after: After::Time(250),
+            inbound_only: false,
+            count: 10,
+            max_bytes: usize::MAX,
+        };
+        let texts: Vec<String> = b
+            .history("B", &q)
+            .unwrap()
+            .messages
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(texts, ["two", "three", "four"]);
+    }
+
+    #[test]
+    fn pages_are_bounded_by_escaped_bytes_not_raw_content() {
+        // 20 bodies of control characters: 20 × 10,000 raw bytes fit a 100 kB budget, but
+        // escaped (`\u0001`) each one is 60,000 bytes of reply.
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let body = "\u{1}".repeat(10_000);
+        let ms: Vec<NewMessage> = (0..20).map(|i| msg("A", "B", &body, i)).collect();
+        b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let one = super::super::json_string_len(&body);
+        assert_eq!(one, 60_000);
+        let inbox = b.inbox("B", None, 100, 100_000).unwrap();
+        assert_eq!(
+            inbox.messages.len(),
+            1,
+            "a second one would pass the budget"
+        );
+        assert_eq!(inbox.remaining, 19);
+        let q = HistoryQuery {
+            from: None,
+            to: None,
+            after: After::Seq(0),
+            inbound_only: false,
+            count: 100,
+            max_bytes: 130_000,
+        };
+        let page = b.history("B", &q).unwrap();
+        assert_eq!(page.messages.len(), 2);
+        assert!(page.more);
+        // One message is always returned, however big.
+        assert_eq!(b.inbox("B", None, 100, 10).unwrap().messages.len(), 1);
+    }
+
+    #[test]
+    fn sessions_are_paged_by_recency_forgotten_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        for (i, id) in ["A", "B", "C", "D", "E"].iter().enumerate() {
+            b.session_registered(id, "{}", 100 + i as i64).unwrap();
+        }
+        b.session_left("B", 500).unwrap();
+        assert_eq!(b.session_count().unwrap(), 5);
+        let ids = |v: Vec<SessionRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(b.sessions_by_recency(None, 10).unwrap()),
+            ["B", "E", "D", "C", "A"]
+        );
+        assert_eq!(
+            ids(b.sessions_by_recency(Some((103, "D")), 2).unwrap()),
+            ["C", "A"]
+        );
+        // A registration again is no new row.
+        b.session_registered("A", "{}", 600).unwrap();
+        assert_eq!(b.session_count().unwrap(), 5);
+
+        // Trimming to 3 forgets the least recently seen ones that are not spared: C is the
+        // least recently seen but online (spared), so D and E go.
+        b.set_owner("D", "hash", 1).unwrap();
+        let gone = b.trim_sessions(3, &|id| id == "C").unwrap();
+        assert_eq!(gone, 2);
+        assert_eq!(b.session_count().unwrap(), 3);
+        assert!(b.session("C").unwrap().is_some());
+        assert!(b.session("D").unwrap().is_none() && b.session("E").unwrap().is_none());
+        assert_eq!(
+            b.owner_hash("D").unwrap().as_deref(),
+            Some("hash"),
+            "trimming keeps ownership"
+        );
+        assert_eq!(b.trim_sessions(3, &|_| false).unwrap(), 0);
+
+        // Forgetting when idle: not while direct mail waits unread.
+        b.append(&[&msg("A", "C", "for C", 700)], &[]).unwrap();
+        assert!(!b.forget_if_idle("C").unwrap());
+        assert!(b.forget_if_idle("B").unwrap());
+        assert!(b.session("B").unwrap().is_none());
+        // Forgetting takes the ownership too; an unknown name is nothing to forget.
+        assert!(b.forget_session("D").unwrap(), "D still had an owner");
+        assert_eq!(b.owner_hash("D").unwrap(), None);
+        assert!(!b.forget_session("D").unwrap());
+        assert_eq!(b.session_count().unwrap(), 2);
+        drop(b);
+        assert_eq!(
+            open(dir.path()).session_count().unwrap(),
+            2,
+            "counted at open"
         );
     }
 

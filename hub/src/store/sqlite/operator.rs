@@ -51,6 +51,8 @@ impl OperatorView for SqliteBackend {
     }
 
     fn probe_write(&mut self, now: i64) -> Result<(), StoreError> {
+        // A damaged store refuses every write, this one too.
+        self.writable()?;
         set_meta(&self.conn, "health_probe", &now.to_string())?;
         Ok(())
     }
