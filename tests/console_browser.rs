@@ -3,7 +3,8 @@
 //! console opened in headless Chromium. The assertions read the DOM after the page's script
 //! ran: the three sessions with their presence, client and unread counts, the messages in the
 //! flow, a body fetched on demand and shown as text (never as HTML), a message sent after the
-//! page loaded, and a session that disconnects turning offline — all without a reload.
+//! page loaded, a task handed over with `relay_handoff` appearing on the board and moving when
+//! it is claimed, and a session that disconnects turning offline — all without a reload.
 //!
 //! The screenshot goes to `target/console.png` (the path is printed). Without Chromium the
 //! test says SKIPPED, unless `RELAY_TEST_REQUIRE_CHROMIUM=1` (CI), where it fails.
@@ -172,6 +173,67 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     browser
         .wait_for("document.querySelectorAll('#flow [data-seq]').length === 6 && document.querySelector('[data-session=\"CC-1\"] .unread').textContent === '3'")
         .await;
+
+    // The task board, live: a handoff appears, then moves when its addressee claims it.
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#tasks [data-empty]').textContent")
+            .await,
+        "No tasks yet."
+    );
+    let title = "Review <b>PR 7</b>: the auth part";
+    let made = cc1
+        .ok(
+            "relay_handoff",
+            json!({"to": "CC-2", "title": title, "brief": "hub/src/auth.rs", "git": false}),
+        )
+        .await;
+    assert!(made.starts_with("Created T-1"), "{made}");
+    let row = |id: &str| {
+        format!(
+            "(() => {{ const r = document.querySelector('#tasks [data-task={}]'); return r &&              [r.dataset.state, r.querySelector('.route').textContent,              r.querySelector('.title').textContent, r.querySelector('.age').textContent]; }})()",
+            js(id)
+        )
+    };
+    browser
+        .wait_for(&format!("({})?.[0] === 'submitted'", row("T-1")))
+        .await;
+    assert_eq!(
+        browser.eval(&row("T-1")).await,
+        json!(["submitted", "CC-1→(CC-2)", title, "just now"])
+    );
+    // The title is text: its markup made no element.
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#tasks b').length")
+            .await,
+        0
+    );
+    let claimed = cc2
+        .ok("relay_task", json!({"id": "T-1", "action": "claim"}))
+        .await;
+    assert!(claimed.contains("working"), "{claimed}");
+    browser
+        .wait_for(&format!("({})?.[0] === 'working'", row("T-1")))
+        .await;
+    assert_eq!(browser.eval(&row("T-1")).await[1], "CC-1→CC-2");
+    let offered = codex
+        .ok(
+            "relay_handoff",
+            json!({"to": "any", "title": "Backfill the db-v2 migration on staging", "brief": "see branch db-v2", "git": false}),
+        )
+        .await;
+    assert!(offered.starts_with("Created T-2"), "{offered}");
+    browser
+        .wait_for(&format!("({})?.[1] === 'CODEX→(any)'", row("T-2")))
+        .await;
+    assert_eq!(
+        browser
+            .eval("[...document.querySelectorAll('#tasks [data-task]')].map(r => r.dataset.task)")
+            .await,
+        json!(["T-1", "T-2"]),
+        "working before submitted"
+    );
 
     // A session that disconnects shows offline, without a reload.
     codex.close_stdin().await;

@@ -1,14 +1,16 @@
 //! HTTP on the hub's WebSocket port, end to end against a real hub process: `/healthz` (open,
 //! 503 when the store cannot write), `/metrics` (Prometheus text whose counters move by
-//! exactly the traffic sent), who may see the console and how a browser logs in (401 first,
-//! CSRF-checked login and logout), the headers every answer carries, and the bounds.
+//! exactly the traffic sent, tasks by state kept exact across moves and restarts), who may see
+//! the console and how a browser logs in (401 first, CSRF-checked login and logout), the
+//! headers every answer carries, the bounds, and HTTP connections under the hub's connection
+//! caps (clients without the token never hold the places of token holders).
 
 mod common;
 
 use std::{collections::HashMap, path::Path};
 
 use common::{
-    http::{Resp, get, request},
+    http::{KeepAlive, Resp, get, request},
     hub::{Hub, WAIT},
     ws::Ws,
 };
@@ -135,6 +137,224 @@ async fn metrics_parse_and_count_exactly_the_traffic_sent() {
     let gone = metrics(hub.port).await;
     assert_eq!(gone["relay_sessions_online{}"], 1.0);
     assert_eq!(gone["relay_connections{kind=websocket}"], 1.0);
+}
+
+/// Sends a task frame and returns the reply of type `reply` (skipping mail pushed meanwhile).
+async fn task(ws: &mut Ws, frame: serde_json::Value, reply: &str) -> serde_json::Value {
+    ws.send(frame).await;
+    ws.until(reply).await
+}
+
+#[tokio::test]
+async fn tasks_by_state_follow_every_move_survive_a_restart_and_fill_the_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = token_hub(dir.path(), &[]).await;
+    let mut a = register(&hub.url, "Alpha").await;
+    let mut b = register(&hub.url, "Beta").await;
+    let before = metrics(hub.port).await;
+    for s in ["submitted", "working", "completed", "rejected"] {
+        assert_eq!(before[&format!("relay_tasks{{state={s}}}")], 0.0, "{s}");
+    }
+
+    let create = |title: &str, to: &str| json!({"type": "task_create", "to": to, "title": title, "brief": "see the PR"});
+    for (title, to) in [("one", "Beta"), ("two", "Beta"), ("three", "any")] {
+        let t = task(&mut a, create(title, to), "task").await;
+        assert_eq!(t["task"]["state"], "submitted", "{t}");
+    }
+    let act = |id: &str, action: &str| json!({"type": "task_act", "id": id, "action": action, "result": (action == "complete").then_some("done in 4e1f2a0")});
+    for (id, action, state) in [
+        ("T-1", "claim", "working"),
+        ("T-1", "complete", "completed"),
+        ("T-2", "decline", "rejected"),
+    ] {
+        let t = task(&mut b, act(id, action), "task").await;
+        assert_eq!(t["task"]["state"], state, "{id} {action}: {t}");
+    }
+    // A refused move changes no count (Alpha may not claim what it offered).
+    let r = task(&mut a, act("T-3", "claim"), "task_refused").await;
+    assert_eq!(r["id"], "T-3", "{r}");
+    let after = metrics(hub.port).await;
+    let d = |k: &str| delta(&before, &after, k);
+    let tasks = |m: &HashMap<String, f64>| -> Vec<f64> {
+        [
+            "submitted",
+            "working",
+            "input-required",
+            "completed",
+            "failed",
+            "rejected",
+            "canceled",
+        ]
+        .iter()
+        .map(|s| m[&format!("relay_tasks{{state={s}}}")])
+        .collect()
+    };
+    assert_eq!(tasks(&after), [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
+    assert_eq!(d("relay_frames_in_total{type=task_create}"), 3.0);
+    assert_eq!(d("relay_frames_in_total{type=task_act}"), 4.0);
+    assert_eq!(d("relay_frames_out_total{type=task}"), 6.0);
+    assert_eq!(d("relay_frames_out_total{type=task_refused}"), 1.0);
+    // Every move is mail: 3 creates, a claim, a complete, a decline.
+    assert_eq!(d("relay_messages_routed_total{kind=direct}"), 5.0);
+    assert_eq!(d("relay_messages_routed_total{kind=broadcast}"), 1.0);
+
+    // The board in /api/state: every task, open ones first, with what a row shows.
+    let state = get(hub.port, "/api/state", &[("Authorization", &bearer())])
+        .await
+        .json();
+    let board: Vec<(String, String, Option<String>)> = state["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert!(t.get("brief").is_none(), "the board carries no brief: {t}");
+            (
+                t["id"].as_str().unwrap().to_string(),
+                t["state"].as_str().unwrap().to_string(),
+                t["holder"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        board,
+        [
+            ("T-3".into(), "submitted".into(), None),
+            ("T-2".into(), "rejected".into(), None),
+            ("T-1".into(), "completed".into(), Some("Beta".into())),
+        ]
+    );
+
+    // A restarted hub counts them again from its store.
+    drop((a, b));
+    assert!(hub.terminate().await.success());
+    let hub = token_hub(dir.path(), &[]).await;
+    assert_eq!(
+        tasks(&metrics(hub.port).await),
+        [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    );
+}
+
+#[tokio::test]
+async fn http_connections_without_the_token_take_none_of_the_token_holders_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(
+        dir.path(),
+        &[
+            "--max-connections",
+            "3",
+            "--max-unauthenticated",
+            "2",
+            "--auth-timeout-secs",
+            "60",
+        ],
+    )
+    .await;
+    // Two kept-alive connections without the token get /healthz and the login page...
+    let mut anonymous = Vec::new();
+    for path in ["/healthz", "/"] {
+        let mut c = KeepAlive::open(hub.port).await;
+        let r = c.get(path, &[]).await;
+        assert!(matches!(r.status, 200 | 401), "{path}: {}", r.status);
+        anonymous.push(c);
+    }
+    // ...a third is refused: they have used the places of those without the token.
+    let mut third = KeepAlive::open(hub.port).await;
+    let r = third.get("/healthz", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("without the hub token"), "{}", r.body);
+    third.closed().await;
+    // Token holders get all three places, and keep them. (The refused one held a place until
+    // its socket was gone on the hub's side too, a moment after ours saw it close: the first
+    // holder may have to ask again.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut holders = Vec::new();
+    loop {
+        let mut c = KeepAlive::open(hub.port).await;
+        let r = c.get("/metrics", &[("Authorization", &bearer())]).await;
+        if r.status == 200 {
+            holders.push(c);
+            break;
+        }
+        assert!(r.body.contains("connection limit"), "{}", r.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused place never came back"
+        );
+        c.closed().await;
+    }
+    for _ in 0..2 {
+        let mut c = KeepAlive::open(hub.port).await;
+        assert_eq!(
+            c.get("/metrics", &[("Authorization", &bearer())])
+                .await
+                .status,
+            200
+        );
+        holders.push(c);
+    }
+    let m = holders[0]
+        .get("/metrics", &[("Authorization", &bearer())])
+        .await;
+    let m = scrape(&m.body);
+    assert_eq!(
+        m["relay_connections_refused_total{reason=unauthenticated}"],
+        1.0
+    );
+    assert_eq!(m["relay_connections{kind=http}"], 5.0);
+    // A wrong token on a request is a refusal the operator sees, counted and logged.
+    let r = holders[1]
+        .get("/metrics", &[("Authorization", "Bearer not-the-token")])
+        .await;
+    assert_eq!(r.status, 401);
+    let m = holders[2]
+        .get("/metrics", &[("Authorization", &bearer())])
+        .await;
+    assert_eq!(
+        scrape(&m.body)["relay_connections_refused_total{reason=unauthorized}"],
+        1.0
+    );
+    let log = hub.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("refused") && log.contains("without the hub token"),
+        "{log}"
+    );
+    assert!(
+        log.contains("invalid hub token in the Authorization header of an HTTP request"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("not-the-token") && !log.contains(TOKEN),
+        "{log}"
+    );
+    drop(anonymous);
+}
+
+#[tokio::test]
+async fn an_http_connection_that_shows_no_token_in_time_is_closed_and_one_that_does_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path(), &["--auth-timeout-secs", "1"]).await;
+    let mut anonymous = KeepAlive::open(hub.port).await;
+    let mut holder = KeepAlive::open(hub.port).await;
+    assert_eq!(anonymous.get("/healthz", &[]).await.status, 200);
+    assert_eq!(
+        holder
+            .get("/metrics", &[("Authorization", &bearer())])
+            .await
+            .status,
+        200
+    );
+    anonymous.closed().await;
+    // Both were opened before the deadline passed; the one that showed the token is served.
+    let m = holder
+        .get("/metrics", &[("Authorization", &bearer())])
+        .await;
+    assert_eq!(m.status, 200);
+    assert_eq!(
+        scrape(&m.body)["relay_connections_refused_total{reason=auth_timeout}"],
+        1.0
+    );
+    let log = hub.log.lock().unwrap().join("\n");
+    assert!(log.contains("no valid hub token within"), "{log}");
 }
 
 fn assert_secure_headers(r: &Resp) {

@@ -11,17 +11,22 @@
 'use strict';
 
 const MAX_MESSAGES = 500;
-const TASK_STATES = ['submitted', 'working', 'input-required', 'completed', 'failed', 'rejected', 'canceled'];
+// Board order: what needs someone first, then what is moving, then what is done.
+const TASK_STATES = ['input-required', 'working', 'submitted', 'completed', 'failed', 'rejected', 'canceled'];
+const OPEN_STATES = new Set(['submitted', 'working', 'input-required']);
+const MAX_FINISHED_TASKS = 50;
 
 const state = {
   hub: null,
   sessions: new Map(),   // id -> session
   messages: new Map(),   // seq -> message
-  tasks: null,           // null until the hub keeps tasks
+  tasks: new Map(),      // id -> task (the board)
   csrf: null,
+  unreadable: null,      // why the store could not be read, if it could not
   filter: null,          // session id the flow is filtered to
   live: 'connecting',
   fresh: new Set(),      // seqs to flash once
+  freshTasks: new Set(), // task ids to flash once
 };
 
 // ---- DOM helpers: text only ----
@@ -110,7 +115,8 @@ const healthPanel = {
     $('stat-sessions').textContent = sessions.length;
     $('stat-unread').textContent = sessions.reduce((n, s) => n + (s.unread || 0), 0);
     $('stat-messages').textContent = state.messages.size;
-    $('foot').textContent = 'epoch ' + hub.epoch + ' · ' + (hub.tls ? 'wss' : 'ws') +
+    $('foot').textContent = (state.unreadable ? 'the store could not be read: ' + state.unreadable + ' · ' : '') +
+      'epoch ' + hub.epoch + ' · ' + (hub.tls ? 'wss' : 'ws') +
       ' · ' + (hub.auth ? 'token required' : 'loopback only (no token)') + ' · viewing by ' + hub.viewer;
   },
 };
@@ -173,20 +179,45 @@ function stateLabel(m) {
   return m.state;
 }
 
+// One row per task: id, state, from → holder (the addressee in parentheses while nobody holds
+// it), age since its last move, title. Open tasks first, by state, newest first.
 const tasksPanel = {
   render() {
     const box = $('tasks');
-    if (!state.tasks || state.tasks.length === 0) {
+    const order = (t) => TASK_STATES.indexOf(t.state);
+    const tasks = [...state.tasks.values()].sort((a, b) => (order(a) - order(b)) || (b.updated - a.updated));
+    const open = tasks.filter((t) => OPEN_STATES.has(t.state)).length;
+    $('tasks-count').textContent = tasks.length ? open + ' open · ' + (tasks.length - open) + ' finished' : '';
+    if (tasks.length === 0) {
       box.replaceChildren(el('div', { class: 'empty', data: { empty: 'tasks' } }, 'No tasks yet.'));
       return;
     }
-    box.replaceChildren(...TASK_STATES.map((st) => el('div', { class: 'column', data: { state: st } },
-      el('h3', null, st),
-      ...state.tasks.filter((t) => t.state === st).map((t) => el('div', { class: 'task', data: { task: t.id } },
-        el('div', { class: 'mono' }, t.title || t.id),
-        el('div', { class: 'muted small' }, (t.from || '?') + ' → ' + (t.to || '?')))))));
+    const rows = tasks.map((t) => el('div', {
+      class: 'task' + (state.freshTasks.has(t.id) ? ' new' : ''),
+      data: { task: t.id, state: t.state },
+      role: 'row',
+    },
+      el('span', { class: 'id mono', role: 'cell' }, t.id),
+      el('span', { class: 'state', role: 'cell', data: { state: t.state } }, t.state),
+      el('span', { class: 'route mono', role: 'cell' },
+        el('span', { class: 'from' }, t.from),
+        el('span', { class: 'arrow' }, '→'),
+        t.holder ? el('span', { class: 'holder' }, t.holder)
+          : el('span', { class: 'holder unheld', title: 'offered, not claimed' }, '(' + t.to + ')')),
+      el('span', { class: 'age', role: 'cell', title: new Date(t.updated).toISOString() }, ago(t.updated)),
+      el('span', { class: 'title', role: 'cell', title: t.title }, t.title)));
+    state.freshTasks.clear();
+    box.replaceChildren(...rows);
   },
 };
+
+// Keeps the board to the open tasks and the most recent finished ones (as /api/state does).
+function putTask(t) {
+  state.tasks.set(t.id, t);
+  const finished = [...state.tasks.values()].filter((x) => !OPEN_STATES.has(x.state))
+    .sort((a, b) => b.updated - a.updated);
+  for (const old of finished.slice(MAX_FINISHED_TASKS)) state.tasks.delete(old.id);
+}
 
 const panels = [healthPanel, sessionsPanel, flowPanel, tasksPanel];
 
@@ -237,7 +268,8 @@ async function loadState() {
     const s = await r.json();
     state.hub = s.hub;
     state.csrf = s.csrf;
-    state.tasks = s.tasks;
+    state.unreadable = s.unreadable || null;
+    state.tasks = new Map((s.tasks || []).map((t) => [t.id, t]));
     state.sessions = new Map(s.sessions.map((x) => [x.id, x]));
     state.messages = new Map(s.messages.map((x) => [x.seq, x]));
     schedule();
@@ -292,6 +324,10 @@ const handlers = {
       if (m.to === 'all') m.readBy = (m.readBy || 0) + 1;
       m.state = 'read';
     }
+  },
+  task(ev) {
+    putTask({ id: ev.id, state: ev.state, from: ev.from, to: ev.to, holder: ev.holder || null, title: ev.title, created: ev.created, updated: ev.ts });
+    state.freshTasks.add(ev.id);
   },
   lagged() { refetchSoon(); },
 };

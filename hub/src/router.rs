@@ -336,13 +336,17 @@ impl Router {
 
     /// Pushes a committed message that did not come through the store's append path (task
     /// mail, see `crate::tasks`) to its recipient(s) and watchers, and records a delivery
-    /// fix when the push went otherwise than `predicted` at the insert.
+    /// fix when the push went otherwise than `predicted` at the insert. It is counted and
+    /// shown to the operator feed like any routed message.
     pub fn route_stored(&self, msg: &StoredMessage, frame: &Utf8Bytes, predicted: bool) {
-        let took = if &*msg.to == sessions::BROADCAST {
-            self.broadcast(&msg.from, frame) > 0
+        let (took, recipients) = if &*msg.to == sessions::BROADCAST {
+            let n = self.broadcast(&msg.from, frame);
+            (n > 0, Some(n))
         } else {
-            self.deliver(&msg.to, frame)
+            (self.deliver(&msg.to, frame), None)
         };
+        self.metrics.routed(took, recipients);
+        self.feed.routed(msg, took, recipients);
         if took != predicted {
             self.fixes
                 .lock()

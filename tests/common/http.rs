@@ -156,3 +156,85 @@ async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
     request(port, "GET", path, headers, "").await
 }
+
+/// One kept-alive HTTP/1.1 connection: several requests in a row on the same socket (each
+/// answer read by its `Content-Length`), and a way to see the hub close it.
+pub struct KeepAlive {
+    stream: TcpStream,
+    port: u16,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// Opens a connection to 127.0.0.1:`port`.
+    pub async fn open(port: u16) -> KeepAlive {
+        KeepAlive {
+            stream: connect(port).await,
+            port,
+            buf: Vec::new(),
+        }
+    }
+
+    /// `GET path` with `headers` on this connection; the answer must carry a
+    /// `Content-Length` (every answer but the event stream does).
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", self.port);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tokio::time::timeout(WAIT, async {
+            self.stream
+                .write_all(req.as_bytes())
+                .await
+                .expect("send request");
+            loop {
+                let mut heads = [httparse::EMPTY_HEADER; 64];
+                let mut resp = httparse::Response::new(&mut heads);
+                if let httparse::Status::Complete(at) = resp.parse(&self.buf).expect("HTTP") {
+                    let headers: Vec<(String, String)> = resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let len: usize = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-length")
+                        .map(|(_, v)| v.parse().expect("a length"))
+                        .expect("an answer with Content-Length");
+                    if self.buf.len() >= at + len {
+                        let status = resp.code.expect("status");
+                        let body = String::from_utf8_lossy(&self.buf[at..at + len]).into_owned();
+                        self.buf.drain(..at + len);
+                        return Resp {
+                            status,
+                            headers,
+                            body,
+                        };
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.expect("read answer");
+                assert!(n > 0, "connection closed before the answer was complete");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} timed out"))
+    }
+
+    /// Waits (bounded) until the hub closes the connection.
+    pub async fn closed(&mut self) {
+        tokio::time::timeout(WAIT, async {
+            let mut chunk = [0u8; 4096];
+            while !matches!(self.stream.read(&mut chunk).await, Ok(0) | Err(_)) {}
+        })
+        .await
+        .expect("the hub did not close the connection");
+    }
+}

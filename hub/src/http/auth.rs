@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use super::{Body, Ctx, routes};
 use crate::{
+    HubState,
     auth::{bearer, ct_eq, hash_secret, mint_secret, token_ok},
     operator::{self, Claim, Denied, Key, Operator},
     refusals::ConnRefusal,
@@ -163,17 +164,12 @@ pub(crate) fn denied_response(d: Denied) -> Response<Body> {
 /// authenticates its connection on a hub with a token (see [`super::serve`]).
 pub(crate) fn access<B>(cx: &Ctx, req: &Request<B>) -> Result<Who, Denied> {
     let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let mut login_csrf = None;
-    let key = match header(header::AUTHORIZATION) {
-        Some(h) => Key::Token(bearer(h).unwrap_or_default()),
-        None => match cookie(req, SESSION_COOKIE).and_then(|c| cx.hub.http.logins.find(c)) {
-            Some(csrf) => {
-                login_csrf = Some(csrf);
-                Key::Login
-            }
-            None => Key::None,
-        },
-    };
+    let cookies = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (key, login_csrf) = credential(&cx.hub, header(header::AUTHORIZATION), cookies);
     let claim = Claim {
         peer: cx.addr.ip(),
         host: host(req),
@@ -196,6 +192,24 @@ pub(crate) fn access<B>(cx: &Ctx, req: &Request<B>) -> Result<Who, Denied> {
             }
             Err(d)
         }
+    }
+}
+
+/// The credential in a request's `Authorization` header (a Bearer token, checked later by
+/// [`operator::decide`]) or, without one, its login cookie (with that login's CSRF token).
+/// Takes the header values, so that the hub can also read the raw head of a connection's
+/// first request (see [`super::route`]).
+pub(crate) fn credential<'a>(
+    hub: &HubState,
+    authorization: Option<&'a str>,
+    cookies: impl Iterator<Item = &'a str>,
+) -> (Key<'a>, Option<String>) {
+    if let Some(h) = authorization {
+        return (Key::Token(bearer(h).unwrap_or_default()), None);
+    }
+    match cookie_in(cookies, SESSION_COOKIE).and_then(|c| hub.http.logins.find(c)) {
+        Some(csrf) => (Key::Login, Some(csrf)),
+        None => (Key::None, None),
     }
 }
 
@@ -357,10 +371,18 @@ fn host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    cookie_in(
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        name,
+    )
+}
+
+/// The cookie `name` among `Cookie` header values.
+fn cookie_in<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    headers
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)

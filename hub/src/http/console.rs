@@ -89,14 +89,28 @@ pub(crate) async fn state(cx: &Ctx, who: &Who) -> Response<Body> {
             })
         })
         .await;
-    let Read {
-        sessions: records,
-        unread,
-        traffic,
-        tasks,
-    } = match read {
-        Ok(v) => v,
-        Err(e) => return store_error(e),
+    // A store that cannot be read (a damaged file, one that did not answer) still gets the
+    // page: the hub's own state, empty lists, and why they are empty.
+    let (
+        Read {
+            sessions: records,
+            unread,
+            traffic,
+            tasks,
+        },
+        unreadable,
+    ) = match read {
+        Ok(v) => (v, None),
+        Err(e) => {
+            tracing::warn!("console: store read failed: {e}");
+            let empty = Read {
+                sessions: Vec::new(),
+                unread: Vec::new(),
+                traffic: Vec::new(),
+                tasks: None,
+            };
+            (empty, Some(e.to_string()))
+        }
     };
     let epoch = cx.hub.store.epoch();
     let mut sessions: Vec<Value> = records
@@ -137,6 +151,7 @@ pub(crate) async fn state(cx: &Ctx, who: &Who) -> Response<Body> {
             // Null for a store that keeps no tasks.
             "tasks": tasks.map(|t| t.iter().map(task_json).collect::<Vec<_>>()),
             "csrf": who.csrf(cx),
+            "unreadable": unreadable,
         }),
     )
 }

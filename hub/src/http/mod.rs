@@ -21,11 +21,12 @@
 //! `max_connections` (and the per-address cap) until its socket is closed, its head must
 //! arrive within the handshake deadline, its reads are charged to the frame budget (released
 //! at each request), and every refusal goes through [`crate::refusals`]. On a hub with a
-//! token it also counts among the connections that have not shown the token
-//! (`max_unauthenticated`, over it a 503) until one of its requests is the operator's (a
-//! Bearer header or the login cookie), and one that has not shown it within the auth timeout
-//! is closed once its current answer is written — so `/healthz` and the login page stay open
-//! to anyone, but clients without the token never hold the places of those who have it.
+//! token, a connection whose first request does not show the token (a Bearer header or the
+//! login cookie) counts among the connections that have not shown it (`max_unauthenticated`,
+//! over it a 503) until a later request does; one that has not shown it within the auth
+//! timeout is closed once its current answer is written. So `/healthz` and the login page
+//! stay open to anyone, but clients without the token never hold the places of those who
+//! have it, and a token holder's connection never waits for theirs.
 
 mod auth;
 mod console;
@@ -137,7 +138,8 @@ where
     let addr = conn.addr;
     let max = hub.config.http_max_header_bytes.max(1024);
     let mut buf = BytesMut::with_capacity(1024);
-    let upgrade = loop {
+    // (a WebSocket upgrade, whether the first request shows the token)
+    let (upgrade, shows_token) = loop {
         let read = tokio::time::timeout_at(conn.deadline, async {
             if buf.capacity() == buf.len() {
                 buf.reserve((buf.len()).min(max - buf.len()).max(512));
@@ -156,16 +158,21 @@ where
             }
             Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return None,
             // EOF or an error mid-head: let hyper answer what it can.
-            Ok(Ok(0)) | Ok(Err(_)) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break (false, false),
             Ok(Ok(_)) => {}
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => break is_websocket_upgrade(req.headers),
+            Ok(httparse::Status::Complete(_)) => {
+                break (
+                    is_websocket_upgrade(req.headers),
+                    shows_token(hub, conn, req.headers),
+                );
+            }
             Ok(httparse::Status::Partial) if buf.len() < max => {}
             // Too big or not HTTP: hyper answers 431 / 400.
-            _ => break false,
+            _ => break (false, false),
         }
     };
     let stream = Rewind::new(stream, buf.freeze());
@@ -173,8 +180,35 @@ where
         // The WebSocket handshake answers the caps and the token itself.
         return Some(stream);
     }
+    if shows_token {
+        // Counted under max_connections since accept; now known to be a token holder's.
+        let _ = slot.authenticate();
+    }
     serve(stream, conn, hub, slot, shutdown).await;
     None
+}
+
+/// Whether a request head presents the hub token (a Bearer header or a login cookie) on a
+/// hub that has one — decided by [`crate::operator::decide`], like every request after it.
+fn shows_token(hub: &HubState, conn: &Conn, headers: &[httparse::Header<'_>]) -> bool {
+    let Some(token) = hub.config.token.as_deref() else {
+        return false;
+    };
+    let values = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+    };
+    let (key, _) = auth::credential(hub, values("authorization").next(), values("cookie"));
+    let claim = crate::operator::Claim {
+        peer: conn.addr.ip(),
+        host: None,
+        origin: None,
+        tls: hub.tls.is_some(),
+        key,
+    };
+    crate::operator::decide(Some(token), &claim).is_ok()
 }
 
 /// `Upgrade: websocket` (the token, case-insensitively, in any `Upgrade` header).
@@ -218,7 +252,8 @@ async fn serve<S>(
         hub.refusals.connection(addr, ConnRefusal::HttpBusy, &why);
         Some(why)
     } else if let Err(full) = slot.upgraded_anonymous() {
-        // A hub with a token, full of connections that have not shown it.
+        // A hub with a token, full of connections that have not shown it (a connection
+        // whose first request showed it is authenticated already: this does nothing).
         let why = full.to_string();
         hub.refusals
             .connection(addr, ConnRefusal::Unauthenticated, &why);

@@ -1185,6 +1185,8 @@ mod tests {
         refused(b.session_registered("C", "{}", 400).map(drop));
         refused(b.set_owner("C", "h", 400));
         refused(b.mark_read("B", &[1], 400).map(drop));
+        // The health probe's write too, so `/healthz` cannot call the store writable.
+        refused(b.operator().expect("operator views").probe_write(400));
         // What is intact still reads.
         assert_eq!(b.owner_hash("A").unwrap().as_deref(), Some("h"));
         let e = b.append(&[&msg("A", "B", "more", 400)], &[]).unwrap_err();
