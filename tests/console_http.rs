@@ -16,6 +16,9 @@ use common::{
 };
 use serde_json::json;
 
+#[cfg(target_os = "linux")]
+use common::hub::limit_file_size;
+
 const TOKEN: &str = "console-token-5c1f9a";
 
 async fn token_hub(dir: &Path, extra: &[&str]) -> Hub {
@@ -600,25 +603,6 @@ async fn http_requests_are_bounded() {
         assert!(tokio::time::Instant::now() < deadline, "slot never freed");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-}
-
-/// Forbids the process `pid` to grow any file past `bytes` (what a full disk does to SQLite).
-#[cfg(target_os = "linux")]
-fn limit_file_size(pid: u32, bytes: u64) {
-    let limit = libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: prlimit only reads `limit`; a null old-limit pointer is allowed.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
 /// Polls `/healthz` until it answers `status`; returns the body.

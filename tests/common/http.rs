@@ -107,13 +107,12 @@ async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
     body: &str,
 ) -> Resp {
     tokio::time::timeout(WAIT, async {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
+        let mut req = head(
+            method,
+            path,
+            port,
+            &[&[("Connection", "close")], headers].concat(),
+        );
         if !body.is_empty() || method == "POST" {
             req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
@@ -135,21 +134,38 @@ async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
         };
         Resp {
             status: resp.code.expect("status"),
-            headers: resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
+            headers: lowered(resp.headers),
             body: String::from_utf8_lossy(&raw[at..]).into_owned(),
         }
     })
     .await
     .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+}
+
+/// Headers as (lower-case name, value).
+fn lowered(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A request's line and headers (without the blank line that ends them), with `Host` added
+/// unless `headers` has one.
+fn head(method: &str, path: &str, port: u16, headers: &[(&str, &str)]) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req
 }
 
 /// `GET path`.
@@ -178,10 +194,7 @@ impl KeepAlive {
     /// `GET path` with `headers` on this connection; the answer must carry a
     /// `Content-Length` (every answer but the event stream does).
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Resp {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", self.port);
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
+        let mut req = head("GET", path, self.port, headers);
         req.push_str("\r\n");
         tokio::time::timeout(WAIT, async {
             self.stream
@@ -192,16 +205,7 @@ impl KeepAlive {
                 let mut heads = [httparse::EMPTY_HEADER; 64];
                 let mut resp = httparse::Response::new(&mut heads);
                 if let httparse::Status::Complete(at) = resp.parse(&self.buf).expect("HTTP") {
-                    let headers: Vec<(String, String)> = resp
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
+                    let headers = lowered(resp.headers);
                     let len: usize = headers
                         .iter()
                         .find(|(k, _)| k == "content-length")

@@ -185,3 +185,22 @@ pub fn signal(pid: i32, name: &str) {
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
 }
+
+/// Forbids the process `pid` to grow any file past `bytes` (what a full disk does to SQLite).
+#[cfg(target_os = "linux")]
+pub fn limit_file_size(pid: u32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit only reads `limit`; a null old-limit pointer is allowed.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}

@@ -61,9 +61,10 @@ use crate::{
     budget::Meter,
     connection::Conn,
     limits::{Slot, TooManyConnections},
+    progress::{Progress, Watched},
     refusals::ConnRefusal,
 };
-use io::{Idle, Rewind};
+use io::Rewind;
 
 /// Every response body: a whole buffer or an event stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -285,7 +286,9 @@ async fn serve<S>(
             }
         })
     };
-    let (io, last) = Idle::new(stream);
+    // When bytes last moved either way, for the idle timeout.
+    let last = Progress::new();
+    let io = Watched::both_ways(stream, last.clone());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -302,8 +305,8 @@ async fn serve<S>(
     let ended = loop {
         tokio::select! {
             r = http.as_mut() => break Some(r),
-            _ = tokio::time::sleep_until(last.at() + idle) => {
-                if last.at() + idle <= Instant::now() {
+            _ = tokio::time::sleep_until(last.last() + idle) => {
+                if last.last() + idle <= Instant::now() {
                     debug!(%addr, "HTTP connection idle: closing");
                     break None;
                 }
