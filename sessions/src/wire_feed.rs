@@ -190,6 +190,29 @@ mod tests {
             ServerFrame::Event(back) => assert_eq!(back, ev),
             other => panic!("{other:?}"),
         }
+        let task = FeedEvent::Task(TaskMoved {
+            id: "T-1".into(),
+            state: crate::wire_tasks::TaskState::InputRequired,
+            action: "ask".into(),
+            by: "CC-2".into(),
+            from: "CC-1".into(),
+            to: "CC-2".into(),
+            holder: Some("CC-2".into()),
+            title: "t".into(),
+            created: 1,
+            ts: 2,
+        });
+        let text = serde_json::to_string(&ServerFrame::Event(task.clone())).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"type":"event","kind":"task","id":"T-1","state":"input-required","#
+            ),
+            "{text}"
+        );
+        match serde_json::from_str::<ServerFrame>(&text).unwrap() {
+            ServerFrame::Event(back) => assert_eq!(back, task),
+            other => panic!("{other:?}"),
+        }
         let sub: ClientFrame =
             serde_json::from_str(r#"{"type":"subscribe","content":true}"#).unwrap();
         assert!(matches!(

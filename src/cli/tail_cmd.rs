@@ -219,7 +219,10 @@ fn render(ev: &FeedEvent, content: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessions::wire_feed::{MessageEvent, SessionEvent};
+    use sessions::{
+        wire_feed::{MessageEvent, SessionEvent, TaskMoved},
+        wire_tasks::TaskState,
+    };
 
     fn message(content: Option<&str>) -> FeedEvent {
         FeedEvent::Message(MessageEvent {
@@ -261,5 +264,29 @@ mod tests {
         });
         assert!(!concerns(&s, Some(&cc2)));
         assert!(concerns(&s, None));
+    }
+
+    #[test]
+    fn a_task_line_names_route_id_move_state_and_an_escaped_title() {
+        let t = FeedEvent::Task(TaskMoved {
+            id: "T-3".into(),
+            state: TaskState::Working,
+            action: "claim".into(),
+            by: "CC-2".into(),
+            from: "CC-1".into(),
+            to: "any".into(),
+            holder: Some("CC-2".into()),
+            title: "Fix\u{1b}[2J the flaky test".into(),
+            created: 0,
+            ts: 0,
+        });
+        assert_eq!(
+            render(&t, false),
+            "1970-01-01T00:00:00.000Z  CC-1 → CC-2  task T-3  claim by CC-2  working  \
+             Fix\\u{1b}[2J the flaky test"
+        );
+        let cc2 = SessionId::parse("CC-2").unwrap();
+        let cc3 = SessionId::parse("CC-3").unwrap();
+        assert!(concerns(&t, Some(&cc2)) && !concerns(&t, Some(&cc3)));
     }
 }
