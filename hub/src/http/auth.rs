@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use super::{Body, Ctx, routes};
 use crate::{
     HubState,
-    auth::{bearer, ct_eq, hash_secret, mint_secret, token_ok},
+    auth::{bearer, ct_eq, hash_secret, mint_secret},
     operator::{self, Claim, Denied, Key, Operator},
     refusals::ConnRefusal,
 };
@@ -259,12 +259,12 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     if let Err(f) = same_origin(cx, &req) {
         return f.response();
     }
-    let Some(expected) = cx.hub.config.token.clone() else {
+    if cx.hub.config.token.is_none() {
         return routes::text(
             StatusCode::NOT_FOUND,
             "this hub has no token: there is nothing to log in to\n",
         );
-    };
+    }
     // Guessing costs: logins share the per-address registration rate.
     if cx.hub.limits.register(cx.addr.ip()).is_err() {
         return routes::text(
@@ -290,7 +290,18 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         (Some(c), Some(f)) if !c.is_empty() && ct_eq(c.as_bytes(), f.as_bytes()) => {}
         _ => return Forbidden("missing or wrong CSRF token: reload the login page").response(),
     }
-    if !field("token").is_some_and(|t| token_ok(&expected, t.trim())) {
+    // A login is made only for whom the operator rule takes (the hub token).
+    let operator = field("token").is_some_and(|t| {
+        let claim = Claim {
+            peer: cx.addr.ip(),
+            host: None,
+            origin: None,
+            tls: cx.tls,
+            key: Key::Token(t.trim()),
+        };
+        operator::decide(cx.hub.config.token.as_deref(), &claim) == Ok(Operator::Token)
+    });
+    if !operator {
         cx.hub.refusals.connection(
             cx.addr,
             ConnRefusal::Unauthorized,
