@@ -170,8 +170,17 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back.
-    let Some(stream) = crate::http::route(stream, &conn, hub, slot, shutdown.clone()).await else {
+    // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back. Boxed,
+    // so that the HTTP server's state machine is not carried by every WebSocket's future.
+    let Some(stream) = Box::pin(crate::http::route(
+        stream,
+        &conn,
+        hub,
+        slot,
+        shutdown.clone(),
+    ))
+    .await
+    else {
         return;
     };
     let Conn {
