@@ -11,26 +11,11 @@
 
 mod common;
 
-use common::{hub::Hub, ws::Ws};
+use common::{
+    hub::{Hub, limit_file_size},
+    ws::Ws,
+};
 use serde_json::{Value, json};
-
-/// Forbids the process `pid` to grow any file past `bytes`.
-fn limit_file_size(pid: u32, bytes: u64) {
-    let limit = libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: prlimit only reads `limit`; a null old-limit pointer is allowed.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
 
 /// Sends until the hub refuses to store; returns how many were stored.
 async fn fill(ws: &mut Ws, body: &str) -> usize {

@@ -1,11 +1,12 @@
 //! The operator sees every refusal at the hub's default log level: one line with the peer
 //! address and the reason — a bad token, a name owned elsewhere or in use, a cap reached —
-//! and never the secret that was presented.
+//! and never the secret that was presented; and each is counted in `/metrics` by reason.
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 
 use common::{
+    http::get,
     hub::{Hub, HubOpts, WAIT},
     ws::{Ws, bearer_request},
 };
@@ -93,6 +94,38 @@ async fn bad_tokens_owned_names_names_in_use_and_full_caps_are_logged_with_the_p
         Ok(_) => panic!("a connection over the cap was accepted"),
     }
     log_line(&hub, &["refused", "connection limit (3)", "127.0.0.1"]).await;
+
+    // Each refusal is counted by its reason. (The scrape needs a place: the ones just freed
+    // come back when their sockets are gone on the hub's side.)
+    drop((owner, thief, _third, guess));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let auth = format!("Bearer {TOKEN}");
+    let metrics = loop {
+        let r = get(hub.port, "/metrics", &[("Authorization", &auth)]).await;
+        if r.status == 200 {
+            break r.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.body);
+    };
+    // The cap refused the fourth connection, and any scrape above that came too early.
+    let capped = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"relay_connections_refused_total{reason="max_connections"} "#)
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(capped.is_some_and(|n| n >= 1), "{metrics}");
+    for line in [
+        r#"relay_connections_refused_total{reason="unauthorized"} 1"#,
+        r#"relay_frames_refused_total{reason="unauthorized"} 1"#,
+        r#"relay_frames_refused_total{reason="not_owner"} 1"#,
+        r#"relay_frames_refused_total{reason="name_in_use"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
 
     // No secret is ever in the log.
     let log = hub.log.lock().unwrap().join("\n");

@@ -341,3 +341,91 @@ async fn a_certificate_for_another_host_and_a_scheme_mismatch_are_explained() {
     let s = status_until(&d, "TLS handshake").await;
     assert!(s.contains("serves ws://, not wss://"), "{s}");
 }
+
+#[tokio::test]
+async fn the_console_metrics_and_tail_share_the_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let hub = tls_hub(dir.path(), &p.cert, &p.key, Some(&p.token_file)).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let health = common::http::request_tls(hub.port, &p.ca, "GET", "/healthz", &[]).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["store"], "ok");
+    let denied = common::http::request_tls(hub.port, &p.ca, "GET", "/metrics", &[]).await;
+    assert_eq!(denied.status, 401);
+    let metrics = common::http::request_tls(
+        hub.port,
+        &p.ca,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("relay_sessions_online"),
+        "{}",
+        metrics.body
+    );
+    // Over TLS the login cookie is Secure.
+    let login = common::http::request_tls(hub.port, &p.ca, "GET", "/", &[]).await;
+    assert_eq!(login.status, 401);
+    assert!(
+        login
+            .all("set-cookie")
+            .iter()
+            .all(|c| c.contains("; Secure")),
+        "{:?}",
+        login.headers
+    );
+
+    // tail over the same wss:// port, trusting the private CA.
+    let ca = p.ca.display().to_string();
+    let mut tail = tokio::process::Command::new(bin());
+    common::clean_env(&mut tail);
+    let mut tail = tail
+        .args(["tail", "--relay-url", &hub.url, "--ca-cert", &ca])
+        .arg("--token-file")
+        .arg(&p.token_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("following wss://"),
+        "{first:?}"
+    );
+    let env = [("RELAY_CA_CERT", ca.as_str()), ("RELAY_TOKEN", TOKEN)];
+    let a = Bridge::start_with(bridge_opts(dir.path(), &hub.url, "LAPTOP-2", &env), false).await;
+    a.wait_connected().await;
+    a.ok(
+        "relay_send",
+        json!({"message": "seen by tail", "to": "SERVER-2"}),
+    )
+    .await;
+    let mut out = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(l)) = out.next_line().await {
+            if l.contains("message") {
+                return l;
+            }
+        }
+        panic!("tail ended");
+    })
+    .await
+    .expect("tail showed no message");
+    assert!(
+        line.contains("LAPTOP-2 → SERVER-2  message  12 B  stored"),
+        "{line}"
+    );
+}

@@ -1,13 +1,13 @@
 //! A damaged `relay.db` is noticed when the hub starts, not after it has acknowledged sends
 //! into it: the hub logs loudly what is wrong and what to do, refuses every send with a
-//! clear error, and still lets sessions in to read what is intact.
+//! clear error, still lets sessions in to read what is intact, and says so on `/healthz`.
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
 
 use std::path::Path;
 
-use common::{hub::Hub, ws::Ws};
+use common::{http::get, hub::Hub, ws::Ws};
 use serde_json::json;
 
 /// Overwrites the page header of the database page that holds `marker` (a table leaf).
@@ -40,6 +40,15 @@ async fn a_corrupted_page_is_found_at_start_and_no_send_is_acked_into_it() {
     corrupt_page_holding(&hub.data_dir.join("relay.db"), "MARK-0100-");
 
     let hub = Hub::start(dir.path()).await;
+    // Before anything else: the health check a monitor runs already says it.
+    let health = get(hub.port, "/healthz", &[]).await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    let health = health.json();
+    assert_eq!(
+        (health["status"].as_str(), health["store"].as_str()),
+        (Some("unavailable"), Some("damaged")),
+        "{health}"
+    );
     let log = hub.log.lock().unwrap().join("\n");
     assert!(
         log.contains("STORE DAMAGED"),
@@ -68,4 +77,8 @@ async fn a_corrupted_page_is_found_at_start_and_no_send_is_acked_into_it() {
         "{e}"
     );
     a.roundtrip().await;
+    // The console shows it too (the write probe would fail as well: a damaged store writes
+    // nothing, not even the probe's row).
+    let state = get(hub.port, "/api/state", &[]).await.json();
+    assert_eq!(state["hub"]["store"], "damaged", "{state}");
 }

@@ -1,7 +1,8 @@
 //! Task handoff through real bridges driven by a real MCP client, and through the
 //! `claude-relay tasks` CLI: one claim of ten wins, the creator hears each move as a channel
 //! event, every structured result matches its tool's `outputSchema`, and the CLI shows a
-//! task only to its parties (the wrong people are tried first).
+//! task only to its parties, and every task only to the hub's operator — whoever presents
+//! the hub token (the wrong people are tried first).
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 mod common;
@@ -217,8 +218,9 @@ async fn ten_bridges_claim_at_once_and_exactly_one_wins() {
     assert!(mail.contains("[T-1 working]"), "{mail}");
 }
 
-/// Runs `claude-relay tasks ARGS` with `home` as CLAUDE_RELAY_HOME.
-async fn cli(home: &Path, url: &str, args: &[&str]) -> Output {
+/// Runs `claude-relay tasks ARGS` with `home` as CLAUDE_RELAY_HOME and `token` as
+/// RELAY_TOKEN.
+async fn cli_as(home: &Path, url: &str, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(bin());
     common::clean_env(&mut cmd);
     cmd.arg("tasks")
@@ -226,10 +228,18 @@ async fn cli(home: &Path, url: &str, args: &[&str]) -> Output {
         .env("CLAUDE_RELAY_HOME", home)
         .env("RELAY_URL", url)
         .kill_on_drop(true);
+    if let Some(t) = token {
+        cmd.env("RELAY_TOKEN", t);
+    }
     tokio::time::timeout(WAIT, cmd.output())
         .await
         .expect("claude-relay tasks in time")
         .expect("run claude-relay tasks")
+}
+
+/// `claude-relay tasks ARGS` without a hub token.
+async fn cli(home: &Path, url: &str, args: &[&str]) -> Output {
+    cli_as(home, url, None, args).await
 }
 
 fn out(o: &Output) -> (String, String) {
@@ -241,12 +251,16 @@ fn out(o: &Output) -> (String, String) {
 
 #[tokio::test]
 async fn the_cli_shows_a_task_only_to_its_parties_and_the_operator() {
+    const TOKEN: &str = "tasks-operator-token-5e1c";
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path()).await;
+    let (hub, token_file) = Hub::start_with_token(dir.path(), TOKEN, &[]).await;
     let home = dir.path().join("home");
-    let bridges = futures_util::future::join_all(
-        ["CC-1", "CC-2", "CC-3"].map(|id| Bridge::start(dir.path(), &hub.url, id)),
-    )
+    let bridges = futures_util::future::join_all(["CC-1", "CC-2", "CC-3"].map(|id| {
+        let mut o = BridgeOpts::new(dir.path(), &hub.url, id);
+        o.env
+            .push(("RELAY_TOKEN_FILE".into(), token_file.display().to_string()));
+        Bridge::start_with(o, false)
+    }))
     .await;
     futures_util::future::join_all(bridges.iter().map(|b| b.wait_connected())).await;
     let made = bridges[0]
@@ -258,7 +272,13 @@ async fn the_cli_shows_a_task_only_to_its_parties_and_the_operator() {
     assert!(made.starts_with("Created T-1"), "{made}");
 
     // The wrong people first. CC-3 (its secret is here) is no party.
-    let o = cli(&home, &hub.url, &["show", "T-1", "--session", "CC-3"]).await;
+    let o = cli_as(
+        &home,
+        &hub.url,
+        Some(TOKEN),
+        &["show", "T-1", "--session", "CC-3"],
+    )
+    .await;
     assert!(!o.status.success());
     assert!(
         out(&o)
@@ -267,11 +287,11 @@ async fn the_cli_shows_a_task_only_to_its_parties_and_the_operator() {
         "{:?}",
         out(&o)
     );
-    let o = cli(&home, &hub.url, &["--session", "CC-3"]).await;
+    let o = cli_as(&home, &hub.url, Some(TOKEN), &["--session", "CC-3"]).await;
     assert_eq!(out(&o).0.trim(), "no open tasks for CC-3", "{:?}", out(&o));
     // Another machine without CC-2's secret, then with a forged one.
     let elsewhere = dir.path().join("elsewhere");
-    let o = cli(&elsewhere, &hub.url, &["--session", "CC-2"]).await;
+    let o = cli_as(&elsewhere, &hub.url, Some(TOKEN), &["--session", "CC-2"]).await;
     assert!(
         out(&o).1.contains("no owner secret for CC-2"),
         "{:?}",
@@ -279,36 +299,35 @@ async fn the_cli_shows_a_task_only_to_its_parties_and_the_operator() {
     );
     std::fs::create_dir_all(elsewhere.join("owners")).unwrap();
     std::fs::write(elsewhere.join("owners").join("CC-2"), "f".repeat(64)).unwrap();
-    let o = cli(&elsewhere, &hub.url, &["show", "T-1", "--session", "CC-2"]).await;
+    let o = cli_as(
+        &elsewhere,
+        &hub.url,
+        Some(TOKEN),
+        &["show", "T-1", "--session", "CC-2"],
+    )
+    .await;
     assert!(
         out(&o).1.contains("wrong or missing owner secret for CC-2"),
         "{:?}",
         out(&o)
     );
-    // The operator view needs the hub's operator secret.
-    let o = cli(
-        &home,
-        &hub.url,
-        &["--all", "--data-dir", elsewhere.to_str().unwrap()],
-    )
-    .await;
+    // The operator's view is the hub token's: not without it, not with a wrong one.
+    let o = cli(&home, &hub.url, &["--all"]).await;
     assert!(
-        !o.status.success() && out(&o).1.contains("operator.secret"),
+        !o.status.success() && out(&o).1.contains("requires a token"),
         "{:?}",
         out(&o)
     );
-    std::fs::write(elsewhere.join("operator.secret"), "0".repeat(64)).unwrap();
-    let o = cli(
-        &home,
-        &hub.url,
-        &["--all", "--data-dir", elsewhere.to_str().unwrap()],
-    )
-    .await;
-    assert!(out(&o).1.contains("hub operator's"), "{:?}", out(&o));
+    let o = cli_as(&home, &hub.url, Some("not-the-token"), &["--all"]).await;
+    assert!(
+        !o.status.success() && out(&o).0.is_empty() && !out(&o).1.contains("T-1"),
+        "{:?}",
+        out(&o)
+    );
 
     // The parties, and the operator.
     for session in ["CC-1", "CC-2"] {
-        let o = cli(&home, &hub.url, &["--session", session]).await;
+        let o = cli_as(&home, &hub.url, Some(TOKEN), &["--session", session]).await;
         let (stdout, stderr) = out(&o);
         assert!(o.status.success(), "{stderr}");
         let lines: Vec<&str> = stdout.lines().collect();
@@ -322,24 +341,27 @@ async fn the_cli_shows_a_task_only_to_its_parties_and_the_operator() {
         );
         assert!(lines[1].ends_with("Review PR 7"), "{stdout}");
     }
-    let o = cli(&home, &hub.url, &["show", "T-1", "--session", "CC-2"]).await;
-    assert!(out(&o).0.contains("the auth part"), "{:?}", out(&o));
-    let o = cli(
+    let o = cli_as(
         &home,
         &hub.url,
-        &[
-            "--all",
-            "--json",
-            "--data-dir",
-            hub.data_dir.to_str().unwrap(),
-        ],
+        Some(TOKEN),
+        &["show", "T-1", "--session", "CC-2"],
     )
     .await;
+    assert!(out(&o).0.contains("the auth part"), "{:?}", out(&o));
+    // The token holder is the operator, on any machine: no owner secret, no session.
+    let o = cli_as(&elsewhere, &hub.url, Some(TOKEN), &["--all", "--json"]).await;
     let board: Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", out(&o)));
     assert_eq!(board["tasks"][0]["id"], "T-1");
     // With no git context there is nothing to check out, and it says so.
-    let o = cli(&home, &hub.url, &["checkout", "T-1", "--session", "CC-2"]).await;
+    let o = cli_as(
+        &home,
+        &hub.url,
+        Some(TOKEN),
+        &["checkout", "T-1", "--session", "CC-2"],
+    )
+    .await;
     assert!(
         out(&o).1.contains("carries no git context"),
         "{:?}",

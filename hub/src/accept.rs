@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tracing::{error, info, warn};
 
-use crate::{HubState, connection};
+use crate::{HubState, connection, refusals::ConnRefusal};
 
 /// Runs the accept loop until `shutdown` completes, then drains connections.
 pub(crate) async fn run(
@@ -28,13 +28,19 @@ pub(crate) async fn run(
                     let slot = match hub.caps.admit() {
                         Ok(slot) => slot,
                         Err(full) => {
-                            hub.refusals.warn(addr, &full.to_string());
+                            hub.refusals.connection(addr, ConnRefusal::MaxConnections, &full.to_string());
                             refuse_full(stream, &full.to_string());
                             continue;
                         }
                     };
                     next_id += 1;
-                    conns.spawn(connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone(), slot));
+                    // One span per connection: its log lines carry the peer, and the session
+                    // name once it registers (see `dispatch`), so one grep follows a session.
+                    let span = tracing::info_span!("conn", id = next_id, peer = %addr, session = tracing::field::Empty);
+                    conns.spawn(tracing::Instrument::instrument(
+                        connection::serve(stream, addr, next_id, hub.clone(), stop_rx.clone(), slot),
+                        span,
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -127,10 +127,28 @@ pub struct HubConfig {
     pub token: Option<relay_proto::token::HubToken>,
     /// Serve `wss://` with this certificate and key.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// HTTP connections (console, `/metrics`, `/healthz`) open at once; one more is answered
+    /// 503. They also count against `max_connections`. Default 64.
+    pub max_http_connections: usize,
+    /// Live operator feed subscribers at once (console pages, `claude-relay tail`); one more
+    /// is refused with a reason. Default [`DEFAULT_FEED_SUBSCRIBERS`].
+    pub max_feed_subscribers: usize,
+    /// Largest HTTP request head (request line and headers); a bigger one is answered 431 and
+    /// the connection closed. Default 16 KiB.
+    pub http_max_header_bytes: usize,
+    /// Largest HTTP request body (only the login form has one); a bigger one is answered 413.
+    /// Default 4 KiB.
+    pub http_max_body_bytes: usize,
+    /// An HTTP connection with no traffic either way for this long is closed (event streams
+    /// send a comment every 15 s, so they stay). Default 30 s.
+    pub http_idle_timeout: Duration,
     /// Largest git bundle a task may carry, in bytes (uploaded in chunks, see
     /// `docs/HANDOFF.md`). Default 16 MiB.
     pub max_bundle_bytes: u64,
 }
+
+/// Default of [`HubConfig::max_feed_subscribers`].
+pub const DEFAULT_FEED_SUBSCRIBERS: usize = 16;
 
 impl HubConfig {
     /// Defaults with the store in `data_dir`.
@@ -163,6 +181,11 @@ impl HubConfig {
             register_burst: 1_000.0,
             token: None,
             tls: None,
+            max_http_connections: 64,
+            max_feed_subscribers: DEFAULT_FEED_SUBSCRIBERS,
+            http_max_header_bytes: 16 << 10,
+            http_max_body_bytes: 4 << 10,
+            http_idle_timeout: Duration::from_secs(30),
             max_bundle_bytes: crate::tasks::DEFAULT_MAX_BUNDLE_BYTES,
         }
     }

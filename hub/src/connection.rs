@@ -11,8 +11,15 @@
 //! closed; a writer still busy when the reader has ended is aborted after [`CLOSE_TIMEOUT`];
 //! and the connection keeps its place under the caps until both halves of its socket are
 //! gone. On a hub with a token, a connection that has not shown it is closed at the auth
-//! timeout. Every read is charged to the hub's frame budget ([`crate::budget`]).
+//! timeout. Every read is charged to the hub's frame budget ([`crate::budget`]). Every
+//! refusal is logged and counted through [`crate::refusals`].
+//!
+//! The same port serves HTTP: [`crate::http::route`] reads the request head first, serves
+//! anything that is not a WebSocket upgrade itself — inside this same lifecycle: the cap
+//! place, the deadlines, the budget and the refusal log apply to it too — and hands an
+//! upgrade back with the head replayed in front of the stream.
 
+use relay_proto::token::HubToken;
 use std::{
     net::SocketAddr,
     sync::{
@@ -38,7 +45,10 @@ use tokio_tungstenite::{
         Bytes, Message,
         error::{CapacityError, Error as WsError},
         handshake::server::{ErrorResponse, Request, Response},
-        http::{StatusCode, header::AUTHORIZATION},
+        http::{
+            StatusCode,
+            header::{AUTHORIZATION, HOST, ORIGIN},
+        },
         protocol::{CloseFrame, WebSocketConfig},
     },
 };
@@ -50,10 +60,12 @@ use crate::{
     budget::{Meter, Metered, OverBudget, READ_CHUNK},
     dispatch::ConnSession,
     limits::{Slot, TokenBucket, TooManyConnections},
+    operator::{self, Claim, Key},
     outbound::{Outbox, OutboxReceiver, outbox},
     parse::parse,
     presence::{Beat, Heartbeat},
     progress::{Progress, Stalled, Watched, bounded},
+    refusals::ConnRefusal,
 };
 
 /// After asking for a close, how long the hub waits for the close frame to go out.
@@ -102,10 +114,16 @@ pub(crate) async fn serve(
         Some(acceptor) => {
             match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => Box::pin(run(tls, conn, &hub, shutdown, &mut slot)).await,
-                Ok(Err(e)) => hub
-                    .refusals
-                    .info(addr, &format!("TLS handshake failed: {e}")),
-                Err(_) => hub.refusals.info(addr, "TLS handshake timed out"),
+                Ok(Err(e)) => hub.refusals.connection(
+                    addr,
+                    ConnRefusal::Tls,
+                    &format!("TLS handshake failed: {e}"),
+                ),
+                Err(_) => hub.refusals.connection(
+                    addr,
+                    ConnRefusal::HandshakeTimeout,
+                    "TLS handshake timed out",
+                ),
             }
         }
         None => Box::pin(run(stream, conn, &hub, shutdown, &mut slot)).await,
@@ -126,20 +144,20 @@ enum Upgrade {
     Anonymous,
 }
 
-/// One connection's particulars, handed from [`serve`] to [`run`].
-struct Conn {
-    addr: SocketAddr,
+/// One connection's particulars, handed from [`serve`] to [`run`] (and to the HTTP side).
+pub(crate) struct Conn {
+    pub(crate) addr: SocketAddr,
     id: u64,
-    /// Over the per-address cap: the handshake is answered 503.
-    refused: Option<TooManyConnections>,
-    /// The handshake must be done by then.
-    deadline: Instant,
+    /// Over the per-address cap: the handshake (or HTTP request) is answered 503.
+    pub(crate) refused: Option<TooManyConnections>,
+    /// The handshake (or the first request head) must be done by then.
+    pub(crate) deadline: Instant,
     /// On a hub with a token: the token must have been shown by then.
-    auth_deadline: Option<Instant>,
+    pub(crate) auth_deadline: Option<Instant>,
     /// When the socket last took bytes (bounds every write; see [`crate::progress`]).
     progress: Arc<Progress>,
     /// The connection's account with the frame budget (see [`crate::budget`]).
-    meter: Arc<Meter>,
+    pub(crate) meter: Arc<Meter>,
 }
 
 async fn run<S>(
@@ -151,6 +169,19 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back. Boxed,
+    // so that the HTTP server's state machine is not carried by every WebSocket's future.
+    let Some(stream) = Box::pin(crate::http::route(
+        stream,
+        &conn,
+        hub,
+        slot,
+        shutdown.clone(),
+    ))
+    .await
+    else {
+        return;
+    };
     let Conn {
         addr,
         id: conn_id,
@@ -167,23 +198,26 @@ async fn run<S>(
         .max_message_size(Some(hub.config.hard_frame_limit))
         .max_frame_size(Some(hub.config.hard_frame_limit));
     let mut upgrade = Upgrade::Authorized;
+    let mut is_operator = Err(operator::Denied::NeedToken);
     // The signature is tungstenite's handshake callback.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if let Some(TooManyConnections { limit }) = refused {
             let why = format!("too many connections from your address (limit {limit})");
-            hub.refusals.warn(addr, &why);
+            hub.refusals.connection(addr, ConnRefusal::PerAddress, &why);
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, why));
         }
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let authorization = header(AUTHORIZATION);
         if let Some(expected) = &hub.config.token {
-            match req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-            {
+            match authorization {
                 None => {
                     if let Err(full) = slot.upgraded_anonymous() {
-                        hub.refusals.warn(addr, &full.to_string());
+                        hub.refusals.connection(
+                            addr,
+                            ConnRefusal::Unauthenticated,
+                            &full.to_string(),
+                        );
                         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, full.to_string()));
                     }
                     upgrade = Upgrade::Anonymous;
@@ -195,12 +229,25 @@ async fn run<S>(
                     }
                     _ => {
                         let why = "invalid hub token in the Authorization header";
-                        hub.refusals.warn(addr, why);
+                        hub.refusals
+                            .connection(addr, ConnRefusal::Unauthorized, why);
                         return Err(refuse(StatusCode::UNAUTHORIZED, why.into()));
                     }
                 },
             }
         }
+        // Whether this connection may follow the feed and read every task (a hub without a
+        // token: loopback, a loopback Host, no foreign Origin; with one: the Bearer token).
+        is_operator = operator::decide(
+            hub.config.token.as_ref().map(HubToken::expose),
+            &Claim {
+                peer: addr.ip(),
+                host: header(HOST),
+                origin: header(ORIGIN),
+                tls: hub.tls.is_some(),
+                key: authorization.map_or(Key::None, |h| Key::Token(bearer(h).unwrap_or_default())),
+            },
+        );
         Ok(resp)
     };
     let ws = match tokio::time::timeout_at(
@@ -219,13 +266,17 @@ async fn run<S>(
             return;
         }
         Err(_) => {
-            hub.refusals
-                .info(addr, "WebSocket handshake not completed in time");
+            hub.refusals.connection(
+                addr,
+                ConnRefusal::HandshakeTimeout,
+                "WebSocket handshake not completed in time",
+            );
             return;
         }
     };
     // The handshake's bytes are done with.
     drop(meter.take());
+    hub.metrics.websockets.inc();
     let (sink, mut stream) = ws.split();
     let (outbox, rx) = outbox(
         conn_id,
@@ -235,6 +286,7 @@ async fn run<S>(
     let base = Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
     let mut session = ConnSession::new(outbox.clone(), addr, upgrade == Upgrade::Authorized);
+    session.operator = is_operator;
     let mut frames = TokenBucket::new(
         hub.config.frame_rate,
         hub.config.frame_burst,
@@ -255,9 +307,9 @@ async fn run<S>(
         },
     );
     // In a set of its own so that it is aborted (and its half of the socket dropped) if
-    // this task is.
+    // this task is; in the connection's span, so its lines carry the peer and session.
     let mut writer = JoinSet::new();
-    writer.spawn(wf);
+    writer.spawn(tracing::Instrument::in_current_span(wf));
     let mut closed = outbox.closed_signal();
     let auth_timer = tokio::time::sleep_until(auth_deadline.unwrap_or(deadline));
     tokio::pin!(auth_timer);
@@ -271,7 +323,11 @@ async fn run<S>(
             _ = closed.wait_for(|c| *c) => break,
             _ = &mut auth_timer, if auth_deadline.is_some() && !slot.is_authenticated() => {
                 let secs = hub.config.auth_timeout.as_secs_f64();
-                hub.refusals.info(addr, &format!("no valid hub token within {secs} s: closing"));
+                hub.refusals.connection(
+                    addr,
+                    ConnRefusal::AuthTimeout,
+                    &format!("no valid hub token within {secs} s: closing"),
+                );
                 session.error(
                     codes::UNAUTHORIZED,
                     format!("no valid hub token within {secs} s of connecting: closing"),
@@ -293,8 +349,9 @@ async fn run<S>(
                 break;
             }
             Some(Err(WsError::Io(e))) if over_budget(&e) => {
-                hub.refusals.warn(
+                hub.refusals.frame(
                     addr,
+                    "over_budget",
                     "frame refused: the hub is over its memory budget for frames in flight",
                 );
                 outbox.close(
@@ -329,16 +386,21 @@ async fn run<S>(
                     continue;
                 }
                 match parse(&text) {
-                    Ok(frame) => match frames.take(Instant::now()) {
-                        Ok(()) => {
-                            session.charge = Some(charge);
-                            session.handle(hub, frame).await;
-                            session.charge = None;
+                    Ok(frame) => {
+                        hub.metrics.frame_in(&frame);
+                        match frames.take(Instant::now()) {
+                            Ok(()) => {
+                                session.charge = Some(charge);
+                                session.handle(hub, frame).await;
+                                session.charge = None;
+                            }
+                            Err(wait) => session.rate_limited(
+                                frame.rid().cloned(),
+                                wait,
+                                hub.config.frame_rate,
+                            ),
                         }
-                        Err(wait) => {
-                            session.rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate)
-                        }
-                    },
+                    }
                     Err(e) => session.parse_error(e),
                 }
                 // A token shown on `register` moves the connection to the token holders.
@@ -346,7 +408,8 @@ async fn run<S>(
                     && !slot.is_authenticated()
                     && let Err(full) = slot.authenticate()
                 {
-                    hub.refusals.warn(addr, &full.to_string());
+                    hub.refusals
+                        .connection(addr, ConnRefusal::MaxConnections, &full.to_string());
                     outbox.finish(1013, "hub is at its connection limit; try again later");
                     break;
                 }
@@ -371,6 +434,10 @@ async fn run<S>(
         debug!(conn = conn_id, "writer did not finish in time: aborting it");
         writer.shutdown().await;
     }
+    if outbox.overflowed() {
+        hub.metrics.outbox_overflow();
+    }
+    hub.metrics.websockets.dec();
 }
 
 /// Whether a read failed because the frame budget is spent (see [`crate::budget`]).
@@ -410,8 +477,9 @@ where
         Err(WriteEnd::Failed) => outbox.close(1011, "write failed"),
         Err(WriteEnd::Stalled) => {
             let secs = hub.config.heartbeat_interval.as_secs_f64();
-            hub.refusals.warn(
+            hub.refusals.connection(
                 addr,
+                ConnRefusal::NotReading,
                 &format!("client not reading: nothing written for {secs} s; closing"),
             );
             outbox.close(
@@ -434,7 +502,11 @@ where
 {
     let limit = w.hub.config.heartbeat_interval;
     let progress = w.progress.clone();
+    let metrics = w.hub.metrics.clone();
     let write = async |sink: &mut Sink<S>, op: Op| {
+        if let Op::Feed(Message::Text(frame)) = &op {
+            metrics.frame_out(frame.as_str());
+        }
         let done = match op {
             Op::Feed(m) => bounded(sink.feed(m), &progress, limit).await,
             Op::Flush => bounded(sink.flush(), &progress, limit).await,

@@ -7,6 +7,7 @@
 
 mod register;
 
+use relay_proto::token::HubToken;
 use std::{net::SocketAddr, sync::Arc};
 
 use relay_proto::{
@@ -26,6 +27,7 @@ use crate::{
     auth::{secret_matches, token_ok},
     budget::Charge,
     listing,
+    operator::{self, Denied, Key, Operator},
     outbound::{AckTo, Outbox},
     parse::ParseError,
     store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
@@ -57,6 +59,12 @@ pub struct ConnSession {
     pub(crate) authorized: bool,
     /// The session whose mail this connection watches (`watch`).
     pub(crate) watching: Option<SessionId>,
+    /// This connection follows the operator feed (`subscribe`).
+    pub(crate) subscribed: bool,
+    /// Whether this connection is the hub's operator, decided by [`operator::decide`] from its
+    /// upgrade request, and again when it shows the token in a frame: it may follow the feed
+    /// (`subscribe`) and read every session's tasks.
+    pub(crate) operator: Result<Operator, Denied>,
     /// The frame budget charge of the frame being handled (a `message` takes it into the
     /// store queue, so its bytes count until they are committed; see `crate::budget`).
     pub(crate) charge: Option<Charge>,
@@ -75,6 +83,8 @@ impl ConnSession {
             probe: Arc::new(Notify::new()),
             authorized,
             watching: None,
+            subscribed: false,
+            operator: Err(Denied::NeedToken),
             charge: None,
             transient: false,
         }
@@ -144,12 +154,23 @@ impl ConnSession {
             ClientFrame::Register(r) => r.token.as_deref(),
             ClientFrame::Release(r) => r.token.as_deref(),
             ClientFrame::Watch(w) => w.token.as_deref(),
+            ClientFrame::Subscribe(s) => s.token.as_deref(),
             ClientFrame::Forget(f) => f.token.as_deref(),
             _ => None,
         };
         match presented {
             Some(t) if token_ok(expected, t) => {
                 self.authorized = true;
+                self.operator = operator::decide(
+                    hub.config.token.as_ref().map(HubToken::expose),
+                    &operator::Claim {
+                        peer: self.addr.ip(),
+                        host: None,
+                        origin: None,
+                        tls: hub.tls.is_some(),
+                        key: Key::Token(t),
+                    },
+                );
                 true
             }
             Some(_) => {
@@ -210,6 +231,7 @@ impl ConnSession {
             ClientFrame::GetStatus(b) => Box::pin(self.status(hub, b.rid)).await,
             ClientFrame::Release(r) => Box::pin(self.release(hub, r)).await,
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
+            ClientFrame::Subscribe(s) => Box::pin(crate::subscribe::handle(self, hub, s)).await,
             ClientFrame::Forget(f) => Box::pin(self.forget(hub, f)).await,
             f @ (ClientFrame::TaskCreate(_)
             | ClientFrame::TaskAct(_)
@@ -575,6 +597,10 @@ impl ConnSession {
             })
             .await;
         let epoch = hub.store.epoch();
+        if let (Ok((_, messages)), Some(me)) = (&page, &self.id) {
+            hub.feed
+                .delivered(me.as_str(), messages.iter().map(|m| m.seq));
+        }
         match page {
             Ok((remaining, messages)) => self.reply(ServerFrame::Inbox(Inbox {
                 messages,
@@ -602,16 +628,22 @@ impl ConnSession {
         }
         let seqs = m.seqs;
         let now = now_ms();
+        let watched = hub.feed.active().then(|| seqs.clone());
         match hub
             .store
             .call(move |b| b.mark_read(viewer.as_str(), &seqs, now))
             .await
         {
-            Ok((marked, unread)) => self.reply(ServerFrame::Marked(Marked {
-                marked,
-                unread,
-                rid: m.rid,
-            })),
+            Ok((marked, unread)) => {
+                if let (Some(seqs), Some(me)) = (watched, &self.id) {
+                    hub.feed.read(me.as_str(), seqs, unread);
+                }
+                self.reply(ServerFrame::Marked(Marked {
+                    marked,
+                    unread,
+                    rid: m.rid,
+                }))
+            }
             Err(e) => self.store_error(e, m.rid),
         }
     }

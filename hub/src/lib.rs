@@ -9,7 +9,9 @@
 //! [`limits`], write deadlines in [`progress`], the hub-wide inbound frame budget in
 //! [`budget`]; refusals are logged through [`refusals`]. The store's data directory (its
 //! lock and file modes) is [`store::datadir`]; time, and what it is not trusted for, is
-//! [`clock`].
+//! [`clock`]. The same port serves HTTP ([`http`]: `/healthz`, `/metrics` from [`metrics`],
+//! and the web console, which follows the operator [`feed`]); who the operator is, for the
+//! console, `subscribe` and the every-session task view alike, is decided in [`operator`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), hub::HubError> {
@@ -27,10 +29,14 @@ mod config;
 mod connection;
 mod dispatch;
 mod error;
+mod feed;
 mod frames;
+mod http;
 mod integrity;
 mod limits;
 mod listing;
+mod metrics;
+mod operator;
 mod outbound;
 mod parse;
 mod presence;
@@ -39,6 +45,7 @@ mod refusals;
 mod retention;
 mod router;
 mod store;
+mod subscribe;
 mod tasks;
 mod tls;
 
@@ -50,11 +57,12 @@ pub use config::{HubConfig, MIN_OUTBOUND_FRAMES, Retention, SyncMode};
 /// tell a hub still running an older binary. The workspace shares one version, so this is
 /// also the version of the `claude-relay` binary the hub was built into.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use config::DEFAULT_FEED_SUBSCRIBERS;
 pub use error::HubError;
 use router::Router;
+use store::{Backend, StoreHandle, sqlite::SqliteBackend};
 pub use store::{LocalStore, StoreError};
-use store::{StoreHandle, sqlite::SqliteBackend};
-pub use tasks::{DEFAULT_MAX_BUNDLE_BYTES, operator};
+pub use tasks::DEFAULT_MAX_BUNDLE_BYTES;
 pub use tls::TlsFiles;
 use tokio::net::TcpListener;
 
@@ -77,7 +85,13 @@ pub struct HubState {
     pub(crate) refusals: refusals::Refusals,
     /// TLS acceptor when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Task bounds and the operator secret's hash (see [`tasks`]).
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// The operator feed (console, `claude-relay tail`).
+    pub(crate) feed: Arc<feed::Feed>,
+    /// The HTTP side's own state (connection slots, logins, the health probe).
+    pub(crate) http: http::HttpState,
+    /// Task bounds (see [`tasks`]).
     pub(crate) tasks: tasks::TaskConfig,
 }
 
@@ -92,20 +106,32 @@ impl Hub {
     /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
+        let mut backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        // The tasks-by-state gauge starts from the store; moves keep it in step.
+        match backend.tasks().map(|t| t.count_by_state()) {
+            Some(Ok(counts)) => {
+                for (state, n) in counts {
+                    metrics.set_tasks(state, n);
+                }
+            }
+            Some(Err(e)) => tracing::warn!("tasks by state not counted: {e}"),
+            None => {}
+        }
         let limits = limits::AddrLimits::new(
             config.max_conns_per_addr,
             config.register_rate,
             config.register_burst,
         );
-        let tasks = tasks::TaskConfig::new(&config.data_dir, config.max_bundle_bytes);
+        let feed = Arc::new(feed::Feed::new(config.max_feed_subscribers));
+        let router = Arc::new(Router::observed(metrics.clone(), feed.clone()));
+        let tasks = tasks::TaskConfig::new(config.max_bundle_bytes);
         let caps = limits::ConnCaps::new(
             config.max_connections,
             config.max_unauthenticated,
             config.token.is_some(),
         );
         let budget = budget::FrameBudget::new(config.frame_budget_bytes);
-        let router = Arc::new(Router::new());
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
         Ok(Self {
@@ -116,8 +142,11 @@ impl Hub {
                 limits,
                 caps,
                 budget,
-                refusals: refusals::Refusals::default(),
+                refusals: refusals::Refusals::new(metrics.clone()),
                 tls,
+                metrics,
+                feed,
+                http: http::HttpState::default(),
                 tasks,
             }),
             store_thread,

@@ -46,6 +46,8 @@ struct Inner {
     bytes: AtomicUsize,
     max_bytes: usize,
     closed: AtomicBool,
+    /// Closed because the queue overflowed (counted by the connection for `/metrics`).
+    overflowed: AtomicBool,
     /// Send what is already queued before the close frame (a graceful close); false for an
     /// overflow or a dead peer, where the queue is abandoned.
     drain: AtomicBool,
@@ -70,6 +72,7 @@ pub fn outbox(id: u64, max_frames: usize, max_bytes: usize) -> (Outbox, OutboxRe
         bytes: AtomicUsize::new(0),
         max_bytes,
         closed: AtomicBool::new(false),
+        overflowed: AtomicBool::new(false),
         drain: AtomicBool::new(false),
         close: std::sync::Mutex::new(None),
         close_signal: watch::Sender::new(false),
@@ -132,6 +135,7 @@ impl Outbox {
     }
 
     fn overflow(&self) {
+        self.inner.overflowed.store(true, Ordering::Relaxed);
         tracing::warn!(
             conn = self.inner.id,
             "outbound queue full: closing slow connection"
@@ -168,6 +172,11 @@ impl Outbox {
             reason: reason.to_string(),
         });
         self.inner.close_signal.send_replace(true);
+    }
+
+    /// True if the connection was closed because its queue overflowed.
+    pub fn overflowed(&self) -> bool {
+        self.inner.overflowed.load(Ordering::Relaxed)
     }
 
     /// A receiver that sees `true` once [`close`](Self::close) was called.

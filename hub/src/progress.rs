@@ -84,17 +84,33 @@ pub(crate) async fn bounded<F: Future>(
     }
 }
 
-/// A socket that records in a [`Progress`] when its writes move bytes.
+/// A socket that records in a [`Progress`] when its writes move bytes (and, made with
+/// [`Watched::both_ways`], its reads too).
 #[derive(Debug)]
 pub(crate) struct Watched<S> {
     inner: S,
     progress: Arc<Progress>,
+    reads: bool,
 }
 
 impl<S> Watched<S> {
     /// Watches `inner`'s writes.
     pub(crate) fn new(inner: S, progress: Arc<Progress>) -> Self {
-        Self { inner, progress }
+        Self {
+            inner,
+            progress,
+            reads: false,
+        }
+    }
+
+    /// Watches `inner`'s reads and writes: the progress then says when bytes last moved
+    /// either way (how the HTTP side finds an idle connection).
+    pub(crate) fn both_ways(inner: S, progress: Arc<Progress>) -> Self {
+        Self {
+            inner,
+            progress,
+            reads: true,
+        }
     }
 }
 
@@ -104,7 +120,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.reads && buf.filled().len() > before {
+            self.progress.mark();
+        }
+        res
     }
 }
 
@@ -185,5 +206,24 @@ mod tests {
         assert!(started.elapsed() > limit);
         drop(s);
         reader.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_count_only_when_both_ways_are_watched() {
+        for both in [false, true] {
+            let (a, mut b) = tokio::io::duplex(64);
+            let progress = Progress::new();
+            let mut s = if both {
+                Watched::both_ways(a, progress.clone())
+            } else {
+                Watched::new(a, progress.clone())
+            };
+            let t0 = progress.last();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            b.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            s.read_exact(&mut one).await.unwrap();
+            assert_eq!(progress.last() > t0, both);
+        }
     }
 }

@@ -7,39 +7,127 @@
 //! A flood of refusals must not become a flood of log lines (a full disk is its own
 //! denial of service), so at most [`LINES_PER_SECOND`] are written each second; the next
 //! line written says how many were left out.
+//!
+//! Every refusal is also counted in `/metrics` (docs/CONSOLE.md), and the count is never
+//! throttled: a connection refused or cut off ([`Refusals::connection`]) in
+//! `relay_connections_refused_total` by [`ConnRefusal`], a frame in
+//! `relay_frames_refused_total` by its error code — where the hub answers with an `error` or
+//! `register_rejected` frame, that frame is counted as it is written (`Metrics::frame_out`),
+//! so [`Refusals::info`] and [`Refusals::warn`] only log; a frame refused without an answer
+//! goes through [`Refusals::frame`].
 
 use std::{
     net::SocketAddr,
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use crate::metrics::Metrics;
+
 /// Most refusal lines written per second.
 pub(crate) const LINES_PER_SECOND: u32 = 20;
 
-/// The refusal log of one hub.
+/// Why a connection was refused, or cut off by one of the hub's bounds (the `reason` label
+/// of `relay_connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnRefusal {
+    /// The hub is at `max_connections`.
+    MaxConnections,
+    /// The remote address is at `max_conns_per_addr`.
+    PerAddress,
+    /// A wrong hub token on the WebSocket upgrade or an HTTP request.
+    Unauthorized,
+    /// A hub with a token is at `max_unauthenticated` connections that have not shown it.
+    Unauthenticated,
+    /// No valid hub token within the auth timeout of connecting (a hub with a token).
+    AuthTimeout,
+    /// The hub is at `max_http_connections`.
+    HttpBusy,
+    /// The TLS handshake failed.
+    Tls,
+    /// No complete request head (or TLS / WebSocket handshake) within the handshake time.
+    HandshakeTimeout,
+    /// The client stopped reading: nothing could be written to it for a heartbeat interval.
+    NotReading,
+}
+
+impl ConnRefusal {
+    /// Every reason, in label order (each is registered at 0).
+    pub(crate) const ALL: [ConnRefusal; 9] = [
+        Self::MaxConnections,
+        Self::PerAddress,
+        Self::Unauthorized,
+        Self::Unauthenticated,
+        Self::AuthTimeout,
+        Self::HttpBusy,
+        Self::Tls,
+        Self::HandshakeTimeout,
+        Self::NotReading,
+    ];
+
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::PerAddress => "per_address",
+            Self::Unauthorized => "unauthorized",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AuthTimeout => "auth_timeout",
+            Self::HttpBusy => "http_busy",
+            Self::Tls => "tls",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::NotReading => "not_reading",
+        }
+    }
+
+    /// Whether it points at an attack or a misconfiguration (logged as a warning).
+    fn warns(self) -> bool {
+        !matches!(self, Self::Tls | Self::HandshakeTimeout | Self::AuthTimeout)
+    }
+}
+
+/// The refusal log of one hub, and its refusal counters.
 #[derive(Debug)]
 pub(crate) struct Refusals {
     /// Start of the current one-second window and lines written in it.
     window: Mutex<(Instant, u32)>,
     /// Lines left out since the last one written.
     skipped: AtomicU64,
-}
-
-impl Default for Refusals {
-    fn default() -> Self {
-        Self {
-            window: Mutex::new((Instant::now(), 0)),
-            skipped: AtomicU64::new(0),
-        }
-    }
+    metrics: Arc<Metrics>,
 }
 
 impl Refusals {
-    /// Logs a routine refusal (a name in use or owned elsewhere, a rate limit).
+    /// The refusal log of a hub whose refusals are counted in `metrics`.
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            window: Mutex::new((Instant::now(), 0)),
+            skipped: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// A connection refused (or cut off) for `reason`: counted, and logged with `why`.
+    pub(crate) fn connection(&self, addr: SocketAddr, reason: ConnRefusal, why: &str) {
+        self.metrics.connection_refused(reason);
+        if reason.warns() {
+            self.warn(addr, why);
+        } else {
+            self.info(addr, why);
+        }
+    }
+
+    /// A frame refused without an `error` answer (the connection is closed instead): counted
+    /// under `code`, and logged as a warning.
+    pub(crate) fn frame(&self, addr: SocketAddr, code: &str, why: &str) {
+        self.metrics.frame_refused(code);
+        self.warn(addr, why);
+    }
+
+    /// Logs a routine refusal (a name in use or owned elsewhere, a rate limit). Its count is
+    /// the `error` frame's (see the module header).
     pub(crate) fn info(&self, addr: SocketAddr, why: &str) {
         if let Some(skipped) = self.allow(Instant::now()) {
             tracing::info!(%addr, skipped, "refused: {why}");
@@ -85,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_flood_is_summarized() {
-        let r = Refusals::default();
+        let r = Refusals::new(Arc::new(Metrics::new()));
         let t0 = Instant::now();
         for _ in 0..LINES_PER_SECOND {
             assert_eq!(r.allow(t0), Some(0));

@@ -29,7 +29,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
+    feed::Feed,
     frames::{self, SentOut},
+    metrics::Metrics,
     outbound::{Outbox, to_frame},
     store::{Append, Appended, CommitSink, Committed, StoreError, StoredMessage, message_id},
 };
@@ -75,6 +77,10 @@ pub(crate) struct Router {
     /// Where committed batches go to be routed on the network runtime (set by
     /// [`run_routes`](Self::run_routes)); without it they are routed on the store thread.
     routes: OnceLock<mpsc::Sender<(Arc<str>, Vec<Committed>)>>,
+    /// Counts what is routed (shared with the hub's `/metrics`; an observer, not state).
+    metrics: Arc<Metrics>,
+    /// Tells the operator feed what is routed and who comes and goes (an observer too).
+    feed: Arc<Feed>,
 }
 
 /// Everything the router knows, kept consistent by the methods below.
@@ -156,28 +162,26 @@ impl State {
         n
     }
 
-    /// Delivers `frame` (message `seq` from `from` to `to`), rings the watchers, and records a
-    /// delivery fix when the push went otherwise than `predicted` at the insert. Returns
-    /// whether anyone took it and, for a broadcast, how many.
+    /// Delivers `frame` (the committed `msg`), rings the watchers, and records a delivery
+    /// fix when the push went otherwise than `predicted` at the insert. Returns whether
+    /// anyone took it and, for a broadcast, how many.
     fn route_one(
         &mut self,
-        seq: u64,
-        from: &str,
-        to: &str,
+        msg: &StoredMessage,
         frame: &Utf8Bytes,
         predicted: bool,
         now: i64,
     ) -> (bool, Option<u32>) {
-        let (took, recipients) = if to == relay_proto::BROADCAST {
-            let n = self.broadcast(from, frame);
+        let (took, recipients) = if &*msg.to == relay_proto::BROADCAST {
+            let n = self.broadcast(&msg.from, frame);
             (n > 0, Some(n))
         } else {
-            (self.deliver(to, frame), None)
+            (self.deliver(&msg.to, frame), None)
         };
         if took != predicted {
-            self.fixes.push((seq, took.then_some(now)));
+            self.fixes.push((msg.seq, took.then_some(now)));
         }
-        self.ring(to, from, seq);
+        self.ring(&msg.to, &msg.from, msg.seq);
         (took, recipients)
     }
 
@@ -209,9 +213,13 @@ impl State {
 }
 
 impl Router {
-    /// An empty table.
-    pub(crate) fn new() -> Self {
-        Self::default()
+    /// An empty table that reports to `metrics` and `feed`.
+    pub(crate) fn observed(metrics: Arc<Metrics>, feed: Arc<Feed>) -> Self {
+        Self {
+            metrics,
+            feed,
+            ..Self::default()
+        }
     }
 
     /// The state; a poisoned lock is taken over (docs/ARCHITECTURE.md, "Rules").
@@ -265,6 +273,7 @@ impl Router {
     /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
     /// in the next batch (see [`flush_presence`](Self::flush_presence)).
     pub(crate) fn announce(&self, subject: &SessionId, joined: bool) {
+        self.feed.session(subject.as_str(), joined);
         let mut s = self.lock();
         if s.delta_peers > 0 {
             s.pending_presence.push((subject.clone(), joined));
@@ -364,10 +373,12 @@ impl Router {
 
     /// Pushes a committed message that did not come through the store's append path (task
     /// mail, see `crate::tasks`) to its recipient(s) and watchers, and records a delivery
-    /// fix when the push went otherwise than `predicted` at the insert.
+    /// fix when the push went otherwise than `predicted` at the insert. It is counted and
+    /// shown to the operator feed like any routed message.
     pub(crate) fn route_stored(&self, msg: &StoredMessage, frame: &Utf8Bytes, predicted: bool) {
-        self.lock()
-            .route_one(msg.seq, &msg.from, &msg.to, frame, predicted, now_ms());
+        let (took, recipients) = self.lock().route_one(msg, frame, predicted, now_ms());
+        self.metrics.routed(took, recipients);
+        self.feed.routed(msg, took, recipients);
     }
 
     /// Closes every registered connection (used when the store was reset: clients must
@@ -438,7 +449,9 @@ impl Router {
                 }
             }
             let frame = frames::message(epoch, &msg);
-            let (took, recipients) = s.route_one(seq, &msg.from, &msg.to, &frame, predicted, now);
+            let (took, recipients) = s.route_one(&msg, &frame, predicted, now);
+            self.metrics.routed(took, recipients);
+            self.feed.routed(&msg, took, recipients);
             let _ = ack.outbox.push(frames::sent(&SentOut {
                 epoch,
                 seq,
@@ -480,6 +493,10 @@ impl CommitSink for Router {
 
     fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>) {
         into.append(&mut self.lock().fixes);
+    }
+
+    fn observed(&self, seconds: f64, messages: usize) {
+        self.metrics.committed(seconds, messages);
     }
 
     fn failed(&self, batch: Vec<Append>, error: &StoreError) {

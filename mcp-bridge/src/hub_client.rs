@@ -213,7 +213,6 @@ struct Inner {
     // Fixed for the client's life.
     url: String,
     timeouts: Timeouts,
-    meta: Meta,
     auth: ClientAuth,
     owners: Option<OwnerStore>,
     /// The name is made up for this process (see `IdentitySource::transient`).
@@ -232,6 +231,9 @@ struct Inner {
 struct State {
     /// `start` was called.
     started: bool,
+    /// What `register` reports (see `meta.rs`); the MCP client's name is added at
+    /// `initialize`, before the first connection.
+    meta: Meta,
     ident: Ident,
     /// The name of the latest successful registration (kept across reconnects).
     granted: Option<String>,
@@ -306,7 +308,6 @@ impl HubClient {
             inner: Arc::new(Inner {
                 url: config.relay_url.clone(),
                 timeouts: config.timeouts.clone(),
-                meta,
                 auth: config.security.auth.clone(),
                 owners: config.security.owners.clone(),
                 transient: identity.source.transient,
@@ -315,6 +316,7 @@ impl HubClient {
                 status: watch::Sender::new(LinkState::NotStarted),
                 state: Mutex::new(State {
                     started: false,
+                    meta,
                     ident: Ident {
                         id: identity.id.clone(),
                         base,
@@ -331,6 +333,17 @@ impl HubClient {
                 }),
             }),
         }
+    }
+
+    /// Reports which MCP client this bridge serves (`clientInfo` of `initialize`: Claude
+    /// Code, Codex, Gemini CLI, …) in the `client` field of the register metadata, so the
+    /// hub's console can say which agent a session is. Call before [`start`](Self::start).
+    pub(crate) fn set_client(&self, name: &str, version: &str) {
+        let bounded = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        self.inner.lock().meta.insert(
+            "client".into(),
+            serde_json::json!({"name": bounded(name, 64), "version": bounded(version, 32)}),
+        );
     }
 
     /// Starts the connection task (once; later calls, and calls after [`Self::shutdown`], do

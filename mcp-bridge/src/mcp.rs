@@ -159,6 +159,9 @@ impl ServerHandler for RelayServer {
                 *slot = Some(self.relay.hub().subscribe());
             }
         }
+        self.relay
+            .hub()
+            .set_client(&request.client_info.name, &request.client_info.version);
         // No hub connection yet: a health check initializes too (see the module docs).
         self.negotiate_initialize(&request)
     }

@@ -25,7 +25,9 @@ pub(crate) fn cwd() -> String {
         .unwrap_or_default()
 }
 
-/// `{pid, agentPid, cwd, host, started, source, version, claudeSessionId?}` for `register`.
+/// `{pid, agentPid, cwd, host, started, source, version, claudeSessionId?}` for `register`;
+/// `client {name, version}` (the MCP client's `clientInfo`) is added at `initialize` by
+/// [`HubClient::set_client`](crate::hub_client::HubClient::set_client).
 pub(crate) fn register_meta(config: &BridgeConfig, started_ms: i64) -> Meta {
     let mut m = Meta::new();
     m.insert("pid".into(), Value::from(std::process::id()));

@@ -58,6 +58,8 @@ pub enum ClientFrame {
     Release(Release),
     /// Be told when mail arrives for a session.
     Watch(Watch),
+    /// Follow the operator feed (docs/PROTOCOL.md, "The operator feed").
+    Subscribe(crate::wire_feed::Subscribe),
     /// Remove an offline session from the hub's session table.
     Forget(Forget),
     /// Offer a task (see [`crate::wire_tasks`]).
@@ -91,6 +93,7 @@ impl ClientFrame {
         "get_status",
         "release",
         "watch",
+        "subscribe",
         "forget",
         "task_create",
         "task_act",
@@ -113,6 +116,7 @@ impl ClientFrame {
             Self::MarkRead(f) => &mut f.rid,
             Self::Release(f) => &mut f.rid,
             Self::Watch(f) => &mut f.rid,
+            Self::Subscribe(f) => &mut f.rid,
             Self::Forget(f) => &mut f.rid,
             Self::TaskCreate(f) => &mut f.rid,
             Self::TaskAct(f) => &mut f.rid,
@@ -137,6 +141,7 @@ impl ClientFrame {
             Self::MarkRead(f) => f.rid.as_ref(),
             Self::Release(f) => f.rid.as_ref(),
             Self::Watch(f) => f.rid.as_ref(),
+            Self::Subscribe(f) => f.rid.as_ref(),
             Self::Forget(f) => f.rid.as_ref(),
             Self::TaskCreate(f) => f.rid.as_ref(),
             Self::TaskAct(f) => f.rid.as_ref(),
@@ -423,6 +428,10 @@ pub enum ServerFrame {
     Forgotten(Forgotten),
     /// Doorbell for a `watch`: new mail arrived for the watched session (no content).
     Mail(Mail),
+    /// Reply to `subscribe`.
+    Subscribed(crate::wire_feed::Subscribed),
+    /// One event of the operator feed.
+    Event(crate::wire_feed::FeedEvent),
     /// One task (reply to `task_create`, `task_act`, `task_get`).
     Task(TaskReply),
     /// A page of tasks (reply to `task_list`).
@@ -467,7 +476,9 @@ impl ServerFrame {
             | Self::PeerLeft(_)
             | Self::Presence(_)
             | Self::Message(_)
-            | Self::Mail(_) => None,
+            | Self::Mail(_)
+            | Self::Event(_) => None,
+            Self::Subscribed(f) => f.rid.as_ref(),
         }
     }
 }

@@ -316,11 +316,10 @@ pub struct TaskList {
     pub count: Option<u32>,
     /// Only tasks older than this id (the page cursor).
     pub before: Option<String>,
-    /// The operator view: every task of every session. Needs `operatorSecret`.
+    /// The operator view: every task of every session. Only for a connection that is the
+    /// hub's operator (it showed the hub token; on a hub without one, a loopback client).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
-    /// The hub operator's secret (the file `operator.secret` in the hub's data directory).
-    pub operator_secret: Option<String>,
     /// For a connection that holds no name.
     #[serde(flatten)]
     pub act_as: ActAs,
@@ -337,8 +336,10 @@ pub struct TaskGet {
     pub id: String,
     /// Most events to return (default 20, at most 200), newest kept.
     pub history: Option<u32>,
-    /// The hub operator's secret, to read any task.
-    pub operator_secret: Option<String>,
+    /// Read it as the hub's operator (any task, whoever's): only for a connection that is the
+    /// operator, like `task_list`'s `all`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
     /// For a connection that holds no name.
     #[serde(flatten)]
     pub act_as: ActAs,

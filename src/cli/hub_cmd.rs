@@ -83,6 +83,12 @@ pub(crate) struct HubArgs {
     /// (at least 1024).
     #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
     pub outbound_frames: usize,
+    /// HTTP connections (console, /metrics, /healthz) open at once; more get 503.
+    #[arg(long, env = "RELAY_MAX_HTTP_CONNECTIONS", default_value_t = 64)]
+    pub max_http_connections: usize,
+    /// Live operator feed subscribers (console pages, `claude-relay tail`) at once.
+    #[arg(long, env = "RELAY_MAX_FEED_SUBSCRIBERS", default_value_t = hub::DEFAULT_FEED_SUBSCRIBERS)]
+    pub max_feed_subscribers: usize,
     /// Sessions the hub remembers; beyond it the least recently seen offline ones are
     /// forgotten (their ownership and mail stay).
     #[arg(long, env = "RELAY_MAX_SESSIONS", default_value_t = 10_000)]
@@ -131,6 +137,8 @@ impl HubArgs {
         c.register_rate = f64::from(self.register_rate.max(1));
         c.register_burst = c.register_rate;
         c.outbound_frames = self.outbound_frames.max(hub::MIN_OUTBOUND_FRAMES);
+        c.max_http_connections = self.max_http_connections.max(1);
+        c.max_feed_subscribers = self.max_feed_subscribers.max(1);
         c.max_sessions = self.max_sessions.max(1);
         c.max_bundle_bytes = self.max_bundle_bytes;
         c.token = self
@@ -210,6 +218,12 @@ pub(super) fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         let scheme = if args.tls_cert.is_some() { "wss" } else { "ws" };
         eprintln!("listening on {scheme}://{addr}");
+        let web = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("console on {web}://{addr}/ (also /metrics, /healthz)");
         tracing::info!(data_dir = %data_dir.display(), epoch = %hub.epoch(), "hub ready");
         hub.serve(listener, shutdown_signal()).await?;
         tracing::info!("hub stopped");

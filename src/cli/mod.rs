@@ -14,6 +14,7 @@ mod init_cmd;
 mod mcp_cmd;
 mod service_cmd;
 mod sessions_cmd;
+mod tail_cmd;
 mod tasks_cmd;
 mod user_files;
 mod wait_cmd;
@@ -25,8 +26,27 @@ pub(crate) struct Cli {
     /// Log filter for stderr (e.g. `info`, `debug`, `hub=trace`); also `RUST_LOG`.
     #[arg(long, global = true, env = "RELAY_LOG")]
     pub log: Option<String>,
+    /// Log line format on stderr: `text` for people, `json` (one object per line, with the
+    /// connection span's peer and session) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -54,6 +74,10 @@ pub(crate) enum Command {
     /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
     /// and say how to fix each problem; exit 1 if any.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Follow the hub's traffic live, one line per event (time, from → to, kind, size,
+    /// state); bodies only with --content. Needs the hub token (or loopback, on a hub
+    /// without one).
+    Tail(tail_cmd::TailArgs),
 }
 
 impl Command {
@@ -83,13 +107,26 @@ pub(crate) fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|| cli.command.default_log().to_string());
     let no_frame_dumps =
         filter_fn(|meta| !(*meta.level() == tracing::Level::TRACE && prints_frames(meta.target())));
+    let json = matches!(cli.log_format, LogFormat::Json);
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    // `span` carries the connection's fields (peer, session); one grep on
+    // `"session":"CC-1"` follows a session.
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_current_span(true)
+            .with_span_list(false)
+    });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
+        .with(text)
+        .with(json)
         .with(tracing_subscriber::EnvFilter::new(filter))
         .with(no_frame_dumps)
         .init();
@@ -114,5 +151,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hooks(args) => hooks_cmd::run(args),
         Command::Tasks(args) => tasks_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
+        Command::Tail(args) => tail_cmd::run(args),
     }
 }

@@ -6,9 +6,10 @@
 //! `CLAUDE_RELAY_SESSION_ID` — by presenting that session's owner secret
 //! (`~/.claude-relay/owners/NAME`, which the session's bridge keeps on this machine); the hub
 //! shows it only tasks that session is party to. `--all` is the hub operator's view of every
-//! session's tasks: it presents the secret in `operator.secret` of the hub's data directory,
-//! so it works on the hub's host, for whoever can read that directory (who can read the
-//! whole store anyway; see docs/SECURITY.md).
+//! session's tasks, for whoever the hub takes as its operator — the same rule as the web
+//! console and `claude-relay tail`: the hub token (`--token-file`, `RELAY_TOKEN`,
+//! `RELAY_TOKEN_FILE`), or a loopback connection to a hub without one (docs/SECURITY.md,
+//! "The operator").
 
 use std::{
     io::Write as _,
@@ -56,16 +57,13 @@ pub(super) struct Reader {
 pub(crate) struct TasksArgs {
     #[command(subcommand)]
     action: Option<TasksAction>,
-    /// Every session's tasks (the hub operator's view; reads operator.secret in the hub's
-    /// data directory).
+    /// Every session's tasks: the hub operator's view (needs the hub token, or a loopback
+    /// connection to a hub without one — like the console and `tail`).
     #[arg(long)]
     all: bool,
     /// Only tasks in this state (default: every open state).
     #[arg(long, value_name = "STATE")]
     state: Option<String>,
-    /// The hub's data directory, for --all [default: ~/.claude-relay/hub].
-    #[arg(long, env = "RELAY_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -107,16 +105,7 @@ pub(super) fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         match args.action {
-            None => {
-                board(
-                    &args.reader,
-                    args.all,
-                    args.state.as_deref(),
-                    args.data_dir,
-                    args.json,
-                )
-                .await
-            }
+            None => board(&args.reader, args.all, args.state.as_deref(), args.json).await,
             Some(TasksAction::Show { id, json, reader }) => show(&reader, &id, json).await,
             Some(TasksAction::Checkout { id, dir, reader }) => {
                 checkout(&reader, &id, dir.as_deref()).await
@@ -181,7 +170,6 @@ async fn board(
     reader: &Reader,
     all: bool,
     state: Option<&str>,
-    data_dir: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let state = state
@@ -193,16 +181,8 @@ async fn board(
         ..Default::default()
     };
     let who = if all {
-        let dir = data_dir.unwrap_or_else(relay_local::paths::hub_data_dir);
-        let secret = hub::operator::read(&dir).with_context(|| {
-            format!(
-                "--all is the hub operator's view: it needs {} (on the hub's host; pass \
-                 --data-dir if the hub keeps its data elsewhere)",
-                dir.join(hub::operator::FILE).display()
-            )
-        })?;
+        // The hub decides whether this connection is its operator (the token it presents).
         frame.all = true;
-        frame.operator_secret = Some(secret);
         "every session".to_string()
     } else {
         let (id, act_as) = reader.act_as()?;

@@ -48,6 +48,8 @@ pub(crate) struct BridgeOpts {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `mcp`.
     pub args: Vec<String>,
+    /// The MCP client's name in `initialize` (default: `bridge-tests`).
+    pub client_name: Option<String>,
     /// Working directory of the bridge (None: the test's).
     pub cwd: Option<PathBuf>,
 }
@@ -61,6 +63,7 @@ impl BridgeOpts {
             home: dir.join("home"),
             env: Vec::new(),
             args: Vec::new(),
+            client_name: None,
             cwd: None,
         }
     }
@@ -121,9 +124,14 @@ pub(crate) fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
 
 /// The client identity tests present: what Claude Code sends on stdio.
 pub(crate) fn client_config() -> ClientConfig {
+    client_config_named("bridge-tests")
+}
+
+/// [`client_config`] with another client name (say `claude-code`, `codex-mcp-client`).
+pub(crate) fn client_config_named(name: &str) -> ClientConfig {
     let mut c = ClientConfig::new(
         ClientCapabilities::default(),
-        Implementation::new("bridge-tests", "1.0"),
+        Implementation::new(name, "1.0"),
     );
     c.protocol_version = ProtocolVersion::V_2025_11_25;
     c
@@ -155,7 +163,8 @@ impl Bridge {
         let log = collect_stderr(&mut child);
         let stdout = child.stdout.take().expect("stdout");
         let stdin = child.stdin.take().expect("stdin");
-        let client = tokio::time::timeout(WAIT, client_config().serve((stdout, stdin)))
+        let config = client_config_named(opts.client_name.as_deref().unwrap_or("bridge-tests"));
+        let client = tokio::time::timeout(WAIT, config.serve((stdout, stdin)))
             .await
             .expect("initialize timed out")
             .unwrap_or_else(|e| {

@@ -136,6 +136,28 @@ impl Hub {
         }
     }
 
+    /// Starts a hub whose token is `token` (written to `dir/hub.token`, passed with
+    /// `--token-file`), with `extra` arguments; returns the hub and the token file.
+    pub(crate) async fn start_with_token(
+        dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> (Hub, PathBuf) {
+        let token_file = dir.join("hub.token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let mut args = vec!["--token-file".to_string(), token_file.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let hub = Self::start_with(
+            dir,
+            HubOpts {
+                args,
+                ..HubOpts::default()
+            },
+        )
+        .await;
+        (hub, token_file)
+    }
+
     /// Sends SIGKILL and waits for the process to go.
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.start_kill();
@@ -166,4 +188,23 @@ pub(crate) fn signal(pid: i32, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Forbids the process `pid` to grow any file past `bytes` (what a full disk does to SQLite).
+#[cfg(target_os = "linux")]
+pub(crate) fn limit_file_size(pid: u32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit only reads `limit`; a null old-limit pointer is allowed.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }

@@ -8,6 +8,8 @@
 
 pub(crate) mod bridge;
 pub(crate) mod channel;
+pub(crate) mod chromium;
+pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod impair;
 pub(crate) mod inproc;

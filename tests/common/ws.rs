@@ -16,11 +16,16 @@ use tokio_tungstenite::{
 
 /// An upgrade request for `url` carrying `token` as `Authorization: Bearer`.
 pub(crate) fn bearer_request(url: &str, token: &str) -> Request {
+    request_with(url, &[("authorization", &format!("Bearer {token}"))])
+}
+
+/// An upgrade request for `url` with `headers` set (replacing `Host`, say).
+pub(crate) fn request_with(url: &str, headers: &[(&'static str, &str)]) -> Request {
     let mut req = url.into_client_request().expect("a ws:// URL");
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token"),
-    );
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(*k, HeaderValue::from_str(v).expect("a header-safe value"));
+    }
     req
 }
 
@@ -36,6 +41,15 @@ impl Ws {
     /// Connects to `url`.
     pub(crate) async fn connect(url: &str) -> Ws {
         let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect to hub");
+        Ws { ws }
+    }
+
+    /// Connects with the upgrade request `req`.
+    pub(crate) async fn connect_request(req: Request) -> Ws {
+        let (ws, _) = tokio::time::timeout(WAIT, connect_async(req))
             .await
             .expect("connect timed out")
             .expect("connect to hub");

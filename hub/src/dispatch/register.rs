@@ -239,10 +239,13 @@ impl ConnSession {
             owned: Some(granted.owned || granted.minted.is_some()),
             rid: rid.as_ref(),
         }));
+        hub.feed
+            .delivered(id.as_str(), granted.pending.iter().map(|e| e.seq));
         for e in granted.pending {
             let _ = self.outbox.push_json(&ServerFrame::Message(e));
         }
         hub.router.activate(&id, self.outbox.id());
+        tracing::Span::current().record("session", tracing::field::display(&id));
         hub.router.announce(&id, true);
         tracing::info!(%id, addr = %self.addr, "registered");
     }

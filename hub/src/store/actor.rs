@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use super::{Appended, Backend, NewMessage, Request, StoreError, StoreHandle, StoredMessage};
+use super::{
+    Appended, Backend, Integrity, NewMessage, Request, StoreError, StoreHandle, StoredMessage,
+};
 use crate::outbound::AckTo;
 
 /// Most appends stored in one transaction. Also the most `sent` acks one routed batch can
@@ -63,6 +65,8 @@ pub(crate) trait CommitSink: Send + Sync + 'static {
     fn take_fixes(&self, into: &mut Vec<(u64, Option<i64>)>);
     /// The batch could not be stored: tell each sender, nothing was delivered.
     fn failed(&self, batch: Vec<Append>, error: &StoreError);
+    /// A batch of `messages` was committed in `seconds` (for the metrics).
+    fn observed(&self, _seconds: f64, _messages: usize) {}
 }
 
 /// Starts the actor thread. The queue holds `queue` requests (the backpressure bound for
@@ -74,19 +78,27 @@ pub(crate) fn spawn(
 ) -> (StoreHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(queue);
     let epoch = Arc::new(ArcSwap::from_pointee(backend.epoch().to_string()));
-    let shared = epoch.clone();
+    let integrity = Arc::new(ArcSwap::from_pointee(backend.integrity()));
+    let shared = (epoch.clone(), integrity.clone());
     let thread = std::thread::Builder::new()
         .name("relay-store".into())
         .spawn(move || run(backend, rx, sink, shared))
         .expect("spawn store thread");
-    (StoreHandle { tx, epoch }, thread)
+    (
+        StoreHandle {
+            tx,
+            epoch,
+            integrity,
+        },
+        thread,
+    )
 }
 
 fn run(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<Request>,
     sink: Arc<dyn CommitSink>,
-    epoch: Arc<ArcSwap<String>>,
+    (epoch, integrity): (Arc<ArcSwap<String>>, Arc<ArcSwap<Integrity>>),
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
@@ -107,6 +119,7 @@ fn run(
                     if **epoch.load() != backend.epoch() {
                         delivered.clear();
                         epoch.store(Arc::new(backend.epoch().to_string()));
+                        integrity.store(Arc::new(backend.integrity()));
                     }
                 }
             }
@@ -143,8 +156,10 @@ fn commit(
     }
     sink.take_fixes(delivered);
     let msgs: Vec<&NewMessage> = batch.iter().map(|a| &a.msg).collect();
+    let started = std::time::Instant::now();
     match backend.append(&msgs, delivered) {
         Ok(outcomes) => {
+            sink.observed(started.elapsed().as_secs_f64(), outcomes.len());
             delivered.clear();
             let committed = batch
                 .drain(..)

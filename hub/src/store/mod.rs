@@ -10,6 +10,7 @@ pub(crate) mod actor;
 pub(crate) mod checkpoint;
 pub(crate) mod datadir;
 mod local;
+pub(crate) mod operator;
 pub(crate) mod sqlite;
 pub(crate) mod tasks;
 
@@ -289,6 +290,10 @@ pub(crate) struct PruneReport {
 pub(crate) trait Backend: Send {
     /// The store's epoch: a random id made when the store was created.
     fn epoch(&self) -> &str;
+    /// What the integrity check at open found; a damaged store refuses every write.
+    fn integrity(&self) -> Integrity {
+        Integrity::Ok
+    }
     /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
     /// answers task frames with `unavailable`).
     fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
@@ -369,6 +374,10 @@ pub(crate) trait Backend: Send {
     fn release_owner(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Distinct senders of `viewer`'s unread mail, oldest first, at most `limit`.
     fn unread_senders(&mut self, viewer: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// The operator's views (console, `/healthz`), if this backend answers them.
+    fn operator(&mut self) -> Option<&mut dyn operator::OperatorView> {
+        None
+    }
     /// Deletes what the retention policy says must go, at most `budget` messages per call.
     fn prune(
         &mut self,
@@ -395,6 +404,8 @@ pub(crate) struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Updated by the actor when the store is reopened after a reset.
     epoch: Arc<ArcSwap<String>>,
+    /// The open store's integrity (updated with the epoch).
+    integrity: Arc<ArcSwap<Integrity>>,
 }
 
 impl StoreHandle {
@@ -402,6 +413,11 @@ impl StoreHandle {
     /// the actor replaces it only when the store is reset).
     pub(crate) fn epoch(&self) -> Arc<String> {
         self.epoch.load_full()
+    }
+
+    /// What the integrity check found when the store was opened (for `/healthz`).
+    pub(crate) fn integrity(&self) -> Integrity {
+        Integrity::clone(&self.integrity.load())
     }
 
     /// Queues a message for storing. Waits only while the actor's queue is full

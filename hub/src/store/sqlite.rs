@@ -18,6 +18,7 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod operator;
 mod tasks;
 
 /// File name of the database inside the data directory.
@@ -127,12 +128,6 @@ impl SqliteBackend {
         let mut store = Self::init(Connection::open(&path)?, path, sync)?;
         store.lock = Some(lock);
         Ok(store)
-    }
-
-    /// What the integrity check at open found; a damaged store refuses every write.
-    #[cfg(test)]
-    pub(crate) fn integrity(&self) -> Integrity {
-        self.integrity.clone()
     }
 
     /// Sum of stored content bytes.
@@ -398,8 +393,16 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 }
 
 impl Backend for SqliteBackend {
+    fn operator(&mut self) -> Option<&mut dyn super::operator::OperatorView> {
+        Some(self)
+    }
+
     fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    fn integrity(&self) -> Integrity {
+        self.integrity.clone()
     }
 
     fn tasks(&mut self) -> Option<&mut dyn super::tasks::TaskStore> {
@@ -1179,6 +1182,8 @@ mod tests {
         refused(b.session_registered("C", "{}", 400).map(drop));
         refused(b.set_owner("C", "h", 400));
         refused(b.mark_read("B", &[1], 400).map(drop));
+        // The health probe's write too, so `/healthz` cannot call the store writable.
+        refused(b.operator().expect("operator views").probe_write(400));
         // What is intact still reads.
         assert_eq!(b.owner_hash("A").unwrap().as_deref(), Some("h"));
         let e = b.append(&[&msg("A", "B", "more", 400)], &[]).unwrap_err();

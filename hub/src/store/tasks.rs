@@ -155,6 +155,8 @@ pub(crate) struct TaskMail {
 pub(crate) struct Applied {
     /// The task after it.
     pub task: TaskRow,
+    /// Its state before (None for a create).
+    pub was: Option<TaskState>,
     /// The mail it sent (None for a repeated create: nothing new was stored).
     pub mail: Option<TaskMail>,
 }
@@ -311,4 +313,11 @@ pub(crate) trait TaskStore {
     ) -> Result<u64, TaskError>;
     /// The task tags of those of `seqs` that are task mail.
     fn task_tags(&mut self, seqs: &[u64]) -> Result<Vec<(u64, TaskTag)>, StoreError>;
+    /// How many tasks are in each state (the `relay_tasks` gauge starts from this; see
+    /// `crate::metrics`).
+    fn count_by_state(&mut self) -> Result<Vec<(TaskState, u64)>, StoreError>;
+    /// The operator's board (the console): up to `open` open tasks and up to `finished`
+    /// finished ones, each newest first — without brief, acceptance, result or git context,
+    /// which the board does not show.
+    fn board(&mut self, open: usize, finished: usize) -> Result<Vec<TaskRow>, StoreError>;
 }

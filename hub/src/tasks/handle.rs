@@ -7,7 +7,8 @@
 //! - Reading (`task_list`, `task_get`, `task_bundle`) is for the parties of a task (creator,
 //!   addressee, holder; anyone while a task to `any` is unclaimed). A connection that holds
 //!   no name (the CLI) reads as a session by presenting the session's id and owner secret —
-//!   the name must be owned. The hub operator (see [`super::operator`]) reads every task.
+//!   the name must be owned. The hub operator reads every task when it asks with `all`
+//!   (who the operator is: [`crate::operator`]; a party reads its own without `all`).
 //! - Anything else is answered `not_found` (a task the asker may not see is not confirmed to
 //!   exist) or `forbidden`, and changes nothing.
 
@@ -210,6 +211,19 @@ fn deliverable(router: &std::sync::Arc<Router>) -> impl Fn(&str, &str) -> bool +
     move |from, to| router.deliverable(from, to)
 }
 
+/// Tells the metrics (tasks by state) and the operator feed that `task` was created (`was`
+/// None) or moved.
+fn observed(
+    hub: &HubState,
+    task: &crate::store::tasks::TaskRow,
+    was: Option<relay_proto::wire_tasks::TaskState>,
+    action: &str,
+    by: &str,
+) {
+    hub.metrics.task_moved(was, task.state);
+    hub.feed.task(task, action, by);
+}
+
 /// Sends an error, or the task error in its own words.
 fn task_error(conn: &ConnSession, e: TaskError, rid: Option<RequestId>) {
     match e {
@@ -267,10 +281,11 @@ async fn create(conn: &mut ConnSession, hub: &HubState, f: TaskCreate) {
     let router = hub.router.clone();
     let created = with_tasks(hub, move |t| t.create_task(&new, &deliverable(&router))).await;
     match created {
-        Ok(Applied { task, mail }) => {
+        Ok(Applied { task, mail, .. }) => {
             let duplicate = mail.is_none();
             if let Some(m) = &mail {
                 route(hub, m);
+                observed(hub, &task, None, "create", me.as_str());
             }
             let notice = Some(notice(hub, &task.to).await);
             conn.reply(ServerFrame::Task(TaskReply {
@@ -332,10 +347,11 @@ async fn act(conn: &mut ConnSession, hub: &HubState, f: TaskAct) {
     let router = hub.router.clone();
     let moved = with_tasks(hub, move |t| t.move_task(&mv, &deliverable(&router))).await;
     match moved {
-        Ok(Applied { task, mail }) => {
+        Ok(Applied { task, mail, was }) => {
             if let Some(m) = &mail {
                 route(hub, m);
             }
+            observed(hub, &task, was, f.action.as_str(), me.as_str());
             conn.reply(ServerFrame::Task(TaskReply {
                 task: task.view(true),
                 notice: None,
@@ -400,23 +416,30 @@ async fn reader(conn: &ConnSession, hub: &HubState, act_as: &ActAs) -> Result<Se
     }
 }
 
-fn is_operator(hub: &HubState, secret: Option<&str>) -> bool {
-    match (&hub.tasks.operator_hash, secret) {
-        (Some(h), Some(s)) => secret_matches(h, s),
-        _ => false,
+/// Refuses (after answering) a connection asking for the every-session view without being
+/// the hub's operator.
+fn operator_only(conn: &ConnSession, rid: &Option<RequestId>) -> bool {
+    match conn.operator {
+        Ok(_) => true,
+        Err(denied) => {
+            conn.error(
+                codes::FORBIDDEN,
+                format!(
+                    "the every-session view (all) is the hub operator's: {}",
+                    denied.why()
+                ),
+                rid.clone(),
+            );
+            false
+        }
     }
 }
 
 async fn list(conn: &mut ConnSession, hub: &HubState, f: TaskList) {
     let rid = f.rid.clone();
     let viewer = if f.all {
-        if !is_operator(hub, f.operator_secret.as_deref()) {
-            return conn.error(
-                codes::FORBIDDEN,
-                "the every-session view is the hub operator's: present the secret in \
-                 operator.secret of the hub's data directory",
-                rid,
-            );
+        if !operator_only(conn, &rid) {
+            return;
         }
         None
     } else {
@@ -470,7 +493,10 @@ async fn get(conn: &mut ConnSession, hub: &HubState, f: TaskGet) {
         Ok(n) => n,
         Err((code, msg)) => return conn.error(code, msg, rid),
     };
-    let viewer = if is_operator(hub, f.operator_secret.as_deref()) {
+    let viewer = if f.all {
+        if !operator_only(conn, &rid) {
+            return;
+        }
         None
     } else {
         match reader(conn, hub, &f.act_as).await {

@@ -5,7 +5,9 @@
 //! - [`machine`]: who may make which move from which state — one pure function.
 //! - [`mail`]: who each move's mail goes to, what it says, and its `message` frame.
 //! - [`handle`]: the task frames of a connection (validation, identity, store calls, replies).
-//! - [`operator`]: the hub operator's secret, for the every-session view.
+//!
+//! Every session's tasks are the hub operator's to read (`all`), decided like every
+//! operator right by [`crate::operator`].
 //!
 //! Storage lives behind [`crate::store::tasks::TaskStore`]; the store applies each move in
 //! one transaction with its mail, so a move the hub acknowledged survives a crash.
@@ -15,9 +17,8 @@
 pub(crate) mod handle;
 pub(crate) mod machine;
 pub(crate) mod mail;
-pub mod operator;
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use relay_proto::wire::{Envelope, TaskTag};
 
@@ -82,15 +83,11 @@ pub(crate) const FINISHED_BUNDLE_TTL_MS: i64 = 7 * 86_400_000;
 pub(crate) struct TaskConfig {
     /// Bounds on uploads.
     pub blobs: BlobLimits,
-    /// SHA-256 of the operator secret (`operator.secret` in the data directory); None when
-    /// it could not be made, and then nobody has the operator view.
-    pub operator_hash: Option<String>,
 }
 
 impl TaskConfig {
-    /// The limits for a hub whose bundles may be `max_bundle` bytes, with the operator
-    /// secret of `data_dir` (made on first start).
-    pub(crate) fn new(data_dir: &Path, max_bundle: u64) -> Self {
+    /// The limits for a hub whose bundles may be `max_bundle` bytes.
+    pub(crate) fn new(max_bundle: u64) -> Self {
         Self {
             blobs: BlobLimits {
                 max_bytes: max_bundle,
@@ -100,7 +97,6 @@ impl TaskConfig {
                 pending_ttl_ms: BLOB_TTL_MS,
                 finished_ttl_ms: FINISHED_BUNDLE_TTL_MS,
             },
-            operator_hash: operator::ensure(data_dir),
         }
     }
 }

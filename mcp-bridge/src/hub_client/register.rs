@@ -70,7 +70,7 @@ pub(super) async fn register(
 fn register_frame(inner: &Inner, id: &str, owner_secret: Option<String>) -> ClientFrame {
     ClientFrame::Register(Register {
         client_id: Some(id.to_string()),
-        meta: Some(inner.meta.clone()),
+        meta: Some(inner.lock().meta.clone()),
         presence: Some(PresenceMode::None),
         // Keep owner secrets: a first claim makes the name ours.
         ownership: inner.owners.is_some().then_some(true),

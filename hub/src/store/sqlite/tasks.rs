@@ -278,7 +278,11 @@ impl TaskStore for SqliteBackend {
             if let Some(n) = earlier {
                 let task =
                     load(&tx, n as u64)?.ok_or_else(|| TaskError::NotFound(task_id(n as u64)))?;
-                return Ok(Applied { task, mail: None });
+                return Ok(Applied {
+                    task,
+                    was: None,
+                    mail: None,
+                });
             }
         }
         let open: i64 = tx
@@ -393,6 +397,7 @@ impl TaskStore for SqliteBackend {
         self.mail_committed(&m);
         Ok(Applied {
             task,
+            was: None,
             mail: Some(m),
         })
     }
@@ -498,6 +503,7 @@ impl TaskStore for SqliteBackend {
         self.mail_committed(&m);
         Ok(Applied {
             task,
+            was: Some(before.state),
             mail: Some(m),
         })
     }
@@ -812,6 +818,41 @@ impl TaskStore for SqliteBackend {
         }
         Ok(out)
     }
+
+    fn count_by_state(&mut self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*) FROM tasks GROUP BY state")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    state_of(&r.get::<_, String>(0)?)?,
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn board(&mut self, open: usize, finished: usize) -> Result<Vec<TaskRow>, StoreError> {
+        // The columns of SELECT_TASK, with what the board does not show left empty.
+        let sql = |which: &str| {
+            format!(
+                "SELECT n, creator, addressee, holder, title, '', '[]', state, created, updated,
+                        NULL, '[]', NULL, NULL, NULL
+                 FROM tasks WHERE state {which} {OPEN_STATES} ORDER BY n DESC LIMIT ?1"
+            )
+        };
+        let mut out: Vec<TaskRow> = Vec::with_capacity(open + finished);
+        for (which, limit) in [("IN", open), ("NOT IN", finished)] {
+            let mut stmt = self.conn.prepare_cached(&sql(which))?;
+            let rows = stmt.query_map([limit as i64], row_task)?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -1042,6 +1083,47 @@ mod tests {
         assert_eq!((rows.len(), more), (2, true));
         paged.before = Some(rows[1].n);
         assert_eq!(b.list_tasks(&paged).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn the_board_shows_open_then_finished_tasks_without_briefs_and_counts_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        for _ in 0..4 {
+            b.create_task(&new_task("CC-1", "CC-2"), &offline).unwrap();
+        }
+        b.move_task(&mv("CC-2", 1, TaskAction::Decline, Some("no")), &offline)
+            .unwrap();
+        b.move_task(&mv("CC-2", 3, TaskAction::Claim, None), &offline)
+            .unwrap();
+        let board = b.board(10, 10).unwrap();
+        let rows: Vec<(u64, TaskState)> = board.iter().map(|t| (t.n, t.state)).collect();
+        assert_eq!(
+            rows,
+            [
+                (4, TaskState::Submitted),
+                (3, TaskState::Working),
+                (2, TaskState::Submitted),
+                (1, TaskState::Rejected)
+            ]
+        );
+        assert!(
+            board
+                .iter()
+                .all(|t| t.brief.is_empty() && t.result.is_none())
+        );
+        assert_eq!(board[1].holder.as_deref(), Some("CC-2"));
+        assert_eq!(b.board(1, 0).unwrap().len(), 1, "bounded");
+        let mut counts = b.count_by_state().unwrap();
+        counts.sort_by_key(|(s, _)| s.as_str());
+        assert_eq!(
+            counts,
+            [
+                (TaskState::Rejected, 1),
+                (TaskState::Submitted, 2),
+                (TaskState::Working, 1)
+            ]
+        );
     }
 
     fn limits() -> BlobLimits {
