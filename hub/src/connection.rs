@@ -29,7 +29,10 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use relay_proto::wire::codes;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -57,7 +60,7 @@ use tracing::{debug, warn};
 use crate::{
     HubState,
     auth::{bearer, token_ok},
-    budget::{Meter, Metered, OverBudget, READ_CHUNK},
+    budget::{Charge, Meter, Metered, OverBudget, READ_CHUNK},
     dispatch::ConnSession,
     limits::{Slot, TokenBucket, TooManyConnections},
     operator::{self, Claim, Key},
@@ -160,6 +163,9 @@ pub(crate) struct Conn {
     pub(crate) meter: Arc<Meter>,
 }
 
+/// After accept (and TLS): plain HTTP is served by [`crate::http::route`]; an upgrade goes
+/// through the WebSocket handshake ([`upgrade`]), then the session is read ([`Reader`]) until
+/// it ends, and finished.
 async fn run<S>(
     stream: S,
     conn: Conn,
@@ -182,15 +188,39 @@ async fn run<S>(
     else {
         return;
     };
-    let Conn {
-        addr,
-        id: conn_id,
-        refused,
-        deadline,
-        auth_deadline,
-        progress,
-        meter,
-    } = conn;
+    let Some(upgraded) = upgrade(stream, &conn, hub, slot).await else {
+        return;
+    };
+    // The handshake's bytes are done with.
+    drop(conn.meter.take());
+    hub.metrics.websockets.inc();
+    let mut reader = Reader::start(upgraded, conn, hub);
+    reader.read(hub, &mut shutdown, slot).await;
+    reader.finish(hub).await;
+    hub.metrics.websockets.dec();
+}
+
+/// A completed WebSocket handshake and what its request said.
+struct Upgraded<S> {
+    ws: WebSocketStream<S>,
+    upgrade: Upgrade,
+    operator: Result<operator::Operator, operator::Denied>,
+}
+
+/// The WebSocket handshake, by `conn.deadline`: refused (503) over the per-address cap; on a
+/// hub with a token, a bad `Authorization: Bearer` is refused (401) and none moves the
+/// connection to the unauthenticated ones (503 when they are full). Decides whether the
+/// connection is the hub's operator.
+async fn upgrade<S>(
+    stream: S,
+    conn: &Conn,
+    hub: &Arc<HubState>,
+    slot: &mut Slot,
+) -> Option<Upgraded<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = conn.addr;
     let ws_config = WebSocketConfig::default()
         // Small eager read buffer: 10,000 idle connections must stay cheap (and reads come
         // in chunks of at most this: see `budget::READ_CHUNK`).
@@ -202,7 +232,7 @@ async fn run<S>(
     // The signature is tungstenite's handshake callback.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if let Some(TooManyConnections { limit }) = refused {
+        if let Some(TooManyConnections { limit }) = conn.refused {
             let why = format!("too many connections from your address (limit {limit})");
             hub.refusals.connection(addr, ConnRefusal::PerAddress, &why);
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, why));
@@ -250,20 +280,20 @@ async fn run<S>(
         );
         Ok(resp)
     };
-    let ws = match tokio::time::timeout_at(
-        deadline,
-        Box::pin(accept_hdr_async_with_config(
-            stream,
-            callback,
-            Some(ws_config),
-        )),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
+    let handshake = Box::pin(accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config),
+    ));
+    match tokio::time::timeout_at(conn.deadline, handshake).await {
+        Ok(Ok(ws)) => Some(Upgraded {
+            ws,
+            upgrade,
+            operator: is_operator,
+        }),
         Ok(Err(e)) => {
             debug!(%addr, "handshake failed: {e}");
-            return;
+            None
         }
         Err(_) => {
             hub.refusals.connection(
@@ -271,173 +301,300 @@ async fn run<S>(
                 ConnRefusal::HandshakeTimeout,
                 "WebSocket handshake not completed in time",
             );
-            return;
+            None
         }
-    };
-    // The handshake's bytes are done with.
-    drop(meter.take());
-    hub.metrics.websockets.inc();
-    let (sink, mut stream) = ws.split();
-    let (outbox, rx) = outbox(
-        conn_id,
-        hub.config.outbound_frames,
-        hub.config.outbound_bytes,
-    );
-    let base = Instant::now();
-    let last_rx = Arc::new(AtomicU64::new(0));
-    let mut session = ConnSession::new(outbox.clone(), addr, upgrade == Upgrade::Authorized);
-    session.operator = is_operator;
-    let mut frames = TokenBucket::new(
-        hub.config.frame_rate,
-        hub.config.frame_burst,
-        Instant::now(),
-    );
-    let wf = write_loop(
-        sink,
-        rx,
-        Writer {
-            outbox: outbox.clone(),
-            heartbeat: Heartbeat::new(Instant::now(), hub.config.heartbeat_interval),
-            probe: session.probe.clone(),
-            last_rx: last_rx.clone(),
-            base,
-            progress,
-            hub: hub.clone(),
+    }
+}
+
+/// The reading half of a session (this task), with its writer spawned beside it.
+struct Reader<S> {
+    stream: SplitStream<WebSocketStream<S>>,
+    session: ConnSession,
+    outbox: Outbox,
+    /// The connection's frame rate limit.
+    frames: TokenBucket,
+    /// When anything was last read, in nanoseconds since `base` (the writer's heartbeat
+    /// reads it).
+    last_rx: Arc<AtomicU64>,
+    base: Instant,
+    meter: Arc<Meter>,
+    writer: JoinSet<()>,
+    closed: watch::Receiver<bool>,
+    addr: SocketAddr,
+    conn_id: u64,
+    /// On a hub with a token: when a connection that has not shown it is closed.
+    auth_deadline: Option<Instant>,
+    deadline: Instant,
+}
+
+/// What woke [`Reader::next`].
+enum Woke {
+    Shutdown,
+    Closed,
+    AuthTimeout,
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// What [`Reader::next`] found.
+enum Next {
+    /// A message to handle.
+    Message(Message),
+    /// The session ends (the reason was already logged or queued).
+    End,
+}
+
+impl<S> Reader<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Splits the socket: the session's outbox feeds a spawned writer (heartbeats, bounded
+    /// writes, the close frame); this half reads.
+    fn start(upgraded: Upgraded<S>, conn: Conn, hub: &Arc<HubState>) -> Self {
+        let Conn {
             addr,
-        },
-    );
-    // In a set of its own so that it is aborted (and its half of the socket dropped) if
-    // this task is; in the connection's span, so its lines carry the peer and session.
-    let mut writer = JoinSet::new();
-    writer.spawn(tracing::Instrument::in_current_span(wf));
-    let mut closed = outbox.closed_signal();
-    let auth_timer = tokio::time::sleep_until(auth_deadline.unwrap_or(deadline));
-    tokio::pin!(auth_timer);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => {
-                outbox.finish(1001, "hub shutting down");
-                break;
-            }
-            _ = closed.wait_for(|c| *c) => break,
-            _ = &mut auth_timer, if auth_deadline.is_some() && !slot.is_authenticated() => {
-                let secs = hub.config.auth_timeout.as_secs_f64();
-                hub.refusals.connection(
-                    addr,
-                    ConnRefusal::AuthTimeout,
-                    &format!("no valid hub token within {secs} s: closing"),
-                );
-                session.error(
-                    codes::UNAUTHORIZED,
-                    format!("no valid hub token within {secs} s of connecting: closing"),
+            id: conn_id,
+            deadline,
+            auth_deadline,
+            progress,
+            meter,
+            ..
+        } = conn;
+        let (sink, stream) = upgraded.ws.split();
+        let (outbox, rx) = outbox(
+            conn_id,
+            hub.config.outbound_frames,
+            hub.config.outbound_bytes,
+        );
+        let base = Instant::now();
+        let last_rx = Arc::new(AtomicU64::new(0));
+        let mut session = ConnSession::new(
+            outbox.clone(),
+            addr,
+            upgraded.upgrade == Upgrade::Authorized,
+        );
+        session.operator = upgraded.operator;
+        let wf = write_loop(
+            sink,
+            rx,
+            Writer {
+                outbox: outbox.clone(),
+                heartbeat: Heartbeat::new(Instant::now(), hub.config.heartbeat_interval),
+                probe: session.probe.clone(),
+                last_rx: last_rx.clone(),
+                base,
+                progress,
+                hub: hub.clone(),
+                addr,
+            },
+        );
+        // In a set of its own so that it is aborted (and its half of the socket dropped) if
+        // this task is; in the connection's span, so its lines carry the peer and session.
+        let mut writer = JoinSet::new();
+        writer.spawn(tracing::Instrument::in_current_span(wf));
+        Self {
+            stream,
+            session,
+            closed: outbox.closed_signal(),
+            outbox,
+            frames: TokenBucket::new(
+                hub.config.frame_rate,
+                hub.config.frame_burst,
+                Instant::now(),
+            ),
+            last_rx,
+            base,
+            meter,
+            writer,
+            addr,
+            conn_id,
+            auth_deadline,
+            deadline,
+        }
+    }
+
+    /// Reads and handles messages until the session ends.
+    async fn read(
+        &mut self,
+        hub: &Arc<HubState>,
+        shutdown: &mut watch::Receiver<bool>,
+        slot: &mut Slot,
+    ) {
+        let auth_timer = tokio::time::sleep_until(self.auth_deadline.unwrap_or(self.deadline));
+        tokio::pin!(auth_timer);
+        loop {
+            let message = match self.next(hub, shutdown, slot, &mut auth_timer).await {
+                Next::Message(m) => m,
+                Next::End => return,
+            };
+            // The frame's bytes stay charged to the budget until it is handled (a `message`:
+            // until it is committed; it takes the charge along).
+            let charge = self.meter.take();
+            // Nanoseconds, not milliseconds: a pong read in the same millisecond as its ping
+            // was sent must still count as later than the ping.
+            self.last_rx
+                .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match message {
+                Message::Text(text) => {
+                    self.text(hub, &text, charge).await;
+                    if !self.token_shown(hub, slot) {
+                        return;
+                    }
+                }
+                Message::Binary(_) => self.session.error(
+                    codes::BINARY,
+                    "binary frames are not part of the protocol; send JSON text frames",
                     None,
-                );
-                outbox.finish(1008, "no valid hub token in time");
-                break;
+                ),
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
-            msg = stream.next() => msg,
+        }
+    }
+
+    /// The next message, or the end of the session: the hub shuts down, the writer closed
+    /// the outbox, the auth deadline passed without the token, the client left, or a read
+    /// failed (a frame over the hard limit, the hub's frame budget spent).
+    async fn next(
+        &mut self,
+        hub: &Arc<HubState>,
+        shutdown: &mut watch::Receiver<bool>,
+        slot: &Slot,
+        auth_timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Next {
+        let woke = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => Woke::Shutdown,
+            _ = self.closed.wait_for(|c| *c) => Woke::Closed,
+            _ = auth_timer, if self.auth_deadline.is_some() && !slot.is_authenticated() => Woke::AuthTimeout,
+            read = self.stream.next() => Woke::Read(read),
         };
-        let msg = match msg {
-            None => break,
-            Some(Ok(m)) => m,
+        let read = match woke {
+            Woke::Shutdown => {
+                self.outbox.finish(1001, "hub shutting down");
+                return Next::End;
+            }
+            Woke::Closed => return Next::End,
+            Woke::AuthTimeout => {
+                self.auth_timed_out(hub);
+                return Next::End;
+            }
+            Woke::Read(read) => read,
+        };
+        match read {
+            None => Next::End,
+            Some(Ok(m)) => Next::Message(m),
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                outbox.close(
+                self.outbox.close(
                     1009,
                     &format!("frame of {size} bytes is over the hard limit of {max_size}"),
                 );
-                break;
+                Next::End
             }
             Some(Err(WsError::Io(e))) if over_budget(&e) => {
                 hub.refusals.frame(
-                    addr,
+                    self.addr,
                     "over_budget",
                     "frame refused: the hub is over its memory budget for frames in flight",
                 );
-                outbox.close(
+                self.outbox.close(
                     1013,
                     "hub over its memory budget for frames in flight; frame NOT processed; retry later",
                 );
-                break;
+                Next::End
             }
             Some(Err(e)) => {
-                debug!(conn = conn_id, "read error: {e}");
-                break;
+                debug!(conn = self.conn_id, "read error: {e}");
+                Next::End
             }
-        };
-        // The frame's bytes stay charged to the budget until it is handled (a `message`:
-        // until it is committed; it takes the charge along).
-        let charge = meter.take();
-        // Nanoseconds, not milliseconds: a pong read in the same millisecond as its ping was
-        // sent must still count as later than the ping.
-        last_rx.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        match msg {
-            Message::Text(text) => {
-                if text.len() > hub.config.max_frame_bytes {
-                    session.error(
-                        codes::TOO_LARGE,
-                        format!(
-                            "frame is {} bytes; the limit is {} — send a file path or commit instead",
-                            text.len(),
-                            hub.config.max_frame_bytes
-                        ),
-                        None,
-                    );
-                    continue;
-                }
-                match parse(&text) {
-                    Ok(frame) => {
-                        hub.metrics.frame_in(&frame);
-                        match frames.take(Instant::now()) {
-                            Ok(()) => {
-                                session.charge = Some(charge);
-                                session.handle(hub, frame).await;
-                                session.charge = None;
-                            }
-                            Err(wait) => session.rate_limited(
-                                frame.rid().cloned(),
-                                wait,
-                                hub.config.frame_rate,
-                            ),
-                        }
-                    }
-                    Err(e) => session.parse_error(e),
-                }
-                // A token shown on `register` moves the connection to the token holders.
-                if session.authorized
-                    && !slot.is_authenticated()
-                    && let Err(full) = slot.authenticate()
-                {
-                    hub.refusals
-                        .connection(addr, ConnRefusal::MaxConnections, &full.to_string());
-                    outbox.finish(1013, "hub is at its connection limit; try again later");
-                    break;
-                }
-            }
-            Message::Binary(_) => session.error(
-                codes::BINARY,
-                "binary frames are not part of the protocol; send JSON text frames",
-                None,
-            ),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
-    session.disconnected(hub);
-    outbox.finish(1000, "");
-    // The writer sends what is left and the close frame, each write bounded; one that
-    // still has not finished is aborted, which drops its half of the socket.
-    if tokio::time::timeout(CLOSE_TIMEOUT, writer.join_next())
-        .await
-        .is_err()
-    {
-        debug!(conn = conn_id, "writer did not finish in time: aborting it");
-        writer.shutdown().await;
+
+    /// No valid token by the auth deadline: say so and close.
+    fn auth_timed_out(&self, hub: &HubState) {
+        let secs = hub.config.auth_timeout.as_secs_f64();
+        hub.refusals.connection(
+            self.addr,
+            ConnRefusal::AuthTimeout,
+            &format!("no valid hub token within {secs} s: closing"),
+        );
+        self.session.error(
+            codes::UNAUTHORIZED,
+            format!("no valid hub token within {secs} s of connecting: closing"),
+            None,
+        );
+        self.outbox.finish(1008, "no valid hub token in time");
     }
-    if outbox.overflowed() {
-        hub.metrics.outbox_overflow();
+
+    /// One text frame: over `max_frame_bytes` it is refused; else parsed, counted, held to
+    /// the connection's frame rate, and handed to the session with its budget charge.
+    async fn text(&mut self, hub: &HubState, text: &str, charge: Charge) {
+        if text.len() > hub.config.max_frame_bytes {
+            return self.session.error(
+                codes::TOO_LARGE,
+                format!(
+                    "frame is {} bytes; the limit is {} — send a file path or commit instead",
+                    text.len(),
+                    hub.config.max_frame_bytes
+                ),
+                None,
+            );
+        }
+        let frame = match parse(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.session.parse_error(e),
+        };
+        hub.metrics.frame_in(&frame);
+        match self.frames.take(Instant::now()) {
+            Ok(()) => {
+                self.session.charge = Some(charge);
+                self.session.handle(hub, frame).await;
+                self.session.charge = None;
+            }
+            Err(wait) => {
+                self.session
+                    .rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate)
+            }
+        }
     }
-    hub.metrics.websockets.dec();
+
+    /// A token shown in a frame (`register`, …) moves the connection to the token holders;
+    /// false when there is no room there (the connection is closed).
+    fn token_shown(&self, hub: &HubState, slot: &mut Slot) -> bool {
+        if !self.session.authorized || slot.is_authenticated() {
+            return true;
+        }
+        match slot.authenticate() {
+            Ok(()) => true,
+            Err(full) => {
+                hub.refusals
+                    .connection(self.addr, ConnRefusal::MaxConnections, &full.to_string());
+                self.outbox
+                    .finish(1013, "hub is at its connection limit; try again later");
+                false
+            }
+        }
+    }
+
+    /// The session is over: the others are told, the writer sends what is left and the
+    /// close frame (each write bounded) — one that still has not finished after
+    /// [`CLOSE_TIMEOUT`] is aborted, which drops its half of the socket.
+    async fn finish(mut self, hub: &HubState) {
+        self.session.disconnected(hub);
+        self.outbox.finish(1000, "");
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.writer.join_next())
+            .await
+            .is_err()
+        {
+            debug!(
+                conn = self.conn_id,
+                "writer did not finish in time: aborting it"
+            );
+            self.writer.shutdown().await;
+        }
+        if self.outbox.overflowed() {
+            hub.metrics.outbox_overflow();
+        }
+    }
 }
 
 /// Whether a read failed because the frame budget is spent (see [`crate::budget`]).
