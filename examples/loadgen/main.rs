@@ -25,25 +25,15 @@
 //! [`hubproc`] (the hub under test), [`procfs`] (CPU, RSS, limits), [`report`] (medians,
 //! tables, JSON).
 
-#[path = "loadgen/body.rs"]
 mod body;
-#[path = "loadgen/client.rs"]
 mod client;
-#[path = "loadgen/hist.rs"]
 mod hist;
-#[path = "loadgen/hubproc.rs"]
 mod hubproc;
-#[path = "loadgen/ledger.rs"]
 mod ledger;
-#[path = "loadgen/procfs.rs"]
 mod procfs;
-#[path = "loadgen/report.rs"]
 mod report;
-#[path = "loadgen/scan.rs"]
 mod scan;
-#[path = "loadgen/sessions.rs"]
 mod sessions;
-#[path = "loadgen/traffic.rs"]
 mod traffic;
 
 use std::{path::PathBuf, time::Duration};
