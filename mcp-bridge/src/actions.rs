@@ -2,9 +2,12 @@
 //!
 //! The rules the wording keeps (docs/BRIDGE.md, "Tools"):
 //! - `relay_send` claims success only from the hub's `sent` ack, and says which: delivered
-//!   live, or stored for an offline session. When nothing was written it says "NOT sent"; when
-//!   the frame was written but no ack came it says the outcome is unknown and how to check —
-//!   never a guess.
+//!   live, or stored for an offline session. With the offline outbox on (the default), a
+//!   message the hub did not take — unreachable, or written with no ack — is queued on this
+//!   machine and the answer says exactly that: "queued on this machine … not delivered yet"
+//!   (see [`QUEUED_UNREACHABLE`]); a message sent while others wait in the queue goes behind
+//!   them. With `RELAY_OUTBOX=off`, nothing written says "NOT sent" and written-but-no-ack
+//!   says the outcome is unknown and how to check — never a guess.
 //! - `relay_receive` shows unread inbound mail oldest first and marks read exactly what it
 //!   showed; whatever did not fit stays unread and is counted in "N more".
 //! - `relay_wait` is `relay_receive {count: 1}` that, when nothing is unread, waits for the
@@ -29,8 +32,20 @@ use tokio::sync::broadcast;
 use crate::{
     format::{self, BODY_CAP, RESULT_BUDGET, SINGLE_BODY_CAP},
     hub_client::{HubClient, LinkState, RequestError},
+    offline::{Offline, Settled},
     tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
+
+/// What `relay_send` says when it queued a message because the hub is unreachable. Words
+/// chosen so the model cannot read it as sent or delivered (checked by a test).
+pub(crate) const QUEUED_UNREACHABLE: &str = "Queued on this machine — the hub is unreachable; \
+     it will be sent when the hub is back; not delivered yet.";
+/// What `relay_send` says when it queued a message whose first attempt got no answer.
+pub(crate) const QUEUED_IN_DOUBT: &str = "Queued on this machine — the hub did not confirm \
+     it (it may already have it); it will be resent with the same key when the hub is back, \
+     so it is stored once; not delivered yet.";
+/// The rest of a queued answer: do not resend by hand.
+const QUEUED_TAIL: &str = "Do not send it again; relay_status shows the outbox.";
 
 /// A tool's answer: text for the model, whether it is an error result, and (for the task
 /// tools) the record as `structuredContent`.
@@ -169,6 +184,40 @@ impl SendKeys {
     }
 }
 
+/// What `relay_send` says about a message the hub acknowledged: delivered live, or stored
+/// for a session that is offline (or, for `all`, how many took it).
+fn sent_text(s: &relay_proto::wire::Sent, target: &str, broadcast: bool) -> String {
+    let mut text = if broadcast {
+        let n = s.recipients.unwrap_or(u32::from(s.delivered));
+        if n == 0 {
+            format!(
+                "Sent to all — stored; no other session is online right now. id {}",
+                display::line(&s.id)
+            )
+        } else {
+            format!(
+                "Sent to all: {} online took it — id {}",
+                format::plural(u64::from(n), "session", "sessions"),
+                display::line(&s.id)
+            )
+        }
+    } else if s.delivered {
+        format!("Delivered to {target} (live) — id {}", display::line(&s.id))
+    } else {
+        format!(
+            "Stored for {target} (offline); they get it when they connect — id {}",
+            display::line(&s.id)
+        )
+    };
+    if s.duplicate {
+        text.push_str(
+            " (the hub already had this message from an earlier attempt; it was not stored \
+             twice)",
+        );
+    }
+    text
+}
+
 /// A session this machine's registry knows, for `relay_sessions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LocalSession {
@@ -197,6 +246,8 @@ pub(crate) struct Relay {
     local: LocalSessions,
     id_source: String,
     keys: SendKeys,
+    /// The offline outbox; `None` with `RELAY_OUTBOX=off`.
+    offline: Option<Arc<Offline>>,
     /// One unread read at a time: two concurrent `relay_receive` calls would otherwise both
     /// be shown the same page before either marks it read.
     reading: tokio::sync::Mutex<()>,
@@ -232,9 +283,17 @@ impl Relay {
             local,
             id_source,
             keys: SendKeys::new(),
+            offline: None,
             reading: tokio::sync::Mutex::new(()),
             waiting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same tools with the offline outbox: `relay_send` queues what the hub does not
+    /// take, `relay_status` shows the queue.
+    pub(crate) fn with_outbox(mut self, offline: Arc<Offline>) -> Self {
+        self.offline = Some(offline);
+        self
     }
 
     /// The hub client.
@@ -257,6 +316,11 @@ impl Relay {
         if let Some(notice) = self.hub.take_reset_notice() {
             reply.text = format!("{notice}\n\n{}", reply.text);
         }
+        if let Some(offline) = &self.offline
+            && let Some(notice) = offline.rejected_notice().await
+        {
+            reply.text = format!("{notice}\n\n{}", reply.text);
+        }
         reply
     }
 
@@ -265,6 +329,92 @@ impl Relay {
             .clone()
             .unwrap_or_else(|| relay_proto::BROADCAST.to_string());
         let key = self.keys.key_for(&target, &content);
+        let Some(offline) = &self.offline else {
+            return self
+                .send_now(&key, &target, content, to.is_none(), None)
+                .await;
+        };
+        // Held until the outcome is known: nothing overtakes a queued message (offline.rs).
+        let order = offline.order().await;
+        match offline.queued().await {
+            Ok(0) => {}
+            Ok(ahead) => {
+                return self
+                    .queue_behind(offline, order, &key, &target, &content, ahead, to.is_none())
+                    .await;
+            }
+            // An outbox that cannot be read must not block sending: try the hub.
+            Err(e) => tracing::warn!("outbox unreadable, sending directly: {e}"),
+        }
+        let reply = self
+            .send_now(&key, &target, content, to.is_none(), Some(offline))
+            .await;
+        drop(order);
+        reply
+    }
+
+    /// Queues a message behind `ahead` earlier ones, then — if the hub is reachable — waits
+    /// (at most the request timeout) for the drain to reach it, to say what became of it.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_behind(
+        &self,
+        offline: &Offline,
+        order: tokio::sync::MutexGuard<'_, ()>,
+        key: &str,
+        target: &str,
+        content: &str,
+        ahead: usize,
+        broadcast: bool,
+    ) -> Reply {
+        let queued = offline.append(key, target, content).await;
+        drop(order);
+        let settled = match queued {
+            Ok((_, settled)) => settled,
+            Err(e) => {
+                self.keys.settle(key);
+                return Reply::error(format!("NOT sent: {e}"));
+            }
+        };
+        self.keys.settle(key);
+        let behind = format!(
+            "Queued on this machine behind {} not sent yet — it will be sent after them; not \
+             delivered yet. {QUEUED_TAIL}",
+            format::plural(ahead as u64, "earlier message", "earlier messages")
+        );
+        if !self.hub.snapshot().is_connected() {
+            offline.forget_waiter(key);
+            return Reply::ok(format!(
+                "{QUEUED_UNREACHABLE} ({} ahead of it.) {QUEUED_TAIL}",
+                format::plural(ahead as u64, "message", "messages")
+            ));
+        }
+        let wait = self.hub.request_timeout();
+        match tokio::time::timeout(wait, settled).await {
+            Ok(Ok(Settled::Sent(s))) => Reply::ok(sent_text(&s, target, broadcast)),
+            Ok(Ok(Settled::Refused(why))) => Reply::error(format!(
+                "NOT sent — the hub refused it: {why} (it was queued behind earlier messages \
+                 and is not queued any more)"
+            )),
+            Ok(Err(_)) | Err(_) => {
+                offline.forget_waiter(key);
+                Reply::ok(behind)
+            }
+        }
+    }
+
+    /// Sends now; with the outbox, queues what the hub did not take.
+    async fn send_now(
+        &self,
+        key: &str,
+        target: &str,
+        content: String,
+        broadcast: bool,
+        offline: Option<&Offline>,
+    ) -> Reply {
+        let key = key.to_string();
+        let to = (!broadcast).then(|| target.to_string());
+        let target = target.to_string();
+        let queue_text = offline.is_some().then(|| content.clone());
         let frame = ClientFrame::Message(SendMessage {
             to: Some(target.clone()),
             content,
@@ -285,35 +435,7 @@ impl Relay {
         match result {
             Ok(ServerFrame::Sent(s)) => {
                 self.keys.settle(&key);
-                let mut text = if to.is_none() {
-                    let n = s.recipients.unwrap_or(u32::from(s.delivered));
-                    if n == 0 {
-                        format!(
-                            "Sent to all — stored; no other session is online right now. id {}",
-                            display::line(&s.id)
-                        )
-                    } else {
-                        format!(
-                            "Sent to all: {} online took it — id {}",
-                            format::plural(u64::from(n), "session", "sessions"),
-                            display::line(&s.id)
-                        )
-                    }
-                } else if s.delivered {
-                    format!("Delivered to {target} (live) — id {}", display::line(&s.id))
-                } else {
-                    format!(
-                        "Stored for {target} (offline); they get it when they connect — id {}",
-                        display::line(&s.id)
-                    )
-                };
-                if s.duplicate {
-                    text.push_str(
-                        " (the hub already had this message from an earlier attempt; it was \
-                         not stored twice)",
-                    );
-                }
-                Reply::ok(text)
+                Reply::ok(sent_text(&s, &target, to.is_none()))
             }
             Ok(ServerFrame::Error(e)) if in_doubt => {
                 // This attempt was refused, but an earlier one with the same key may have
@@ -336,6 +458,30 @@ impl Relay {
                      relay_status (recent sends) before sending again.",
                     frame_type(&other)
                 ))
+            }
+            Err(e) if offline.is_some() => {
+                // The outbox takes it: from here on the drainer sends it, with this key.
+                self.keys.settle(&key);
+                let (Some(offline), Some(content)) = (offline, queue_text) else {
+                    unreachable!("checked by the guard")
+                };
+                let words = if in_doubt {
+                    QUEUED_IN_DOUBT
+                } else {
+                    QUEUED_UNREACHABLE
+                };
+                match offline.append(&key, &target, &content).await {
+                    Ok(_) => {
+                        offline.forget_waiter(&key);
+                        Reply::ok(format!("{words} {QUEUED_TAIL} (Hub: {e}.)"))
+                    }
+                    Err(q) if in_doubt => Reply::error(format!(
+                        "Outcome unknown: {e}. It could not be queued either: {q}. Sending the \
+                         same message to the same recipient again is safe: the bridge reuses \
+                         its key, so the hub stores it at most once."
+                    )),
+                    Err(q) => Reply::error(format!("NOT sent: {e}. {q}")),
+                }
             }
             Err(RequestError::NotConnected(state)) if !in_doubt => {
                 self.keys.settle(&key);
@@ -729,7 +875,55 @@ impl Relay {
                 lines.push(format!("Hub epoch (last seen): {}", display::line(epoch)));
             }
         }
+        lines.push(self.outbox_line().await);
         Reply::ok(lines.join("\n"))
+    }
+
+    /// `relay_status`'s line about the offline outbox: how many wait, since when, and why the
+    /// oldest has not gone out yet.
+    async fn outbox_line(&self) -> String {
+        let Some(offline) = &self.offline else {
+            return "Outbox: off (RELAY_OUTBOX=off) — a send without the hub is NOT sent"
+                .to_string();
+        };
+        let st = match offline.stats().await {
+            Ok(st) => st,
+            Err(e) => return format!("Outbox: unreadable ({e})"),
+        };
+        let mut line = if st.queued == 0 {
+            "Outbox: empty (nothing waiting on this machine)".to_string()
+        } else {
+            let mut l = format!(
+                "Outbox: {} queued on this machine, not sent yet",
+                format::plural(st.queued as u64, "message", "messages")
+            );
+            if let Some(age) = st.oldest_age {
+                l.push_str(&format!(
+                    "; oldest queued {} ago",
+                    relay_proto::time::ago(0, age.as_millis() as i64)
+                ));
+            }
+            if st.head_attempts > 0 {
+                l.push_str(&format!(
+                    "; {} failed",
+                    format::plural(u64::from(st.head_attempts), "attempt", "attempts")
+                ));
+            }
+            if let Some(e) = &st.last_error {
+                l.push_str(&format!("; last error: {}", display::line(e)));
+            }
+            l
+        };
+        if st.rejected > 0 {
+            line.push_str(&format!(
+                "; {} refused by the hub (told with the next result)",
+                st.rejected
+            ));
+        }
+        if st.corrupt > 0 {
+            line.push_str(&format!("; {} unreadable files kept aside", st.corrupt));
+        }
+        line
     }
 
     async fn sessions(&self) -> Reply {

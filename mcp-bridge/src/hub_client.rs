@@ -9,10 +9,11 @@
 //!   the client's `initialized` (see `Timeouts::register_delay`), so a client that only probes
 //!   the server (`claude mcp list`) never registers anything on the hub.
 //! - Lost connections are retried with exponential backoff and full jitter ([`Backoff`]); each
-//!   new connection registers again.
+//!   new connection registers again. The backoff starts over only after a connection stayed
+//!   up for `healthy_after`, so a link that flaps (registers, dies) is not hammered.
 //! - Liveness both ways: the hub pings us (tungstenite answers while we keep reading); we send
-//!   an application `ping` every `ping_interval` and treat `idle` without any frame as a
-//!   half-open connection, dropped and redialled.
+//!   an application `ping` every `ping_interval` and treat `idle` (two intervals) without any
+//!   frame as a half-open connection, dropped and redialled.
 //! - A name held by a live connection, or owned by someone else (`not_owner`): an id from
 //!   `RELAY_CLIENT_ID` moves on to the next number (`CODEX` → `CODEX2`) until it first
 //!   registers; any other id keeps retrying with backoff and the tools say why.
@@ -372,6 +373,11 @@ impl HubClient {
     /// How long after `initialized` the server starts the connection by itself.
     pub(crate) fn register_delay(&self) -> Duration {
         self.inner.timeouts.register_delay
+    }
+
+    /// How long a request waits for the hub's reply.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeouts.request
     }
 
     /// The session id registered (or to be registered) now.

@@ -15,8 +15,8 @@
 //!   and uncommitted work as a bundle, and the receiver's checkout (docs/HANDOFF.md).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
-//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub (not yet
-//!   used by the tools).
+//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub;
+//!   [`offline`] decides when `relay_send` queues and drains the queue to the hub.
 
 mod actions;
 pub mod backoff;
@@ -30,6 +30,7 @@ mod lifecycle;
 mod local;
 mod mcp;
 mod meta;
+mod offline;
 pub mod outbox;
 pub mod owner;
 pub mod tasks;

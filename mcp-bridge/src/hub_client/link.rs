@@ -91,7 +91,7 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
             return ended;
         }
     }
-    backoff.reset();
+    let up_since = Instant::now();
     let (tx, rx) = mpsc::channel::<Outgoing>(OUTBOUND_QUEUE);
     inner.status.send_replace(LinkState::Connected {
         since_ms: relay_proto::time::now_ms(),
@@ -104,6 +104,11 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     // `Stopped` state that follows replaces `Connected` and its queue.
     serving.rx.close();
     inner.fail_pending(conn);
+    // Only a connection that stayed up proves the link healthy: one that registers and dies
+    // at once (a flapping tunnel) keeps the backoff growing (docs/BRIDGE.md, "Dead links").
+    if up_since.elapsed() >= inner.timeouts.healthy_after {
+        backoff.reset();
+    }
     ended
 }
 
@@ -138,8 +143,8 @@ impl<'a> Serving<'a> {
                 msg = stream.next() => self.read(msg),
                 _ = self.ping.tick() => self.write_ping().await,
                 _ = tokio::time::sleep_until(self.last_frame + idle) => Err(Ended::Failed(format!(
-                    "no traffic from the hub for {} s; the connection looked dead",
-                    idle.as_secs()
+                    "no traffic from the hub for {:.1} s; the connection looked dead",
+                    idle.as_secs_f64()
                 ))),
                 _ = stopped(&mut stop) => {
                     let _ = tokio::time::timeout(CLOSE_WAIT, self.sink.send(Message::Close(None))).await;

@@ -104,6 +104,7 @@ fn config(url: &str, id: &str, base: Option<&str>, timeouts: Timeouts) -> Bridge
         profile: ToolProfile::Full,
         claude_session_id: None,
         security: Default::default(),
+        outbox: false,
     }
 }
 
