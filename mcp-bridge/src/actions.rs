@@ -459,7 +459,9 @@ impl Relay {
                     frame_type(&other)
                 ))
             }
-            Err(e) if offline.is_some() => {
+            Err(e)
+                if offline.is_some() && (in_doubt || self.hub.snapshot().link_trouble_only()) =>
+            {
                 // The outbox takes it: from here on the drainer sends it, with this key.
                 self.keys.settle(&key);
                 let (Some(offline), Some(content)) = (offline, queue_text) else {

@@ -93,6 +93,9 @@ pub(crate) enum LinkState {
         last_error: String,
         /// The hub refused our name (as opposed to being unreachable).
         rejected: bool,
+        /// The last failure was the link's (unreachable, timed out, dropped, dead) — not a
+        /// refusal of the name, the token or TLS. Only then does `relay_send` queue.
+        transport: bool,
     },
     /// The bridge is shutting down.
     Stopped,
@@ -119,6 +122,19 @@ impl Snapshot {
         matches!(self.state, LinkState::Connected { .. })
     }
 
+    /// True unless the hub or this bridge's setup refuses the connection (name, token, TLS):
+    /// then a message queued now would wait for a human, and "the hub is unreachable" would
+    /// be untrue, so `relay_send` says "NOT sent" instead.
+    pub(crate) fn link_trouble_only(&self) -> bool {
+        !matches!(
+            self.state,
+            LinkState::Waiting {
+                transport: false,
+                ..
+            } | LinkState::Stopped
+        )
+    }
+
     /// "not connected to the hub at URL (retrying in N s; last error: …)".
     pub(crate) fn not_connected_text(&self) -> String {
         match &self.state {
@@ -138,6 +154,7 @@ impl Snapshot {
                 retry_at,
                 last_error,
                 rejected,
+                ..
             } => {
                 let secs = retry_at
                     .saturating_duration_since(Instant::now())

@@ -23,6 +23,10 @@ pub(super) enum Ended {
     Failed(String),
     /// The hub refused our name; retry with backoff.
     Rejected(String),
+    /// The hub or this bridge's setup refuses the connection itself (token, TLS, CA, URL,
+    /// an HTTP refusal): time alone will not fix it. Retried with backoff, but sends are not
+    /// queued meanwhile (docs/BRIDGE.md, "Offline outbox").
+    Refused(String),
     /// We are shutting down.
     Stopped,
 }
@@ -51,10 +55,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
             ended = connect_and_serve(&inner, &mut backoff) => ended,
             _ = stopped(&mut stop) => Ended::Stopped,
         };
-        let (last_error, rejected) = match ended {
+        let (last_error, rejected, transport) = match ended {
             Ended::Stopped => break,
-            Ended::Failed(e) => (e, false),
-            Ended::Rejected(e) => (e, true),
+            Ended::Failed(e) => (e, false, true),
+            Ended::Rejected(e) => (e, true, false),
+            Ended::Refused(e) => (e, false, false),
         };
         let delay = backoff.next_delay();
         tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
@@ -63,6 +68,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
             retry_at: Instant::now() + delay,
             last_error,
             rejected,
+            transport,
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -76,7 +82,14 @@ pub(super) async fn run(inner: Arc<Inner>) {
 async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     let ws = match dial::connect_with(&inner.url, &inner.auth, inner.timeouts.connect).await {
         Ok(ws) => ws,
-        Err(e) => return Ended::Failed(e.to_string()),
+        Err(
+            e @ (dial::ConnectError::Unreachable { .. }
+            | dial::ConnectError::Timeout(..)
+            | dial::ConnectError::Closed
+            | dial::ConnectError::Io(_)
+            | dial::ConnectError::Refused { status: 500.., .. }),
+        ) => return Ended::Failed(e.to_string()),
+        Err(e) => return Ended::Refused(e.to_string()),
     };
     let conn = {
         let mut s = inner.lock();

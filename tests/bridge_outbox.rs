@@ -1,0 +1,230 @@
+//! The offline outbox through real bridges (docs/BRIDGE.md, "Offline outbox"): a send while
+//! the hub is unreachable is queued on this machine and says so in words that cannot pass for
+//! "delivered"; the queue drains in order when the hub is back; a bridge killed with queued
+//! messages leaves them to the next bridge of its session, which sends each exactly once; and
+//! `RELAY_OUTBOX=off` keeps the plain "NOT sent".
+//!
+//! The hub runs in this process behind the impairment proxy (`common::impair`), which makes
+//! it unreachable (connections reset at accept) without stopping it.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::{
+    bridge::{Bridge, BridgeOpts},
+    hub::WAIT,
+    impair::{Cut, Impair},
+    inproc::InProcHub,
+    ws::Ws,
+};
+use serde_json::{Value, json};
+
+/// A bridge named `id` for the hub behind `proxy`, pinging every 250 ms (so a dead link is
+/// found in half a second, not the production 40 s).
+fn opts(dir: &Path, proxy: &Impair, id: &str, extra: &[(&str, &str)]) -> BridgeOpts {
+    let mut o = BridgeOpts::new(dir, &proxy.ws_url(), id);
+    o.env.push(("RELAY_PING_INTERVAL_MS".into(), "250".into()));
+    for (k, v) in extra {
+        o.env.push((k.to_string(), v.to_string()));
+    }
+    o
+}
+
+async fn status_until(b: &Bridge, want: &str) -> String {
+    common::eventually(
+        &format!("{}: status says {want:?}", b.id),
+        WAIT,
+        async || {
+            let s = b.ok("relay_status", Value::Null).await;
+            if s.contains(want) { Ok(s) } else { Err(s) }
+        },
+    )
+    .await
+}
+
+/// Makes the hub unreachable for the bridge: current connections reset, new ones refused.
+fn go_dark(proxy: &Impair) {
+    proxy.refuse_for(Duration::from_secs(3600));
+    proxy.cut(Cut::Reset);
+}
+
+/// The bodies of the `message` frames `ws` receives until `n` have arrived.
+async fn receive_bodies(ws: &mut Ws, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let f = ws.until("message").await;
+        got.push(f["content"].as_str().unwrap().to_string());
+    }
+    got
+}
+
+/// The four states a sender can be told about are worded apart: "Queued on this machine …
+/// not delivered yet" (no hub has it), "Stored for" (the hub has it; the recipient is
+/// offline), "Delivered to" (a live recipient took it), and "read" in `relay_status`.
+#[tokio::test]
+async fn queued_stored_delivered_and_read_are_worded_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start(dir.path()).await;
+    let proxy = Impair::start(hub.addr).await.unwrap();
+    let cc1 = Bridge::start_with(opts(dir.path(), &proxy, "CC-1", &[]), false).await;
+    cc1.wait_connected().await;
+    let s = cc1.ok("relay_status", Value::Null).await;
+    assert!(s.contains("Outbox: empty"), "{s}");
+
+    go_dark(&proxy);
+    status_until(&cc1, "not connected to the hub").await;
+    let queued = cc1
+        .ok(
+            "relay_send",
+            json!({"message": "written offline", "to": "CC-2"}),
+        )
+        .await;
+    assert!(
+        queued.starts_with(
+            "Queued on this machine — the hub is unreachable; it will be sent when the hub is \
+             back; not delivered yet."
+        ),
+        "{queued}"
+    );
+    // What the bridge says itself (the hub's connection error it quotes after "(Hub:" is
+    // not its claim).
+    let said = queued.split("(Hub:").next().unwrap();
+    for claim in ["Delivered", "Stored", "Sent to", " id ", "read"] {
+        assert!(
+            !said.contains(claim),
+            "queued must not say {claim:?}: {queued}"
+        );
+    }
+    let s = cc1.ok("relay_status", Value::Null).await;
+    assert!(
+        s.contains("Outbox: 1 message queued on this machine, not sent yet; oldest queued"),
+        "{s}"
+    );
+
+    // The hub is back: the queue drains by itself; CC-2 is offline, so it is stored.
+    proxy.accept_again();
+    let s = status_until(&cc1, "Outbox: empty").await;
+    let s = if s.contains("→CC-2 stored") {
+        s
+    } else {
+        status_until(&cc1, "→CC-2 stored").await
+    };
+    assert!(s.contains("\"written offline\""), "{s}");
+
+    // A live recipient: "Delivered", then "read" once it reads.
+    let cc2 = Bridge::start_with(opts(dir.path(), &proxy, "CC-2", &[]), false).await;
+    cc2.wait_connected().await;
+    let live = cc1
+        .ok("relay_send", json!({"message": "live note", "to": "CC-2"}))
+        .await;
+    assert!(live.starts_with("Delivered to CC-2 (live) — id "), "{live}");
+    let got = cc2.ok("relay_receive", Value::Null).await;
+    assert!(
+        got.find("written offline").unwrap() < got.find("live note").unwrap(),
+        "in the order sent: {got}"
+    );
+    let s = status_until(&cc1, "→CC-2 read").await;
+    assert_eq!(
+        s.lines().filter(|l| l.contains("→CC-2 read")).count(),
+        2,
+        "{s}"
+    );
+
+    // Four answers, four different first words.
+    let firsts: Vec<&str> = [queued.as_str(), "Stored for CC-2", live.as_str()]
+        .iter()
+        .map(|t| t.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(firsts, ["Queued", "Stored", "Delivered"]);
+}
+
+/// SIGKILL with messages queued: they are on disk, and the next bridge of the same session
+/// sends each exactly once, in order, before anything sent later.
+#[tokio::test]
+async fn a_killed_bridge_s_queue_is_drained_once_by_the_next_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start(dir.path()).await;
+    let (mut cc2, _) = Ws::register(&hub.url, "CC-2").await;
+    let proxy = Impair::start(hub.addr).await.unwrap();
+    proxy.refuse_for(Duration::from_secs(3600));
+
+    let mut first = Bridge::start_with(opts(dir.path(), &proxy, "CC-1", &[]), false).await;
+    for i in 0..5 {
+        let out = first
+            .ok(
+                "relay_send",
+                json!({"message": format!("q{i}"), "to": "CC-2"}),
+            )
+            .await;
+        assert!(out.starts_with("Queued on this machine"), "{out}");
+    }
+    let outbox = dir.path().join("home").join("outbox").join("CC-1");
+    let files = || {
+        std::fs::read_dir(&outbox)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".msg"))
+            .count()
+    };
+    assert_eq!(files(), 5);
+
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    drop(first);
+    assert_eq!(files(), 5, "a killed bridge loses nothing it called queued");
+
+    proxy.accept_again();
+    let next = Bridge::start_with(opts(dir.path(), &proxy, "CC-1", &[]), false).await;
+    // Nothing is called: the bridge registers by itself a moment after `initialized` and
+    // drains then. A send made now goes behind the queue.
+    next.wait_connected().await;
+    let later = next
+        .ok("relay_send", json!({"message": "later", "to": "CC-2"}))
+        .await;
+    assert!(
+        later.starts_with("Delivered to CC-2") || later.starts_with("Queued on this machine"),
+        "{later}"
+    );
+    let got = receive_bodies(&mut cc2, 6).await;
+    assert_eq!(got, ["q0", "q1", "q2", "q3", "q4", "later"]);
+    status_until(&next, "Outbox: empty").await;
+    assert_eq!(files(), 0);
+    // Exactly once: the hub stored six messages for CC-2, no more.
+    cc2.send(json!({"type": "get_history", "count": 50, "rid": 1}))
+        .await;
+    let h = cc2.until("history").await;
+    let bodies: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["q0", "q1", "q2", "q3", "q4", "later"]);
+}
+
+/// `RELAY_OUTBOX=off`: a send without the hub is "NOT sent", and nothing is written.
+#[tokio::test]
+async fn with_the_outbox_off_a_send_without_the_hub_is_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start(dir.path()).await;
+    let proxy = Impair::start(hub.addr).await.unwrap();
+    proxy.refuse_for(Duration::from_secs(3600));
+    let b = Bridge::start_with(
+        opts(dir.path(), &proxy, "CC-1", &[("RELAY_OUTBOX", "off")]),
+        false,
+    )
+    .await;
+    let s = status_until(&b, "not connected").await;
+    assert!(s.contains("Outbox: off (RELAY_OUTBOX=off)"), "{s}");
+    let out = b
+        .call("relay_send", json!({"message": "hi", "to": "CC-2"}))
+        .await;
+    assert!(
+        out.is_error && out.text.starts_with("NOT sent"),
+        "{}",
+        out.text
+    );
+    assert!(!dir.path().join("home").join("outbox").exists());
+}
