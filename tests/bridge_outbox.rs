@@ -228,3 +228,54 @@ async fn with_the_outbox_off_a_send_without_the_hub_is_not_sent() {
     );
     assert!(!dir.path().join("home").join("outbox").exists());
 }
+
+/// A queued message the hub refuses for good (here: over the hub's content limit) leaves the
+/// queue, does not hold up the ones behind it, and is reported to the model once, with the
+/// hub's reason.
+#[tokio::test]
+async fn a_queued_message_the_hub_refuses_is_reported_once_and_the_queue_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start_with(dir.path(), |c| c.max_content_bytes = 64).await;
+    let (mut cc2, _) = Ws::register(&hub.url, "CC-2").await;
+    let proxy = Impair::start(hub.addr).await.unwrap();
+    proxy.refuse_for(Duration::from_secs(3600));
+    let b = Bridge::start_with(opts(dir.path(), &proxy, "CC-1", &[]), false).await;
+    let long = "x".repeat(100);
+    for text in ["before", long.as_str(), "after"] {
+        let out = b
+            .ok("relay_send", json!({"message": text, "to": "CC-2"}))
+            .await;
+        assert!(out.starts_with("Queued on this machine"), "{out}");
+    }
+    proxy.accept_again();
+    assert_eq!(receive_bodies(&mut cc2, 2).await, ["before", "after"]);
+    // Every result may carry the notice, so keep each one seen while waiting for the drain.
+    let mut notices = Vec::new();
+    common::eventually("the outbox drains", WAIT, async || {
+        let s = b.ok("relay_status", Value::Null).await;
+        if s.starts_with("The hub refused") {
+            notices.push(s.clone());
+        }
+        if s.contains("Outbox: empty") {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+    if notices.is_empty() {
+        notices.push(b.ok("relay_status", Value::Null).await);
+    }
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let told = &notices[0];
+    assert!(
+        told.starts_with(
+            "The hub refused 1 message queued on this machine — NOT delivered, and not queued \
+             any more:\n  →CC-2 \"xxxxxxxx"
+        ),
+        "{told}"
+    );
+    // Once.
+    let again = b.ok("relay_status", Value::Null).await;
+    assert!(!again.contains("The hub refused"), "{again}");
+}

@@ -184,6 +184,26 @@ impl SendKeys {
     }
 }
 
+/// One `relay_send`: the `message` frame it sends (or queues), under which key.
+struct Draft {
+    key: String,
+    /// A session id, or `all`.
+    target: String,
+    content: String,
+    broadcast: bool,
+}
+
+impl Draft {
+    fn frame(&self) -> ClientFrame {
+        ClientFrame::Message(SendMessage {
+            to: Some(self.target.clone()),
+            content: self.content.clone(),
+            key: Some(self.key.clone()),
+            rid: None,
+        })
+    }
+}
+
 /// What `relay_send` says about a message the hub acknowledged: delivered live, or stored
 /// for a session that is offline (or, for `all`, how many took it).
 fn sent_text(s: &relay_proto::wire::Sent, target: &str, broadcast: bool) -> String {
@@ -325,102 +345,73 @@ impl Relay {
     }
 
     async fn send(&self, content: String, to: Option<String>) -> Reply {
-        let target = to
-            .clone()
-            .unwrap_or_else(|| relay_proto::BROADCAST.to_string());
-        let key = self.keys.key_for(&target, &content);
+        let target = to.unwrap_or_else(|| relay_proto::BROADCAST.to_string());
+        let draft = Draft {
+            key: self.keys.key_for(&target, &content),
+            broadcast: target == relay_proto::BROADCAST,
+            target,
+            content,
+        };
         let Some(offline) = &self.offline else {
-            return self
-                .send_now(&key, &target, content, to.is_none(), None)
-                .await;
+            return self.send_now(&draft, None).await;
         };
         // Held until the outcome is known: nothing overtakes a queued message (offline.rs).
         let order = offline.order().await;
         match offline.queued().await {
             Ok(0) => {}
-            Ok(ahead) => {
-                return self
-                    .queue_behind(offline, order, &key, &target, &content, ahead, to.is_none())
-                    .await;
-            }
+            Ok(ahead) => return self.queue_behind(offline, order, &draft, ahead).await,
             // An outbox that cannot be read must not block sending: try the hub.
             Err(e) => tracing::warn!("outbox unreadable, sending directly: {e}"),
         }
-        let reply = self
-            .send_now(&key, &target, content, to.is_none(), Some(offline))
-            .await;
+        let reply = self.send_now(&draft, Some(offline)).await;
         drop(order);
         reply
     }
 
-    /// Queues a message behind `ahead` earlier ones, then — if the hub is reachable — waits
-    /// (at most the request timeout) for the drain to reach it, to say what became of it.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues `d` behind `ahead` earlier messages, then — if the hub is reachable — waits (at
+    /// most the request timeout) for the drain to reach it, to say what became of it.
     async fn queue_behind(
         &self,
         offline: &Offline,
         order: tokio::sync::MutexGuard<'_, ()>,
-        key: &str,
-        target: &str,
-        content: &str,
+        d: &Draft,
         ahead: usize,
-        broadcast: bool,
     ) -> Reply {
-        let queued = offline.append(key, target, content).await;
+        let queued = offline.append(&d.key, &d.target, &d.content).await;
         drop(order);
+        self.keys.settle(&d.key);
         let settled = match queued {
             Ok((_, settled)) => settled,
-            Err(e) => {
-                self.keys.settle(key);
-                return Reply::error(format!("NOT sent: {e}"));
-            }
+            Err(e) => return Reply::error(format!("NOT sent: {e}")),
         };
-        self.keys.settle(key);
-        let behind = format!(
-            "Queued on this machine behind {} not sent yet — it will be sent after them; not \
-             delivered yet. {QUEUED_TAIL}",
-            format::plural(ahead as u64, "earlier message", "earlier messages")
-        );
         if !self.hub.snapshot().is_connected() {
-            offline.forget_waiter(key);
+            offline.forget_waiter(&d.key);
             return Reply::ok(format!(
                 "{QUEUED_UNREACHABLE} ({} ahead of it.) {QUEUED_TAIL}",
                 format::plural(ahead as u64, "message", "messages")
             ));
         }
-        let wait = self.hub.request_timeout();
-        match tokio::time::timeout(wait, settled).await {
-            Ok(Ok(Settled::Sent(s))) => Reply::ok(sent_text(&s, target, broadcast)),
+        match tokio::time::timeout(self.hub.request_timeout(), settled).await {
+            Ok(Ok(Settled::Sent(s))) => Reply::ok(sent_text(&s, &d.target, d.broadcast)),
             Ok(Ok(Settled::Refused(why))) => Reply::error(format!(
                 "NOT sent — the hub refused it: {why} (it was queued behind earlier messages \
                  and is not queued any more)"
             )),
             Ok(Err(_)) | Err(_) => {
-                offline.forget_waiter(key);
-                Reply::ok(behind)
+                offline.forget_waiter(&d.key);
+                Reply::ok(format!(
+                    "Queued on this machine behind {} not sent yet — it will be sent after \
+                     them; not delivered yet. {QUEUED_TAIL}",
+                    format::plural(ahead as u64, "earlier message", "earlier messages")
+                ))
             }
         }
     }
 
-    /// Sends now; with the outbox, queues what the hub did not take.
-    async fn send_now(
-        &self,
-        key: &str,
-        target: &str,
-        content: String,
-        broadcast: bool,
-        offline: Option<&Offline>,
-    ) -> Reply {
-        let key = key.to_string();
-        let to = (!broadcast).then(|| target.to_string());
-        let target = target.to_string();
-        let queue_text = offline.is_some().then(|| content.clone());
-        let frame = ClientFrame::Message(SendMessage {
-            to: Some(target.clone()),
-            content,
-            key: Some(key.clone()),
-            rid: None,
-        });
+    /// Sends `d` now; with the outbox, queues what the hub did not take.
+    async fn send_now(&self, d: &Draft, offline: Option<&Offline>) -> Reply {
+        let key = d.key.clone();
+        let frame = d.frame();
         // In doubt: an earlier call with this key, or this attempt, may have reached the hub.
         let mut in_doubt = self.keys.is_unsettled(&key);
         let mut result = self.hub.request(frame.clone()).await;
@@ -435,7 +426,7 @@ impl Relay {
         match result {
             Ok(ServerFrame::Sent(s)) => {
                 self.keys.settle(&key);
-                Reply::ok(sent_text(&s, &target, to.is_none()))
+                Reply::ok(sent_text(&s, &d.target, d.broadcast))
             }
             Ok(ServerFrame::Error(e)) if in_doubt => {
                 // This attempt was refused, but an earlier one with the same key may have
@@ -464,7 +455,7 @@ impl Relay {
             {
                 // The outbox takes it: from here on the drainer sends it, with this key.
                 self.keys.settle(&key);
-                let (Some(offline), Some(content)) = (offline, queue_text) else {
+                let Some(offline) = offline else {
                     unreachable!("checked by the guard")
                 };
                 let words = if in_doubt {
@@ -472,7 +463,7 @@ impl Relay {
                 } else {
                     QUEUED_UNREACHABLE
                 };
-                match offline.append(&key, &target, &content).await {
+                match offline.append(&key, &d.target, &d.content).await {
                     Ok(_) => {
                         offline.forget_waiter(&key);
                         Reply::ok(format!("{words} {QUEUED_TAIL} (Hub: {e}.)"))
