@@ -8,9 +8,8 @@
 //!
 //! The screenshot goes to `target/console.png` (the path is printed). Without Chromium the
 //! test says SKIPPED, unless `RELAY_TEST_REQUIRE_CHROMIUM=1` (CI), where it fails.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -3,9 +3,8 @@
 //! event, every structured result matches its tool's `outputSchema`, and the CLI shows a
 //! task only to its parties, and every task only to the hub's operator — whoever presents
 //! the hub token (the wrong people are tried first).
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, path::Path, process::Output};
 

@@ -1,9 +1,8 @@
 //! Tasks at the hub, over raw WebSockets (as any client speaks the protocol) and through the
 //! `claude-relay tasks` CLI: the hub enforces every move, refusals change nothing, every
 //! move is mail, offers wait for offline sessions, and tasks survive `kill -9`.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     hub::{Hub, WAIT},
