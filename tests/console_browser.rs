@@ -49,7 +49,7 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
     let cc1 = bridge(dir.path(), &hub.url, "CC-1", "claude-code").await;
-    let cc2 = bridge(dir.path(), &hub.url, "CC-2", "claude-code").await;
+    let cc2 = bridge(dir.path(), &hub.url, "CC-2", "gemini-cli-mcp-client").await;
     let mut codex = bridge(dir.path(), &hub.url, "CODEX", "codex-mcp-client").await;
 
     send(&cc1, "CC-2", "the parser tests pass — see src/parse.rs:42").await;
@@ -106,7 +106,7 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     };
     for (id, client) in [
         ("CC-1", "Claude Code"),
-        ("CC-2", "Claude Code"),
+        ("CC-2", "Gemini CLI"),
         ("CODEX", "Codex"),
     ] {
         let s = by_id(id);
