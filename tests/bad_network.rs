@@ -8,9 +8,8 @@
 //!
 //! Heartbeats are shortened so the test does not wait on production defaults (hub: 1 s;
 //! bridge: `RELAY_PING_INTERVAL_MS=1000`); the stall itself lasts the full 30 s.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

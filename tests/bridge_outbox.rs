@@ -6,9 +6,8 @@
 //!
 //! The hub runs in this process behind the impairment proxy (`common::impair`), which makes
 //! it unreachable (connections reset at accept) without stopping it.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::Path, time::Duration};
 

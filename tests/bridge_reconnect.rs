@@ -1,9 +1,8 @@
 //! Bridges outlive their hub: while it is gone every tool answers at once and honestly (a send
 //! is queued on this machine), and when it comes back on the same port they reconnect by
 //! themselves and the queue goes out first.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,9 +6,8 @@
 //!
 //! The hub runs in this process behind the impairment proxy; `Impair::stall_current` freezes
 //! the connections open now while new ones work.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     bridge::{Bridge, BridgeOpts},
