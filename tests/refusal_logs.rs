@@ -9,6 +9,7 @@ use common::{
     hub::{Hub, HubOpts, WAIT},
     ws::{Ws, bearer_request},
 };
+use futures_util::StreamExt;
 use serde_json::json;
 
 const TOKEN: &str = "refusal-log-token-8d1e";
@@ -74,10 +75,14 @@ async fn bad_tokens_owned_names_names_in_use_and_full_caps_are_logged_with_the_p
             json!({"type": "register", "clientId": "CC-1", "token": TOKEN, "ownerSecret": secret}),
         )
         .await;
-    assert_eq!(
-        thief.expect("register_rejected").await["code"],
-        "name_in_use"
-    );
+    // The owner's claim waits for the probed holder (docs/PROTOCOL.md, "register"): the live
+    // holder keeps reading, so it answers the probe and keeps the name.
+    let holder_reads = async { while owner.ws.next().await.is_some() {} };
+    let refused = tokio::select! {
+        r = thief.expect("register_rejected") => r,
+        () = holder_reads => panic!("the holder's connection closed"),
+    };
+    assert_eq!(refused["code"], "name_in_use");
     log_line(
         &hub,
         &["refused", "register CC-1 (name_in_use)", "127.0.0.1"],
