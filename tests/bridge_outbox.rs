@@ -71,6 +71,8 @@ async fn queued_stored_delivered_and_read_are_worded_apart() {
     cc1.wait_connected().await;
     let s = cc1.ok("relay_status", Value::Null).await;
     assert!(s.contains("Outbox: empty"), "{s}");
+    let outbox = dir.path().join("home").join("outbox").join("CC-1");
+    assert!(!outbox.exists(), "nothing queued, nothing created");
 
     go_dark(&proxy);
     status_until(&cc1, "not connected to the hub").await;
@@ -111,6 +113,7 @@ async fn queued_stored_delivered_and_read_are_worded_apart() {
         status_until(&cc1, "→CC-2 stored").await
     };
     assert!(s.contains("\"written offline\""), "{s}");
+    assert!(outbox.is_dir(), "the queue's directory stays (0700, empty)");
 
     // A live recipient: "Delivered", then "read" once it reads.
     let cc2 = Bridge::start_with(opts(dir.path(), &proxy, "CC-2", &[]), false).await;

@@ -384,12 +384,21 @@ impl Relay {
             Ok((_, settled)) => settled,
             Err(e) => return Reply::error(format!("NOT sent: {e}")),
         };
-        if !self.hub.snapshot().is_connected() {
+        let snap = self.hub.snapshot();
+        if !snap.is_connected() {
             offline.forget_waiter(&d.key);
-            return Reply::ok(format!(
-                "{QUEUED_UNREACHABLE} ({} ahead of it.) {QUEUED_TAIL}",
-                format::plural(ahead as u64, "message", "messages")
-            ));
+            let ahead = format::plural(ahead as u64, "message", "messages");
+            return Reply::ok(if snap.link_trouble_only() {
+                format!("{QUEUED_UNREACHABLE} ({ahead} ahead of it.) {QUEUED_TAIL}")
+            } else {
+                // Queued to keep the order, though the hub is refusing this bridge itself.
+                format!(
+                    "Queued on this machine behind {ahead} — the hub does not accept this \
+                     bridge right now ({}); it will be sent once it does; not delivered yet. \
+                     {QUEUED_TAIL}",
+                    snap.not_connected_text()
+                )
+            });
         }
         match tokio::time::timeout(self.hub.request_timeout(), settled).await {
             Ok(Ok(Settled::Sent(s))) => Reply::ok(sent_text(&s, &d.target, d.broadcast)),

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::{
     backoff::Backoff,
     hub_client::{HubClient, LinkState},
-    outbox::{Drain, Entry, Outbox, OutboxError, Stats},
+    outbox::{Drain, Entry, Limits, Outbox, OutboxError, Stats},
 };
 
 /// Entries read from disk per drain pass.
@@ -62,7 +62,10 @@ pub(crate) enum Settled {
 pub(crate) struct Offline {
     hub: HubClient,
     session: String,
-    /// Opened on first use (a probe that never sends creates nothing).
+    /// Where the session's outbox lives (created by the first append, not before: a bridge
+    /// that never queues — a probe, a made-up name that never lost its hub — leaves nothing).
+    dir: PathBuf,
+    /// Opened on first use.
     outbox: Mutex<Option<Outbox>>,
     /// Held across "is anything queued?" + send, and across each drained entry (module doc).
     order: tokio::sync::Mutex<()>,
@@ -78,6 +81,7 @@ impl Offline {
         Arc::new(Self {
             hub,
             session: session.to_string(),
+            dir: relay_local::paths::outbox_dir().join(session),
             outbox: Mutex::new(None),
             order: tokio::sync::Mutex::new(()),
             kick: Notify::new(),
@@ -106,8 +110,14 @@ impl Offline {
         Ok(self.stats().await?.queued)
     }
 
-    /// The queue's size, age and last error.
+    /// The queue's size, age and last error (empty when it was never created).
     pub(crate) async fn stats(&self) -> Result<Stats, OutboxError> {
+        if !self.exists() {
+            return Ok(Stats {
+                limits: Limits::default(),
+                ..Stats::default()
+            });
+        }
         let outbox = self.outbox()?;
         blocking(move || outbox.stats()).await
     }
@@ -144,6 +154,9 @@ impl Offline {
     /// Queued messages the hub refused for good and nobody was told of yet, as one notice for
     /// the model (then forgotten), or `None`.
     pub(crate) async fn rejected_notice(&self) -> Option<String> {
+        if !self.exists() {
+            return None;
+        }
         let outbox = self.outbox().ok()?;
         let rejected = match blocking(move || outbox.take_rejected()).await {
             Ok(r) => r,
@@ -164,20 +177,27 @@ impl Offline {
         ))
     }
 
+    /// Whether the outbox directory exists (opened here, or left by an earlier bridge).
+    fn exists(&self) -> bool {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+            || self.dir.is_dir()
+    }
+
     fn outbox(&self) -> Result<Outbox, OutboxError> {
         let mut slot = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(o) = &*slot {
             return Ok(o.clone());
         }
-        let opened = match SessionId::parse(&self.session) {
-            Ok(id) => Outbox::for_session(&id)?,
-            Err(e) => {
-                return Err(OutboxError::Invalid(format!(
-                    "session id {:?}: {e}",
-                    self.session
-                )));
-            }
-        };
+        if let Err(e) = SessionId::parse(&self.session) {
+            return Err(OutboxError::Invalid(format!(
+                "session id {:?}: {e}",
+                self.session
+            )));
+        }
+        let opened = Outbox::open(self.dir.clone(), Limits::default())?;
         *slot = Some(opened.clone());
         Ok(opened)
     }
@@ -205,6 +225,13 @@ impl Offline {
     /// whenever connected, until the bridge stops.
     async fn drain_loop(&self) {
         let mut state = self.hub.watch_state();
+        // Nothing was ever queued for this session here: wait for the first append.
+        while !self.exists() {
+            tokio::select! {
+                _ = self.kick.notified() => {}
+                _ = state.wait_for(|s| matches!(s, LinkState::Stopped)) => return,
+            }
+        }
         let mut told = false;
         let drain = loop {
             let attempt = self.outbox().map(|o| blocking(move || o.try_drain()));
