@@ -68,6 +68,8 @@ const OUT_TYPES: &[&str] = &[
     "blob",
     "bundle",
     "task_reserved",
+    "approval",
+    "approval_verdict",
     "other",
 ];
 
@@ -271,6 +273,8 @@ impl Metrics {
             ClientFrame::BlobPut(_) => 17,
             ClientFrame::TaskBundle(_) => 18,
             ClientFrame::TaskReserve(_) => 19,
+            ClientFrame::ApprovalFile(_) => 20,
+            ClientFrame::ApprovalClose(_) => 21,
         };
         self.frames_in[i].inc();
     }

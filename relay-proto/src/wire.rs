@@ -76,6 +76,10 @@ pub enum ClientFrame {
     TaskBundle(TaskBundle),
     /// Reserve the id of the next task.
     TaskReserve(TaskReserve),
+    /// File a permission prompt for a human (see [`crate::wire_approvals`]).
+    ApprovalFile(crate::wire_approvals::ApprovalFile),
+    /// Report a filed prompt answered locally.
+    ApprovalClose(crate::wire_approvals::ApprovalClose),
 }
 
 impl ClientFrame {
@@ -102,6 +106,8 @@ impl ClientFrame {
         "blob_put",
         "task_bundle",
         "task_reserve",
+        "approval_file",
+        "approval_close",
     ];
 
     /// Sets the request id of this frame (whatever its type).
@@ -125,6 +131,8 @@ impl ClientFrame {
             Self::BlobPut(f) => &mut f.rid,
             Self::TaskBundle(f) => &mut f.rid,
             Self::TaskReserve(f) => &mut f.rid,
+            Self::ApprovalFile(f) => &mut f.rid,
+            Self::ApprovalClose(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -150,6 +158,8 @@ impl ClientFrame {
             Self::BlobPut(f) => f.rid.as_ref(),
             Self::TaskBundle(f) => f.rid.as_ref(),
             Self::TaskReserve(f) => f.rid.as_ref(),
+            Self::ApprovalFile(f) => f.rid.as_ref(),
+            Self::ApprovalClose(f) => f.rid.as_ref(),
         }
     }
 }
@@ -444,6 +454,10 @@ pub enum ServerFrame {
     Bundle(BundleChunk),
     /// Reply to `task_reserve`.
     TaskReserved(TaskReserved),
+    /// Reply to `approval_file` and `approval_close`.
+    Approval(crate::wire_approvals::ApprovalReply),
+    /// A prompt this connection filed left `pending` (pushed).
+    ApprovalVerdict(crate::wire_approvals::ApprovalVerdict),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -472,7 +486,9 @@ impl ServerFrame {
             Self::Blob(f) => f.rid.as_ref(),
             Self::Bundle(f) => f.rid.as_ref(),
             Self::TaskReserved(f) => f.rid.as_ref(),
-            Self::PeerJoined(_)
+            Self::Approval(f) => f.rid.as_ref(),
+            Self::ApprovalVerdict(_)
+            | Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)
             | Self::Message(_)
