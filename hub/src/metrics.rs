@@ -417,6 +417,8 @@ mod tests {
                 "task_act" => serde_json::json!({"id": "T-1", "action": "claim"}),
                 "task_get" | "task_bundle" => serde_json::json!({"id": "T-1"}),
                 "blob_put" => serde_json::json!({"offset": 0, "data": ""}),
+                "approval_file" => serde_json::json!({"clientId": "A", "tool": "Bash"}),
+                "approval_close" => serde_json::json!({"id": "A-1"}),
                 _ => serde_json::json!({}),
             };
             fields["type"] = serde_json::json!(ty);

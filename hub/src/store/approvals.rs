@@ -121,7 +121,7 @@ pub(crate) struct Decision {
 #[derive(Debug)]
 pub(crate) enum Filed {
     /// Stored.
-    New(ApprovalRow),
+    New(Box<ApprovalRow>),
     /// The session has this many pending prompts already.
     SessionFull(usize),
     /// The hub has this many pending prompts already.

@@ -138,7 +138,7 @@ impl ApprovalStore for SqliteBackend {
         )?;
         tx.commit()?;
         Ok(match self.approval(n as u64)? {
-            Some(r) => Filed::New(r),
+            Some(r) => Filed::New(Box::new(r)),
             None => return Err(StoreError::Closed),
         })
     }
