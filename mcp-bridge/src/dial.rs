@@ -290,7 +290,9 @@ fn tls_connector(ca_cert: Option<&Path>) -> Result<Option<Connector>, ConnectErr
 /// The rustls client configuration for an HTTPS request to a `wss://` hub (what
 /// `claude-relay approvals` sends): exactly the CA certificate(s) in `ca_cert`, else the
 /// system's roots — the same trust as [`connect_with`].
-pub fn tls_client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+pub fn tls_client_config(
+    ca_cert: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
     if let Some(Connector::Rustls(config)) = tls_connector(ca_cert)? {
         return Ok(config);
     }

@@ -144,7 +144,11 @@ fn output(view: &ApprovalView) -> Option<String> {
     let message = view.message.clone().unwrap_or_else(|| {
         format!(
             "{} by {by} through the claude-relay approval inbox ({})",
-            if behavior == "allow" { "Allowed" } else { "Denied" },
+            if behavior == "allow" {
+                "Allowed"
+            } else {
+                "Denied"
+            },
             view.id
         )
     });
@@ -196,7 +200,11 @@ mod tests {
                 .unwrap()
                 .contains(r#""behavior":"allow""#)
         );
-        for quiet in [ApprovalState::Expired, ApprovalState::Closed, ApprovalState::Pending] {
+        for quiet in [
+            ApprovalState::Expired,
+            ApprovalState::Closed,
+            ApprovalState::Pending,
+        ] {
             assert_eq!(output(&view(quiet, None)), None);
         }
     }

@@ -97,7 +97,10 @@ fn check(status: u16, body: &str, what: &str) -> anyhow::Result<()> {
             "{what}: the hub wants its token (--token-file, RELAY_TOKEN or RELAY_TOKEN_FILE): {}",
             display::line(body.trim())
         ),
-        _ => anyhow::bail!("{what}: the hub answered {status}: {}", display::line(body.trim())),
+        _ => anyhow::bail!(
+            "{what}: the hub answered {status}: {}",
+            display::line(body.trim())
+        ),
     }
 }
 
@@ -132,7 +135,10 @@ fn table(items: &[ApprovalView], now: i64) -> String {
     if pending.is_empty() {
         s.push_str("No permission prompt is waiting.\n");
     } else {
-        s.push_str(&format!("{} waiting (answer: claude-relay approvals allow|deny ID):\n", pending.len()));
+        s.push_str(&format!(
+            "{} waiting (answer: claude-relay approvals allow|deny ID):\n",
+            pending.len()
+        ));
         for a in pending {
             s.push_str(&format!("  {}\n", line(a, now)));
         }
@@ -188,7 +194,9 @@ async fn follow(op: &Operator, as_json: bool) -> anyhow::Result<()> {
     let mut buf = String::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.context("the hub's event stream broke")?;
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         buf.push_str(&String::from_utf8_lossy(data));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
@@ -231,7 +239,12 @@ async fn answer(op: &Operator, behavior: &str, v: Verdict) -> anyhow::Result<Exi
     let body = json!({"behavior": behavior, "message": v.message}).to_string();
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let r = op
-        .call("POST", &format!("/api/approvals/{id}"), &headers, Some(body))
+        .call(
+            "POST",
+            &format!("/api/approvals/{id}"),
+            &headers,
+            Some(body),
+        )
         .await?;
     if r.status == 409 {
         let now: Value = serde_json::from_str(&r.body).unwrap_or_default();
@@ -244,7 +257,11 @@ async fn answer(op: &Operator, behavior: &str, v: Verdict) -> anyhow::Result<Exi
     check(r.status, &r.body, &format!("answering {id}"))?;
     println!(
         "{id}: {}",
-        if behavior == "allow" { "allowed" } else { "denied" }
+        if behavior == "allow" {
+            "allowed"
+        } else {
+            "denied"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

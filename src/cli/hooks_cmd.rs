@@ -577,12 +577,18 @@ mod tests {
         });
         let entry = approval_entry("/bin/claude-relay approval-hook");
         let mut s = original.clone();
-        assert_eq!(install_approval_entry(&mut s, entry.clone()), Ok(Install::Added));
+        assert_eq!(
+            install_approval_entry(&mut s, entry.clone()),
+            Ok(Install::Added)
+        );
         let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["permissions", "hooks", "model"], "key order kept");
         assert_eq!(s["hooks"]["PermissionRequest"][1]["hooks"][0], entry);
         let once = s.clone();
-        assert_eq!(install_approval_entry(&mut s, entry.clone()), Ok(Install::Unchanged));
+        assert_eq!(
+            install_approval_entry(&mut s, entry.clone()),
+            Ok(Install::Unchanged)
+        );
         assert_eq!(s, once);
         // The Stop hook is another entry; neither touches the other.
         install_entry(&mut s, our_entry("/bin/claude-relay wait")).unwrap();
@@ -598,7 +604,11 @@ mod tests {
                 "{ours}"
             );
         }
-        for other in ["claude-relay approval-hooks", "other approval-hook", "claude-relay wait"] {
+        for other in [
+            "claude-relay approval-hooks",
+            "other approval-hook",
+            "claude-relay wait",
+        ] {
             assert!(
                 !is_our_approval_hook(&json!({"type": "command", "command": other})),
                 "{other}"

@@ -92,7 +92,10 @@ impl Operator {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let addr = (self.host.trim_start_matches('[').trim_end_matches(']'), self.port);
+        let addr = (
+            self.host.trim_start_matches('[').trim_end_matches(']'),
+            self.port,
+        );
         let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow::anyhow!("the hub at {} did not answer in time", self.origin))?
@@ -100,7 +103,10 @@ impl Operator {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, self.origin.split("://").nth(1).unwrap_or(""))
+            .header(
+                hyper::header::HOST,
+                self.origin.split("://").nth(1).unwrap_or(""),
+            )
             .header("x-relay-client", "cli");
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -112,7 +118,10 @@ impl Operator {
         let resp = if self.tls {
             let config = mcp_bridge::dial::tls_client_config(self.auth.ca_cert.as_deref())?;
             let name = rustls::pki_types::ServerName::try_from(
-                self.host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                self.host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
             )
             .context("the hub's host name")?;
             let stream = tokio_rustls::TlsConnector::from(config)
@@ -136,11 +145,12 @@ impl Operator {
     ) -> anyhow::Result<Answer> {
         let resp = self.send(method, path, headers, body).await?;
         let status = resp.status().as_u16();
-        let bytes = tokio::time::timeout(TIMEOUT, Limited::new(resp.into_body(), MAX_BODY).collect())
-            .await
-            .map_err(|_| anyhow::anyhow!("the hub's answer did not arrive in time"))?
-            .map_err(|e| anyhow::anyhow!("reading the hub's answer: {e}"))?
-            .to_bytes();
+        let bytes =
+            tokio::time::timeout(TIMEOUT, Limited::new(resp.into_body(), MAX_BODY).collect())
+                .await
+                .map_err(|_| anyhow::anyhow!("the hub's answer did not arrive in time"))?
+                .map_err(|e| anyhow::anyhow!("reading the hub's answer: {e}"))?
+                .to_bytes();
         Ok(Answer {
             status,
             body: String::from_utf8_lossy(&bytes).into_owned(),
