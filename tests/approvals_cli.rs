@@ -4,9 +4,8 @@
 //! a pseudo-terminal (`script`) — and the hook prints exactly the decision JSON. Timeout and
 //! a hub that is down print nothing and exit 0 within the limit; an answer from a non-TTY
 //! stdin is refused and changes nothing.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Stdio, time::Duration};
 

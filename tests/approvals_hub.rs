@@ -2,9 +2,8 @@
 //! "Approvals"): a prompt filed over the WebSocket is answered only by a human over the
 //! operator's HTTP endpoint; the filer is told; the first answer wins; the trail survives a
 //! restart; no frame a bridge can send answers it; bounds hold.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     http::{get, request},

@@ -15,6 +15,8 @@
 
 mod common;
 
+mod approvals_cli;
+mod approvals_hub;
 mod bridge_durability;
 mod bridge_lifecycle;
 mod bridge_probe;
