@@ -15,6 +15,7 @@
 
 mod common;
 
+mod approvals_channel;
 mod approvals_cli;
 mod approvals_hub;
 mod bridge_durability;

@@ -32,6 +32,7 @@ mod mcp;
 mod meta;
 pub mod outbox;
 pub mod owner;
+mod permission;
 pub mod tasks;
 mod tools;
 mod transport;

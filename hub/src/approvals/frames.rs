@@ -4,7 +4,8 @@
 //!
 //! Who may file for a session: whoever may watch its mail — anyone for a name nobody owns,
 //! only the holder of its owner secret for an owned one (checked on the store thread, as
-//! `watch` does), and on a hub with a token only a connection that presented it. Who may
+//! `watch` does; a connection registered under the name has proven it already), and on a
+//! hub with a token only a connection that presented it. Who may
 //! close: the connection that filed it, or one registered as its session.
 
 use relay_proto::{
@@ -76,11 +77,14 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
         expires: now + (timeout * 1000) as i64,
     };
     let secret = f.owner_secret;
+    // A connection registered under the name proved it already (its bridge).
+    let holds_name = conn.id.as_ref().is_some_and(|i| i.as_str() == id.as_str());
     let filed = {
         let id = id.clone();
         hub.store
             .call(move |b| {
-                if let Some(h) = b.owner_hash(id.as_str())?
+                if !holds_name
+                    && let Some(h) = b.owner_hash(id.as_str())?
                     && !secret.as_deref().is_some_and(|s| secret_matches(&h, s))
                 {
                     return Ok(None);
