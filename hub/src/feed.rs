@@ -238,6 +238,7 @@ mod tests {
             from: Arc::from("A"),
             to: Arc::from("B"),
             content: content.into(),
+            reply: None,
         }
     }
 

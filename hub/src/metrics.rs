@@ -68,6 +68,7 @@ const OUT_TYPES: &[&str] = &[
     "blob",
     "bundle",
     "task_reserved",
+    "found",
     "other",
 ];
 
@@ -271,6 +272,7 @@ impl Metrics {
             ClientFrame::BlobPut(_) => 17,
             ClientFrame::TaskBundle(_) => 18,
             ClientFrame::TaskReserve(_) => 19,
+            ClientFrame::Search(_) => 20,
         };
         self.frames_in[i].inc();
     }
@@ -413,6 +415,7 @@ mod tests {
                 "task_act" => serde_json::json!({"id": "T-1", "action": "claim"}),
                 "task_get" | "task_bundle" => serde_json::json!({"id": "T-1"}),
                 "blob_put" => serde_json::json!({"offset": 0, "data": ""}),
+                "search" => serde_json::json!({"query": "x"}),
                 _ => serde_json::json!({}),
             };
             fields["type"] = serde_json::json!(ty);
