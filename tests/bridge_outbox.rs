@@ -152,14 +152,18 @@ async fn a_killed_bridge_s_queue_is_drained_once_by_the_next_bridge() {
     let proxy = Impair::start(hub.addr).await.unwrap();
     proxy.refuse_for(Duration::from_secs(3600));
 
+    // A question for CC-1, stored while it is away; its answer will be queued as a reply.
+    cc2.send(json!({"type": "message", "to": "CC-1", "content": "which branch?", "rid": 7}))
+        .await;
+    let question = cc2.until("sent").await["id"].as_str().unwrap().to_string();
+
     let mut first = Bridge::start_with(opts(dir.path(), &proxy, "CC-1", &[]), false).await;
     for i in 0..5 {
-        let out = first
-            .ok(
-                "relay_send",
-                json!({"message": format!("q{i}"), "to": "CC-2"}),
-            )
-            .await;
+        let mut args = json!({"message": format!("q{i}"), "to": "CC-2"});
+        if i == 2 {
+            args["reply_to"] = json!(question);
+        }
+        let out = first.ok("relay_send", args).await;
         assert!(out.starts_with("Queued on this machine"), "{out}");
     }
     let outbox = dir.path().join("home").join("outbox").join("CC-1");
@@ -189,12 +193,24 @@ async fn a_killed_bridge_s_queue_is_drained_once_by_the_next_bridge() {
         later.starts_with("Delivered to CC-2") || later.starts_with("Queued on this machine"),
         "{later}"
     );
-    let got = receive_bodies(&mut cc2, 6).await;
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let f = cc2.until("message").await;
+        let body = f["content"].as_str().unwrap().to_string();
+        // The queued reply is still a reply after the drain.
+        let answers = if body == "q2" {
+            json!(question)
+        } else {
+            Value::Null
+        };
+        assert_eq!(f["replyTo"], answers, "{f}");
+        got.push(body);
+    }
     assert_eq!(got, ["q0", "q1", "q2", "q3", "q4", "later"]);
     status_until(&next, "Outbox: empty").await;
     assert_eq!(files(), 0);
     // Exactly once: the hub stored six messages for CC-2, no more.
-    cc2.send(json!({"type": "get_history", "count": 50, "rid": 1}))
+    cc2.send(json!({"type": "get_history", "count": 50, "from": "CC-1", "rid": 1}))
         .await;
     let h = cc2.until("history").await;
     let bodies: Vec<&str> = h["messages"]

@@ -15,6 +15,9 @@
 
 mod common;
 
+mod approvals_channel;
+mod approvals_cli;
+mod approvals_hub;
 mod bad_network;
 mod bridge_durability;
 mod bridge_lifecycle;
@@ -53,6 +56,7 @@ mod store_damage;
 mod tasks_bridges;
 mod tasks_git;
 mod tasks_hub;
+mod threads;
 mod wake_channel;
 mod wake_hooks;
 mod wake_relay_wait;

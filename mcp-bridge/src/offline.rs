@@ -49,6 +49,18 @@ const RECHECK: Duration = Duration::from_secs(10);
 const RETRY_START: Duration = Duration::from_millis(250);
 const RETRY_CAP: Duration = Duration::from_secs(10);
 
+/// A message to queue: exactly the `message` frame a resend needs.
+pub(crate) struct ToQueue<'a> {
+    /// The idempotency key of its first attempt.
+    pub key: &'a str,
+    /// A session id, or `all`.
+    pub to: &'a str,
+    /// The text.
+    pub content: &'a str,
+    /// The id of the message it answers, if it is a reply.
+    pub reply_to: Option<&'a str>,
+}
+
 /// What became of a queued message.
 #[derive(Debug)]
 pub(crate) enum Settled {
@@ -122,19 +134,19 @@ impl Offline {
         blocking(move || outbox.stats()).await
     }
 
-    /// Queues `content` to `to` under `key` (durable when this returns) and wakes the
-    /// drainer. The receiver hears what became of it, if the caller wants to wait.
+    /// Queues `m` (durable when this returns) and wakes the drainer. The receiver hears what
+    /// became of it, if the caller wants to wait.
     pub(crate) async fn append(
         &self,
-        key: &str,
-        to: &str,
-        content: &str,
+        m: ToQueue<'_>,
     ) -> Result<(Entry, oneshot::Receiver<Settled>), OutboxError> {
         let outbox = self.outbox()?;
-        let (k, t, c) = (key.to_string(), to.to_string(), content.to_string());
+        let key = m.key;
+        let (k, t, c) = (key.to_string(), m.to.to_string(), m.content.to_string());
+        let r = m.reply_to.map(str::to_string);
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(key.to_string(), tx);
-        match blocking(move || outbox.append(&k, &t, &c)).await {
+        match blocking(move || outbox.append_reply(&k, &t, &c, r.as_deref())).await {
             Ok(entry) => {
                 self.kick.notify_one();
                 Ok((entry, rx))
