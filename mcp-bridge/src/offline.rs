@@ -237,10 +237,12 @@ impl Offline {
     /// whenever connected, until the bridge stops.
     async fn drain_loop(&self) {
         let mut state = self.hub.watch_state();
-        // Nothing was ever queued for this session here: wait for the first append.
+        // Nothing was ever queued for this session here: wait for the first append (ours, or
+        // another process's).
         while !self.exists() {
             tokio::select! {
                 _ = self.kick.notified() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
                 _ = state.wait_for(|s| matches!(s, LinkState::Stopped)) => return,
             }
         }
