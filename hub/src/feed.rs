@@ -245,6 +245,7 @@ mod tests {
             from: Arc::from("A"),
             to: Arc::from("B"),
             content: content.into(),
+            reply: None,
         }
     }
 

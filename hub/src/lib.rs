@@ -109,7 +109,8 @@ impl Hub {
     /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let mut backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
+        let mut backend =
+            SqliteBackend::open_exclusive(&config.data_dir, config.sync, config.search_index)?;
         let metrics = Arc::new(metrics::Metrics::new());
         // The tasks-by-state gauge starts from the store; moves keep it in step.
         match backend.tasks().map(|t| t.count_by_state()) {

@@ -70,6 +70,7 @@ const OUT_TYPES: &[&str] = &[
     "task_reserved",
     "approval",
     "approval_verdict",
+    "found",
     "other",
 ];
 
@@ -275,6 +276,7 @@ impl Metrics {
             ClientFrame::TaskReserve(_) => 19,
             ClientFrame::ApprovalFile(_) => 20,
             ClientFrame::ApprovalClose(_) => 21,
+            ClientFrame::Search(_) => 22,
         };
         self.frames_in[i].inc();
     }
@@ -419,6 +421,7 @@ mod tests {
                 "blob_put" => serde_json::json!({"offset": 0, "data": ""}),
                 "approval_file" => serde_json::json!({"clientId": "A", "tool": "Bash"}),
                 "approval_close" => serde_json::json!({"id": "A-1"}),
+                "search" => serde_json::json!({"query": "x"}),
                 _ => serde_json::json!({}),
             };
             fields["type"] = serde_json::json!(ty);

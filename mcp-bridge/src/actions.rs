@@ -13,6 +13,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    fmt::Write as _,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -245,7 +246,12 @@ impl Relay {
     /// Runs one parsed tool call.
     pub(crate) async fn call(&self, call: ToolCall) -> Reply {
         let mut reply = match call {
-            ToolCall::Send { message, to } => self.send(message, to).await,
+            ToolCall::Send {
+                message,
+                to,
+                reply_to,
+            } => self.send(message, to, reply_to).await,
+            ToolCall::Receive(args) if args.search.is_some() => self.search(args).await,
             ToolCall::Receive(args) if args.is_history() => self.history(args).await,
             ToolCall::Receive(args) => self.read_unread(args).await.into_reply(),
             ToolCall::Wait(args) => self.wait(args).await,
@@ -260,7 +266,7 @@ impl Relay {
         reply
     }
 
-    async fn send(&self, content: String, to: Option<String>) -> Reply {
+    async fn send(&self, content: String, to: Option<String>, reply_to: Option<String>) -> Reply {
         let target = to
             .clone()
             .unwrap_or_else(|| relay_proto::BROADCAST.to_string());
@@ -269,6 +275,7 @@ impl Relay {
             to: Some(target.clone()),
             content,
             key: Some(key.clone()),
+            reply_to: reply_to.clone(),
             rid: None,
         });
         // In doubt: an earlier call with this key, or this attempt, may have reached the hub.
@@ -307,6 +314,9 @@ impl Relay {
                         display::line(&s.id)
                     )
                 };
+                if let Some(r) = &reply_to {
+                    let _ = write!(text, ", answering {}", display::line(r));
+                }
                 if s.duplicate {
                     text.push_str(
                         " (the hub already had this message from an earlier attempt; it was \
@@ -488,6 +498,8 @@ impl Relay {
             from: args.from.clone(),
             after: None,
             replay: false,
+            thread: None,
+            search: None,
         };
         let from = args
             .from
@@ -556,12 +568,19 @@ impl Relay {
 
     async fn history(&self, args: ReceiveArgs) -> Reply {
         let me = self.hub.id();
+        // A thread is read whole, from its root on, own sends included (they are half of
+        // the conversation); plain history leaves them out.
+        let cursor = args
+            .after
+            .clone()
+            .or_else(|| args.thread.as_deref().and_then(before_id));
         let frame = ClientFrame::GetHistory(GetHistory {
             count: Some(args.count),
             from: args.from.clone(),
             to: None,
-            after: args.after.clone(),
-            inbound_only: Some(true),
+            after: cursor.clone(),
+            inbound_only: Some(args.thread.is_none()),
+            thread: args.thread.clone(),
             rid: None,
         });
         let history = match self.hub.request(frame).await {
@@ -580,18 +599,22 @@ impl Relay {
                  {{\"replay\":true}} shows the most recent messages."
             ));
         }
-        // The hub leaves out our own sends (inboundOnly); never show one regardless.
+        // The hub leaves out our own sends (inboundOnly); outside a thread, never show one
+        // regardless.
         let messages: Vec<_> = history
             .messages
             .into_iter()
-            .filter(|m| m.from != me)
+            .filter(|m| args.thread.is_some() || m.from != me)
             .collect();
-        let filter = match (&args.from, &args.after) {
+        let mut filter = match (&args.from, &args.after) {
             (Some(f), Some(a)) => format!(" from {f} after {a}"),
             (Some(f), None) => format!(" from {f}"),
             (None, Some(a)) => format!(" after {a}"),
             (None, None) => String::new(),
         };
+        if let Some(t) = &args.thread {
+            filter = format!(" of thread {t}{filter}");
+        }
         if messages.is_empty() {
             return Reply::ok(format!("No messages in history{filter}."));
         }
@@ -603,18 +626,26 @@ impl Relay {
         };
         let page = format::page(&messages, &me, cap, RESULT_BUDGET, now);
         let mut text = format!(
-            "History{filter} (inbound; read state unchanged), {}, oldest first:\n\n{}",
+            "History{filter} ({}read state unchanged), {}, oldest first:\n\n{}",
+            if args.thread.is_some() {
+                ""
+            } else {
+                "inbound; "
+            },
             format::plural(page.shown as u64, "message", "messages"),
             page.text
         );
         let cut_short = page.shown < messages.len();
-        if cut_short || (args.after.is_some() && history.more) {
+        if cut_short || (cursor.is_some() && history.more) {
             let last = display::line(&messages[page.shown - 1].id);
-            let from = args
+            let mut from = args
                 .from
                 .as_deref()
                 .map(|f| format!(",\"from\":\"{f}\""))
                 .unwrap_or_default();
+            if let Some(t) = &args.thread {
+                let _ = write!(from, ",\"thread\":\"{t}\"");
+            }
             text.push_str(&format!(
                 "\n\nMore follow — relay_receive {{\"replay\":true,\"after\":\"{last}\"{from}}}"
             ));
@@ -847,7 +878,15 @@ fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
 }
 
 /// The hub's error text, made safe to show.
-fn said(e: &ErrorFrame) -> String {
+/// The id just before `id` (`<epoch>-<seq - 1>`): as an `after` cursor, it starts a page at
+/// `id` itself.
+fn before_id(id: &str) -> Option<String> {
+    let (epoch, seq) = id.rsplit_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{epoch}-{}", seq.checked_sub(1)?))
+}
+
+pub(crate) fn said(e: &ErrorFrame) -> String {
     display::line(&e.message).into_owned()
 }
 
@@ -865,7 +904,7 @@ pub(crate) fn unexpected(f: &ServerFrame) -> Reply {
     ))
 }
 
-fn request_failed(e: &RequestError) -> Reply {
+pub(crate) fn request_failed(e: &RequestError) -> Reply {
     match e {
         RequestError::NotConnected(state) => Reply::error(format!(
             "{}. The bridge reconnects by itself.",

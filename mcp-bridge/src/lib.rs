@@ -7,8 +7,8 @@
 //! - [`config`]: identity, hub URL, timeouts, tool profile — decided once at startup.
 //! - [`transport`]: newline-delimited JSON-RPC on stdio that answers malformed input.
 //! - [`mcp`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
-//!   [`actions`] runs them, [`format`] words their results; [`channel`] pushes new mail into
-//!   the session as Claude Code channel events.
+//!   [`actions`] runs them ([`search`]: `relay_receive`'s search), [`format`] words their
+//!   results; [`channel`] pushes new mail into the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`dial`]: token and TLS,
 //!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
 //! - [`git`]: the git half of a task handoff — the sender's repository state, its unpushed
@@ -33,6 +33,7 @@ mod meta;
 pub mod outbox;
 pub mod owner;
 mod permission;
+mod search;
 pub mod tasks;
 mod tools;
 mod transport;

@@ -450,6 +450,7 @@ fn send_call(message: &str, to: &str) -> crate::tools::ToolCall {
     crate::tools::ToolCall::Send {
         message: message.into(),
         to: Some(to.into()),
+        reply_to: None,
     }
 }
 

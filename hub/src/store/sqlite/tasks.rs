@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS task_mail (
     task  INTEGER NOT NULL,
     state TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS task_mail_by_task ON task_mail(task, seq);
 CREATE TRIGGER IF NOT EXISTS task_mail_follows_messages AFTER DELETE ON messages
 BEGIN DELETE FROM task_mail WHERE seq = old.seq; END;
 CREATE TABLE IF NOT EXISTS blobs (
@@ -196,9 +197,18 @@ impl SqliteBackend {
     ) -> Result<TaskMail, StoreError> {
         let seq = self.next_seq;
         let predicted = deliverable(from, to);
+        // A task's mail is one thread: rooted at its first mail, each answering the last.
+        let (first, last): (Option<i64>, Option<i64>) = tx
+            .prepare_cached("SELECT min(seq), max(seq) FROM task_mail WHERE task = ?1")?
+            .query_row([task as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let reply = first.zip(last).map(|(first, last)| crate::store::Reply {
+            to: last as u64,
+            thread: first as u64,
+        });
         tx.prepare_cached(
-            "INSERT INTO messages(seq, ts, sender, recipient, content, delivered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO messages(seq, ts, sender, recipient, content, delivered_at, reply_to,
+                                  thread)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             seq as i64,
@@ -206,8 +216,13 @@ impl SqliteBackend {
             from,
             to,
             content,
-            predicted.then_some(ts)
+            predicted.then_some(ts),
+            reply.map(|r| r.to as i64),
+            reply.map(|r| r.thread as i64),
         ])?;
+        if self.indexed() {
+            super::search::index(tx, seq, &content)?;
+        }
         tx.prepare_cached("INSERT INTO task_mail(seq, task, state) VALUES (?1, ?2, ?3)")?
             .execute(params![seq as i64, task as i64, tag.state.as_str()])?;
         set_meta(tx, "high_seq", &seq.to_string())?;
@@ -223,6 +238,7 @@ impl SqliteBackend {
                 from: from.into(),
                 to: to.into(),
                 content,
+                reply,
             },
             tag,
             predicted,
@@ -955,6 +971,7 @@ mod tests {
                     ts: 3,
                     key: None,
                     delivered_at: None,
+                    reply: None,
                 }],
                 &[],
             )
