@@ -124,7 +124,7 @@ async fn the_hook_prints_a_humans_verdict_from_the_console_endpoint_and_from_the
     let id = pending_id(hub.port).await;
     let listed = state_of(hub.port, &id).await;
     assert_eq!(listed["tool"], "Bash");
-    assert_eq!(listed["summary"], "Run the tests");
+    assert_eq!(listed["summary"], "npm test");
     assert_eq!(listed["cwd"], "/work/app");
     assert_eq!(listed["session"], "CC-1");
     let auth = format!("Bearer {TOKEN}");
@@ -256,4 +256,115 @@ async fn timeout_and_a_hub_that_is_down_print_nothing_and_exit_0_within_the_limi
     let hook = start_hook(dir.path(), &hub.url, Some(&wrong), &["--timeout", "30"]).await;
     let (code, out, _) = finish(hook, Duration::from_secs(10)).await;
     assert_eq!((code, out.as_str()), (0, ""));
+}
+
+#[tokio::test]
+async fn hooks_install_approvals_adds_the_permission_request_hook_idempotently_and_uninstall_removes_it()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    let original = json!({
+        "model": "opus",
+        "hooks": {"PermissionRequest": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "notify-me"}]}]},
+        "permissions": {"allow": ["Bash(ls)"]},
+    });
+    let path = home.join(".claude").join("settings.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&original).unwrap()).unwrap();
+    let hooks = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("hooks")
+            .args(args)
+            .env("HOME", home)
+            .env_remove("RELAY_LOG")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let read = || -> Value { serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() };
+
+    let said = hooks(&["install", "--approvals"]);
+    assert!(
+        said.contains("~/.codex/hooks.json") && said.contains("approval-hook"),
+        "{said}"
+    );
+    let s = read();
+    let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["model", "hooks", "permissions"], "key order kept");
+    let groups = s["hooks"]["PermissionRequest"].as_array().unwrap();
+    assert_eq!(
+        groups[0]["hooks"][0]["command"], "notify-me",
+        "the user's own hook stays first"
+    );
+    let ours = &groups[1]["hooks"][0];
+    assert!(
+        ours["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("claude-relay approval-hook"),
+        "{ours}"
+    );
+    assert!(
+        ours["timeout"].as_u64().unwrap() > 600,
+        "outlives the hook's own 600 s"
+    );
+    assert!(s["hooks"]["Stop"].is_array(), "the Stop hook too");
+
+    let again = hooks(&["install", "--approvals"]);
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(read(), s);
+
+    hooks(&["uninstall"]);
+    assert_eq!(read(), original);
+}
+
+#[tokio::test]
+async fn approvals_watch_follows_the_inbox() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, token_file) = Hub::start_with_token(dir.path(), TOKEN, &[]).await;
+    let mut cmd = Command::new(bin());
+    common::clean_env(&mut cmd);
+    let mut watch = cmd
+        .args([
+            "approvals",
+            "--watch",
+            "--json",
+            "--relay-url",
+            &hub.url,
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let l = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&l).unwrap()
+    };
+    assert_eq!(next().await, json!([]), "nothing waits yet");
+    // The stream is followed once its `hello` came; a prompt filed now is seen.
+    let hook = start_hook(dir.path(), &hub.url, Some(&token_file), &[]).await;
+    let filed = next().await;
+    assert_eq!(filed["state"], "pending", "{filed}");
+    assert_eq!(filed["summary"], "npm test");
+    drop(hook);
+    let closed = next().await;
+    assert_eq!(
+        (closed["id"].clone(), closed["state"].clone()),
+        (filed["id"].clone(), json!("closed"))
+    );
 }

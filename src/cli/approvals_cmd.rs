@@ -105,6 +105,18 @@ fn check(status: u16, body: &str, what: &str) -> anyhow::Result<()> {
 }
 
 async fn list(op: &Operator, as_json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    // Following starts before the list is read, so nothing filed in between is missed.
+    let feed = if watch {
+        let resp = op
+            .send("GET", "/api/feed", &[("accept", "text/event-stream")], None)
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("following the inbox: the hub answered {}", resp.status());
+        }
+        Some(resp)
+    } else {
+        None
+    };
     let r = op.call("GET", "/api/approvals", &[], None).await?;
     check(r.status, &r.body, "listing approvals")?;
     let v: Value = serde_json::from_str(&r.body).context("the hub's list is not JSON")?;
@@ -119,8 +131,8 @@ async fn list(op: &Operator, as_json: bool, watch: bool) -> anyhow::Result<ExitC
     }
     out.flush()?;
     drop(out);
-    if watch {
-        follow(op, as_json).await?;
+    if let Some(feed) = feed {
+        follow(feed, as_json).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,14 +194,8 @@ fn line(a: &ApprovalView, now: i64) -> String {
     l
 }
 
-/// Follows `/api/feed` and prints each `approval` event.
-async fn follow(op: &Operator, as_json: bool) -> anyhow::Result<()> {
-    let resp = op
-        .send("GET", "/api/feed", &[("accept", "text/event-stream")], None)
-        .await?;
-    if !resp.status().is_success() {
-        anyhow::bail!("following the inbox: the hub answered {}", resp.status());
-    }
+/// Follows the `/api/feed` answer `resp` and prints each `approval` event.
+async fn follow(resp: hyper::Response<hyper::body::Incoming>, as_json: bool) -> anyhow::Result<()> {
     let mut body = resp.into_body();
     let mut buf = String::new();
     while let Some(frame) = body.frame().await {

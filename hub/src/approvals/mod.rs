@@ -68,10 +68,20 @@ pub(crate) struct Approvals {
 
 #[derive(Default)]
 struct Inner {
-    /// Prompt number → the connection that filed it.
-    waiters: HashMap<u64, Outbox>,
-    /// (deadline, prompt number) of every prompt filed since the hub started.
+    /// Prompt number → the connection that filed it, and the prompt's deadline.
+    waiters: HashMap<u64, (Outbox, Instant)>,
+    /// (deadline, prompt number) of every prompt still waited for: the same entries as
+    /// `waiters`, so both are bounded by the pending caps.
     deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl Inner {
+    /// Nobody waits for prompt `n` any more; its filer, if still there.
+    fn forget(&mut self, n: u64) -> Option<Outbox> {
+        let (outbox, deadline) = self.waiters.remove(&n)?;
+        self.deadlines.remove(&(deadline, n));
+        Some(outbox)
+    }
 }
 
 impl Approvals {
@@ -82,7 +92,7 @@ impl Approvals {
     /// `outbox` waits for prompt `n`, which expires at `deadline`.
     fn wait(&self, n: u64, outbox: Outbox, deadline: Instant) {
         let mut inner = self.lock();
-        inner.waiters.insert(n, outbox);
+        inner.waiters.insert(n, (outbox, deadline));
         inner.deadlines.insert((deadline, n));
     }
 
@@ -107,7 +117,7 @@ impl Approvals {
 
     /// Prompt `n` left `pending`: tell its filer (once) and the feed.
     pub(crate) fn announce(&self, feed: &Feed, row: &ApprovalRow) {
-        let waiter = self.lock().waiters.remove(&row.n);
+        let waiter = self.lock().forget(row.n);
         let view = row.view();
         if let Some(outbox) = waiter {
             let _ = outbox.push_json(&ServerFrame::ApprovalVerdict(ApprovalVerdict {
@@ -167,7 +177,7 @@ pub(crate) fn filer_left(hub: &HubState, filed: Vec<u64>, who: String) {
             match store.decide(n, &d) {
                 Ok(Decided::Done(row)) => approvals.announce(&feed, &row),
                 Ok(_) => {
-                    approvals.lock().waiters.remove(&n);
+                    approvals.lock().forget(n);
                 }
                 Err(e) => tracing::warn!("approval {n} not closed: {e}"),
             }
@@ -198,7 +208,7 @@ pub(crate) async fn run(hub: Arc<HubState>) {
             match decide(&hub, n, d).await {
                 Ok(Decided::Done(_)) => {}
                 Ok(_) => {
-                    hub.approvals.lock().waiters.remove(&n);
+                    hub.approvals.lock().forget(n);
                 }
                 Err(e) => tracing::warn!("approval {n} not expired: {e}"),
             }
@@ -215,5 +225,52 @@ pub(crate) fn close_stale(backend: &mut dyn crate::store::Backend) {
             Ok(n) => tracing::info!("{n} approval(s) left pending by the last run closed"),
             Err(e) => tracing::warn!("stale approvals not closed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_proto::wire_approvals::ApprovalSource;
+
+    fn row(n: u64, state: ApprovalState) -> ApprovalRow {
+        ApprovalRow {
+            n,
+            session: "CC-1".into(),
+            host: None,
+            cwd: None,
+            tool: "Bash".into(),
+            summary: "ls".into(),
+            preview: "{}".into(),
+            source: ApprovalSource::Hook,
+            request_id: None,
+            state,
+            created: 0,
+            expires: 0,
+            decided: Some(1),
+            by: Some("hub".into()),
+            from: None,
+            message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decided_prompt_leaves_no_waiter_nor_deadline_and_its_filer_is_told_once() {
+        let a = Approvals::default();
+        let feed = Feed::default();
+        let (outbox, mut rx) = crate::outbound::outbox(1, 16, 1 << 20);
+        let now = Instant::now();
+        a.wait(1, outbox.clone(), now + Duration::from_secs(60));
+        a.wait(2, outbox, now + Duration::from_secs(1));
+        a.announce(&feed, &row(1, ApprovalState::Allowed));
+        a.announce(&feed, &row(1, ApprovalState::Allowed));
+        assert!(
+            rx.try_recv()
+                .is_some_and(|f| f.contains("approval_verdict"))
+        );
+        assert!(rx.try_recv().is_none(), "told once");
+        assert!(!a.is_waited(1));
+        assert_eq!(a.due(now + Duration::from_secs(3600)), vec![2]);
+        assert_eq!(a.lock().deadlines.len(), 0);
     }
 }

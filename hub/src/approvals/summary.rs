@@ -18,8 +18,8 @@ fn key_field(tool: &str) -> &'static [&'static str] {
     }
 }
 
-/// One line: the description if the filer gave one, else the key field of the input, else
-/// the tool name.
+/// One line: the key field of the input (the command, the file path, the URL), else the
+/// filer's description (a channel prompt has no input), else the tool name.
 pub(super) fn summary(tool: &str, input: Option<&Value>, description: Option<&str>) -> String {
     let from_input = || {
         let obj = input?.as_object()?;
@@ -29,10 +29,15 @@ pub(super) fn summary(tool: &str, input: Option<&Value>, description: Option<&st
             .or_else(|| obj.values().find_map(Value::as_str))
             .map(str::to_string)
     };
-    let text = description
-        .map(str::to_string)
-        .filter(|d| !d.trim().is_empty())
-        .or_else(from_input)
+    // What would run comes first: a model's description of its own command is not what a
+    // human should approve.
+    let text = from_input()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| {
+            description
+                .map(str::to_string)
+                .filter(|d| !d.trim().is_empty())
+        })
         .unwrap_or_else(|| tool.to_string());
     one_line(&text, MAX_DESCRIPTION)
 }

@@ -13,7 +13,7 @@
 //!   and only with a loopback `Host` header (`localhost`, `127.x`, `[::1]`), so a web page on
 //!   another origin cannot read the console through DNS rebinding.
 //!
-//! CSRF: every state-changing request (logging in and out now; answering approvals later)
+//! CSRF: every state-changing request (logging in and out, answering an approval)
 //! must pass [`check_change`]: its `Origin` must be this hub's own origin (or, without
 //! `Origin` or with `Origin: null`, `Sec-Fetch-Site: same-origin` — a header no page can
 //! set; a request with neither is refused) **and** it must
