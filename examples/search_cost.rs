@@ -246,6 +246,9 @@ async fn ring_client(
     Ok(())
 }
 
+/// The query text of the i-th query of one kind.
+type QueryOf = Box<dyn Fn(usize) -> String>;
+
 struct Round {
     cpu_ms_per_1k: f64,
     store_bytes: u64,
@@ -281,7 +284,7 @@ async fn round(a: &Args, index: bool) -> Result<Round> {
     let mut queries = Vec::new();
     if index {
         let mut ws = connect(&hub.url, "C1").await?;
-        let kinds: [(&'static str, Box<dyn Fn(usize) -> String>); 5] = [
+        let kinds: [(&'static str, QueryOf); 5] = [
             (
                 "one message (unique token)",
                 Box::new(|i| format!("ticket{}", (i * 7919) % per)),
