@@ -287,7 +287,7 @@ async fn round(a: &Args, index: bool) -> Result<Round> {
         let kinds: [(&'static str, QueryOf); 5] = [
             (
                 "one message (unique token)",
-                Box::new(|i| format!("ticket{}", (i * 7919) % per)),
+                Box::new(move |i| format!("ticket{}", (i * 7919) % per)),
             ),
             (
                 "~1% of messages (vocabulary word)",
