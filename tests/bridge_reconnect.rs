@@ -1,8 +1,7 @@
 //! Bridges outlive their hub: while it is gone every tool answers at once and honestly, and
 //! when it comes back on the same port they reconnect by themselves.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

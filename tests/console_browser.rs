@@ -8,9 +8,8 @@
 //!
 //! The screenshot goes to `target/console.png` (the path is printed). Without Chromium the
 //! test says SKIPPED, unless `RELAY_TEST_REQUIRE_CHROMIUM=1` (CI), where it fails.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -50,7 +49,7 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
     let cc1 = bridge(dir.path(), &hub.url, "CC-1", "claude-code").await;
-    let cc2 = bridge(dir.path(), &hub.url, "CC-2", "claude-code").await;
+    let cc2 = bridge(dir.path(), &hub.url, "CC-2", "gemini-cli-mcp-client").await;
     let mut codex = bridge(dir.path(), &hub.url, "CODEX", "codex-mcp-client").await;
 
     send(&cc1, "CC-2", "the parser tests pass — see src/parse.rs:42").await;
@@ -107,7 +106,7 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     };
     for (id, client) in [
         ("CC-1", "Claude Code"),
-        ("CC-2", "Claude Code"),
+        ("CC-2", "Gemini CLI"),
         ("CODEX", "Codex"),
     ] {
         let s = by_id(id);

@@ -1,9 +1,8 @@
 //! The operator sees every refusal at the hub's default log level: one line with the peer
 //! address and the reason — a bad token, a name owned elsewhere or in use, a cap reached —
 //! and never the secret that was presented; and each is counted in `/metrics` by reason.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     http::get,

@@ -72,6 +72,9 @@ pub struct ConnSession {
     /// The name held was made up for this one connection (`register.transient`): forget it
     /// when the connection ends, unless direct mail to it waits.
     pub(crate) transient: bool,
+    /// Approval prompts this connection filed and waits for (closed when it ends; bounded
+    /// by `approvals::PER_CONNECTION`).
+    pub(crate) filed: Vec<u64>,
 }
 
 impl ConnSession {
@@ -88,6 +91,7 @@ impl ConnSession {
             operator: Err(Denied::NeedToken),
             charge: None,
             transient: false,
+            filed: Vec::new(),
         }
     }
 
@@ -157,6 +161,7 @@ impl ConnSession {
             ClientFrame::Watch(w) => w.token.as_deref(),
             ClientFrame::Subscribe(s) => s.token.as_deref(),
             ClientFrame::Forget(f) => f.token.as_deref(),
+            ClientFrame::ApprovalFile(a) => a.token.as_deref(),
             _ => None,
         };
         match presented {
@@ -243,6 +248,12 @@ impl ConnSession {
             | ClientFrame::TaskBundle(_)
             | ClientFrame::TaskReserve(_)) => {
                 Box::pin(crate::tasks::handle::frame(self, hub, f)).await
+            }
+            ClientFrame::ApprovalFile(a) => {
+                Box::pin(crate::approvals::frames::file(self, hub, a)).await
+            }
+            ClientFrame::ApprovalClose(c) => {
+                Box::pin(crate::approvals::frames::close(self, hub, c)).await
             }
         }
     }
@@ -743,6 +754,12 @@ impl ConnSession {
         if let Some(w) = self.watching.take() {
             hub.router.unwatch(&w, self.outbox.id());
         }
+        let filed = std::mem::take(&mut self.filed);
+        let who = self
+            .id
+            .as_ref()
+            .map_or_else(|| "its filer".to_string(), |i| i.to_string());
+        crate::approvals::filer_left(hub, filed, who);
         let Some(id) = self.id.take() else { return };
         if hub.router.release(&id, self.outbox.id()) {
             hub.router.announce(&id, false);

@@ -219,6 +219,8 @@ struct Inner {
     transient: bool,
     /// Pushed messages, to every subscriber (a channel, not state).
     pushes: broadcast::Sender<Envelope>,
+    /// Pushed approval verdicts (`approval_verdict`), to every subscriber.
+    verdicts: broadcast::Sender<relay_proto::wire_approvals::ApprovalView>,
     /// Set once to stop the connection task (a signal, not state).
     stop: watch::Sender<bool>,
     /// Where the connection stands; written only by the connection task.
@@ -304,6 +306,7 @@ impl HubClient {
             .and_then(|rest| rest.parse::<u32>().ok())
             .unwrap_or(1);
         let (pushes, _) = broadcast::channel(PUSH_BUFFER);
+        let (verdicts, _) = broadcast::channel(crate::permission::MAX_OPEN);
         Self {
             inner: Arc::new(Inner {
                 url: config.relay_url.clone(),
@@ -312,6 +315,7 @@ impl HubClient {
                 owners: config.security.owners.clone(),
                 transient: identity.source.transient,
                 pushes,
+                verdicts,
                 stop: watch::Sender::new(false),
                 status: watch::Sender::new(LinkState::NotStarted),
                 state: Mutex::new(State {
@@ -406,6 +410,13 @@ impl HubClient {
     /// Messages the hub pushes to this session, as they arrive (bounded; see [`PUSH_BUFFER`]).
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Envelope> {
         self.inner.pushes.subscribe()
+    }
+
+    /// Approval verdicts the hub pushes for prompts this session filed.
+    pub(crate) fn subscribe_verdicts(
+        &self,
+    ) -> broadcast::Receiver<relay_proto::wire_approvals::ApprovalView> {
+        self.inner.verdicts.subscribe()
     }
 
     /// Records an unread count the hub reported.
@@ -623,6 +634,9 @@ impl Inner {
                 }
                 // No subscriber is fine: the hub keeps the mail; this is only a hint.
                 let _ = self.pushes.send(envelope);
+            }
+            ServerFrame::ApprovalVerdict(v) => {
+                let _ = self.verdicts.send(v.approval);
             }
             ServerFrame::Error(e) => {
                 tracing::warn!("hub error not tied to a request: {}", e.message);

@@ -32,6 +32,7 @@ mod mcp;
 mod meta;
 pub mod outbox;
 pub mod owner;
+mod permission;
 mod search;
 pub mod tasks;
 mod tools;

@@ -76,6 +76,10 @@ pub enum ClientFrame {
     TaskBundle(TaskBundle),
     /// Reserve the id of the next task.
     TaskReserve(TaskReserve),
+    /// File a permission prompt for a human (see [`crate::wire_approvals`]).
+    ApprovalFile(crate::wire_approvals::ApprovalFile),
+    /// Report a filed prompt answered locally.
+    ApprovalClose(crate::wire_approvals::ApprovalClose),
     /// Full-text search over the visible history (see [`crate::wire_search`]).
     Search(crate::wire_search::Search),
 }
@@ -104,6 +108,8 @@ impl ClientFrame {
         "blob_put",
         "task_bundle",
         "task_reserve",
+        "approval_file",
+        "approval_close",
         "search",
     ];
 
@@ -128,6 +134,8 @@ impl ClientFrame {
             Self::BlobPut(f) => &mut f.rid,
             Self::TaskBundle(f) => &mut f.rid,
             Self::TaskReserve(f) => &mut f.rid,
+            Self::ApprovalFile(f) => &mut f.rid,
+            Self::ApprovalClose(f) => &mut f.rid,
             Self::Search(f) => &mut f.rid,
         };
         *slot = Some(rid);
@@ -154,6 +162,8 @@ impl ClientFrame {
             Self::BlobPut(f) => f.rid.as_ref(),
             Self::TaskBundle(f) => f.rid.as_ref(),
             Self::TaskReserve(f) => f.rid.as_ref(),
+            Self::ApprovalFile(f) => f.rid.as_ref(),
+            Self::ApprovalClose(f) => f.rid.as_ref(),
             Self::Search(f) => f.rid.as_ref(),
         }
     }
@@ -456,6 +466,10 @@ pub enum ServerFrame {
     Bundle(BundleChunk),
     /// Reply to `task_reserve`.
     TaskReserved(TaskReserved),
+    /// Reply to `approval_file` and `approval_close`.
+    Approval(crate::wire_approvals::ApprovalReply),
+    /// A prompt this connection filed left `pending` (pushed).
+    ApprovalVerdict(crate::wire_approvals::ApprovalVerdict),
     /// Reply to `search`.
     Found(crate::wire_search::Found),
     /// Something about a client frame was wrong; the connection stays open.
@@ -486,8 +500,10 @@ impl ServerFrame {
             Self::Blob(f) => f.rid.as_ref(),
             Self::Bundle(f) => f.rid.as_ref(),
             Self::TaskReserved(f) => f.rid.as_ref(),
+            Self::Approval(f) => f.rid.as_ref(),
             Self::Found(f) => f.rid.as_ref(),
-            Self::PeerJoined(_)
+            Self::ApprovalVerdict(_)
+            | Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)
             | Self::Message(_)

@@ -7,6 +7,7 @@
 //! concurrent sends into one transaction (see [`actor`]).
 
 pub(crate) mod actor;
+pub(crate) mod approvals;
 pub(crate) mod checkpoint;
 pub(crate) mod datadir;
 mod local;
@@ -321,6 +322,11 @@ pub(crate) trait Backend: Send {
     /// Task storage (see [`tasks`]); None for a backend that keeps no tasks (the hub then
     /// answers task frames with `unavailable`).
     fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
+        None
+    }
+    /// Approval storage (see [`approvals`]); None for a backend that keeps none (the hub
+    /// then answers approval frames with `unavailable`).
+    fn approvals(&mut self) -> Option<&mut dyn approvals::ApprovalStore> {
         None
     }
     /// Stores `batch` in one transaction and applies delivery fixes (see

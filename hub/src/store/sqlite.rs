@@ -20,6 +20,7 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod approvals;
 mod operator;
 mod search;
 mod tasks;
@@ -202,6 +203,8 @@ impl SqliteBackend {
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
         conn.execute_batch(tasks::SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(approvals::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
         let integrity = quick_check(&conn);
@@ -472,6 +475,10 @@ impl Backend for SqliteBackend {
     }
 
     fn tasks(&mut self) -> Option<&mut dyn super::tasks::TaskStore> {
+        Some(self)
+    }
+
+    fn approvals(&mut self) -> Option<&mut dyn super::approvals::ApprovalStore> {
         Some(self)
     }
 
