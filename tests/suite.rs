@@ -53,6 +53,7 @@ mod store_damage;
 mod tasks_bridges;
 mod tasks_git;
 mod tasks_hub;
+mod threads;
 mod wake_channel;
 mod wake_hooks;
 mod wake_relay_wait;

@@ -10,9 +10,8 @@
 //!   the exact phrase first, and never returns another pair's direct mail — the privacy
 //!   test's probes (`tests/security_privacy.rs`), repeated through search.
 //! - The index survives a hub kill -9: a message acked before the kill is found after.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
