@@ -329,3 +329,52 @@ async fn a_hub_without_a_token_takes_answers_from_loopback_with_its_csrf_token_o
     assert_eq!(v["approval"]["by"], "http (loopback)");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn bidi_controls_are_refused_in_tool_and_request_id_and_replaced_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let mut hook = Ws::connect(&hub.url).await;
+    for (i, bad) in ["\u{202e}", "\u{2066}", "\u{200f}", "\u{61c}", "\u{202a}"]
+        .iter()
+        .enumerate()
+    {
+        let rid = format!("t{i}");
+        hook.send(
+            json!({"type": "approval_file", "clientId": "CC-1", "token": TOKEN,
+            "tool": format!("Ba{bad}sh"), "rid": rid}),
+        )
+        .await;
+        assert_eq!(
+            until_rid(&mut hook, &rid).await["code"],
+            "bad_frame",
+            "tool {bad:?}"
+        );
+        let rid = format!("r{i}");
+        hook.send(
+            json!({"type": "approval_file", "clientId": "CC-1", "token": TOKEN,
+            "tool": "Bash", "requestId": format!("x{bad}y"), "rid": rid}),
+        )
+        .await;
+        assert_eq!(
+            until_rid(&mut hook, &rid).await["code"],
+            "bad_frame",
+            "requestId {bad:?}"
+        );
+    }
+    let a = file(
+        &mut hook,
+        "CC-1",
+        json!({"input": {"command": "rm -rf \u{202e}txt.exe\u{2066}a\u{2069}\u{200e}"},
+               "cwd": "/w\u{202b}x\u{61c}"}),
+    )
+    .await;
+    let text = a.to_string();
+    for c in [
+        '\u{202e}', '\u{2066}', '\u{2069}', '\u{200e}', '\u{202b}', '\u{61c}',
+    ] {
+        assert!(!text.contains(c), "{c:?} kept in {text}");
+    }
+    assert_eq!(a["summary"], "rm -rf  txt.exe a");
+    hub.stop().await;
+}

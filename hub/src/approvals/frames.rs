@@ -10,6 +10,7 @@
 
 use relay_proto::{
     SessionId,
+    chars::is_unsafe,
     time::now_ms,
     wire::{ServerFrame, codes},
     wire_approvals::{
@@ -35,19 +36,21 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
         Err(e) => return conn.error(codes::INVALID_ID, format!("invalid clientId: {e}"), rid),
     };
     let tool = f.tool.trim();
-    if tool.is_empty() || tool.len() > MAX_TOOL || tool.chars().any(char::is_control) {
+    if tool.is_empty() || tool.len() > MAX_TOOL || tool.chars().any(is_unsafe) {
         return conn.error(
             codes::BAD_FRAME,
-            format!("tool must be 1 to {MAX_TOOL} bytes without control characters"),
+            format!("tool must be 1 to {MAX_TOOL} bytes without control or bidi characters"),
             rid,
         );
     }
     if let Some(r) = &f.request_id
-        && (r.is_empty() || r.len() > MAX_REQUEST_ID || r.chars().any(char::is_control))
+        && (r.is_empty() || r.len() > MAX_REQUEST_ID || r.chars().any(is_unsafe))
     {
         return conn.error(
             codes::BAD_FRAME,
-            format!("requestId must be 1 to {MAX_REQUEST_ID} bytes without control characters"),
+            format!(
+                "requestId must be 1 to {MAX_REQUEST_ID} bytes without control or bidi characters"
+            ),
             rid,
         );
     }

@@ -1,9 +1,12 @@
 //! What a human reads about a prompt: one line saying what would run, and a bounded preview
 //! of the tool's input. Both come from the agent and are attacker-controlled: control
-//! characters are replaced, lengths are cut (`relay_proto::wire_approvals` caps), and every
+//! characters and bidi controls (`relay_proto::chars::is_unsafe`) are replaced, lengths are cut (`relay_proto::wire_approvals` caps), and every
 //! view renders them as text, never as markup.
 
-use relay_proto::wire_approvals::{MAX_DESCRIPTION, MAX_PLACE, MAX_PREVIEW};
+use relay_proto::{
+    chars::is_unsafe,
+    wire_approvals::{MAX_DESCRIPTION, MAX_PLACE, MAX_PREVIEW},
+};
 use serde_json::Value;
 
 /// The input field that says what a well-known tool would do.
@@ -62,12 +65,13 @@ pub(crate) fn one_line(s: &str, max: usize) -> String {
     cut(clean(s, false).trim(), max)
 }
 
-/// Control characters become spaces (newlines and tabs kept only when `multiline`).
+/// Unsafe characters ([`is_unsafe`]: controls, bidi controls and marks, line separators)
+/// become spaces (newlines and tabs kept only when `multiline`).
 fn clean(s: &str, multiline: bool) -> String {
     s.chars()
         .map(|c| match c {
             '\n' | '\t' if multiline => c,
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202e}') => ' ',
+            c if is_unsafe(c) => ' ',
             c => c,
         })
         .collect()
@@ -118,5 +122,8 @@ mod tests {
             MAX_PREVIEW
         );
         assert_eq!(preview(None, Some("a\u{1b}[31m\nb")), "a [31m\nb");
+        let bidi = "x\u{202a}\u{202b}\u{202c}\u{202d}\u{2066}\u{2067}\u{2068}\u{2069}\u{200e}\u{200f}\u{61c}y";
+        assert_eq!(one_line(bidi, 100), "x           y");
+        assert_eq!(preview(None, Some(bidi)), "x           y");
     }
 }
