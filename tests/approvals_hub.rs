@@ -378,3 +378,63 @@ async fn bidi_controls_are_refused_in_tool_and_request_id_and_replaced_elsewhere
     assert_eq!(a["summary"], "rm -rf  txt.exe a");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_connection_can_neither_close_nor_starve_another_sessions_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    // CC-2's hook files a prompt (its connection is not registered: hooks never are).
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-2", json!({})).await;
+    let id = a["id"].as_str().unwrap().to_string();
+
+    // The wrong people first: a token holder that did not file it, then one that took the
+    // name CC-2 (nobody owns it, so holding it proves nothing).
+    let mut other = Ws::connect(&hub.url).await;
+    other
+        .send(json!({"type": "register", "clientId": "Other-1", "token": TOKEN}))
+        .await;
+    other.expect("registered").await;
+    other
+        .send(json!({"type": "approval_close", "id": id, "rid": "c1"}))
+        .await;
+    assert_eq!(until_rid(&mut other, "c1").await["code"], "not_found");
+    let mut squat = Ws::connect(&hub.url).await;
+    squat
+        .send(json!({"type": "register", "clientId": "CC-2", "token": TOKEN}))
+        .await;
+    squat.expect("registered").await;
+    squat
+        .send(json!({"type": "approval_close", "id": id, "rid": "c2"}))
+        .await;
+    assert_eq!(until_rid(&mut squat, "c2").await["code"], "not_found");
+    let one = get(
+        port,
+        &format!("/api/approvals/{id}"),
+        &[("authorization", &b)],
+    )
+    .await;
+    assert_eq!(one.json()["approval"]["state"], "pending", "{}", one.body);
+
+    // It fills CC-2's per-session quota as far as it can: only its own quota is full.
+    for _ in 0..16 {
+        file(&mut other, "CC-2", json!({})).await;
+    }
+    other
+        .send(json!({"type": "approval_file", "clientId": "CC-2", "token": TOKEN, "tool": "Bash", "rid": "x"}))
+        .await;
+    assert_eq!(until_rid(&mut other, "x").await["code"], "too_large");
+    let mine = file(&mut hook, "CC-2", json!({})).await;
+    assert_eq!(mine["state"], "pending", "CC-2's own hook still files");
+
+    // The filer closes its own.
+    hook.send(json!({"type": "approval_close", "id": id, "rid": "c3"}))
+        .await;
+    assert_eq!(
+        until_rid(&mut hook, "c3").await["approval"]["state"],
+        "closed"
+    );
+    hub.stop().await;
+}

@@ -5,8 +5,14 @@
 //! Who may file for a session: whoever may watch its mail — anyone for a name nobody owns,
 //! only the holder of its owner secret for an owned one (checked on the store thread, as
 //! `watch` does; a connection registered under the name has proven it already), and on a
-//! hub with a token only a connection that presented it. Who may
-//! close: the connection that filed it, or one registered as its session.
+//! hub with a token only a connection that presented it. Who may close: the connection that
+//! filed it, or one registered under its session's name when that name is owned (holding an
+//! owned name proves its secret; holding a name nobody owns proves nothing).
+//!
+//! Quotas are counted per filing connection: [`PER_SESSION`] pending prompts for one session
+//! and [`PER_CONNECTION`] in all, so another token holder filing under CC-2's name fills only
+//! its own quota, never CC-2's. What one connection can fill hub-wide is bounded by
+//! [`HUB_PENDING`].
 
 use relay_proto::{
     SessionId,
@@ -54,11 +60,20 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
             rid,
         );
     }
-    conn.filed.retain(|n| hub.approvals.is_waited(*n));
+    conn.filed.retain(|(n, _)| hub.approvals.is_waited(*n));
     if conn.filed.len() >= PER_CONNECTION {
         return conn.error(
             codes::TOO_LARGE,
             format!("this connection waits for {PER_CONNECTION} prompts already"),
+            rid,
+        );
+    }
+    if conn.filed.iter().filter(|(_, s)| *s == id).count() >= PER_SESSION {
+        return conn.error(
+            codes::TOO_LARGE,
+            format!(
+                "this connection has {PER_SESSION} prompts of {id} pending already; answer or let them expire"
+            ),
             rid,
         );
     }
@@ -93,7 +108,7 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
                     return Ok(None);
                 }
                 match b.approvals() {
-                    Some(a) => a.file(&new, PER_SESSION, HUB_PENDING).map(Some),
+                    Some(a) => a.file(&new, HUB_PENDING).map(Some),
                     None => Ok(Some(Filed::HubFull(0))),
                 }
             })
@@ -101,13 +116,6 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
     };
     let row = match filed {
         Ok(Some(Filed::New(row))) => row,
-        Ok(Some(Filed::SessionFull(n))) => {
-            return conn.error(
-                codes::TOO_LARGE,
-                format!("{id} has {n} prompts pending already; answer or let them expire"),
-                rid,
-            );
-        }
         Ok(Some(Filed::HubFull(n))) => {
             return conn.error(
                 codes::UNAVAILABLE,
@@ -135,7 +143,7 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
         conn.outbox.clone(),
         Instant::now() + Duration::from_secs(timeout),
     );
-    conn.filed.push(row.n);
+    conn.filed.push((row.n, id.clone()));
     tracing::info!(id = %row.id(), session = %id, tool = %row.tool, addr = %conn.addr, "approval filed");
     conn.reply(ServerFrame::Approval(ApprovalReply {
         approval: row.view(),
@@ -154,17 +162,28 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
             rid,
         );
     };
-    let mine = conn.filed.contains(&n);
+    let mine = conn.filed.iter().any(|(x, _)| *x == n);
     let registered = conn.id.as_ref().map(|i| i.to_string());
     let found = hub
         .store
-        .call(move |b| match b.approvals() {
-            Some(a) => a.get(n),
-            None => Ok(None),
+        .call(move |b| {
+            let Some(row) = (match b.approvals() {
+                Some(a) => a.get(n)?,
+                None => None,
+            }) else {
+                return Ok(None);
+            };
+            let owned = b.owner_hash(&row.session)?.is_some();
+            Ok(Some((row, owned)))
         })
         .await;
     let row = match found {
-        Ok(Some(row)) if mine || registered.as_deref() == Some(row.session.as_str()) => row,
+        // The filer; or the holder of the session's name, when holding it proves a secret.
+        Ok(Some((row, owned)))
+            if mine || (owned && registered.as_deref() == Some(row.session.as_str())) =>
+        {
+            row
+        }
         Ok(_) => {
             return conn.error(
                 codes::NOT_FOUND,
@@ -189,7 +208,7 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
     };
     match super::decide(hub, n, decision).await {
         Ok(Decided::Done(row) | Decided::Already(row)) => {
-            conn.filed.retain(|x| *x != n);
+            conn.filed.retain(|(x, _)| *x != n);
             conn.reply(ServerFrame::Approval(ApprovalReply {
                 approval: row.view(),
                 rid,

@@ -122,8 +122,6 @@ pub(crate) struct Decision {
 pub(crate) enum Filed {
     /// Stored.
     New(Box<ApprovalRow>),
-    /// The session has this many pending prompts already.
-    SessionFull(usize),
     /// The hub has this many pending prompts already.
     HubFull(usize),
 }
@@ -156,14 +154,10 @@ pub(crate) struct ApprovalEvent {
 
 /// The approval queries and moves (see the module header).
 pub(crate) trait ApprovalStore {
-    /// Files a prompt unless its session already has `per_session` pending ones or the hub
-    /// `total` (the bounds of `crate::approvals`).
-    fn file(
-        &mut self,
-        new: &NewApproval,
-        per_session: usize,
-        total: usize,
-    ) -> Result<Filed, StoreError>;
+    /// Files a prompt unless the hub has `total` pending ones already (the hub-wide bound of
+    /// `crate::approvals`; the per-session and per-connection quotas are counted per filing
+    /// connection there).
+    fn file(&mut self, new: &NewApproval, total: usize) -> Result<Filed, StoreError>;
     /// Moves prompt `n` out of `pending`, if it still is.
     fn decide(&mut self, n: u64, d: &Decision) -> Result<Decided, StoreError>;
     /// One prompt.

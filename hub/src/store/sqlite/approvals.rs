@@ -95,22 +95,14 @@ impl SqliteBackend {
 }
 
 impl ApprovalStore for SqliteBackend {
-    fn file(
-        &mut self,
-        new: &NewApproval,
-        per_session: usize,
-        total: usize,
-    ) -> Result<Filed, StoreError> {
+    fn file(&mut self, new: &NewApproval, total: usize) -> Result<Filed, StoreError> {
         self.writable()?;
         let tx = self.conn.transaction()?;
-        let (all, mine): (i64, i64) = tx.query_row(
-            "SELECT count(*), coalesce(sum(session = ?1), 0) FROM approvals WHERE state = 'pending'",
-            [&new.session],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let all: i64 = tx.query_row(
+            "SELECT count(*) FROM approvals WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
         )?;
-        if mine as usize >= per_session {
-            return Ok(Filed::SessionFull(per_session));
-        }
         if all as usize >= total {
             return Ok(Filed::HubFull(total));
         }
@@ -264,20 +256,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut b = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
         let s = b.approvals().unwrap();
-        let Filed::New(a) = s.file(&new("CC-1"), 2, 10).unwrap() else {
+        let Filed::New(a) = s.file(&new("CC-1"), 2).unwrap() else {
             panic!("not filed")
         };
         assert_eq!(a.state, ApprovalState::Pending);
+        assert!(matches!(s.file(&new("CC-1"), 2).unwrap(), Filed::New(_)));
         assert!(matches!(
-            s.file(&new("CC-1"), 2, 10).unwrap(),
-            Filed::New(_)
-        ));
-        assert!(matches!(
-            s.file(&new("CC-1"), 2, 10).unwrap(),
-            Filed::SessionFull(2)
-        ));
-        assert!(matches!(
-            s.file(&new("CC-2"), 2, 2).unwrap(),
+            s.file(&new("CC-2"), 2).unwrap(),
             Filed::HubFull(2)
         ));
         let Decided::Done(d) = s
