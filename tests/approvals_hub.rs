@@ -438,3 +438,65 @@ async fn a_second_connection_can_neither_close_nor_starve_another_sessions_promp
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_verdict_given_the_moment_a_prompt_is_listed_reaches_its_filer_after_the_filing_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    let mut filer = Ws::connect(&hub.url).await;
+    for round in 0..10 {
+        // A human as fast as can be: answers the first pending prompt it sees.
+        let answerer = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                loop {
+                    let list = get(port, "/api/approvals", &[("authorization", &b)]).await;
+                    let pending = list.json()["approvals"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|a| a["state"] == "pending")
+                        .map(|a| a["id"].as_str().unwrap().to_string());
+                    if let Some(id) = pending {
+                        let r = answer(
+                            port,
+                            &id,
+                            &[("authorization", &b)],
+                            r#"{"behavior":"allow"}"#,
+                        )
+                        .await;
+                        assert_eq!(r.status, 200, "{}", r.body);
+                        return id;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let rid = format!("f{round}");
+        filer
+            .send(
+                json!({"type": "approval_file", "clientId": "CC-7", "token": TOKEN,
+                "tool": "Bash", "input": {"command": "ls"}, "rid": rid}),
+            )
+            .await;
+        let first = filer.next().await;
+        assert_eq!(
+            first["type"], "approval",
+            "the filing reply comes first: {first}"
+        );
+        assert_eq!(first["rid"], rid.as_str());
+        let id = tokio::time::timeout(common::hub::WAIT, answerer)
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert_eq!(first["approval"]["id"], id.as_str());
+        let v = tokio::time::timeout(common::hub::WAIT, filer.until("approval_verdict"))
+            .await
+            .expect("the verdict reached the filer");
+        assert_eq!(v["approval"]["id"], id.as_str());
+        assert_eq!(v["approval"]["state"], "allowed");
+    }
+    hub.stop().await;
+}

@@ -35,6 +35,8 @@ use super::{sessions_cmd::HubConn, wait_cmd};
 
 /// Longest wait for the TCP connect and WebSocket handshake, and for the filing's reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most verdicts kept while the filing reply is awaited (this connection files one prompt).
+const EARLY_VERDICTS: usize = 4;
 
 /// Arguments of `claude-relay approval-hook`.
 #[derive(Debug, clap::Args)]
@@ -108,8 +110,17 @@ fn verdict(args: ApprovalHookArgs) -> anyhow::Result<Option<String>> {
             .await
             .map_err(|_| anyhow::anyhow!("the hub did not answer in time"))??;
         dial::send_frame(&mut ws, &frame).await?;
+        // A verdict that arrives before the filing reply (a human faster than our read) is
+        // kept, and taken once the reply says which prompt is ours.
+        let mut early: Vec<ApprovalView> = Vec::new();
         let filed = dial::read_until(&mut ws, CONNECT_TIMEOUT, |f| match f {
             ServerFrame::Approval(a) => Some(Ok(a.approval)),
+            ServerFrame::ApprovalVerdict(v) => {
+                if early.len() < EARLY_VERDICTS {
+                    early.push(v.approval);
+                }
+                None
+            }
             ServerFrame::Error(e) if e.rid.is_some() => Some(Err(e.message)),
             _ => None,
         })
@@ -117,11 +128,18 @@ fn verdict(args: ApprovalHookArgs) -> anyhow::Result<Option<String>> {
         .map_err(|why| anyhow::anyhow!("the hub refused the prompt: {why}"))?;
         tracing::info!("filed {} for {} ({})", filed.id, session.id, session.source);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let decided = dial::read_until(&mut ws, left, |f| match f {
-            ServerFrame::ApprovalVerdict(v) if v.approval.id == filed.id => Some(v.approval),
-            _ => None,
-        })
-        .await;
+        let decided = match early.into_iter().find(|v| v.id == filed.id) {
+            Some(v) => Ok(v),
+            None => {
+                dial::read_until(&mut ws, left, |f| match f {
+                    ServerFrame::ApprovalVerdict(v) if v.approval.id == filed.id => {
+                        Some(v.approval)
+                    }
+                    _ => None,
+                })
+                .await
+            }
+        };
         let _ = ws.close(None).await;
         match decided {
             Ok(view) => Ok(output(&view)),

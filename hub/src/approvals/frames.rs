@@ -97,6 +97,13 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
     let secret = f.owner_secret;
     // A connection registered under the name proved it already (its bridge).
     let holds_name = conn.id.as_ref().is_some_and(|i| i.as_str() == id.as_str());
+    // The prompt becomes answerable (visible to GET, decidable by POST) when the store call
+    // returns; every decision runs on the same store thread after it. So the filing reply is
+    // queued and the waiter registered inside the call: a verdict given at once still finds
+    // its waiter, and reaches the filer after the reply that told it the id.
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let (outbox, approvals, feed) = (conn.outbox.clone(), hub.approvals.clone(), hub.feed.clone());
+    let reply_rid = rid.clone();
     let filed = {
         let id = id.clone();
         hub.store
@@ -107,10 +114,19 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
                 {
                     return Ok(None);
                 }
-                match b.approvals() {
-                    Some(a) => a.file(&new, HUB_PENDING).map(Some),
-                    None => Ok(Some(Filed::HubFull(0))),
+                let filed = match b.approvals() {
+                    Some(a) => a.file(&new, HUB_PENDING)?,
+                    None => Filed::HubFull(0),
+                };
+                if let Filed::New(row) = &filed {
+                    let _ = outbox.push_json(&ServerFrame::Approval(ApprovalReply {
+                        approval: row.view(),
+                        rid: reply_rid,
+                    }));
+                    approvals.wait(row.n, outbox, deadline);
+                    feed.approval(row.view());
                 }
+                Ok(Some(filed))
             })
             .await
     };
@@ -138,18 +154,9 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
             );
         }
     };
-    hub.approvals.wait(
-        row.n,
-        conn.outbox.clone(),
-        Instant::now() + Duration::from_secs(timeout),
-    );
+    // Replied to, waited for and published on the store thread (above).
     conn.filed.push((row.n, id.clone()));
     tracing::info!(id = %row.id(), session = %id, tool = %row.tool, addr = %conn.addr, "approval filed");
-    conn.reply(ServerFrame::Approval(ApprovalReply {
-        approval: row.view(),
-        rid,
-    }));
-    hub.feed.approval(row.view());
 }
 
 /// `approval_close`.
