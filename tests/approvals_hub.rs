@@ -264,6 +264,19 @@ async fn a_prompt_closes_with_its_filer_expires_in_time_and_is_bounded() {
     )
     .await;
     assert_eq!(big["preview"].as_str().unwrap().chars().count(), 2000);
+    assert_eq!(big["truncated"], true, "{big}");
+    assert_eq!(big["inputChars"], 100_000 + r#"{"command":""}"#.len());
+    // A channel preview as long as Claude Code makes them may have been cut before it came.
+    let channel = file(
+        &mut hook,
+        "CC-6",
+        json!({"input": null, "source": "channel", "requestId": "abcde",
+               "inputPreview": format!("{{\"command\":\"{}", "q".repeat(300))}),
+    )
+    .await;
+    assert_eq!(channel["truncated"], true, "{channel}");
+    assert!(channel.get("inputChars").is_none(), "{channel}");
+    assert_eq!(a["truncated"], false);
     assert!(big["summary"].as_str().unwrap().chars().count() <= 500);
     hook.send(json!({"type": "approval_file", "clientId": "CC-5", "tool": "", "rid": "e"}))
         .await;

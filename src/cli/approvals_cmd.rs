@@ -189,10 +189,25 @@ fn line(a: &ApprovalView, now: i64) -> String {
         display::line(&a.tool),
         display::line(&a.summary),
     );
+    if let Some(cut) = cut_note(a) {
+        l.push_str(&format!("  [{cut}]"));
+    }
     if let Some(by) = &a.by {
         l.push_str(&format!("  — by {}", display::line(by)));
     }
     l
+}
+
+/// Says that the preview is not the whole input (the console says the same next to Allow).
+fn cut_note(a: &ApprovalView) -> Option<String> {
+    if !a.truncated {
+        return None;
+    }
+    let shown = a.preview.chars().count();
+    Some(match a.input_chars {
+        Some(all) => format!("input cut: {shown} of {all} characters"),
+        None => format!("input cut: {shown} characters, cut by the agent's client"),
+    })
 }
 
 /// Follows the `/api/feed` answer `resp` and prints each `approval` event.

@@ -82,13 +82,16 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
         .unwrap_or(DEFAULT_TIMEOUT_S)
         .clamp(1, MAX_TIMEOUT_S);
     let now = now_ms();
+    let preview = summary::preview(f.input.as_ref(), f.input_preview.as_deref());
     let new = NewApproval {
         session: id.to_string(),
         host: summary::place(f.host.as_deref()),
         cwd: summary::place(f.cwd.as_deref()),
         tool: tool.to_string(),
-        summary: summary::summary(tool, f.input.as_ref(), f.description.as_deref()),
-        preview: summary::preview(f.input.as_ref(), f.input_preview.as_deref()),
+        summary: summary::summary(tool, f.input.as_ref(), f.input_preview.as_deref()),
+        preview: preview.text,
+        truncated: preview.truncated,
+        input_chars: preview.input_chars,
         source: f.source,
         request_id: f.request_id.clone(),
         created: now,

@@ -26,6 +26,10 @@ pub(crate) struct NewApproval {
     pub summary: String,
     /// The bounded input preview.
     pub preview: String,
+    /// Whether `preview` is not the whole input.
+    pub truncated: bool,
+    /// How long the whole input was, when known.
+    pub input_chars: Option<u64>,
     /// Hook or channel.
     pub source: ApprovalSource,
     /// The channel's request id.
@@ -53,6 +57,10 @@ pub(crate) struct ApprovalRow {
     pub summary: String,
     /// See [`NewApproval`].
     pub preview: String,
+    /// See [`NewApproval`].
+    pub truncated: bool,
+    /// See [`NewApproval`].
+    pub input_chars: Option<u64>,
     /// See [`NewApproval`].
     pub source: ApprovalSource,
     /// See [`NewApproval`].
@@ -89,6 +97,8 @@ impl ApprovalRow {
             tool: self.tool.clone(),
             summary: self.summary.clone(),
             preview: self.preview.clone(),
+            truncated: self.truncated,
+            input_chars: self.input_chars,
             source: self.source,
             request_id: self.request_id.clone(),
             state: self.state,
