@@ -92,8 +92,11 @@ async fn a_channel_prompt_reaches_the_inbox_and_a_humans_verdict_comes_back_with
     assert_eq!(a["session"], "CC-1");
     assert_eq!(a["source"], "channel");
     assert_eq!(a["tool"], "Bash");
-    assert_eq!(a["summary"], "Run the test suite");
+    // What would run (from input_preview), not the model's description of it.
+    assert_eq!(a["summary"], "npm test");
     assert_eq!(a["preview"], "{\"command\":\"npm test\"}");
+    assert_eq!(a["truncated"], false);
+    assert_eq!(a["inputChars"], 22);
     answer(hub.port, a["id"].as_str().unwrap(), "allow").await;
     assert_eq!(
         next_verdict(&mut b).await,

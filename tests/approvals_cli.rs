@@ -250,6 +250,30 @@ async fn timeout_and_a_hub_that_is_down_print_nothing_and_exit_0_within_the_limi
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("the local dialog stays"), "{err}");
 
+    // A hub that accepts the connection and the WebSocket handshake, then never answers:
+    // the filing's reply is bounded by the same deadline as everything else.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let (tcp, _) = silent.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // Held open, never read from nor written to, until the test ends.
+        std::future::pending::<()>().await;
+        drop(ws);
+    });
+    let hook = start_hook(
+        dir.path(),
+        &silent_url,
+        Some(&token_file),
+        &["--timeout", "1"],
+    )
+    .await;
+    // Within the hook's own 1 s plus a margin well under the 5 s a step alone used to take.
+    let (code, out, err) = finish(hook, Duration::from_secs(4)).await;
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("the local dialog stays"), "{err}");
+    held.abort();
+
     // A wrong token: refused by the hub, nothing printed.
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
@@ -307,18 +331,29 @@ async fn hooks_install_approvals_adds_the_permission_request_hook_idempotently_a
         ours["command"]
             .as_str()
             .unwrap()
-            .ends_with("claude-relay approval-hook"),
+            .ends_with("claude-relay approval-hook --timeout 600"),
         "{ours}"
     );
-    assert!(
-        ours["timeout"].as_u64().unwrap() > 600,
-        "outlives the hook's own 600 s"
-    );
+    assert_eq!(ours["timeout"], 630, "outlives the hook's own 600 s");
     assert!(s["hooks"]["Stop"].is_array(), "the Stop hook too");
 
     let again = hooks(&["install", "--approvals"]);
     assert!(again.contains("nothing changed"), "{again}");
     assert_eq!(read(), s);
+
+    // A longer wait: Claude Code is told to allow the hook 30 s more than it waits.
+    hooks(&["install", "--approvals", "--timeout", "3600"]);
+    let long = &read()["hooks"]["PermissionRequest"][1]["hooks"][0];
+    assert!(
+        long["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("approval-hook --timeout 3600"),
+        "{long}"
+    );
+    assert_eq!(long["timeout"], 3630);
+    hooks(&["install", "--approvals"]);
+    assert_eq!(read(), s, "back to the default");
 
     hooks(&["uninstall"]);
     assert_eq!(read(), original);

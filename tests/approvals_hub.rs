@@ -264,6 +264,19 @@ async fn a_prompt_closes_with_its_filer_expires_in_time_and_is_bounded() {
     )
     .await;
     assert_eq!(big["preview"].as_str().unwrap().chars().count(), 2000);
+    assert_eq!(big["truncated"], true, "{big}");
+    assert_eq!(big["inputChars"], 100_000 + r#"{"command":""}"#.len());
+    // A channel preview as long as Claude Code makes them may have been cut before it came.
+    let channel = file(
+        &mut hook,
+        "CC-6",
+        json!({"input": null, "source": "channel", "requestId": "abcde",
+               "inputPreview": format!("{{\"command\":\"{}", "q".repeat(300))}),
+    )
+    .await;
+    assert_eq!(channel["truncated"], true, "{channel}");
+    assert!(channel.get("inputChars").is_none(), "{channel}");
+    assert_eq!(a["truncated"], false);
     assert!(big["summary"].as_str().unwrap().chars().count() <= 500);
     hook.send(json!({"type": "approval_file", "clientId": "CC-5", "tool": "", "rid": "e"}))
         .await;
@@ -327,5 +340,176 @@ async fn a_hub_without_a_token_takes_answers_from_loopback_with_its_csrf_token_o
     let v = hook.until("approval_verdict").await;
     assert_eq!(v["approval"]["state"], "denied");
     assert_eq!(v["approval"]["by"], "http (loopback)");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn bidi_controls_are_refused_in_tool_and_request_id_and_replaced_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let mut hook = Ws::connect(&hub.url).await;
+    for (i, bad) in ["\u{202e}", "\u{2066}", "\u{200f}", "\u{61c}", "\u{202a}"]
+        .iter()
+        .enumerate()
+    {
+        let rid = format!("t{i}");
+        hook.send(
+            json!({"type": "approval_file", "clientId": "CC-1", "token": TOKEN,
+            "tool": format!("Ba{bad}sh"), "rid": rid}),
+        )
+        .await;
+        assert_eq!(
+            until_rid(&mut hook, &rid).await["code"],
+            "bad_frame",
+            "tool {bad:?}"
+        );
+        let rid = format!("r{i}");
+        hook.send(
+            json!({"type": "approval_file", "clientId": "CC-1", "token": TOKEN,
+            "tool": "Bash", "requestId": format!("x{bad}y"), "rid": rid}),
+        )
+        .await;
+        assert_eq!(
+            until_rid(&mut hook, &rid).await["code"],
+            "bad_frame",
+            "requestId {bad:?}"
+        );
+    }
+    let a = file(
+        &mut hook,
+        "CC-1",
+        json!({"input": {"command": "rm -rf \u{202e}txt.exe\u{2066}a\u{2069}\u{200e}"},
+               "cwd": "/w\u{202b}x\u{61c}"}),
+    )
+    .await;
+    let text = a.to_string();
+    for c in [
+        '\u{202e}', '\u{2066}', '\u{2069}', '\u{200e}', '\u{202b}', '\u{61c}',
+    ] {
+        assert!(!text.contains(c), "{c:?} kept in {text}");
+    }
+    assert_eq!(a["summary"], "rm -rf  txt.exe a");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_can_neither_close_nor_starve_another_sessions_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    // CC-2's hook files a prompt (its connection is not registered: hooks never are).
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-2", json!({})).await;
+    let id = a["id"].as_str().unwrap().to_string();
+
+    // The wrong people first: a token holder that did not file it, then one that took the
+    // name CC-2 (nobody owns it, so holding it proves nothing).
+    let mut other = Ws::connect(&hub.url).await;
+    other
+        .send(json!({"type": "register", "clientId": "Other-1", "token": TOKEN}))
+        .await;
+    other.expect("registered").await;
+    other
+        .send(json!({"type": "approval_close", "id": id, "rid": "c1"}))
+        .await;
+    assert_eq!(until_rid(&mut other, "c1").await["code"], "not_found");
+    let mut squat = Ws::connect(&hub.url).await;
+    squat
+        .send(json!({"type": "register", "clientId": "CC-2", "token": TOKEN}))
+        .await;
+    squat.expect("registered").await;
+    squat
+        .send(json!({"type": "approval_close", "id": id, "rid": "c2"}))
+        .await;
+    assert_eq!(until_rid(&mut squat, "c2").await["code"], "not_found");
+    let one = get(
+        port,
+        &format!("/api/approvals/{id}"),
+        &[("authorization", &b)],
+    )
+    .await;
+    assert_eq!(one.json()["approval"]["state"], "pending", "{}", one.body);
+
+    // It fills CC-2's per-session quota as far as it can: only its own quota is full.
+    for _ in 0..16 {
+        file(&mut other, "CC-2", json!({})).await;
+    }
+    other
+        .send(json!({"type": "approval_file", "clientId": "CC-2", "token": TOKEN, "tool": "Bash", "rid": "x"}))
+        .await;
+    assert_eq!(until_rid(&mut other, "x").await["code"], "too_large");
+    let mine = file(&mut hook, "CC-2", json!({})).await;
+    assert_eq!(mine["state"], "pending", "CC-2's own hook still files");
+
+    // The filer closes its own.
+    hook.send(json!({"type": "approval_close", "id": id, "rid": "c3"}))
+        .await;
+    assert_eq!(
+        until_rid(&mut hook, "c3").await["approval"]["state"],
+        "closed"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_verdict_given_the_moment_a_prompt_is_listed_reaches_its_filer_after_the_filing_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    let mut filer = Ws::connect(&hub.url).await;
+    for round in 0..10 {
+        // A human as fast as can be: answers the first pending prompt it sees.
+        let answerer = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                loop {
+                    let list = get(port, "/api/approvals", &[("authorization", &b)]).await;
+                    let pending = list.json()["approvals"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|a| a["state"] == "pending")
+                        .map(|a| a["id"].as_str().unwrap().to_string());
+                    if let Some(id) = pending {
+                        let r = answer(
+                            port,
+                            &id,
+                            &[("authorization", &b)],
+                            r#"{"behavior":"allow"}"#,
+                        )
+                        .await;
+                        assert_eq!(r.status, 200, "{}", r.body);
+                        return id;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let rid = format!("f{round}");
+        filer
+            .send(
+                json!({"type": "approval_file", "clientId": "CC-7", "token": TOKEN,
+                "tool": "Bash", "input": {"command": "ls"}, "rid": rid}),
+            )
+            .await;
+        let first = filer.next().await;
+        assert_eq!(
+            first["type"], "approval",
+            "the filing reply comes first: {first}"
+        );
+        assert_eq!(first["rid"], rid.as_str());
+        let id = tokio::time::timeout(common::hub::WAIT, answerer)
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert_eq!(first["approval"]["id"], id.as_str());
+        let v = tokio::time::timeout(common::hub::WAIT, filer.until("approval_verdict"))
+            .await
+            .expect("the verdict reached the filer");
+        assert_eq!(v["approval"]["id"], id.as_str());
+        assert_eq!(v["approval"]["state"], "allowed");
+    }
     hub.stop().await;
 }

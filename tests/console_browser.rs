@@ -402,6 +402,29 @@ async fn the_approvals_panel_shows_a_prompt_and_a_humans_verdict_live() {
         .await;
     assert_eq!(browser.eval("window.__noReload").await, 7);
     assert_ne!(browser.eval("document.title").await, "pwned");
+
+    // A prompt whose input is longer than the preview: whoever approves is told, next to
+    // Allow, that they have not seen all of it. The whole-input prompt says nothing.
+    assert_eq!(
+        browser
+            .eval(&format!("{row}.querySelector('.cut') === null"))
+            .await,
+        true
+    );
+    hook.send(json!({
+        "type": "approval_file", "clientId": "CC-2", "tool": "Bash",
+        "input": {"command": "x".repeat(5000)}, "rid": 3,
+    }))
+    .await;
+    let long = "document.querySelector('#approvals [data-approval=\"A-3\"] .actions .cut')";
+    browser.wait_for(&format!("!!{long}")).await;
+    assert_eq!(
+        browser.eval(&format!("{long}.textContent")).await,
+        format!(
+            "input cut: 2000 of {} characters",
+            5000 + r#"{"command":""}"#.len()
+        )
+    );
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-approvals.png");
     browser.screenshot(&shot).await;
     eprintln!("approvals screenshot: {}", shot.display());

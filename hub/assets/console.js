@@ -245,12 +245,24 @@ const approvalsPanel = {
       a.state === 'pending'
         ? el('span', { class: 'actions', role: 'cell' },
           el('button', { class: 'allow', onclick: () => answer(a.id, 'allow') }, 'Allow'),
-          el('button', { class: 'deny ghost', onclick: () => answer(a.id, 'deny') }, 'Deny'))
+          el('button', { class: 'deny ghost', onclick: () => answer(a.id, 'deny') }, 'Deny'),
+          cutNote(a))
         : el('span', { class: 'verdict', role: 'cell' }, (a.by ? 'by ' + a.by : '') + (a.message ? ' · ' + a.message : '')),
       el('pre', { class: 'preview mono' }, place(a) + a.preview));
     box.replaceChildren(...pending.map(row), ...decided.map(row));
   },
 };
+
+// Next to Allow: the preview is not the whole input, so whoever approves knows they have
+// not seen all of it (docs/SECURITY.md, "Approvals").
+function cutNote(a) {
+  if (!a.truncated) return null;
+  const shown = [...a.preview].length;
+  const text = a.inputChars != null
+    ? 'input cut: ' + shown + ' of ' + a.inputChars + ' characters'
+    : 'input cut: ' + shown + ' characters, cut by the agent\'s client';
+  return el('span', { class: 'cut', data: { cut: a.id } }, text);
+}
 
 // "host:cwd" on its own line before the preview, when the filer said where it runs.
 function place(a) {

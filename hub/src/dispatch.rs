@@ -72,9 +72,10 @@ pub struct ConnSession {
     /// The name held was made up for this one connection (`register.transient`): forget it
     /// when the connection ends, unless direct mail to it waits.
     pub(crate) transient: bool,
-    /// Approval prompts this connection filed and waits for (closed when it ends; bounded
-    /// by `approvals::PER_CONNECTION`).
-    pub(crate) filed: Vec<u64>,
+    /// Approval prompts this connection filed and waits for, with the session each is for
+    /// (closed when it ends; bounded by `approvals::PER_CONNECTION`, and per session by
+    /// `approvals::PER_SESSION`).
+    pub(crate) filed: Vec<(u64, SessionId)>,
 }
 
 impl ConnSession {
@@ -754,7 +755,10 @@ impl ConnSession {
         if let Some(w) = self.watching.take() {
             hub.router.unwatch(&w, self.outbox.id());
         }
-        let filed = std::mem::take(&mut self.filed);
+        let filed = std::mem::take(&mut self.filed)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         let who = self
             .id
             .as_ref()

@@ -18,23 +18,8 @@
 
 use std::borrow::Cow;
 
-/// True for characters that must never reach a terminal or a model raw: C0 and C1 controls
-/// and DEL (`char::is_control`), bidi embedding/override/isolate controls and marks
-/// (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), and the Unicode line and
-/// paragraph separators (U+2028, U+2029), which some renderers treat as newlines.
-pub fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{2028}'
-                | '\u{2029}'
-        )
-}
+/// The one rule of what is unsafe (defined in relay-proto so the hub uses it too).
+pub use relay_proto::chars::is_unsafe;
 
 fn escape(s: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
     if !s.chars().any(|c| is_unsafe(c) && !keep(c)) {

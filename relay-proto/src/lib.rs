@@ -6,6 +6,7 @@
 //! only a client machine knows (its session registry, identity, process liveness, file
 //! locations) lives in `relay-local`, so the hub never links sysinfo or reads `~/.claude-relay`.
 
+pub mod chars;
 pub mod id;
 pub mod time;
 pub mod token;

@@ -19,6 +19,9 @@ pub const ID_PREFIX: &str = "A-";
 pub const MAX_TOOL: usize = 128;
 /// Longest input preview the hub keeps, in characters (longer ones are cut, with `…`).
 pub const MAX_PREVIEW: usize = 2000;
+/// Length at which Claude Code cuts a channel's `input_preview`: a preview this long may
+/// have been cut before it reached the bridge, and how long the input was is not known.
+pub const CHANNEL_PREVIEW: usize = 200;
 /// Longest description or summary, in characters (longer ones are cut).
 pub const MAX_DESCRIPTION: usize = 500;
 /// Longest working directory or host name, in characters (longer ones are cut).
@@ -122,7 +125,9 @@ pub struct ApprovalFile {
     pub input: Option<Value>,
     /// A preview already made (a channel's `input_preview`), used when `input` is absent.
     pub input_preview: Option<String>,
-    /// What the tool would do, in words (a channel's `description`).
+    /// What the tool would do, in the model's words (a channel's `description`). Not shown
+    /// as the summary: the hub summarises what would run (`input`, `input_preview`), never
+    /// the model's account of it.
     pub description: Option<String>,
     /// The agent's working directory.
     pub cwd: Option<String>,
@@ -188,6 +193,14 @@ pub struct ApprovalView {
     pub summary: String,
     /// The input, bounded ([`MAX_PREVIEW`]).
     pub preview: String,
+    /// Whether `preview` is not the whole input: cut by the hub at [`MAX_PREVIEW`], or a
+    /// channel preview that may have been cut by the agent's client ([`CHANNEL_PREVIEW`]).
+    /// A human approving it has not seen all of it.
+    #[serde(default)]
+    pub truncated: bool,
+    /// How many characters the whole input had (as compact JSON), when the hub saw it
+    /// whole; absent when only a cut preview arrived (a channel prompt).
+    pub input_chars: Option<u64>,
     /// Hook or channel.
     pub source: ApprovalSource,
     /// The channel's `request_id` (channel prompts).

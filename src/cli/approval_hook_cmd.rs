@@ -7,9 +7,10 @@
 //!   prints exactly
 //!   `{"hookSpecificOutput":{"hookEventName":"PermissionRequest","decision":{"behavior":"allow"|"deny","message":"…"}}}`
 //!   and exits 0 — Claude Code takes the decision and closes its dialog;
-//! - **anything else** — the timeout (`--timeout`, default 600 s), a hub that is down or
-//!   refuses, no relay session for this hook call, bad input, the prompt expired or closed:
-//!   prints nothing and exits 0, so the local dialog simply stays. It never allows by
+//! - **anything else** — the timeout (`--timeout`, default 600 s, counted from the hook's
+//!   start and bounding every step: stdin, connect, the filing's reply, the close), a hub
+//!   that is down or refuses, no relay session for this hook call, bad input, the prompt
+//!   expired or closed: prints nothing and exits 0, so the local dialog simply stays. It never allows by
 //!   default and never blocks the agent on its own failure (reasons go to stderr, which
 //!   Claude Code shows only in its debug output).
 //!
@@ -35,6 +36,8 @@ use super::{sessions_cmd::HubConn, wait_cmd};
 
 /// Longest wait for the TCP connect and WebSocket handshake, and for the filing's reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most verdicts kept while the filing reply is awaited (this connection files one prompt).
+const EARLY_VERDICTS: usize = 4;
 
 /// Arguments of `claude-relay approval-hook`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +56,13 @@ pub(crate) struct ApprovalHookArgs {
 
 /// Runs `claude-relay approval-hook`. Always exits 0; prints only a verdict.
 pub(super) fn run(args: ApprovalHookArgs) -> anyhow::Result<ExitCode> {
-    match verdict(args) {
+    // One deadline for the whole process, from its start: every step (reading stdin,
+    // connecting, the filing's reply, the verdict, closing) ends by it, so the hook never
+    // outlives `--timeout` (and the `timeout` `hooks install` gives Claude Code is past it).
+    let started = std::time::Instant::now();
+    let timeout = args.timeout.clamp(1, MAX_TIMEOUT_S);
+    let deadline = started + Duration::from_secs(timeout);
+    match verdict(args, timeout, deadline) {
         Ok(Some(output)) => println!("{output}"),
         Ok(None) => {}
         Err(e) => eprintln!(
@@ -65,8 +74,15 @@ pub(super) fn run(args: ApprovalHookArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The hook's output line, or None when it must print nothing.
-fn verdict(args: ApprovalHookArgs) -> anyhow::Result<Option<String>> {
-    let hook = wait_cmd::read_hook_json().context("no hook JSON on stdin")?;
+fn verdict(
+    args: ApprovalHookArgs,
+    timeout: u64,
+    deadline: std::time::Instant,
+) -> anyhow::Result<Option<String>> {
+    let hook = wait_cmd::read_hook_json_within(
+        deadline.saturating_duration_since(std::time::Instant::now()),
+    )
+    .context("no hook JSON on stdin")?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let registry = Registry::open_default().load().unwrap_or_else(|e| {
         tracing::warn!("session registry unreadable: {e}");
@@ -76,7 +92,6 @@ fn verdict(args: ApprovalHookArgs) -> anyhow::Result<Option<String>> {
         .map_err(|why| anyhow::anyhow!(why))?;
     let field = |k: &str| hook.get(k).and_then(Value::as_str).map(str::to_string);
     let tool = field("tool_name").context("the hook JSON has no tool_name")?;
-    let timeout = args.timeout.clamp(1, MAX_TIMEOUT_S);
     let frame = ClientFrame::ApprovalFile(ApprovalFile {
         client_id: session.id.to_string(),
         owner_secret: wait_cmd::owner_secret(session.id.as_str()),
@@ -102,27 +117,48 @@ fn verdict(args: ApprovalHookArgs) -> anyhow::Result<Option<String>> {
         .context("starting the async runtime")?;
     let auth = args.hub.auth();
     let url = args.hub.relay_url.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let late = || anyhow::anyhow!("no verdict within {timeout} s");
     runtime.block_on(async move {
         let mut ws = tokio::time::timeout_at(deadline, dial::connect_with(&url, &auth, CONNECT_TIMEOUT))
             .await
             .map_err(|_| anyhow::anyhow!("the hub did not answer in time"))??;
-        dial::send_frame(&mut ws, &frame).await?;
-        let filed = dial::read_until(&mut ws, CONNECT_TIMEOUT, |f| match f {
+        tokio::time::timeout_at(deadline, dial::send_frame(&mut ws, &frame))
+            .await
+            .map_err(|_| late())??;
+        // A verdict that arrives before the filing reply (a human faster than our read) is
+        // kept, and taken once the reply says which prompt is ours.
+        let mut early: Vec<ApprovalView> = Vec::new();
+        let reply = dial::read_until(&mut ws, CONNECT_TIMEOUT, |f| match f {
             ServerFrame::Approval(a) => Some(Ok(a.approval)),
+            ServerFrame::ApprovalVerdict(v) => {
+                if early.len() < EARLY_VERDICTS {
+                    early.push(v.approval);
+                }
+                None
+            }
             ServerFrame::Error(e) if e.rid.is_some() => Some(Err(e.message)),
             _ => None,
-        })
-        .await?
-        .map_err(|why| anyhow::anyhow!("the hub refused the prompt: {why}"))?;
+        });
+        let filed = tokio::time::timeout_at(deadline, reply)
+            .await
+            .map_err(|_| late())??
+            .map_err(|why| anyhow::anyhow!("the hub refused the prompt: {why}"))?;
         tracing::info!("filed {} for {} ({})", filed.id, session.id, session.source);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let decided = dial::read_until(&mut ws, left, |f| match f {
-            ServerFrame::ApprovalVerdict(v) if v.approval.id == filed.id => Some(v.approval),
-            _ => None,
-        })
-        .await;
-        let _ = ws.close(None).await;
+        let decided = match early.into_iter().find(|v| v.id == filed.id) {
+            Some(v) => Ok(v),
+            None => {
+                dial::read_until(&mut ws, left, |f| match f {
+                    ServerFrame::ApprovalVerdict(v) if v.approval.id == filed.id => {
+                        Some(v.approval)
+                    }
+                    _ => None,
+                })
+                .await
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, ws.close(None)).await;
         match decided {
             Ok(view) => Ok(output(&view)),
             Err(ConnectError::Timeout(..)) => {
@@ -175,6 +211,8 @@ mod tests {
             tool: "Bash".into(),
             summary: "ls".into(),
             preview: "{}".into(),
+            truncated: false,
+            input_chars: Some(2),
             source: ApprovalSource::Hook,
             request_id: None,
             state,

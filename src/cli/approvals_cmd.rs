@@ -2,8 +2,9 @@
 //! "Approvals").
 //!
 //! - `claude-relay approvals [--json] [--watch]`: the pending prompts (oldest first) and the
-//!   latest verdicts; `--json` prints the hub's list as is (each with its `id`); `--watch`
-//!   then follows the hub's event stream and prints a line for each prompt filed or decided.
+//!   latest verdicts; `--json` prints the hub's list (each with its `id`; bidi and C1
+//!   controls written as `\uXXXX` escapes by `relay_local::display::json`); `--watch` then
+//!   follows the hub's event stream and prints a line for each prompt filed or decided.
 //! - `claude-relay approvals allow|deny ID [--message TEXT]`: a human's verdict — **only
 //!   from an interactive terminal**. With stdin not a TTY (how an agent's shell tool runs a
 //!   command) it refuses, sends nothing and exits 2.
@@ -125,7 +126,7 @@ async fn list(op: &Operator, as_json: bool, watch: bool) -> anyhow::Result<ExitC
     let now = v["now"].as_i64().unwrap_or_else(relay_proto::time::now_ms);
     let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", json!(items))?;
+        writeln!(out, "{}", display::json(&json!(items).to_string()))?;
     } else {
         write!(out, "{}", table(&items, now))?;
     }
@@ -188,10 +189,25 @@ fn line(a: &ApprovalView, now: i64) -> String {
         display::line(&a.tool),
         display::line(&a.summary),
     );
+    if let Some(cut) = cut_note(a) {
+        l.push_str(&format!("  [{cut}]"));
+    }
     if let Some(by) = &a.by {
         l.push_str(&format!("  — by {}", display::line(by)));
     }
     l
+}
+
+/// Says that the preview is not the whole input (the console says the same next to Allow).
+fn cut_note(a: &ApprovalView) -> Option<String> {
+    if !a.truncated {
+        return None;
+    }
+    let shown = a.preview.chars().count();
+    Some(match a.input_chars {
+        Some(all) => format!("input cut: {shown} of {all} characters"),
+        None => format!("input cut: {shown} characters, cut by the agent's client"),
+    })
 }
 
 /// Follows the `/api/feed` answer `resp` and prints each `approval` event.
@@ -217,7 +233,7 @@ async fn follow(resp: hyper::Response<hyper::body::Incoming>, as_json: bool) -> 
             };
             let mut out = std::io::stdout().lock();
             if as_json {
-                writeln!(out, "{}", json!(a))?;
+                writeln!(out, "{}", display::json(&json!(a).to_string()))?;
             } else {
                 writeln!(out, "{}", line(&a, relay_proto::time::now_ms()))?;
             }

@@ -30,7 +30,7 @@
 //!
 //! ```json
 //! {"hooks": {"PermissionRequest": [{"matcher": "", "hooks": [{"type": "command",
-//!   "command": "/path/to/claude-relay approval-hook", "timeout": 620}]}]}}
+//!   "command": "/path/to/claude-relay approval-hook --timeout 600", "timeout": 630}]}]}}
 //! ```
 //!
 //! and prints the same entry for Codex (`~/.codex/hooks.json`). Claude Code runs it when a
@@ -43,6 +43,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use relay_proto::wire_approvals::{DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -58,9 +59,9 @@ const WAIT_ARG: &str = "wait";
 const APPROVAL_EVENT: &str = "PermissionRequest";
 /// The subcommand the approval hook runs.
 const APPROVAL_ARG: &str = "approval-hook";
-/// Seconds Claude Code lets the approval hook run: past `approval-hook`'s own default
-/// timeout (600 s), so the hook always ends by itself, printing nothing.
-const APPROVAL_HOOK_TIMEOUT_SECS: u64 = 620;
+/// Seconds Claude Code lets the approval hook run beyond the hook's own `--timeout`, so the
+/// hook always ends by itself (printing nothing) before Claude Code would kill it.
+const APPROVAL_HOOK_GRACE_SECS: u64 = 30;
 /// Our binary's name, to recognise our entry whatever path it was installed with.
 const BIN_NAME: &str = "claude-relay";
 /// Seconds Claude Code lets the hook run; matches `wait`'s default timeout.
@@ -87,6 +88,12 @@ enum HooksAction {
         /// prompts reach the hub's approval inbox, where only a human answers them.
         #[arg(long)]
         approvals: bool,
+        /// With --approvals: how long the approval hook waits for a human's verdict before
+        /// it gives up (the local dialog stays). Claude Code is told to allow the hook 30 s
+        /// more. At most 3600.
+        #[arg(long, value_name = "SECS", requires = "approvals",
+              value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_S))]
+        timeout: Option<u64>,
     },
     /// Remove the `claude-relay wait` Stop hook from ~/.claude/settings.json.
     Uninstall {
@@ -100,9 +107,18 @@ enum HooksAction {
 pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     let home = Home::current()?;
     let path = home.claude_settings();
-    let (install, dry_run, approvals) = match args.action {
-        HooksAction::Install { dry_run, approvals } => (true, dry_run, approvals),
-        HooksAction::Uninstall { dry_run } => (false, dry_run, false),
+    let (install, dry_run, approvals, timeout) = match args.action {
+        HooksAction::Install {
+            dry_run,
+            approvals,
+            timeout,
+        } => (
+            true,
+            dry_run,
+            approvals,
+            timeout.unwrap_or(DEFAULT_TIMEOUT_S),
+        ),
+        HooksAction::Uninstall { dry_run } => (false, dry_run, false, DEFAULT_TIMEOUT_S),
     };
     let existing = match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
@@ -154,7 +170,7 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
         )
     };
     if approvals {
-        let entry = approval_entry(&command_line(APPROVAL_ARG)?);
+        let entry = approval_entry(&command_line(APPROVAL_ARG)?, timeout);
         let change = install_approval_entry(&mut settings, entry)
             .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
         if change != Install::Unchanged {
@@ -170,7 +186,7 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
             println!("No claude-relay hook in {shown}; nothing changed.");
         }
         if approvals {
-            print_codex_snippet()?;
+            print_codex_snippet(timeout)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -199,15 +215,15 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
             "Permission prompts now also go to the hub's approval inbox: answer them in the \
              console or with `claude-relay approvals` (only a human can; see docs/SECURITY.md)."
         );
-        print_codex_snippet()?;
+        print_codex_snippet(timeout)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the approval hook for Codex, which reads its hooks from `~/.codex/hooks.json`.
-fn print_codex_snippet() -> anyhow::Result<()> {
+fn print_codex_snippet(timeout: u64) -> anyhow::Result<()> {
     let snippet = json!({"hooks": {APPROVAL_EVENT: [
-        {"hooks": [approval_entry(&command_line(APPROVAL_ARG)?)]}
+        {"hooks": [approval_entry(&command_line(APPROVAL_ARG)?, timeout)]}
     ]}});
     println!(
         "For Codex, add this to ~/.codex/hooks.json (merge it with what is there; Codex asks \
@@ -231,12 +247,13 @@ fn command_line(arg: &str) -> anyhow::Result<String> {
     Ok(format!("{} {arg}", sh_quote(exe)))
 }
 
-/// Our approval hook entry for `command`.
-pub(crate) fn approval_entry(command: &str) -> Value {
+/// Our approval hook entry for `command`, waiting `timeout` seconds for a verdict; Claude
+/// Code allows it [`APPROVAL_HOOK_GRACE_SECS`] more.
+pub(crate) fn approval_entry(command: &str, timeout: u64) -> Value {
     json!({
         "type": "command",
-        "command": command,
-        "timeout": APPROVAL_HOOK_TIMEOUT_SECS,
+        "command": format!("{command} --timeout {timeout}"),
+        "timeout": timeout + APPROVAL_HOOK_GRACE_SECS,
     })
 }
 
@@ -575,7 +592,12 @@ mod tests {
             },
             "model": "opus"
         });
-        let entry = approval_entry("/bin/claude-relay approval-hook");
+        let entry = approval_entry("/bin/claude-relay approval-hook", 3600);
+        assert_eq!(entry["timeout"], 3630);
+        assert_eq!(
+            entry["command"],
+            "/bin/claude-relay approval-hook --timeout 3600"
+        );
         let mut s = original.clone();
         assert_eq!(
             install_approval_entry(&mut s, entry.clone()),

@@ -220,6 +220,12 @@ pub(super) fn resolve_session(
 /// time. Never blocks for long: the read runs on its own thread and is abandoned after
 /// [`STDIN_WAIT`] (it cannot keep the process alive: the process ends when `main` returns).
 pub(super) fn read_hook_json() -> Option<Value> {
+    read_hook_json_within(STDIN_WAIT)
+}
+
+/// [`read_hook_json`], waiting at most `wait` (the approval hook's deadline may be nearer
+/// than [`STDIN_WAIT`]).
+pub(super) fn read_hook_json_within(wait: Duration) -> Option<Value> {
     if std::io::stdin().is_terminal() {
         return None;
     }
@@ -229,7 +235,7 @@ pub(super) fn read_hook_json() -> Option<Value> {
         let read = std::io::stdin().take(STDIN_MAX).read_to_end(&mut buf);
         let _ = tx.send(read.map(|_| buf));
     });
-    let bytes = rx.recv_timeout(STDIN_WAIT).ok()?.ok()?;
+    let bytes = rx.recv_timeout(wait.min(STDIN_WAIT)).ok()?.ok()?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(v @ Value::Object(_)) => Some(v),
         Ok(_) => None,

@@ -5,11 +5,18 @@
 //! Who may file for a session: whoever may watch its mail — anyone for a name nobody owns,
 //! only the holder of its owner secret for an owned one (checked on the store thread, as
 //! `watch` does; a connection registered under the name has proven it already), and on a
-//! hub with a token only a connection that presented it. Who may
-//! close: the connection that filed it, or one registered as its session.
+//! hub with a token only a connection that presented it. Who may close: the connection that
+//! filed it, or one registered under its session's name when that name is owned (holding an
+//! owned name proves its secret; holding a name nobody owns proves nothing).
+//!
+//! Quotas are counted per filing connection: [`PER_SESSION`] pending prompts for one session
+//! and [`PER_CONNECTION`] in all, so another token holder filing under CC-2's name fills only
+//! its own quota, never CC-2's. What one connection can fill hub-wide is bounded by
+//! [`HUB_PENDING`].
 
 use relay_proto::{
     SessionId,
+    chars::is_unsafe,
     time::now_ms,
     wire::{ServerFrame, codes},
     wire_approvals::{
@@ -35,27 +42,38 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
         Err(e) => return conn.error(codes::INVALID_ID, format!("invalid clientId: {e}"), rid),
     };
     let tool = f.tool.trim();
-    if tool.is_empty() || tool.len() > MAX_TOOL || tool.chars().any(char::is_control) {
+    if tool.is_empty() || tool.len() > MAX_TOOL || tool.chars().any(is_unsafe) {
         return conn.error(
             codes::BAD_FRAME,
-            format!("tool must be 1 to {MAX_TOOL} bytes without control characters"),
+            format!("tool must be 1 to {MAX_TOOL} bytes without control or bidi characters"),
             rid,
         );
     }
     if let Some(r) = &f.request_id
-        && (r.is_empty() || r.len() > MAX_REQUEST_ID || r.chars().any(char::is_control))
+        && (r.is_empty() || r.len() > MAX_REQUEST_ID || r.chars().any(is_unsafe))
     {
         return conn.error(
             codes::BAD_FRAME,
-            format!("requestId must be 1 to {MAX_REQUEST_ID} bytes without control characters"),
+            format!(
+                "requestId must be 1 to {MAX_REQUEST_ID} bytes without control or bidi characters"
+            ),
             rid,
         );
     }
-    conn.filed.retain(|n| hub.approvals.is_waited(*n));
+    conn.filed.retain(|(n, _)| hub.approvals.is_waited(*n));
     if conn.filed.len() >= PER_CONNECTION {
         return conn.error(
             codes::TOO_LARGE,
             format!("this connection waits for {PER_CONNECTION} prompts already"),
+            rid,
+        );
+    }
+    if conn.filed.iter().filter(|(_, s)| *s == id).count() >= PER_SESSION {
+        return conn.error(
+            codes::TOO_LARGE,
+            format!(
+                "this connection has {PER_SESSION} prompts of {id} pending already; answer or let them expire"
+            ),
             rid,
         );
     }
@@ -64,13 +82,16 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
         .unwrap_or(DEFAULT_TIMEOUT_S)
         .clamp(1, MAX_TIMEOUT_S);
     let now = now_ms();
+    let preview = summary::preview(f.input.as_ref(), f.input_preview.as_deref());
     let new = NewApproval {
         session: id.to_string(),
         host: summary::place(f.host.as_deref()),
         cwd: summary::place(f.cwd.as_deref()),
         tool: tool.to_string(),
-        summary: summary::summary(tool, f.input.as_ref(), f.description.as_deref()),
-        preview: summary::preview(f.input.as_ref(), f.input_preview.as_deref()),
+        summary: summary::summary(tool, f.input.as_ref(), f.input_preview.as_deref()),
+        preview: preview.text,
+        truncated: preview.truncated,
+        input_chars: preview.input_chars,
         source: f.source,
         request_id: f.request_id.clone(),
         created: now,
@@ -79,6 +100,13 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
     let secret = f.owner_secret;
     // A connection registered under the name proved it already (its bridge).
     let holds_name = conn.id.as_ref().is_some_and(|i| i.as_str() == id.as_str());
+    // The prompt becomes answerable (visible to GET, decidable by POST) when the store call
+    // returns; every decision runs on the same store thread after it. So the filing reply is
+    // queued and the waiter registered inside the call: a verdict given at once still finds
+    // its waiter, and reaches the filer after the reply that told it the id.
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let (outbox, approvals, feed) = (conn.outbox.clone(), hub.approvals.clone(), hub.feed.clone());
+    let reply_rid = rid.clone();
     let filed = {
         let id = id.clone();
         hub.store
@@ -89,22 +117,24 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
                 {
                     return Ok(None);
                 }
-                match b.approvals() {
-                    Some(a) => a.file(&new, PER_SESSION, HUB_PENDING).map(Some),
-                    None => Ok(Some(Filed::HubFull(0))),
+                let filed = match b.approvals() {
+                    Some(a) => a.file(&new, HUB_PENDING)?,
+                    None => Filed::HubFull(0),
+                };
+                if let Filed::New(row) = &filed {
+                    let _ = outbox.push_json(&ServerFrame::Approval(ApprovalReply {
+                        approval: row.view(),
+                        rid: reply_rid,
+                    }));
+                    approvals.wait(row.n, outbox, deadline);
+                    feed.approval(row.view());
                 }
+                Ok(Some(filed))
             })
             .await
     };
     let row = match filed {
         Ok(Some(Filed::New(row))) => row,
-        Ok(Some(Filed::SessionFull(n))) => {
-            return conn.error(
-                codes::TOO_LARGE,
-                format!("{id} has {n} prompts pending already; answer or let them expire"),
-                rid,
-            );
-        }
         Ok(Some(Filed::HubFull(n))) => {
             return conn.error(
                 codes::UNAVAILABLE,
@@ -127,18 +157,9 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
             );
         }
     };
-    hub.approvals.wait(
-        row.n,
-        conn.outbox.clone(),
-        Instant::now() + Duration::from_secs(timeout),
-    );
-    conn.filed.push(row.n);
+    // Replied to, waited for and published on the store thread (above).
+    conn.filed.push((row.n, id.clone()));
     tracing::info!(id = %row.id(), session = %id, tool = %row.tool, addr = %conn.addr, "approval filed");
-    conn.reply(ServerFrame::Approval(ApprovalReply {
-        approval: row.view(),
-        rid,
-    }));
-    hub.feed.approval(row.view());
 }
 
 /// `approval_close`.
@@ -151,17 +172,28 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
             rid,
         );
     };
-    let mine = conn.filed.contains(&n);
+    let mine = conn.filed.iter().any(|(x, _)| *x == n);
     let registered = conn.id.as_ref().map(|i| i.to_string());
     let found = hub
         .store
-        .call(move |b| match b.approvals() {
-            Some(a) => a.get(n),
-            None => Ok(None),
+        .call(move |b| {
+            let Some(row) = (match b.approvals() {
+                Some(a) => a.get(n)?,
+                None => None,
+            }) else {
+                return Ok(None);
+            };
+            let owned = b.owner_hash(&row.session)?.is_some();
+            Ok(Some((row, owned)))
         })
         .await;
     let row = match found {
-        Ok(Some(row)) if mine || registered.as_deref() == Some(row.session.as_str()) => row,
+        // The filer; or the holder of the session's name, when holding it proves a secret.
+        Ok(Some((row, owned)))
+            if mine || (owned && registered.as_deref() == Some(row.session.as_str())) =>
+        {
+            row
+        }
         Ok(_) => {
             return conn.error(
                 codes::NOT_FOUND,
@@ -186,7 +218,7 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
     };
     match super::decide(hub, n, decision).await {
         Ok(Decided::Done(row) | Decided::Already(row)) => {
-            conn.filed.retain(|x| *x != n);
+            conn.filed.retain(|(x, _)| *x != n);
             conn.reply(ServerFrame::Approval(ApprovalReply {
                 approval: row.view(),
                 rid,

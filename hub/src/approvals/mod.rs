@@ -242,6 +242,8 @@ mod tests {
             tool: "Bash".into(),
             summary: "ls".into(),
             preview: "{}".into(),
+            truncated: false,
+            input_chars: Some(2),
             source: ApprovalSource::Hook,
             request_id: None,
             state,

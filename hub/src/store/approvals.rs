@@ -26,6 +26,10 @@ pub(crate) struct NewApproval {
     pub summary: String,
     /// The bounded input preview.
     pub preview: String,
+    /// Whether `preview` is not the whole input.
+    pub truncated: bool,
+    /// How long the whole input was, when known.
+    pub input_chars: Option<u64>,
     /// Hook or channel.
     pub source: ApprovalSource,
     /// The channel's request id.
@@ -53,6 +57,10 @@ pub(crate) struct ApprovalRow {
     pub summary: String,
     /// See [`NewApproval`].
     pub preview: String,
+    /// See [`NewApproval`].
+    pub truncated: bool,
+    /// See [`NewApproval`].
+    pub input_chars: Option<u64>,
     /// See [`NewApproval`].
     pub source: ApprovalSource,
     /// See [`NewApproval`].
@@ -89,6 +97,8 @@ impl ApprovalRow {
             tool: self.tool.clone(),
             summary: self.summary.clone(),
             preview: self.preview.clone(),
+            truncated: self.truncated,
+            input_chars: self.input_chars,
             source: self.source,
             request_id: self.request_id.clone(),
             state: self.state,
@@ -122,8 +132,6 @@ pub(crate) struct Decision {
 pub(crate) enum Filed {
     /// Stored.
     New(Box<ApprovalRow>),
-    /// The session has this many pending prompts already.
-    SessionFull(usize),
     /// The hub has this many pending prompts already.
     HubFull(usize),
 }
@@ -156,14 +164,10 @@ pub(crate) struct ApprovalEvent {
 
 /// The approval queries and moves (see the module header).
 pub(crate) trait ApprovalStore {
-    /// Files a prompt unless its session already has `per_session` pending ones or the hub
-    /// `total` (the bounds of `crate::approvals`).
-    fn file(
-        &mut self,
-        new: &NewApproval,
-        per_session: usize,
-        total: usize,
-    ) -> Result<Filed, StoreError>;
+    /// Files a prompt unless the hub has `total` pending ones already (the hub-wide bound of
+    /// `crate::approvals`; the per-session and per-connection quotas are counted per filing
+    /// connection there).
+    fn file(&mut self, new: &NewApproval, total: usize) -> Result<Filed, StoreError>;
     /// Moves prompt `n` out of `pending`, if it still is.
     fn decide(&mut self, n: u64, d: &Decision) -> Result<Decided, StoreError>;
     /// One prompt.

@@ -206,6 +206,7 @@ impl SqliteBackend {
             .map_err(|e| corrupt(e.to_string()))?;
         conn.execute_batch(approvals::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
+        approvals::upgrade(&conn).map_err(|e| corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
         let integrity = quick_check(&conn);
         match &integrity {

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided    INTEGER,
     by_whom    TEXT,
     from_addr  TEXT,
-    message    TEXT
+    message    TEXT,
+    truncated  INTEGER NOT NULL DEFAULT 0,
+    input_chars INTEGER
 );
 CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, session);
 CREATE TABLE IF NOT EXISTS approval_events (
@@ -47,7 +49,25 @@ CREATE INDEX IF NOT EXISTS approval_events_by_n ON approval_events(n);
 ";
 
 const COLUMNS: &str = "n, session, host, cwd, tool, summary, preview, source, request_id, state, \
-                       created, expires, decided, by_whom, from_addr, message";
+                       created, expires, decided, by_whom, from_addr, message, truncated, \
+                       input_chars";
+
+/// Adds the columns a store made before them lacks (`truncated`, `input_chars`): its rows
+/// read as not cut, length unknown.
+pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('approvals') WHERE name = 'input_chars'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE approvals ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE approvals ADD COLUMN input_chars INTEGER;",
+        )?;
+    }
+    Ok(())
+}
 
 fn source_str(s: ApprovalSource) -> &'static str {
     match s {
@@ -81,6 +101,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
         by: r.get(13)?,
         from: r.get(14)?,
         message: r.get(15)?,
+        truncated: r.get(16)?,
+        input_chars: r.get::<_, Option<i64>>(17)?.map(|n| n as u64),
     })
 }
 
@@ -95,29 +117,21 @@ impl SqliteBackend {
 }
 
 impl ApprovalStore for SqliteBackend {
-    fn file(
-        &mut self,
-        new: &NewApproval,
-        per_session: usize,
-        total: usize,
-    ) -> Result<Filed, StoreError> {
+    fn file(&mut self, new: &NewApproval, total: usize) -> Result<Filed, StoreError> {
         self.writable()?;
         let tx = self.conn.transaction()?;
-        let (all, mine): (i64, i64) = tx.query_row(
-            "SELECT count(*), coalesce(sum(session = ?1), 0) FROM approvals WHERE state = 'pending'",
-            [&new.session],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let all: i64 = tx.query_row(
+            "SELECT count(*) FROM approvals WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
         )?;
-        if mine as usize >= per_session {
-            return Ok(Filed::SessionFull(per_session));
-        }
         if all as usize >= total {
             return Ok(Filed::HubFull(total));
         }
         tx.execute(
             "INSERT INTO approvals (session, host, cwd, tool, summary, preview, source, \
-             request_id, state, created, expires) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10)",
+             request_id, state, created, expires, truncated, input_chars) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?12)",
             params![
                 new.session,
                 new.host,
@@ -128,7 +142,9 @@ impl ApprovalStore for SqliteBackend {
                 source_str(new.source),
                 new.request_id,
                 new.created,
-                new.expires
+                new.expires,
+                new.truncated,
+                new.input_chars.map(|n| n as i64)
             ],
         )?;
         let n = tx.last_insert_rowid();
@@ -242,6 +258,8 @@ mod tests {
             tool: "Bash".into(),
             summary: "npm test".into(),
             preview: "{\"command\":\"npm test\"}".into(),
+            truncated: false,
+            input_chars: Some(22),
             source: ApprovalSource::Hook,
             request_id: None,
             created: 1,
@@ -260,24 +278,41 @@ mod tests {
     }
 
     #[test]
+    fn a_table_made_before_the_cut_columns_gains_them() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let before = SCHEMA.replace(
+            "message    TEXT,\n    truncated  INTEGER NOT NULL DEFAULT 0,\n    input_chars INTEGER\n",
+            "message    TEXT\n",
+        );
+        assert_ne!(before, SCHEMA);
+        conn.execute_batch(&before).unwrap();
+        conn.execute(
+            "INSERT INTO approvals (session, tool, summary, preview, source, state, created, \
+             expires) VALUES ('CC-1', 'Bash', 'ls', '{}', 'hook', 'closed', 1, 2)",
+            [],
+        )
+        .unwrap();
+        upgrade(&conn).unwrap();
+        upgrade(&conn).unwrap();
+        let old = conn
+            .query_row(&format!("SELECT {COLUMNS} FROM approvals"), [], row)
+            .unwrap();
+        assert!(!old.truncated);
+        assert_eq!(old.input_chars, None);
+    }
+
+    #[test]
     fn first_answer_wins_is_bounded_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
         let s = b.approvals().unwrap();
-        let Filed::New(a) = s.file(&new("CC-1"), 2, 10).unwrap() else {
+        let Filed::New(a) = s.file(&new("CC-1"), 2).unwrap() else {
             panic!("not filed")
         };
         assert_eq!(a.state, ApprovalState::Pending);
+        assert!(matches!(s.file(&new("CC-1"), 2).unwrap(), Filed::New(_)));
         assert!(matches!(
-            s.file(&new("CC-1"), 2, 10).unwrap(),
-            Filed::New(_)
-        ));
-        assert!(matches!(
-            s.file(&new("CC-1"), 2, 10).unwrap(),
-            Filed::SessionFull(2)
-        ));
-        assert!(matches!(
-            s.file(&new("CC-2"), 2, 2).unwrap(),
+            s.file(&new("CC-2"), 2).unwrap(),
             Filed::HubFull(2)
         ));
         let Decided::Done(d) = s
