@@ -75,6 +75,15 @@ use crate::{
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The writer flushes at least this often while draining a long queue.
 const FLUSH_BYTES: usize = 256 << 10;
+/// tungstenite's write buffer: frames are copied into it and it is written to the socket
+/// once it holds more than this (or at a flush). Its capacity is never given back
+/// (tungstenite drains it without shrinking), so it is what a connection keeps after a
+/// burst: at the default 128 KiB, a registration storm of the Node relay's clients (a whole
+/// peer list per join) left ~170 KiB behind per connection (issue 16). The writer waits for
+/// the socket before it feeds the next frame once a write would block, so the buffer holds
+/// at most this plus one frame. Small frames still leave in one `sendto` per flush: a busy
+/// connection's flush carries a few KiB (docs/BENCHMARKS.md).
+const WRITE_BUFFER: usize = 8 << 10;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
@@ -225,6 +234,12 @@ where
         // Small eager read buffer: 10,000 idle connections must stay cheap (and reads come
         // in chunks of at most this: see `budget::READ_CHUNK`).
         .read_buffer_size(READ_CHUNK)
+        .write_buffer_size(WRITE_BUFFER)
+        // The bound stated above, enforced (the hub's own frames stay far under the hard
+        // frame limit: listings are paged under 4 MiB, contents are under 512 KiB).
+        .max_write_buffer_size(
+            WRITE_BUFFER + hub.config.hard_frame_limit.max(hub.config.outbound_bytes),
+        )
         .max_message_size(Some(hub.config.hard_frame_limit))
         .max_frame_size(Some(hub.config.hard_frame_limit));
     let mut upgrade = Upgrade::Authorized;
