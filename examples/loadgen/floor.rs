@@ -39,7 +39,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes, protocol::WebSocketConfig};
 
 /// Most messages written in one group commit (the hub's `MAX_BATCH`).
 const MAX_BATCH: usize = 512;
@@ -50,6 +50,8 @@ const ROUTE_QUEUE: usize = 64;
 /// Frames a connection's outbound queue holds (the hub's default); a client that lets it
 /// fill is dropped.
 const OUTBOX: usize = 4096;
+/// tungstenite's read buffer per connection (the hub's `READ_CHUNK`).
+const READ_BUFFER: usize = 4 << 10;
 /// How often the log is fsync'd while it is written to (the hub's checkpoint cadence).
 const SYNC_EVERY: Duration = Duration::from_millis(50);
 
@@ -289,7 +291,9 @@ async fn connection(
     table: Rc<RefCell<Table>>,
     appends: mpsc::Sender<Append>,
 ) {
-    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+    // The hub's read buffer (4 KiB, eagerly allocated): idle connections cost the same.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
         return;
     };
     let (mut sink, mut stream) = ws.split();
