@@ -302,6 +302,7 @@ async fn measure_messages(hub: SocketAddr, scheme: &str, auth: &ClientAuth) -> R
             to: Some("B".into()),
             content: content.to_string(),
             key: Some(format!("{prefix}-{}", i + 1)),
+            reply_to: None,
             rid: Some(RequestId::Int(i as i64 + 1)),
         });
         let sent = a.send(&frame).await?;

@@ -2,9 +2,8 @@
 //! restarted under the same name resumes with no replay and no gap; a wiped hub store is
 //! reported as a history reset (nothing hangs); and a sender can watch its message go
 //! stored → delivered → read.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! How a bridge starts, holds its name, survives bad input and ends: stdin EOF, its parent's
 //! death, malformed JSON on stdin, names held by live connections, and its registry entry.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{process::Stdio, time::Duration};
 

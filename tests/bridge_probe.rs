@@ -1,9 +1,8 @@
 //! A health check leaves nothing behind, and sessions that are gone do not pile up: a real
 //! hub, real bridges, rmcp's client doing exactly what `claude mcp list` does, and the
 //! sender's view of its mail (`get_status`) as the proof of what was delivered.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::Path, time::Duration};
 

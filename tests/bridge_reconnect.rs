@@ -1,8 +1,8 @@
-//! Bridges outlive their hub: while it is gone every tool answers at once and honestly, and
-//! when it comes back on the same port they reconnect by themselves.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
+//! Bridges outlive their hub: while it is gone every tool answers at once and honestly (a send
+//! is queued on this machine), and when it comes back on the same port they reconnect by
+//! themselves and the queue goes out first.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -45,14 +45,16 @@ async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
     );
 
     // Disconnected: answers from the connection state at once ("retrying in N s"), never
-    // waits for a reply timeout, never claims a send.
+    // waits for a reply timeout, never claims a send: the message is queued on this machine
+    // (docs/BRIDGE.md, "Offline outbox").
     let out = cc1
-        .call("relay_send", json!({"message": "lost?", "to": "CC-2"}))
+        .call("relay_send", json!({"message": "queued?", "to": "CC-2"}))
         .await;
-    assert!(out.is_error, "{}", out.text);
+    assert!(!out.is_error, "{}", out.text);
     assert!(
         out.text
-            .starts_with("NOT sent: not connected to the hub at")
+            .starts_with("Queued on this machine — the hub is unreachable")
+            && out.text.contains("not delivered yet")
             && out.text.contains("retrying in"),
         "{}",
         out.text
@@ -81,9 +83,10 @@ async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
         .await;
     assert!(after.starts_with("Delivered to CC-2 (live)"), "{after}");
     let got = cc2.ok("relay_receive", Value::Null).await;
-    assert!(got.contains("after restart"), "{got}");
+    let (queued, after) = (got.find("queued?"), got.find("after restart"));
     assert!(
-        !got.contains("lost?"),
-        "the refused send never existed: {got}"
+        queued.is_some() && after.is_some() && queued < after,
+        "the queued message went first, once: {got}"
     );
+    assert_eq!(got.matches("queued?").count(), 1, "{got}");
 }

@@ -1,8 +1,7 @@
 //! The bridge's tools end to end: a real hub, real `claude-relay mcp` processes, driven by
 //! rmcp's client as Claude Code drives them.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     bridge::{Bridge, BridgeOpts},

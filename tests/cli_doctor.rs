@@ -4,9 +4,8 @@
 //! all green; then each broken piece — no MCP entry, an entry whose binary is gone, no Stop
 //! hook, a wrong token, the hub down, a secret readable by others, a ghost in the registry —
 //! must be reported with its fix.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     os::unix::fs::PermissionsExt,

@@ -6,9 +6,8 @@
 //! What the service manager would read is checked for real: the systemd unit by
 //! `systemd-analyze verify` (Debian's systemd; `.ci/run` installs it and sets
 //! `RELAY_TEST_REQUIRE_SYSTEMD=1`), the plist by a plist parser.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     io::Write as _,

@@ -1,9 +1,8 @@
 //! The session CLI and shell functions, end to end: the real `claude-relay` binary with
 //! `CLAUDE_RELAY_HOME` in a temp dir, the `init` output evaluated by a real shell, and the
 //! `sessions` table against a closed port (hub down) and against a real hub.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

@@ -2,9 +2,8 @@
 //! echoed), then one line per event for the traffic the test sends — with and without
 //! `--content`, filtered with `--session`, and as JSON lines with `--json` — with control
 //! characters from bodies escaped.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Stdio};
 

@@ -8,9 +8,8 @@
 //!
 //! The screenshot goes to `target/console.png` (the path is printed). Without Chromium the
 //! test says SKIPPED, unless `RELAY_TEST_REQUIRE_CHROMIUM=1` (CI), where it fails.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -50,7 +49,7 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path()).await;
     let cc1 = bridge(dir.path(), &hub.url, "CC-1", "claude-code").await;
-    let cc2 = bridge(dir.path(), &hub.url, "CC-2", "claude-code").await;
+    let cc2 = bridge(dir.path(), &hub.url, "CC-2", "gemini-cli-mcp-client").await;
     let mut codex = bridge(dir.path(), &hub.url, "CODEX", "codex-mcp-client").await;
 
     send(&cc1, "CC-2", "the parser tests pass — see src/parse.rs:42").await;
@@ -107,7 +106,7 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
     };
     for (id, client) in [
         ("CC-1", "Claude Code"),
-        ("CC-2", "Claude Code"),
+        ("CC-2", "Gemini CLI"),
         ("CODEX", "Codex"),
     ] {
         let s = by_id(id);
@@ -312,4 +311,98 @@ async fn behind_a_token_the_browser_logs_in_sees_the_console_and_logs_out() {
     browser
         .wait_for("!!document.querySelector('form[action=\"/login\"]')")
         .await;
+}
+
+#[tokio::test]
+async fn the_approvals_panel_shows_a_prompt_and_a_humans_verdict_live() {
+    let Some(mut browser) = Browser::launch(1280, 900).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "browser-approvals-token-6b2e";
+    let (hub, _) = Hub::start_with_token(dir.path(), token, &[]).await;
+
+    // Without the token the inbox is closed: 401 (the login form for the page).
+    assert_eq!(get(hub.port, "/api/approvals", &[]).await.status, 401);
+
+    browser
+        .open(&format!("http://127.0.0.1:{}/", hub.port))
+        .await;
+    browser
+        .wait_for("document.querySelector('form[action=\"/login\"] input[name=token]')")
+        .await;
+    browser
+        .eval(&format!(
+            "document.getElementById('token').value = {}; document.querySelector('form').submit(); true",
+            js(token)
+        ))
+        .await;
+    browser
+        .wait_for("document.body.dataset.ready === 'true' && document.getElementById('live').dataset.live === 'live' && !!document.querySelector('#approvals [data-empty]')")
+        .await;
+    browser.eval("window.__noReload = 7").await;
+
+    // A hook files a prompt after the page loaded; its summary imitates markup.
+    let mut hook = common::ws::Ws::connect(&hub.url).await;
+    let hostile = "<img src=x onerror=\"document.title='pwned'\"> && npm test";
+    hook.send(json!({
+        "type": "approval_file", "clientId": "CC-2", "token": token, "tool": "Bash",
+        "input": {"command": hostile}, "cwd": "/work/app", "host": "laptop", "rid": 1,
+    }))
+    .await;
+    assert_eq!(hook.until("approval").await["approval"]["id"], "A-1");
+    let row = "document.querySelector('#approvals [data-approval=\"A-1\"]')";
+    browser
+        .wait_for(&format!("{row}?.dataset.state === 'pending'"))
+        .await;
+    assert_eq!(
+        browser
+            .eval(&format!("{row}.querySelector('.summary').textContent"))
+            .await,
+        format!("Bash {hostile}")
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#approvals img').length")
+            .await,
+        0
+    );
+
+    // A human clicks Allow: the filer is told, and the row turns to the verdict live.
+    browser
+        .eval(&format!(
+            "{row}.querySelector('button.allow').click(); true"
+        ))
+        .await;
+    let v = hook.until("approval_verdict").await;
+    assert_eq!(v["approval"]["state"], "allowed");
+    assert_eq!(v["approval"]["by"], "console (login)");
+    browser
+        .wait_for(&format!(
+            "{row}?.dataset.state === 'allowed' && !{row}.querySelector('button')"
+        ))
+        .await;
+    assert!(
+        browser
+            .eval(&format!("{row}.querySelector('.verdict').textContent"))
+            .await
+            .as_str()
+            .unwrap()
+            .contains("console (login)")
+    );
+
+    // A second prompt, decided elsewhere (expired), shows its end without a reload.
+    hook.send(json!({
+        "type": "approval_file", "clientId": "CC-2", "tool": "Write", "input": {"file_path": "/etc/hosts"},
+        "timeoutS": 1, "rid": 2,
+    }))
+    .await;
+    browser
+        .wait_for("document.querySelector('#approvals [data-approval=\"A-2\"]')?.dataset.state === 'expired'")
+        .await;
+    assert_eq!(browser.eval("window.__noReload").await, 7);
+    assert_ne!(browser.eval("document.title").await, "pwned");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-approvals.png");
+    browser.screenshot(&shot).await;
+    eprintln!("approvals screenshot: {}", shot.display());
 }

@@ -4,9 +4,8 @@
 //! the console and how a browser logs in (401 first, CSRF-checked login and logout), the
 //! headers every answer carries, the bounds, and HTTP connections under the hub's connection
 //! caps (clients without the token never hold the places of token holders).
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, path::Path};
 

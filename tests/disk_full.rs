@@ -6,10 +6,9 @@
 //! store file can grow any more — what a full disk does to SQLite — while everything stored
 //! stays readable. The hub turns SIGXFSZ into an error (see `src/cli/hub_cmd.rs`).
 //! `prlimit(2)` on another process is Linux's.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use common::{
     hub::{Hub, limit_file_size},

@@ -1,9 +1,8 @@
 //! Nothing acknowledged is lost: the hub killed with SIGKILL in the middle of a burst and
 //! restarted on the same data directory still holds every acked message, exactly once and
 //! in send order, and idempotency keys make resending the unacked ones safe.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -9,9 +9,8 @@
 //! More classes of attack live next to this file: clients that never read, clients without
 //! the token holding slots, and parallel near-limit frames (`hostile_conns.rs`); a second
 //! hub on the same store and world-readable mail files (`hostile_store.rs`).
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,10 +5,9 @@
 //!
 //! The hub's own view is read from /proc (its TCP sockets, its peak memory), so this file is
 //! Linux's.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -1,9 +1,8 @@
 //! Oversized listings cost no one their connection: a session table grown past what a client
 //! accepts in one frame (16 MiB), history and inbox pages of bodies that grow sixfold when
 //! JSON-escaped, and a table held to `--max-sessions`. Real hub, real bridges, the real CLI.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     bridge::Bridge,

@@ -2,9 +2,8 @@
 //! the hub) send reaches the model and the terminal as their words, never as ours. Spoofed
 //! message headers, escape sequences and bidi overrides in metadata, a `registered` for a
 //! name we did not ask for, an empty recipient — each through the real binary.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     bridge::{Bridge, BridgeOpts},

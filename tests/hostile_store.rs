@@ -1,9 +1,8 @@
 //! Attacks on the hub's store from the same machine: a second hub started on the same data
 //! directory (a service plus a hand-started hub), and other local users reading the mail
 //! files. One hub holds the store; its files are its user's alone.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Stdio};
 

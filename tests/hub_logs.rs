@@ -1,9 +1,8 @@
 //! Structured logs: every connection's log lines carry a span with its peer address and, once
 //! it registered, its session name — so one grep follows one session — and `--log-format
 //! json` writes one JSON object per line for log shippers.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     hub::{Hub, HubOpts, WAIT},

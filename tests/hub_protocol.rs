@@ -2,9 +2,8 @@
 //! for field, privacy of direct mail, bad input, name ownership, heartbeats and clean
 //! shutdown. The hub is served in this process (`common::inproc`) except where the process
 //! is the point (SIGTERM); the heartbeat tests move tokio's paused clock instead of waiting.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,9 +5,8 @@
 //! Timing is asserted only as lower bounds the proxy guarantees by construction (a delay
 //! cannot be shorter than the one added; a capped transfer cannot be faster than the cap) and
 //! as "nothing arrived while stalled"; neither can fail on a slow, loaded machine.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     io::ErrorKind,

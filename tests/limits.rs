@@ -3,9 +3,8 @@
 //! registration flood is refused per address, and connections over the cap get a 503. The
 //! hub is served in this process (`common::inproc`); the rate limit's refill is waited for on
 //! tokio's paused clock.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

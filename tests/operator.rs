@@ -4,9 +4,8 @@
 //! whoever presented the token; on a hub without one, a loopback client under a loopback
 //! `Host`, without a foreign `Origin`. Every surface is tried with the wrong people first,
 //! and the session frames still keep a session's tasks to its parties.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     http::get,

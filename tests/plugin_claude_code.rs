@@ -9,9 +9,8 @@
 //!
 //! Nothing here needs the network: the marketplace is a local directory and the hub listens on
 //! 127.0.0.1:0.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     io::Write as _,

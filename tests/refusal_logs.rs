@@ -1,15 +1,15 @@
 //! The operator sees every refusal at the hub's default log level: one line with the peer
 //! address and the reason — a bad token, a name owned elsewhere or in use, a cap reached —
 //! and never the secret that was presented; and each is counted in `/metrics` by reason.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     http::get,
     hub::{Hub, HubOpts, WAIT},
     ws::{Ws, bearer_request},
 };
+use futures_util::StreamExt;
 use serde_json::json;
 
 const TOKEN: &str = "refusal-log-token-8d1e";
@@ -75,10 +75,14 @@ async fn bad_tokens_owned_names_names_in_use_and_full_caps_are_logged_with_the_p
             json!({"type": "register", "clientId": "CC-1", "token": TOKEN, "ownerSecret": secret}),
         )
         .await;
-    assert_eq!(
-        thief.expect("register_rejected").await["code"],
-        "name_in_use"
-    );
+    // The owner's claim waits for the probed holder (docs/PROTOCOL.md, "register"): the live
+    // holder keeps reading, so it answers the probe and keeps the name.
+    let holder_reads = async { while owner.ws.next().await.is_some() {} };
+    let refused = tokio::select! {
+        r = thief.expect("register_rejected") => r,
+        () = holder_reads => panic!("the holder's connection closed"),
+    };
+    assert_eq!(refused["code"], "name_in_use");
     log_line(
         &hub,
         &["refused", "register CC-1 (name_in_use)", "127.0.0.1"],

@@ -1,7 +1,6 @@
 //! The workspace's `rust-version` is the real minimum: no locked dependency needs a newer
 //! Rust, and the README states the same minimum. A dependency update that raises the bar
 //! fails here instead of failing for a user's `cargo install --locked`.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
 use std::process::Command;
 

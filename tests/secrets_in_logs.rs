@@ -3,9 +3,8 @@
 //! whole dance — upgrade with the Bearer token, register with ownership, get the owner
 //! secret minted, reconnect presenting it, send and read — and their stderr must hold
 //! neither the token nor the owner secret (nor its hex, which is how a frame dump prints it).
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     bridge::{Bridge, BridgeOpts},

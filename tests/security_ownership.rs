@@ -7,9 +7,8 @@
 //! - A live holder is never evicted, even by a client with the right secret.
 //! - `sessions release` (with the secret, or `--local` on the hub host) frees the name so
 //!   another machine can claim it.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Stdio};
 

@@ -8,9 +8,8 @@
 //! - It cannot send as another name: `relay_send` takes no `from`, and a `from` in a raw
 //!   frame is replaced by the hub with the sender's registered name.
 //! - It cannot claim a live or owned name, nor watch an owned session's mail.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

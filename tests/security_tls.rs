@@ -3,9 +3,8 @@
 //! setup of docs/SECURITY.md), real bridges and the `sessions` CLI trusting that CA — and
 //! the clear messages a bridge gives when the CA is missing or wrong, the certificate does
 //! not name the host, or the scheme does not match the hub.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

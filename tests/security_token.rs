@@ -2,9 +2,8 @@
 //! `sessions` CLI presenting the token (`RELAY_TOKEN`, `RELAY_TOKEN_FILE`, `--token-file`),
 //! raw WebSocket clients without it or with a wrong one, and the refusal to listen on a
 //! non-loopback address without a token.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Stdio};
 

@@ -1,9 +1,8 @@
 //! A damaged `relay.db` is noticed when the hub starts, not after it has acknowledged sends
 //! into it: the hub logs loudly what is wrong and what to do, refuses every send with a
 //! clear error, still lets sessions in to read what is intact, and says so on `/healthz`.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

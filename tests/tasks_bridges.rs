@@ -3,9 +3,8 @@
 //! event, every structured result matches its tool's `outputSchema`, and the CLI shows a
 //! task only to its parties, and every task only to the hub's operator — whoever presents
 //! the hub token (the wrong people are tried first).
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, path::Path, process::Output};
 
@@ -144,6 +143,43 @@ async fn structured_results_match_their_output_schemas() {
         .call_result("relay_task", json!({"id": "T-1", "action": "finish"}))
         .await;
     assert_eq!(r.is_error, Some(true));
+
+    // A finished task never changes; the refusal says to follow it up with `refs`, and the
+    // model can: the new task names the old one (written loosely, stored as T-1).
+    let (text, err, _) = checked(
+        &cc1,
+        &schemas,
+        "relay_task",
+        json!({"id": "T-1", "action": "cancel"}),
+    )
+    .await;
+    assert!(
+        err && text.contains(r#"new task with refs ["T-1"]"#),
+        "{text}"
+    );
+    let r = cc1
+        .call_result(
+            "relay_handoff",
+            json!({"to": "CC-2", "title": "t", "brief": "b", "git": false, "refs": ["T-one"]}),
+        )
+        .await;
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "a bad ref is refused before the hub"
+    );
+    let (text, err, s) = checked(
+        &cc1,
+        &schemas,
+        "relay_handoff",
+        json!({"to": "CC-2", "title": "Parser: error messages", "brief": "follow-up",
+               "git": false, "refs": [" t-1 "]}),
+    )
+    .await;
+    assert!(!err && text.starts_with("Created T-2 for CC-2"), "{text}");
+    assert_eq!(s["task"]["refs"], json!(["T-1"]));
+    let (text, _, _) = checked(&cc2, &schemas, "relay_tasks", json!({"id": "T-2"})).await;
+    assert!(text.contains("follows T-1"), "{text}");
 }
 
 #[tokio::test]

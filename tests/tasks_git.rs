@@ -4,9 +4,8 @@
 //! `.env`. Its bridge records the state in `relay_handoff`; the receiver's bridge sees and
 //! claims the task; `claude-relay tasks checkout` gives the receiver a work tree whose files
 //! match the sender's — except the secret, which never travels.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     ffi::OsString,

@@ -1,8 +1,7 @@
 //! Channel push: a real hub, a real `claude-relay mcp`, and rmcp's client with a handler that
 //! records every custom notification — what Claude Code turns into `<channel>` events.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

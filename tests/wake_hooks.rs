@@ -1,8 +1,7 @@
 //! `claude-relay hooks install|uninstall` against a temporary HOME whose
 //! `.claude/settings.json` already holds the user's own hooks and settings.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Output};
 

@@ -1,8 +1,7 @@
 //! `relay_wait`, the blocking tool for harnesses whose tool calls may block (Codex, Gemini
 //! CLI): a real hub, real bridges, rmcp's client.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use common::{
     bridge::{Bridge, BridgeOpts},

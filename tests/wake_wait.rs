@@ -1,8 +1,7 @@
 //! `claude-relay wait`, the Stop-hook doorbell: a real hub, the real binary, real registry
 //! files. Exit 2 (with one line on stderr) means "mail is waiting"; 0 is silent.
-#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is what it is for
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

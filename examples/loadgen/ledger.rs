@@ -371,6 +371,8 @@ mod tests {
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             seq: 1,
             task: None,
+            reply_to: None,
+            thread: None,
         }))
         .unwrap()
     }

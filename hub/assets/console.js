@@ -6,8 +6,8 @@
 // never innerHTML, and the CSP forbids inline script anyway.
 //
 // One panel per concern. A panel is {render(state)}; the list `panels` below is what gets
-// redrawn. A new concern (the approvals inbox, say) adds its section to console.html, its
-// panel object here, and its event kinds to `handlers`.
+// redrawn. A new concern adds its section to console.html, its panel object here, and its
+// event kinds to `handlers` (as the approvals inbox does).
 'use strict';
 
 const MAX_MESSAGES = 500;
@@ -15,12 +15,16 @@ const MAX_MESSAGES = 500;
 const TASK_STATES = ['input-required', 'working', 'submitted', 'completed', 'failed', 'rejected', 'canceled'];
 const OPEN_STATES = new Set(['submitted', 'working', 'input-required']);
 const MAX_FINISHED_TASKS = 50;
+// Approvals kept on the page (as /api/approvals returns them): every pending one it lists,
+// and this many decided ones.
+const MAX_DECIDED_APPROVALS = 50;
 
 const state = {
   hub: null,
   sessions: new Map(),   // id -> session
   messages: new Map(),   // seq -> message
   tasks: new Map(),      // id -> task (the board)
+  approvals: new Map(),  // id -> approval (the inbox)
   csrf: null,
   unreadable: null,      // why the store could not be read, if it could not
   filter: null,          // session id the flow is filtered to
@@ -219,7 +223,74 @@ function putTask(t) {
   for (const old of finished.slice(MAX_FINISHED_TASKS)) state.tasks.delete(old.id);
 }
 
-const panels = [healthPanel, sessionsPanel, flowPanel, tasksPanel];
+// The approval inbox: pending prompts (oldest first) with Allow / Deny, then the latest
+// verdicts (newest first) with who answered. Only a human answers: these buttons are the
+// console's way, a CSRF-protected POST with the viewer's login.
+const approvalsPanel = {
+  render() {
+    const box = $('approvals');
+    const all = [...state.approvals.values()];
+    const pending = all.filter((a) => a.state === 'pending').sort((a, b) => a.created - b.created);
+    const decided = all.filter((a) => a.state !== 'pending').sort((a, b) => (b.decided || 0) - (a.decided || 0));
+    $('approvals-count').textContent = pending.length ? pending.length + ' waiting for you' : 'nothing waiting';
+    if (all.length === 0) {
+      box.replaceChildren(el('div', { class: 'empty', data: { empty: 'approvals' } }, 'No permission prompts.'));
+      return;
+    }
+    const row = (a) => el('div', { class: 'approval', data: { approval: a.id, state: a.state }, role: 'row' },
+      el('span', { class: 'id mono', role: 'cell' }, a.id),
+      el('span', { class: 'state', role: 'cell', data: { state: a.state } }, a.state),
+      el('span', { class: 'who mono', role: 'cell', title: (a.host || '') + ' ' + (a.cwd || '') }, a.session),
+      el('span', { class: 'summary', role: 'cell', title: a.summary }, el('b', null, a.tool), ' ', a.summary),
+      a.state === 'pending'
+        ? el('span', { class: 'actions', role: 'cell' },
+          el('button', { class: 'allow', onclick: () => answer(a.id, 'allow') }, 'Allow'),
+          el('button', { class: 'deny ghost', onclick: () => answer(a.id, 'deny') }, 'Deny'))
+        : el('span', { class: 'verdict', role: 'cell' }, (a.by ? 'by ' + a.by : '') + (a.message ? ' · ' + a.message : '')),
+      el('pre', { class: 'preview mono' }, place(a) + a.preview));
+    box.replaceChildren(...pending.map(row), ...decided.map(row));
+  },
+};
+
+// "host:cwd" on its own line before the preview, when the filer said where it runs.
+function place(a) {
+  const where = (a.host ? a.host + ':' : '') + (a.cwd || '');
+  return where ? where + '\n' : '';
+}
+
+function putApproval(a) {
+  state.approvals.set(a.id, a);
+  const decided = [...state.approvals.values()].filter((x) => x.state !== 'pending')
+    .sort((x, y) => (y.decided || 0) - (x.decided || 0));
+  for (const old of decided.slice(MAX_DECIDED_APPROVALS)) state.approvals.delete(old.id);
+}
+
+async function answer(id, behavior) {
+  try {
+    const r = await fetch('/api/approvals/' + encodeURIComponent(id), {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json', 'X-Relay-CSRF': state.csrf || '' },
+      body: JSON.stringify({ behavior }),
+    });
+    const body = await r.json().catch(() => null);
+    if (body && body.approval) putApproval(body.approval);
+  } catch (_) { /* the feed brings the state */ }
+  schedule();
+}
+
+async function loadApprovals() {
+  try {
+    const r = await fetch('/api/approvals', { credentials: 'same-origin' });
+    if (!r.ok) return;
+    const s = await r.json();
+    state.approvals = new Map();
+    for (const a of s.approvals) putApproval(a);
+    schedule();
+  } catch (_) { /* retried with the next state load */ }
+}
+
+const panels = [healthPanel, approvalsPanel, sessionsPanel, flowPanel, tasksPanel];
 
 let pending = false;
 function schedule() {
@@ -272,6 +343,7 @@ async function loadState() {
     state.tasks = new Map((s.tasks || []).map((t) => [t.id, t]));
     state.sessions = new Map(s.sessions.map((x) => [x.id, x]));
     state.messages = new Map(s.messages.map((x) => [x.seq, x]));
+    loadApprovals();
     schedule();
   } catch (e) {
     state.live = 'reconnecting';
@@ -329,6 +401,7 @@ const handlers = {
     putTask({ id: ev.id, state: ev.state, from: ev.from, to: ev.to, holder: ev.holder || null, title: ev.title, created: ev.created, updated: ev.ts });
     state.freshTasks.add(ev.id);
   },
+  approval(ev) { putApproval(ev); },
   lagged() { refetchSoon(); },
 };
 

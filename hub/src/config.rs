@@ -50,6 +50,11 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     /// Durability of commits.
     pub sync: SyncMode,
+    /// Keep the full-text search index (`search`; docs/STORAGE.md). Default on. Off drops
+    /// the index at open and `search` answers `unavailable`; turning it on again rebuilds it
+    /// from every stored message. Off exists to measure what the index costs
+    /// (docs/BENCHMARKS.md).
+    pub search_index: bool,
     /// Retention of stored messages.
     pub retention: Retention,
     /// Largest text frame the hub processes. Bigger frames (up to
@@ -160,6 +165,7 @@ impl HubConfig {
         Self {
             data_dir: data_dir.into(),
             sync: SyncMode::default(),
+            search_index: true,
             retention: Retention::default(),
             max_frame_bytes: 1 << 20,
             hard_frame_limit: 16 << 20,

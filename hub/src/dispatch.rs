@@ -6,6 +6,7 @@
 //! `register_rejected`) frame that says what was wrong; the connection stays open.
 
 mod register;
+mod search;
 
 use relay_proto::token::HubToken;
 use std::{net::SocketAddr, sync::Arc};
@@ -30,7 +31,7 @@ use crate::{
     operator::{self, Denied, Key, Operator},
     outbound::{AckTo, Outbox},
     parse::ParseError,
-    store::{After, Append, HistoryQuery, NewMessage, StoreError, parse_message_id},
+    store::{After, Append, HistoryQuery, NewMessage, Reply, StoreError, parse_message_id},
 };
 
 /// Default page size of `get_history` and `receive` (the Node relay's).
@@ -71,6 +72,9 @@ pub struct ConnSession {
     /// The name held was made up for this one connection (`register.transient`): forget it
     /// when the connection ends, unless direct mail to it waits.
     pub(crate) transient: bool,
+    /// Approval prompts this connection filed and waits for (closed when it ends; bounded
+    /// by `approvals::PER_CONNECTION`).
+    pub(crate) filed: Vec<u64>,
 }
 
 impl ConnSession {
@@ -87,6 +91,7 @@ impl ConnSession {
             operator: Err(Denied::NeedToken),
             charge: None,
             transient: false,
+            filed: Vec::new(),
         }
     }
 
@@ -156,6 +161,7 @@ impl ConnSession {
             ClientFrame::Watch(w) => w.token.as_deref(),
             ClientFrame::Subscribe(s) => s.token.as_deref(),
             ClientFrame::Forget(f) => f.token.as_deref(),
+            ClientFrame::ApprovalFile(a) => a.token.as_deref(),
             _ => None,
         };
         match presented {
@@ -233,6 +239,7 @@ impl ConnSession {
             ClientFrame::Watch(w) => Box::pin(self.watch(hub, w)).await,
             ClientFrame::Subscribe(s) => Box::pin(crate::subscribe::handle(self, hub, s)).await,
             ClientFrame::Forget(f) => Box::pin(self.forget(hub, f)).await,
+            ClientFrame::Search(q) => Box::pin(self.search(hub, q)).await,
             f @ (ClientFrame::TaskCreate(_)
             | ClientFrame::TaskAct(_)
             | ClientFrame::TaskList(_)
@@ -241,6 +248,12 @@ impl ConnSession {
             | ClientFrame::TaskBundle(_)
             | ClientFrame::TaskReserve(_)) => {
                 Box::pin(crate::tasks::handle::frame(self, hub, f)).await
+            }
+            ClientFrame::ApprovalFile(a) => {
+                Box::pin(crate::approvals::frames::file(self, hub, a)).await
+            }
+            ClientFrame::ApprovalClose(c) => {
+                Box::pin(crate::approvals::frames::close(self, hub, c)).await
             }
         }
     }
@@ -441,6 +454,13 @@ impl ConnSession {
                 m.rid,
             );
         }
+        let reply = match m.reply_to.as_deref().filter(|r| !r.is_empty()) {
+            None => None,
+            Some(r) => match self.reply_to(hub, &from, r).await {
+                Ok(reply) => Some(reply),
+                Err((code, why)) => return self.error(code, why, m.rid),
+            },
+        };
         let append = Append {
             msg: NewMessage {
                 from: Arc::from(from.as_str()),
@@ -449,6 +469,7 @@ impl ConnSession {
                 ts: now_ms(),
                 key: m.key,
                 delivered_at: None,
+                reply,
             },
             ack: AckTo {
                 outbox: self.outbox.clone(),
@@ -458,6 +479,43 @@ impl ConnSession {
         };
         if let Err(e) = hub.store.append(append).await {
             self.store_error(e, m.rid);
+        }
+    }
+
+    /// Places a reply: the message `id` must be one `from` can see (its own send, mail to
+    /// it, a broadcast). An unknown id and one of another pair's direct messages get the same
+    /// refusal, so a refusal says nothing about other sessions' mail.
+    async fn reply_to(
+        &self,
+        hub: &HubState,
+        from: &SessionId,
+        id: &str,
+    ) -> Result<Reply, (&'static str, String)> {
+        let refused = || {
+            (
+                codes::NOT_FOUND,
+                format!(
+                    "message NOT stored: replyTo {:?} is no message you can see (your own \
+                     sends, mail to you and broadcasts); check the id (relay_receive shows it)",
+                    id.chars().take(80).collect::<String>()
+                ),
+            )
+        };
+        let Some(seq) = parse_message_id(&hub.store.epoch(), id) else {
+            return Err(refused());
+        };
+        let viewer = from.clone();
+        match hub
+            .store
+            .call(move |b| b.thread_of(viewer.as_str(), seq))
+            .await
+        {
+            Ok(Some(thread)) => Ok(Reply { to: seq, thread }),
+            Ok(None) => Err(refused()),
+            Err(e) => Err((
+                codes::UNAVAILABLE,
+                format!("message NOT stored: hub store unavailable: {e}"),
+            )),
         }
     }
 
@@ -478,6 +536,23 @@ impl ConnSession {
             }
         }
         let epoch = hub.store.epoch();
+        let thread = match q.thread.as_deref().filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => match parse_message_id(&epoch, t) {
+                Some(seq) => Some(seq),
+                None => {
+                    return self.error(
+                        codes::BAD_FRAME,
+                        format!(
+                            "thread {:?} is not a message id of this hub (ids look like \
+                             {epoch}-42)",
+                            t.chars().take(80).collect::<String>()
+                        ),
+                        q.rid,
+                    );
+                }
+            },
+        };
         let after = match q.after.as_deref() {
             None | Some("") => After::Latest,
             Some(a) => match parse_message_id(&epoch, a) {
@@ -502,6 +577,7 @@ impl ConnSession {
             to: q.to,
             after,
             inbound_only: q.inbound_only.unwrap_or(false),
+            thread,
             count: page_size(q.count, hub),
             max_bytes: hub.config.max_page_bytes,
         };
@@ -678,6 +754,12 @@ impl ConnSession {
         if let Some(w) = self.watching.take() {
             hub.router.unwatch(&w, self.outbox.id());
         }
+        let filed = std::mem::take(&mut self.filed);
+        let who = self
+            .id
+            .as_ref()
+            .map_or_else(|| "its filer".to_string(), |i| i.to_string());
+        crate::approvals::filer_left(hub, filed, who);
         let Some(id) = self.id.take() else { return };
         if hub.router.release(&id, self.outbox.id()) {
             hub.router.announce(&id, false);

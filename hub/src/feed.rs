@@ -133,6 +133,13 @@ impl Feed {
         }
     }
 
+    /// A permission prompt was filed or left `pending`.
+    pub(crate) fn approval(&self, view: relay_proto::wire_approvals::ApprovalView) {
+        if self.active() {
+            self.publish(FeedEvent::Approval(view));
+        }
+    }
+
     /// A session came online (`online`) or went offline.
     pub(crate) fn session(&self, id: &str, online: bool) {
         if self.active() {
@@ -238,6 +245,7 @@ mod tests {
             from: Arc::from("A"),
             to: Arc::from("B"),
             content: content.into(),
+            reply: None,
         }
     }
 

@@ -64,7 +64,8 @@ fn done(out: Vec<u8>) -> Utf8Bytes {
 }
 
 /// The `message` frame recipients get:
-/// `{"type":"message","id":…,"from":…,"to":…,"content":…,"timestamp":…,"seq":…}`.
+/// `{"type":"message","id":…,"from":…,"to":…,"content":…,"timestamp":…,"seq":…}`, plus
+/// `"replyTo":…,"thread":…` on a reply.
 pub(crate) fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
     let mut out = Vec::with_capacity(128 + m.content.len() + m.content.len() / 8);
     out.extend_from_slice(br#"{"type":"message","id":"#);
@@ -79,6 +80,12 @@ pub(crate) fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
     time(&mut out, m.ts);
     out.extend_from_slice(br#","seq":"#);
     num(&mut out, m.seq);
+    if let Some(r) = m.reply {
+        out.extend_from_slice(br#","replyTo":"#);
+        id(&mut out, epoch, r.to);
+        out.extend_from_slice(br#","thread":"#);
+        id(&mut out, epoch, r.thread);
+    }
     out.push(b'}');
     done(out)
 }
@@ -221,13 +228,22 @@ mod tests {
             from: Arc::from("CC-1"),
             to: Arc::from("CC-2"),
             content: content.into(),
+            reply: None,
         }
     }
 
     #[test]
     fn message_bytes_match_the_wire_type() {
-        for content in ["hi", "quote \" backslash \\ newline \n tab \t ü 🦀 \u{1}"] {
-            let m = stored(content);
+        let reply = Some(crate::store::Reply { to: 40, thread: 3 });
+        for (content, reply) in [
+            ("hi", None),
+            ("quote \" backslash \\ newline \n tab \t ü 🦀 \u{1}", None),
+            ("an answer", reply),
+        ] {
+            let m = StoredMessage {
+                reply,
+                ..stored(content)
+            };
             let fast = message("ab12cd34", &m);
             let slow =
                 serde_json::to_string(&ServerFrame::Message(m.clone().into_envelope("ab12cd34")))

@@ -22,6 +22,7 @@
 //! ```
 
 mod accept;
+mod approvals;
 mod auth;
 mod budget;
 mod clock;
@@ -93,6 +94,8 @@ pub struct HubState {
     pub(crate) http: http::HttpState,
     /// Task bounds (see [`tasks`]).
     pub(crate) tasks: tasks::TaskConfig,
+    /// Who waits for which approval prompt (see [`approvals`]).
+    pub(crate) approvals: approvals::Approvals,
 }
 
 /// A hub with its store open, ready to serve.
@@ -106,7 +109,8 @@ impl Hub {
     /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let mut backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
+        let mut backend =
+            SqliteBackend::open_exclusive(&config.data_dir, config.sync, config.search_index)?;
         let metrics = Arc::new(metrics::Metrics::new());
         // The tasks-by-state gauge starts from the store; moves keep it in step.
         match backend.tasks().map(|t| t.count_by_state()) {
@@ -132,6 +136,7 @@ impl Hub {
             config.token.is_some(),
         );
         let budget = budget::FrameBudget::new(config.frame_budget_bytes);
+        approvals::close_stale(&mut backend);
         let (store, store_thread) =
             store::actor::spawn(Box::new(backend), config.store_queue, router.clone());
         Ok(Self {
@@ -148,6 +153,7 @@ impl Hub {
                 feed,
                 http: http::HttpState::default(),
                 tasks,
+                approvals: approvals::Approvals::default(),
             }),
             store_thread,
         })
@@ -174,8 +180,9 @@ impl Hub {
         let checker = tokio::spawn(integrity::run(self.state.clone()));
         let presence = tokio::spawn(presence::run_batches(self.state.router.clone()));
         let routes = tokio::spawn(self.state.router.clone().run_routes());
+        let expiry = tokio::spawn(approvals::run(self.state.clone()));
         accept::run(listener, self.state.clone(), shutdown).await;
-        for task in [pruner, checker, presence, routes] {
+        for task in [pruner, checker, presence, routes, expiry] {
             task.abort();
             let _ = task.await;
         }

@@ -68,6 +68,9 @@ const OUT_TYPES: &[&str] = &[
     "blob",
     "bundle",
     "task_reserved",
+    "approval",
+    "approval_verdict",
+    "found",
     "other",
 ];
 
@@ -271,6 +274,9 @@ impl Metrics {
             ClientFrame::BlobPut(_) => 17,
             ClientFrame::TaskBundle(_) => 18,
             ClientFrame::TaskReserve(_) => 19,
+            ClientFrame::ApprovalFile(_) => 20,
+            ClientFrame::ApprovalClose(_) => 21,
+            ClientFrame::Search(_) => 22,
         };
         self.frames_in[i].inc();
     }
@@ -413,6 +419,9 @@ mod tests {
                 "task_act" => serde_json::json!({"id": "T-1", "action": "claim"}),
                 "task_get" | "task_bundle" => serde_json::json!({"id": "T-1"}),
                 "blob_put" => serde_json::json!({"offset": 0, "data": ""}),
+                "approval_file" => serde_json::json!({"clientId": "A", "tool": "Bash"}),
+                "approval_close" => serde_json::json!({"id": "A-1"}),
+                "search" => serde_json::json!({"query": "x"}),
                 _ => serde_json::json!({}),
             };
             fields["type"] = serde_json::json!(ty);

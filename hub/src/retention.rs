@@ -75,6 +75,7 @@ mod tests {
             ts: clock.wall_ms(),
             key: None,
             delivered_at: None,
+            reply: None,
         };
         b.append(&[&m], &[]).unwrap();
     }

@@ -81,6 +81,9 @@ pub(crate) struct Router {
     metrics: Arc<Metrics>,
     /// Tells the operator feed what is routed and who comes and goes (an observer too).
     feed: Arc<Feed>,
+    /// Woken whenever a name is released, for a claim waiting on a holder that did not
+    /// answer its probe (a signal, not state; see `dispatch/register.rs`).
+    released: Notify,
 }
 
 /// Everything the router knows, kept consistent by the methods below.
@@ -288,7 +291,15 @@ impl Router {
         {
             s.went_offline(id, p.presence);
         }
+        drop(s);
+        self.released.notify_waiters();
         true
+    }
+
+    /// Resolves at the next release of any name. Create it (and `enable` it) before looking
+    /// at the table, so a release in between is not missed.
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     /// Reports that `subject` came online (`joined`) or went offline. `peer_joined` /

@@ -2,9 +2,12 @@
 //!
 //! The rules the wording keeps (docs/BRIDGE.md, "Tools"):
 //! - `relay_send` claims success only from the hub's `sent` ack, and says which: delivered
-//!   live, or stored for an offline session. When nothing was written it says "NOT sent"; when
-//!   the frame was written but no ack came it says the outcome is unknown and how to check —
-//!   never a guess.
+//!   live, or stored for an offline session. With the offline outbox on (the default), a
+//!   message the hub did not take — unreachable, or written with no ack — is queued on this
+//!   machine and the answer says exactly that: "queued on this machine … not delivered yet"
+//!   (see [`QUEUED_UNREACHABLE`]); a message sent while others wait in the queue goes behind
+//!   them. With `RELAY_OUTBOX=off`, nothing written says "NOT sent" and written-but-no-ack
+//!   says the outcome is unknown and how to check — never a guess.
 //! - `relay_receive` shows unread inbound mail oldest first and marks read exactly what it
 //!   showed; whatever did not fit stays unread and is counted in "N more".
 //! - `relay_wait` is `relay_receive {count: 1}` that, when nothing is unread, waits for the
@@ -13,6 +16,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    fmt::Write as _,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -29,8 +33,20 @@ use tokio::sync::broadcast;
 use crate::{
     format::{self, BODY_CAP, RESULT_BUDGET, SINGLE_BODY_CAP},
     hub_client::{HubClient, LinkState, RequestError},
+    offline::{Offline, Settled},
     tools::{ReceiveArgs, ToolCall, WaitArgs},
 };
+
+/// What `relay_send` says when it queued a message because the hub is unreachable. Words
+/// chosen so the model cannot read it as sent or delivered (checked by a test).
+pub(crate) const QUEUED_UNREACHABLE: &str = "Queued on this machine — the hub is unreachable; \
+     it will be sent when the hub is back; not delivered yet.";
+/// What `relay_send` says when it queued a message whose first attempt got no answer.
+pub(crate) const QUEUED_IN_DOUBT: &str = "Queued on this machine — the hub did not confirm \
+     it (it may already have it); it will be resent with the same key when the hub is back, \
+     so it is stored once; not delivered yet.";
+/// The rest of a queued answer: do not resend by hand.
+const QUEUED_TAIL: &str = "Do not send it again; relay_status shows the outbox.";
 
 /// A tool's answer: text for the model, whether it is an error result, and (for the task
 /// tools) the record as `structuredContent`.
@@ -169,6 +185,77 @@ impl SendKeys {
     }
 }
 
+/// One `relay_send`: the `message` frame it sends (or queues), under which key.
+struct Draft {
+    key: String,
+    /// A session id, or `all`.
+    target: String,
+    content: String,
+    broadcast: bool,
+    /// The id of the message this one answers.
+    reply_to: Option<String>,
+}
+
+impl Draft {
+    fn frame(&self) -> ClientFrame {
+        ClientFrame::Message(SendMessage {
+            to: Some(self.target.clone()),
+            content: self.content.clone(),
+            key: Some(self.key.clone()),
+            reply_to: self.reply_to.clone(),
+            rid: None,
+        })
+    }
+
+    /// What the outbox keeps of it: exactly what the resend needs.
+    fn entry(&self) -> crate::offline::ToQueue<'_> {
+        crate::offline::ToQueue {
+            key: &self.key,
+            to: &self.target,
+            content: &self.content,
+            reply_to: self.reply_to.as_deref(),
+        }
+    }
+}
+
+/// What `relay_send` says about a message the hub acknowledged: delivered live, or stored
+/// for a session that is offline (or, for `all`, how many took it).
+fn sent_text(s: &relay_proto::wire::Sent, d: &Draft) -> String {
+    let target = &d.target;
+    let mut text = if d.broadcast {
+        let n = s.recipients.unwrap_or(u32::from(s.delivered));
+        if n == 0 {
+            format!(
+                "Sent to all — stored; no other session is online right now. id {}",
+                display::line(&s.id)
+            )
+        } else {
+            format!(
+                "Sent to all: {} online took it — id {}",
+                format::plural(u64::from(n), "session", "sessions"),
+                display::line(&s.id)
+            )
+        }
+    } else if s.delivered {
+        format!("Delivered to {target} (live) — id {}", display::line(&s.id))
+    } else {
+        format!(
+            "Stored for {target} (offline); they get it when they connect — id {}",
+            display::line(&s.id)
+        )
+    };
+    if let Some(r) = &d.reply_to {
+        let _ = write!(text, ", answering {}", display::line(r));
+    }
+    if s.duplicate {
+        text.push_str(
+            " (the hub already had this message from an earlier attempt; it was not stored \
+             twice)",
+        );
+    }
+    text
+}
+
 /// A session this machine's registry knows, for `relay_sessions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LocalSession {
@@ -197,6 +284,8 @@ pub(crate) struct Relay {
     local: LocalSessions,
     id_source: String,
     keys: SendKeys,
+    /// The offline outbox; `None` with `RELAY_OUTBOX=off`.
+    offline: Option<Arc<Offline>>,
     /// One unread read at a time: two concurrent `relay_receive` calls would otherwise both
     /// be shown the same page before either marks it read.
     reading: tokio::sync::Mutex<()>,
@@ -232,9 +321,17 @@ impl Relay {
             local,
             id_source,
             keys: SendKeys::new(),
+            offline: None,
             reading: tokio::sync::Mutex::new(()),
             waiting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same tools with the offline outbox: `relay_send` queues what the hub does not
+    /// take, `relay_status` shows the queue.
+    pub(crate) fn with_outbox(mut self, offline: Arc<Offline>) -> Self {
+        self.offline = Some(offline);
+        self
     }
 
     /// The hub client.
@@ -245,7 +342,12 @@ impl Relay {
     /// Runs one parsed tool call.
     pub(crate) async fn call(&self, call: ToolCall) -> Reply {
         let mut reply = match call {
-            ToolCall::Send { message, to } => self.send(message, to).await,
+            ToolCall::Send {
+                message,
+                to,
+                reply_to,
+            } => self.send(message, to, reply_to).await,
+            ToolCall::Receive(args) if args.search.is_some() => self.search(args).await,
             ToolCall::Receive(args) if args.is_history() => self.history(args).await,
             ToolCall::Receive(args) => self.read_unread(args).await.into_reply(),
             ToolCall::Wait(args) => self.wait(args).await,
@@ -257,20 +359,92 @@ impl Relay {
         if let Some(notice) = self.hub.take_reset_notice() {
             reply.text = format!("{notice}\n\n{}", reply.text);
         }
+        if let Some(offline) = &self.offline
+            && let Some(notice) = offline.rejected_notice().await
+        {
+            reply.text = format!("{notice}\n\n{}", reply.text);
+        }
         reply
     }
 
-    async fn send(&self, content: String, to: Option<String>) -> Reply {
-        let target = to
-            .clone()
-            .unwrap_or_else(|| relay_proto::BROADCAST.to_string());
-        let key = self.keys.key_for(&target, &content);
-        let frame = ClientFrame::Message(SendMessage {
-            to: Some(target.clone()),
+    async fn send(&self, content: String, to: Option<String>, reply_to: Option<String>) -> Reply {
+        let target = to.unwrap_or_else(|| relay_proto::BROADCAST.to_string());
+        let draft = Draft {
+            key: self.keys.key_for(&target, &content),
+            broadcast: target == relay_proto::BROADCAST,
+            target,
             content,
-            key: Some(key.clone()),
-            rid: None,
-        });
+            reply_to,
+        };
+        let Some(offline) = &self.offline else {
+            return self.send_now(&draft, None).await;
+        };
+        // Held until the outcome is known: nothing overtakes a queued message (offline.rs).
+        let order = offline.order().await;
+        match offline.queued().await {
+            Ok(0) => {}
+            Ok(ahead) => return self.queue_behind(offline, order, &draft, ahead).await,
+            // An outbox that cannot be read must not block sending: try the hub.
+            Err(e) => tracing::warn!("outbox unreadable, sending directly: {e}"),
+        }
+        let reply = self.send_now(&draft, Some(offline)).await;
+        drop(order);
+        reply
+    }
+
+    /// Queues `d` behind `ahead` earlier messages, then — if the hub is reachable — waits (at
+    /// most the request timeout) for the drain to reach it, to say what became of it.
+    async fn queue_behind(
+        &self,
+        offline: &Offline,
+        order: tokio::sync::MutexGuard<'_, ()>,
+        d: &Draft,
+        ahead: usize,
+    ) -> Reply {
+        let queued = offline.append(d.entry()).await;
+        drop(order);
+        self.keys.settle(&d.key);
+        let settled = match queued {
+            Ok((_, settled)) => settled,
+            Err(e) => return Reply::error(format!("NOT sent: {e}")),
+        };
+        let snap = self.hub.snapshot();
+        if !snap.is_connected() {
+            offline.forget_waiter(&d.key);
+            let ahead = format::plural(ahead as u64, "message", "messages");
+            return Reply::ok(if snap.link_trouble_only() {
+                format!("{QUEUED_UNREACHABLE} ({ahead} ahead of it.) {QUEUED_TAIL}")
+            } else {
+                // Queued to keep the order, though the hub is refusing this bridge itself.
+                format!(
+                    "Queued on this machine behind {ahead} — the hub does not accept this \
+                     bridge right now ({}); it will be sent once it does; not delivered yet. \
+                     {QUEUED_TAIL}",
+                    snap.not_connected_text()
+                )
+            });
+        }
+        match tokio::time::timeout(self.hub.request_timeout(), settled).await {
+            Ok(Ok(Settled::Sent(s))) => Reply::ok(sent_text(&s, d)),
+            Ok(Ok(Settled::Refused(why))) => Reply::error(format!(
+                "NOT sent — the hub refused it: {why} (it was queued behind earlier messages \
+                 and is not queued any more)"
+            )),
+            Ok(Err(_)) | Err(_) => {
+                offline.forget_waiter(&d.key);
+                Reply::ok(format!(
+                    "Queued on this machine behind {} not sent yet — it will be sent after \
+                     them; not delivered yet. {QUEUED_TAIL}",
+                    format::plural(ahead as u64, "earlier message", "earlier messages")
+                ))
+            }
+        }
+    }
+
+    /// Sends `d` now; with the outbox, queues what the hub did not take.
+    async fn send_now(&self, d: &Draft, offline: Option<&Offline>) -> Reply {
+        let key = d.key.clone();
+        let frame = d.frame();
         // In doubt: an earlier call with this key, or this attempt, may have reached the hub.
         let mut in_doubt = self.keys.is_unsettled(&key);
         let mut result = self.hub.request(frame.clone()).await;
@@ -285,35 +459,7 @@ impl Relay {
         match result {
             Ok(ServerFrame::Sent(s)) => {
                 self.keys.settle(&key);
-                let mut text = if to.is_none() {
-                    let n = s.recipients.unwrap_or(u32::from(s.delivered));
-                    if n == 0 {
-                        format!(
-                            "Sent to all — stored; no other session is online right now. id {}",
-                            display::line(&s.id)
-                        )
-                    } else {
-                        format!(
-                            "Sent to all: {} online took it — id {}",
-                            format::plural(u64::from(n), "session", "sessions"),
-                            display::line(&s.id)
-                        )
-                    }
-                } else if s.delivered {
-                    format!("Delivered to {target} (live) — id {}", display::line(&s.id))
-                } else {
-                    format!(
-                        "Stored for {target} (offline); they get it when they connect — id {}",
-                        display::line(&s.id)
-                    )
-                };
-                if s.duplicate {
-                    text.push_str(
-                        " (the hub already had this message from an earlier attempt; it was \
-                         not stored twice)",
-                    );
-                }
-                Reply::ok(text)
+                Reply::ok(sent_text(&s, d))
             }
             Ok(ServerFrame::Error(e)) if in_doubt => {
                 // This attempt was refused, but an earlier one with the same key may have
@@ -336,6 +482,32 @@ impl Relay {
                      relay_status (recent sends) before sending again.",
                     frame_type(&other)
                 ))
+            }
+            Err(e)
+                if offline.is_some() && (in_doubt || self.hub.snapshot().link_trouble_only()) =>
+            {
+                // The outbox takes it: from here on the drainer sends it, with this key.
+                self.keys.settle(&key);
+                let Some(offline) = offline else {
+                    unreachable!("checked by the guard")
+                };
+                let words = if in_doubt {
+                    QUEUED_IN_DOUBT
+                } else {
+                    QUEUED_UNREACHABLE
+                };
+                match offline.append(d.entry()).await {
+                    Ok(_) => {
+                        offline.forget_waiter(&key);
+                        Reply::ok(format!("{words} {QUEUED_TAIL} (Hub: {e}.)"))
+                    }
+                    Err(q) if in_doubt => Reply::error(format!(
+                        "Outcome unknown: {e}. It could not be queued either: {q}. Sending the \
+                         same message to the same recipient again is safe: the bridge reuses \
+                         its key, so the hub stores it at most once."
+                    )),
+                    Err(q) => Reply::error(format!("NOT sent: {e}. {q}")),
+                }
             }
             Err(RequestError::NotConnected(state)) if !in_doubt => {
                 self.keys.settle(&key);
@@ -488,6 +660,8 @@ impl Relay {
             from: args.from.clone(),
             after: None,
             replay: false,
+            thread: None,
+            search: None,
         };
         let from = args
             .from
@@ -556,12 +730,19 @@ impl Relay {
 
     async fn history(&self, args: ReceiveArgs) -> Reply {
         let me = self.hub.id();
+        // A thread is read whole, from its root on, own sends included (they are half of
+        // the conversation); plain history leaves them out.
+        let cursor = args
+            .after
+            .clone()
+            .or_else(|| args.thread.as_deref().and_then(before_id));
         let frame = ClientFrame::GetHistory(GetHistory {
             count: Some(args.count),
             from: args.from.clone(),
             to: None,
-            after: args.after.clone(),
-            inbound_only: Some(true),
+            after: cursor.clone(),
+            inbound_only: Some(args.thread.is_none()),
+            thread: args.thread.clone(),
             rid: None,
         });
         let history = match self.hub.request(frame).await {
@@ -580,18 +761,22 @@ impl Relay {
                  {{\"replay\":true}} shows the most recent messages."
             ));
         }
-        // The hub leaves out our own sends (inboundOnly); never show one regardless.
+        // The hub leaves out our own sends (inboundOnly); outside a thread, never show one
+        // regardless.
         let messages: Vec<_> = history
             .messages
             .into_iter()
-            .filter(|m| m.from != me)
+            .filter(|m| args.thread.is_some() || m.from != me)
             .collect();
-        let filter = match (&args.from, &args.after) {
+        let mut filter = match (&args.from, &args.after) {
             (Some(f), Some(a)) => format!(" from {f} after {a}"),
             (Some(f), None) => format!(" from {f}"),
             (None, Some(a)) => format!(" after {a}"),
             (None, None) => String::new(),
         };
+        if let Some(t) = &args.thread {
+            filter = format!(" of thread {t}{filter}");
+        }
         if messages.is_empty() {
             return Reply::ok(format!("No messages in history{filter}."));
         }
@@ -603,18 +788,26 @@ impl Relay {
         };
         let page = format::page(&messages, &me, cap, RESULT_BUDGET, now);
         let mut text = format!(
-            "History{filter} (inbound; read state unchanged), {}, oldest first:\n\n{}",
+            "History{filter} ({}read state unchanged), {}, oldest first:\n\n{}",
+            if args.thread.is_some() {
+                ""
+            } else {
+                "inbound; "
+            },
             format::plural(page.shown as u64, "message", "messages"),
             page.text
         );
         let cut_short = page.shown < messages.len();
-        if cut_short || (args.after.is_some() && history.more) {
+        if cut_short || (cursor.is_some() && history.more) {
             let last = display::line(&messages[page.shown - 1].id);
-            let from = args
+            let mut from = args
                 .from
                 .as_deref()
                 .map(|f| format!(",\"from\":\"{f}\""))
                 .unwrap_or_default();
+            if let Some(t) = &args.thread {
+                let _ = write!(from, ",\"thread\":\"{t}\"");
+            }
             text.push_str(&format!(
                 "\n\nMore follow — relay_receive {{\"replay\":true,\"after\":\"{last}\"{from}}}"
             ));
@@ -729,7 +922,55 @@ impl Relay {
                 lines.push(format!("Hub epoch (last seen): {}", display::line(epoch)));
             }
         }
+        lines.push(self.outbox_line().await);
         Reply::ok(lines.join("\n"))
+    }
+
+    /// `relay_status`'s line about the offline outbox: how many wait, since when, and why the
+    /// oldest has not gone out yet.
+    async fn outbox_line(&self) -> String {
+        let Some(offline) = &self.offline else {
+            return "Outbox: off (RELAY_OUTBOX=off) — a send without the hub is NOT sent"
+                .to_string();
+        };
+        let st = match offline.stats().await {
+            Ok(st) => st,
+            Err(e) => return format!("Outbox: unreadable ({e})"),
+        };
+        let mut line = if st.queued == 0 {
+            "Outbox: empty (nothing waiting on this machine)".to_string()
+        } else {
+            let mut l = format!(
+                "Outbox: {} queued on this machine, not sent yet",
+                format::plural(st.queued as u64, "message", "messages")
+            );
+            if let Some(age) = st.oldest_age {
+                l.push_str(&format!(
+                    "; oldest queued {} ago",
+                    relay_proto::time::ago(0, age.as_millis() as i64)
+                ));
+            }
+            if st.head_attempts > 0 {
+                l.push_str(&format!(
+                    "; {} failed",
+                    format::plural(u64::from(st.head_attempts), "attempt", "attempts")
+                ));
+            }
+            if let Some(e) = &st.last_error {
+                l.push_str(&format!("; last error: {}", display::line(e)));
+            }
+            l
+        };
+        if st.rejected > 0 {
+            line.push_str(&format!(
+                "; {} refused by the hub (told with the next result)",
+                st.rejected
+            ));
+        }
+        if st.corrupt > 0 {
+            line.push_str(&format!("; {} unreadable files kept aside", st.corrupt));
+        }
+        line
     }
 
     async fn sessions(&self) -> Reply {
@@ -847,7 +1088,15 @@ fn local_line(l: &LocalSession, hub_up: bool, now: i64) -> String {
 }
 
 /// The hub's error text, made safe to show.
-fn said(e: &ErrorFrame) -> String {
+/// The id just before `id` (`<epoch>-<seq - 1>`): as an `after` cursor, it starts a page at
+/// `id` itself.
+fn before_id(id: &str) -> Option<String> {
+    let (epoch, seq) = id.rsplit_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{epoch}-{}", seq.checked_sub(1)?))
+}
+
+pub(crate) fn said(e: &ErrorFrame) -> String {
     display::line(&e.message).into_owned()
 }
 
@@ -865,7 +1114,7 @@ pub(crate) fn unexpected(f: &ServerFrame) -> Reply {
     ))
 }
 
-fn request_failed(e: &RequestError) -> Reply {
+pub(crate) fn request_failed(e: &RequestError) -> Reply {
     match e {
         RequestError::NotConnected(state) => Reply::error(format!(
             "{}. The bridge reconnects by itself.",

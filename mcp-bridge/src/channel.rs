@@ -50,7 +50,8 @@ pub(crate) const SEEN_MAX: usize = 4096;
 
 /// The params of the channel event for `e`, exactly
 /// `{"content": "<sender>: <text>", "meta": {"from", "message_id", "seq", "to", "ts"}}`
-/// (plus `task_id` and `task_state` on mail about a task):
+/// (plus `task_id` and `task_state` on mail about a task, and `reply_to` and `thread` on a
+/// reply, so the model can answer in the same thread):
 /// meta keys are identifiers and every value is a string (Claude Code drops anything else).
 pub(crate) fn params(e: &Envelope) -> Value {
     let mut p = json!({
@@ -67,6 +68,12 @@ pub(crate) fn params(e: &Envelope) -> Value {
     if let Some(t) = &e.task {
         p["meta"]["task_id"] = json!(t.id);
         p["meta"]["task_state"] = json!(t.state.as_str());
+    }
+    if let Some(r) = &e.reply_to {
+        p["meta"]["reply_to"] = json!(r);
+    }
+    if let Some(t) = &e.thread {
+        p["meta"]["thread"] = json!(t);
     }
     p
 }
@@ -165,6 +172,8 @@ mod tests {
             timestamp: "2026-11-23T19:37:47.123Z".into(),
             seq,
             task: None,
+            reply_to: None,
+            thread: None,
         }
     }
 
@@ -186,6 +195,14 @@ mod tests {
             );
             assert!(v.is_string(), "{k}: {v}");
         }
+        let mut reply = env("ab12", 43, "yes");
+        reply.reply_to = Some("ab12-42".into());
+        reply.thread = Some("ab12-7".into());
+        let meta = &params(&reply)["meta"];
+        assert_eq!(
+            (&meta["reply_to"], &meta["thread"]),
+            (&json!("ab12-42"), &json!("ab12-7"))
+        );
         let long = params(&env("ab12", 42, &"x".repeat(CONTENT_CAP + 1)));
         let c = long["content"].as_str().unwrap();
         assert!(

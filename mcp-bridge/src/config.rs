@@ -21,6 +21,29 @@ pub(crate) const CLAUDE_SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
 pub(crate) const CHANNEL_ENV: &str = "RELAY_CHANNEL";
 /// Environment variable setting [`Timeouts::register_delay`] in milliseconds.
 pub(crate) const REGISTER_DELAY_ENV: &str = "RELAY_REGISTER_DELAY_MS";
+/// Environment variable setting [`Timeouts::ping_interval`] in milliseconds (the dead-link
+/// deadline, [`Timeouts::idle`], is two of them). Production keeps the default; tests of bad
+/// links shorten it so they do not wait on it.
+pub(crate) const PING_INTERVAL_ENV: &str = "RELAY_PING_INTERVAL_MS";
+/// Environment variable that turns the offline outbox off (`off`, `0`, `false`, `no`).
+pub(crate) const OUTBOX_ENV: &str = "RELAY_OUTBOX";
+
+/// Whether `relay_send` queues on disk while the hub is unreachable (docs/BRIDGE.md,
+/// "Offline outbox"): on, unless `RELAY_OUTBOX=off|0|false|no` — then a send without a hub
+/// says "NOT sent", as before the outbox existed.
+pub(crate) fn outbox_enabled(env: impl Fn(&str) -> Option<String>) -> bool {
+    match env(OUTBOX_ENV)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("off" | "0" | "false" | "no") => false,
+        Some("" | "on" | "1" | "true" | "yes") | None => true,
+        Some(other) => {
+            tracing::warn!("ignoring {OUTBOX_ENV}={other:?}: expected on or off");
+            true
+        }
+    }
+}
 
 /// Whether new mail is pushed into the session as Claude Code channel events
 /// (`notifications/claude/channel`, see `channel`): on, unless the `--no-channel` flag or
@@ -94,8 +117,13 @@ pub(crate) struct Timeouts {
     /// Interval of the bridge's application-level `ping`.
     pub ping_interval: Duration,
     /// No frame at all from the hub for this long means the connection is half-open: drop it
-    /// and reconnect.
+    /// and reconnect. Two ping intervals: the hub answers every ping, so a live link is never
+    /// silent that long (docs/BRIDGE.md, "Dead links").
     pub idle: Duration,
+    /// A connection that stayed up this long was healthy: the reconnect backoff starts over
+    /// when it ends. A link that drops sooner (registers, then dies) keeps backing off, so a
+    /// flapping tunnel is not hammered. Two ping intervals by default.
+    pub healthy_after: Duration,
     /// First reconnect delay (before jitter).
     pub backoff_start: Duration,
     /// Largest reconnect delay (before jitter).
@@ -115,11 +143,22 @@ impl Default for Timeouts {
             request: Duration::from_secs(10),
             connecting_grace: Duration::from_secs(3),
             ping_interval: Duration::from_secs(20),
-            idle: Duration::from_secs(45),
+            idle: Duration::from_secs(40),
+            healthy_after: Duration::from_secs(40),
             backoff_start: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(15),
             register_delay: Duration::from_secs(3),
         }
+    }
+}
+
+impl Timeouts {
+    /// Pings every `every`; a link silent for two of them is dead, and one that lasted two
+    /// was healthy.
+    pub(crate) fn set_ping_interval(&mut self, every: Duration) {
+        self.ping_interval = every;
+        self.idle = every * 2;
+        self.healthy_after = every * 2;
     }
 }
 
@@ -185,6 +224,8 @@ pub(crate) struct BridgeConfig {
     pub claude_session_id: Option<String>,
     /// Hub token, TLS trust and owner secrets.
     pub security: Security,
+    /// `relay_send` queues on disk while the hub is unreachable ([`outbox_enabled`]).
+    pub outbox: bool,
 }
 
 impl BridgeConfig {
@@ -214,6 +255,14 @@ impl BridgeConfig {
                 }
             }
         }
+        if let Some(ms) = env(PING_INTERVAL_ENV) {
+            match ms.trim().parse::<u64>() {
+                Ok(ms) if ms >= 50 => timeouts.set_ping_interval(Duration::from_millis(ms)),
+                _ => tracing::warn!(
+                    "ignoring {PING_INTERVAL_ENV}={ms:?}: expected milliseconds, at least 50"
+                ),
+            }
+        }
         Self {
             identity,
             relay_url,
@@ -221,6 +270,7 @@ impl BridgeConfig {
             profile: ToolProfile::detect(&env),
             claude_session_id: env(CLAUDE_SESSION_ENV).filter(|v| !v.is_empty()),
             security: Security::from_env(&env),
+            outbox: outbox_enabled(&env),
         }
     }
 }
@@ -261,6 +311,19 @@ mod tests {
             env_of(&[("RELAY_CHANNEL", "bogus")])
         ));
         assert!(!channel_enabled(true, env_of(&[("RELAY_CHANNEL", "on")])));
+    }
+
+    #[test]
+    fn outbox_switch_and_ping_interval() {
+        assert!(outbox_enabled(env_of(&[])));
+        assert!(!outbox_enabled(env_of(&[("RELAY_OUTBOX", "off")])));
+        assert!(!outbox_enabled(env_of(&[("RELAY_OUTBOX", " 0 ")])));
+        assert!(outbox_enabled(env_of(&[("RELAY_OUTBOX", "bogus")])));
+        let mut t = Timeouts::default();
+        assert_eq!(t.idle, t.ping_interval * 2, "dead within two intervals");
+        t.set_ping_interval(Duration::from_millis(500));
+        assert_eq!(t.idle, Duration::from_secs(1));
+        assert_eq!(t.healthy_after, Duration::from_secs(1));
     }
 
     #[test]

@@ -287,6 +287,27 @@ fn tls_connector(ca_cert: Option<&Path>) -> Result<Option<Connector>, ConnectErr
     Ok(Some(Connector::Rustls(Arc::new(config))))
 }
 
+/// The rustls client configuration for an HTTPS request to a `wss://` hub (what
+/// `claude-relay approvals` sends): exactly the CA certificate(s) in `ca_cert`, else the
+/// system's roots — the same trust as [`connect_with`].
+pub fn tls_client_config(
+    ca_cert: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+    if let Some(Connector::Rustls(config)) = tls_connector(ca_cert)? {
+        return Ok(config);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
 /// Turns a failed dial into an error that says what to check.
 fn explain(url: &str, auth: &ClientAuth, source: WsError) -> ConnectError {
     let host = host_of(url);

@@ -108,8 +108,8 @@ pub(crate) fn cursor_before(e: &Envelope) -> String {
     parse_iso(&e.timestamp).map_or_else(|| e.timestamp.clone(), |ms| iso(ms - 1))
 }
 
-/// One message for the model: a header line and the (possibly cut) body, every line of it
-/// behind [`QUOTE`].
+/// One message for the model: a header line, for a reply the line naming what it answers
+/// ([`reply_line`]), and the (possibly cut) body, every line of it behind [`QUOTE`].
 ///
 /// `me` turns the recipient into "you"; `cap` is [`BODY_CAP`] or [`SINGLE_BODY_CAP`]
 /// (characters of the body as shown, control characters escaped).
@@ -122,6 +122,10 @@ pub(crate) fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String
         display::line(&ago_text(&e.timestamp, now_ms)),
         display::line(&e.id)
     );
+    if let Some(line) = reply_line(e) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     let safe = display::text(&e.content);
     let (body, was_cut) = cut(&safe, cap);
     out.push_str(&quoted(body));
@@ -140,6 +144,18 @@ pub(crate) fn message(e: &Envelope, me: &str, cap: usize, now_ms: i64) -> String
         }
     }
     out
+}
+
+/// `↳ answers 3ae061b7-40 (thread 3ae061b7-12)`: which message a reply answers, by id only
+/// (never its text: `relay_receive {"thread":…}` reads the conversation). The thread is
+/// named when it is not the answered message itself. None for a message that answers none.
+pub(crate) fn reply_line(e: &Envelope) -> Option<String> {
+    let to = e.reply_to.as_deref()?;
+    let mut line = format!("↳ answers {}", display::line(to));
+    if let Some(t) = e.thread.as_deref().filter(|t| *t != to) {
+        let _ = write!(line, " (thread {})", display::line(t));
+    }
+    Some(line)
 }
 
 /// `… [cut: 2000 of 4500 characters shown. Read it whole: relay_receive {…}]`: the tail of a
@@ -344,7 +360,24 @@ mod tests {
             timestamp: iso(NOW - 120_000),
             seq: 1,
             task: None,
+            reply_to: None,
+            thread: None,
         }
+    }
+
+    #[test]
+    fn a_reply_names_what_it_answers_in_one_line_never_its_text() {
+        let mut e = env("e-12", "CC-2", "CC-1", "yes, merged");
+        assert_eq!(reply_line(&e), None);
+        e.reply_to = Some("e-10".into());
+        e.thread = Some("e-10".into());
+        assert_eq!(reply_line(&e).as_deref(), Some("↳ answers e-10"));
+        e.thread = Some("e-3".into());
+        let m = message(&e, "CC-1", BODY_CAP, NOW);
+        assert_eq!(
+            m,
+            "[CC-2 → you · 2m ago · id e-12]\n↳ answers e-10 (thread e-3)\n> yes, merged"
+        );
     }
 
     #[test]

@@ -9,10 +9,11 @@
 //!   the client's `initialized` (see `Timeouts::register_delay`), so a client that only probes
 //!   the server (`claude mcp list`) never registers anything on the hub.
 //! - Lost connections are retried with exponential backoff and full jitter ([`Backoff`]); each
-//!   new connection registers again.
+//!   new connection registers again. The backoff starts over only after a connection stayed
+//!   up for `healthy_after`, so a link that flaps (registers, dies) is not hammered.
 //! - Liveness both ways: the hub pings us (tungstenite answers while we keep reading); we send
-//!   an application `ping` every `ping_interval` and treat `idle` without any frame as a
-//!   half-open connection, dropped and redialled.
+//!   an application `ping` every `ping_interval` and treat `idle` (two intervals) without any
+//!   frame as a half-open connection, dropped and redialled.
 //! - A name held by a live connection, or owned by someone else (`not_owner`): an id from
 //!   `RELAY_CLIENT_ID` moves on to the next number (`CODEX` → `CODEX2`) until it first
 //!   registers; any other id keeps retrying with backoff and the tools say why.
@@ -92,6 +93,9 @@ pub(crate) enum LinkState {
         last_error: String,
         /// The hub refused our name (as opposed to being unreachable).
         rejected: bool,
+        /// The last failure was the link's (unreachable, timed out, dropped, dead) — not a
+        /// refusal of the name, the token or TLS. Only then does `relay_send` queue.
+        transport: bool,
     },
     /// The bridge is shutting down.
     Stopped,
@@ -118,6 +122,19 @@ impl Snapshot {
         matches!(self.state, LinkState::Connected { .. })
     }
 
+    /// True unless the hub or this bridge's setup refuses the connection (name, token, TLS):
+    /// then a message queued now would wait for a human, and "the hub is unreachable" would
+    /// be untrue, so `relay_send` says "NOT sent" instead.
+    pub(crate) fn link_trouble_only(&self) -> bool {
+        !matches!(
+            self.state,
+            LinkState::Waiting {
+                transport: false,
+                ..
+            } | LinkState::Stopped
+        )
+    }
+
     /// "not connected to the hub at URL (retrying in N s; last error: …)".
     pub(crate) fn not_connected_text(&self) -> String {
         match &self.state {
@@ -137,6 +154,7 @@ impl Snapshot {
                 retry_at,
                 last_error,
                 rejected,
+                ..
             } => {
                 let secs = retry_at
                     .saturating_duration_since(Instant::now())
@@ -219,6 +237,8 @@ struct Inner {
     transient: bool,
     /// Pushed messages, to every subscriber (a channel, not state).
     pushes: broadcast::Sender<Envelope>,
+    /// Pushed approval verdicts (`approval_verdict`), to every subscriber.
+    verdicts: broadcast::Sender<relay_proto::wire_approvals::ApprovalView>,
     /// Set once to stop the connection task (a signal, not state).
     stop: watch::Sender<bool>,
     /// Where the connection stands; written only by the connection task.
@@ -304,6 +324,7 @@ impl HubClient {
             .and_then(|rest| rest.parse::<u32>().ok())
             .unwrap_or(1);
         let (pushes, _) = broadcast::channel(PUSH_BUFFER);
+        let (verdicts, _) = broadcast::channel(crate::permission::MAX_OPEN);
         Self {
             inner: Arc::new(Inner {
                 url: config.relay_url.clone(),
@@ -312,6 +333,7 @@ impl HubClient {
                 owners: config.security.owners.clone(),
                 transient: identity.source.transient,
                 pushes,
+                verdicts,
                 stop: watch::Sender::new(false),
                 status: watch::Sender::new(LinkState::NotStarted),
                 state: Mutex::new(State {
@@ -374,6 +396,11 @@ impl HubClient {
         self.inner.timeouts.register_delay
     }
 
+    /// How long a request waits for the hub's reply.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeouts.request
+    }
+
     /// The session id registered (or to be registered) now.
     pub(crate) fn id(&self) -> String {
         self.inner.lock().ident.id.clone()
@@ -406,6 +433,13 @@ impl HubClient {
     /// Messages the hub pushes to this session, as they arrive (bounded; see [`PUSH_BUFFER`]).
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Envelope> {
         self.inner.pushes.subscribe()
+    }
+
+    /// Approval verdicts the hub pushes for prompts this session filed.
+    pub(crate) fn subscribe_verdicts(
+        &self,
+    ) -> broadcast::Receiver<relay_proto::wire_approvals::ApprovalView> {
+        self.inner.verdicts.subscribe()
     }
 
     /// Records an unread count the hub reported.
@@ -623,6 +657,9 @@ impl Inner {
                 }
                 // No subscriber is fine: the hub keeps the mail; this is only a hint.
                 let _ = self.pushes.send(envelope);
+            }
+            ServerFrame::ApprovalVerdict(v) => {
+                let _ = self.verdicts.send(v.approval);
             }
             ServerFrame::Error(e) => {
                 tracing::warn!("hub error not tied to a request: {}", e.message);

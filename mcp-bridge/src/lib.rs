@@ -7,16 +7,16 @@
 //! - [`config`]: identity, hub URL, timeouts, tool profile — decided once at startup.
 //! - [`transport`]: newline-delimited JSON-RPC on stdio that answers malformed input.
 //! - [`mcp`]: rmcp's `ServerHandler` by hand; [`tools`] defines and parses the tools,
-//!   [`actions`] runs them, [`format`] words their results; [`channel`] pushes new mail into
-//!   the session as Claude Code channel events.
+//!   [`actions`] runs them ([`search`]: `relay_receive`'s search), [`format`] words their
+//!   results; [`channel`] pushes new mail into the session as Claude Code channel events.
 //! - [`hub_client`]: the one reconnecting WebSocket to the hub ([`dial`]: token and TLS,
 //!   [`backoff`], [`meta`], [`owner`]: the owner secrets of claimed names).
 //! - [`git`]: the git half of a task handoff — the sender's repository state, its unpushed
 //!   and uncommitted work as a bundle, and the receiver's checkout (docs/HANDOFF.md).
 //! - [`watchdog`]: exits when the parent dies or a signal arrives; [`lifecycle`] runs it all
 //!   and [`local`] keeps the session's entry in this machine's registry.
-//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub (not yet
-//!   used by the tools).
+//! - [`outbox`]: the offline outbox on disk — messages waiting for an unreachable hub;
+//!   [`offline`] decides when `relay_send` queues and drains the queue to the hub.
 
 mod actions;
 pub mod backoff;
@@ -30,8 +30,11 @@ mod lifecycle;
 mod local;
 mod mcp;
 mod meta;
+mod offline;
 pub mod outbox;
 pub mod owner;
+mod permission;
+mod search;
 pub mod tasks;
 mod tools;
 mod transport;

@@ -110,11 +110,17 @@ async fn serve(
         config.clone(),
     ));
 
-    let relay = Arc::new(Relay::new(
+    let mut relay = Relay::new(
         hub.clone(),
         local.sessions_reader(),
         config.identity.source.label.clone(),
-    ));
+    );
+    if config.outbox {
+        let offline = crate::offline::Offline::new(hub.clone(), &config.identity.id);
+        offline.start();
+        relay = relay.with_outbox(offline);
+    }
+    let relay = Arc::new(relay);
     let server = RelayServer::new(relay, config.profile).with_channel(channel);
     // Non-blocking pipes on Linux when stdin/stdout are FIFOs (how MCP clients spawn us);
     // blocking stdio handles otherwise.

@@ -26,7 +26,7 @@ use relay_proto::wire::Envelope;
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomNotification,
         ExperimentalCapabilities, Implementation, InitializeRequestParams, InitializeResult,
         JsonObject, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities,
         ServerConfig, Tool,
@@ -39,7 +39,7 @@ use crate::{
     actions::{Relay, Reply},
     channel,
     config::ToolProfile,
-    tools,
+    permission, tools,
 };
 
 /// The server name clients show (`claude mcp list`, the channel source).
@@ -58,6 +58,8 @@ pub(crate) struct RelayServer {
     /// The hub-push subscription taken at `initialize`, handed to the channel pump at
     /// `initialized` (bounded by the hub client's `PUSH_BUFFER` meanwhile).
     pushes: Mutex<Option<broadcast::Receiver<Envelope>>>,
+    /// Channel permission prompts filed and not yet decided (see [`permission`]).
+    permissions: permission::Open,
 }
 
 impl RelayServer {
@@ -69,6 +71,7 @@ impl RelayServer {
             profile,
             channel: true,
             pushes: Mutex::new(None),
+            permissions: permission::Open::default(),
         }
     }
 
@@ -130,6 +133,7 @@ impl ServerHandler for RelayServer {
         let capabilities = if self.channel {
             let mut experimental = ExperimentalCapabilities::new();
             experimental.insert(channel::CAPABILITY.to_string(), JsonObject::new());
+            experimental.insert(permission::CAPABILITY.to_string(), JsonObject::new());
             ServerCapabilities::builder()
                 .enable_experimental_with(experimental)
                 .enable_tools()
@@ -181,11 +185,26 @@ impl ServerHandler for RelayServer {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(pushes) = pushes {
+            tokio::spawn(permission::pump(
+                self.relay.hub().subscribe_verdicts(),
+                self.permissions.clone(),
+                context.peer.clone(),
+            ));
             tokio::spawn(channel::pump(
                 self.relay.hub().clone(),
                 pushes,
                 context.peer,
             ));
+        }
+    }
+
+    async fn on_custom_notification(
+        &self,
+        notification: CustomNotification,
+        _context: NotificationContext<RoleServer>,
+    ) {
+        if self.channel && notification.method == permission::REQUEST_METHOD {
+            permission::forward(self.relay.hub(), &self.permissions, notification.params).await;
         }
     }
 
@@ -210,6 +229,8 @@ impl ServerHandler for RelayServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        // The dialog of any prompt still open was answered locally by now.
+        self.permissions.tool_called(self.relay.hub());
         let reply = match tools::parse(&request.name, request.arguments.as_ref()) {
             Err(message) => Reply::error(message),
             Ok(_) if !tools::offered(self.profile, &request.name) => Reply::error(format!(

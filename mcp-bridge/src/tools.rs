@@ -53,6 +53,8 @@ pub(crate) enum ToolCall {
         message: String,
         /// Recipient; `None` means everyone.
         to: Option<String>,
+        /// The id of the message this one answers.
+        reply_to: Option<String>,
     },
     /// `relay_receive`.
     Receive(ReceiveArgs),
@@ -92,14 +94,24 @@ pub(crate) struct ReceiveArgs {
     pub after: Option<String>,
     /// Read history instead of unread mail.
     pub replay: bool,
+    /// Read this thread (a message id) instead of unread mail.
+    pub thread: Option<String>,
+    /// Search history for these words instead of reading unread mail.
+    pub search: Option<String>,
 }
 
 impl ReceiveArgs {
-    /// True for history mode (`replay: true` or an `after` cursor): read state is untouched.
+    /// True for history mode (`replay: true`, an `after` cursor or a `thread`): read state
+    /// is untouched.
     pub(crate) fn is_history(&self) -> bool {
-        self.replay || self.after.is_some()
+        self.replay || self.after.is_some() || self.thread.is_some()
     }
 }
+
+/// Longest `relay_receive` `search` (the hub's limit).
+pub(crate) const MAX_SEARCH_BYTES: usize = relay_proto::wire_search::MAX_QUERY_BYTES;
+/// Longest message id the tools accept (`reply_to`, `thread`): ids are `<epoch>-<seq>`.
+pub(crate) const MAX_ID_BYTES: usize = 64;
 
 pub(crate) fn schema(v: Value) -> Arc<JsonObject> {
     match v {
@@ -121,14 +133,14 @@ pub(crate) fn definitions(profile: ToolProfile) -> Vec<Tool> {
     let mut tools = vec![
         Tool::new(
             name::SEND,
-            "Send a message to another agent session through the relay hub. Says whether it \
-             was delivered live or stored for an offline session. Send paths, commits and \
-             summaries rather than file contents.",
+            "Send a message to another agent session via the relay hub. Says whether it was \
+             delivered live or stored. Send paths and commits, not file contents.",
             schema(json!({
                 "type": "object",
                 "properties": {
                     "message": {"type": "string", "description": "The text (max 512 KiB)."},
-                    "to": {"type": "string", "description": "Session id, e.g. CC-2 (see relay_peers), or all. Omit to send to all."}
+                    "to": {"type": "string", "description": "Session id, e.g. CC-2, or all (default)."},
+                    "reply_to": {"type": "string", "description": "Id of the message this answers (keeps its thread)."}
                 },
                 "required": ["message"],
                 "additionalProperties": false
@@ -136,16 +148,17 @@ pub(crate) fn definitions(profile: ToolProfile) -> Vec<Tool> {
         ),
         Tool::new(
             name::RECEIVE,
-            "Read your unread relay messages, oldest first, and mark them read; says how many \
-             more wait. With replay:true or after, reads history instead and leaves read state \
-             alone.",
+            "Read your unread relay messages, oldest first, and mark them read. With replay, \
+             after, thread or search: reads history, read state untouched.",
             schema(json!({
                 "type": "object",
                 "properties": {
                     "count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT, "description": "Messages per page (default 10)."},
                     "from": {"type": "string", "description": "Only messages from this session id."},
                     "after": {"type": "string", "description": "History after this message id or ISO time."},
-                    "replay": {"type": "boolean", "description": "Read recent history (including read mail)."}
+                    "replay": {"type": "boolean", "description": "Read recent history."},
+                    "thread": {"type": "string", "description": "Read this thread (its id)."},
+                    "search": {"type": "string", "description": "Words to find in history (best first)."}
                 },
                 "additionalProperties": false
             })),
@@ -158,8 +171,8 @@ pub(crate) fn definitions(profile: ToolProfile) -> Vec<Tool> {
         .with_annotations(read_only()),
         Tool::new(
             name::STATUS,
-            "Show the hub URL, your session id, connection state, unread count, and whether \
-             your recent sends were stored, delivered or read.",
+            "Hub URL, your session id, connection, unread count, and whether your recent \
+             sends were stored, delivered or read.",
             schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
         )
         .with_annotations(read_only()),
@@ -173,9 +186,9 @@ pub(crate) fn definitions(profile: ToolProfile) -> Vec<Tool> {
     if offered(profile, name::WAIT) {
         tools.push(Tool::new(
             name::WAIT,
-            "Wait until your next unread relay message arrives, then return it and mark it \
-             read (like relay_receive with count 1). Returns at once if mail is waiting; says \
-             so if timeout_seconds pass first (call again to keep waiting).",
+            "Wait for your next unread relay message, then return it marked read (like \
+             relay_receive count 1). Returns at once if mail waits; says so on timeout (call \
+             again to keep waiting).",
             schema(json!({
                 "type": "object",
                 "properties": {
@@ -195,7 +208,7 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, S
     let a = Args { tool, args };
     match tool {
         name::SEND => {
-            a.only(&["message", "to"])?;
+            a.only(&["message", "to", "reply_to"])?;
             let message = a.string("message")?.ok_or_else(|| {
                 format!("{tool}: missing required argument \"message\" (the text to send)")
             })?;
@@ -225,13 +238,15 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, S
                 Some(t) if t.eq_ignore_ascii_case(relay_proto::BROADCAST) => None,
                 Some(t) => Some(a.session_id("to", t)?),
             };
+            let reply_to = a.message_id("reply_to")?;
             Ok(ToolCall::Send {
                 message: message.to_string(),
                 to,
+                reply_to,
             })
         }
         name::RECEIVE => {
-            a.only(&["count", "from", "after", "replay"])?;
+            a.only(&["count", "from", "after", "replay", "thread", "search"])?;
             let (count, count_capped) = match a.integer("count")? {
                 None => (DEFAULT_COUNT, false),
                 Some(n) if n < 1 => {
@@ -250,12 +265,25 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<ToolCall, S
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
             let replay = a.boolean("replay")?.unwrap_or(false);
+            let thread = a.message_id("thread")?;
+            let search = match a.string("search")?.map(str::trim).filter(|s| !s.is_empty()) {
+                Some(q) if q.len() > MAX_SEARCH_BYTES => {
+                    return Err(format!(
+                        "{tool}: \"search\" is {} bytes; at most {MAX_SEARCH_BYTES} are searched",
+                        q.len()
+                    ));
+                }
+                Some(q) => Some(q.to_string()),
+                None => None,
+            };
             Ok(ToolCall::Receive(ReceiveArgs {
                 count,
                 count_capped,
                 from,
                 after,
                 replay,
+                thread,
+                search,
             }))
         }
         name::PEERS => a.only(&[]).map(|()| ToolCall::Peers),
@@ -317,6 +345,29 @@ pub(crate) fn kind(v: &Value) -> &'static str {
 impl<'a> Args<'a> {
     pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.args?.get(key).filter(|v| !v.is_null())
+    }
+
+    /// An optional message id (`<epoch>-<seq>`, as relay_receive shows them).
+    pub(crate) fn message_id(&self, key: &str) -> Result<Option<String>, String> {
+        let Some(id) = self.string(key)?.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let well_formed = id.len() <= MAX_ID_BYTES
+            && id.rsplit_once('-').is_some_and(|(epoch, seq)| {
+                !epoch.is_empty()
+                    && epoch.bytes().all(|b| b.is_ascii_alphanumeric())
+                    && !seq.is_empty()
+                    && seq.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !well_formed {
+            return Err(format!(
+                "{}: \"{key}\" must be a message id like 3ae061b7-42 (relay_receive shows each \
+                 message's id), got {:?}",
+                self.tool,
+                relay_local::display::line(&id.chars().take(80).collect::<String>())
+            ));
+        }
+        Ok(Some(id.to_string()))
     }
 
     /// Rejects arguments the tool does not take (a misspelt name would otherwise be ignored).
@@ -497,7 +548,8 @@ mod tests {
             ),
             Ok(ToolCall::Send {
                 message: "hi".into(),
-                to: Some("CC-2".into())
+                to: Some("CC-2".into()),
+                reply_to: None
             })
         );
         for to in [json!("all"), json!("ALL"), json!(null)] {
@@ -508,7 +560,8 @@ mod tests {
                 ),
                 Ok(ToolCall::Send {
                     message: "hi".into(),
-                    to: None
+                    to: None,
+                    reply_to: None
                 })
             );
         }
@@ -546,6 +599,45 @@ mod tests {
     }
 
     #[test]
+    fn replies_threads_and_searches_take_ids_and_bounded_words() {
+        assert_eq!(
+            parse(
+                "relay_send",
+                Some(&args(
+                    json!({"message": "yes", "to": "CC-2", "reply_to": " ab12-40 "})
+                ))
+            ),
+            Ok(ToolCall::Send {
+                message: "yes".into(),
+                to: Some("CC-2".into()),
+                reply_to: Some("ab12-40".into())
+            })
+        );
+        for bad in ["40", "ab12-", "-40", "ab 12-40", "ab12-4x"] {
+            let e = parse(
+                "relay_send",
+                Some(&args(json!({"message": "x", "reply_to": bad}))),
+            )
+            .unwrap_err();
+            assert!(
+                e.contains("\"reply_to\" must be a message id"),
+                "{bad}: {e}"
+            );
+        }
+        let r = |v: Value| parse("relay_receive", Some(&args(v)));
+        let Ok(ToolCall::Receive(a)) = r(json!({"thread": "ab12-3"})) else {
+            panic!("thread")
+        };
+        assert!(a.is_history() && a.thread.as_deref() == Some("ab12-3"));
+        let Ok(ToolCall::Receive(a)) = r(json!({"search": " auth migration "})) else {
+            panic!("search")
+        };
+        assert_eq!(a.search.as_deref(), Some("auth migration"));
+        let e = r(json!({"search": "w".repeat(MAX_SEARCH_BYTES + 1)})).unwrap_err();
+        assert!(e.contains("at most 256"), "{e}");
+    }
+
+    #[test]
     fn receive_args() {
         let r = |v: Value| parse("relay_receive", Some(&args(v)));
         assert_eq!(
@@ -555,7 +647,9 @@ mod tests {
                 count_capped: false,
                 from: None,
                 after: None,
-                replay: false
+                replay: false,
+                thread: None,
+                search: None
             }))
         );
         assert!(matches!(

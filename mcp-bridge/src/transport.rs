@@ -49,7 +49,7 @@ use tokio::{
 };
 
 /// The longest stdin line (one JSON-RPC message) the bridge accepts. Tool arguments are
-/// messages for other agents, capped by the hub at 1 MiB, so 4 MiB leaves room for escaping
+/// messages for other agents, capped by the hub at 512 KiB, so 4 MiB leaves room for escaping
 /// without letting a runaway client grow memory without bound.
 pub(crate) const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 

@@ -10,7 +10,9 @@ pub mod id;
 pub mod time;
 pub mod token;
 pub mod wire;
+pub mod wire_approvals;
 pub mod wire_feed;
+pub mod wire_search;
 pub mod wire_tasks;
 
 pub use id::{BROADCAST, IdError, SessionId};

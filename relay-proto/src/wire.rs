@@ -76,6 +76,12 @@ pub enum ClientFrame {
     TaskBundle(TaskBundle),
     /// Reserve the id of the next task.
     TaskReserve(TaskReserve),
+    /// File a permission prompt for a human (see [`crate::wire_approvals`]).
+    ApprovalFile(crate::wire_approvals::ApprovalFile),
+    /// Report a filed prompt answered locally.
+    ApprovalClose(crate::wire_approvals::ApprovalClose),
+    /// Full-text search over the visible history (see [`crate::wire_search`]).
+    Search(crate::wire_search::Search),
 }
 
 impl ClientFrame {
@@ -102,6 +108,9 @@ impl ClientFrame {
         "blob_put",
         "task_bundle",
         "task_reserve",
+        "approval_file",
+        "approval_close",
+        "search",
     ];
 
     /// Sets the request id of this frame (whatever its type).
@@ -125,6 +134,9 @@ impl ClientFrame {
             Self::BlobPut(f) => &mut f.rid,
             Self::TaskBundle(f) => &mut f.rid,
             Self::TaskReserve(f) => &mut f.rid,
+            Self::ApprovalFile(f) => &mut f.rid,
+            Self::ApprovalClose(f) => &mut f.rid,
+            Self::Search(f) => &mut f.rid,
         };
         *slot = Some(rid);
     }
@@ -150,6 +162,9 @@ impl ClientFrame {
             Self::BlobPut(f) => f.rid.as_ref(),
             Self::TaskBundle(f) => f.rid.as_ref(),
             Self::TaskReserve(f) => f.rid.as_ref(),
+            Self::ApprovalFile(f) => f.rid.as_ref(),
+            Self::ApprovalClose(f) => f.rid.as_ref(),
+            Self::Search(f) => f.rid.as_ref(),
         }
     }
 }
@@ -336,6 +351,11 @@ pub struct SendMessage {
     /// same key (say, after a lost connection swallowed the ack) stores nothing new: the
     /// hub answers with the original message's `sent`, marked `duplicate`.
     pub key: Option<String>,
+    /// The id of the message this one answers (one the sender can see: its own send, mail
+    /// to it, or a broadcast). The hub stores it with the thread it belongs to (the root
+    /// message's id) and refuses, storing nothing, an id the sender cannot see.
+    #[serde(rename = "replyTo")]
+    pub reply_to: Option<String>,
     /// Echoed on the `sent` ack.
     pub rid: Option<RequestId>,
 }
@@ -359,6 +379,8 @@ pub struct GetHistory {
     pub after: Option<String>,
     /// Leave out this session's own sends.
     pub inbound_only: Option<bool>,
+    /// Only messages of this thread (a message id: the thread's root), the root included.
+    pub thread: Option<String>,
     /// Echoed on the reply.
     pub rid: Option<RequestId>,
 }
@@ -444,6 +466,12 @@ pub enum ServerFrame {
     Bundle(BundleChunk),
     /// Reply to `task_reserve`.
     TaskReserved(TaskReserved),
+    /// Reply to `approval_file` and `approval_close`.
+    Approval(crate::wire_approvals::ApprovalReply),
+    /// A prompt this connection filed left `pending` (pushed).
+    ApprovalVerdict(crate::wire_approvals::ApprovalVerdict),
+    /// Reply to `search`.
+    Found(crate::wire_search::Found),
     /// Something about a client frame was wrong; the connection stays open.
     Error(ErrorFrame),
 }
@@ -472,7 +500,10 @@ impl ServerFrame {
             Self::Blob(f) => f.rid.as_ref(),
             Self::Bundle(f) => f.rid.as_ref(),
             Self::TaskReserved(f) => f.rid.as_ref(),
-            Self::PeerJoined(_)
+            Self::Approval(f) => f.rid.as_ref(),
+            Self::Found(f) => f.rid.as_ref(),
+            Self::ApprovalVerdict(_)
+            | Self::PeerJoined(_)
             | Self::PeerLeft(_)
             | Self::Presence(_)
             | Self::Message(_)
@@ -639,6 +670,12 @@ pub struct Envelope {
     /// On mail that reports a task change: the task and its new state (additive; see
     /// [`crate::wire_tasks`]).
     pub task: Option<TaskTag>,
+    /// The id of the message this one answers (absent on messages that answer none).
+    #[serde(rename = "replyTo")]
+    pub reply_to: Option<String>,
+    /// The thread this message belongs to: the id of the root message of its chain of
+    /// replies (absent on a message that answers none; such a message roots its own thread).
+    pub thread: Option<String>,
 }
 
 /// `sent`: the hub stored the message (and says whether a live connection took it).
@@ -987,12 +1024,16 @@ mod tests {
             timestamp: "2026-01-01T00:00:00.000Z".into(),
             seq: 1,
             task: None,
+            reply_to: None,
+            thread: None,
         });
         let s = serde_json::to_string(&f).unwrap();
         assert!(
             s.starts_with(r#"{"type":"message","id":"e-1","from":"CC-1""#),
             "{s}"
         );
+        // A message that answers none carries nothing new (what old clients see).
+        assert!(!s.contains("replyTo") && !s.contains("thread"), "{s}");
         let back: ServerFrame = serde_json::from_str(&s).unwrap();
         assert!(matches!(back, ServerFrame::Message(e) if e.content == "hi"));
 

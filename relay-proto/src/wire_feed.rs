@@ -61,6 +61,8 @@ pub enum FeedEvent {
     Read(ReadEvent),
     /// A task was created or moved.
     Task(TaskMoved),
+    /// A permission prompt was filed or left `pending` (docs/PROTOCOL.md, "Approvals").
+    Approval(crate::wire_approvals::ApprovalView),
     /// This subscriber fell behind and `missed` events were dropped for it (the feed never
     /// slows the hub down): refetch the state instead of trusting counts built from events.
     Lagged(Lagged),

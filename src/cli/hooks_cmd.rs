@@ -24,6 +24,18 @@
 //! - `--dry-run` prints what the file would become and writes nothing (and says so);
 //! - uninstall removes exactly our entry, and the group, `Stop` array and `hooks` object only
 //!   when removing our entry left them empty — so the file means what it meant before.
+//!
+//! `--approvals` also adds the approval hook (docs/SECURITY.md, "Approvals") to the
+//! `PermissionRequest` hooks, with the same care:
+//!
+//! ```json
+//! {"hooks": {"PermissionRequest": [{"matcher": "", "hooks": [{"type": "command",
+//!   "command": "/path/to/claude-relay approval-hook", "timeout": 620}]}]}}
+//! ```
+//!
+//! and prints the same entry for Codex (`~/.codex/hooks.json`). Claude Code runs it when a
+//! permission dialog opens; it files the prompt on the hub and prints a human's verdict, or
+//! nothing (the dialog stays). Uninstall removes both hooks.
 
 use std::{
     path::{Path, PathBuf},
@@ -42,6 +54,13 @@ use super::{
 const EVENT: &str = "Stop";
 /// The subcommand the hook runs.
 const WAIT_ARG: &str = "wait";
+/// The hook event of the approval hook.
+const APPROVAL_EVENT: &str = "PermissionRequest";
+/// The subcommand the approval hook runs.
+const APPROVAL_ARG: &str = "approval-hook";
+/// Seconds Claude Code lets the approval hook run: past `approval-hook`'s own default
+/// timeout (600 s), so the hook always ends by itself, printing nothing.
+const APPROVAL_HOOK_TIMEOUT_SECS: u64 = 620;
 /// Our binary's name, to recognise our entry whatever path it was installed with.
 const BIN_NAME: &str = "claude-relay";
 /// Seconds Claude Code lets the hook run; matches `wait`'s default timeout.
@@ -64,6 +83,10 @@ enum HooksAction {
         /// Print the resulting settings.json instead of writing it.
         #[arg(long)]
         dry_run: bool,
+        /// Also add `claude-relay approval-hook` to the PermissionRequest hooks: permission
+        /// prompts reach the hub's approval inbox, where only a human answers them.
+        #[arg(long)]
+        approvals: bool,
     },
     /// Remove the `claude-relay wait` Stop hook from ~/.claude/settings.json.
     Uninstall {
@@ -77,9 +100,9 @@ enum HooksAction {
 pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     let home = Home::current()?;
     let path = home.claude_settings();
-    let (install, dry_run) = match args.action {
-        HooksAction::Install { dry_run } => (true, dry_run),
-        HooksAction::Uninstall { dry_run } => (false, dry_run),
+    let (install, dry_run, approvals) = match args.action {
+        HooksAction::Install { dry_run, approvals } => (true, dry_run, approvals),
+        HooksAction::Uninstall { dry_run } => (false, dry_run, false),
     };
     let existing = match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
@@ -98,15 +121,16 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     };
     let shown = home.show(&path);
     // What the change is, in words that stay true with --dry-run.
-    let (changed, did, would) = if install {
-        let entry = our_entry(&command_line()?);
+    let (mut changed, mut did, mut would) = if install {
+        let entry = our_entry(&command_line(WAIT_ARG)?);
         let change = install_entry(&mut settings, entry)
             .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
         match change {
-            Install::Unchanged => {
-                println!("The claude-relay Stop hook is already in {shown}; nothing changed.");
-                return Ok(ExitCode::SUCCESS);
-            }
+            Install::Unchanged => (
+                false,
+                "The claude-relay Stop hook is already in",
+                "leave the claude-relay Stop hook in",
+            ),
             Install::Added => (
                 true,
                 "Added the claude-relay Stop hook to",
@@ -121,14 +145,33 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     } else {
         let removed = uninstall_entry(&mut settings)
             .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
+        let approvals_removed = uninstall_approval_entry(&mut settings)
+            .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
         (
-            removed > 0,
-            "Removed the claude-relay Stop hook from",
-            "remove the claude-relay Stop hook from",
+            removed + approvals_removed > 0,
+            "Removed the claude-relay hooks from",
+            "remove the claude-relay hooks from",
         )
     };
+    if approvals {
+        let entry = approval_entry(&command_line(APPROVAL_ARG)?);
+        let change = install_approval_entry(&mut settings, entry)
+            .map_err(|e| anyhow::anyhow!("{shown}: {e} — nothing was changed"))?;
+        if change != Install::Unchanged {
+            changed = true;
+            did = "Installed the claude-relay Stop and approval hooks in";
+            would = "install the claude-relay Stop and approval hooks in";
+        }
+    }
     if !changed {
-        println!("No claude-relay Stop hook in {shown}; nothing changed.");
+        if install {
+            println!("The claude-relay hooks are already in {shown}; nothing changed.");
+        } else {
+            println!("No claude-relay hook in {shown}; nothing changed.");
+        }
+        if approvals {
+            print_codex_snippet()?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut text = serde_json::to_string_pretty(&settings).context("serializing settings")?;
@@ -151,18 +194,79 @@ pub(super) fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
              ends, and wake up when relay mail arrives."
         );
     }
+    if approvals {
+        println!(
+            "Permission prompts now also go to the hub's approval inbox: answer them in the \
+             console or with `claude-relay approvals` (only a human can; see docs/SECURITY.md)."
+        );
+        print_codex_snippet()?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The hook's command: this binary's absolute path (quoted for the shell when needed) and
-/// `wait`.
-fn command_line() -> anyhow::Result<String> {
+/// Prints the approval hook for Codex, which reads its hooks from `~/.codex/hooks.json`.
+fn print_codex_snippet() -> anyhow::Result<()> {
+    let snippet = json!({"hooks": {APPROVAL_EVENT: [
+        {"hooks": [approval_entry(&command_line(APPROVAL_ARG)?)]}
+    ]}});
+    println!(
+        "For Codex, add this to ~/.codex/hooks.json (merge it with what is there; Codex asks \
+         you to trust a new hook once, with /hooks):"
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&snippet).context("serializing the Codex snippet")?
+    );
+    Ok(())
+}
+
+/// A hook's command: this binary's absolute path (quoted for the shell when needed) and
+/// `arg`.
+fn command_line(arg: &str) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("cannot find the path of this binary")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let exe = exe
         .to_str()
         .context("the path of this binary is not UTF-8; install it somewhere else")?;
-    Ok(format!("{} {WAIT_ARG}", sh_quote(exe)))
+    Ok(format!("{} {arg}", sh_quote(exe)))
+}
+
+/// Our approval hook entry for `command`.
+pub(crate) fn approval_entry(command: &str) -> Value {
+    json!({
+        "type": "command",
+        "command": command,
+        "timeout": APPROVAL_HOOK_TIMEOUT_SECS,
+    })
+}
+
+/// True for a hook entry that runs `claude-relay approval-hook` (any path to a binary named
+/// `claude-relay`, with `approval-hook` and possibly its own options after it).
+pub(crate) fn is_our_approval_hook(hook: &Value) -> bool {
+    if hook.get("type").and_then(Value::as_str) != Some("command") {
+        return false;
+    }
+    let Some(command) = hook.get("command").and_then(Value::as_str) else {
+        return false;
+    };
+    let Some((program, rest)) = command.trim().rsplit_once(&format!(" {APPROVAL_ARG}")) else {
+        return false;
+    };
+    if !(rest.is_empty() || rest.starts_with(' ')) {
+        return false;
+    }
+    program_is_ours(program.trim())
+}
+
+/// Whether `program` (maybe quoted) names a binary called `claude-relay`.
+fn program_is_ours(program: &str) -> bool {
+    let unquoted = program
+        .strip_prefix('\'')
+        .and_then(|p| p.strip_suffix('\''))
+        .or_else(|| program.strip_prefix('"').and_then(|p| p.strip_suffix('"')))
+        .unwrap_or(program)
+        .replace(r"'\''", "'");
+    Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME)
 }
 
 /// Our hook entry for `command`.
@@ -212,9 +316,13 @@ enum Install {
     Unchanged,
 }
 
-/// `settings.hooks.Stop` as a mutable array, creating the missing levels when `create`.
+/// `settings.hooks.<event>` as a mutable array, creating the missing levels when `create`.
 /// Errors name a level with an unexpected shape.
-fn stop_groups(settings: &mut Value, create: bool) -> Result<Option<&mut Vec<Value>>, String> {
+fn event_groups<'a>(
+    settings: &'a mut Value,
+    event: &str,
+    create: bool,
+) -> Result<Option<&'a mut Vec<Value>>, String> {
     let Value::Object(root) = settings else {
         return Err("the top level is not a JSON object".into());
     };
@@ -227,26 +335,41 @@ fn stop_groups(settings: &mut Value, create: bool) -> Result<Option<&mut Vec<Val
     let Some(Value::Object(hooks)) = root.get_mut("hooks") else {
         return Err("\"hooks\" is not an object".into());
     };
-    if !hooks.contains_key(EVENT) {
+    if !hooks.contains_key(event) {
         if !create {
             return Ok(None);
         }
-        hooks.insert(EVENT.into(), Value::Array(Vec::new()));
+        hooks.insert(event.into(), Value::Array(Vec::new()));
     }
-    match hooks.get_mut(EVENT) {
+    match hooks.get_mut(event) {
         Some(Value::Array(groups)) => Ok(Some(groups)),
-        _ => Err(format!("\"hooks\".\"{EVENT}\" is not an array")),
+        _ => Err(format!("\"hooks\".\"{event}\" is not an array")),
     }
 }
 
 /// Adds `entry` to the Stop hooks unless an entry of ours is there: then it is updated in
 /// place when it differs (and further copies of ours are removed).
 fn install_entry(settings: &mut Value, entry: Value) -> Result<Install, String> {
-    let groups = stop_groups(settings, true)?.expect("created");
+    install_in(settings, EVENT, entry, is_ours)
+}
+
+/// Adds the approval hook `entry` to the PermissionRequest hooks, as [`install_entry`] does.
+fn install_approval_entry(settings: &mut Value, entry: Value) -> Result<Install, String> {
+    install_in(settings, APPROVAL_EVENT, entry, is_our_approval_hook)
+}
+
+/// Adds `entry` to the hooks of `event` unless an entry that `ours` recognises is there.
+fn install_in(
+    settings: &mut Value,
+    event: &str,
+    entry: Value,
+    ours: fn(&Value) -> bool,
+) -> Result<Install, String> {
+    let groups = event_groups(settings, event, true)?.expect("created");
     let mut found: Option<(usize, usize)> = None;
     for (g, group) in groups.iter().enumerate() {
         if let Some(list) = group.get("hooks").and_then(Value::as_array)
-            && let Some(h) = list.iter().position(is_ours)
+            && let Some(h) = list.iter().position(ours)
         {
             found = Some((g, h));
             break;
@@ -263,7 +386,7 @@ fn install_entry(settings: &mut Value, entry: Value) -> Result<Install, String> 
         change = Install::Updated;
     }
     // Exactly one entry of ours: drop any other copies (an earlier install from elsewhere).
-    let duplicates = remove_ours(groups, Some((g, h)));
+    let duplicates = remove_ours(groups, Some((g, h)), ours);
     if duplicates > 0 {
         change = Install::Updated;
     }
@@ -272,7 +395,11 @@ fn install_entry(settings: &mut Value, entry: Value) -> Result<Install, String> 
 
 /// Removes every entry of ours from `groups` except the one at `keep`; a group that this
 /// emptied is removed too. Returns how many entries went.
-fn remove_ours(groups: &mut Vec<Value>, keep: Option<(usize, usize)>) -> usize {
+fn remove_ours(
+    groups: &mut Vec<Value>,
+    keep: Option<(usize, usize)>,
+    ours: fn(&Value) -> bool,
+) -> usize {
     let mut removed = 0;
     let mut emptied = Vec::new();
     for (g, group) in groups.iter_mut().enumerate() {
@@ -282,7 +409,7 @@ fn remove_ours(groups: &mut Vec<Value>, keep: Option<(usize, usize)>) -> usize {
         let before = list.len();
         let mut index = 0;
         list.retain(|hook| {
-            let drop = is_ours(hook) && keep != Some((g, index));
+            let drop = ours(hook) && keep != Some((g, index));
             index += 1;
             !drop
         });
@@ -299,17 +426,31 @@ fn remove_ours(groups: &mut Vec<Value>, keep: Option<(usize, usize)>) -> usize {
 
 /// Removes our entries (and the containers that removing them emptied). Returns how many.
 fn uninstall_entry(settings: &mut Value) -> Result<usize, String> {
+    uninstall_in(settings, EVENT, is_ours)
+}
+
+/// Removes our approval hook entries, as [`uninstall_entry`] does.
+fn uninstall_approval_entry(settings: &mut Value) -> Result<usize, String> {
+    uninstall_in(settings, APPROVAL_EVENT, is_our_approval_hook)
+}
+
+/// Removes the entries of `event` that `ours` recognises, and the containers that emptied.
+fn uninstall_in(
+    settings: &mut Value,
+    event: &str,
+    ours: fn(&Value) -> bool,
+) -> Result<usize, String> {
     let (removed, emptied) = {
-        let Some(groups) = stop_groups(settings, false)? else {
+        let Some(groups) = event_groups(settings, event, false)? else {
             return Ok(0);
         };
         let had_groups = !groups.is_empty();
-        let removed = remove_ours(groups, None);
+        let removed = remove_ours(groups, None, ours);
         (removed, removed > 0 && had_groups && groups.is_empty())
     };
     if emptied {
         let hooks = settings["hooks"].as_object_mut().expect("checked above");
-        hooks.remove(EVENT);
+        hooks.remove(event);
         if hooks.is_empty() {
             settings
                 .as_object_mut()
@@ -422,6 +563,57 @@ mod tests {
             our_program(&plugin["hooks"]["Stop"][0]["hooks"][0]).as_deref(),
             Some("claude-relay")
         );
+    }
+
+    #[test]
+    fn the_approval_hook_installs_next_to_others_and_uninstalls_cleanly() {
+        let original = json!({
+            "permissions": {"allow": ["Bash(ls)"]},
+            "hooks": {
+                "PermissionRequest": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "notify-me"}]}],
+                "Stop": [{"matcher": "", "hooks": [{"type": "command", "command": "say done"}]}]
+            },
+            "model": "opus"
+        });
+        let entry = approval_entry("/bin/claude-relay approval-hook");
+        let mut s = original.clone();
+        assert_eq!(
+            install_approval_entry(&mut s, entry.clone()),
+            Ok(Install::Added)
+        );
+        let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["permissions", "hooks", "model"], "key order kept");
+        assert_eq!(s["hooks"]["PermissionRequest"][1]["hooks"][0], entry);
+        let once = s.clone();
+        assert_eq!(
+            install_approval_entry(&mut s, entry.clone()),
+            Ok(Install::Unchanged)
+        );
+        assert_eq!(s, once);
+        // The Stop hook is another entry; neither touches the other.
+        install_entry(&mut s, our_entry("/bin/claude-relay wait")).unwrap();
+        assert_eq!(uninstall_approval_entry(&mut s), Ok(1));
+        assert_eq!(uninstall_entry(&mut s), Ok(1));
+        assert_eq!(s, original);
+        for ours in [
+            "claude-relay approval-hook",
+            "'/a b/claude-relay' approval-hook --timeout 60",
+        ] {
+            assert!(
+                is_our_approval_hook(&json!({"type": "command", "command": ours})),
+                "{ours}"
+            );
+        }
+        for other in [
+            "claude-relay approval-hooks",
+            "other approval-hook",
+            "claude-relay wait",
+        ] {
+            assert!(
+                !is_our_approval_hook(&json!({"type": "command", "command": other})),
+                "{other}"
+            );
+        }
     }
 
     #[test]

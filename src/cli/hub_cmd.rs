@@ -31,6 +31,11 @@ pub(crate) struct HubArgs {
     /// Commit durability.
     #[arg(long, env = "RELAY_SYNC", value_enum, default_value = "normal")]
     pub sync: SyncArg,
+    /// Keep no full-text search index: `search` is refused, sends skip the indexing. For
+    /// measuring what the index costs (docs/BENCHMARKS.md); dropping the index takes effect at
+    /// start, and starting again without the flag rebuilds it.
+    #[arg(long, env = "RELAY_NO_SEARCH_INDEX")]
+    pub no_search_index: bool,
     /// Delete messages older than this many days.
     #[arg(long, env = "RELAY_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u64,
@@ -122,6 +127,7 @@ impl HubArgs {
             SyncArg::Normal => SyncMode::Normal,
             SyncArg::Full => SyncMode::Full,
         };
+        c.search_index = !self.no_search_index;
         c.retention.max_age = Duration::from_secs(self.retention_days * 86_400);
         c.retention.max_bytes = self.retention_mb << 20;
         c.heartbeat_interval = Duration::from_secs(self.heartbeat_secs.max(1));

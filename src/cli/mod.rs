@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod approval_hook_cmd;
+mod approvals_cmd;
 mod doctor_cmd;
 mod external;
 mod hooks_cmd;
@@ -12,6 +14,8 @@ mod hub_cmd;
 mod hub_ping;
 mod init_cmd;
 mod mcp_cmd;
+mod operator_http;
+mod search_cmd;
 mod service_cmd;
 mod sessions_cmd;
 mod tail_cmd;
@@ -66,11 +70,21 @@ pub(crate) enum Command {
     /// Block until a session has unread relay mail; exit 2 with a one-line notice (the
     /// Claude Code Stop-hook doorbell), 0 on timeout.
     Wait(wait_cmd::WaitArgs),
-    /// Install or remove the `claude-relay wait` Stop hook in ~/.claude/settings.json.
+    /// Install or remove the `claude-relay wait` Stop hook (and, with --approvals, the
+    /// approval hook) in ~/.claude/settings.json.
     Hooks(hooks_cmd::HooksArgs),
+    /// The PermissionRequest hook: file the permission prompt on stdin in the hub's
+    /// approval inbox and print a human's verdict; print nothing on timeout or any problem.
+    ApprovalHook(approval_hook_cmd::ApprovalHookArgs),
+    /// The approval inbox: list permission prompts (--json, --watch), or answer one
+    /// (`allow ID` / `deny ID`) — only from an interactive terminal.
+    Approvals(approvals_cmd::ApprovalsArgs),
     /// The task board (id, state, from → holder, age, title), one task, or `checkout ID`:
     /// recreate a handed-over task's working state here.
     Tasks(tasks_cmd::TasksArgs),
+    /// Search the history a session may see (its sends, mail to it, broadcasts): ranked
+    /// results with id, sender, time, thread and a snippet.
+    Search(search_cmd::SearchArgs),
     /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
     /// and say how to fix each problem; exit 1 if any.
     Doctor(doctor_cmd::DoctorArgs),
@@ -149,7 +163,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service_cmd::run(args),
         Command::Wait(args) => wait_cmd::run(args),
         Command::Hooks(args) => hooks_cmd::run(args),
+        Command::ApprovalHook(args) => approval_hook_cmd::run(args),
+        Command::Approvals(args) => approvals_cmd::run(args),
         Command::Tasks(args) => tasks_cmd::run(args),
+        Command::Search(args) => search_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Tail(args) => tail_cmd::run(args),
     }

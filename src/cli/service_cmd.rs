@@ -440,7 +440,7 @@ fn hub_service(place: &Place, a: &InstallArgs) -> anyhow::Result<HubService> {
     if exe.components().any(|c| c.as_os_str() == "target") {
         eprintln!(
             "note: the service will run {} from a build directory; a rebuild or `cargo clean` \
-             changes it. `cargo install --path .` and installing from there is sturdier.",
+             changes it. `cargo install --locked --path .` and installing from there is sturdier.",
             exe.display()
         );
     }

@@ -144,6 +144,7 @@ fn concerns(ev: &FeedEvent, only: Option<&SessionId>) -> bool {
         FeedEvent::Task(t) => {
             t.by == id || t.from == id || t.to == id || t.holder.as_deref() == Some(id)
         }
+        FeedEvent::Approval(a) => a.session == id,
         FeedEvent::Lagged(_) => true,
     }
 }
@@ -208,6 +209,18 @@ fn render(ev: &FeedEvent, content: bool) -> String {
             display::line(&t.by),
             t.state,
             display::line(&t.title)
+        ),
+        FeedEvent::Approval(a) => format!(
+            "{}  {}  approval {}  {}  {}: {}{}",
+            Iso(a.decided.unwrap_or(a.created)),
+            display::line(&a.session),
+            display::line(&a.id),
+            a.state.as_str(),
+            display::line(&a.tool),
+            display::line(&a.summary),
+            a.by.as_deref()
+                .map(|b| format!("  by {}", display::line(b)))
+                .unwrap_or_default()
         ),
         FeedEvent::Lagged(l) => format!(
             "{}  … {} events missed: this tail fell behind",

@@ -153,14 +153,14 @@ pub(super) fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
 
 /// The session to watch and where its name came from.
 #[derive(Debug, PartialEq, Eq)]
-struct Session {
-    id: SessionId,
-    source: String,
+pub(super) struct Session {
+    pub(super) id: SessionId,
+    pub(super) source: String,
 }
 
 /// `--session`, else `CLAUDE_RELAY_SESSION_ID`, else the hook JSON's `session_id` (or
 /// `CLAUDE_CODE_SESSION_ID`) looked up in the registry, else the name recorded for its `cwd`.
-fn resolve_session(
+pub(super) fn resolve_session(
     flag: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
     hook: Option<&Value>,
@@ -219,7 +219,7 @@ fn resolve_session(
 /// The hook's JSON object on stdin, if stdin is not a terminal and a JSON object arrives in
 /// time. Never blocks for long: the read runs on its own thread and is abandoned after
 /// [`STDIN_WAIT`] (it cannot keep the process alive: the process ends when `main` returns).
-fn read_hook_json() -> Option<Value> {
+pub(super) fn read_hook_json() -> Option<Value> {
     if std::io::stdin().is_terminal() {
         return None;
     }
@@ -277,7 +277,7 @@ fn take_lock(name: &str) -> Lock {
 
 /// The owner secret the bridge keeps for `name` (`~/.claude-relay/owners/NAME`, first line),
 /// if there is one: watching an owned name needs it.
-fn owner_secret(name: &str) -> Option<String> {
+pub(super) fn owner_secret(name: &str) -> Option<String> {
     match mcp_bridge::owner::OwnerStore::default_dir().load(name) {
         Ok(secret) => secret,
         Err(e) => {

@@ -80,6 +80,9 @@ pub(crate) struct Knobs {
     pub stalled: bool,
     /// New connections are reset at accept until this time.
     refuse_until: Option<Instant>,
+    /// Connections accepted before this many (their sequence numbers below it) are stalled,
+    /// whatever `stalled` says: [`Impair::stall_current`].
+    frozen_below: u64,
     /// Bumped by every cut; a connection ends when it differs from the value it was born with.
     cut_gen: u64,
     /// How the latest cut ends connections.
@@ -205,9 +208,21 @@ impl Impair {
         self.knobs.send_modify(|k| k.stalled = true);
     }
 
-    /// Forwards again what was held during a stall, in order.
+    /// Forwards again what was held during a stall, in order (and on the connections
+    /// [`Impair::stall_current`] froze).
     pub(crate) fn resume(&self) {
-        self.knobs.send_modify(|k| k.stalled = false);
+        self.knobs.send_modify(|k| {
+            k.stalled = false;
+            k.frozen_below = 0;
+        });
+    }
+
+    /// Stalls only the connections open now, holding them open; new ones work — the old
+    /// tunnel died silently and a new one is up (a half-open connection the hub still
+    /// counts, next to the client's fresh one).
+    pub(crate) fn stall_current(&self) {
+        let accepted = self.accepted();
+        self.knobs.send_modify(|k| k.frozen_below = accepted);
     }
 
     /// Ends every current connection at once (both sockets). New connections are unaffected.
@@ -275,10 +290,11 @@ async fn accept_loop(listener: TcpListener, knobs: watch::Receiver<Knobs>, share
             reset(client);
             continue;
         }
-        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let seq = shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         shared.counters.open.fetch_add(1, Ordering::Relaxed);
         conns.spawn(connection(
             client,
+            seq,
             now.cut_gen,
             knobs.clone(),
             shared.clone(),
@@ -297,6 +313,7 @@ impl Drop for OpenGuard {
 
 async fn connection(
     client: TcpStream,
+    seq: u64,
     born: u64,
     mut knobs: watch::Receiver<Knobs>,
     shared: Arc<Shared>,
@@ -318,8 +335,8 @@ async fn connection(
     let how = tokio::select! {
         _ = async {
             tokio::join!(
-                pump(&mut cr, &mut uw, up_knobs, up_bucket, &c.up),
-                pump(&mut ur, &mut cw, down_knobs, down_bucket, &c.down),
+                pump(&mut cr, &mut uw, up_knobs, up_bucket, &c.up, seq),
+                pump(&mut ur, &mut cw, down_knobs, down_bucket, &c.down, seq),
             )
         } => None,
         cut = knobs.wait_for(|k| k.cut_gen != born) => cut.ok().and_then(|k| k.cut_how),
@@ -340,7 +357,9 @@ async fn pump(
     mut knobs: watch::Receiver<Knobs>,
     bucket: &Mutex<Bucket>,
     forwarded: &AtomicU64,
+    seq: u64,
 ) {
+    let open = move |k: &Knobs| !k.stalled && seq >= k.frozen_below;
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE_CHUNKS);
     let reader = async move {
         loop {
@@ -366,7 +385,7 @@ async fn pump(
                 CHUNK
             };
             for part in buf.chunks(piece) {
-                if knobs.wait_for(|k| !k.stalled).await.is_err() {
+                if knobs.wait_for(open).await.is_err() {
                     return;
                 }
                 let rate = knobs.borrow().rate;
@@ -377,7 +396,7 @@ async fn pump(
                         .reserve(part.len(), rate);
                     tokio::time::sleep_until(when).await;
                     // A stall that began while waiting for tokens holds this piece too.
-                    if knobs.wait_for(|k| !k.stalled).await.is_err() {
+                    if knobs.wait_for(open).await.is_err() {
                         return;
                     }
                 }

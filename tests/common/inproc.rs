@@ -46,7 +46,17 @@ impl InProcHub {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("listener address");
-        let hub = hub::Hub::open(config).expect("open the hub's store");
+        // A hub stopped a moment ago on this directory has closed its lock file, but a child
+        // process another test forked in that moment holds a copy of the descriptor (and so
+        // the lock) until it execs: wait for that, never for anything else.
+        let hub = crate::common::eventually("the data directory's lock", WAIT, async || {
+            match hub::Hub::open(config.clone()) {
+                Ok(hub) => Ok(hub),
+                Err(e @ hub::HubError::Store(hub::StoreError::Locked { .. })) => Err(e.to_string()),
+                Err(e) => panic!("open the hub's store: {e}"),
+            }
+        })
+        .await;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(hub.serve(listener, async {
             let _ = stopped.await;

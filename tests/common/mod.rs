@@ -3,7 +3,7 @@
 //! ([`inproc`]) where the process is not the point, real temp dirs, and waits that are always
 //! bounded by a timeout ([`eventually`] for conditions nothing announces).
 //!
-//! Each test binary includes this with `mod common;` and uses what it needs.
+//! `tests/suite.rs` declares it once; each test file takes it with `use crate::common;`.
 #![allow(dead_code)]
 
 pub(crate) mod bridge;

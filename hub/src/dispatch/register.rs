@@ -18,6 +18,11 @@ use relay_proto::{
 };
 
 use super::{BACKLOG, ConnSession, not_owner_reason, others, retry_ms};
+use crate::presence::PROBE_TIMEOUT;
+
+/// Beyond the probe time, how long the owner's claim waits for a silent holder's connection
+/// to be torn down (its heartbeat fires at the deadline; the release follows at once).
+const OWNER_WAIT_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches},
@@ -172,6 +177,13 @@ impl ConnSession {
     /// Claims `id` in the router (not yet deliverable). A live holder is never disturbed; the
     /// refusal says who holds it, or — paying a store trip only on this path — that the name
     /// is owned and the secret presented is not its own.
+    ///
+    /// The owner of a held name (its secret presented) is usually the holder itself coming
+    /// back over a new link while the old one is half-open (a tunnel that died without a
+    /// FIN). The holder was just probed; a dead one does not answer within the probe time and
+    /// its heartbeat drops it, releasing the name — so the owner's claim waits that long
+    /// instead of being refused "in use" and retried with backoff (docs/PROTOCOL.md,
+    /// "register"). A live holder answers and keeps the name.
     async fn claim(
         &self,
         hub: &HubState,
@@ -181,7 +193,7 @@ impl ConnSession {
         now: i64,
         presented: Option<&str>,
     ) -> Result<(), ServerFrame> {
-        let peer = Peer {
+        let peer = || Peer {
             outbox: self.outbox.clone(),
             presence,
             addr: self.addr,
@@ -189,17 +201,41 @@ impl ConnSession {
             active: false,
             probe: self.probe.clone(),
         };
-        let Err(holder) = hub.router.claim(id, peer) else {
+        let Err(mut holder) = hub.router.claim(id, peer()) else {
             return Ok(());
         };
         let owner = {
             let id = id.clone();
             hub.store.call(move |b| b.owner_hash(id.as_str())).await
         };
-        if let Ok(Some(hash)) = owner
-            && !presented.is_some_and(|s| secret_matches(&hash, s))
-        {
-            return Err(asked.refuse(codes::NOT_OWNER, not_owner_reason(id, presented.is_some())));
+        match owner {
+            Ok(Some(hash)) if !presented.is_some_and(|s| secret_matches(&hash, s)) => {
+                return Err(
+                    asked.refuse(codes::NOT_OWNER, not_owner_reason(id, presented.is_some()))
+                );
+            }
+            Ok(Some(_)) => {
+                // The owner: wait for the probed holder to answer or be dropped.
+                let deadline = tokio::time::Instant::now()
+                    + PROBE_TIMEOUT.min(hub.config.heartbeat_interval)
+                    + OWNER_WAIT_MARGIN;
+                loop {
+                    let released = hub.router.released();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    match hub.router.claim(id, peer()) {
+                        Ok(()) => {
+                            tracing::info!(%id, addr = %self.addr, "the owner reclaimed a name whose holder did not answer");
+                            return Ok(());
+                        }
+                        Err(h) => holder = h,
+                    }
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ => {}
         }
         Err(asked.refuse(
             codes::NAME_IN_USE,

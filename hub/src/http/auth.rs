@@ -13,7 +13,7 @@
 //!   and only with a loopback `Host` header (`localhost`, `127.x`, `[::1]`), so a web page on
 //!   another origin cannot read the console through DNS rebinding.
 //!
-//! CSRF: every state-changing request (logging in and out now; answering approvals later)
+//! CSRF: every state-changing request (logging in and out, answering an approval)
 //! must pass [`check_change`]: its `Origin` must be this hub's own origin (or, without
 //! `Origin` or with `Origin: null`, `Sec-Fetch-Site: same-origin` — a header no page can
 //! set; a request with neither is refused) **and** it must
@@ -227,6 +227,12 @@ impl Forbidden {
 /// Checks a state-changing request from `who` (see the module header): same origin, and the
 /// CSRF token where one is due.
 pub(crate) fn check_change<B>(cx: &Ctx, req: &Request<B>, who: &Who) -> Result<(), Forbidden> {
+    if who.how == Operator::Token {
+        // A Bearer header: no browser sends one on its own, and a page of another origin
+        // cannot add it without a CORS preflight this hub never grants. Scripts and
+        // `claude-relay approvals` send no Origin at all.
+        return Ok(());
+    }
     same_origin(cx, req)?;
     match who.csrf(cx) {
         None => Ok(()),

@@ -28,6 +28,7 @@
 //! stay open to anyone, but clients without the token never hold the places of those who
 //! have it, and a token holder's connection never waits for theirs.
 
+mod approvals;
 mod auth;
 mod console;
 mod health;

@@ -7,10 +7,12 @@
 //! | `/` | GET | operator; anyone else gets the login form (401) on a hub with a token |
 //! | `/console.css`, `/console.js` | GET | anyone (static, no data) |
 //! | `/login`, `/logout` | POST | anyone / a logged-in browser; CSRF-checked |
-//! | `/api/state`, `/api/message?seq=N`, `/api/feed` | GET | operator |
+//! | `/api/state`, `/api/message?seq=N`, `/api/feed`, `/api/approvals` | GET | operator |
+//! | `/api/approvals/A-n` | GET | operator (one prompt with its audit trail) |
+//! | `/api/approvals/A-n` | POST | operator; CSRF-checked (a human's verdict) |
 //!
 //! "Operator" is decided by [`super::auth::access`]. Nothing here changes the hub's state
-//! except logging in and out.
+//! except logging in and out, and answering a permission prompt.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,7 +22,7 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use super::{Body, Ctx, auth, console, health, sse};
+use super::{Body, Ctx, approvals, auth, console, health, sse};
 
 /// The Content-Security-Policy of every answer: nothing inline, nothing from elsewhere, no
 /// framing. The console's script and styles are separate files from this origin.
@@ -42,13 +44,22 @@ pub(crate) async fn handle(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
             Ok(_) => html(StatusCode::OK, console::PAGE.to_string()),
             Err(denied) => auth::login_page(cx, denied, None),
         },
-        (true, _, "/metrics" | "/api/state" | "/api/message" | "/api/feed") => {
+        (_, true, p) if p.starts_with("/api/approvals/") => {
+            let id = p.trim_start_matches("/api/approvals/").to_string();
+            approvals::answer(cx, req, &id).await
+        }
+        (true, _, p) if p.starts_with("/api/approvals/") => match auth::access(cx, &req) {
+            Err(denied) => auth::denied_response(denied),
+            Ok(_) => approvals::one(cx, p.trim_start_matches("/api/approvals/")).await,
+        },
+        (true, _, "/metrics" | "/api/state" | "/api/message" | "/api/feed" | "/api/approvals") => {
             match auth::access(cx, &req) {
                 Err(denied) => auth::denied_response(denied),
                 Ok(who) => match path.as_str() {
                     "/metrics" => metrics(cx),
                     "/api/state" => console::state(cx, &who).await,
                     "/api/message" => console::message(cx, req.uri().query()).await,
+                    "/api/approvals" => approvals::list(cx, &who).await,
                     _ => sse::feed(cx),
                 },
             }
@@ -58,8 +69,8 @@ pub(crate) async fn handle(req: Request<Incoming>, cx: &Ctx) -> Response<Body> {
         (
             _,
             _,
-            "/healthz" | "/metrics" | "/" | "/api/state" | "/api/message" | "/api/feed" | "/login"
-            | "/logout" | "/console.css" | "/console.js",
+            "/healthz" | "/metrics" | "/" | "/api/state" | "/api/message" | "/api/feed"
+            | "/api/approvals" | "/login" | "/logout" | "/console.css" | "/console.js",
         ) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()

@@ -82,6 +82,7 @@ fn sse_event(ev: &FeedEvent) -> String {
         FeedEvent::Delivered(_) => "delivered",
         FeedEvent::Read(_) => "read",
         FeedEvent::Task(_) => "task",
+        FeedEvent::Approval(_) => "approval",
         FeedEvent::Lagged(_) => "lagged",
     };
     let data = serde_json::to_string(ev).expect("feed events always serialize");

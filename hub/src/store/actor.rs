@@ -172,6 +172,7 @@ fn commit(
                         from: a.msg.from,
                         to: a.msg.to,
                         content: a.msg.content,
+                        reply: a.msg.reply,
                     },
                     ack: a.ack,
                     outcome,

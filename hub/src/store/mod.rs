@@ -7,10 +7,12 @@
 //! concurrent sends into one transaction (see [`actor`]).
 
 pub(crate) mod actor;
+pub(crate) mod approvals;
 pub(crate) mod checkpoint;
 pub(crate) mod datadir;
 mod local;
 pub(crate) mod operator;
+pub(crate) mod search;
 pub(crate) mod sqlite;
 pub(crate) mod tasks;
 
@@ -63,6 +65,9 @@ pub enum StoreError {
         /// What the check said (its first lines).
         report: String,
     },
+    /// The store keeps no search index (the hub was started with `--no-search-index`).
+    #[error("this hub keeps no search index (it was started with --no-search-index)")]
+    NoSearchIndex,
     /// The actor is gone (the hub is shutting down).
     #[error("store is shut down")]
     Closed,
@@ -100,10 +105,22 @@ pub(crate) struct NewMessage {
     pub ts: i64,
     /// The sender's idempotency key, if it gave one.
     pub key: Option<String>,
+    /// The message it answers and that message's thread root (checked visible to the
+    /// sender before it was queued; see `docs/PROTOCOL.md`, `replyTo`).
+    pub reply: Option<Reply>,
     /// Set (by the store actor, just before the commit) when a live connection of the
     /// recipient is there to take it: recording the delivery with the insert saves an
     /// `UPDATE` per message. The router takes it back in the rare case the push fails.
     pub delivered_at: Option<i64>,
+}
+
+/// Where a reply sits: the message it answers and the root of that message's thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// The answered message's sequence number.
+    pub to: u64,
+    /// The thread's root (the answered message's thread, or the answered message itself).
+    pub thread: u64,
 }
 
 /// What `append` did with one message.
@@ -152,6 +169,8 @@ pub(crate) struct StoredMessage {
     pub to: Arc<str>,
     /// The text.
     pub content: String,
+    /// The message it answers and its thread, if it answers one.
+    pub reply: Option<Reply>,
 }
 
 impl StoredMessage {
@@ -165,6 +184,8 @@ impl StoredMessage {
             timestamp: relay_proto::time::iso(self.ts),
             seq: self.seq,
             task: None,
+            reply_to: self.reply.map(|r| message_id(epoch, r.to)),
+            thread: self.reply.map(|r| message_id(epoch, r.thread)),
         }
     }
 
@@ -182,7 +203,9 @@ impl StoredMessage {
 pub(crate) fn wire_len(m: &StoredMessage) -> usize {
     /// `{"id":"<epoch>-<seq>","from":"","to":"","content":"","timestamp":"…","seq":N},`
     const FIXED: usize = 128;
-    FIXED + m.from.len() + m.to.len() + json_string_len(&m.content)
+    /// `"replyTo":"<epoch>-<seq>","thread":"<epoch>-<seq>",` at their longest.
+    const REPLY: usize = 96;
+    FIXED + m.reply.map_or(0, |_| REPLY) + m.from.len() + m.to.len() + json_string_len(&m.content)
 }
 
 /// Length of `s` once serde_json has escaped it (without the quotes): `"` and `\` and the
@@ -234,6 +257,8 @@ pub(crate) struct HistoryQuery {
     pub after: After,
     /// Leave out the viewer's own sends.
     pub inbound_only: bool,
+    /// Only this thread (its root's seq): the root and every message whose thread it is.
+    pub thread: Option<u64>,
     /// Page size in messages.
     pub count: usize,
     /// Page size in reply bytes, as [`wire_len`] counts them (at least one message is always
@@ -299,6 +324,11 @@ pub(crate) trait Backend: Send {
     fn tasks(&mut self) -> Option<&mut dyn tasks::TaskStore> {
         None
     }
+    /// Approval storage (see [`approvals`]); None for a backend that keeps none (the hub
+    /// then answers approval frames with `unavailable`).
+    fn approvals(&mut self) -> Option<&mut dyn approvals::ApprovalStore> {
+        None
+    }
     /// Stores `batch` in one transaction and applies delivery fixes (see
     /// [`mark_delivered`](Self::mark_delivered)) in the same transaction. Returns what
     /// happened to each message, in order (a message whose key matches an earlier one of the
@@ -318,6 +348,16 @@ pub(crate) trait Backend: Send {
     /// Housekeeping the actor runs between batches, after the last one was routed (the
     /// SQLite backend finishes a WAL checkpoint here when the WAL has grown too large).
     fn maintain(&mut self) {}
+    /// The thread root of message `seq` if `viewer` may see it (its own send, mail to it, a
+    /// broadcast); None when the message is unknown or not the viewer's to see: a reply to
+    /// it must be refused without saying which.
+    fn thread_of(&mut self, viewer: &str, seq: u64) -> Result<Option<u64>, StoreError>;
+    /// Full-text search over what `viewer` may see (see [`search`]).
+    fn search(
+        &mut self,
+        viewer: &str,
+        q: &search::SearchQuery,
+    ) -> Result<search::SearchPage, StoreError>;
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
     /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender;

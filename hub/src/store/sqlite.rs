@@ -4,7 +4,9 @@
 //! and, for direct mail, when it was first delivered and read; `reads` holds per-session read
 //! marks for broadcasts; `sessions` remembers every session that ever registered (for
 //! `get_sessions` and for which broadcasts count as its mail); `meta` holds the epoch, the
-//! sequence high-water mark and the byte total used by retention.
+//! sequence high-water mark and the byte total used by retention. A message that answers
+//! another carries `reply_to` and `thread` (the root's seq); `messages_fts` indexes every
+//! body for `search` (see [`search`]).
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +20,16 @@ use super::{
 };
 use crate::config::{Retention, SyncMode};
 
+mod approvals;
 mod operator;
+mod search;
 mod tasks;
 
 /// File name of the database inside the data directory.
 pub(crate) const DB_FILE: &str = "relay.db";
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `messages.reply_to` and `messages.thread` (docs/STORAGE.md, "Upgrades"). A store of
+/// version 1 is upgraded in place at open.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -35,7 +41,9 @@ CREATE TABLE IF NOT EXISTS messages (
     content      TEXT NOT NULL,
     delivered_at INTEGER,
     read_at      INTEGER,
-    ckey         TEXT
+    ckey         TEXT,
+    reply_to     INTEGER,
+    thread       INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_key ON messages(sender, ckey) WHERE ckey IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages(recipient, seq);
@@ -90,6 +98,10 @@ pub(crate) struct SqliteBackend {
     /// Rows in `sessions`, counted once at open and kept up to date, so bounding the table
     /// (`trim_sessions`, at every disconnect) costs no table scan.
     session_rows: u64,
+    /// Whether the search index was asked for at open (None: leave it as found).
+    search_wanted: Option<bool>,
+    /// Whether `messages_fts` exists: every stored message is indexed in its transaction.
+    indexed: bool,
 }
 
 /// Most lines of a failed integrity check kept in its report.
@@ -111,21 +123,27 @@ fn quick_check(conn: &Connection) -> Integrity {
 impl SqliteBackend {
     /// Opens (creating if needed) the store in `data_dir`, sharing it: what operator tools
     /// use next to a running hub (`claude-relay sessions release --local`).
+    /// The search index is left as found (a hub may be running with or without it).
     pub(crate) fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let conn = Connection::open(&path)?;
-        Self::init(conn, path, sync)
+        Self::init(conn, path, sync, None)
     }
 
     /// Opens the store for a hub: takes the data directory's lock first and holds it as long
     /// as the store is open, so a second hub on the same directory fails with
-    /// [`StoreError::Locked`] instead of writing into the same file.
-    pub(crate) fn open_exclusive(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
+    /// [`StoreError::Locked`] instead of writing into the same file. `search` keeps (or
+    /// builds) the full-text index, or drops it.
+    pub(crate) fn open_exclusive(
+        data_dir: &Path,
+        sync: SyncMode,
+        search: bool,
+    ) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let lock = DataDirLock::acquire(data_dir)?;
-        let mut store = Self::init(Connection::open(&path)?, path, sync)?;
+        let mut store = Self::init(Connection::open(&path)?, path, sync, Some(search))?;
         store.lock = Some(lock);
         Ok(store)
     }
@@ -150,7 +168,12 @@ impl SqliteBackend {
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
 
-    fn init(conn: Connection, path: PathBuf, sync: SyncMode) -> Result<Self, StoreError> {
+    fn init(
+        conn: Connection,
+        path: PathBuf,
+        sync: SyncMode,
+        search_wanted: Option<bool>,
+    ) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.display().to_string(),
             reason,
@@ -181,6 +204,8 @@ impl SqliteBackend {
             .map_err(|e| corrupt(e.to_string()))?;
         conn.execute_batch(tasks::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(approvals::SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
         let integrity = quick_check(&conn);
         match &integrity {
@@ -206,8 +231,17 @@ impl SqliteBackend {
         let version: Option<String> = get_meta(&conn, "schema_version")?;
         match version.as_deref().map(str::parse::<i64>) {
             None if damaged => return Err(corrupt("damaged and without a schema version".into())),
-            None => set_meta(&conn, "schema_version", &SCHEMA_VERSION.to_string())?,
+            None => {
+                conn.execute_batch(THREAD_INDEX)?;
+                set_meta(&conn, "schema_version", &SCHEMA_VERSION.to_string())?;
+            }
             Some(Ok(SCHEMA_VERSION)) => {}
+            Some(Ok(1)) if damaged => {
+                return Err(corrupt(
+                    "damaged and at schema version 1, which needs an upgrade to be read".into(),
+                ));
+            }
+            Some(Ok(1)) => upgrade_1_to_2(&conn).map_err(|e| corrupt(e.to_string()))?,
             Some(other) => {
                 return Err(corrupt(format!(
                     "schema version {other:?}; this hub understands {SCHEMA_VERSION}"
@@ -261,7 +295,10 @@ impl SqliteBackend {
         )?;
         let session_rows =
             conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
+        let indexed = search::prepare(&conn, if damaged { None } else { search_wanted })?;
         Ok(Self {
+            search_wanted,
+            indexed,
             session_rows,
             conn,
             file_id: Self::file_id(&path),
@@ -327,6 +364,25 @@ impl SqliteBackend {
     }
 }
 
+/// Finds a thread's messages (created with version 2, after the columns exist).
+const THREAD_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_by_thread ON messages(thread, seq) WHERE thread IS NOT NULL;";
+
+/// Version 1 → 2: the reply columns (empty for every old message: none of them answers
+/// another) and their index, in one transaction; the search index is built after, by
+/// [`search::prepare`].
+fn upgrade_1_to_2(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+         ALTER TABLE messages ADD COLUMN thread INTEGER;",
+    )?;
+    tx.execute_batch(THREAD_INDEX)?;
+    set_meta(&tx, "schema_version", "2")?;
+    tx.commit()?;
+    tracing::info!("store upgraded from schema version 1 to 2 (replies and threads)");
+    Ok(())
+}
+
 fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
@@ -382,6 +438,9 @@ fn drop_session(tx: &Connection, id: &str) -> Result<usize, StoreError> {
         .execute([id])?)
 }
 
+/// The columns [`row_message`] reads, in its order.
+const MESSAGE_COLUMNS: &str = "seq, ts, sender, recipient, content, reply_to, thread";
+
 fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         seq: r.get::<_, i64>(0)? as u64,
@@ -389,6 +448,16 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         from: r.get::<_, String>(2)?.into(),
         to: r.get::<_, String>(3)?.into(),
         content: r.get(4)?,
+        reply: reply_of(r.get(5)?, r.get(6)?),
+    })
+}
+
+/// A stored `(reply_to, thread)` pair as a [`Reply`](super::Reply).
+fn reply_of(to: Option<i64>, thread: Option<i64>) -> Option<super::Reply> {
+    let to = to? as u64;
+    Some(super::Reply {
+        to,
+        thread: thread.map_or(to, |t| t as u64),
     })
 }
 
@@ -409,6 +478,10 @@ impl Backend for SqliteBackend {
         Some(self)
     }
 
+    fn approvals(&mut self) -> Option<&mut dyn super::approvals::ApprovalStore> {
+        Some(self)
+    }
+
     fn append(
         &mut self,
         batch: &[&NewMessage],
@@ -421,8 +494,9 @@ impl Backend for SqliteBackend {
         let mut bytes = 0u64;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages(seq, ts, sender, recipient, content, ckey, delivered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO messages(seq, ts, sender, recipient, content, ckey, delivered_at,
+                                      reply_to, thread)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for m in batch {
                 if let Some(key) = &m.key {
@@ -454,8 +528,13 @@ impl Backend for SqliteBackend {
                     &*m.to,
                     m.content,
                     m.key,
-                    m.delivered_at
+                    m.delivered_at,
+                    m.reply.map(|r| r.to as i64),
+                    m.reply.map(|r| r.thread as i64),
                 ])?;
+                if self.indexed {
+                    search::index(&tx, seq, &m.content)?;
+                }
                 outcomes.push(Appended::New(seq));
                 bytes += m.content.len() as u64;
                 seq += 1;
@@ -497,7 +576,7 @@ impl Backend for SqliteBackend {
         // not wiped with the rest, a second lock on it would conflict with ours).
         let exclusive = self.lock.take().is_some();
         *self = if exclusive {
-            Self::open_exclusive(&dir, self.sync)?
+            Self::open_exclusive(&dir, self.sync, self.search_wanted.unwrap_or(true))?
         } else {
             Self::open(&dir, self.sync)?
         };
@@ -528,10 +607,44 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    fn thread_of(&mut self, viewer: &str, seq: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT coalesce(thread, seq) FROM messages
+                 WHERE seq = ?1 AND (sender = ?2 OR recipient = ?2 OR recipient = 'all')",
+            )?
+            .query_row(params![seq as i64, viewer], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|t| t as u64))
+    }
+
+    fn search(
+        &mut self,
+        viewer: &str,
+        q: &super::search::SearchQuery,
+    ) -> Result<super::search::SearchPage, StoreError> {
+        self.search_page(viewer, q)
+    }
+
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
-        let mut sql = String::from(
-            "SELECT seq, ts, sender, recipient, content FROM messages
-             WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all')
+        // A thread is read through `messages_by_thread` (the root, then its replies), not by
+        // filtering every visible message after the cursor: the unary `+` keeps the planner
+        // from driving the query by the visibility indexes.
+        let (visible, thread) = if q.thread.is_some() {
+            (
+                "(+sender = ?1 OR +recipient = ?1 OR +recipient = 'all')",
+                "seq IN (SELECT ?7 UNION ALL SELECT seq FROM messages WHERE thread = ?7)",
+            )
+        } else {
+            (
+                "(sender = ?1 OR recipient = ?1 OR recipient = 'all')",
+                "?7 IS NULL",
+            )
+        };
+        let mut sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE {visible} AND {thread}
                AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR recipient = ?3)
                AND (?4 = 0 OR sender <> ?1)",
         );
@@ -559,7 +672,15 @@ impl Backend for SqliteBackend {
         let limit = q.count as i64 + 1;
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
-            params![viewer, q.from, q.to, q.inbound_only as i64, cursor, limit],
+            params![
+                viewer,
+                q.from,
+                q.to,
+                q.inbound_only as i64,
+                cursor,
+                limit,
+                q.thread.map(|t| t as i64)
+            ],
             row_message,
         )?;
         let mut messages = Vec::new();
@@ -595,22 +716,22 @@ impl Backend for SqliteBackend {
         let limit = count as i64;
         let mut all: Vec<StoredMessage> = Vec::with_capacity(count * 2);
         {
-            let mut direct = self.conn.prepare_cached(
-                "SELECT seq, ts, sender, recipient, content FROM messages
+            let mut direct = self.conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
                  WHERE recipient = ?1 AND read_at IS NULL AND sender <> ?1
                    AND (?2 IS NULL OR sender = ?2)
-                 ORDER BY seq LIMIT ?3",
-            )?;
+                 ORDER BY seq LIMIT ?3"
+            ))?;
             for m in direct.query_map(params![viewer, from, limit], row_message)? {
                 all.push(m?);
             }
-            let mut bcast = self.conn.prepare_cached(
-                "SELECT seq, ts, sender, recipient, content FROM messages m
+            let mut bcast = self.conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m
                  WHERE recipient = 'all' AND seq > ?4 AND sender <> ?1
                    AND (?2 IS NULL OR sender = ?2)
                    AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?1 AND r.seq = m.seq)
-                 ORDER BY seq LIMIT ?3",
-            )?;
+                 ORDER BY seq LIMIT ?3"
+            ))?;
             for m in bcast.query_map(params![viewer, from, limit, first], row_message)? {
                 all.push(m?);
             }
@@ -1008,6 +1129,7 @@ mod tests {
             ts,
             key: None,
             delivered_at: None,
+            reply: None,
         }
     }
 
@@ -1016,7 +1138,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> SqliteBackend {
-        SqliteBackend::open_exclusive(dir, SyncMode::Normal).unwrap()
+        SqliteBackend::open_exclusive(dir, SyncMode::Normal, true).unwrap()
     }
 
     #[test]
@@ -1226,7 +1348,7 @@ mod tests {
         assert!(b.verify().unwrap());
         assert_ne!(b.epoch(), before);
         assert!(matches!(
-            SqliteBackend::open_exclusive(dir.path(), SyncMode::Normal),
+            SqliteBackend::open_exclusive(dir.path(), SyncMode::Normal, true),
             Err(StoreError::Locked { .. })
         ));
     }
@@ -1324,6 +1446,7 @@ mod tests {
             to: None,
             after,
             inbound_only: false,
+            thread: None,
             count,
             max_bytes: usize::MAX,
         };
@@ -1379,6 +1502,7 @@ mod tests {
             to: None,
             after: After::Time(250),
             inbound_only: false,
+            thread: None,
             count: 10,
             max_bytes: usize::MAX,
         };
@@ -1415,6 +1539,7 @@ mod tests {
             to: None,
             after: After::Seq(0),
             inbound_only: false,
+            thread: None,
             count: 100,
             max_bytes: 130_000,
         };

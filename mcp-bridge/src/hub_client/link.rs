@@ -23,6 +23,10 @@ pub(super) enum Ended {
     Failed(String),
     /// The hub refused our name; retry with backoff.
     Rejected(String),
+    /// The hub or this bridge's setup refuses the connection itself (token, TLS, CA, URL,
+    /// an HTTP refusal): time alone will not fix it. Retried with backoff, but sends are not
+    /// queued meanwhile (docs/BRIDGE.md, "Offline outbox").
+    Refused(String),
     /// We are shutting down.
     Stopped,
 }
@@ -51,10 +55,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
             ended = connect_and_serve(&inner, &mut backoff) => ended,
             _ = stopped(&mut stop) => Ended::Stopped,
         };
-        let (last_error, rejected) = match ended {
+        let (last_error, rejected, transport) = match ended {
             Ended::Stopped => break,
-            Ended::Failed(e) => (e, false),
-            Ended::Rejected(e) => (e, true),
+            Ended::Failed(e) => (e, false, true),
+            Ended::Rejected(e) => (e, true, false),
+            Ended::Refused(e) => (e, false, false),
         };
         let delay = backoff.next_delay();
         tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
@@ -63,6 +68,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
             retry_at: Instant::now() + delay,
             last_error,
             rejected,
+            transport,
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -76,7 +82,14 @@ pub(super) async fn run(inner: Arc<Inner>) {
 async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     let ws = match dial::connect_with(&inner.url, &inner.auth, inner.timeouts.connect).await {
         Ok(ws) => ws,
-        Err(e) => return Ended::Failed(e.to_string()),
+        Err(
+            e @ (dial::ConnectError::Unreachable { .. }
+            | dial::ConnectError::Timeout(..)
+            | dial::ConnectError::Closed
+            | dial::ConnectError::Io(_)
+            | dial::ConnectError::Refused { status: 500.., .. }),
+        ) => return Ended::Failed(e.to_string()),
+        Err(e) => return Ended::Refused(e.to_string()),
     };
     let conn = {
         let mut s = inner.lock();
@@ -91,7 +104,7 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
             return ended;
         }
     }
-    backoff.reset();
+    let up_since = Instant::now();
     let (tx, rx) = mpsc::channel::<Outgoing>(OUTBOUND_QUEUE);
     inner.status.send_replace(LinkState::Connected {
         since_ms: relay_proto::time::now_ms(),
@@ -104,6 +117,11 @@ async fn connect_and_serve(inner: &Arc<Inner>, backoff: &mut Backoff) -> Ended {
     // `Stopped` state that follows replaces `Connected` and its queue.
     serving.rx.close();
     inner.fail_pending(conn);
+    // Only a connection that stayed up proves the link healthy: one that registers and dies
+    // at once (a flapping tunnel) keeps the backoff growing (docs/BRIDGE.md, "Dead links").
+    if up_since.elapsed() >= inner.timeouts.healthy_after {
+        backoff.reset();
+    }
     ended
 }
 
@@ -138,8 +156,8 @@ impl<'a> Serving<'a> {
                 msg = stream.next() => self.read(msg),
                 _ = self.ping.tick() => self.write_ping().await,
                 _ = tokio::time::sleep_until(self.last_frame + idle) => Err(Ended::Failed(format!(
-                    "no traffic from the hub for {} s; the connection looked dead",
-                    idle.as_secs()
+                    "no traffic from the hub for {:.1} s; the connection looked dead",
+                    idle.as_secs_f64()
                 ))),
                 _ = stopped(&mut stop) => {
                     let _ = tokio::time::timeout(CLOSE_WAIT, self.sink.send(Message::Close(None))).await;

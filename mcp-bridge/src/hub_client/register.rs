@@ -94,39 +94,41 @@ async fn read_answer(inner: &Inner, stream: &mut Stream, id: &str) -> Result<Ans
                 Ok(Message::Text(text)) => text,
                 Ok(Message::Close(_)) => break,
                 Ok(_) => continue,
-                Err(e) => return Err(format!("connection error: {e}")),
+                Err(e) => return Err(Ended::Failed(format!("connection error: {e}"))),
             };
             match serde_json::from_str::<ServerFrame>(&text) {
                 Ok(ServerFrame::Registered(r)) => return Ok(Answer::Granted(r)),
                 Ok(ServerFrame::RegisterRejected(r)) => return Ok(Answer::Refused(r)),
                 Ok(ServerFrame::Error(e)) if e.rid == Some(RequestId::Str(REGISTER_RID.into())) => {
                     return Err(if e.code.as_deref() == Some(codes::UNAUTHORIZED) {
-                        format!(
+                        Ended::Refused(format!(
                             "the hub at {} requires a token and {}: set {} or {} in this MCP \
                              server's env",
                             inner.url,
                             inner.auth.token_origin(),
                             dial::RELAY_TOKEN_ENV,
                             dial::RELAY_TOKEN_FILE_ENV
-                        )
+                        ))
                     } else {
-                        format!(
+                        Ended::Failed(format!(
                             "the hub refused to register {id}: {}",
                             relay_local::display::line(&e.message)
-                        )
+                        ))
                     });
                 }
                 _ => inner.dispatch(&text),
             }
         }
-        Err("the hub closed the connection during registration".to_string())
+        Err(Ended::Failed(
+            "the hub closed the connection during registration".to_string(),
+        ))
     };
     match tokio::time::timeout(limit, read).await {
         Err(_) => Err(Ended::Failed(format!(
             "the hub did not answer register within {} s",
             limit.as_secs()
         ))),
-        Ok(r) => r.map_err(Ended::Failed),
+        Ok(r) => r,
     }
 }
 

@@ -104,6 +104,7 @@ fn config(url: &str, id: &str, base: Option<&str>, timeouts: Timeouts) -> Bridge
         profile: ToolProfile::Full,
         claude_session_id: None,
         security: Default::default(),
+        outbox: false,
     }
 }
 
@@ -450,6 +451,7 @@ fn send_call(message: &str, to: &str) -> crate::tools::ToolCall {
     crate::tools::ToolCall::Send {
         message: message.into(),
         to: Some(to.into()),
+        reply_to: None,
     }
 }
 
@@ -542,5 +544,65 @@ async fn an_unknown_outcome_is_said_plainly_and_the_retry_reuses_the_key() {
         done.text.starts_with("Delivered to CC-2 (live)"),
         "{}",
         done.text
+    );
+}
+
+/// A link that registers and dies at once (a flapping tunnel) keeps backing off: the attempt
+/// count grows across such connections instead of starting over; a connection that stayed up
+/// for `healthy_after` starts it over.
+#[tokio::test]
+async fn backoff_starts_over_only_after_a_healthy_connection() {
+    let hub = FakeHub::new().await;
+    let timeouts = Timeouts {
+        healthy_after: Duration::from_millis(300),
+        ..fast()
+    };
+    let c = client(&hub.url, "CC-1", None, timeouts);
+    let mut rx = c.watch_state();
+    c.start();
+    let attempt_after_drop = |rx: &mut tokio::sync::watch::Receiver<LinkState>| {
+        let mut rx = rx.clone();
+        async move {
+            let s = tokio::time::timeout(
+                WAIT,
+                rx.wait_for(|s| {
+                    matches!(
+                        s,
+                        LinkState::Connecting {
+                            last_error: Some(_),
+                            ..
+                        }
+                    )
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .clone();
+            let LinkState::Connecting { attempt, .. } = s else {
+                unreachable!()
+            };
+            attempt
+        }
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ws = hub.accept_registered("E1", 0).await;
+        wait_state(&c, "connected", connected).await;
+        rx.borrow_and_update();
+        drop(ws); // dies at once
+        seen.push(attempt_after_drop(&mut rx).await);
+    }
+    assert_eq!(seen, [2, 3, 4], "short-lived links keep backing off");
+    // One that lives past healthy_after resets the sequence.
+    let ws = hub.accept_registered("E1", 0).await;
+    wait_state(&c, "connected", connected).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    rx.borrow_and_update();
+    drop(ws);
+    assert_eq!(
+        attempt_after_drop(&mut rx).await,
+        seen[0],
+        "as after the very first connection"
     );
 }

@@ -37,6 +37,10 @@ pub struct Entry {
     pub to: String,
     /// The message text.
     pub content: String,
+    /// The id of the message it answers, if it is a reply (absent from entries written
+    /// before replies existed, which read as answering nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
     /// When it was queued, Unix ms.
     pub queued_at_ms: i64,
     /// Send attempts that failed so far.
@@ -53,19 +57,22 @@ impl Entry {
             key: key.to_string(),
             to: to.to_string(),
             content: content.to_string(),
+            reply_to: None,
             queued_at_ms,
             attempts: 0,
             last_error: None,
         }
     }
 
-    /// The `message` frame that (re)sends this entry: same recipient, same text, same key.
+    /// The `message` frame that (re)sends this entry: same recipient, same text, same key,
+    /// same `replyTo`.
     /// The caller sets the request id.
     pub fn frame(&self) -> ClientFrame {
         ClientFrame::Message(SendMessage {
             to: Some(self.to.clone()),
             content: self.content.clone(),
             key: Some(self.key.clone()),
+            reply_to: self.reply_to.clone(),
             rid: None,
         })
     }

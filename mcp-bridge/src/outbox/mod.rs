@@ -216,6 +216,18 @@ impl Outbox {
     /// "queued". Refused (nothing stored) over a bound, for an invalid recipient or key, or
     /// for text over [`MAX_CONTENT_BYTES`].
     pub fn append(&self, key: &str, to: &str, content: &str) -> Result<Entry, OutboxError> {
+        self.append_reply(key, to, content, None)
+    }
+
+    /// [`append`](Self::append) for a reply: the entry keeps `reply_to` (the id of the
+    /// message it answers), so the drained resend is still a reply.
+    pub fn append_reply(
+        &self,
+        key: &str,
+        to: &str,
+        content: &str,
+        reply_to: Option<&str>,
+    ) -> Result<Entry, OutboxError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(OutboxError::Invalid(format!(
                 "the idempotency key must be 1 to {MAX_KEY_BYTES} bytes (got {})",
@@ -235,6 +247,7 @@ impl Outbox {
             )));
         }
         let mut entry = Entry::new(key, to, content, relay_proto::time::now_ms());
+        entry.reply_to = reply_to.map(str::to_string);
         let bytes = entry.to_bytes();
         self.locked(|| {
             let scan = self.scan()?;

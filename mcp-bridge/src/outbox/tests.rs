@@ -350,3 +350,24 @@ fn a_sigkill_mid_append_loses_nothing_that_was_queued() {
         "the torn write was cleared"
     );
 }
+
+#[test]
+fn a_queued_reply_is_resent_as_the_same_reply_after_a_reopen() {
+    let home = tempfile::tempdir().unwrap();
+    outbox(home.path())
+        .append_reply("k1", "CC-2", "yes, merged", Some("3ae061b7-40"))
+        .unwrap();
+    outbox(home.path()).append("k2", "CC-2", "plain").unwrap();
+    let o = outbox(home.path());
+    let d = o.try_drain().unwrap().unwrap();
+    let p = d.pending(10).unwrap();
+    let frames: Vec<serde_json::Value> = p
+        .iter()
+        .map(|e| serde_json::to_value(e.frame()).unwrap())
+        .collect();
+    assert_eq!(frames[0]["replyTo"], "3ae061b7-40");
+    assert!(frames[1].get("replyTo").is_none());
+    // An entry written before replies existed (no field) still reads, answering nothing.
+    let raw = fs::read_to_string(o.dir().join(super::entry::file_name(p[1].seq, "msg"))).unwrap();
+    assert!(!raw.contains("reply_to"), "{raw}");
+}

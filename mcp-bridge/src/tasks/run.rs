@@ -153,7 +153,7 @@ impl Relay {
             title: h.title,
             brief: h.brief,
             acceptance: h.acceptance,
-            refs: Vec::new(),
+            refs: h.refs,
             git,
             blob,
             key: Some(key),

@@ -64,6 +64,9 @@ pub(crate) struct Handoff {
     pub acceptance: Vec<String>,
     /// Record the git state of the working directory (default true).
     pub git: bool,
+    /// Earlier tasks this one follows up (a finished task never changes: follow-up work is
+    /// a new task that names it).
+    pub refs: Vec<String>,
 }
 
 /// The task record schema (`{"task": …}` items). Only the fields a caller branches on are
@@ -74,11 +77,8 @@ fn task_schema() -> Value {
     let maybe = |t: &str| json!({"type": [t, "null"]});
     json!({
         "type": "object",
-        "properties": {
-            "id": s, "from": s, "to": s, "holder": maybe("string"), "title": s, "state": s,
-            "result": maybe("string"), "git": maybe("object")
-        },
-        "required": ["id", "from", "to", "title", "state"]
+        "properties": {"id": s, "state": s, "holder": maybe("string")},
+        "required": ["id", "state"]
     })
 }
 
@@ -103,7 +103,8 @@ pub(crate) fn definitions() -> Vec<Tool> {
                     "title": {"type": "string"},
                     "brief": s("What, where, what is left (markdown)."),
                     "acceptance": {"type": "array", "items": {"type": "string"}},
-                    "git": {"type": "boolean", "description": "false: skip git."}
+                    "git": {"type": "boolean", "description": "false: skip git."},
+                    "refs": {"type": "array", "items": {"type": "string"}, "description": "Task ids this follows up."}
                 },
                 "required": ["to", "title", "brief"],
                 "additionalProperties": false
@@ -161,6 +162,24 @@ fn id_arg(a: &Args<'_>) -> Result<Option<String>, String> {
     }
 }
 
+/// `refs`: task ids, written as the model likes (`t-3`, ` T-3 `), sent as `T-3`.
+fn refs_arg(a: &Args<'_>) -> Result<Vec<String>, String> {
+    let bad = || format!("{}: \"refs\" must be a list of task ids like T-42", a.tool);
+    match a.get("refs") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .and_then(|s| parse_task_id(s.trim()))
+                    .map(task_id)
+                    .ok_or_else(bad)
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
 fn required<'a>(a: &Args<'a>, key: &str, what: &str) -> Result<&'a str, String> {
     a.string(key)?
         .map(str::trim)
@@ -173,7 +192,7 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<TaskCall, S
     let a = Args { tool, args };
     match tool {
         name::HANDOFF => {
-            a.only(&["to", "title", "brief", "acceptance", "git"])?;
+            a.only(&["to", "title", "brief", "acceptance", "git", "refs"])?;
             let to = required(&a, "to", "a session id, or any")?;
             let to = if to.eq_ignore_ascii_case(ANY) {
                 ANY.to_string()
@@ -203,6 +222,7 @@ pub(crate) fn parse(tool: &str, args: Option<&JsonObject>) -> Result<TaskCall, S
                 brief: required(&a, "brief", "what to do, where, what is left")?.to_string(),
                 acceptance,
                 git: a.boolean("git")?.unwrap_or(true),
+                refs: refs_arg(&a)?,
             }))
         }
         name::TASKS => {

@@ -231,7 +231,7 @@ pub(super) fn path_binary(found: Option<&Found>, own_version: &str, own_exe: &Pa
             "claude-relay is not on PATH; MCP entries, the Stop hook and the shell functions \
              call it by name",
             format!(
-                "cargo install --path . (in the claude-relay checkout), or add {} to PATH",
+                "cargo install --locked --path . (in the claude-relay checkout), or add {} to PATH",
                 sh_quote(&dir)
             ),
         );
@@ -241,12 +241,12 @@ pub(super) fn path_binary(found: Option<&Found>, own_version: &str, own_exe: &Pa
         Err(why) => Check::fail(
             NAME,
             format!("{at} is on PATH but `--version` failed: {why}"),
-            "reinstall it: cargo install --path . (in the claude-relay checkout)",
+            "reinstall it: cargo install --locked --path . (in the claude-relay checkout)",
         ),
         Ok(v) if v != own_version => Check::warn(
             NAME,
             format!("claude-relay {v} at {at}, but this doctor is {own_version}"),
-            "install one version everywhere: cargo install --path . (in the checkout you want)",
+            "install one version everywhere: cargo install --locked --path . (in the checkout you want)",
         ),
         Ok(v) => Check::ok(NAME, format!("claude-relay {v} at {at}")),
     }

@@ -2,7 +2,7 @@
 
 use rusqlite::OptionalExtension;
 
-use super::{SqliteBackend, row_message, set_meta};
+use super::{MESSAGE_COLUMNS, SqliteBackend, row_message, set_meta};
 use crate::store::{
     StoreError, StoredMessage,
     operator::{OperatorView, Traffic},
@@ -39,9 +39,9 @@ impl OperatorView for SqliteBackend {
     fn message(&mut self, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT seq, ts, sender, recipient, content FROM messages WHERE seq = ?1",
-            )?
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq = ?1"
+            ))?
             .query_row([seq as i64], row_message)
             .optional()?)
     }

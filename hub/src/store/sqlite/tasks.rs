@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS task_mail (
     task  INTEGER NOT NULL,
     state TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS task_mail_by_task ON task_mail(task, seq);
 CREATE TRIGGER IF NOT EXISTS task_mail_follows_messages AFTER DELETE ON messages
 BEGIN DELETE FROM task_mail WHERE seq = old.seq; END;
 CREATE TABLE IF NOT EXISTS blobs (
@@ -196,9 +197,18 @@ impl SqliteBackend {
     ) -> Result<TaskMail, StoreError> {
         let seq = self.next_seq;
         let predicted = deliverable(from, to);
+        // A task's mail is one thread: rooted at its first mail, each answering the last.
+        let (first, last): (Option<i64>, Option<i64>) = tx
+            .prepare_cached("SELECT min(seq), max(seq) FROM task_mail WHERE task = ?1")?
+            .query_row([task as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let reply = first.zip(last).map(|(first, last)| crate::store::Reply {
+            to: last as u64,
+            thread: first as u64,
+        });
         tx.prepare_cached(
-            "INSERT INTO messages(seq, ts, sender, recipient, content, delivered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO messages(seq, ts, sender, recipient, content, delivered_at, reply_to,
+                                  thread)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             seq as i64,
@@ -206,8 +216,13 @@ impl SqliteBackend {
             from,
             to,
             content,
-            predicted.then_some(ts)
+            predicted.then_some(ts),
+            reply.map(|r| r.to as i64),
+            reply.map(|r| r.thread as i64),
         ])?;
+        if self.indexed() {
+            super::search::index(tx, seq, &content)?;
+        }
         tx.prepare_cached("INSERT INTO task_mail(seq, task, state) VALUES (?1, ?2, ?3)")?
             .execute(params![seq as i64, task as i64, tag.state.as_str()])?;
         set_meta(tx, "high_seq", &seq.to_string())?;
@@ -223,6 +238,7 @@ impl SqliteBackend {
                 from: from.into(),
                 to: to.into(),
                 content,
+                reply,
             },
             tag,
             predicted,
@@ -955,6 +971,7 @@ mod tests {
                     ts: 3,
                     key: None,
                     delivered_at: None,
+                    reply: None,
                 }],
                 &[],
             )
@@ -967,6 +984,62 @@ mod tests {
         let again = b.create_task(&keyed, &offline).unwrap();
         assert_eq!(first.task.n, again.task.n);
         assert!(again.mail.is_none());
+    }
+
+    #[test]
+    fn a_tasks_mail_is_one_thread_rooted_at_its_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let offer = b.create_task(&new_task("CC-1", "CC-2"), &offline).unwrap();
+        let offer = offer.mail.unwrap().msg;
+        assert_eq!(offer.reply, None, "the offer roots the thread");
+        let other = b.create_task(&new_task("CC-1", "CC-3"), &offline).unwrap();
+        let claim = b
+            .move_task(&mv("CC-2", 1, TaskAction::Claim, None), &offline)
+            .unwrap()
+            .mail
+            .unwrap()
+            .msg;
+        let done = b
+            .move_task(&mv("CC-2", 1, TaskAction::Progress, Some("half")), &offline)
+            .unwrap()
+            .mail
+            .unwrap()
+            .msg;
+        use crate::store::Reply;
+        assert_eq!(
+            claim.reply,
+            Some(Reply {
+                to: offer.seq,
+                thread: offer.seq
+            })
+        );
+        assert_eq!(
+            done.reply,
+            Some(Reply {
+                to: claim.seq,
+                thread: offer.seq
+            })
+        );
+        // Read back as stored, and by thread: the other task's offer is not in it.
+        let q = crate::store::HistoryQuery {
+            from: None,
+            to: None,
+            after: crate::store::After::Seq(0),
+            inbound_only: false,
+            thread: Some(offer.seq),
+            count: 10,
+            max_bytes: usize::MAX,
+        };
+        let thread: Vec<u64> = b
+            .history("CC-1", &q)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(thread, [offer.seq, claim.seq, done.seq]);
+        assert!(!thread.contains(&other.mail.unwrap().msg.seq));
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! Approvals in the embedded SQLite store (schema in docs/STORAGE.md, "Approvals").
+//!
+//! Tables (created with `IF NOT EXISTS`, so a store made by an older hub gains them in
+//! place): `approvals` (one row per prompt, numbered hub-wide, its current state and who
+//! decided it) and `approval_events` (the append-only audit trail: filed, then the one
+//! verdict, with who, from where and when). Every change is one transaction.
+
+use relay_proto::wire_approvals::{ApprovalSource, ApprovalState};
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::SqliteBackend;
+use crate::store::{
+    StoreError,
+    approvals::{ApprovalEvent, ApprovalRow, ApprovalStore, Decided, Decision, Filed, NewApproval},
+};
+
+/// The approval tables (see the module docs).
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS approvals (
+    n          INTEGER PRIMARY KEY AUTOINCREMENT,
+    session    TEXT NOT NULL,
+    host       TEXT,
+    cwd        TEXT,
+    tool       TEXT NOT NULL,
+    summary    TEXT NOT NULL,
+    preview    TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    request_id TEXT,
+    state      TEXT NOT NULL,
+    created    INTEGER NOT NULL,
+    expires    INTEGER NOT NULL,
+    decided    INTEGER,
+    by_whom    TEXT,
+    from_addr  TEXT,
+    message    TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, session);
+CREATE TABLE IF NOT EXISTS approval_events (
+    n         INTEGER NOT NULL,
+    at        INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    by_whom   TEXT NOT NULL,
+    from_addr TEXT,
+    message   TEXT
+);
+CREATE INDEX IF NOT EXISTS approval_events_by_n ON approval_events(n);
+";
+
+const COLUMNS: &str = "n, session, host, cwd, tool, summary, preview, source, request_id, state, \
+                       created, expires, decided, by_whom, from_addr, message";
+
+fn source_str(s: ApprovalSource) -> &'static str {
+    match s {
+        ApprovalSource::Hook => "hook",
+        ApprovalSource::Channel => "channel",
+    }
+}
+
+fn row(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    let source: String = r.get(7)?;
+    let state: String = r.get(9)?;
+    Ok(ApprovalRow {
+        n: r.get::<_, i64>(0)? as u64,
+        session: r.get(1)?,
+        host: r.get(2)?,
+        cwd: r.get(3)?,
+        tool: r.get(4)?,
+        summary: r.get(5)?,
+        preview: r.get(6)?,
+        source: if source == "channel" {
+            ApprovalSource::Channel
+        } else {
+            ApprovalSource::Hook
+        },
+        request_id: r.get(8)?,
+        // A state this hub does not know reads as closed: never as pending or a verdict.
+        state: ApprovalState::parse(&state).unwrap_or(ApprovalState::Closed),
+        created: r.get(10)?,
+        expires: r.get(11)?,
+        decided: r.get(12)?,
+        by: r.get(13)?,
+        from: r.get(14)?,
+        message: r.get(15)?,
+    })
+}
+
+impl SqliteBackend {
+    fn approval(&self, n: u64) -> Result<Option<ApprovalRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM approvals WHERE n = ?1"))?
+            .query_row([n as i64], row)
+            .optional()?)
+    }
+}
+
+impl ApprovalStore for SqliteBackend {
+    fn file(
+        &mut self,
+        new: &NewApproval,
+        per_session: usize,
+        total: usize,
+    ) -> Result<Filed, StoreError> {
+        self.writable()?;
+        let tx = self.conn.transaction()?;
+        let (all, mine): (i64, i64) = tx.query_row(
+            "SELECT count(*), coalesce(sum(session = ?1), 0) FROM approvals WHERE state = 'pending'",
+            [&new.session],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if mine as usize >= per_session {
+            return Ok(Filed::SessionFull(per_session));
+        }
+        if all as usize >= total {
+            return Ok(Filed::HubFull(total));
+        }
+        tx.execute(
+            "INSERT INTO approvals (session, host, cwd, tool, summary, preview, source, \
+             request_id, state, created, expires) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10)",
+            params![
+                new.session,
+                new.host,
+                new.cwd,
+                new.tool,
+                new.summary,
+                new.preview,
+                source_str(new.source),
+                new.request_id,
+                new.created,
+                new.expires
+            ],
+        )?;
+        let n = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO approval_events (n, at, state, by_whom) VALUES (?1, ?2, 'pending', ?3)",
+            params![n, new.created, new.session],
+        )?;
+        tx.commit()?;
+        Ok(match self.approval(n as u64)? {
+            Some(r) => Filed::New(Box::new(r)),
+            None => return Err(StoreError::Closed),
+        })
+    }
+
+    fn decide(&mut self, n: u64, d: &Decision) -> Result<Decided, StoreError> {
+        self.writable()?;
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE approvals SET state = ?2, decided = ?3, by_whom = ?4, from_addr = ?5, \
+             message = ?6 WHERE n = ?1 AND state = 'pending'",
+            params![n as i64, d.state.as_str(), d.at, d.by, d.from, d.message],
+        )?;
+        if changed == 1 {
+            tx.execute(
+                "INSERT INTO approval_events (n, at, state, by_whom, from_addr, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![n as i64, d.at, d.state.as_str(), d.by, d.from, d.message],
+            )?;
+        }
+        tx.commit()?;
+        Ok(match (self.approval(n)?, changed) {
+            (None, _) => Decided::NotFound,
+            (Some(r), 1) => Decided::Done(r),
+            (Some(r), _) => Decided::Already(r),
+        })
+    }
+
+    fn get(&mut self, n: u64) -> Result<Option<ApprovalRow>, StoreError> {
+        self.approval(n)
+    }
+
+    fn list(&mut self, pending: usize, recent: usize) -> Result<Vec<ApprovalRow>, StoreError> {
+        let mut out: Vec<ApprovalRow> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE state = 'pending' ORDER BY n LIMIT ?1"
+            ))?
+            .query_map([pending as i64], row)?
+            .collect::<Result<_, _>>()?;
+        let done: Vec<ApprovalRow> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE state != 'pending' ORDER BY n DESC LIMIT ?1"
+            ))?
+            .query_map([recent as i64], row)?
+            .collect::<Result<_, _>>()?;
+        out.extend(done);
+        Ok(out)
+    }
+
+    fn events(&mut self, n: u64) -> Result<Vec<ApprovalEvent>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT at, state, by_whom, from_addr, message FROM approval_events \
+                 WHERE n = ?1 ORDER BY rowid",
+            )?
+            .query_map([n as i64], |r| {
+                let state: String = r.get(1)?;
+                Ok(ApprovalEvent {
+                    at: r.get(0)?,
+                    state: ApprovalState::parse(&state).unwrap_or(ApprovalState::Closed),
+                    by: r.get(2)?,
+                    from: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn close_all_pending(&mut self, at: i64) -> Result<u64, StoreError> {
+        self.writable()?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO approval_events (n, at, state, by_whom, message) \
+             SELECT n, ?1, 'closed', 'hub', 'the hub restarted: nobody waits for it any more' \
+             FROM approvals WHERE state = 'pending'",
+            [at],
+        )?;
+        let n = tx.execute(
+            "UPDATE approvals SET state = 'closed', decided = ?1, by_whom = 'hub', \
+             message = 'the hub restarted: nobody waits for it any more' \
+             WHERE state = 'pending'",
+            [at],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::SyncMode, store::Backend};
+
+    fn new(session: &str) -> NewApproval {
+        NewApproval {
+            session: session.into(),
+            host: Some("box".into()),
+            cwd: Some("/w".into()),
+            tool: "Bash".into(),
+            summary: "npm test".into(),
+            preview: "{\"command\":\"npm test\"}".into(),
+            source: ApprovalSource::Hook,
+            request_id: None,
+            created: 1,
+            expires: 2,
+        }
+    }
+
+    fn verdict(state: ApprovalState, by: &str) -> Decision {
+        Decision {
+            state,
+            by: by.into(),
+            from: Some("127.0.0.1".into()),
+            message: None,
+            at: 5,
+        }
+    }
+
+    #[test]
+    fn first_answer_wins_is_bounded_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let s = b.approvals().unwrap();
+        let Filed::New(a) = s.file(&new("CC-1"), 2, 10).unwrap() else {
+            panic!("not filed")
+        };
+        assert_eq!(a.state, ApprovalState::Pending);
+        assert!(matches!(
+            s.file(&new("CC-1"), 2, 10).unwrap(),
+            Filed::New(_)
+        ));
+        assert!(matches!(
+            s.file(&new("CC-1"), 2, 10).unwrap(),
+            Filed::SessionFull(2)
+        ));
+        assert!(matches!(
+            s.file(&new("CC-2"), 2, 2).unwrap(),
+            Filed::HubFull(2)
+        ));
+        let Decided::Done(d) = s
+            .decide(a.n, &verdict(ApprovalState::Allowed, "cli"))
+            .unwrap()
+        else {
+            panic!("not decided")
+        };
+        assert_eq!(d.state, ApprovalState::Allowed);
+        let Decided::Already(d) = s.decide(a.n, &verdict(ApprovalState::Denied, "x")).unwrap()
+        else {
+            panic!("decided twice")
+        };
+        assert_eq!(d.state, ApprovalState::Allowed);
+        assert!(matches!(
+            s.decide(999, &verdict(ApprovalState::Denied, "x")).unwrap(),
+            Decided::NotFound
+        ));
+        drop(b);
+        let mut b = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let s = b.approvals().unwrap();
+        let ev = s.events(a.n).unwrap();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[1].state, ApprovalState::Allowed);
+        assert_eq!(ev[1].by, "cli");
+        assert_eq!(ev[1].from.as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.close_all_pending(9).unwrap(), 1);
+        let list = s.list(10, 10).unwrap();
+        assert!(list.iter().all(|r| r.state != ApprovalState::Pending));
+    }
+}

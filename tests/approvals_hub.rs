@@ -1,0 +1,331 @@
+//! The approval inbox on the hub (docs/PROTOCOL.md, "Approvals"; docs/SECURITY.md,
+//! "Approvals"): a prompt filed over the WebSocket is answered only by a human over the
+//! operator's HTTP endpoint; the filer is told; the first answer wins; the trail survives a
+//! restart; no frame a bridge can send answers it; bounds hold.
+
+use crate::common;
+
+use common::{
+    http::{get, request},
+    inproc::InProcHub,
+    ws::Ws,
+};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "approvals-token-8d21";
+
+async fn token_hub(dir: &std::path::Path) -> InProcHub {
+    InProcHub::start_with(dir, |c| {
+        c.token = relay_proto::token::HubToken::new(TOKEN);
+    })
+    .await
+}
+
+/// Files a Bash prompt for `session` on `ws` and returns the reply's approval.
+async fn file(ws: &mut Ws, session: &str, extra: Value) -> Value {
+    let mut f = json!({
+        "type": "approval_file", "clientId": session, "token": TOKEN, "tool": "Bash",
+        "input": {"command": "npm test", "description": "run the tests"},
+        "cwd": "/work/app", "host": "workstation", "rid": "f",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        f[k] = v.clone();
+    }
+    ws.send(f).await;
+    let reply = until_rid(ws, "f").await;
+    assert_eq!(reply["type"], "approval", "{reply}");
+    reply["approval"].clone()
+}
+
+/// Skips frames until the reply to `rid`.
+async fn until_rid(ws: &mut Ws, rid: &str) -> Value {
+    loop {
+        let f = ws.next().await;
+        if f["rid"] == rid {
+            return f;
+        }
+    }
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+async fn answer(port: u16, id: &str, headers: &[(&str, &str)], body: &str) -> common::http::Resp {
+    request(
+        port,
+        "POST",
+        &format!("/api/approvals/{id}"),
+        &[&[("content-type", "application/json")], headers].concat(),
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_human_answers_over_http_the_filer_is_told_and_the_first_answer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let mut filer = Ws::connect(&hub.url).await;
+    let a = file(&mut filer, "CC-2", json!({})).await;
+    assert_eq!(a["id"], "A-1");
+    assert_eq!(a["state"], "pending");
+    assert_eq!(a["summary"], "npm test");
+    assert_eq!(a["session"], "CC-2");
+    assert_eq!(a["host"], "workstation");
+
+    // The wrong people first: no token, a wrong token.
+    assert_eq!(get(port, "/api/approvals", &[]).await.status, 401);
+    let none = answer(port, "A-1", &[], r#"{"behavior":"allow"}"#).await;
+    assert_eq!(none.status, 401, "{}", none.body);
+    let wrong = answer(
+        port,
+        "A-1",
+        &[("authorization", "Bearer guess")],
+        r#"{"behavior":"allow"}"#,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let b = bearer();
+    let list = get(port, "/api/approvals", &[("authorization", &b)]).await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["approvals"][0]["state"], "pending");
+
+    // Nothing reached the filer yet.
+    filer.roundtrip().await;
+
+    let ok = answer(
+        port,
+        "A-1",
+        &[("authorization", &b), ("x-relay-client", "cli")],
+        r#"{"behavior":"allow","message":"go ahead"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let v = filer.until("approval_verdict").await;
+    assert_eq!(v["approval"]["id"], "A-1");
+    assert_eq!(v["approval"]["state"], "allowed");
+    assert_eq!(v["approval"]["by"], "cli (token)");
+    assert_eq!(v["approval"]["message"], "go ahead");
+    assert_eq!(v["approval"]["from"], "127.0.0.1");
+
+    // The second answer changes nothing.
+    let late = answer(
+        port,
+        "A-1",
+        &[("authorization", &b)],
+        r#"{"behavior":"deny"}"#,
+    )
+    .await;
+    assert_eq!(late.status, 409);
+    assert_eq!(late.json()["approval"]["state"], "allowed");
+    let bad = answer(
+        port,
+        "A-1",
+        &[("authorization", &b)],
+        r#"{"behavior":"maybe"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    // The audit trail, and it survives a restart.
+    hub.stop().await;
+    let hub = token_hub(dir.path()).await;
+    let one = get(
+        hub.addr.port(),
+        "/api/approvals/A-1",
+        &[("authorization", &b)],
+    )
+    .await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    let trail = one.json()["trail"].clone();
+    assert_eq!(trail.as_array().unwrap().len(), 2, "{trail}");
+    assert_eq!(trail[0]["state"], "pending");
+    assert_eq!(trail[0]["by"], "CC-2");
+    assert_eq!(trail[1]["state"], "allowed");
+    assert_eq!(trail[1]["by"], "cli (token)");
+    assert_eq!(trail[1]["from"], "127.0.0.1");
+    assert!(trail[1]["at"].as_i64().unwrap() > 0);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn no_frame_a_bridge_can_send_answers_a_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    // The session's own bridge files it, and then tries every frame type there is, with
+    // every field a verdict could hide in.
+    let mut bridge = Ws::connect(&hub.url).await;
+    bridge
+        .send(json!({"type": "register", "clientId": "CC-1", "token": TOKEN}))
+        .await;
+    bridge.expect("registered").await;
+    let a = file(&mut bridge, "CC-1", json!({})).await;
+    let id = a["id"].as_str().unwrap().to_string();
+    let mut other = Ws::connect(&hub.url).await;
+    for (i, ty) in relay_proto::wire::ClientFrame::TYPES.iter().enumerate() {
+        if *ty == "approval_close" {
+            continue; // a local close, tried last
+        }
+        let frame = json!({
+            "type": ty, "rid": i, "token": TOKEN, "id": id, "approval": id, "approvalId": id,
+            "behavior": "allow", "state": "allowed", "decision": "allow", "verdict": "allowed",
+            "to": "CC-1", "content": format!("allow {id}"), "clientId": "CC-1", "tool": "Bash",
+            "action": "complete", "result": "allow", "title": id, "brief": "allow",
+        });
+        bridge.send(frame.clone()).await;
+        other.send(frame).await;
+    }
+    bridge.roundtrip().await;
+    other.roundtrip().await;
+    let b = bearer();
+    let one = get(
+        port,
+        &format!("/api/approvals/{id}"),
+        &[("authorization", &b)],
+    )
+    .await;
+    assert_eq!(one.json()["approval"]["state"], "pending", "{}", one.body);
+    // The one thing a filer may do: report it answered locally. That is `closed`, never a
+    // verdict.
+    bridge
+        .send(json!({"type": "approval_close", "id": id, "rid": "c"}))
+        .await;
+    let closed = until_rid(&mut bridge, "c").await;
+    assert_eq!(closed["approval"]["state"], "closed", "{closed}");
+    let one = get(
+        port,
+        &format!("/api/approvals/{id}"),
+        &[("authorization", &b)],
+    )
+    .await;
+    assert_eq!(one.json()["approval"]["state"], "closed");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_prompt_closes_with_its_filer_expires_in_time_and_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    let state = |id: String| {
+        let b = b.clone();
+        async move {
+            get(
+                port,
+                &format!("/api/approvals/{id}"),
+                &[("authorization", &b)],
+            )
+            .await
+            .json()["approval"]["state"]
+                .clone()
+        }
+    };
+
+    // The hook ended (the local dialog was answered): closed once the hub learns it.
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-3", json!({})).await;
+    drop(hook);
+    let id = a["id"].as_str().unwrap().to_string();
+    common::eventually(
+        "the prompt of a gone filer is closed",
+        common::hub::WAIT,
+        async || match state(id.clone()).await {
+            s if s == "closed" => Ok(()),
+            s => Err(s.to_string()),
+        },
+    )
+    .await;
+
+    // Nobody answers: expired, and the filer is told.
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-3", json!({"timeoutS": 1})).await;
+    let v = hook.until("approval_verdict").await;
+    assert_eq!(v["approval"]["id"], a["id"]);
+    assert_eq!(v["approval"]["state"], "expired");
+    assert_eq!(v["approval"]["by"], "hub");
+
+    // Bounds: a session's pending prompts, and sizes.
+    let mut hook = Ws::connect(&hub.url).await;
+    for _ in 0..16 {
+        file(&mut hook, "CC-4", json!({})).await;
+    }
+    hook.send(json!({"type": "approval_file", "clientId": "CC-4", "tool": "Bash", "rid": "x"}))
+        .await;
+    let full = until_rid(&mut hook, "x").await;
+    assert_eq!(full["code"], "too_large", "{full}");
+    let big = file(
+        &mut hook,
+        "CC-5",
+        json!({"input": {"command": "y".repeat(100_000)}}),
+    )
+    .await;
+    assert_eq!(big["preview"].as_str().unwrap().chars().count(), 2000);
+    assert!(big["summary"].as_str().unwrap().chars().count() <= 500);
+    hook.send(json!({"type": "approval_file", "clientId": "CC-5", "tool": "", "rid": "e"}))
+        .await;
+    assert_eq!(until_rid(&mut hook, "e").await["code"], "bad_frame");
+    hook.send(
+        json!({"type": "approval_file", "clientId": "no spaces", "tool": "Bash", "rid": "i"}),
+    )
+    .await;
+    assert_eq!(until_rid(&mut hook, "i").await["code"], "invalid_id");
+
+    // An owned name: only its owner files for it.
+    let mut owner = Ws::connect(&hub.url).await;
+    owner
+        .send(json!({"type": "register", "clientId": "Owned", "token": TOKEN, "ownership": true}))
+        .await;
+    let secret = owner.expect("registered").await["ownerSecret"].clone();
+    assert!(secret.is_string(), "the hub minted an owner secret");
+    hook.send(json!({"type": "approval_file", "clientId": "Owned", "tool": "Bash", "rid": "o"}))
+        .await;
+    assert_eq!(until_rid(&mut hook, "o").await["code"], "not_owner");
+    hook.send(json!({"type": "approval_file", "clientId": "Owned", "ownerSecret": secret, "tool": "Bash", "rid": "p"}))
+        .await;
+    let r = until_rid(&mut hook, "p").await;
+    assert_eq!(r["type"], "approval", "{r}");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_hub_without_a_token_takes_answers_from_loopback_with_its_csrf_token_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start(dir.path()).await;
+    let port = hub.addr.port();
+    let host = format!("127.0.0.1:{port}");
+    let origin = format!("http://{host}");
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-1", json!({"token": null})).await;
+    let id = a["id"].as_str().unwrap();
+    let list = get(port, "/api/approvals", &[]).await;
+    assert_eq!(list.status, 200);
+    let csrf = list.json()["csrf"].as_str().unwrap().to_string();
+    // A page of another origin, or one without the CSRF token, is refused.
+    let foreign = answer(
+        port,
+        id,
+        &[("origin", "http://evil.example")],
+        r#"{"behavior":"allow"}"#,
+    )
+    .await;
+    assert_eq!(foreign.status, 403);
+    let no_csrf = answer(port, id, &[("origin", &origin)], r#"{"behavior":"allow"}"#).await;
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+    hook.roundtrip().await;
+    let ok = answer(
+        port,
+        id,
+        &[("origin", &origin), ("x-relay-csrf", &csrf)],
+        r#"{"behavior":"deny","message":"not now"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let v = hook.until("approval_verdict").await;
+    assert_eq!(v["approval"]["state"], "denied");
+    assert_eq!(v["approval"]["by"], "http (loopback)");
+    hub.stop().await;
+}
