@@ -607,6 +607,36 @@ async fn presence_until(
     }
 }
 
+/// A delta client's `registered` lists only the first page of peers (by id) and how many
+/// there are; the Node relay's clients (no `presence` field) still get the whole list; the
+/// rest is one `get_sessions` away.
+#[tokio::test]
+async fn delta_clients_get_the_first_page_of_peers_and_old_clients_the_whole_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start_with(dir.path(), |c| c.delta_peers_page = 2).await;
+    let mut others = Vec::new();
+    for id in ["P3", "P1", "P2"] {
+        others.push(Ws::register(&hub.url, id).await.0);
+    }
+    let mut delta = Ws::connect(&hub.url).await;
+    delta
+        .send(json!({"type": "register", "clientId": "D", "presence": "delta"}))
+        .await;
+    let reg = delta.expect("registered").await;
+    assert_eq!(reg["peers"], json!(["P1", "P2"]), "{reg}");
+    assert_eq!(reg["peersTotal"], 3, "{reg}");
+    delta
+        .send(json!({"type": "get_sessions", "limit": 10}))
+        .await;
+    let listed = delta.expect("sessions").await;
+    assert_eq!(listed["sessions"]["P3"]["online"], true, "{listed}");
+
+    let (_old, reg) = Ws::register(&hub.url, "N").await;
+    assert_eq!(reg["peers"], json!(["D", "P1", "P2", "P3"]), "{reg}");
+    assert!(reg.get("peersTotal").is_none(), "Node clients: {reg}");
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn delta_clients_get_batched_presence_and_none_clients_get_none() {
     let dir = tempfile::tempdir().unwrap();

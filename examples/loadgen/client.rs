@@ -33,14 +33,19 @@ pub(crate) enum Presence {
     Delta,
     /// No presence pushes (what the MCP bridge uses).
     None,
+    /// No `presence` field at all: a client of the Node relay's protocol (the hub's default,
+    /// `full`, with whatever else the hub does for clients that do not ask).
+    Node,
 }
 
 impl Presence {
-    fn wire(self) -> &'static str {
+    /// The `presence` field of `register`, if any.
+    fn field(self) -> &'static str {
         match self {
-            Presence::Full => "full",
-            Presence::Delta => "delta",
-            Presence::None => "none",
+            Presence::Full => r#","presence":"full""#,
+            Presence::Delta => r#","presence":"delta""#,
+            Presence::None => r#","presence":"none""#,
+            Presence::Node => "",
         }
     }
 }
@@ -97,8 +102,8 @@ pub(crate) async fn register(
     stats: &mut RegisterStats,
 ) -> anyhow::Result<()> {
     let frame = format!(
-        r#"{{"type":"register","clientId":"{id}","presence":"{}"}}"#,
-        presence.wire()
+        r#"{{"type":"register","clientId":"{id}"{}}}"#,
+        presence.field()
     );
     for _ in 0..MAX_RETRIES {
         ws.send(Message::text(frame.clone())).await?;

@@ -47,6 +47,14 @@ pub(crate) struct HubUnderTest {
     pub log: Rc<RefCell<LogTally>>,
 }
 
+/// A fresh temporary data dir for one run.
+fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("loadgen-hub-")
+        .tempdir()
+        .context("creating the hub's temporary data dir")
+}
+
 /// The default hub binary: `claude-relay` next to the directory of this example's executable
 /// (`target/release/examples/loadgen` → `target/release/claude-relay`).
 pub(crate) fn default_hub_bin() -> Option<PathBuf> {
@@ -76,11 +84,29 @@ impl HubUnderTest {
                 bin.display()
             );
         }
-        let data = tempfile::Builder::new()
-            .prefix("loadgen-hub-")
-            .tempdir()
-            .context("creating the hub's temporary data dir")?;
+        let data = temp_dir()?;
         let mut cmd = Command::new(bin);
+        cmd.args(["hub", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .env_remove("RELAY_HOST")
+            .env_remove("RELAY_PORT")
+            .env_remove("RELAY_DATA_DIR")
+            .env_remove("RELAY_SYNC");
+        Self::spawn(cmd, bin, data).await
+    }
+
+    /// Starts the floor relay (this generator, `--serve-floor <fresh temp dir>`: see
+    /// [`crate::floor`]) the same way.
+    pub(crate) async fn start_floor() -> anyhow::Result<Self> {
+        let bin = std::env::current_exe().context("locating the generator's own binary")?;
+        let data = temp_dir()?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--serve-floor").arg(data.path());
+        Self::spawn(cmd, &bin, data).await
+    }
+
+    async fn spawn(mut cmd: Command, bin: &Path, data: tempfile::TempDir) -> anyhow::Result<Self> {
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child
         // when this (single-threaded) generator dies, so an interrupted run leaves no hub behind.
         unsafe {
@@ -90,13 +116,6 @@ impl HubUnderTest {
             });
         }
         let mut child = cmd
-            .args(["hub", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(data.path())
-            .args(extra)
-            .env_remove("RELAY_HOST")
-            .env_remove("RELAY_PORT")
-            .env_remove("RELAY_DATA_DIR")
-            .env_remove("RELAY_SYNC")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

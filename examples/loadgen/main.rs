@@ -22,11 +22,12 @@
 //! Module map: [`body`] (what a message carries), [`scan`] (reading hub frames cheaply),
 //! [`hist`] (latency percentiles), [`client`] (connect + register), [`traffic`] (the message
 //! scenarios) and [`ledger`] (their books and checks), [`sessions`] (register, idle),
-//! [`hubproc`] (the hub under test), [`procfs`] (CPU, RSS, limits), [`report`] (medians,
+//! [`hubproc`] (the hub under test), [`floor`] (the bare relay `--floor` compares it with), [`procfs`] (CPU, RSS, limits), [`report`] (medians,
 //! tables, JSON).
 
 mod body;
 mod client;
+mod floor;
 mod hist;
 mod hubproc;
 mod ledger;
@@ -153,10 +154,23 @@ struct Args {
     /// Print one JSON object per scenario on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also run every scenario against the floor relay (routing plus the hub's write policy,
+    /// nothing else; see examples/loadgen/floor.rs), alternating floor and hub run by run,
+    /// and print the hub's figures as ratios to the floor's.
+    #[arg(long, conflicts_with = "url")]
+    floor: bool,
+    /// Internal: serve as the floor relay with its log in DIR (how `--floor` starts it).
+    #[arg(long, hide = true, value_name = "DIR")]
+    serve_floor: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
-    match start(Args::parse()) {
+    let args = Args::parse();
+    let result = match &args.serve_floor {
+        Some(dir) => floor::serve(dir),
+        None => start(args),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadgen: {e:#}");
@@ -197,6 +211,8 @@ struct Outcome {
     scenario: Scenario,
     runs: Vec<Row>,
     median: Row,
+    /// With `--floor`: the floor relay's runs (paired with `runs`) and their median.
+    floor: Option<(Vec<Row>, Row)>,
 }
 
 async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
@@ -221,7 +237,25 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     for scenario in scenarios {
         let mut runs = Vec::new();
+        let mut floor_runs = Vec::new();
         for run in 0..args.runs {
+            if args.floor {
+                let floor = HubUnderTest::start_floor().await?;
+                let prefix = format!("lg{tag}f{}{run}", &scenario.name()[..1]);
+                let result = one(&args, scenario, &floor, &prefix, nofile).await;
+                floor.stop().await;
+                let row =
+                    result.with_context(|| format!("scenario {} (floor)", scenario.name()))?;
+                eprintln!(
+                    "loadgen: {} floor run {}/{}: {}",
+                    scenario.name(),
+                    run + 1,
+                    args.runs,
+                    summary(&row)
+                );
+                warn_if_disturbed(&row);
+                floor_runs.push(row);
+            }
             let hub = match &args.url {
                 Some(url) => HubUnderTest::external(url.clone(), args.hub_pid),
                 None => HubUnderTest::start(&hub_bin, &args.hub_arg).await?,
@@ -246,16 +280,13 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
                 args.runs,
                 summary(&row)
             );
-            if let Some(other) = row.get("other_cpu_pct").and_then(|v| v.as_f64())
-                && other > DISTURBED_PCT
-            {
-                eprintln!(
-                    "loadgen: warning: other processes used {other:.0}% of a core during this run; \
-                     it is not a clean measurement (rerun when `uptime` is quiet)"
-                );
-            }
+            warn_if_disturbed(&row);
             runs.push(row);
         }
+        let floor = (!floor_runs.is_empty()).then(|| {
+            let median = report::median_row(&floor_runs);
+            (floor_runs, median)
+        });
         let median = report::median_row(&runs);
         if args.json {
             let mut obj = median.clone();
@@ -264,12 +295,26 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
                 "each".into(),
                 serde_json::Value::Array(runs.iter().cloned().map(Into::into).collect()),
             );
+            if let Some((each, m)) = &floor {
+                let mut f = m.clone();
+                f.insert(
+                    "each".into(),
+                    serde_json::Value::Array(each.iter().cloned().map(Into::into).collect()),
+                );
+                obj.insert("floor".into(), f.into());
+                let mut ratios = serde_json::Map::new();
+                for v in report::versus(&runs, each, versus_figures(scenario)) {
+                    ratios.insert(v.key.into(), v.ratio.into());
+                }
+                obj.insert("versus_floor".into(), ratios.into());
+            }
             println!("{}", serde_json::Value::Object(obj));
         }
         outcomes.push(Outcome {
             scenario,
             runs,
             median,
+            floor,
         });
     }
     if args.json {
@@ -327,6 +372,27 @@ async fn one(
     traffic::run(&spec, hub, prefix).await
 }
 
+/// The figures of `scenario` compared with the floor relay.
+fn versus_figures(scenario: Scenario) -> &'static [(&'static str, &'static str)] {
+    match scenario {
+        Scenario::Register => report::VERSUS_REGISTER,
+        Scenario::Idle => report::VERSUS_IDLE,
+        _ => report::VERSUS_TRAFFIC,
+    }
+}
+
+/// Warns when other processes disturbed a run.
+fn warn_if_disturbed(row: &Row) {
+    if let Some(other) = row.get("other_cpu_pct").and_then(|v| v.as_f64())
+        && other > DISTURBED_PCT
+    {
+        eprintln!(
+            "loadgen: warning: other processes used {other:.0}% of a core during this run; \
+             it is not a clean measurement (rerun when `uptime` is quiet)"
+        );
+    }
+}
+
 /// One progress line for stderr.
 fn summary(row: &Row) -> String {
     let f = |k: &str| row.get(k).and_then(|v| v.as_f64());
@@ -363,13 +429,17 @@ fn print_tables(w: &mut impl std::io::Write, outcomes: &[Outcome]) -> anyhow::Re
     let rows = |pick: &dyn Fn(Scenario) -> bool| -> Vec<(String, Row)> {
         let mut rows = Vec::new();
         for o in outcomes.iter().filter(|o| pick(o.scenario)) {
-            if o.runs.len() > 1 {
-                for (i, r) in o.runs.iter().enumerate() {
-                    rows.push((format!("{} #{}", o.scenario.name(), i + 1), r.clone()));
+            let floor = o.floor.as_ref().map(|(r, m)| (" floor", r, m));
+            for (tag, runs, median) in floor.into_iter().chain([("", &o.runs, &o.median)]) {
+                let name = format!("{}{tag}", o.scenario.name());
+                if runs.len() > 1 {
+                    for (i, r) in runs.iter().enumerate() {
+                        rows.push((format!("{name} #{}", i + 1), r.clone()));
+                    }
+                    rows.push((format!("{name} median"), median.clone()));
+                } else {
+                    rows.push((name.to_string(), median.clone()));
                 }
-                rows.push((format!("{} median", o.scenario.name()), o.median.clone()));
-            } else {
-                rows.push((o.scenario.name().to_string(), o.median.clone()));
             }
         }
         rows
@@ -385,6 +455,28 @@ fn print_tables(w: &mut impl std::io::Write, outcomes: &[Outcome]) -> anyhow::Re
         if !rows.is_empty() {
             writeln!(w)?;
             report::table(w, columns, &rows)?;
+        }
+    }
+    let mut first = true;
+    for o in outcomes {
+        let Some((floor, _)) = &o.floor else { continue };
+        if first {
+            writeln!(
+                w,
+                "\nhub ÷ floor (median of the per-run ratios; hub and floor medians):"
+            )?;
+            first = false;
+        }
+        for v in report::versus(&o.runs, floor, versus_figures(o.scenario)) {
+            writeln!(
+                w,
+                "  {:<10} {:<32} {:>6.2}×   hub {:>10.3}   floor {:>10.3}",
+                o.scenario.name(),
+                v.figure,
+                v.ratio,
+                v.hub,
+                v.floor
+            )?;
         }
     }
     Ok(())

@@ -126,6 +126,76 @@ pub(crate) const IDLE: &[Column] = &[
     ("other CPU%", "other_cpu_pct", 0),
 ];
 
+/// Figures of the message scenarios compared with the floor relay (`--floor`): header,
+/// figure name. Lower is better for each, so a ratio above 1 is what the hub costs beyond
+/// routing plus the write.
+pub(crate) const VERSUS_TRAFFIC: &[(&str, &str)] = &[
+    ("hub CPU ms per 1,000 deliveries", "hub_cpu_ms_per_1k"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("hub RSS MiB", "hub_rss_mib"),
+];
+/// Figures of the registration scenario compared with the floor relay.
+pub(crate) const VERSUS_REGISTER: &[(&str, &str)] = &[
+    ("hub CPU ms to register them all", "hub_cpu_ms"),
+    ("hub RSS MiB afterwards", "hub_rss_mib"),
+];
+/// Figures of the idle scenario compared with the floor relay.
+pub(crate) const VERSUS_IDLE: &[(&str, &str)] = &[
+    ("KiB per connection", "hub_kib_per_connection"),
+    ("idle CPU ms", "idle_hub_cpu_ms"),
+    ("hub CPU ms to register them", "hub_cpu_ms"),
+];
+
+/// One line of the comparison with the floor: the hub's and the floor's medians and the
+/// median of the per-run ratios (run *i* of the hub ÷ run *i* of the floor, measured back to
+/// back, so a slow drift of the machine's load cancels).
+pub(crate) struct Versus {
+    /// Header of the figure.
+    pub figure: &'static str,
+    /// Its key in a [`Row`].
+    pub key: &'static str,
+    /// The hub's median.
+    pub hub: f64,
+    /// The floor's median.
+    pub floor: f64,
+    /// Median of the paired ratios.
+    pub ratio: f64,
+}
+
+/// The `figures` (e.g. [`VERSUS_TRAFFIC`]) that both sides reported, paired run by run.
+pub(crate) fn versus(
+    hub: &[Row],
+    floor: &[Row],
+    figures: &[(&'static str, &'static str)],
+) -> Vec<Versus> {
+    let f = |r: &Row, k: &str| r.get(k).and_then(Value::as_f64);
+    let mut out = Vec::new();
+    for &(figure, key) in figures {
+        let mut ratios: Vec<f64> = hub
+            .iter()
+            .zip(floor)
+            .filter_map(|(h, fl)| Some((f(h, key)?, f(fl, key)?)))
+            .filter(|&(_, fl)| fl > 0.0)
+            .map(|(h, fl)| h / fl)
+            .collect();
+        let mut hs: Vec<f64> = hub.iter().filter_map(|r| f(r, key)).collect();
+        let mut fs: Vec<f64> = floor.iter().filter_map(|r| f(r, key)).collect();
+        if let (Some(ratio), Some(h), Some(fl)) =
+            (median(&mut ratios), median(&mut hs), median(&mut fs))
+        {
+            out.push(Versus {
+                figure,
+                key,
+                hub: h,
+                floor: fl,
+                ratio,
+            });
+        }
+    }
+    out
+}
+
 fn cell(row: &Row, key: &str, decimals: usize) -> String {
     match row.get(key) {
         None | Some(Value::Null) => "–".into(),
@@ -252,6 +322,22 @@ mod tests {
         );
         assert!(lines[2].ends_with('–'), "{text}");
         assert_eq!(lines[0].len(), lines[2].len() - "–".len() + 1);
+    }
+
+    #[test]
+    fn ratios_to_the_floor_are_paired_run_by_run() {
+        let rows = |v: &[f64]| -> Vec<Row> {
+            v.iter()
+                .map(|x| json!({"hub_cpu_ms_per_1k": x}).as_object().unwrap().clone())
+                .collect()
+        };
+        let v = versus(
+            &rows(&[6.0, 9.0, 4.0]),
+            &rows(&[3.0, 3.0, 4.0]),
+            VERSUS_TRAFFIC,
+        );
+        assert_eq!(v.len(), 1, "only figures both sides have");
+        assert_eq!((v[0].hub, v[0].floor, v[0].ratio), (6.0, 3.0, 2.0));
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct HubConfig {
     /// Frames that may wait in one connection's outbound queue. Default 4096, at least
     /// [`MIN_OUTBOUND_FRAMES`].
     pub outbound_frames: usize,
+    /// Most peers a `presence: "delta"` client's `registered` lists (the first, by id; it
+    /// also gets `peersTotal` and reads the rest with `get_sessions`). Default 256. The Node
+    /// relay's clients (`presence: "full"`) always get the whole list.
+    pub delta_peers_page: usize,
     /// Bytes that may wait in one connection's outbound queue. Default 8 MiB. A connection
     /// whose queue overflows is closed with a reason (its mail stays stored); it never blocks
     /// other sessions.
@@ -168,6 +172,7 @@ impl HubConfig {
             max_content_bytes: 512 << 10,
             outbound_frames: 4096,
             outbound_bytes: 8 << 20,
+            delta_peers_page: 256,
             heartbeat_interval: Duration::from_secs(25),
             max_connections: 10_240,
             max_unauthenticated: 64,

@@ -52,7 +52,13 @@ use tokio_tungstenite::{
             StatusCode,
             header::{AUTHORIZATION, HOST, ORIGIN},
         },
-        protocol::{CloseFrame, WebSocketConfig},
+        protocol::{
+            CloseFrame, WebSocketConfig,
+            frame::{
+                Frame,
+                coding::{Data, OpCode},
+            },
+        },
     },
 };
 use tracing::{debug, warn};
@@ -75,6 +81,21 @@ use crate::{
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The writer flushes at least this often while draining a long queue.
 const FLUSH_BYTES: usize = 256 << 10;
+/// tungstenite's write buffer: frames are copied into it and it is written to the socket
+/// once it holds more than this (or at a flush). Its capacity is never given back
+/// (tungstenite drains it without shrinking), so it is what a connection keeps after a
+/// burst: at the default 128 KiB, a registration storm of the Node relay's clients (a whole
+/// peer list per join) left up to ~170 KiB behind per connection (issue 16). The writer
+/// waits for the socket before it feeds the next frame once a write would block, and text
+/// longer than [`FRAGMENT`] goes out in fragments, so the buffer holds at most this plus one
+/// fragment, whatever was sent. Small frames still leave in one `sendto` per flush: a busy
+/// connection's flush carries a few KiB (docs/BENCHMARKS.md).
+const WRITE_BUFFER: usize = 8 << 10;
+/// Text frames longer than this are sent as a message of fragments of this size (RFC 6455
+/// §5.4: every client reassembles them, the Node relay's `ws` included; the payload is
+/// shared, not copied, until tungstenite frames it), so a long peer list or listing page
+/// never grows the write buffer past [`WRITE_BUFFER`] + this.
+const FRAGMENT: usize = 4 << 10;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
@@ -225,6 +246,9 @@ where
         // Small eager read buffer: 10,000 idle connections must stay cheap (and reads come
         // in chunks of at most this: see `budget::READ_CHUNK`).
         .read_buffer_size(READ_CHUNK)
+        .write_buffer_size(WRITE_BUFFER)
+        // The bound stated above, enforced (with room for a queued pong or close frame).
+        .max_write_buffer_size(2 * (WRITE_BUFFER + FRAGMENT))
         .max_message_size(Some(hub.config.hard_frame_limit))
         .max_frame_size(Some(hub.config.hard_frame_limit));
     let mut upgrade = Upgrade::Authorized;
@@ -665,6 +689,16 @@ where
             metrics.frame_out(frame.as_str());
         }
         let done = match op {
+            Op::Feed(Message::Text(text)) if text.len() > FRAGMENT => {
+                let mut done = Ok(Ok(()));
+                for frame in fragments(text) {
+                    done = bounded(sink.feed(Message::Frame(frame)), &progress, limit).await;
+                    if !matches!(done, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                done
+            }
             Op::Feed(m) => bounded(sink.feed(m), &progress, limit).await,
             Op::Flush => bounded(sink.flush(), &progress, limit).await,
             Op::Send(m) => bounded(sink.send(m), &progress, limit).await,
@@ -714,6 +748,22 @@ where
     }
 }
 
+/// `text` as one message of [`FRAGMENT`]-sized frames: a text frame, then continuations, the
+/// last one final. The frames share `text`'s bytes.
+fn fragments(text: tokio_tungstenite::tungstenite::Utf8Bytes) -> impl Iterator<Item = Frame> {
+    let bytes = Bytes::from(text);
+    let len = bytes.len();
+    (0..len).step_by(FRAGMENT).map(move |at| {
+        let end = (at + FRAGMENT).min(len);
+        let opcode = if at == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        Frame::message(bytes.slice(at..end), opcode, end == len)
+    })
+}
+
 /// One bounded write of the writer.
 enum Op {
     Feed(Message),
@@ -734,4 +784,33 @@ fn truncate_reason(s: &str) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_goes_out_as_one_message_of_shared_fragments() {
+        let text: String = (0..FRAGMENT * 2 + 100)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let frames: Vec<Frame> = fragments(text.clone().into()).collect();
+        assert_eq!(frames.len(), 3);
+        let kinds: Vec<(OpCode, bool)> = frames
+            .iter()
+            .map(|f| (f.header().opcode, f.header().is_final))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (OpCode::Data(Data::Text), false),
+                (OpCode::Data(Data::Continue), false),
+                (OpCode::Data(Data::Continue), true),
+            ]
+        );
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, text.as_bytes());
+        assert!(frames.iter().all(|f| f.payload().len() <= FRAGMENT));
+    }
 }

@@ -128,8 +128,10 @@ pub(crate) fn sent(ack: &SentOut<'_>) -> Utf8Bytes {
 pub(crate) struct RegisteredOut<'a> {
     /// The id now held.
     pub client_id: &'a str,
-    /// JSON array of the other online ids.
+    /// JSON array of the other online ids (for a delta client: the first page of them).
     pub peers_json: &'a str,
+    /// For a delta client: how many other sessions are online in all.
+    pub peers_total: Option<u64>,
     /// Store epoch.
     pub epoch: &'a str,
     /// Unread count, if known.
@@ -149,6 +151,10 @@ pub(crate) fn registered(r: &RegisteredOut<'_>) -> Utf8Bytes {
     raw(&mut out, r.client_id);
     out.extend_from_slice(br#"","peers":"#);
     out.extend_from_slice(r.peers_json.as_bytes());
+    if let Some(n) = r.peers_total {
+        out.extend_from_slice(br#","peersTotal":"#);
+        num(&mut out, n);
+    }
     out.extend_from_slice(br#","epoch":""#);
     raw(&mut out, r.epoch);
     out.push(b'"');
@@ -252,14 +258,15 @@ mod tests {
         let peers = vec!["CC-1".to_string(), "CC-3".to_string()];
         let json = id_array(peers.iter().map(String::as_str));
         let rid = RequestId::Int(9);
-        for (unread, secret, owned, rid) in [
-            (Some(3), Some("ab12"), Some(true), Some(&rid)),
-            (None, None, None, None),
-            (Some(0), None, Some(false), None),
+        for (unread, secret, owned, rid, total) in [
+            (Some(3), Some("ab12"), Some(true), Some(&rid), None),
+            (None, None, None, None, Some(7)),
+            (Some(0), None, Some(false), None, Some(2)),
         ] {
             let fast = registered(&RegisteredOut {
                 client_id: "CC-2",
                 peers_json: &json,
+                peers_total: total,
                 epoch: "e1",
                 unread,
                 owner_secret: secret,
@@ -269,6 +276,7 @@ mod tests {
             let slow = serde_json::to_string(&ServerFrame::Registered(Registered {
                 client_id: "CC-2".into(),
                 peers: peers.clone(),
+                peers_total: total,
                 epoch: Some("e1".into()),
                 unread,
                 owner_secret: secret.map(str::to_string),

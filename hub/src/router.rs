@@ -6,7 +6,7 @@
 //! [`CommitSink`]: once a batch of messages is durable, it delivers them and acks senders.
 //!
 //! One owner for its state: everything that changes — who holds which name, which of them are
-//! online, the rendered online list, who wants which presence, presence changes not sent yet,
+//! online, the rendered online list (and its first page), who wants which presence, presence changes not sent yet,
 //! the delivery fixes for the store, the mail watchers — is one [`State`] behind one mutex.
 //! The invariants between those parts (the online set is exactly the active holders, the
 //! per-mode counts match them, the rendered list is the online set or not yet rendered) are
@@ -95,6 +95,8 @@ struct State {
     online: BTreeSet<SessionId>,
     /// `online` rendered as a JSON array, rebuilt after a change when first asked for.
     online_json: Option<Arc<str>>,
+    /// The first page of `online` (page size, JSON array), rebuilt likewise.
+    online_page: Option<(usize, Arc<str>)>,
     /// Active peers per presence mode, so a change costs nothing for modes nobody uses.
     full_peers: usize,
     delta_peers: usize,
@@ -128,6 +130,7 @@ impl State {
         }
         self.online.insert(id.clone());
         self.online_json = None;
+        self.online_page = None;
     }
 
     /// Removes `id` from the online set (and its mode's count).
@@ -137,6 +140,7 @@ impl State {
         }
         self.online.remove(id);
         self.online_json = None;
+        self.online_page = None;
     }
 
     fn online_json(&mut self) -> Arc<str> {
@@ -146,6 +150,25 @@ impl State {
         let json: Arc<str> = Arc::from(frames::id_array(self.online.iter().map(SessionId::as_str)));
         self.online_json = Some(json.clone());
         json
+    }
+
+    /// The first `limit` online ids as a JSON array (shared until the next change), and how
+    /// many are online.
+    fn online_page(&mut self, limit: usize) -> (Arc<str>, usize) {
+        let total = self.online.len();
+        if total <= limit {
+            return (self.online_json(), total);
+        }
+        if let Some((l, json)) = &self.online_page
+            && *l == limit
+        {
+            return (json.clone(), total);
+        }
+        let json: Arc<str> = Arc::from(frames::id_array(
+            self.online.iter().take(limit).map(SessionId::as_str),
+        ));
+        self.online_page = Some((limit, json.clone()));
+        (json, total)
     }
 
     /// Pushes `frame` to the live holder of `to`. True if its connection took it.
@@ -341,6 +364,13 @@ impl Router {
     /// a storm of joins renders each list once instead of once per recipient.
     pub(crate) fn online_json(&self) -> Arc<str> {
         self.lock().online_json()
+    }
+
+    /// The first `limit` sessions online now, sorted, as a JSON array (shared until the next
+    /// change), and how many are online: what a `presence: "delta"` client's `registered`
+    /// carries, so a storm of joins costs O(limit) bytes per reply instead of O(N).
+    pub(crate) fn online_page(&self, limit: usize) -> (Arc<str>, usize) {
+        self.lock().online_page(limit)
     }
 
     /// True if `id` is held by an active connection.

@@ -521,8 +521,13 @@ impl ServerFrame {
 pub struct Registered {
     /// The id this connection now holds.
     pub client_id: String,
-    /// The other sessions online (not including this one).
+    /// The other sessions online (not including this one). For a `presence: "delta"` client
+    /// only the first page of them, by id (see `peers_total`).
     pub peers: Vec<String>,
+    /// For a `presence: "delta"` client: how many other sessions are online in all. When it
+    /// is more than `peers` holds, the rest are read with `get_sessions` (online sessions
+    /// come first). Absent for the Node relay's clients, which always get the whole list.
+    pub peers_total: Option<u64>,
     /// The store's epoch: a random id made when the store was created. A change means the
     /// hub's history was reset.
     pub epoch: Option<String>,
@@ -542,6 +547,7 @@ impl std::fmt::Debug for Registered {
         f.debug_struct("Registered")
             .field("client_id", &self.client_id)
             .field("peers", &self.peers)
+            .field("peers_total", &self.peers_total)
             .field("epoch", &self.epoch)
             .field("unread", &self.unread)
             .field("owner_secret", &Redacted(self.owner_secret.is_some()))
@@ -1043,6 +1049,7 @@ mod tests {
         let r = ServerFrame::Registered(Registered {
             client_id: "a".into(),
             peers: vec![],
+            peers_total: None,
             epoch: None,
             unread: None,
             owner_secret: None,

@@ -165,6 +165,7 @@ impl ConnSession {
         self.reply(ServerFrame::Registered(Registered {
             client_id: id.to_string(),
             peers: others(hub, &id),
+            peers_total: None,
             epoch: Some(hub.store.epoch().to_string()),
             unread,
             owner_secret: None,
@@ -259,16 +260,23 @@ impl ConnSession {
         rid: Option<RequestId>,
     ) {
         self.id = Some(id.clone());
-        // The whole list is the Node relay's contract (`presence: "full"`); delta clients need
-        // it as the base their batches apply to; `none` clients asked not to be told.
-        // (Not active yet, so the online list is exactly the others.)
-        let peers = match presence {
-            PresenceMode::None => Arc::from("[]"),
-            _ => hub.router.online_json(),
+        // The whole list is the Node relay's contract (`presence: "full"`); delta clients get
+        // its first page and the count (the base their batches apply to; the rest is
+        // `get_sessions`), so a storm of N joins costs O(N) bytes of replies, not O(N²);
+        // `none` clients asked not to be told. (Not active yet, so the online list is exactly
+        // the others.)
+        let (peers, peers_total) = match presence {
+            PresenceMode::None => (Arc::from("[]"), None),
+            PresenceMode::Full => (hub.router.online_json(), None),
+            PresenceMode::Delta => {
+                let (page, total) = hub.router.online_page(hub.config.delta_peers_page);
+                (page, Some(total as u64))
+            }
         };
         let _ = self.outbox.push(frames::registered(&RegisteredOut {
             client_id: id.as_str(),
             peers_json: &peers,
+            peers_total,
             epoch: &hub.store.epoch(),
             unread: Some(granted.unread),
             owner_secret: granted.minted.as_deref(),
