@@ -375,3 +375,90 @@ async fn the_index_survives_a_hub_kill_9_and_restart() {
     let none = c.until("found").await;
     assert_eq!(none["hits"], json!([]), "{none}");
 }
+
+/// Runs `claude-relay search ARGS` on the machine whose relay home is `home`.
+async fn search_cli(home: &Path, url: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(common::hub::bin());
+    common::clean_env(&mut cmd);
+    cmd.arg("search")
+        .args(args)
+        .env("CLAUDE_RELAY_HOME", home)
+        .env("RELAY_URL", url)
+        .env_remove("CLAUDE_RELAY_SESSION_ID")
+        .kill_on_drop(true);
+    let o = tokio::time::timeout(common::hub::WAIT, cmd.output())
+        .await
+        .expect("claude-relay search in time")
+        .expect("run claude-relay search");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_search_cli_reads_only_as_a_session_whose_owner_secret_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let b = bridges(dir.path(), &hub.url, &["CC-1", "CC-2", "EVE"]).await;
+    let private = sent_id(
+        &b[0]
+            .ok(
+                "relay_send",
+                json!({"message": "private: the deploy key is in vault", "to": "CC-2"}),
+            )
+            .await,
+    );
+    let public = sent_id(
+        &b[0]
+            .ok(
+                "relay_send",
+                json!({"message": "public: vault tour at noon"}),
+            )
+            .await,
+    );
+    let home = |i: usize| dir.path().join(format!("m{i}")).join("home");
+
+    // The wrong person first: EVE's machine holds no secret of CC-2, then a forged one.
+    let (ok, out, err) = search_cli(&home(2), &hub.url, &["vault", "--session", "CC-2"]).await;
+    assert!(
+        !ok && out.is_empty() && err.contains("no owner secret for CC-2"),
+        "{err}"
+    );
+    std::fs::write(home(2).join("owners").join("CC-2"), "f".repeat(64)).unwrap();
+    let (ok, out, err) = search_cli(&home(2), &hub.url, &["vault", "--session", "CC-2"]).await;
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("wrong or missing owner secret for CC-2"),
+        "{err}"
+    );
+    // As itself, EVE finds the broadcast only.
+    let (ok, out, err) = search_cli(&home(2), &hub.url, &["vault", "--session", "EVE"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!("{public} ")) && !out.contains("private"),
+        "{out}"
+    );
+
+    // CC-2, on its own machine, finds both; --json is the hub's frame.
+    let (ok, out, err) = search_cli(
+        &home(1),
+        &hub.url,
+        &["deploy", "vault", "--session", "CC-2", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let found: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(found["hits"][0]["id"], private.as_str(), "{found}");
+    assert_eq!(
+        found["hits"][0]["snippet"],
+        "private: the [deploy] key is in [vault]"
+    );
+    let (ok, out, _) = search_cli(&home(1), &hub.url, &["vault", "--session", "CC-2"]).await;
+    assert!(
+        ok && out.contains(&private) && out.contains(&public),
+        "{out}"
+    );
+}

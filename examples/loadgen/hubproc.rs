@@ -66,10 +66,10 @@ impl HubUnderTest {
         }
     }
 
-    /// Starts `bin hub --host 127.0.0.1 --port 0 --data-dir <fresh temp dir>` and waits for
-    /// its `listening on ws://…` line on stderr. Must run inside a `LocalSet` (the rest of its
-    /// log is drained by a local task).
-    pub(crate) async fn start(bin: &Path) -> anyhow::Result<Self> {
+    /// Starts `bin hub --host 127.0.0.1 --port 0 --data-dir <fresh temp dir> EXTRA…` and
+    /// waits for its `listening on ws://…` line on stderr. Must run inside a `LocalSet` (the
+    /// rest of its log is drained by a local task).
+    pub(crate) async fn start(bin: &Path, extra: &[String]) -> anyhow::Result<Self> {
         if !bin.is_file() {
             bail!(
                 "hub binary {} not found: run `cargo build --release` first, or pass --hub-bin PATH",
@@ -92,6 +92,7 @@ impl HubUnderTest {
         let mut child = cmd
             .args(["hub", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
             .arg(data.path())
+            .args(extra)
             .env_remove("RELAY_HOST")
             .env_remove("RELAY_PORT")
             .env_remove("RELAY_DATA_DIR")

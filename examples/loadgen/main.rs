@@ -106,6 +106,10 @@ struct Args {
     /// target/release/claude-relay for a release build].
     #[arg(long, conflicts_with = "url")]
     hub_bin: Option<PathBuf>,
+    /// An extra argument for the hub it starts (repeatable), e.g. `--hub-arg=--no-search-index`
+    /// to measure what the search index costs.
+    #[arg(long, conflicts_with = "url", allow_hyphen_values = true)]
+    hub_arg: Vec<String>,
     /// Measure a hub that is already running at this ws:// URL instead of starting one.
     #[arg(long)]
     url: Option<String>,
@@ -220,7 +224,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         for run in 0..args.runs {
             let hub = match &args.url {
                 Some(url) => HubUnderTest::external(url.clone(), args.hub_pid),
-                None => HubUnderTest::start(&hub_bin).await?,
+                None => HubUnderTest::start(&hub_bin, &args.hub_arg).await?,
             };
             let prefix = format!("lg{tag}{}{run}", &scenario.name()[..1]);
             let result = one(&args, scenario, &hub, &prefix, nofile).await;

@@ -36,6 +36,7 @@ impl Relay {
             until: None,
             count: Some(args.count),
             after: cursor,
+            act_as: Default::default(),
             rid: None,
         });
         match self.hub().request(frame).await {

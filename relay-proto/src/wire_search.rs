@@ -4,11 +4,12 @@
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
-use crate::wire::RequestId;
+use crate::{wire::RequestId, wire_tasks::ActAs};
 
 /// `search`: full-text search over what the asker may read — its own sends, direct mail to
 /// it and broadcasts; never other sessions' direct mail. Results are ranked (an exact phrase
-/// first, then by relevance), newest first among equals.
+/// first, then by relevance), newest first among equals. A registered connection searches
+/// as itself; one that holds no name names an owned session and shows its owner secret.
 #[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -28,6 +29,10 @@ pub struct Search {
     pub count: Option<u32>,
     /// The `next` of the previous page.
     pub after: Option<String>,
+    /// For a connection that holds no name (`claude-relay search`): the session to search
+    /// as, with its owner secret — the same rule as the task frames.
+    #[serde(flatten)]
+    pub act_as: ActAs,
     /// Echoed on the reply.
     pub rid: Option<RequestId>,
 }

@@ -15,6 +15,7 @@ mod hub_ping;
 mod init_cmd;
 mod mcp_cmd;
 mod operator_http;
+mod search_cmd;
 mod service_cmd;
 mod sessions_cmd;
 mod tail_cmd;
@@ -81,6 +82,9 @@ pub(crate) enum Command {
     /// The task board (id, state, from → holder, age, title), one task, or `checkout ID`:
     /// recreate a handed-over task's working state here.
     Tasks(tasks_cmd::TasksArgs),
+    /// Search the history a session may see (its sends, mail to it, broadcasts): ranked
+    /// results with id, sender, time, thread and a snippet.
+    Search(search_cmd::SearchArgs),
     /// Check the set-up on this machine (binary, hub, MCP entries, hook, secrets, registry)
     /// and say how to fix each problem; exit 1 if any.
     Doctor(doctor_cmd::DoctorArgs),
@@ -162,6 +166,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ApprovalHook(args) => approval_hook_cmd::run(args),
         Command::Approvals(args) => approvals_cmd::run(args),
         Command::Tasks(args) => tasks_cmd::run(args),
+        Command::Search(args) => search_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Tail(args) => tail_cmd::run(args),
     }

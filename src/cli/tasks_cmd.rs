@@ -40,11 +40,11 @@ const HUB_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tasks on one board.
 const BOARD: u32 = 100;
 
-/// Who the CLI reads as.
+/// Who the CLI reads as (`tasks`, and `search`).
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct Reader {
-    /// The session whose tasks to read [default: CLAUDE_RELAY_SESSION_ID]. Its owner secret
-    /// must be on this machine (its bridge keeps it in ~/.claude-relay/owners/).
+    /// The session to read as [default: CLAUDE_RELAY_SESSION_ID]. Its owner secret must be
+    /// on this machine (its bridge keeps it in ~/.claude-relay/owners/).
     #[arg(long, value_name = "ID")]
     session: Option<String>,
     #[command(flatten)]
@@ -116,7 +116,7 @@ pub(super) fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
 
 impl Reader {
     /// The session and its owner secret.
-    fn act_as(&self) -> anyhow::Result<(SessionId, ActAs)> {
+    pub(super) fn act_as(&self) -> anyhow::Result<(SessionId, ActAs)> {
         let raw = self
             .session
             .clone()
@@ -130,8 +130,8 @@ impl Reader {
         let owners = OwnerStore::default_dir();
         let secret = owners.load(id.as_str())?.ok_or_else(|| {
             anyhow!(
-                "there is no owner secret for {id} on this machine ({}); read tasks as a \
-                 session whose bridge ran here",
+                "there is no owner secret for {id} on this machine ({}); read as a session \
+                 whose bridge ran here",
                 owners
                     .path(id.as_str())
                     .map(|p| p.display().to_string())
@@ -147,7 +147,7 @@ impl Reader {
         ))
     }
 
-    async fn connect(&self) -> anyhow::Result<HubSocket> {
+    pub(super) async fn connect(&self) -> anyhow::Result<HubSocket> {
         let url = &self.hub.relay_url;
         dial::connect_with(url, &self.hub.auth(), HUB_TIMEOUT)
             .await
@@ -158,7 +158,10 @@ impl Reader {
 }
 
 /// Sends `frame` and returns the hub's reply (pushes skipped); an `error` becomes an error.
-async fn request(ws: &mut HubSocket, frame: &ClientFrame) -> anyhow::Result<ServerFrame> {
+pub(super) async fn request(
+    ws: &mut HubSocket,
+    frame: &ClientFrame,
+) -> anyhow::Result<ServerFrame> {
     dial::send_frame(ws, frame).await?;
     match dial::read_reply(ws, HUB_TIMEOUT).await? {
         ServerFrame::Error(e) => bail!("the hub refused: {}", e.message),

@@ -1,7 +1,8 @@
 //! `search`: full-text search over the history the asker may see (docs/PROTOCOL.md,
-//! "search"). Who may use it: any registered session, over its own sends, direct mail to it
-//! and broadcasts — the same rows `get_history` shows it; what it reveals is at most a
-//! snippet of those. The query is checked here (size, words, ids, times, cursor); the store
+//! "search"). Who may use it: a registered session, or a connection naming an owned session
+//! with its owner secret (as the task frames allow); either searches its own sends, direct
+//! mail to it and broadcasts — the same rows `get_history` shows it; what it reveals is at
+//! most a snippet of those. The query is checked here (size, words, ids, times, cursor); the store
 //! ranks and pages (`store/sqlite/search.rs`).
 
 use relay_proto::{
@@ -26,10 +27,11 @@ pub(crate) const SEARCH_PAGE_MAX: usize = 50;
 
 impl ConnSession {
     pub(super) async fn search(&mut self, hub: &HubState, q: Search) {
-        let Some(viewer) = self.registered_id("searching", &q.rid) else {
-            return;
-        };
         let rid = q.rid.clone();
+        let viewer = match crate::tasks::handle::reader(self, hub, &q.act_as).await {
+            Ok(viewer) => viewer,
+            Err((code, why)) => return self.error(code, why, rid),
+        };
         let query = match parse(hub, q) {
             Ok(query) => query,
             Err((code, why)) => return self.error(code, why, rid),

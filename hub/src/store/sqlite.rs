@@ -629,12 +629,25 @@ impl Backend for SqliteBackend {
     }
 
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        // A thread is read through `messages_by_thread` (the root, then its replies), not by
+        // filtering every visible message after the cursor: the unary `+` keeps the planner
+        // from driving the query by the visibility indexes.
+        let (visible, thread) = if q.thread.is_some() {
+            (
+                "(+sender = ?1 OR +recipient = ?1 OR +recipient = 'all')",
+                "seq IN (SELECT ?7 UNION ALL SELECT seq FROM messages WHERE thread = ?7)",
+            )
+        } else {
+            (
+                "(sender = ?1 OR recipient = ?1 OR recipient = 'all')",
+                "?7 IS NULL",
+            )
+        };
         let mut sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all')
+             WHERE {visible} AND {thread}
                AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR recipient = ?3)
-               AND (?4 = 0 OR sender <> ?1)
-               AND (?7 IS NULL OR thread = ?7 OR seq = ?7)",
+               AND (?4 = 0 OR sender <> ?1)",
         );
         let (cursor, desc) = match q.after {
             After::Latest => (0i64, true),

@@ -375,7 +375,11 @@ async fn act(conn: &mut ConnSession, hub: &HubState, f: TaskAct) {
 
 /// Who is asking to read: the name this connection holds, else a session whose owner
 /// secret it presents.
-async fn reader(conn: &ConnSession, hub: &HubState, act_as: &ActAs) -> Result<SessionId, Refuse> {
+pub(crate) async fn reader(
+    conn: &ConnSession,
+    hub: &HubState,
+    act_as: &ActAs,
+) -> Result<SessionId, Refuse> {
     if let Some(me) = &conn.id {
         return match &act_as.client_id {
             Some(other) if other != me.as_str() => Err((

@@ -987,6 +987,62 @@ mod tests {
     }
 
     #[test]
+    fn a_tasks_mail_is_one_thread_rooted_at_its_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let offer = b.create_task(&new_task("CC-1", "CC-2"), &offline).unwrap();
+        let offer = offer.mail.unwrap().msg;
+        assert_eq!(offer.reply, None, "the offer roots the thread");
+        let other = b.create_task(&new_task("CC-1", "CC-3"), &offline).unwrap();
+        let claim = b
+            .move_task(&mv("CC-2", 1, TaskAction::Claim, None), &offline)
+            .unwrap()
+            .mail
+            .unwrap()
+            .msg;
+        let done = b
+            .move_task(&mv("CC-2", 1, TaskAction::Progress, Some("half")), &offline)
+            .unwrap()
+            .mail
+            .unwrap()
+            .msg;
+        use crate::store::Reply;
+        assert_eq!(
+            claim.reply,
+            Some(Reply {
+                to: offer.seq,
+                thread: offer.seq
+            })
+        );
+        assert_eq!(
+            done.reply,
+            Some(Reply {
+                to: claim.seq,
+                thread: offer.seq
+            })
+        );
+        // Read back as stored, and by thread: the other task's offer is not in it.
+        let q = crate::store::HistoryQuery {
+            from: None,
+            to: None,
+            after: crate::store::After::Seq(0),
+            inbound_only: false,
+            thread: Some(offer.seq),
+            count: 10,
+            max_bytes: usize::MAX,
+        };
+        let thread: Vec<u64> = b
+            .history("CC-1", &q)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(thread, [offer.seq, claim.seq, done.seq]);
+        assert!(!thread.contains(&other.mail.unwrap().msg.seq));
+    }
+
+    #[test]
     fn claim_is_a_compare_and_set_and_refusals_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = open(dir.path());
