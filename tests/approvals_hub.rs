@@ -513,3 +513,40 @@ async fn a_verdict_given_the_moment_a_prompt_is_listed_reaches_its_filer_after_t
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn filing_is_rate_limited_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let mut hook = Ws::connect(&hub.url).await;
+    // File and close at once, so no pending quota is reached: only the rate stops it.
+    let mut refused = None;
+    for i in 0..64 {
+        let rid = format!("f{i}");
+        hook.send(
+            json!({"type": "approval_file", "clientId": "CC-8", "token": TOKEN,
+            "tool": "Bash", "rid": rid}),
+        )
+        .await;
+        let r = until_rid(&mut hook, &rid).await;
+        if r["type"] == "error" {
+            refused = Some((i, r));
+            break;
+        }
+        let id = r["approval"]["id"].clone();
+        hook.send(json!({"type": "approval_close", "id": id, "rid": "c"}))
+            .await;
+        until_rid(&mut hook, "c").await;
+    }
+    let (i, r) = refused.expect("refused before 64 prompts");
+    assert!(i >= 32, "a burst of 32 is allowed, refused at {i}");
+    assert_eq!(r["code"], "rate_limited", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("NOT filed"), "{r}");
+    // Another connection is not limited by this one.
+    let mut other = Ws::connect(&hub.url).await;
+    assert_eq!(
+        file(&mut other, "CC-8", json!({})).await["state"],
+        "pending"
+    );
+    hub.stop().await;
+}
