@@ -197,7 +197,7 @@ async fn the_hook_prints_a_humans_verdict_from_the_console_endpoint_and_from_the
         "{\"hookSpecificOutput\":{\"hookEventName\":\"PermissionRequest\",\"decision\":{\"behavior\":\"deny\",\"message\":\"not on main\"}}}\n"
     );
     let decided = state_of(hub.port, &id).await;
-    assert_eq!(decided["by"], "cli (token)");
+    assert_eq!(decided["by"], "cli? (token)");
 }
 
 #[tokio::test]

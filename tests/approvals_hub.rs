@@ -106,7 +106,7 @@ async fn a_human_answers_over_http_the_filer_is_told_and_the_first_answer_wins()
     let v = filer.until("approval_verdict").await;
     assert_eq!(v["approval"]["id"], "A-1");
     assert_eq!(v["approval"]["state"], "allowed");
-    assert_eq!(v["approval"]["by"], "cli (token)");
+    assert_eq!(v["approval"]["by"], "cli? (token)");
     assert_eq!(v["approval"]["message"], "go ahead");
     assert_eq!(v["approval"]["from"], "127.0.0.1");
 
@@ -144,7 +144,7 @@ async fn a_human_answers_over_http_the_filer_is_told_and_the_first_answer_wins()
     assert_eq!(trail[0]["state"], "pending");
     assert_eq!(trail[0]["by"], "CC-2");
     assert_eq!(trail[1]["state"], "allowed");
-    assert_eq!(trail[1]["by"], "cli (token)");
+    assert_eq!(trail[1]["by"], "cli? (token)");
     assert_eq!(trail[1]["from"], "127.0.0.1");
     assert!(trail[1]["at"].as_i64().unwrap() > 0);
     hub.stop().await;
@@ -548,5 +548,40 @@ async fn filing_is_rate_limited_per_connection() {
         file(&mut other, "CC-8", json!({})).await["state"],
         "pending"
     );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_named_in_a_header_is_recorded_as_claimed_apart_from_how_it_proved_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-1", json!({})).await;
+    let id = a["id"].as_str().unwrap();
+    // A token holder says it is the console: the trail must not read like a browser login.
+    let r = answer(
+        port,
+        id,
+        &[("authorization", &b), ("x-relay-client", "console")],
+        r#"{"behavior":"deny"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = hook.until("approval_verdict").await;
+    assert_eq!(v["approval"]["by"], "console? (token)");
+    assert_eq!(v["approval"]["from"], "127.0.0.1");
+    // Naming none: what was checked only.
+    let a = file(&mut hook, "CC-1", json!({})).await;
+    let r = answer(
+        port,
+        a["id"].as_str().unwrap(),
+        &[("authorization", &b)],
+        r#"{"behavior":"deny"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["approval"]["by"], "http (token)");
     hub.stop().await;
 }

@@ -117,7 +117,7 @@ impl ApprovalRow {
 pub(crate) struct Decision {
     /// `allowed`, `denied`, `expired` or `closed`.
     pub state: ApprovalState,
-    /// Who: `console (login)`, `cli (token)`, `hub`, the session…
+    /// Who: `console (login)`, `cli? (token)` (a claimed name, then how it proved itself), `hub`, the session…
     pub by: String,
     /// The address a human answered from.
     pub from: Option<String>,
