@@ -168,21 +168,40 @@ async fn the_hook_prints_a_humans_verdict_from_the_console_endpoint_and_from_the
             .any(|a| a["id"] == id.as_str() && a["state"] == "pending"),
         "{listed}"
     );
-    let typed = Command::new("script")
-        .args([
-            "-qec",
-            &approvals_cmd(
-                &hub.url,
-                &token_file,
-                &format!("deny {id} --message 'not on main'"),
-            ),
-            "/dev/null",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output();
-    let typed = tokio::time::timeout(WAIT, typed).await.unwrap().unwrap();
+    // The wrong people first: a background job holding the terminal, and a human who does
+    // not type the id back. Neither changes anything.
+    let background = under_script(
+        &format!(
+            "set -m; ({}) </dev/tty & wait $!",
+            approvals_cmd(&hub.url, &token_file, &format!("allow {id}"))
+        ),
+        "",
+    )
+    .await;
+    let said = String::from_utf8_lossy(&background.stdout);
+    assert_eq!(background.status.code(), Some(2), "{said}");
+    assert!(said.contains("foreground process group"), "{said}");
+    assert_eq!(state_of(hub.port, &id).await["state"], "pending");
+    let mistyped = under_script(
+        &approvals_cmd(&hub.url, &token_file, &format!("allow {id}")),
+        "A-999\n",
+    )
+    .await;
+    let said = String::from_utf8_lossy(&mistyped.stdout);
+    assert_eq!(mistyped.status.code(), Some(2), "{said}");
+    assert!(said.contains("not confirmed"), "{said}");
+    assert!(said.contains("npm test"), "the prompt was shown: {said}");
+    assert_eq!(state_of(hub.port, &id).await["state"], "pending");
+
+    let typed = under_script(
+        &approvals_cmd(
+            &hub.url,
+            &token_file,
+            &format!("deny {id} --message 'not on main'"),
+        ),
+        &format!("{id}\n"),
+    )
+    .await;
     let said = String::from_utf8_lossy(&typed.stdout);
     assert!(
         typed.status.success(),
@@ -197,7 +216,27 @@ async fn the_hook_prints_a_humans_verdict_from_the_console_endpoint_and_from_the
         "{\"hookSpecificOutput\":{\"hookEventName\":\"PermissionRequest\",\"decision\":{\"behavior\":\"deny\",\"message\":\"not on main\"}}}\n"
     );
     let decided = state_of(hub.port, &id).await;
-    assert_eq!(decided["by"], "cli (token)");
+    assert_eq!(decided["by"], "cli? (token)");
+}
+
+/// Runs `command` in a pseudo-terminal made by `script`, with `typed` as what the keyboard
+/// sends; returns its output (the terminal's, on stdout).
+async fn under_script(command: &str, typed: &str) -> std::process::Output {
+    let mut child = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(typed.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("script ended in time")
+        .unwrap()
 }
 
 #[tokio::test]

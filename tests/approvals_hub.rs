@@ -106,7 +106,7 @@ async fn a_human_answers_over_http_the_filer_is_told_and_the_first_answer_wins()
     let v = filer.until("approval_verdict").await;
     assert_eq!(v["approval"]["id"], "A-1");
     assert_eq!(v["approval"]["state"], "allowed");
-    assert_eq!(v["approval"]["by"], "cli (token)");
+    assert_eq!(v["approval"]["by"], "cli? (token)");
     assert_eq!(v["approval"]["message"], "go ahead");
     assert_eq!(v["approval"]["from"], "127.0.0.1");
 
@@ -144,7 +144,7 @@ async fn a_human_answers_over_http_the_filer_is_told_and_the_first_answer_wins()
     assert_eq!(trail[0]["state"], "pending");
     assert_eq!(trail[0]["by"], "CC-2");
     assert_eq!(trail[1]["state"], "allowed");
-    assert_eq!(trail[1]["by"], "cli (token)");
+    assert_eq!(trail[1]["by"], "cli? (token)");
     assert_eq!(trail[1]["from"], "127.0.0.1");
     assert!(trail[1]["at"].as_i64().unwrap() > 0);
     hub.stop().await;
@@ -511,5 +511,178 @@ async fn a_verdict_given_the_moment_a_prompt_is_listed_reaches_its_filer_after_t
         assert_eq!(v["approval"]["id"], id.as_str());
         assert_eq!(v["approval"]["state"], "allowed");
     }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn filing_is_rate_limited_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let mut hook = Ws::connect(&hub.url).await;
+    // File and close at once, so no pending quota is reached: only the rate stops it.
+    let mut refused = None;
+    for i in 0..64 {
+        let rid = format!("f{i}");
+        hook.send(
+            json!({"type": "approval_file", "clientId": "CC-8", "token": TOKEN,
+            "tool": "Bash", "rid": rid}),
+        )
+        .await;
+        let r = until_rid(&mut hook, &rid).await;
+        if r["type"] == "error" {
+            refused = Some((i, r));
+            break;
+        }
+        let id = r["approval"]["id"].clone();
+        hook.send(json!({"type": "approval_close", "id": id, "rid": "c"}))
+            .await;
+        until_rid(&mut hook, "c").await;
+    }
+    let (i, r) = refused.expect("refused before 64 prompts");
+    assert!(i >= 32, "a burst of 32 is allowed, refused at {i}");
+    assert_eq!(r["code"], "rate_limited", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("NOT filed"), "{r}");
+    // Another connection is not limited by this one.
+    let mut other = Ws::connect(&hub.url).await;
+    assert_eq!(
+        file(&mut other, "CC-8", json!({})).await["state"],
+        "pending"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_named_in_a_header_is_recorded_as_claimed_apart_from_how_it_proved_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let b = bearer();
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-1", json!({})).await;
+    let id = a["id"].as_str().unwrap();
+    // A token holder says it is the console: the trail must not read like a browser login.
+    let r = answer(
+        port,
+        id,
+        &[("authorization", &b), ("x-relay-client", "console")],
+        r#"{"behavior":"deny"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = hook.until("approval_verdict").await;
+    assert_eq!(v["approval"]["by"], "console? (token)");
+    assert_eq!(v["approval"]["from"], "127.0.0.1");
+    // Naming none: what was checked only.
+    let a = file(&mut hook, "CC-1", json!({})).await;
+    let r = answer(
+        port,
+        a["id"].as_str().unwrap(),
+        &[("authorization", &b)],
+        r#"{"behavior":"deny"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["approval"]["by"], "http (token)");
+    hub.stop().await;
+}
+
+/// The value of cookie `name` that `r` sets.
+fn set_cookie(r: &common::http::Resp, name: &str) -> Option<String> {
+    r.all("set-cookie").into_iter().find_map(|c| {
+        let (k, v) = c.split(';').next()?.trim().split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+#[tokio::test]
+async fn a_console_login_answers_only_with_its_csrf_token_from_the_hubs_own_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = token_hub(dir.path()).await;
+    let port = hub.addr.port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let b = bearer();
+    let mut hook = Ws::connect(&hub.url).await;
+    let a = file(&mut hook, "CC-1", json!({})).await;
+    let id = a["id"].as_str().unwrap();
+
+    // A browser login: the form's double-submit CSRF cookie, then the token.
+    let page = get(port, "/", &[]).await;
+    let form_csrf = set_cookie(&page, "relay_csrf").expect("the login form's csrf cookie");
+    let form_cookie = format!("relay_csrf={form_csrf}");
+    let login = request(
+        port,
+        "POST",
+        "/login",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", &origin),
+            ("cookie", &form_cookie),
+        ],
+        &format!("token={TOKEN}&csrf={form_csrf}"),
+    )
+    .await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    let session = set_cookie(&login, "relay_session").expect("a session cookie");
+    let cookie = format!("relay_session={session}");
+    let list = get(port, "/api/approvals", &[("cookie", &cookie)]).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let csrf = list.json()["csrf"].as_str().unwrap().to_string();
+
+    // The wrong people first; none of them changes the prompt.
+    let allow = r#"{"behavior":"allow"}"#;
+    for (who, headers, status) in [
+        (
+            "the cookie without the CSRF token",
+            vec![("cookie", cookie.as_str()), ("origin", origin.as_str())],
+            403,
+        ),
+        (
+            "the cookie and the CSRF token from another origin",
+            vec![
+                ("cookie", cookie.as_str()),
+                ("x-relay-csrf", csrf.as_str()),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+        ),
+        (
+            "the cookie and the CSRF token with no origin at all",
+            vec![("cookie", cookie.as_str()), ("x-relay-csrf", csrf.as_str())],
+            403,
+        ),
+        (
+            "no credentials (the CSRF token and the hub's origin only)",
+            vec![("x-relay-csrf", csrf.as_str()), ("origin", origin.as_str())],
+            401,
+        ),
+    ] {
+        let r = answer(port, id, &headers, allow).await;
+        assert_eq!(r.status, status, "{who}: {}", r.body);
+        let now = get(
+            port,
+            &format!("/api/approvals/{id}"),
+            &[("authorization", &b)],
+        )
+        .await;
+        assert_eq!(now.json()["approval"]["state"], "pending", "{who}");
+    }
+
+    // The login, with its CSRF token, from the hub's own origin.
+    let ok = answer(
+        port,
+        id,
+        &[
+            ("cookie", &cookie),
+            ("x-relay-csrf", &csrf),
+            ("origin", &origin),
+        ],
+        r#"{"behavior":"deny","message":"from the console"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let v = hook.until("approval_verdict").await;
+    assert_eq!(v["approval"]["id"], id);
+    assert_eq!(v["approval"]["state"], "denied");
+    assert_eq!(v["approval"]["by"], "console (login)");
     hub.stop().await;
 }

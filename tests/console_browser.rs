@@ -425,6 +425,71 @@ async fn the_approvals_panel_shows_a_prompt_and_a_humans_verdict_live() {
             5000 + r#"{"command":""}"#.len()
         )
     );
+
+    // Rows moved under the pointer: A-4 moves up when A-3 is answered elsewhere; a click on
+    // it right then is ignored (it might have been meant for the row that was there), and
+    // taken once the list has settled.
+    hook.send(json!({
+        "type": "approval_file", "clientId": "CC-2", "tool": "Bash",
+        "input": {"command": "echo four"}, "rid": 4,
+    }))
+    .await;
+    let four = "document.querySelector('#approvals [data-approval=\"A-4\"]')";
+    browser
+        .wait_for(&format!("{four}?.dataset.state === 'pending'"))
+        .await;
+    let bearer = format!("Bearer {token}");
+    let r = common::http::request(
+        hub.port,
+        "POST",
+        "/api/approvals/A-3",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
+        r#"{"behavior":"deny"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (ignored, state) = (
+        "document.getElementById('approvals').dataset.ignored",
+        "document.querySelector('#approvals [data-approval=\"A-4\"]').dataset.state",
+    );
+    browser
+        .wait_for(&format!(
+            "document.querySelector('#approvals [data-approval=\"A-3\"]')?.dataset.state === 'denied' && ({four}.querySelector('button.allow').click(), true)"
+        ))
+        .await;
+    assert_eq!(
+        browser.eval(ignored).await,
+        "A-4",
+        "the click right after the move"
+    );
+    assert_eq!(browser.eval(state).await, "pending");
+    let a4 = get(
+        hub.port,
+        "/api/approvals/A-4",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(
+        a4.json()["approval"]["state"],
+        "pending",
+        "nothing was sent"
+    );
+    // Clicked again until the list has settled: taken.
+    browser
+        .wait_for(&format!(
+            "{four}.dataset.state === 'allowed' || ({four}.querySelector('button.allow')?.click(), false)"
+        ))
+        .await;
+    let v = loop {
+        let v = hook.until("approval_verdict").await;
+        if v["approval"]["id"] == "A-4" {
+            break v;
+        }
+    };
+    assert_eq!(v["approval"]["state"], "allowed");
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-approvals.png");
     browser.screenshot(&shot).await;
     eprintln!("approvals screenshot: {}", shot.display());

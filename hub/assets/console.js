@@ -226,12 +226,26 @@ function putTask(t) {
 // The approval inbox: pending prompts (oldest first) with Allow / Deny, then the latest
 // verdicts (newest first) with who answered. Only a human answers: these buttons are the
 // console's way, a CSRF-protected POST with the viewer's login.
+//
+// Rows are redrawn on every event, so a row can move up under the pointer just before a
+// click (the one above it was answered elsewhere) and the click would land on another
+// prompt. So when a redraw moves a row that was on screen, Allow / Deny clicks are ignored
+// for SETTLE_MS (the panel says so; click again).
+const SETTLE_MS = 700;
 const approvalsPanel = {
+  order: [],      // ids in the order last drawn
+  movedAt: -Infinity,
   render() {
     const box = $('approvals');
     const all = [...state.approvals.values()];
     const pending = all.filter((a) => a.state === 'pending').sort((a, b) => a.created - b.created);
     const decided = all.filter((a) => a.state !== 'pending').sort((a, b) => (b.decided || 0) - (a.decided || 0));
+    const order = [...pending, ...decided].map((a) => a.id);
+    const before = this.order;
+    if (order.some((id, i) => { const j = before.indexOf(id); return j !== -1 && j !== i; })) {
+      this.movedAt = performance.now();
+    }
+    this.order = order;
     $('approvals-count').textContent = pending.length ? pending.length + ' waiting for you' : 'nothing waiting';
     if (all.length === 0) {
       box.replaceChildren(el('div', { class: 'empty', data: { empty: 'approvals' } }, 'No permission prompts.'));
@@ -244,8 +258,8 @@ const approvalsPanel = {
       el('span', { class: 'summary', role: 'cell', title: a.summary }, el('b', null, a.tool), ' ', a.summary),
       a.state === 'pending'
         ? el('span', { class: 'actions', role: 'cell' },
-          el('button', { class: 'allow', onclick: () => answer(a.id, 'allow') }, 'Allow'),
-          el('button', { class: 'deny ghost', onclick: () => answer(a.id, 'deny') }, 'Deny'),
+          el('button', { class: 'allow', onclick: () => settledAnswer(a.id, 'allow') }, 'Allow'),
+          el('button', { class: 'deny ghost', onclick: () => settledAnswer(a.id, 'deny') }, 'Deny'),
           cutNote(a))
         : el('span', { class: 'verdict', role: 'cell' }, (a.by ? 'by ' + a.by : '') + (a.message ? ' · ' + a.message : '')),
       el('pre', { class: 'preview mono' }, place(a) + a.preview));
@@ -275,6 +289,17 @@ function putApproval(a) {
   const decided = [...state.approvals.values()].filter((x) => x.state !== 'pending')
     .sort((x, y) => (y.decided || 0) - (x.decided || 0));
   for (const old of decided.slice(MAX_DECIDED_APPROVALS)) state.approvals.delete(old.id);
+}
+
+// A click within SETTLE_MS of rows moving is ignored (see approvalsPanel).
+function settledAnswer(id, behavior) {
+  if (performance.now() - approvalsPanel.movedAt < SETTLE_MS) {
+    $('approvals').dataset.ignored = id;
+    $('approvals-count').textContent = 'the list just moved — click again';
+    return;
+  }
+  delete $('approvals').dataset.ignored;
+  answer(id, behavior);
 }
 
 async function answer(id, behavior) {

@@ -76,6 +76,9 @@ pub struct ConnSession {
     /// (closed when it ends; bounded by `approvals::PER_CONNECTION`, and per session by
     /// `approvals::PER_SESSION`).
     pub(crate) filed: Vec<(u64, SessionId)>,
+    /// This connection's `approval_file` rate (`approvals::FILE_RATE`), made by its first
+    /// filing.
+    pub(crate) filing: Option<crate::limits::TokenBucket>,
 }
 
 impl ConnSession {
@@ -93,6 +96,7 @@ impl ConnSession {
             charge: None,
             transient: false,
             filed: Vec::new(),
+            filing: None,
         }
     }
 

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::{
     HubState,
+    approvals::{DECIDED_MAX_AGE_MS, KEEP_DECIDED},
     clock::{ExpiryClock, SystemClock},
 };
 
@@ -42,6 +43,39 @@ pub(crate) async fn run(hub: Arc<HubState>) {
         if expired + evicted > 0 {
             info!(expired, evicted, "retention pass");
         }
+        prune_approvals(&hub, now).await;
+    }
+}
+
+/// Deletes decided approvals beyond [`KEEP_DECIDED`] or older than [`DECIDED_MAX_AGE_MS`]
+/// (with their trails), [`SLICE`] at a time.
+async fn prune_approvals(hub: &HubState, now: i64) {
+    let before = now - DECIDED_MAX_AGE_MS;
+    let mut pruned = 0;
+    loop {
+        let r = hub
+            .store
+            .call(move |b| match b.approvals() {
+                Some(a) => a.prune(KEEP_DECIDED, before, SLICE),
+                None => Ok(0),
+            })
+            .await;
+        match r {
+            Ok(n) => {
+                pruned += n;
+                if n < SLICE {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                warn!("approval retention failed: {e}");
+                break;
+            }
+        }
+    }
+    if pruned > 0 {
+        info!(pruned, "approvals pruned");
     }
 }
 

@@ -213,7 +213,7 @@ pub struct ApprovalView {
     pub expires: i64,
     /// Decided at (Unix ms).
     pub decided: Option<i64>,
-    /// Who decided: `console (login)`, `cli (token)`, `hub` (expired), the session (closed)…
+    /// Who decided: `console (login)`, `cli? (token)` (a claimed name, then how it proved itself), `hub` (expired), the session (closed)…
     pub by: Option<String>,
     /// From which address a human answered.
     pub from: Option<String>,

@@ -219,7 +219,7 @@ mod tests {
             created: 0,
             expires: 0,
             decided: Some(1),
-            by: Some("cli (token)".into()),
+            by: Some("cli? (token)".into()),
             from: None,
             message: message.map(str::to_string),
         }

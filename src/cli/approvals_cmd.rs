@@ -6,8 +6,11 @@
 //!   controls written as `\uXXXX` escapes by `relay_local::display::json`); `--watch` then
 //!   follows the hub's event stream and prints a line for each prompt filed or decided.
 //! - `claude-relay approvals allow|deny ID [--message TEXT]`: a human's verdict — **only
-//!   from an interactive terminal**. With stdin not a TTY (how an agent's shell tool runs a
-//!   command) it refuses, sends nothing and exits 2.
+//!   from an interactive terminal**: stdin must be a terminal and this process in its
+//!   foreground process group (a background job, or a tool that merely redirected
+//!   `</dev/tty`, is not the person at the keyboard), and the human confirms by typing the
+//!   prompt's id back after seeing what it would run. Otherwise it refuses, sends nothing and
+//!   exits 2.
 //!
 //! How it authenticates: as the hub's operator, over the hub's HTTP API
 //! ([`super::operator_http`]) — the token as a Bearer header, or, on a hub without one, as a
@@ -28,8 +31,9 @@ use serde_json::{Value, json};
 
 use super::{operator_http::Operator, sessions_cmd::HubConn};
 
-/// Exit code of an answer refused because stdin is not a terminal.
-const EXIT_NOT_A_TTY: u8 = 2;
+/// Exit code of an answer refused: stdin not a terminal, not its foreground process group,
+/// or the id not typed back.
+const EXIT_REFUSED: u8 = 2;
 
 /// Arguments of `claude-relay approvals`.
 #[derive(Debug, clap::Args)]
@@ -66,15 +70,19 @@ struct Verdict {
 /// Runs `claude-relay approvals`.
 pub(super) fn run(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     // Checked before anything else: a refused answer reaches nothing, not even the hub.
-    if let Some(Action::Allow(_) | Action::Deny(_)) = &args.action
-        && !std::io::stdin().is_terminal()
-    {
-        eprintln!(
-            "claude-relay approvals: refused — answers are taken only from an interactive \
-             terminal, and stdin is not one (an agent's shell tool runs commands that way). \
-             Nothing was changed. Answer in the console, or type the command yourself."
-        );
-        return Ok(ExitCode::from(EXIT_NOT_A_TTY));
+    if let Some(Action::Allow(_) | Action::Deny(_)) = &args.action {
+        if !std::io::stdin().is_terminal() {
+            return Ok(refuse(
+                "answers are taken only from an interactive terminal, and stdin is not one \
+                 (an agent's shell tool runs commands that way)",
+            ));
+        }
+        if !in_foreground() {
+            return Ok(refuse(
+                "this process is not in the terminal's foreground process group (a \
+                 background job, or a tool that only redirected its stdin from the terminal)",
+            ));
+        }
     }
     let op = Operator::new(&args.hub.relay_url, args.hub.auth())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -88,6 +96,42 @@ pub(super) fn run(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             None => list(&op, args.json, args.watch).await,
         }
     })
+}
+
+/// Says why an answer was refused; the exit code for it.
+fn refuse(why: &str) -> ExitCode {
+    eprintln!(
+        "claude-relay approvals: refused — {why}. Nothing was changed. Answer in the console, \
+         or type the command yourself."
+    );
+    ExitCode::from(EXIT_REFUSED)
+}
+
+/// Whether this process is in the foreground process group of the terminal on stdin: the
+/// one the keyboard talks to.
+fn in_foreground() -> bool {
+    // SAFETY: tcgetpgrp and getpgrp only read process state; fd 0 is checked to be a
+    // terminal by the caller (tcgetpgrp returns -1 otherwise, which never equals a group).
+    let (fg, mine) = unsafe { (libc::tcgetpgrp(0), libc::getpgrp()) };
+    fg > 0 && fg == mine
+}
+
+/// Shows prompt `id` (its line, then its input preview) and asks the human at the terminal
+/// to type its id back; true when they did (`A-7` or `7`).
+fn confirmed(id: &str, behavior: &str, shown: &ApprovalView) -> anyhow::Result<bool> {
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "{}", line(shown, relay_proto::time::now_ms()))?;
+    // The whole preview (bounded by the hub, MAX_PREVIEW), not only the summary line.
+    writeln!(err, "input: {}", display::text(&shown.preview))?;
+    write!(err, "Type {id} to {behavior} it (anything else cancels): ")?;
+    err.flush()?;
+    drop(err);
+    let mut typed = String::new();
+    std::io::stdin()
+        .read_line(&mut typed)
+        .context("reading the confirmation from the terminal")?;
+    let want = relay_proto::wire_approvals::parse_approval_id(id);
+    Ok(want.is_some() && relay_proto::wire_approvals::parse_approval_id(typed.trim()) == want)
 }
 
 /// Fails with what the hub said for a non-2xx answer.
@@ -257,6 +301,19 @@ async fn answer(op: &Operator, behavior: &str, v: Verdict) -> anyhow::Result<Exi
             headers.push(("x-relay-csrf", csrf.to_string()));
         }
         headers.push(("origin", op.origin.clone()));
+    }
+    // What would run, then the human types the id back: an answer needs the person at the
+    // keyboard, not only a terminal on stdin.
+    let r = op
+        .call("GET", &format!("/api/approvals/{id}"), &[], None)
+        .await?;
+    check(r.status, &r.body, &format!("reading {id}"))?;
+    let shown: Value = serde_json::from_str(&r.body).context("the hub's answer is not JSON")?;
+    let shown: ApprovalView = serde_json::from_value(shown["approval"].clone())
+        .context("the hub's prompt has an unexpected shape")?;
+    if !confirmed(&id, behavior, &shown)? {
+        eprintln!("claude-relay approvals: not confirmed; nothing was changed.");
+        return Ok(ExitCode::from(EXIT_REFUSED));
     }
     let body = json!({"behavior": behavior, "message": v.message}).to_string();
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -26,17 +26,32 @@ use relay_proto::{
 };
 use tokio::time::{Duration, Instant};
 
-use super::{HUB_PENDING, PER_CONNECTION, PER_SESSION, summary};
+use super::{FILE_BURST, FILE_RATE, HUB_PENDING, PER_CONNECTION, PER_SESSION, summary};
 use crate::{
     HubState,
     auth::secret_matches,
     dispatch::ConnSession,
+    limits::TokenBucket,
     store::approvals::{Decided, Decision, Filed, NewApproval},
 };
 
 /// `approval_file`.
 pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile) {
     let rid = f.rid.clone();
+    let now = Instant::now();
+    let bucket = conn
+        .filing
+        .get_or_insert_with(|| TokenBucket::new(FILE_RATE, FILE_BURST, now));
+    if let Err(wait) = bucket.take(now) {
+        return conn.error(
+            codes::RATE_LIMITED,
+            format!(
+                "prompt NOT filed: over {FILE_RATE} prompts/s on this connection; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+            rid,
+        );
+    }
     let id = match SessionId::parse(&f.client_id) {
         Ok(id) => id,
         Err(e) => return conn.error(codes::INVALID_ID, format!("invalid clientId: {e}"), rid),

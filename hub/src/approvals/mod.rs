@@ -15,9 +15,11 @@
 //! this module keeps only who waits for which prompt and when each expires, in one
 //! [`Approvals`] map under one lock (held for map work only).
 //!
-//! Bounds: [`PER_SESSION`] pending prompts per session, [`HUB_PENDING`] per hub,
-//! [`PER_CONNECTION`] filed per connection, and the size caps of
-//! `relay_proto::wire_approvals` on every string kept.
+//! Bounds: [`PER_SESSION`] pending prompts per session and filing connection,
+//! [`HUB_PENDING`] per hub, [`PER_CONNECTION`] filed per connection, filing at
+//! [`FILE_RATE`] per connection, [`KEEP_DECIDED`] decided prompts kept (for at most
+//! [`DECIDED_MAX_AGE_MS`]), and the size caps of `relay_proto::wire_approvals` on every
+//! string kept.
 
 pub(crate) mod frames;
 mod summary;
@@ -57,6 +59,16 @@ pub(crate) const PER_CONNECTION: usize = 32;
 pub(crate) const LIST_PENDING: usize = 200;
 /// Decided prompts a listing returns (newest first).
 pub(crate) const LIST_RECENT: usize = 50;
+/// Decided prompts kept (the newest; older ones are pruned with their trails by the
+/// retention pass, `crate::retention`; docs/STORAGE.md, "Approvals").
+pub(crate) const KEEP_DECIDED: usize = 10_000;
+/// Decided prompts older than this (ms) are pruned too: 30 days.
+pub(crate) const DECIDED_MAX_AGE_MS: i64 = 30 * 86_400_000;
+/// Prompts one connection may file per second (sustained), and in a burst: a hook files
+/// one, a bridge one per dialog; a connection filing faster is refused (`rate_limited`).
+pub(crate) const FILE_RATE: f64 = 1.0;
+/// See [`FILE_RATE`].
+pub(crate) const FILE_BURST: f64 = 32.0;
 /// How often the expiry sweep looks for prompts past their time.
 const SWEEP: Duration = Duration::from_secs(1);
 

@@ -9,10 +9,13 @@
 //!   for a `Bearer` request, which no browser sends on its own). The first answer wins; a
 //!   prompt decided already answers 409 with its verdict.
 //!
-//! Who answered is recorded as `<via> (<how>)`: `via` is what the client calls itself in
-//! `X-Relay-Client` (`cli`, …; letters, digits and `-`, at most 32) or `console` for a
-//! browser login, `how` how it proved it is the operator (`token`, `login`, `loopback`);
-//! with the peer address and the time, in the prompt's audit trail.
+//! Who answered is recorded as `<via> (<how>)`, with the peer address and the time, in the
+//! prompt's audit trail. `how` is what the hub checked — how the client proved it is the
+//! operator (`token`, `login`, `loopback`) — and the address is the connection's. `via` is
+//! only a name: `console` for a browser login (its cookie says so); otherwise what the
+//! client *claims* in `X-Relay-Client` (`cli`, …; letters, digits and `-`, at most 32),
+//! recorded with a `?` (`cli? (token)`) because any token holder can send any name, or
+//! `http` when it names none. A login's claim is ignored.
 
 use http_body_util::{BodyExt, Limited};
 use hyper::{Request, Response, StatusCode, body::Incoming};
@@ -112,7 +115,7 @@ pub(crate) async fn answer(cx: &Ctx, req: Request<Incoming>, id: &str) -> Respon
     let Some(n) = parse_approval_id(id) else {
         return routes::text(StatusCode::NOT_FOUND, "no such approval (ids are A-n)\n");
     };
-    let via = req
+    let claimed = req
         .headers()
         .get(CLIENT_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -120,15 +123,12 @@ pub(crate) async fn answer(cx: &Ctx, req: Request<Incoming>, id: &str) -> Respon
             !v.is_empty()
                 && v.len() <= 32
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if who.how == Operator::Login {
-                "console".into()
-            } else {
-                "http".into()
-            }
         });
+    let via = match (who.how == Operator::Login, claimed) {
+        (true, _) => "console".to_string(),
+        (false, Some(name)) => format!("{name}?"),
+        (false, None) => "http".to_string(),
+    };
     let body = match Limited::new(req.into_body(), cx.hub.config.http_max_body_bytes)
         .collect()
         .await

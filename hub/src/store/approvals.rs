@@ -117,7 +117,7 @@ impl ApprovalRow {
 pub(crate) struct Decision {
     /// `allowed`, `denied`, `expired` or `closed`.
     pub state: ApprovalState,
-    /// Who: `console (login)`, `cli (token)`, `hub`, the session…
+    /// Who: `console (login)`, `cli? (token)` (a claimed name, then how it proved itself), `hub`, the session…
     pub by: String,
     /// The address a human answered from.
     pub from: Option<String>,
@@ -179,4 +179,8 @@ pub(crate) trait ApprovalStore {
     /// Closes every pending prompt (at start: nobody waits for them any more). Returns how
     /// many.
     fn close_all_pending(&mut self, at: i64) -> Result<u64, StoreError>;
+    /// Deletes prompts no longer pending, with their trails, that are older than the newest
+    /// `keep` such prompts or were decided before `before` (Unix ms) — at most `limit` in
+    /// one call, oldest first. Returns how many went. A pending prompt is never deleted.
+    fn prune(&mut self, keep: usize, before: i64, limit: usize) -> Result<usize, StoreError>;
 }

@@ -225,6 +225,25 @@ impl ApprovalStore for SqliteBackend {
             .collect::<Result<_, _>>()?)
     }
 
+    fn prune(&mut self, keep: usize, before: i64, limit: usize) -> Result<usize, StoreError> {
+        self.writable()?;
+        let tx = self.conn.transaction()?;
+        let victims: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT n FROM approvals WHERE state != 'pending' AND (decided < ?1 OR n NOT IN \
+                 (SELECT n FROM approvals WHERE state != 'pending' ORDER BY n DESC LIMIT ?2)) \
+                 ORDER BY n LIMIT ?3",
+            )?
+            .query_map(params![before, keep as i64, limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for n in &victims {
+            tx.execute("DELETE FROM approval_events WHERE n = ?1", [n])?;
+            tx.execute("DELETE FROM approvals WHERE n = ?1", [n])?;
+        }
+        tx.commit()?;
+        Ok(victims.len())
+    }
+
     fn close_all_pending(&mut self, at: i64) -> Result<u64, StoreError> {
         self.writable()?;
         let tx = self.conn.transaction()?;
@@ -275,6 +294,44 @@ mod tests {
             message: None,
             at: 5,
         }
+    }
+
+    #[test]
+    fn pruning_keeps_pending_prompts_and_the_newest_recent_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        let s = b.approvals().unwrap();
+        let mut ns = Vec::new();
+        for i in 0..6 {
+            let Filed::New(a) = s.file(&new("CC-1"), 100).unwrap() else {
+                panic!("not filed")
+            };
+            if i != 0 {
+                // A-1 stays pending; the others are decided at time 10 * i.
+                let mut d = verdict(ApprovalState::Denied, "cli");
+                d.at = 10 * i;
+                s.decide(a.n, &d).unwrap();
+            }
+            ns.push(a.n);
+        }
+        // Keep the newest 4 decided; nothing is older than 0: the oldest verdict goes.
+        assert_eq!(s.prune(4, 0, 100).unwrap(), 1);
+        assert!(s.get(ns[1]).unwrap().is_none());
+        assert!(
+            s.events(ns[1]).unwrap().is_empty(),
+            "its trail went with it"
+        );
+        // Decided before 45: three more go, one per call when limited.
+        for _ in 0..3 {
+            assert_eq!(s.prune(100, 45, 1).unwrap(), 1);
+        }
+        assert_eq!(s.prune(100, 45, 1).unwrap(), 0);
+        let left: Vec<u64> = s.list(10, 10).unwrap().iter().map(|r| r.n).collect();
+        assert_eq!(left, vec![ns[0], ns[5]]);
+        // A pending prompt is never pruned, whatever the bounds.
+        assert_eq!(s.prune(0, i64::MAX, 100).unwrap(), 1);
+        assert_eq!(s.get(ns[0]).unwrap().unwrap().state, ApprovalState::Pending);
+        assert_eq!(s.events(ns[0]).unwrap().len(), 1);
     }
 
     #[test]
