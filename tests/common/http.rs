@@ -72,13 +72,12 @@ pub(crate) async fn request_tls(
     for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    // The process-default provider (`ring`, the only one the workspace enables), as
+    // hub/src/tls.rs does: naming `rustls::crypto::ring::default_provider()` is deprecated
+    // since rustls 0.23.48.
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let tcp = connect(port).await;
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let tls = tokio::time::timeout(
