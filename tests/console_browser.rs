@@ -91,7 +91,8 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
                 presence: e.dataset.presence,
                 unread: e.querySelector('.unread').textContent,
                 client: e.querySelector('.client').textContent,
-                cwd: (e.querySelector('.cwd') || {}).textContent || ''
+                cwd: (e.querySelector('.cwd') || {}).textContent || '',
+                host: (e.querySelector('.host') || {}).textContent || ''
             }))",
         )
         .await;
@@ -114,7 +115,19 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
         assert_eq!(s["unread"], unread(id).to_string(), "{s}");
         assert_eq!(s["client"], client, "{s}");
         assert!(!s["cwd"].as_str().unwrap().is_empty(), "{s}");
+        // The machine each bridge runs on (all three run here).
+        let here = relay_local::identity::local_hostname();
+        assert_eq!(s["host"], here.as_str(), "{s}");
     }
+    // The header's health: the store is writable, the version is this build's.
+    let health = browser
+        .eval("document.getElementById('health-text').textContent")
+        .await;
+    let health = health.as_str().unwrap();
+    assert!(
+        health.starts_with(&format!("healthy · v{} · up ", env!("CARGO_PKG_VERSION"))),
+        "{health}"
+    );
 
     let flow = browser
         .eval("[...document.querySelectorAll('#flow [data-seq]')].map(e => [e.dataset.from, e.dataset.to, e.dataset.state])")
@@ -244,6 +257,13 @@ async fn the_console_shows_sessions_flow_and_presence_live() {
         )
         .await;
     assert_eq!(browser.eval("window.__noReload").await, 42);
+    // When it was last seen, next to its presence.
+    assert_eq!(
+        browser
+            .eval("document.querySelector('[data-session=\"CODEX\"] .presence').textContent")
+            .await,
+        "offline · just now"
+    );
     assert_eq!(
         browser
             .eval("document.querySelector('[data-session=\"CC-1\"]').dataset.presence")

@@ -74,6 +74,21 @@ async fn a_slow_reader_is_closed_with_a_reason_and_catches_up_with_nothing_lost(
         assert_eq!(u16::from(c.code), 1008);
         assert!(c.reason.contains("too slow"), "{}", c.reason);
     }
+    // The operator sees it: one overflow on /metrics (a hub without a token serves it to
+    // loopback), counted once the connection is over.
+    let port = hub.addr.port();
+    eventually("the overflow counted on /metrics", WAIT, async || {
+        let scrape = common::http::get(port, "/metrics", &[]).await.body;
+        let line = scrape
+            .lines()
+            .find(|l| l.starts_with("relay_outbox_overflows_total"))
+            .map(str::to_string);
+        match line.as_deref() {
+            Some("relay_outbox_overflows_total 1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     // It reconnects and reads everything: nothing lost, in order.
     let (mut again, reg) = Ws::register(&hub.url, "Slow").await;
