@@ -78,7 +78,7 @@ impl LocalRecord {
     pub(crate) async fn mark_running(&self, name: String, config: &BridgeConfig, claim: bool) {
         let up = EntryUpdate {
             cwd: Some(meta::cwd()).filter(|c| !c.is_empty()),
-            host: Some(meta::host_name()).filter(|h| !h.is_empty()),
+            host: Some(relay_local::identity::local_hostname()).filter(|h| !h.is_empty()),
             agent: liveness::parent(),
             bridge: Some(liveness::current()),
             claude_session_id: config.claude_session_id.clone(),

@@ -10,14 +10,6 @@ use crate::config::BridgeConfig;
 /// `source` value identifying connections made by this bridge.
 pub(crate) const SOURCE: &str = "mcp-bridge";
 
-/// This machine's host name (empty when the OS will not say).
-pub(crate) fn host_name() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
-}
-
 /// The current directory as a string (empty when unknown).
 pub(crate) fn cwd() -> String {
     std::env::current_dir()
@@ -36,7 +28,10 @@ pub(crate) fn register_meta(config: &BridgeConfig, started_ms: i64) -> Meta {
         Value::from(std::os::unix::process::parent_id()),
     );
     m.insert("cwd".into(), Value::from(cwd()));
-    m.insert("host".into(), Value::from(host_name()));
+    m.insert(
+        "host".into(),
+        Value::from(relay_local::identity::local_hostname()),
+    );
     m.insert(
         "started".into(),
         Value::from(relay_proto::time::iso(started_ms)),
