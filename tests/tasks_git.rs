@@ -174,6 +174,17 @@ async fn a_handoff_carries_the_exact_git_state_to_another_machine() {
         "{claimed}"
     );
 
+    // checkout --dir into a directory that holds something: refused, and left as it was.
+    let busy = workstation.root.join("busy");
+    fs::create_dir_all(&busy).unwrap();
+    fs::write(busy.join("keep.txt"), "mine").unwrap();
+    let refused = checkout_into(&workstation, &hub.url, &receiver, &busy).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("is not an empty directory"), "{said}");
+    assert_eq!(fs::read_dir(&busy).unwrap().count(), 1);
+    assert_eq!(fs::read_to_string(busy.join("keep.txt")).unwrap(), "mine");
+
     // checkout: the sender's files, here — the unpushed commit and the edit; not the secret.
     let out = checkout(&workstation, &hub.url, &receiver, "T-1").await;
     assert!(
@@ -198,6 +209,29 @@ async fn a_handoff_carries_the_exact_git_state_to_another_machine() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("T-1 is checked out"), "{stderr}");
+
+    // checkout --dir from outside any clone: a fresh clone of the remote at the chosen place,
+    // with the same files and commit.
+    let chosen = workstation.root.join("elsewhere").join("t1");
+    let out = checkout_into(&workstation, &hub.url, &workstation.root, &chosen).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()),
+        chosen
+    );
+    for f in ["src/lib.rs", "README.md", "notes.txt"] {
+        assert_eq!(
+            fs::read_to_string(chosen.join(f)).unwrap(),
+            fs::read_to_string(sender.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(!chosen.join(".env").exists(), "the secret travelled");
+    assert_eq!(workstation.git(&chosen, &["rev-parse", "HEAD"]), head);
     // The sender's own work tree was not touched.
     assert_eq!(
         laptop
@@ -227,6 +261,18 @@ async fn hub_task(m: &Machine, url: &str, session: &str) -> Value {
 
 async fn checkout(m: &Machine, url: &str, cwd: &Path, id: &str) -> std::process::Output {
     tasks_cli(m, url, cwd, &["checkout", id, "--session", "CC-2"]).await
+}
+
+/// `claude-relay tasks checkout T-1 --dir DIR` on `m`, run in `cwd`, as CC-2.
+async fn checkout_into(m: &Machine, url: &str, cwd: &Path, dir: &Path) -> std::process::Output {
+    let dir = dir.to_str().unwrap();
+    tasks_cli(
+        m,
+        url,
+        cwd,
+        &["checkout", "T-1", "--session", "CC-2", "--dir", dir],
+    )
+    .await
 }
 
 async fn tasks_cli(m: &Machine, url: &str, cwd: &Path, args: &[&str]) -> std::process::Output {
