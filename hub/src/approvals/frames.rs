@@ -138,11 +138,11 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
                 };
                 if let Filed::New(row) = &filed {
                     let _ = outbox.push_json(&ServerFrame::Approval(ApprovalReply {
-                        approval: row.view(),
+                        approval: row.view.clone(),
                         rid: reply_rid,
                     }));
                     approvals.wait(row.n, outbox, deadline);
-                    feed.approval(row.view());
+                    feed.approval(row.view.clone());
                 }
                 Ok(Some(filed))
             })
@@ -174,7 +174,7 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
     };
     // Replied to, waited for and published on the store thread (above).
     conn.filed.push((row.n, id.clone()));
-    tracing::info!(id = %row.id(), session = %id, tool = %row.tool, addr = %conn.addr, "approval filed");
+    tracing::info!(id = %row.view.id, session = %id, tool = %row.view.tool, addr = %conn.addr, "approval filed");
 }
 
 /// `approval_close`.
@@ -198,14 +198,14 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
             }) else {
                 return Ok(None);
             };
-            let owned = b.owner_hash(&row.session)?.is_some();
+            let owned = b.owner_hash(&row.view.session)?.is_some();
             Ok(Some((row, owned)))
         })
         .await;
     let row = match found {
         // The filer; or the holder of the session's name, when holding it proves a secret.
         Ok(Some((row, owned)))
-            if mine || (owned && registered.as_deref() == Some(row.session.as_str())) =>
+            if mine || (owned && registered.as_deref() == Some(row.view.session.as_str())) =>
         {
             row
         }
@@ -226,7 +226,7 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
     };
     let decision = Decision {
         state: ApprovalState::Closed,
-        by: row.session.clone(),
+        by: row.view.session.clone(),
         from: Some(conn.addr.ip().to_string()),
         message: Some("answered locally".into()),
         at: now_ms(),
@@ -235,7 +235,7 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
         Ok(Decided::Done(row) | Decided::Already(row)) => {
             conn.filed.retain(|(x, _)| *x != n);
             conn.reply(ServerFrame::Approval(ApprovalReply {
-                approval: row.view(),
+                approval: row.view.clone(),
                 rid,
             }))
         }

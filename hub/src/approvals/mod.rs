@@ -130,7 +130,7 @@ impl Approvals {
     /// Prompt `n` left `pending`: tell its filer (once) and the feed.
     pub(crate) fn announce(&self, feed: &Feed, row: &ApprovalRow) {
         let waiter = self.lock().forget(row.n);
-        let view = row.view();
+        let view = row.view.clone();
         if let Some(outbox) = waiter {
             let _ = outbox.push_json(&ServerFrame::ApprovalVerdict(ApprovalVerdict {
                 approval: view.clone(),
@@ -156,11 +156,11 @@ pub(crate) async fn decide(
         .await?;
     if let Decided::Done(row) = &done {
         tracing::info!(
-            id = %row.id(),
-            session = %row.session,
-            state = row.state.as_str(),
-            by = row.by.as_deref().unwrap_or(""),
-            from = row.from.as_deref().unwrap_or(""),
+            id = %row.view.id,
+            session = %row.view.session,
+            state = row.view.state.as_str(),
+            by = row.view.by.as_deref().unwrap_or(""),
+            from = row.view.from.as_deref().unwrap_or(""),
             "approval decided"
         );
         hub.approvals.announce(&hub.feed, row);
@@ -243,28 +243,31 @@ pub(crate) fn close_stale(backend: &mut dyn crate::store::Backend) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relay_proto::wire_approvals::ApprovalSource;
+    use relay_proto::wire_approvals::{ApprovalSource, ApprovalView, approval_id};
 
     fn row(n: u64, state: ApprovalState) -> ApprovalRow {
         ApprovalRow {
             n,
-            session: "CC-1".into(),
-            host: None,
-            cwd: None,
-            tool: "Bash".into(),
-            summary: "ls".into(),
-            preview: "{}".into(),
-            truncated: false,
-            input_chars: Some(2),
-            source: ApprovalSource::Hook,
-            request_id: None,
-            state,
-            created: 0,
-            expires: 0,
-            decided: Some(1),
-            by: Some("hub".into()),
-            from: None,
-            message: None,
+            view: ApprovalView {
+                id: approval_id(n),
+                session: "CC-1".into(),
+                host: None,
+                cwd: None,
+                tool: "Bash".into(),
+                summary: "ls".into(),
+                preview: "{}".into(),
+                truncated: false,
+                input_chars: Some(2),
+                source: ApprovalSource::Hook,
+                request_id: None,
+                state,
+                created: 0,
+                expires: 0,
+                decided: Some(1),
+                by: Some("hub".into()),
+                from: None,
+                message: None,
+            },
         }
     }
 

@@ -49,7 +49,7 @@ pub(crate) async fn list(cx: &Ctx, who: &auth::Who) -> Response<Body> {
         Ok(rows) => routes::json(
             StatusCode::OK,
             &json!({
-                "approvals": rows.iter().map(|r| r.view()).collect::<Vec<_>>(),
+                "approvals": rows.iter().map(|r| r.view.clone()).collect::<Vec<_>>(),
                 "csrf": who.csrf(cx),
                 "now": now_ms(),
             }),
@@ -82,7 +82,7 @@ pub(crate) async fn one(cx: &Ctx, id: &str) -> Response<Body> {
         Ok(Some((row, Ok(events)))) => routes::json(
             StatusCode::OK,
             &json!({
-                "approval": row.view(),
+                "approval": row.view.clone(),
                 "trail": events.iter().map(|e| json!({
                     "at": e.at,
                     "state": e.state,
@@ -167,9 +167,11 @@ pub(crate) async fn answer(cx: &Ctx, req: Request<Incoming>, id: &str) -> Respon
         at: now_ms(),
     };
     match decide(&cx.hub, n, decision).await {
-        Ok(Decided::Done(row)) => routes::json(StatusCode::OK, &json!({"approval": row.view()})),
+        Ok(Decided::Done(row)) => {
+            routes::json(StatusCode::OK, &json!({"approval": row.view.clone()}))
+        }
         Ok(Decided::Already(row)) => {
-            routes::json(StatusCode::CONFLICT, &json!({"approval": row.view()}))
+            routes::json(StatusCode::CONFLICT, &json!({"approval": row.view.clone()}))
         }
         Ok(Decided::NotFound) => routes::text(StatusCode::NOT_FOUND, "no such approval\n"),
         Err(e) => {

@@ -7,7 +7,7 @@
 //! its event to the trail — so a verdict that was acknowledged survives a crash, and a
 //! prompt leaves `pending` exactly once (the first answer wins).
 
-use relay_proto::wire_approvals::{ApprovalSource, ApprovalState, ApprovalView, approval_id};
+use relay_proto::wire_approvals::{ApprovalSource, ApprovalState, ApprovalView};
 
 use super::StoreError;
 
@@ -40,76 +40,14 @@ pub(crate) struct NewApproval {
     pub expires: i64,
 }
 
-/// A prompt as stored.
+/// A prompt as stored: its number (the order the hub filed prompts in, and what the expiry
+/// and retention passes count by) and the form clients see, read straight from the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ApprovalRow {
     /// The number in its id (`A-n`).
     pub n: u64,
-    /// What was filed.
-    pub session: String,
-    /// See [`NewApproval`].
-    pub host: Option<String>,
-    /// See [`NewApproval`].
-    pub cwd: Option<String>,
-    /// See [`NewApproval`].
-    pub tool: String,
-    /// See [`NewApproval`].
-    pub summary: String,
-    /// See [`NewApproval`].
-    pub preview: String,
-    /// See [`NewApproval`].
-    pub truncated: bool,
-    /// See [`NewApproval`].
-    pub input_chars: Option<u64>,
-    /// See [`NewApproval`].
-    pub source: ApprovalSource,
-    /// See [`NewApproval`].
-    pub request_id: Option<String>,
-    /// The state.
-    pub state: ApprovalState,
-    /// Unix ms.
-    pub created: i64,
-    /// Unix ms.
-    pub expires: i64,
-    /// When it left `pending`.
-    pub decided: Option<i64>,
-    /// Who moved it out of `pending`.
-    pub by: Option<String>,
-    /// From which address.
-    pub from: Option<String>,
-    /// The human's message.
-    pub message: Option<String>,
-}
-
-impl ApprovalRow {
-    /// The id (`A-n`).
-    pub(crate) fn id(&self) -> String {
-        approval_id(self.n)
-    }
-
-    /// The client-facing form.
-    pub(crate) fn view(&self) -> ApprovalView {
-        ApprovalView {
-            id: self.id(),
-            session: self.session.clone(),
-            host: self.host.clone(),
-            cwd: self.cwd.clone(),
-            tool: self.tool.clone(),
-            summary: self.summary.clone(),
-            preview: self.preview.clone(),
-            truncated: self.truncated,
-            input_chars: self.input_chars,
-            source: self.source,
-            request_id: self.request_id.clone(),
-            state: self.state,
-            created: self.created,
-            expires: self.expires,
-            decided: self.decided,
-            by: self.by.clone(),
-            from: self.from.clone(),
-            message: self.message.clone(),
-        }
-    }
+    /// Everything else, as the wire carries it.
+    pub view: ApprovalView,
 }
 
 /// A move out of `pending`, with who made it.

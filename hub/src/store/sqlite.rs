@@ -1122,7 +1122,8 @@ mod tests {
 
     use super::*;
 
-    fn msg(from: &str, to: &str, content: &str, ts: i64) -> NewMessage {
+    /// A message to store (also used by the search index's tests).
+    pub(super) fn msg(from: &str, to: &str, content: &str, ts: i64) -> NewMessage {
         NewMessage {
             from: Arc::from(from),
             to: Arc::from(to),

@@ -5,7 +5,7 @@
 //! decided it) and `approval_events` (the append-only audit trail: filed, then the one
 //! verdict, with who, from where and when). Every change is one transaction.
 
-use relay_proto::wire_approvals::{ApprovalSource, ApprovalState};
+use relay_proto::wire_approvals::{ApprovalSource, ApprovalState, ApprovalView, approval_id};
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::SqliteBackend;
@@ -77,32 +77,36 @@ fn source_str(s: ApprovalSource) -> &'static str {
 }
 
 fn row(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    let n = r.get::<_, i64>(0)? as u64;
     let source: String = r.get(7)?;
     let state: String = r.get(9)?;
     Ok(ApprovalRow {
-        n: r.get::<_, i64>(0)? as u64,
-        session: r.get(1)?,
-        host: r.get(2)?,
-        cwd: r.get(3)?,
-        tool: r.get(4)?,
-        summary: r.get(5)?,
-        preview: r.get(6)?,
-        source: if source == "channel" {
-            ApprovalSource::Channel
-        } else {
-            ApprovalSource::Hook
+        n,
+        view: ApprovalView {
+            id: approval_id(n),
+            session: r.get(1)?,
+            host: r.get(2)?,
+            cwd: r.get(3)?,
+            tool: r.get(4)?,
+            summary: r.get(5)?,
+            preview: r.get(6)?,
+            source: if source == "channel" {
+                ApprovalSource::Channel
+            } else {
+                ApprovalSource::Hook
+            },
+            request_id: r.get(8)?,
+            // A state this hub does not know reads as closed: never as pending or a verdict.
+            state: ApprovalState::parse(&state).unwrap_or(ApprovalState::Closed),
+            created: r.get(10)?,
+            expires: r.get(11)?,
+            decided: r.get(12)?,
+            by: r.get(13)?,
+            from: r.get(14)?,
+            message: r.get(15)?,
+            truncated: r.get(16)?,
+            input_chars: r.get::<_, Option<i64>>(17)?.map(|n| n as u64),
         },
-        request_id: r.get(8)?,
-        // A state this hub does not know reads as closed: never as pending or a verdict.
-        state: ApprovalState::parse(&state).unwrap_or(ApprovalState::Closed),
-        created: r.get(10)?,
-        expires: r.get(11)?,
-        decided: r.get(12)?,
-        by: r.get(13)?,
-        from: r.get(14)?,
-        message: r.get(15)?,
-        truncated: r.get(16)?,
-        input_chars: r.get::<_, Option<i64>>(17)?.map(|n| n as u64),
     })
 }
 
@@ -330,7 +334,10 @@ mod tests {
         assert_eq!(left, vec![ns[0], ns[5]]);
         // A pending prompt is never pruned, whatever the bounds.
         assert_eq!(s.prune(0, i64::MAX, 100).unwrap(), 1);
-        assert_eq!(s.get(ns[0]).unwrap().unwrap().state, ApprovalState::Pending);
+        assert_eq!(
+            s.get(ns[0]).unwrap().unwrap().view.state,
+            ApprovalState::Pending
+        );
         assert_eq!(s.events(ns[0]).unwrap().len(), 1);
     }
 
@@ -354,8 +361,8 @@ mod tests {
         let old = conn
             .query_row(&format!("SELECT {COLUMNS} FROM approvals"), [], row)
             .unwrap();
-        assert!(!old.truncated);
-        assert_eq!(old.input_chars, None);
+        assert!(!old.view.truncated);
+        assert_eq!(old.view.input_chars, None);
     }
 
     #[test]
@@ -366,7 +373,7 @@ mod tests {
         let Filed::New(a) = s.file(&new("CC-1"), 2).unwrap() else {
             panic!("not filed")
         };
-        assert_eq!(a.state, ApprovalState::Pending);
+        assert_eq!(a.view.state, ApprovalState::Pending);
         assert!(matches!(s.file(&new("CC-1"), 2).unwrap(), Filed::New(_)));
         assert!(matches!(
             s.file(&new("CC-2"), 2).unwrap(),
@@ -378,12 +385,12 @@ mod tests {
         else {
             panic!("not decided")
         };
-        assert_eq!(d.state, ApprovalState::Allowed);
+        assert_eq!(d.view.state, ApprovalState::Allowed);
         let Decided::Already(d) = s.decide(a.n, &verdict(ApprovalState::Denied, "x")).unwrap()
         else {
             panic!("decided twice")
         };
-        assert_eq!(d.state, ApprovalState::Allowed);
+        assert_eq!(d.view.state, ApprovalState::Allowed);
         assert!(matches!(
             s.decide(999, &verdict(ApprovalState::Denied, "x")).unwrap(),
             Decided::NotFound
@@ -398,6 +405,6 @@ mod tests {
         assert_eq!(ev[1].from.as_deref(), Some("127.0.0.1"));
         assert_eq!(s.close_all_pending(9).unwrap(), 1);
         let list = s.list(10, 10).unwrap();
-        assert!(list.iter().all(|r| r.state != ApprovalState::Pending));
+        assert!(list.iter().all(|r| r.view.state != ApprovalState::Pending));
     }
 }

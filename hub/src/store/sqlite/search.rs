@@ -132,30 +132,18 @@ impl SqliteBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, sync::Arc, time::Duration};
+    use std::{path::Path, time::Duration};
 
     use rusqlite::Connection;
 
-    use super::super::SqliteBackend;
+    use super::super::{SqliteBackend, tests::msg};
     use crate::{
         config::{Retention, SyncMode},
         store::{
-            Backend, NewMessage, Reply,
+            Backend, Reply,
             search::{SearchPage, SearchQuery},
         },
     };
-
-    fn msg(from: &str, to: &str, content: &str, ts: i64) -> NewMessage {
-        NewMessage {
-            from: Arc::from(from),
-            to: Arc::from(to),
-            content: content.into(),
-            ts,
-            key: None,
-            delivered_at: None,
-            reply: None,
-        }
-    }
 
     fn open(dir: &Path, search: bool) -> SqliteBackend {
         SqliteBackend::open_exclusive(dir, SyncMode::Normal, search).unwrap()
