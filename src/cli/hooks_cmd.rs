@@ -272,18 +272,20 @@ pub(crate) fn is_our_approval_hook(hook: &Value) -> bool {
     if !(rest.is_empty() || rest.starts_with(' ')) {
         return false;
     }
-    program_is_ours(program.trim())
+    our_binary(program.trim()).is_some()
 }
 
-/// Whether `program` (maybe quoted) names a binary called `claude-relay`.
-fn program_is_ours(program: &str) -> bool {
+/// `program` without its shell quotes (as `external::sh_quote` or a person wrote it) when it
+/// names a binary called `claude-relay`; `None` otherwise.
+fn our_binary(program: &str) -> Option<String> {
     let unquoted = program
         .strip_prefix('\'')
         .and_then(|p| p.strip_suffix('\''))
         .or_else(|| program.strip_prefix('"').and_then(|p| p.strip_suffix('"')))
         .unwrap_or(program)
         .replace(r"'\''", "'");
-    Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME)
+    (Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME))
+        .then_some(unquoted)
 }
 
 /// Our hook entry for `command`.
@@ -314,15 +316,7 @@ pub(crate) fn our_program(hook: &Value) -> Option<String> {
     if !program.ends_with(char::is_whitespace) {
         return None;
     }
-    let program = program.trim();
-    let unquoted = program
-        .strip_prefix('\'')
-        .and_then(|p| p.strip_suffix('\''))
-        .or_else(|| program.strip_prefix('"').and_then(|p| p.strip_suffix('"')))
-        .unwrap_or(program)
-        .replace(r"'\''", "'");
-    (Path::new(&unquoted).file_name().and_then(|n| n.to_str()) == Some(BIN_NAME))
-        .then_some(unquoted)
+    our_binary(program.trim())
 }
 
 /// What [`install_entry`] did.
