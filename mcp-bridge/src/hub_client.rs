@@ -77,6 +77,9 @@ pub(crate) enum LinkState {
         attempt: u32,
         /// Why the previous attempt failed, if one did.
         last_error: Option<String>,
+        /// The previous attempt was refused (name, token, TLS), not lost on the link: this
+        /// retry will most likely be refused too, so `relay_send` does not queue meanwhile.
+        refused: bool,
     },
     /// Registered and usable.
     Connected {
@@ -131,7 +134,8 @@ impl Snapshot {
             LinkState::Waiting {
                 transport: false,
                 ..
-            } | LinkState::Stopped
+            } | LinkState::Connecting { refused: true, .. }
+                | LinkState::Stopped
         )
     }
 
@@ -146,6 +150,7 @@ impl Snapshot {
             LinkState::Connecting {
                 attempt,
                 last_error: Some(e),
+                ..
             } => format!(
                 "not connected to the hub at {} (attempt {attempt} in progress; last error: {e})",
                 self.url
@@ -377,6 +382,7 @@ impl HubClient {
         self.inner.status.send_replace(LinkState::Connecting {
             attempt: 1,
             last_error: None,
+            refused: false,
         });
         tokio::spawn(link::run(self.inner.clone()));
     }

@@ -45,11 +45,13 @@ pub(super) async fn run(inner: Arc<Inner>) {
     let t = inner.timeouts.clone();
     let mut backoff = Backoff::new(t.backoff_start, t.backoff_cap);
     let mut previous_error: Option<String> = None;
+    let mut previous_refused = false;
     let mut stop = inner.stop.subscribe();
     while !inner.stopping() {
         inner.status.send_replace(LinkState::Connecting {
             attempt: backoff.attempts() + 1,
             last_error: previous_error.clone(),
+            refused: previous_refused,
         });
         let ended = tokio::select! {
             ended = connect_and_serve(&inner, &mut backoff) => ended,
@@ -64,6 +66,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         let delay = backoff.next_delay();
         tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
         previous_error = Some(last_error.clone());
+        previous_refused = !transport;
         inner.status.send_replace(LinkState::Waiting {
             retry_at: Instant::now() + delay,
             last_error,
