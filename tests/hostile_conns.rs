@@ -1,7 +1,8 @@
 //! Attacks on the hub's connections: clients that ask for big pages and never read them,
-//! clients without the token holding every slot of a token hub, and many near-limit frames
-//! at once. Each attacker costs a bounded amount and for a bounded time; the hub's slots
-//! come back and well-behaved clients get in.
+//! a client that keeps writing (so it looks alive) but never reads, clients without the
+//! token holding every slot of a token hub, and many near-limit frames at once. Each
+//! attacker costs a bounded amount and for a bounded time; the hub's slots come back and
+//! well-behaved clients get in.
 //!
 //! The hub's own view is read from /proc (its TCP sockets, its peak memory), so this file is
 //! Linux's.
@@ -9,15 +10,19 @@
 
 use crate::common;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use common::{
     hub::{Hub, HubOpts, WAIT},
+    inproc::InProcHub,
     ws::{Ws, bearer_request},
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+use tokio_tungstenite::{
+    MaybeTlsStream,
+    tungstenite::{Message, protocol::frame::coding::CloseCode},
+};
 
 fn opts(args: &[&str]) -> HubOpts {
     HubOpts {
@@ -135,6 +140,155 @@ async fn clients_that_never_read_are_closed_their_slots_come_back_and_memory_sta
     let bound = before + 3 * (8 + 2 * 4) * 1024 + 64 * 1024;
     assert!(after < bound, "peak RSS {after} KiB over {bound} KiB");
     drop(attackers);
+}
+
+/// The most a TCP socket's send buffer grows to on this machine (`net.ipv4.tcp_wmem`'s
+/// maximum), in bytes.
+fn tcp_wmem_max() -> usize {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("three numbers in net.ipv4.tcp_wmem")
+}
+
+/// The value of the `/metrics` line that starts with `name` (labels included).
+fn metric(scrape: &str, name: &str) -> Option<String> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(str::to_string)
+}
+
+/// The write bound on its own (hub/src/progress.rs): a client that sends a frame every
+/// 200 ms — so the heartbeat always sees it alive and its reader never ends — but never reads
+/// a byte, while mail for it fills the socket's buffers and stays well under its outbound
+/// queue's bounds (so no overflow ends the reader and no writer abort cleans up). Only the
+/// writer's bounded write can notice it: the socket takes nothing for a heartbeat interval.
+/// The hub closes it within a few intervals, counts it as `not_reading`, its socket is gone
+/// (its own writes fail), and the name is free for a fresh client.
+#[tokio::test]
+async fn a_client_that_writes_but_never_reads_is_closed_by_the_write_bound_alone() {
+    const BEAT: Duration = Duration::from_secs(1);
+    const MESSAGE: usize = 64 << 10;
+    // More than the kernel holds: the hub's send buffer (at most tcp_wmem's maximum) and the
+    // non-reader's receive buffer (pinned to 64 KiB below, so autotuning cannot grow it to
+    // tcp_rmem's maximum), with 8 MiB to spare.
+    let total = tcp_wmem_max() + (8 << 20);
+    let n = total.div_ceil(MESSAGE);
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start_with(dir.path(), |c| {
+        c.heartbeat_interval = BEAT;
+        // Everything sent fits in the queue twice over, in bytes and in frames (with room
+        // for a pong per keep-alive): the queue never overflows.
+        c.outbound_bytes = 2 * total + (16 << 20);
+        c.outbound_frames = c.outbound_frames.max(2 * n + 1024);
+        c.search_index = false;
+    })
+    .await;
+
+    // The non-reader: registers, then only writes.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let stream = socket.connect(hub.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(&hub.url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("connect to hub");
+    let mut sink = Ws { ws };
+    sink.send(json!({"type": "register", "clientId": "Sink"}))
+        .await;
+    sink.expect("registered").await;
+    let (mut keepalive_tx, _never_read) = sink.ws.split();
+    let keepalive = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut sent = 0u32;
+        loop {
+            tick.tick().await;
+            let ping = Message::text(json!({"type": "ping"}).to_string());
+            if let Err(e) = keepalive_tx.send(ping).await {
+                return (sent, e.to_string());
+            }
+            sent += 1;
+        }
+    });
+
+    // The sender pipelines n messages of 64 KiB to it and reads its acks.
+    let (sender, _) = Ws::register(&hub.url, "Sender").await;
+    let (mut tx, mut rx) = sender.ws.split();
+    let started = tokio::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        let body = "m".repeat(MESSAGE - 16);
+        for i in 0..n {
+            let f = json!({"type": "message", "to": "Sink", "content": format!("{i} {body}")});
+            tx.send(Message::text(f.to_string())).await.unwrap();
+        }
+        tx
+    });
+    // Every send is acked; the hub drops the non-reader within a few heartbeat intervals of
+    // the last ack (the sender is told `peer_left`). Mail sent after the drop is stored.
+    let mut deadline = started + WAIT;
+    let (mut acked, mut left) = (0, None);
+    while acked < n || left.is_none() {
+        let f = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{acked} of {n} acked; the non-reader {} after {:?}",
+                    if left.is_some() {
+                        "was dropped"
+                    } else {
+                        "was not dropped"
+                    },
+                    started.elapsed()
+                )
+            })
+            .expect("the sender's connection stays open")
+            .unwrap();
+        let Message::Text(t) = f else { continue };
+        let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+        match f["type"].as_str() {
+            Some("sent") => {
+                acked += 1;
+                if acked == n {
+                    deadline = deadline.min(tokio::time::Instant::now() + 5 * BEAT);
+                }
+            }
+            Some("peer_left") if f["clientId"] == "Sink" => left = Some(started.elapsed()),
+            _ => {}
+        }
+    }
+    let _tx = writer.await.unwrap();
+    println!("{n} messages of 64 KiB; the non-reader was dropped {left:?} after the sends began");
+
+    // The write bound did it (counted as `not_reading`), not an overflow of the queue.
+    let scrape = common::http::get(hub.addr.port(), "/metrics", &[])
+        .await
+        .body;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"relay_connections_refused_total{reason="not_reading"}"#
+        )
+        .as_deref(),
+        Some("1"),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "relay_outbox_overflows_total").as_deref(),
+        Some("0"),
+        "{scrape}"
+    );
+    // Its socket is really gone: the non-reader's own writes fail.
+    let (pings, error) = tokio::time::timeout(WAIT, keepalive)
+        .await
+        .expect("the non-reader's writes keep succeeding: the hub kept its socket")
+        .unwrap();
+    println!("the non-reader sent {pings} pings, then: {error}");
+
+    // A fresh client takes the name at once.
+    let (_again, reg) = Ws::register(&hub.url, "Sink").await;
+    assert_eq!(reg["clientId"], "Sink", "{reg}");
+    hub.stop().await;
 }
 
 const TOKEN: &str = "t0k3n-for-the-slot-test";
