@@ -80,6 +80,8 @@ pub(crate) enum LinkState {
         /// The previous attempt was refused (name, token, TLS), not lost on the link: this
         /// retry will most likely be refused too, so `relay_send` does not queue meanwhile.
         refused: bool,
+        /// The refusal was of our name (so the text says "not registered", as while waiting).
+        rejected: bool,
     },
     /// Registered and usable.
     Connected {
@@ -147,6 +149,15 @@ impl Snapshot {
             LinkState::Connecting {
                 last_error: None, ..
             } => format!("not connected to the hub at {} (connecting now)", self.url),
+            LinkState::Connecting {
+                attempt,
+                last_error: Some(e),
+                rejected: true,
+                ..
+            } => format!(
+                "not registered with the hub at {}: {e}; attempt {attempt} in progress",
+                self.url
+            ),
             LinkState::Connecting {
                 attempt,
                 last_error: Some(e),
@@ -383,6 +394,7 @@ impl HubClient {
             attempt: 1,
             last_error: None,
             refused: false,
+            rejected: false,
         });
         tokio::spawn(link::run(self.inner.clone()));
     }

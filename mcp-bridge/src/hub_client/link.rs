@@ -46,12 +46,14 @@ pub(super) async fn run(inner: Arc<Inner>) {
     let mut backoff = Backoff::new(t.backoff_start, t.backoff_cap);
     let mut previous_error: Option<String> = None;
     let mut previous_refused = false;
+    let mut previous_rejected = false;
     let mut stop = inner.stop.subscribe();
     while !inner.stopping() {
         inner.status.send_replace(LinkState::Connecting {
             attempt: backoff.attempts() + 1,
             last_error: previous_error.clone(),
             refused: previous_refused,
+            rejected: previous_rejected,
         });
         let ended = tokio::select! {
             ended = connect_and_serve(&inner, &mut backoff) => ended,
@@ -67,6 +69,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         tracing::info!("hub connection: {last_error}; retrying in {delay:?}");
         previous_error = Some(last_error.clone());
         previous_refused = !transport;
+        previous_rejected = rejected;
         inner.status.send_replace(LinkState::Waiting {
             retry_at: Instant::now() + delay,
             last_error,

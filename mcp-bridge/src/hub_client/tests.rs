@@ -298,6 +298,22 @@ async fn a_fixed_name_in_use_is_reported_plainly_and_retried() {
         matches!(r, Err(RequestError::NotConnected(ref t)) if t.contains("held by another")),
         "{r:?}"
     );
+    // While the retry is in progress (the hub has not answered it yet) the refusal still
+    // stands: it is not link trouble, so relay_send says NOT sent rather than queueing, and
+    // the text still says why.
+    wait_state(&c, "retrying", |s| {
+        matches!(s, LinkState::Connecting { refused: true, .. })
+    })
+    .await;
+    let snap = c.snapshot();
+    assert!(!snap.link_trouble_only(), "{:?}", snap.state);
+    let text = snap.not_connected_text();
+    assert!(
+        text.starts_with("not registered with the hub")
+            && text.contains("held by another live connection")
+            && text.contains("attempt 2 in progress"),
+        "{text}"
+    );
     // The holder left: the retry gets the name, still CC-1.
     let _ws = hub.accept_registered("E1", 0).await;
     wait_state(&c, "connected", connected).await;
