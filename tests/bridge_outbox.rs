@@ -31,18 +31,6 @@ fn opts(dir: &Path, proxy: &Impair, id: &str, extra: &[(&str, &str)]) -> BridgeO
     o
 }
 
-async fn status_until(b: &Bridge, want: &str) -> String {
-    common::eventually(
-        &format!("{}: status says {want:?}", b.id),
-        WAIT,
-        async || {
-            let s = b.ok("relay_status", Value::Null).await;
-            if s.contains(want) { Ok(s) } else { Err(s) }
-        },
-    )
-    .await
-}
-
 /// Makes the hub unreachable for the bridge: current connections reset, new ones refused.
 fn go_dark(proxy: &Impair) {
     proxy.refuse_for(Duration::from_secs(3600));
@@ -75,7 +63,7 @@ async fn queued_stored_delivered_and_read_are_worded_apart() {
     assert!(!outbox.exists(), "nothing queued, nothing created");
 
     go_dark(&proxy);
-    status_until(&cc1, "not connected to the hub").await;
+    cc1.status_until("not connected to the hub", WAIT).await;
     let queued = cc1
         .ok(
             "relay_send",
@@ -106,11 +94,11 @@ async fn queued_stored_delivered_and_read_are_worded_apart() {
 
     // The hub is back: the queue drains by itself; CC-2 is offline, so it is stored.
     proxy.accept_again();
-    let s = status_until(&cc1, "Outbox: empty").await;
+    let s = cc1.status_until("Outbox: empty", WAIT).await;
     let s = if s.contains("→CC-2 stored") {
         s
     } else {
-        status_until(&cc1, "→CC-2 stored").await
+        cc1.status_until("→CC-2 stored", WAIT).await
     };
     assert!(s.contains("\"written offline\""), "{s}");
     assert!(outbox.is_dir(), "the queue's directory stays (0700, empty)");
@@ -127,7 +115,7 @@ async fn queued_stored_delivered_and_read_are_worded_apart() {
         got.find("written offline").unwrap() < got.find("live note").unwrap(),
         "in the order sent: {got}"
     );
-    let s = status_until(&cc1, "→CC-2 read").await;
+    let s = cc1.status_until("→CC-2 read", WAIT).await;
     assert_eq!(
         s.lines().filter(|l| l.contains("→CC-2 read")).count(),
         2,
@@ -207,7 +195,7 @@ async fn a_killed_bridge_s_queue_is_drained_once_by_the_next_bridge() {
         got.push(body);
     }
     assert_eq!(got, ["q0", "q1", "q2", "q3", "q4", "later"]);
-    status_until(&next, "Outbox: empty").await;
+    next.status_until("Outbox: empty", WAIT).await;
     assert_eq!(files(), 0);
     // Exactly once: the hub stored six messages for CC-2, no more.
     cc2.send(json!({"type": "get_history", "count": 50, "from": "CC-1", "rid": 1}))
@@ -234,7 +222,7 @@ async fn with_the_outbox_off_a_send_without_the_hub_is_not_sent() {
         false,
     )
     .await;
-    let s = status_until(&b, "not connected").await;
+    let s = b.status_until("not connected", WAIT).await;
     assert!(s.contains("Outbox: off (RELAY_OUTBOX=off)"), "{s}");
     let out = b
         .call("relay_send", json!({"message": "hi", "to": "CC-2"}))

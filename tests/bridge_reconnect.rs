@@ -9,19 +9,6 @@ use std::time::Duration;
 use common::{bridge::Bridge, hub::Hub};
 use serde_json::{Value, json};
 
-/// Polls `relay_status` until it contains `want` (bounded by `limit`).
-async fn status_until(b: &Bridge, want: &str, limit: Duration) -> String {
-    common::eventually(
-        &format!("{}: status says {want:?}", b.id),
-        limit,
-        async || {
-            let s = b.ok("relay_status", Value::Null).await;
-            if s.contains(want) { Ok(s) } else { Err(s) }
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +24,9 @@ async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
     assert!(before.starts_with("Delivered to CC-2"), "{before}");
 
     hub.kill().await;
-    let down = status_until(&cc1, "not connected to the hub", Duration::from_secs(15)).await;
+    let down = cc1
+        .status_until("not connected to the hub", Duration::from_secs(15))
+        .await;
     assert!(down.contains(&format!("ws://127.0.0.1:{port}")), "{down}");
     assert!(
         down.contains("Unread: unknown while disconnected"),
@@ -72,8 +61,10 @@ async fn bridges_reconnect_after_a_hub_restart_and_sending_works_again() {
     let hub = Hub::start_on(dir.path(), port).await;
     assert_eq!(hub.port, port);
     // Backoff is capped at 15 s (with jitter), so 40 s covers at least two attempts.
-    status_until(&cc1, "— connected for", Duration::from_secs(40)).await;
-    status_until(&cc2, "— connected for", Duration::from_secs(40)).await;
+    cc1.status_until("— connected for", Duration::from_secs(40))
+        .await;
+    cc2.status_until("— connected for", Duration::from_secs(40))
+        .await;
 
     let after = cc1
         .ok(

@@ -60,19 +60,6 @@ async fn stop(mut b: Bridge, hub_url: &str) {
     .await;
 }
 
-/// Polls `relay_status` until it contains `needle`; returns it.
-async fn status_until(b: &Bridge, needle: &str) -> String {
-    common::eventually(
-        &format!("{}: status says {needle:?}", b.id),
-        WAIT,
-        async || {
-            let s = b.ok("relay_status", Value::Null).await;
-            if s.contains(needle) { Ok(s) } else { Err(s) }
-        },
-    )
-    .await
-}
-
 /// `claude-relay sessions ARGS` as machine `machine`.
 async fn sessions_cli(dir: &Path, machine: &str, url: &str, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(bin())
@@ -159,7 +146,7 @@ async fn an_owned_name_is_refused_without_or_with_a_wrong_secret_and_the_bridge_
 
     // A bridge on another machine without the file: refused, with the way to move the name.
     let server = Bridge::start_with(on(dir.path(), "server", &hub.url, "CC-1"), false).await;
-    let s = status_until(&server, "is owned").await;
+    let s = server.status_until("is owned", WAIT).await;
     assert!(
         s.contains("not registered with the hub")
             && s.contains("no owner secret for it here")
@@ -182,7 +169,7 @@ async fn an_owned_name_is_refused_without_or_with_a_wrong_secret_and_the_bridge_
     std::fs::create_dir_all(wrong.parent().unwrap()).unwrap();
     std::fs::write(&wrong, "f".repeat(64)).unwrap();
     let other = Bridge::start_with(on(dir.path(), "other", &hub.url, "CC-1"), false).await;
-    let s = status_until(&other, "is not its current one").await;
+    let s = other.status_until("is not its current one", WAIT).await;
     assert!(s.contains("is owned"), "{s}");
 
     // Copying the owner file is how the name moves: the server machine gets it now.
@@ -368,7 +355,7 @@ async fn an_owner_secret_that_cannot_be_saved_is_announced_and_saved_once_possib
     std::fs::create_dir_all(&home).unwrap();
     std::fs::write(home.join("owners"), "in the way").unwrap();
     let b = Bridge::start_with(on(dir.path(), "laptop", &hub.url, "CC-1"), false).await;
-    let s = status_until(&b, "WARNING").await;
+    let s = b.status_until("WARNING", WAIT).await;
     assert!(
         s.contains("owner secret could not be saved") && s.contains("— connected for"),
         "{s}"

@@ -14,7 +14,7 @@ use crate::common;
 use std::path::Path;
 
 use common::{
-    bridge::{Bridge, BridgeOpts},
+    bridge::{Bridge, BridgeOpts, sent_id},
     hub::{Hub, WAIT},
     ws::Ws,
 };
@@ -26,18 +26,6 @@ fn on(dir: &Path, machine: &str, url: &str, id: &str) -> BridgeOpts {
         o.env.push((k.to_string(), String::new()));
     }
     o
-}
-
-/// The message id in a `relay_send` result ("… — id EPOCH-SEQ …").
-fn sent_id(out: &str) -> String {
-    let rest = out
-        .split("id ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no id in {out}"));
-    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test]

@@ -122,19 +122,6 @@ fn bridge_opts(dir: &Path, url: &str, id: &str, env: &[(&str, &str)]) -> BridgeO
     o
 }
 
-/// Polls `relay_status` until it contains `needle` (bounded); returns the status.
-async fn status_until(b: &Bridge, needle: &str) -> String {
-    common::eventually(&format!("status says {needle:?}"), WAIT, async || {
-        let s = b.ok("relay_status", Value::Null).await;
-        if s.contains(needle) {
-            Ok(s)
-        } else {
-            Err(format!("{s}; stderr: {:#?}", b.log.lock().unwrap()))
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn two_bridges_talk_over_wss_with_a_private_ca_and_a_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +200,7 @@ async fn a_missing_or_wrong_ca_fails_with_a_message_that_says_what_to_check() {
 
     // No CA given: the system roots do not know our private CA.
     let none = Bridge::start_with(bridge_opts(dir.path(), &hub.url, "NO-CA", &[]), false).await;
-    let s = status_until(&none, "TLS").await;
+    let s = none.status_until("TLS", WAIT).await;
     assert!(
         s.contains("not connected") && s.contains("RELAY_CA_CERT"),
         "{s}"
@@ -239,7 +226,7 @@ async fn a_missing_or_wrong_ca_fails_with_a_message_that_says_what_to_check() {
         false,
     )
     .await;
-    let s = status_until(&wrong, "TLS handshake").await;
+    let s = wrong.status_until("TLS handshake", WAIT).await;
     assert!(
         s.contains("not signed by the CA in") && s.contains("other-ca.pem"),
         "{s}"
@@ -259,7 +246,7 @@ async fn a_missing_or_wrong_ca_fails_with_a_message_that_says_what_to_check() {
         false,
     )
     .await;
-    let s = status_until(&bad, "junk.pem").await;
+    let s = bad.status_until("junk.pem", WAIT).await;
     assert!(s.contains("no certificate in it"), "{s}");
 
     // With the right CA the same hub works.
@@ -297,7 +284,7 @@ async fn a_certificate_for_another_host_and_a_scheme_mismatch_are_explained() {
         false,
     )
     .await;
-    let s = status_until(&b, "TLS handshake").await;
+    let s = b.status_until("TLS handshake", WAIT).await;
     assert!(
         s.contains("does not name \"127.0.0.1\"") && s.contains("subjectAltName"),
         "{s}"
@@ -307,7 +294,7 @@ async fn a_certificate_for_another_host_and_a_scheme_mismatch_are_explained() {
     let tls = tls_hub(&dir.path().join("h2"), &p.cert, &p.key, None).await;
     let plain_url = tls.url.replace("wss://", "ws://");
     let c = Bridge::start_with(bridge_opts(dir.path(), &plain_url, "PLAIN", &[]), false).await;
-    let s = status_until(&c, "use a wss:// URL").await;
+    let s = c.status_until("use a wss:// URL", WAIT).await;
     assert!(s.contains("not connected"), "{s}");
     // The hub's operator sees the failed TLS handshake, with the peer.
     common::eventually("a TLS refusal in the hub log", WAIT, async || {
@@ -337,7 +324,7 @@ async fn a_certificate_for_another_host_and_a_scheme_mismatch_are_explained() {
         false,
     )
     .await;
-    let s = status_until(&d, "TLS handshake").await;
+    let s = d.status_until("TLS handshake", WAIT).await;
     assert!(s.contains("serves ws://, not wss://"), "{s}");
 }
 

@@ -16,7 +16,7 @@ use crate::common;
 use std::path::Path;
 
 use common::{
-    bridge::{Bridge, BridgeOpts},
+    bridge::{Bridge, BridgeOpts, sent_id},
     hub::Hub,
     ws::Ws,
 };
@@ -38,18 +38,6 @@ async fn bridges(dir: &Path, url: &str, ids: &[&str]) -> Vec<Bridge> {
         out.push(b);
     }
     out
-}
-
-/// The message id in a `relay_send` result ("… — id EPOCH-SEQ …").
-fn sent_id(out: &str) -> String {
-    let rest = out
-        .split("id ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no id in {out}"));
-    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// The ids of the messages in a `relay_receive` or search result, in order.

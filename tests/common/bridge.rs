@@ -220,14 +220,24 @@ impl Bridge {
 
     /// Like [`Self::wait_connected`] with an explicit limit.
     pub(crate) async fn wait_connected_within(&self, limit: Duration) {
-        super::eventually(&format!("{} connected", self.id), limit, async || {
-            let status = self.ok("relay_status", Value::Null).await;
-            if status.contains("— connected for") {
-                Ok(())
-            } else {
-                Err(format!("{status}; stderr: {:#?}", self.log.lock().unwrap()))
-            }
-        })
+        self.status_until("— connected for", limit).await;
+    }
+
+    /// Polls `relay_status` until it contains `needle` (bounded by `limit`); returns it. A
+    /// timeout shows the last status and the bridge's stderr.
+    pub(crate) async fn status_until(&self, needle: &str, limit: Duration) -> String {
+        super::eventually(
+            &format!("{}: status says {needle:?}", self.id),
+            limit,
+            async || {
+                let status = self.ok("relay_status", Value::Null).await;
+                if status.contains(needle) {
+                    Ok(status)
+                } else {
+                    Err(format!("{status}; stderr: {:#?}", self.log.lock().unwrap()))
+                }
+            },
+        )
         .await
     }
 
@@ -287,4 +297,16 @@ pub(crate) fn process_gone(pid: u32) -> bool {
     let stat = String::from_utf8_lossy(&out.stdout);
     let stat = stat.trim();
     stat.is_empty() || stat.starts_with('Z')
+}
+
+/// The message id in a `relay_send` result ("… — id EPOCH-SEQ …").
+pub(crate) fn sent_id(out: &str) -> String {
+    let rest = out
+        .split("id ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no id in {out}"));
+    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .next()
+        .unwrap()
+        .to_string()
 }
