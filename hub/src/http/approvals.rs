@@ -49,7 +49,7 @@ pub(crate) async fn list(cx: &Ctx, who: &auth::Who) -> Response<Body> {
         Ok(rows) => routes::json(
             StatusCode::OK,
             &json!({
-                "approvals": rows.iter().map(|r| r.view.clone()).collect::<Vec<_>>(),
+                "approvals": rows.iter().map(|r| &r.view).collect::<Vec<_>>(),
                 "csrf": who.csrf(cx),
                 "now": now_ms(),
             }),
@@ -82,7 +82,7 @@ pub(crate) async fn one(cx: &Ctx, id: &str) -> Response<Body> {
         Ok(Some((row, Ok(events)))) => routes::json(
             StatusCode::OK,
             &json!({
-                "approval": row.view.clone(),
+                "approval": &row.view,
                 "trail": events.iter().map(|e| json!({
                     "at": e.at,
                     "state": e.state,
@@ -168,10 +168,10 @@ pub(crate) async fn answer(cx: &Ctx, req: Request<Incoming>, id: &str) -> Respon
     };
     match decide(&cx.hub, n, decision).await {
         Ok(Decided::Done(row)) => {
-            routes::json(StatusCode::OK, &json!({"approval": row.view.clone()}))
+            routes::json(StatusCode::OK, &json!({"approval": &row.view}))
         }
         Ok(Decided::Already(row)) => {
-            routes::json(StatusCode::CONFLICT, &json!({"approval": row.view.clone()}))
+            routes::json(StatusCode::CONFLICT, &json!({"approval": &row.view}))
         }
         Ok(Decided::NotFound) => routes::text(StatusCode::NOT_FOUND, "no such approval\n"),
         Err(e) => {
