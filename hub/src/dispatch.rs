@@ -137,7 +137,8 @@ impl ConnSession {
         self.error(e.code, e.message, e.rid);
     }
 
-    fn store_error(&self, e: StoreError, rid: Option<RequestId>) {
+    /// Answers a request the store could not serve (`unavailable`).
+    pub(crate) fn store_error(&self, e: StoreError, rid: Option<RequestId>) {
         self.error(
             codes::UNAVAILABLE,
             format!("hub store unavailable: {e}"),

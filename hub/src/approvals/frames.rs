@@ -165,11 +165,7 @@ pub(crate) async fn file(conn: &mut ConnSession, hub: &HubState, f: ApprovalFile
             );
         }
         Err(e) => {
-            return conn.error(
-                codes::UNAVAILABLE,
-                format!("hub store unavailable: {e}"),
-                rid,
-            );
+            return conn.store_error(e, rid);
         }
     };
     // Replied to, waited for and published on the store thread (above).
@@ -217,11 +213,7 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
             );
         }
         Err(e) => {
-            return conn.error(
-                codes::UNAVAILABLE,
-                format!("hub store unavailable: {e}"),
-                rid,
-            );
+            return conn.store_error(e, rid);
         }
     };
     let decision = Decision {
@@ -240,10 +232,6 @@ pub(crate) async fn close(conn: &mut ConnSession, hub: &HubState, c: ApprovalClo
             }))
         }
         Ok(Decided::NotFound) => conn.error(codes::NOT_FOUND, "no such prompt", rid),
-        Err(e) => conn.error(
-            codes::UNAVAILABLE,
-            format!("hub store unavailable: {e}"),
-            rid,
-        ),
+        Err(e) => conn.store_error(e, rid),
     }
 }

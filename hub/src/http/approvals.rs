@@ -167,9 +167,7 @@ pub(crate) async fn answer(cx: &Ctx, req: Request<Incoming>, id: &str) -> Respon
         at: now_ms(),
     };
     match decide(&cx.hub, n, decision).await {
-        Ok(Decided::Done(row)) => {
-            routes::json(StatusCode::OK, &json!({"approval": &row.view}))
-        }
+        Ok(Decided::Done(row)) => routes::json(StatusCode::OK, &json!({"approval": &row.view})),
         Ok(Decided::Already(row)) => {
             routes::json(StatusCode::CONFLICT, &json!({"approval": &row.view}))
         }

@@ -227,11 +227,7 @@ fn observed(
 /// Sends an error, or the task error in its own words.
 fn task_error(conn: &ConnSession, e: TaskError, rid: Option<RequestId>) {
     match e {
-        TaskError::Store(e) => conn.error(
-            codes::UNAVAILABLE,
-            format!("hub store unavailable: {e}"),
-            rid,
-        ),
+        TaskError::Store(e) => conn.store_error(e, rid),
         TaskError::NotFound(id) => conn.error(codes::NOT_FOUND, format!("no task {id}"), rid),
         TaskError::Invalid(why) => conn.error(codes::BAD_FRAME, why, rid),
         // Moves answer refusals themselves (`task_refused`); elsewhere it is a plain error.
