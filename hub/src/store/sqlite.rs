@@ -100,8 +100,11 @@ pub(crate) struct SqliteBackend {
     session_rows: u64,
     /// Whether the search index was asked for at open (None: leave it as found).
     search_wanted: Option<bool>,
-    /// Whether `messages_fts` exists: every stored message is indexed in its transaction.
-    indexed: bool,
+    /// The last seq in the search index (`meta.fts_upto`); None without an index. Messages
+    /// after it are indexed behind their commit (`search::SqliteBackend::maintain_index`).
+    fts_upto: Option<u64>,
+    /// When the index last caught up.
+    fts_caught: std::time::Instant,
 }
 
 /// Most lines of a failed integrity check kept in its report.
@@ -296,10 +299,11 @@ impl SqliteBackend {
         )?;
         let session_rows =
             conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
-        let indexed = search::prepare(&conn, if damaged { None } else { search_wanted })?;
+        let fts_upto = search::prepare(&conn, if damaged { None } else { search_wanted })?;
         Ok(Self {
             search_wanted,
-            indexed,
+            fts_upto,
+            fts_caught: std::time::Instant::now(),
             session_rows,
             conn,
             file_id: Self::file_id(&path),
@@ -533,9 +537,6 @@ impl Backend for SqliteBackend {
                     m.reply.map(|r| r.to as i64),
                     m.reply.map(|r| r.thread as i64),
                 ])?;
-                if self.indexed {
-                    search::index(&tx, seq, &m.content)?;
-                }
                 outcomes.push(Appended::New(seq));
                 bytes += m.content.len() as u64;
                 seq += 1;
@@ -585,6 +586,7 @@ impl Backend for SqliteBackend {
     }
 
     fn maintain(&mut self) {
+        self.maintain_index();
         if self.writable().is_err() || !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted())
         {
             return;

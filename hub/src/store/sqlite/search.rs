@@ -4,11 +4,20 @@
 //! only the index, never a second copy of the text, and `snippet()` reads the text from
 //! `messages`. `detail=none` keeps no positions (the smallest and cheapest index FTS5 has;
 //! phrase queries are not needed: an exact phrase is ranked first with `instr` instead).
-//! Each message is indexed by the code that stores it, in the same transaction (`append`,
-//! task mail), so the index is exactly as durable as the messages; deletions (retention)
-//! follow through a trigger. A store opened without the index (`--no-search-index`) drops
-//! it; opened with it again, the index is rebuilt from every stored message — which is also
-//! how a store made before search existed gets its index.
+//! Messages are indexed **behind** the commit that stores them, in batches: FTS5 writes and
+//! merges an index segment per transaction, so indexing each small commit's messages in it
+//! cost the direct benchmark 43 % more hub CPU per delivery (docs/BENCHMARKS.md, "Search").
+//! `meta.fts_upto` is the last seq in the index; the store thread catches up after a batch
+//! once [`INDEX_BATCH`] messages or [`INDEX_EVERY`] have gone by ([`SqliteBackend::
+//! maintain_index`]), and every search first catches up to the last stored message — so a
+//! search always sees every message acked before it, and a kill -9 loses nothing: what was
+//! not indexed yet is still in `messages` and is indexed by the next search. Deletions
+//! (retention) follow through a trigger, only for rows already in the index. A store opened
+//! without the index (`--no-search-index`) drops it; opened with it again, the index is
+//! rebuilt from every stored message — which is also how a store made before search existed
+//! gets its index.
+
+use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
@@ -18,25 +27,64 @@ use crate::store::{
     search::{SNIPPET_TOKENS, SearchHit, SearchPage, SearchQuery, cut_snippet},
 };
 
-/// The index and the trigger that keeps it in step with deletions.
+/// Unindexed messages after which the store thread indexes them (bounded work per pass).
+const INDEX_BATCH: u64 = 512;
+/// Time after which the store thread indexes what is waiting, however little.
+const INDEX_EVERY: Duration = Duration::from_millis(250);
+
+/// The index.
 const SCHEMA: &str = "
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     content, content='messages', content_rowid='seq', detail=none,
     tokenize='unicode61 remove_diacritics 2'
 );
-CREATE TRIGGER IF NOT EXISTS messages_fts_follows AFTER DELETE ON messages BEGIN
+";
+
+/// The trigger that keeps the index in step with deletions — only of rows it holds: FTS5's
+/// `delete` of a row it never indexed would corrupt it. Made again at every open (older
+/// stores have one without the `WHEN`).
+const FOLLOW: &str = "
+DROP TRIGGER IF EXISTS messages_fts_follows;
+CREATE TRIGGER messages_fts_follows AFTER DELETE ON messages
+WHEN old.seq <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'fts_upto') BEGIN
     INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
 END;
 ";
 
-/// Makes the index match `want` (None: leave it as it is) and says whether it exists.
-pub(super) fn prepare(conn: &Connection, want: Option<bool>) -> Result<bool, StoreError> {
+/// Makes the index match `want` (None: leave it as it is, and write nothing — a damaged
+/// store) and returns the last seq it holds, or None when there is no index.
+pub(super) fn prepare(conn: &Connection, want: Option<bool>) -> Result<Option<u64>, StoreError> {
     let exists = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages_fts'")?
         .exists([])?;
+    let last_seq = || -> Result<u64, StoreError> {
+        Ok(
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64,
+        )
+    };
+    // A store indexed by a hub that indexed in every commit has no mark: it is all indexed.
+    let upto = || -> Result<u64, StoreError> {
+        match super::get_meta(conn, "fts_upto")? {
+            Some(v) => v.parse().map_err(|_| StoreError::Corrupt {
+                path: conn.path().unwrap_or("relay.db").to_string(),
+                reason: format!("meta fts_upto is {v:?}, not a sequence number"),
+            }),
+            None => last_seq(),
+        }
+    };
     match want {
-        None => Ok(exists),
-        Some(true) if exists => Ok(true),
+        None if exists => Ok(Some(upto()?)),
+        None => Ok(None),
+        Some(true) if exists => {
+            let upto = upto()?;
+            let tx = conn.unchecked_transaction()?;
+            super::set_meta(&tx, "fts_upto", &upto.to_string())?;
+            tx.execute_batch(FOLLOW)?;
+            tx.commit()?;
+            Ok(Some(upto))
+        }
         Some(true) => {
             let started = std::time::Instant::now();
             let tx = conn.unchecked_transaction()?;
@@ -45,35 +93,86 @@ pub(super) fn prepare(conn: &Connection, want: Option<bool>) -> Result<bool, Sto
                 "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
                 [],
             )?;
+            let upto = last_seq()?;
+            super::set_meta(&tx, "fts_upto", &upto.to_string())?;
+            tx.execute_batch(FOLLOW)?;
             tx.commit()?;
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
                 "search index built from the stored messages"
             );
-            Ok(true)
+            Ok(Some(upto))
         }
         Some(false) if exists => {
             conn.execute_batch(
-                "DROP TRIGGER IF EXISTS messages_fts_follows; DROP TABLE messages_fts;",
+                "DROP TRIGGER IF EXISTS messages_fts_follows; DROP TABLE messages_fts;
+                 DELETE FROM meta WHERE key = 'fts_upto';",
             )?;
             tracing::info!("search index dropped (--no-search-index)");
-            Ok(false)
+            Ok(None)
         }
-        Some(false) => Ok(false),
+        Some(false) => Ok(None),
     }
 }
 
-/// Indexes one message inside the transaction that stores it.
-pub(super) fn index(tx: &Connection, seq: u64, content: &str) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO messages_fts(rowid, content) VALUES (?1, ?2)")?
-        .execute(params![seq as i64, content])?;
-    Ok(())
+/// Indexes the stored messages after `upto` (at most `limit` of them) in one transaction;
+/// returns the new mark.
+fn catch_up(conn: &Connection, upto: u64, limit: Option<u64>) -> Result<u64, StoreError> {
+    let end: Option<i64> = match limit {
+        Some(n) => conn
+            .prepare_cached(
+                "SELECT max(seq) FROM (SELECT seq FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .query_row(params![upto as i64, n as i64], |r| r.get(0))?,
+        None => conn
+            .prepare_cached("SELECT max(seq) FROM messages WHERE seq > ?1")?
+            .query_row([upto as i64], |r| r.get(0))?,
+    };
+    let Some(end) = end else {
+        return Ok(upto);
+    };
+    let tx = conn.unchecked_transaction()?;
+    tx.prepare_cached(
+        "INSERT INTO messages_fts(rowid, content)
+         SELECT seq, content FROM messages WHERE seq > ?1 AND seq <= ?2",
+    )?
+    .execute(params![upto as i64, end])?;
+    super::set_meta(&tx, "fts_upto", &end.to_string())?;
+    tx.commit()?;
+    Ok(end as u64)
 }
 
 impl SqliteBackend {
-    /// Whether messages are indexed as they are stored (for task mail, stored elsewhere).
-    pub(super) fn indexed(&self) -> bool {
-        self.indexed
+    /// After a stored batch: indexes what is waiting once there is enough of it, or it has
+    /// waited long enough (see the module doc). An error is logged; the next pass or search
+    /// tries again.
+    pub(super) fn maintain_index(&mut self) {
+        let Some(upto) = self.fts_upto else { return };
+        let last = self.next_seq.saturating_sub(1);
+        if last <= upto
+            || (last - upto < INDEX_BATCH && self.fts_caught.elapsed() < INDEX_EVERY)
+            || self.writable().is_err()
+        {
+            return;
+        }
+        match catch_up(&self.conn, upto, Some(8 * INDEX_BATCH)) {
+            Ok(end) => self.fts_upto = Some(end),
+            Err(e) => tracing::warn!("search index: catching up failed: {e}"),
+        }
+        self.fts_caught = std::time::Instant::now();
+    }
+
+    /// Indexes every stored message not indexed yet (before a search).
+    fn index_all(&mut self) -> Result<(), StoreError> {
+        let Some(upto) = self.fts_upto else {
+            return Ok(());
+        };
+        if self.writable().is_err() {
+            return Ok(()); // a damaged store searches what its index holds
+        }
+        self.fts_upto = Some(catch_up(&self.conn, upto, None)?);
+        self.fts_caught = std::time::Instant::now();
+        Ok(())
     }
 
     /// One page of `q` over what `viewer` may see: its own sends, mail to it, broadcasts.
@@ -82,9 +181,10 @@ impl SqliteBackend {
         viewer: &str,
         q: &SearchQuery,
     ) -> Result<SearchPage, StoreError> {
-        if !self.indexed {
+        if self.fts_upto.is_none() {
             return Err(StoreError::NoSearchIndex);
         }
+        self.index_all()?;
         // The visibility test is in the WHERE clause, so a snippet is only ever made of a
         // message the viewer may read.
         let mut stmt = self.conn.prepare_cached(&format!(
@@ -137,10 +237,11 @@ mod tests {
     use rusqlite::Connection;
 
     use super::super::{SqliteBackend, tests::msg};
+    use super::INDEX_BATCH;
     use crate::{
         config::{Retention, SyncMode},
         store::{
-            Backend, Reply,
+            Backend, NewMessage, Reply,
             search::{SearchPage, SearchQuery},
         },
     };
@@ -263,6 +364,72 @@ mod tests {
             )
             .unwrap_or_else(|e| e.to_string());
         assert_eq!(integrity, "ok");
+    }
+
+    fn index_is_whole(b: &SqliteBackend) {
+        let said: String = b
+            .conn
+            .query_row(
+                "INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1) \
+                 RETURNING 'ok'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| e.to_string());
+        assert_eq!(said, "ok");
+    }
+
+    fn in_index(b: &SqliteBackend, word: &str) -> i64 {
+        b.conn
+            .query_row(
+                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?1",
+                [word],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn messages_are_indexed_behind_their_commit_and_a_search_catches_up_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path(), true);
+        b.append(&[&msg("A", "B", "first falcon", 1)], &[]).unwrap();
+        b.maintain();
+        // One message, just now: not indexed yet.
+        assert_eq!(in_index(&b, "falcon"), 0);
+        // Deleting a row the index does not hold leaves the index whole (the trigger only
+        // follows rows it holds).
+        b.conn
+            .execute("DELETE FROM messages WHERE seq = 1", [])
+            .unwrap();
+        b.append(&[&msg("A", "B", "second falcon", 2)], &[])
+            .unwrap();
+        // A search sees every stored message: it indexes what is waiting first.
+        assert_eq!(seqs(b.search("B", &query("falcon")).unwrap()), [2]);
+        index_is_whole(&b);
+        // Deleting an indexed row takes it out of the index.
+        b.conn
+            .execute("DELETE FROM messages WHERE seq = 2", [])
+            .unwrap();
+        assert_eq!(in_index(&b, "falcon"), 0);
+        index_is_whole(&b);
+
+        // Enough waiting messages are indexed after a batch, without a search.
+        let many: Vec<NewMessage> = (0..INDEX_BATCH)
+            .map(|i| msg("A", "B", &format!("heron {i}"), 3))
+            .collect();
+        b.append(&many.iter().collect::<Vec<_>>(), &[]).unwrap();
+        b.maintain();
+        assert_eq!(in_index(&b, "heron"), INDEX_BATCH as i64);
+        index_is_whole(&b);
+
+        // A restart finds the mark and what is still to index.
+        b.append(&[&msg("A", "B", "late egret", 4)], &[]).unwrap();
+        drop(b);
+        let mut b = open(dir.path(), true);
+        assert_eq!(in_index(&b, "egret"), 0);
+        assert_eq!(seqs(b.search("B", &query("egret")).unwrap()).len(), 1);
+        index_is_whole(&b);
     }
 
     #[test]

@@ -220,9 +220,6 @@ impl SqliteBackend {
             reply.map(|r| r.to as i64),
             reply.map(|r| r.thread as i64),
         ])?;
-        if self.indexed() {
-            super::search::index(tx, seq, &content)?;
-        }
         tx.prepare_cached("INSERT INTO task_mail(seq, task, state) VALUES (?1, ?2, ?3)")?
             .execute(params![seq as i64, task as i64, tag.state.as_str()])?;
         set_meta(tx, "high_seq", &seq.to_string())?;
