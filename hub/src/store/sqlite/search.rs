@@ -28,7 +28,7 @@ use crate::store::{
 };
 
 /// Unindexed messages after which the store thread indexes them (bounded work per pass).
-const INDEX_BATCH: u64 = 512;
+const INDEX_BATCH: u64 = 2048;
 /// Time after which the store thread indexes what is waiting, however little.
 const INDEX_EVERY: Duration = Duration::from_millis(250);
 
@@ -155,7 +155,7 @@ impl SqliteBackend {
         {
             return;
         }
-        match catch_up(&self.conn, upto, Some(8 * INDEX_BATCH)) {
+        match catch_up(&self.conn, upto, Some(2 * INDEX_BATCH)) {
             Ok(end) => self.fts_upto = Some(end),
             Err(e) => tracing::warn!("search index: catching up failed: {e}"),
         }
