@@ -20,16 +20,31 @@ use crate::router::Router;
 /// How long a probed holder has to answer when someone else asks for its name.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often batched presence changes go to `presence: "delta"` sessions.
+/// How often batched presence changes go to `presence: "delta"` sessions, at most.
 pub(crate) const BATCH_EVERY: Duration = Duration::from_millis(250);
 
-/// Sends batched presence to delta sessions every [`BATCH_EVERY`] (runs until aborted).
+/// Most presence frames the hub sends per second in all (the bound on what presence costs
+/// the hub during a storm of joins): with more than `PRESENCE_FRAMES_PER_SEC / 4` delta
+/// sessions online, batches go out less often than [`BATCH_EVERY`] — every second with 5,000
+/// of them. Each frame is one write to one socket (and on loopback the receiver's TCP work is
+/// charged to the sender too), so this is what the 5,000-session registration benchmark
+/// spends most of its CPU on (docs/BENCHMARKS.md, "Against the floor").
+pub(crate) const PRESENCE_FRAMES_PER_SEC: u32 = 5_000;
+
+/// The wait before the next batch, after one went to `recipients` sessions.
+fn next_batch_after(recipients: usize) -> Duration {
+    let spread = Duration::from_secs(1) * recipients as u32 / PRESENCE_FRAMES_PER_SEC;
+    spread.max(BATCH_EVERY)
+}
+
+/// Sends batched presence to delta sessions every [`BATCH_EVERY`], or less often with many of
+/// them (see [`PRESENCE_FRAMES_PER_SEC`]); runs until aborted.
 pub(crate) async fn run_batches(router: Arc<Router>) {
-    let mut tick = tokio::time::interval(BATCH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Instant::now() + BATCH_EVERY;
     loop {
-        tick.tick().await;
-        router.flush_presence();
+        tokio::time::sleep_until(next).await;
+        let recipients = router.flush_presence();
+        next = Instant::now() + next_batch_after(recipients);
     }
 }
 
@@ -110,6 +125,15 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_slow_down_only_past_the_hub_wide_frame_budget() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_batch_after(0), BATCH_EVERY);
+        assert_eq!(next_batch_after(1_250), BATCH_EVERY);
+        assert_eq!(next_batch_after(2_500), ms(500));
+        assert_eq!(next_batch_after(5_000), ms(1_000));
+    }
 
     #[test]
     fn silent_connection_is_dead_at_the_next_ping() {

@@ -325,11 +325,11 @@ impl Router {
 
     /// Sends the presence changes collected since the last call, as one `presence` frame
     /// (serialized once) to every `presence: "delta"` session. Each id is reported with its
-    /// last change only.
-    pub(crate) fn flush_presence(&self) {
+    /// last change only. Returns how many sessions it went to (what paces the next batch).
+    pub(crate) fn flush_presence(&self) -> usize {
         let mut s = self.lock();
         if s.pending_presence.is_empty() {
-            return;
+            return 0;
         }
         let changes = std::mem::take(&mut s.pending_presence);
         let mut last: HashMap<&str, bool> = HashMap::new();
@@ -348,11 +348,14 @@ impl Router {
             }
         }
         let frame = to_frame(&ServerFrame::Presence(batch));
+        let mut recipients = 0;
         for p in s.peers.values() {
             if p.active && p.presence == PresenceMode::Delta {
                 let _ = p.outbox.push(frame.clone());
+                recipients += 1;
             }
         }
+        recipients
     }
 
     /// Every session online now, sorted.
