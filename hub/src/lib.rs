@@ -96,6 +96,8 @@ pub struct HubState {
     pub(crate) tasks: tasks::TaskConfig,
     /// Who waits for which approval prompt (see [`approvals`]).
     pub(crate) approvals: approvals::Approvals,
+    /// The full-text index's thread; None with `--no-search-index`.
+    pub(crate) search: Option<Arc<store::sqlite::SearchIndex>>,
 }
 
 /// A hub with its store open, ready to serve.
@@ -109,8 +111,13 @@ impl Hub {
     /// hub's life) and starts its actor.
     pub fn open(config: HubConfig) -> Result<Self, HubError> {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let mut backend =
-            SqliteBackend::open_exclusive(&config.data_dir, config.sync, config.search_index)?;
+        let mut backend = SqliteBackend::open_exclusive(&config.data_dir, config.sync)?;
+        let search = if config.search_index {
+            Some(store::sqlite::SearchIndex::start(&config.data_dir)?)
+        } else {
+            store::sqlite::SearchIndex::remove(&config.data_dir)?;
+            None
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         // The tasks-by-state gauge starts from the store; moves keep it in step.
         match backend.tasks().map(|t| t.count_by_state()) {
@@ -154,6 +161,7 @@ impl Hub {
                 http: http::HttpState::default(),
                 tasks,
                 approvals: approvals::Approvals::default(),
+                search: search.map(Arc::new),
             }),
             store_thread,
         })
@@ -187,8 +195,12 @@ impl Hub {
             let _ = task.await;
         }
         // Every connection task has ended, so this is the last handle to the store: dropping
-        // it lets the actor finish its queue and stop.
+        // it lets the actor finish its queue and stop; the search thread finishes its job.
+        let search = self.state.search.clone();
         drop(self.state);
+        if let Some(index) = search.and_then(Arc::into_inner) {
+            let _ = tokio::task::spawn_blocking(move || index.stop()).await;
+        }
         let thread = self.store_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         Ok(())

@@ -2,8 +2,8 @@
 //! "search"). Who may use it: a registered session, or a connection naming an owned session
 //! with its owner secret (as the task frames allow); either searches its own sends, direct
 //! mail to it and broadcasts — the same rows `get_history` shows it; what it reveals is at
-//! most a snippet of those. The query is checked here (size, words, ids, times, cursor); the store
-//! ranks and pages (`store/sqlite/search.rs`).
+//! most a snippet of those. The query is checked here (size, words, ids, times, cursor); the index
+//! thread ranks and pages (`store/sqlite/search.rs`), never the store thread.
 
 use relay_proto::{
     id::validate,
@@ -37,10 +37,15 @@ impl ConnSession {
             Err((code, why)) => return self.error(code, why, rid),
         };
         let (offset, count) = (query.offset, query.count);
-        let page = hub
-            .store
-            .call(move |b| b.search(viewer.as_str(), &query))
-            .await;
+        let Some(index) = &hub.search else {
+            return self.error(
+                codes::UNAVAILABLE,
+                "this hub keeps no search index (it was started with --no-search-index)"
+                    .to_string(),
+                rid,
+            );
+        };
+        let page = index.search(viewer.as_str(), query).await;
         let page = match page {
             Ok(page) => page,
             Err(e) => return self.store_error(e, rid),
@@ -74,7 +79,7 @@ fn parse(hub: &HubState, q: Search) -> Result<SearchQuery, (&'static str, String
     if !hub.config.search_index {
         return Err((
             codes::UNAVAILABLE,
-            "this hub keeps no search index (it was started with --no-search-index)".into(),
+            "this hub keeps no search index (it was started with --no-search-index)".to_string(),
         ));
     }
     if q.query.len() > MAX_QUERY_BYTES {

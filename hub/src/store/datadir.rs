@@ -56,7 +56,10 @@ pub(crate) fn prepare(dir: &Path, db: &Path) -> Result<(), StoreError> {
         let ours = fs::read_dir(dir).map_err(io(dir))?.all(|e| {
             e.is_ok_and(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with(&db_name) || name == LOCK_FILE
+                name.starts_with(&db_name)
+                    || name.starts_with(super::sqlite::DB_FILE)
+                    || name.starts_with(super::sqlite::INDEX_FILE)
+                    || name == LOCK_FILE
             })
         });
         if ours {

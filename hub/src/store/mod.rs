@@ -68,6 +68,9 @@ pub enum StoreError {
     /// The store keeps no search index (the hub was started with `--no-search-index`).
     #[error("this hub keeps no search index (it was started with --no-search-index)")]
     NoSearchIndex,
+    /// As many searches as the index thread queues are waiting already.
+    #[error("the search index is busy ({0} searches waiting); try again in a moment")]
+    SearchBusy(usize),
     /// The actor is gone (the hub is shutting down).
     #[error("store is shut down")]
     Closed,
@@ -352,12 +355,6 @@ pub(crate) trait Backend: Send {
     /// broadcast); None when the message is unknown or not the viewer's to see: a reply to
     /// it must be refused without saying which.
     fn thread_of(&mut self, viewer: &str, seq: u64) -> Result<Option<u64>, StoreError>;
-    /// Full-text search over what `viewer` may see (see [`search`]).
-    fn search(
-        &mut self,
-        viewer: &str,
-        q: &search::SearchQuery,
-    ) -> Result<search::SearchPage, StoreError>;
     /// History visible to `viewer`: its own sends, mail to it, and broadcasts.
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError>;
     /// The oldest unread inbound messages of `viewer`, optionally only `from` one sender;

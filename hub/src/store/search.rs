@@ -14,8 +14,8 @@ pub(crate) const MAX_TERMS: usize = 16;
 /// Deepest position a page may start at: ranking sorts every match, so paging is for the
 /// first few pages, not for walking the whole history (that is `get_history`).
 pub(crate) const MAX_OFFSET: usize = 1000;
-/// Tokens of message text around the matches in a snippet (FTS5 `snippet()`).
-pub(crate) const SNIPPET_TOKENS: i64 = 12;
+/// Words of message text around the matches in a snippet.
+pub(crate) const SNIPPET_TOKENS: usize = 12;
 /// Longest snippet, in characters: one token can be long (a URL, a hash, a blob of text
 /// without spaces), so the snippet is cut here whatever FTS5 made.
 pub(crate) const SNIPPET_CHARS: usize = 160;
@@ -84,6 +84,108 @@ impl SearchQuery {
         };
         Ok((expr, phrase))
     }
+
+    /// The words of [`expr`](Self::expr) and whether each matches as a prefix (what a
+    /// snippet marks).
+    fn words(&self) -> Vec<(&str, bool)> {
+        self.expr
+            .split(' ')
+            .filter_map(|w| {
+                let prefix = w.ends_with('*');
+                let w = w.trim_end_matches('*').trim_matches('"');
+                (!w.is_empty()).then_some((w, prefix))
+            })
+            .collect()
+    }
+
+    /// A few words of `content` around the matches of this query: the [`SNIPPET_TOKENS`]
+    /// words holding the most of them (the earliest such run), each match in `[` `]`, `…`
+    /// where the text was cut, at most [`SNIPPET_CHARS`] characters. Words are split as the
+    /// index's tokenizer splits them (runs of letters and digits) and compared in lower case
+    /// (an accented word found through its unaccented form is shown unmarked).
+    pub(crate) fn snippet(&self, content: &str) -> String {
+        let words = self.words();
+        let tokens = tokens(content);
+        let hit = |&(at, end): &(usize, usize)| {
+            let token = content[at..end].to_lowercase();
+            words.iter().any(|&(w, prefix)| {
+                if prefix {
+                    token.starts_with(w)
+                } else {
+                    token == w
+                }
+            })
+        };
+        let hits: Vec<bool> = tokens.iter().map(hit).collect();
+        let span = SNIPPET_TOKENS.min(tokens.len());
+        let mut best = (0, 0);
+        for start in 0..=tokens.len() - span {
+            let n = hits[start..start + span].iter().filter(|h| **h).count();
+            if n > best.1 {
+                best = (start, n);
+            }
+        }
+        // Two words before the first match, as long as every match of the run stays in.
+        let in_run = |i: &usize| hits[*i];
+        let first = match (
+            (best.0..best.0 + span).find(in_run),
+            (best.0..best.0 + span).rfind(in_run),
+        ) {
+            (Some(h), Some(l)) => h
+                .saturating_sub(2)
+                .min(tokens.len() - span)
+                .max((l + 1).saturating_sub(span)),
+            _ => 0,
+        };
+        let last = first + span; // one past the last word shown
+        let from = if first == 0 { 0 } else { tokens[first].0 };
+        let to = if last >= tokens.len() {
+            content.len()
+        } else {
+            tokens[last - 1].1
+        };
+        let mut out = String::new();
+        if first > 0 {
+            out.push('…');
+        }
+        let mut at = from;
+        for (i, &(t_at, t_end)) in tokens.iter().enumerate().take(last).skip(first) {
+            out.push_str(&content[at..t_at]);
+            if hits[i] {
+                out.push('[');
+                out.push_str(&content[t_at..t_end]);
+                out.push(']');
+            } else {
+                out.push_str(&content[t_at..t_end]);
+            }
+            at = t_end;
+        }
+        out.push_str(&content[at..to]);
+        if last < tokens.len() {
+            out.push('…');
+        }
+        cut_snippet(out)
+    }
+}
+
+/// Byte ranges of the words of `s` (runs of letters and digits).
+fn tokens(s: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in s.char_indices() {
+        match (c.is_alphanumeric(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(at)) => {
+                out.push((at, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(at) = start {
+        out.push((at, s.len()));
+    }
+    out
 }
 
 /// One result.
@@ -123,6 +225,46 @@ pub(crate) fn cut_snippet(s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::SearchQuery;
+
+    fn query(text: &str) -> SearchQuery {
+        let (expr, phrase) = SearchQuery::terms(text).unwrap();
+        SearchQuery {
+            expr,
+            phrase,
+            from: None,
+            thread: None,
+            since: None,
+            until: None,
+            offset: 0,
+            count: 10,
+        }
+    }
+
+    #[test]
+    fn a_snippet_marks_the_matches_in_the_densest_run_of_words() {
+        let q = query("Auth MIGRAT*");
+        assert_eq!(
+            q.snippet("status: auth migration done, and the rest"),
+            "status: [auth] [migration] done, and the rest"
+        );
+        let long = format!(
+            "{} the auth migrations landed {}",
+            "one two three four five six seven eight nine ten eleven twelve thirteen",
+            "and then we went home for the weekend"
+        );
+        assert_eq!(
+            q.snippet(&long),
+            "…thirteen the [auth] [migrations] landed and then we went home for the…"
+        );
+        // No match in the text (a stale hit): its first words.
+        assert_eq!(query("zebra").snippet("a b c"), "a b c");
+        assert_eq!(query("zebra").snippet(""), "");
+        // A long token is cut with the rest.
+        let blob = "x".repeat(500);
+        let s = query("auth").snippet(&format!("auth {blob}"));
+        assert!(s.starts_with("[auth] xxx") && s.ends_with('…'), "{s}");
+        assert_eq!(s.chars().count(), super::SNIPPET_CHARS + 1);
+    }
 
     #[test]
     fn words_are_quoted_so_fts_operators_are_only_words() {

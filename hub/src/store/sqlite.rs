@@ -23,6 +23,8 @@ use crate::config::{Retention, SyncMode};
 mod approvals;
 mod operator;
 mod search;
+
+pub(crate) use search::{INDEX_FILE, SearchIndex};
 mod tasks;
 
 /// File name of the database inside the data directory.
@@ -98,13 +100,6 @@ pub(crate) struct SqliteBackend {
     /// Rows in `sessions`, counted once at open and kept up to date, so bounding the table
     /// (`trim_sessions`, at every disconnect) costs no table scan.
     session_rows: u64,
-    /// Whether the search index was asked for at open (None: leave it as found).
-    search_wanted: Option<bool>,
-    /// The last seq in the search index (`meta.fts_upto`); None without an index. Messages
-    /// after it are indexed behind their commit (`search::SqliteBackend::maintain_index`).
-    fts_upto: Option<u64>,
-    /// When the index last caught up.
-    fts_caught: std::time::Instant,
 }
 
 /// Most lines of a failed integrity check kept in its report.
@@ -126,27 +121,22 @@ fn quick_check(conn: &Connection) -> Integrity {
 impl SqliteBackend {
     /// Opens (creating if needed) the store in `data_dir`, sharing it: what operator tools
     /// use next to a running hub (`claude-relay sessions release --local`).
-    /// The search index is left as found (a hub may be running with or without it).
     pub(crate) fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let conn = Connection::open(&path)?;
-        Self::init(conn, path, sync, None)
+        Self::init(conn, path, sync)
     }
 
     /// Opens the store for a hub: takes the data directory's lock first and holds it as long
     /// as the store is open, so a second hub on the same directory fails with
-    /// [`StoreError::Locked`] instead of writing into the same file. `search` keeps (or
-    /// builds) the full-text index, or drops it.
-    pub(crate) fn open_exclusive(
-        data_dir: &Path,
-        sync: SyncMode,
-        search: bool,
-    ) -> Result<Self, StoreError> {
+    /// [`StoreError::Locked`] instead of writing into the same file. (The search index is
+    /// another file, kept by its own thread: [`SearchIndex`].)
+    pub(crate) fn open_exclusive(data_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let lock = DataDirLock::acquire(data_dir)?;
-        let mut store = Self::init(Connection::open(&path)?, path, sync, Some(search))?;
+        let mut store = Self::init(Connection::open(&path)?, path, sync)?;
         store.lock = Some(lock);
         Ok(store)
     }
@@ -166,17 +156,12 @@ impl SqliteBackend {
         }
     }
 
-    fn file_id(path: &Path) -> Option<(u64, u64)> {
+    pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
 
-    fn init(
-        conn: Connection,
-        path: PathBuf,
-        sync: SyncMode,
-        search_wanted: Option<bool>,
-    ) -> Result<Self, StoreError> {
+    fn init(conn: Connection, path: PathBuf, sync: SyncMode) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.display().to_string(),
             reason,
@@ -299,11 +284,8 @@ impl SqliteBackend {
         )?;
         let session_rows =
             conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
-        let fts_upto = search::prepare(&conn, if damaged { None } else { search_wanted })?;
+        search::drop_legacy(&conn, damaged)?;
         Ok(Self {
-            search_wanted,
-            fts_upto,
-            fts_caught: std::time::Instant::now(),
             session_rows,
             conn,
             file_id: Self::file_id(&path),
@@ -373,8 +355,8 @@ impl SqliteBackend {
 const THREAD_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_by_thread ON messages(thread, seq) WHERE thread IS NOT NULL;";
 
 /// Version 1 → 2: the reply columns (empty for every old message: none of them answers
-/// another) and their index, in one transaction; the search index is built after, by
-/// [`search::prepare`].
+/// another) and their index, in one transaction; the search index (`search.db`) is built
+/// by its own thread.
 fn upgrade_1_to_2(conn: &Connection) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(
@@ -578,7 +560,7 @@ impl Backend for SqliteBackend {
         // not wiped with the rest, a second lock on it would conflict with ours).
         let exclusive = self.lock.take().is_some();
         *self = if exclusive {
-            Self::open_exclusive(&dir, self.sync, self.search_wanted.unwrap_or(true))?
+            Self::open_exclusive(&dir, self.sync)?
         } else {
             Self::open(&dir, self.sync)?
         };
@@ -586,7 +568,6 @@ impl Backend for SqliteBackend {
     }
 
     fn maintain(&mut self) {
-        self.maintain_index();
         if self.writable().is_err() || !self.checkpointer.as_ref().is_some_and(|c| c.reset_wanted())
         {
             return;
@@ -620,14 +601,6 @@ impl Backend for SqliteBackend {
             .query_row(params![seq as i64, viewer], |r| r.get::<_, i64>(0))
             .optional()?
             .map(|t| t as u64))
-    }
-
-    fn search(
-        &mut self,
-        viewer: &str,
-        q: &super::search::SearchQuery,
-    ) -> Result<super::search::SearchPage, StoreError> {
-        self.search_page(viewer, q)
     }
 
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
@@ -1142,7 +1115,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> SqliteBackend {
-        SqliteBackend::open_exclusive(dir, SyncMode::Normal, true).unwrap()
+        SqliteBackend::open_exclusive(dir, SyncMode::Normal).unwrap()
     }
 
     #[test]
@@ -1352,7 +1325,7 @@ mod tests {
         assert!(b.verify().unwrap());
         assert_ne!(b.epoch(), before);
         assert!(matches!(
-            SqliteBackend::open_exclusive(dir.path(), SyncMode::Normal, true),
+            SqliteBackend::open_exclusive(dir.path(), SyncMode::Normal),
             Err(StoreError::Locked { .. })
         ));
     }

@@ -1,196 +1,387 @@
-//! The full-text index behind `search` (docs/STORAGE.md, "Search index").
+//! The full-text index behind `search` (docs/STORAGE.md, "Search index"): its own file, its
+//! own thread.
 //!
-//! `messages_fts` is an FTS5 table with external content (`content='messages'`): it keeps
-//! only the index, never a second copy of the text, and `snippet()` reads the text from
-//! `messages`. `detail=none` keeps no positions (the smallest and cheapest index FTS5 has;
-//! phrase queries are not needed: an exact phrase is ranked first with `instr` instead).
-//! Messages are indexed **behind** the commit that stores them, in batches: FTS5 writes and
-//! merges an index segment per transaction, so indexing each small commit's messages in it
-//! cost the direct benchmark 43 % more hub CPU per delivery (docs/BENCHMARKS.md, "Search").
-//! `meta.fts_upto` is the last seq in the index; the store thread catches up after a batch
-//! once [`INDEX_BATCH`] messages or [`INDEX_EVERY`] have gone by ([`SqliteBackend::
-//! maintain_index`]), and every search first catches up to the last stored message — so a
-//! search always sees every message acked before it, and a kill -9 loses nothing: what was
-//! not indexed yet is still in `messages` and is indexed by the next search. Deletions
-//! (retention) follow through a trigger, only for rows already in the index. A store opened
-//! without the index (`--no-search-index`) drops it; opened with it again, the index is
-//! rebuilt from every stored message — which is also how a store made before search existed
-//! gets its index.
+//! `search.db`, next to `relay.db`, holds a contentless FTS5 table (`content=''`: no second
+//! copy of any text; `contentless_delete=1`: rows can be taken out; `detail=none`: no
+//! positions, the smallest index FTS5 has — an exact phrase is ranked first with `instr` over
+//! the matches instead of a phrase query) and `meta.upto`, the last seq it holds. The
+//! `relay-search` thread owns the only connection that writes it; `relay.db` is attached to
+//! that connection and only read. Every [`PASS_EVERY`] the thread indexes what was stored
+//! since the mark, at most [`PASS_MAX`] messages in one transaction. So the store thread,
+//! whose commits every ack waits for, indexes nothing: indexing in each group commit cost
+//! the `direct` benchmark a third of the hub's CPU per delivery, and indexing behind the
+//! commit on the store thread still held up the commits queued behind each pass
+//! (docs/BENCHMARKS.md).
+//!
+//! A search is a job for this thread too: it first indexes everything stored before it, then
+//! queries — so it sees every message acked before it was asked, and it neither waits in
+//! the store thread's queue nor holds it up. The index is derived data: a `kill -9` loses at
+//! most the last passes, which the next pass redoes from `relay.db`; an index made for
+//! another store (another epoch: the data directory was wiped) is dropped and rebuilt, and
+//! one SQLite cannot open is deleted and rebuilt. Retention deletes rows from `relay.db` only:
+//! a search joins the index with `messages`, so a deleted message is never a hit, and idle
+//! passes sweep such rows out of the index ([`SWEEP_ROWS`] at a time).
+//!
+//! Who may use it: only the hub's `search` handler, which has checked who is asking; every
+//! query carries the asker and keeps to the rows it may see. The file is 0600 like the store.
 
-use std::time::Duration;
-
-use rusqlite::{Connection, params};
-
-use super::{SqliteBackend, reply_of};
-use crate::store::{
-    StoreError,
-    search::{SNIPPET_TOKENS, SearchHit, SearchPage, SearchQuery, cut_snippet},
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
-/// Unindexed messages after which the store thread indexes them (bounded work per pass).
-const INDEX_BATCH: u64 = 2048;
-/// Time after which the store thread indexes what is waiting, however little.
-const INDEX_EVERY: Duration = Duration::from_millis(250);
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 
-/// The index.
+use super::{DB_FILE, SqliteBackend, reply_of};
+use crate::store::{
+    StoreError, datadir,
+    search::{SearchHit, SearchPage, SearchQuery},
+};
+
+/// The index's file, in the data directory.
+pub(crate) const INDEX_FILE: &str = "search.db";
+/// How often the thread indexes what was stored since its last pass.
+const PASS_EVERY: Duration = Duration::from_millis(250);
+/// Most messages one pass indexes in one transaction (a search indexes all there is).
+const PASS_MAX: i64 = 16_384;
+/// Index rows an idle pass checks against `messages` for deleted messages.
+const SWEEP_ROWS: i64 = 2_000;
+/// Searches waiting for the thread (the bound on their memory): more are refused at once.
+const QUEUE: usize = 64;
+
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
-    content, content='messages', content_rowid='seq', detail=none,
+    content, content='', contentless_delete=1, detail=none,
     tokenize='unicode61 remove_diacritics 2'
 );
 ";
 
-/// The trigger that keeps the index in step with deletions — only of rows it holds: FTS5's
-/// `delete` of a row it never indexed would corrupt it. Made again at every open (older
-/// stores have one without the `WHEN`).
-const FOLLOW: &str = "
-DROP TRIGGER IF EXISTS messages_fts_follows;
-CREATE TRIGGER messages_fts_follows AFTER DELETE ON messages
-WHEN old.seq <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'fts_upto') BEGIN
-    INSERT INTO messages_fts(messages_fts, rowid, content) VALUES ('delete', old.seq, old.content);
-END;
-";
-
-/// Makes the index match `want` (None: leave it as it is, and write nothing — a damaged
-/// store) and returns the last seq it holds, or None when there is no index.
-pub(super) fn prepare(conn: &Connection, want: Option<bool>) -> Result<Option<u64>, StoreError> {
-    let exists = conn
+/// Drops what hubs before `search.db` kept in `relay.db`: the index and its trigger (the
+/// index is rebuilt in `search.db` by its thread). Nothing is written to a damaged store.
+pub(super) fn drop_legacy(conn: &Connection, damaged: bool) -> Result<(), StoreError> {
+    let legacy = conn
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages_fts'")?
         .exists([])?;
-    let last_seq = || -> Result<u64, StoreError> {
-        Ok(
-            conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64,
-        )
-    };
-    // A store indexed by a hub that indexed in every commit has no mark: it is all indexed.
-    let upto = || -> Result<u64, StoreError> {
-        match super::get_meta(conn, "fts_upto")? {
-            Some(v) => v.parse().map_err(|_| StoreError::Corrupt {
-                path: conn.path().unwrap_or("relay.db").to_string(),
-                reason: format!("meta fts_upto is {v:?}, not a sequence number"),
-            }),
-            None => last_seq(),
+    if legacy && !damaged {
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS messages_fts_follows; DROP TABLE messages_fts;
+             DELETE FROM meta WHERE key = 'fts_upto';",
+        )?;
+        tracing::info!("search index moved out of relay.db (it is rebuilt in search.db)");
+    }
+    Ok(())
+}
+
+/// A search for the index thread.
+struct Job {
+    viewer: String,
+    query: SearchQuery,
+    reply: oneshot::Sender<Result<SearchPage, StoreError>>,
+}
+
+/// The hub's handle on the search thread. Dropping it lets the thread finish its job and
+/// stop; [`SearchIndex::stop`] also waits for it.
+pub(crate) struct SearchIndex {
+    jobs: SyncSender<Job>,
+    thread: JoinHandle<()>,
+}
+
+impl SearchIndex {
+    /// Opens (or makes) `search.db` in `data_dir`, whose `relay.db` a hub holds open, and
+    /// starts the thread that keeps it up to date.
+    pub(crate) fn start(data_dir: &Path) -> Result<Self, StoreError> {
+        let index = match Index::open(data_dir) {
+            Ok(index) => index,
+            Err(StoreError::Sqlite(e)) => {
+                tracing::warn!("search index unreadable ({e}): deleting it to rebuild it");
+                remove_files(data_dir)?;
+                Index::open(data_dir)?
+            }
+            Err(e) => return Err(e),
+        };
+        let (jobs, rx) = sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("relay-search".into())
+            .spawn(move || index.run(rx))
+            .map_err(|e| StoreError::Io {
+                path: data_dir.join(INDEX_FILE).display().to_string(),
+                source: e,
+            })?;
+        Ok(Self { jobs, thread })
+    }
+
+    /// Deletes the index of `data_dir` (a hub started with `--no-search-index`); starting
+    /// with it again rebuilds it.
+    pub(crate) fn remove(data_dir: &Path) -> Result<(), StoreError> {
+        if data_dir.join(INDEX_FILE).exists() {
+            remove_files(data_dir)?;
+            tracing::info!("search index deleted (--no-search-index)");
         }
-    };
-    match want {
-        None if exists => Ok(Some(upto()?)),
-        None => Ok(None),
-        Some(true) if exists => {
-            let upto = upto()?;
-            let tx = conn.unchecked_transaction()?;
-            super::set_meta(&tx, "fts_upto", &upto.to_string())?;
-            tx.execute_batch(FOLLOW)?;
-            tx.commit()?;
-            Ok(Some(upto))
+        Ok(())
+    }
+
+    /// One page of `query` over what `viewer` may see, once everything stored before it is
+    /// indexed.
+    pub(crate) async fn search(
+        &self,
+        viewer: &str,
+        query: SearchQuery,
+    ) -> Result<SearchPage, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            viewer: viewer.to_string(),
+            query,
+            reply,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => answer.await.unwrap_or(Err(StoreError::Closed)),
+            Err(TrySendError::Full(_)) => Err(StoreError::SearchBusy(QUEUE)),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
         }
-        Some(true) => {
-            let started = std::time::Instant::now();
-            let tx = conn.unchecked_transaction()?;
+    }
+
+    /// Stops the thread after its current job and waits for it (blocking).
+    pub(crate) fn stop(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
+    }
+}
+
+fn remove_files(data_dir: &Path) -> Result<(), StoreError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let path = data_dir.join(format!("{INDEX_FILE}{suffix}"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The thread's side: the connection and where the index stands.
+struct Index {
+    conn: Connection,
+    /// `relay.db`.
+    store: PathBuf,
+    /// The `relay.db` attached as `r` (device, inode), to notice it being replaced.
+    attached: Option<(u64, u64)>,
+    /// The store epoch the index is for.
+    epoch: String,
+    /// The last seq indexed.
+    upto: i64,
+    /// Where the next sweep starts.
+    sweep_from: i64,
+    /// A pass failed and said so; said again only after one succeeds.
+    failing: bool,
+}
+
+impl Index {
+    fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(INDEX_FILE);
+        datadir::prepare(data_dir, &path)?;
+        let conn = Connection::open(&path)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+        // Derived data: a power cut may lose the last passes (redone from relay.db), never
+        // consistency.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.execute_batch(SCHEMA)?;
+        let meta = |key: &str| -> Result<Option<String>, StoreError> {
+            Ok(conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        let epoch = meta("epoch")?.unwrap_or_default();
+        let upto = meta("upto")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        // `relay.db` is attached at the first pass (a damaged one fails passes, not the hub).
+        Ok(Self {
+            conn,
+            store: data_dir.join(DB_FILE),
+            attached: None,
+            epoch,
+            upto,
+            sweep_from: 0,
+            failing: false,
+        })
+    }
+
+    fn run(mut self, jobs: Receiver<Job>) {
+        let mut last_pass = Instant::now();
+        loop {
+            match jobs.recv_timeout(PASS_EVERY.saturating_sub(last_pass.elapsed())) {
+                Ok(job) => {
+                    let page = self
+                        .catch_up(None)
+                        .and_then(|_| self.query(&job.viewer, &job.query));
+                    if let Err(e) = &page {
+                        tracing::warn!("search failed: {e}");
+                    }
+                    let _ = job.reply.send(page);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    last_pass = Instant::now();
+                    let done = self.catch_up(Some(PASS_MAX)).and_then(|n| match n {
+                        0 => self.sweep(),
+                        _ => Ok(()),
+                    });
+                    match done {
+                        Ok(()) => self.failing = false,
+                        Err(e) if !self.failing => {
+                            self.failing = true;
+                            tracing::warn!(
+                                "search index: a pass failed (retried every {PASS_EVERY:?}): {e}"
+                            );
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        tracing::debug!("search index thread stopped");
+    }
+
+    /// Attaches `relay.db` (again, if it was replaced) and starts the index over when it was
+    /// made for another store.
+    fn follow(&mut self) -> Result<(), StoreError> {
+        let now = SqliteBackend::file_id(&self.store);
+        if now.is_none() {
+            // Wiped under the hub: the store thread makes a new one; wait for it.
+            return Err(StoreError::Io {
+                path: self.store.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        if now != self.attached {
+            if self.attached.is_some() {
+                self.conn.execute("DETACH DATABASE r", [])?;
+            }
+            self.attached = None;
+            self.conn.execute(
+                "ATTACH DATABASE ?1 AS r",
+                [self.store.to_string_lossy().as_ref()],
+            )?;
+            self.attached = now;
+        }
+        let epoch: String = self
+            .conn
+            .query_row("SELECT value FROM r.meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or_default();
+        if epoch != self.epoch {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute_batch("DROP TABLE IF EXISTS messages_fts; DELETE FROM meta;")?;
             tx.execute_batch(SCHEMA)?;
             tx.execute(
-                "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
-                [],
+                "INSERT INTO meta(key, value) VALUES ('epoch', ?1), ('upto', '0')",
+                [&epoch],
             )?;
-            let upto = last_seq()?;
-            super::set_meta(&tx, "fts_upto", &upto.to_string())?;
-            tx.execute_batch(FOLLOW)?;
             tx.commit()?;
-            tracing::info!(
-                ms = started.elapsed().as_millis() as u64,
-                "search index built from the stored messages"
-            );
-            Ok(Some(upto))
+            if !self.epoch.is_empty() {
+                tracing::info!(epoch = %epoch, "search index started over for a new store");
+            }
+            self.epoch = epoch;
+            self.upto = 0;
+            self.sweep_from = 0;
         }
-        Some(false) if exists => {
-            conn.execute_batch(
-                "DROP TRIGGER IF EXISTS messages_fts_follows; DROP TABLE messages_fts;
-                 DELETE FROM meta WHERE key = 'fts_upto';",
-            )?;
-            tracing::info!("search index dropped (--no-search-index)");
-            Ok(None)
-        }
-        Some(false) => Ok(None),
+        Ok(())
     }
-}
 
-/// Indexes the stored messages after `upto` (at most `limit` of them) in one transaction;
-/// returns the new mark.
-fn catch_up(conn: &Connection, upto: u64, limit: Option<u64>) -> Result<u64, StoreError> {
-    let end: Option<i64> = match limit {
-        Some(n) => conn
+    /// Indexes the messages stored after the mark, at most `limit` of them; returns how many.
+    fn catch_up(&mut self, limit: Option<i64>) -> Result<i64, StoreError> {
+        self.follow()?;
+        let last: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM r.messages")?
+            .query_row([], |r| r.get(0))?;
+        if last <= self.upto {
+            return Ok(0);
+        }
+        let end = limit.map_or(last, |n| last.min(self.upto + n));
+        let started = Instant::now();
+        let tx = self.conn.unchecked_transaction()?;
+        let n = tx
             .prepare_cached(
-                "SELECT max(seq) FROM (SELECT seq FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+                "INSERT INTO messages_fts(rowid, content)
+                 SELECT seq, content FROM r.messages WHERE seq > ?1 AND seq <= ?2",
             )?
-            .query_row(params![upto as i64, n as i64], |r| r.get(0))?,
-        None => conn
-            .prepare_cached("SELECT max(seq) FROM messages WHERE seq > ?1")?
-            .query_row([upto as i64], |r| r.get(0))?,
-    };
-    let Some(end) = end else {
-        return Ok(upto);
-    };
-    let tx = conn.unchecked_transaction()?;
-    tx.prepare_cached(
-        "INSERT INTO messages_fts(rowid, content)
-         SELECT seq, content FROM messages WHERE seq > ?1 AND seq <= ?2",
-    )?
-    .execute(params![upto as i64, end])?;
-    super::set_meta(&tx, "fts_upto", &end.to_string())?;
-    tx.commit()?;
-    Ok(end as u64)
-}
-
-impl SqliteBackend {
-    /// After a stored batch: indexes what is waiting once there is enough of it, or it has
-    /// waited long enough (see the module doc). An error is logged; the next pass or search
-    /// tries again.
-    pub(super) fn maintain_index(&mut self) {
-        let Some(upto) = self.fts_upto else { return };
-        let last = self.next_seq.saturating_sub(1);
-        if last <= upto
-            || (last - upto < INDEX_BATCH && self.fts_caught.elapsed() < INDEX_EVERY)
-            || self.writable().is_err()
-        {
-            return;
+            .execute(params![self.upto, end])?;
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'upto'")?
+            .execute([end.to_string()])?;
+        tx.commit()?;
+        self.upto = end;
+        if n > PASS_MAX as usize / 4 {
+            tracing::debug!(
+                messages = n,
+                ms = started.elapsed().as_millis() as u64,
+                "search index pass"
+            );
         }
-        match catch_up(&self.conn, upto, Some(2 * INDEX_BATCH)) {
-            Ok(end) => self.fts_upto = Some(end),
-            Err(e) => tracing::warn!("search index: catching up failed: {e}"),
-        }
-        self.fts_caught = std::time::Instant::now();
+        Ok(n as i64)
     }
 
-    /// Indexes every stored message not indexed yet (before a search).
-    fn index_all(&mut self) -> Result<(), StoreError> {
-        let Some(upto) = self.fts_upto else {
-            return Ok(());
+    /// Takes rows of deleted messages out of the index, [`SWEEP_ROWS`] index rows at a time.
+    fn sweep(&mut self) -> Result<(), StoreError> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM messages_fts_docsize WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![self.sweep_from, SWEEP_ROWS], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.sweep_from = match ids.last() {
+            Some(&last) if ids.len() as i64 == SWEEP_ROWS => last,
+            _ => 0,
         };
-        if self.writable().is_err() {
-            return Ok(()); // a damaged store searches what its index holds
+        let mut gone = Vec::new();
+        {
+            let mut exists = self
+                .conn
+                .prepare_cached("SELECT 1 FROM r.messages WHERE seq = ?1")?;
+            for id in ids {
+                if !exists.exists([id])? {
+                    gone.push(id);
+                }
+            }
         }
-        self.fts_upto = Some(catch_up(&self.conn, upto, None)?);
-        self.fts_caught = std::time::Instant::now();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?;
+            for id in &gone {
+                delete.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        tracing::debug!(
+            rows = gone.len(),
+            "search index: deleted messages swept out"
+        );
         Ok(())
     }
 
     /// One page of `q` over what `viewer` may see: its own sends, mail to it, broadcasts.
-    pub(super) fn search_page(
-        &mut self,
-        viewer: &str,
-        q: &SearchQuery,
-    ) -> Result<SearchPage, StoreError> {
-        if self.fts_upto.is_none() {
-            return Err(StoreError::NoSearchIndex);
-        }
-        self.index_all()?;
+    fn query(&self, viewer: &str, q: &SearchQuery) -> Result<SearchPage, StoreError> {
         // The visibility test is in the WHERE clause, so a snippet is only ever made of a
         // message the viewer may read.
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT m.seq, m.ts, m.sender, m.recipient, m.reply_to, m.thread,
-                    snippet(messages_fts, 0, '[', ']', '…', {SNIPPET_TOKENS})
-             FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.seq, m.ts, m.sender, m.recipient, m.reply_to, m.thread, m.content
+             FROM messages_fts JOIN r.messages m ON m.seq = messages_fts.rowid
              WHERE messages_fts MATCH ?1
                AND (m.sender = ?3 OR m.recipient = ?3 OR m.recipient = 'all')
                AND (?4 IS NULL OR m.sender = ?4)
@@ -198,8 +389,8 @@ impl SqliteBackend {
                AND (?6 IS NULL OR m.ts >= ?6) AND (?7 IS NULL OR m.ts < ?7)
              ORDER BY (?2 <> '' AND instr(lower(m.content), ?2) > 0) DESC,
                       messages_fts.rank, m.seq DESC
-             LIMIT ?8 OFFSET ?9"
-        ))?;
+             LIMIT ?8 OFFSET ?9",
+        )?;
         let rows = stmt.query_map(
             params![
                 q.expr,
@@ -219,7 +410,7 @@ impl SqliteBackend {
                     from: r.get::<_, String>(2)?.into(),
                     to: r.get::<_, String>(3)?.into(),
                     reply: reply_of(r.get(4)?, r.get(5)?),
-                    snippet: cut_snippet(r.get(6)?),
+                    snippet: q.snippet(&r.get::<_, String>(6)?),
                 })
             },
         )?;
@@ -236,18 +427,18 @@ mod tests {
 
     use rusqlite::Connection;
 
-    use super::super::{SqliteBackend, tests::msg};
-    use super::INDEX_BATCH;
+    use super::{INDEX_FILE, Index, PASS_MAX, SearchIndex};
     use crate::{
         config::{Retention, SyncMode},
         store::{
-            Backend, NewMessage, Reply,
+            Backend, Reply,
             search::{SearchPage, SearchQuery},
+            sqlite::{SqliteBackend, tests::msg},
         },
     };
 
-    fn open(dir: &Path, search: bool) -> SqliteBackend {
-        SqliteBackend::open_exclusive(dir, SyncMode::Normal, search).unwrap()
+    fn open(dir: &Path) -> SqliteBackend {
+        SqliteBackend::open_exclusive(dir, SyncMode::Normal).unwrap()
     }
 
     fn query(text: &str) -> SearchQuery {
@@ -268,10 +459,31 @@ mod tests {
         p.hits.into_iter().map(|h| h.seq).collect()
     }
 
+    /// Searches through the index thread, as the hub does.
+    fn search(index: &SearchIndex, viewer: &str, q: SearchQuery) -> SearchPage {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(index.search(viewer, q))
+            .unwrap()
+    }
+
+    fn in_index(dir: &Path, word: &str) -> i64 {
+        Connection::open(dir.join(INDEX_FILE))
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?1",
+                [word],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
     #[test]
     fn search_sees_only_what_the_viewer_may_and_ranks_the_exact_phrase_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = open(dir.path(), true);
+        let mut b = open(dir.path());
+        let index = SearchIndex::start(dir.path()).unwrap();
         let ms = [
             msg(
                 "A",
@@ -289,20 +501,15 @@ mod tests {
             msg("B", "A", "unrelated words", 4),
         ];
         b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+        // Stored a moment ago, not indexed by a pass yet: the search indexes it first.
         // The exact phrase (3) before a message with both words apart (1); C→D never.
-        assert_eq!(
-            seqs(b.search("B", &query("auth migration")).unwrap()),
-            [3, 1]
-        );
-        assert_eq!(
-            seqs(b.search("A", &query("Auth  MIGRATION")).unwrap()),
-            [3, 1]
-        );
-        assert_eq!(seqs(b.search("E", &query("auth migration")).unwrap()), [3]);
-        assert_eq!(seqs(b.search("C", &query("secret")).unwrap()), [2]);
-        assert!(b.search("A", &query("secret")).unwrap().hits.is_empty());
-        assert_eq!(seqs(b.search("A", &query("migrat*")).unwrap()).len(), 2);
-        let hit = &b.search("B", &query("done")).unwrap().hits[0];
+        assert_eq!(seqs(search(&index, "B", query("auth migration"))), [3, 1]);
+        assert_eq!(seqs(search(&index, "A", query("Auth  MIGRATION"))), [3, 1]);
+        assert_eq!(seqs(search(&index, "E", query("auth migration"))), [3]);
+        assert_eq!(seqs(search(&index, "C", query("secret"))), [2]);
+        assert!(search(&index, "A", query("secret")).hits.is_empty());
+        assert_eq!(seqs(search(&index, "A", query("migrat*"))).len(), 2);
+        let hit = &search(&index, "B", query("done")).hits[0];
         assert_eq!(
             hit.snippet,
             "status: auth migration [done], and the rest of the work is fine"
@@ -311,63 +518,81 @@ mod tests {
         let mut q = query("auth");
         q.from = Some("A".into());
         q.since = Some(2);
-        assert_eq!(seqs(b.search("B", &q).unwrap()), [3]);
+        assert_eq!(seqs(search(&index, "B", q.clone())), [3]);
         q.since = None;
         q.until = Some(3);
-        assert_eq!(seqs(b.search("B", &q).unwrap()), [1]);
+        assert_eq!(seqs(search(&index, "B", q)), [1]);
         let mut q = query("auth");
         q.count = 1;
-        let first = b.search("B", &q).unwrap();
+        let first = search(&index, "B", q.clone());
         assert!(first.more);
         q.offset = 1;
-        let second = b.search("B", &q).unwrap();
+        let second = search(&index, "B", q);
         assert!(!second.more);
         assert_ne!(seqs(first), seqs(second));
     }
 
     #[test]
-    fn threads_and_the_index_follow_retention_and_survive_a_reopen() {
+    fn passes_index_behind_the_store_and_a_restart_goes_on_from_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let mut index = Index::open(dir.path()).unwrap();
+        let many: Vec<_> = (0..PASS_MAX + 10)
+            .map(|i| msg("A", "B", &format!("heron {i}"), 3))
+            .collect();
+        b.append(&many.iter().collect::<Vec<_>>(), &[]).unwrap();
+        assert_eq!(
+            in_index(dir.path(), "heron"),
+            0,
+            "the store indexes nothing"
+        );
+        // A pass takes at most PASS_MAX, the next one the rest.
+        assert_eq!(index.catch_up(Some(PASS_MAX)).unwrap(), PASS_MAX);
+        assert_eq!(in_index(dir.path(), "heron"), PASS_MAX);
+        assert_eq!(index.catch_up(Some(PASS_MAX)).unwrap(), 10);
+        assert_eq!(index.catch_up(Some(PASS_MAX)).unwrap(), 0);
+        // A restart (the index's own connection gone, as after a kill) finds its mark.
+        b.append(&[&msg("A", "B", "late egret", 4)], &[]).unwrap();
+        drop(index);
+        let mut index = Index::open(dir.path()).unwrap();
+        assert_eq!(index.upto, PASS_MAX + 10);
+        assert_eq!(index.epoch, b.epoch());
+        assert_eq!(index.catch_up(None).unwrap(), 1);
+        assert_eq!(in_index(dir.path(), "egret"), 1);
+    }
+
+    #[test]
+    fn deleted_messages_are_never_hits_and_are_swept_out_of_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let now = 100 * 86_400_000;
-        {
-            let mut b = open(dir.path(), true);
-            b.append(&[&msg("A", "B", "ancient history", 1)], &[])
-                .unwrap();
-            b.append(&[&msg("A", "B", "question about tokens", now)], &[])
-                .unwrap();
-            assert_eq!(b.thread_of("B", 2).unwrap(), Some(2));
-            assert_eq!(b.thread_of("C", 2).unwrap(), None, "not C's to see");
-            let mut answer = msg("B", "A", "answer about tokens", now);
-            answer.reply = Some(Reply { to: 2, thread: 2 });
-            b.append(&[&answer], &[]).unwrap();
-            assert_eq!(b.thread_of("A", 3).unwrap(), Some(2));
-            let policy = Retention {
-                max_age: Duration::from_secs(30 * 86_400),
-                max_bytes: u64::MAX,
-                every: Duration::from_secs(60),
-            };
-            assert_eq!(b.prune(&policy, now, 100).unwrap().expired, 1);
-            assert!(b.search("A", &query("ancient")).unwrap().hits.is_empty());
-        }
-        let mut b = open(dir.path(), true);
-        let hits = b.search("A", &query("tokens")).unwrap().hits;
+        let mut b = open(dir.path());
+        let mut index = Index::open(dir.path()).unwrap();
+        b.append(&[&msg("A", "B", "ancient tokens", 1)], &[])
+            .unwrap();
+        b.append(&[&msg("A", "B", "question about tokens", now)], &[])
+            .unwrap();
+        let mut answer = msg("B", "A", "answer about tokens", now);
+        answer.reply = Some(Reply { to: 2, thread: 2 });
+        b.append(&[&answer], &[]).unwrap();
+        index.catch_up(None).unwrap();
+        assert_eq!(in_index(dir.path(), "ancient"), 1);
+        let policy = Retention {
+            max_age: Duration::from_secs(30 * 86_400),
+            max_bytes: u64::MAX,
+            every: Duration::from_secs(60),
+        };
+        assert_eq!(b.prune(&policy, now, 100).unwrap().expired, 1);
+        // Still in the index, but the join with `messages` never shows it.
+        assert!(index.query("A", &query("ancient")).unwrap().hits.is_empty());
+        let hits = index.query("A", &query("tokens")).unwrap().hits;
         assert_eq!(hits.len(), 2);
         let answer = hits.iter().find(|h| h.seq == 3).unwrap();
         assert_eq!(answer.reply, Some(Reply { to: 2, thread: 2 }));
-        let integrity: String = b
-            .conn
-            .query_row(
-                "INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1) \
-                 RETURNING 'ok'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap_or_else(|e| e.to_string());
-        assert_eq!(integrity, "ok");
-    }
-
-    fn index_is_whole(b: &SqliteBackend) {
-        let said: String = b
+        // An idle pass sweeps it out, and the index stays whole.
+        index.sweep().unwrap();
+        assert_eq!(in_index(dir.path(), "ancient"), 0);
+        assert_eq!(in_index(dir.path(), "tokens"), 2);
+        let said: String = index
             .conn
             .query_row(
                 "INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1) \
@@ -379,73 +604,40 @@ mod tests {
         assert_eq!(said, "ok");
     }
 
-    fn in_index(b: &SqliteBackend, word: &str) -> i64 {
-        b.conn
-            .query_row(
-                "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?1",
-                [word],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
     #[test]
-    fn messages_are_indexed_behind_their_commit_and_a_search_catches_up_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = open(dir.path(), true);
-        b.append(&[&msg("A", "B", "first falcon", 1)], &[]).unwrap();
-        b.maintain();
-        // One message, just now: not indexed yet.
-        assert_eq!(in_index(&b, "falcon"), 0);
-        // Deleting a row the index does not hold leaves the index whole (the trigger only
-        // follows rows it holds).
-        b.conn
-            .execute("DELETE FROM messages WHERE seq = 1", [])
-            .unwrap();
-        b.append(&[&msg("A", "B", "second falcon", 2)], &[])
-            .unwrap();
-        // A search sees every stored message: it indexes what is waiting first.
-        assert_eq!(seqs(b.search("B", &query("falcon")).unwrap()), [2]);
-        index_is_whole(&b);
-        // Deleting an indexed row takes it out of the index.
-        b.conn
-            .execute("DELETE FROM messages WHERE seq = 2", [])
-            .unwrap();
-        assert_eq!(in_index(&b, "falcon"), 0);
-        index_is_whole(&b);
-
-        // Enough waiting messages are indexed after a batch, without a search.
-        let many: Vec<NewMessage> = (0..INDEX_BATCH)
-            .map(|i| msg("A", "B", &format!("heron {i}"), 3))
-            .collect();
-        b.append(&many.iter().collect::<Vec<_>>(), &[]).unwrap();
-        b.maintain();
-        assert_eq!(in_index(&b, "heron"), INDEX_BATCH as i64);
-        index_is_whole(&b);
-
-        // A restart finds the mark and what is still to index.
-        b.append(&[&msg("A", "B", "late egret", 4)], &[]).unwrap();
-        drop(b);
-        let mut b = open(dir.path(), true);
-        assert_eq!(in_index(&b, "egret"), 0);
-        assert_eq!(seqs(b.search("B", &query("egret")).unwrap()).len(), 1);
-        index_is_whole(&b);
-    }
-
-    #[test]
-    fn without_the_index_search_is_refused_and_turning_it_on_rebuilds_it() {
+    fn an_index_for_another_store_or_a_broken_file_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut b = open(dir.path(), false);
-            b.append(&[&msg("A", "B", "stored while unindexed", 1)], &[])
+            let mut b = open(dir.path());
+            b.append(&[&msg("A", "B", "first store walrus", 1)], &[])
                 .unwrap();
-            assert!(matches!(
-                b.search("B", &query("unindexed")),
-                Err(crate::store::StoreError::NoSearchIndex)
-            ));
+            let mut index = Index::open(dir.path()).unwrap();
+            index.catch_up(None).unwrap();
+            assert_eq!(in_index(dir.path(), "walrus"), 1);
         }
-        let mut b = open(dir.path(), true);
-        assert_eq!(seqs(b.search("B", &query("unindexed")).unwrap()), [1]);
+        // The store is wiped (a new epoch); the index of the old one is not.
+        for f in ["relay.db", "relay.db-wal", "relay.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "second store narwhal", 1)], &[])
+            .unwrap();
+        let index = SearchIndex::start(dir.path()).unwrap();
+        assert!(search(&index, "B", query("walrus")).hits.is_empty());
+        assert_eq!(seqs(search(&index, "B", query("narwhal"))), [1]);
+        index.stop();
+        assert_eq!(in_index(dir.path(), "walrus"), 0);
+        // A file that is not a database is deleted and rebuilt, not fatal.
+        for f in ["search.db-wal", "search.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        std::fs::write(dir.path().join(INDEX_FILE), vec![0x5a; 8192]).unwrap();
+        let index = SearchIndex::start(dir.path()).unwrap();
+        assert_eq!(seqs(search(&index, "B", query("narwhal"))), [1]);
+        index.stop();
+        // --no-search-index deletes it.
+        SearchIndex::remove(dir.path()).unwrap();
+        assert!(!dir.path().join(INDEX_FILE).exists());
     }
 
     #[test]
@@ -453,7 +645,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // What a hub of schema version 1 left behind.
-            let conn = Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
+            let conn = Connection::open(dir.path().join(super::DB_FILE)).unwrap();
             conn.execute_batch(
                 "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
                  CREATE TABLE messages (
@@ -467,7 +659,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut b = open(dir.path(), true);
+        let mut b = open(dir.path());
         assert_eq!(b.epoch(), "ab12cd34");
         let version: String = b
             .conn
@@ -478,14 +670,43 @@ mod tests {
             )
             .unwrap();
         assert_eq!(version, "2");
-        assert_eq!(seqs(b.search("B", &query("plan")).unwrap()), [1]);
+        let index = SearchIndex::start(dir.path()).unwrap();
+        assert_eq!(seqs(search(&index, "B", query("plan"))), [1]);
         // Old messages answer nothing; a new one may answer them.
         assert_eq!(b.thread_of("A", 1).unwrap(), Some(1));
         let mut answer = msg("B", "A", "re: plan", 7);
         answer.reply = Some(Reply { to: 1, thread: 1 });
         b.append(&[&answer], &[]).unwrap();
-        let mut found = seqs(b.search("A", &query("plan")).unwrap());
+        let mut found = seqs(search(&index, "A", query("plan")));
         found.sort_unstable();
         assert_eq!(found, [1, 3]);
+    }
+
+    #[test]
+    fn a_store_indexed_in_relay_db_by_an_older_hub_loses_that_index_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = open(dir.path());
+            b.conn
+                .execute_batch(
+                    "CREATE VIRTUAL TABLE messages_fts USING fts5(
+                         content, content='messages', content_rowid='seq', detail=none);
+                     CREATE TRIGGER messages_fts_follows AFTER DELETE ON messages BEGIN
+                         INSERT INTO messages_fts(messages_fts, rowid, content)
+                         VALUES ('delete', old.seq, old.content);
+                     END;",
+                )
+                .unwrap();
+        }
+        let b = open(dir.path());
+        let left: i64 = b
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'messages_fts%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }
