@@ -31,9 +31,9 @@ pub(crate) struct HubArgs {
     /// Commit durability.
     #[arg(long, env = "RELAY_SYNC", value_enum, default_value = "normal")]
     pub sync: SyncArg,
-    /// Keep no full-text search index: `search` is refused, sends skip the indexing. For
-    /// measuring what the index costs (docs/BENCHMARKS.md); dropping the index takes effect at
-    /// start, and starting again without the flag rebuilds it.
+    /// Keep no full-text search index: `search` is refused and no message is indexed. For
+    /// measuring what the index costs (docs/BENCHMARKS.md); `search.db` is deleted at start,
+    /// and starting again without the flag rebuilds it.
     #[arg(long, env = "RELAY_NO_SEARCH_INDEX")]
     pub no_search_index: bool,
     /// Delete messages older than this many days.
