@@ -8,7 +8,8 @@
 //!
 //! - **hub CPU per 1,000 stored and delivered messages** (user + system time of the hub
 //!   process from `/proc/PID/stat`, over the fill);
-//! - **store size** (`relay.db` after a clean shutdown, which checkpoints the WAL into it).
+//! - **store size** (`relay.db` and the index's `search.db`, with any WAL, after a clean
+//!   shutdown).
 //!
 //! With the index on it then times `search` round trips over the full store (one client,
 //! one query at a time, 200 per kind): a word in one message, a word in ~1 % of them, a word
@@ -331,10 +332,11 @@ async fn round(a: &Args, index: bool) -> Result<Round> {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     tokio::time::timeout(Duration::from_secs(30), hub.child.wait()).await??;
-    let db = hub.data.path().join("relay.db");
-    let wal = hub.data.path().join("relay.db-wal");
-    let store_bytes =
-        std::fs::metadata(&db)?.len() + std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // The store and, since the index has its own file, the index: every file they left.
+    let store_bytes = ["relay.db", "relay.db-wal", "search.db", "search.db-wal"]
+        .iter()
+        .map(|f| std::fs::metadata(hub.data.path().join(f)).map_or(0, |m| m.len()))
+        .sum();
     Ok(Round {
         cpu_ms_per_1k,
         store_bytes,
