@@ -168,6 +168,24 @@ impl SearchQuery {
     }
 }
 
+#[cfg(test)]
+impl SearchQuery {
+    /// The first page of 10 for `text`, without filters (for tests).
+    pub(crate) fn of(text: &str) -> Self {
+        let (expr, phrase) = Self::terms(text).unwrap();
+        Self {
+            expr,
+            phrase,
+            from: None,
+            thread: None,
+            since: None,
+            until: None,
+            offset: 0,
+            count: 10,
+        }
+    }
+}
+
 /// Byte ranges of the words of `s` (runs of letters and digits).
 fn tokens(s: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -227,17 +245,7 @@ mod tests {
     use super::SearchQuery;
 
     fn query(text: &str) -> SearchQuery {
-        let (expr, phrase) = SearchQuery::terms(text).unwrap();
-        SearchQuery {
-            expr,
-            phrase,
-            from: None,
-            thread: None,
-            since: None,
-            until: None,
-            offset: 0,
-            count: 10,
-        }
+        SearchQuery::of(text)
     }
 
     #[test]

@@ -442,17 +442,7 @@ mod tests {
     }
 
     fn query(text: &str) -> SearchQuery {
-        let (expr, phrase) = SearchQuery::terms(text).unwrap();
-        SearchQuery {
-            expr,
-            phrase,
-            from: None,
-            thread: None,
-            since: None,
-            until: None,
-            offset: 0,
-            count: 10,
-        }
+        SearchQuery::of(text)
     }
 
     fn seqs(p: SearchPage) -> Vec<u64> {
