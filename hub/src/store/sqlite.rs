@@ -137,6 +137,9 @@ impl SqliteBackend {
         datadir::prepare(data_dir, &path)?;
         let lock = DataDirLock::acquire(data_dir)?;
         let mut store = Self::init(Connection::open(&path)?, path, sync)?;
+        // Only a hub drops it: an operator tool (`open`) next to an older running hub must
+        // not take that hub's index away.
+        search::drop_legacy(&store.conn, store.integrity != Integrity::Ok)?;
         store.lock = Some(lock);
         Ok(store)
     }
@@ -284,7 +287,6 @@ impl SqliteBackend {
         )?;
         let session_rows =
             conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
-        search::drop_legacy(&conn, damaged)?;
         Ok(Self {
             session_rows,
             conn,

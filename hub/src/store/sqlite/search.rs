@@ -47,8 +47,11 @@ pub(crate) const INDEX_FILE: &str = "search.db";
 const PASS_EVERY: Duration = Duration::from_millis(250);
 /// Most messages one pass indexes in one transaction (a search indexes all there is).
 const PASS_MAX: i64 = 16_384;
-/// Index rows an idle pass checks against `messages` for deleted messages.
+/// Index rows a sweep checks against `messages` for deleted messages.
 const SWEEP_ROWS: i64 = 2_000;
+/// While messages keep coming, every this many passes sweeps (once a second); an idle pass
+/// always does.
+const SWEEP_BUSY_EVERY: u64 = 4;
 /// Searches waiting for the thread (the bound on their memory): more are refused at once.
 const QUEUE: usize = 64;
 
@@ -179,6 +182,8 @@ struct Index {
     epoch: String,
     /// The last seq indexed.
     upto: i64,
+    /// [`Index::fingerprint`] of the message at `upto` when it was indexed.
+    last: Option<String>,
     /// Where the next sweep starts.
     sweep_from: i64,
     /// A pass failed and said so; said again only after one succeeds.
@@ -196,6 +201,9 @@ impl Index {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The WAL file is cut back to this after a checkpoint (a rebuild's big pass would
+        // otherwise leave it at that size for the hub's life).
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         conn.execute_batch(SCHEMA)?;
         let meta = |key: &str| -> Result<Option<String>, StoreError> {
             Ok(conn
@@ -204,6 +212,7 @@ impl Index {
         };
         let epoch = meta("epoch")?.unwrap_or_default();
         let upto = meta("upto")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let last = meta("last")?.filter(|v| !v.is_empty());
         // `relay.db` is attached at the first pass (a damaged one fails passes, not the hub).
         Ok(Self {
             conn,
@@ -211,6 +220,7 @@ impl Index {
             attached: None,
             epoch,
             upto,
+            last,
             sweep_from: 0,
             failing: false,
         })
@@ -218,11 +228,12 @@ impl Index {
 
     fn run(mut self, jobs: Receiver<Job>) {
         let mut last_pass = Instant::now();
+        let mut passes = 0u64;
         loop {
             match jobs.recv_timeout(PASS_EVERY.saturating_sub(last_pass.elapsed())) {
                 Ok(job) => {
                     let page = self
-                        .catch_up(None)
+                        .catch_up_all()
                         .and_then(|_| self.query(&job.viewer, &job.query));
                     if let Err(e) = &page {
                         tracing::warn!("search failed: {e}");
@@ -231,9 +242,15 @@ impl Index {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     last_pass = Instant::now();
-                    let done = self.catch_up(Some(PASS_MAX)).and_then(|n| match n {
-                        0 => self.sweep(),
-                        _ => Ok(()),
+                    passes += 1;
+                    // Sweeping every pass when idle, every [`SWEEP_BUSY_EVERY`]th when not:
+                    // on a hub that is never idle deleted rows are still swept out.
+                    let done = self.catch_up(PASS_MAX).and_then(|n| {
+                        if n == 0 || passes % SWEEP_BUSY_EVERY == 0 {
+                            self.sweep()
+                        } else {
+                            Ok(())
+                        }
                     });
                     match done {
                         Ok(()) => self.failing = false,
@@ -282,35 +299,74 @@ impl Index {
             .optional()?
             .unwrap_or_default();
         if epoch != self.epoch {
-            let tx = self.conn.unchecked_transaction()?;
-            tx.execute_batch("DROP TABLE IF EXISTS messages_fts; DELETE FROM meta;")?;
-            tx.execute_batch(SCHEMA)?;
-            tx.execute(
-                "INSERT INTO meta(key, value) VALUES ('epoch', ?1), ('upto', '0')",
-                [&epoch],
-            )?;
-            tx.commit()?;
             if !self.epoch.is_empty() {
                 tracing::info!(epoch = %epoch, "search index started over for a new store");
             }
-            self.epoch = epoch;
-            self.upto = 0;
-            self.sweep_from = 0;
+            self.reset(&epoch)?;
         }
         Ok(())
     }
 
-    /// Indexes the messages stored after the mark, at most `limit` of them; returns how many.
-    fn catch_up(&mut self, limit: Option<i64>) -> Result<i64, StoreError> {
+    /// Empties the index and makes it the index of the store of `epoch`, from seq 0.
+    fn reset(&mut self, epoch: &str) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute_batch("DROP TABLE IF EXISTS messages_fts; DELETE FROM meta;")?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('epoch', ?1), ('upto', '0')",
+            [epoch],
+        )?;
+        tx.commit()?;
+        self.epoch = epoch.to_string();
+        self.upto = 0;
+        self.last = None;
+        self.sweep_from = 0;
+        Ok(())
+    }
+
+    /// Indexes every message stored before now, [`PASS_MAX`] per transaction (before a
+    /// search), so no read of `relay.db` lasts long: a long read transaction would keep the
+    /// store's WAL from starting over.
+    fn catch_up_all(&mut self) -> Result<(), StoreError> {
+        while self.catch_up(PASS_MAX)? > 0 {}
+        Ok(())
+    }
+
+    /// Indexes the messages stored after the mark, at most `limit` of them in one
+    /// transaction; returns how many.
+    fn catch_up(&mut self, limit: i64) -> Result<i64, StoreError> {
         self.follow()?;
-        let last: i64 = self
+        let (last, high): (i64, i64) = self
             .conn
-            .prepare_cached("SELECT coalesce(max(seq), 0) FROM r.messages")?
-            .query_row([], |r| r.get(0))?;
+            .prepare_cached(
+                "SELECT coalesce(max(seq), 0),
+                        (SELECT CAST(value AS INTEGER) FROM r.meta WHERE key = 'high_seq')
+                 FROM r.messages",
+            )?
+            .query_row([], |r| {
+                Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0)))
+            })?;
+        // The message at the mark is not the one indexed there, or the store is behind the
+        // mark: an older copy of the store (same epoch) was put back, and its seqs are being
+        // handed out again, so the index starts over.
+        let at_mark = self.fingerprint(self.upto)?;
+        let moved = match (&at_mark, &self.last) {
+            (Some(now), Some(then)) => now != then,
+            (None, _) => high.max(last) < self.upto,
+            (Some(_), None) => false,
+        };
+        if self.upto > 0 && moved {
+            tracing::warn!(
+                store = high.max(last),
+                index = self.upto,
+                "search index does not match the store (restored from a copy?): rebuilding it"
+            );
+            self.reset(&self.epoch.clone())?;
+        }
         if last <= self.upto {
             return Ok(0);
         }
-        let end = limit.map_or(last, |n| last.min(self.upto + n));
+        let end = last.min(self.upto + limit);
         let started = Instant::now();
         let tx = self.conn.unchecked_transaction()?;
         let n = tx
@@ -319,10 +375,14 @@ impl Index {
                  SELECT seq, content FROM r.messages WHERE seq > ?1 AND seq <= ?2",
             )?
             .execute(params![self.upto, end])?;
+        let last = self.fingerprint(end)?;
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'upto'")?
             .execute([end.to_string()])?;
+        tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES ('last', ?1)")?
+            .execute([last.as_deref().unwrap_or("")])?;
         tx.commit()?;
         self.upto = end;
+        self.last = last;
         if n > PASS_MAX as usize / 4 {
             tracing::debug!(
                 messages = n,
@@ -331,6 +391,18 @@ impl Index {
             );
         }
         Ok(n as i64)
+    }
+
+    /// What identifies the stored message `seq` (its time, sender and length), if it is
+    /// still stored: compared at the next pass with what the index saw there.
+    fn fingerprint(&self, seq: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT ts || ':' || sender || ':' || length(content) FROM r.messages WHERE seq = ?1",
+            )?
+            .query_row([seq], |r| r.get(0))
+            .optional()?)
     }
 
     /// Takes rows of deleted messages out of the index, [`SWEEP_ROWS`] index rows at a time.
@@ -379,17 +451,24 @@ impl Index {
     fn query(&self, viewer: &str, q: &SearchQuery) -> Result<SearchPage, StoreError> {
         // The visibility test is in the WHERE clause, so a snippet is only ever made of a
         // message the viewer may read.
+        // Ranked and paged on small rows (seq and the sort keys), then only the page's
+        // messages are read whole: sorting whole messages would hold up to MAX_OFFSET of
+        // them (512 KiB each) in memory for one search.
         let mut stmt = self.conn.prepare_cached(
             "SELECT m.seq, m.ts, m.sender, m.recipient, m.reply_to, m.thread, m.content
-             FROM messages_fts JOIN r.messages m ON m.seq = messages_fts.rowid
-             WHERE messages_fts MATCH ?1
-               AND (m.sender = ?3 OR m.recipient = ?3 OR m.recipient = 'all')
-               AND (?4 IS NULL OR m.sender = ?4)
-               AND (?5 IS NULL OR m.thread = ?5 OR m.seq = ?5)
-               AND (?6 IS NULL OR m.ts >= ?6) AND (?7 IS NULL OR m.ts < ?7)
-             ORDER BY (?2 <> '' AND instr(lower(m.content), ?2) > 0) DESC,
-                      messages_fts.rank, m.seq DESC
-             LIMIT ?8 OFFSET ?9",
+             FROM (SELECT m.seq AS seq,
+                          (?2 <> '' AND instr(lower(m.content), ?2) > 0) AS exact,
+                          messages_fts.rank AS rank
+                   FROM messages_fts JOIN r.messages m ON m.seq = messages_fts.rowid
+                   WHERE messages_fts MATCH ?1
+                     AND (m.sender = ?3 OR m.recipient = ?3 OR m.recipient = 'all')
+                     AND (?4 IS NULL OR m.sender = ?4)
+                     AND (?5 IS NULL OR m.thread = ?5 OR m.seq = ?5)
+                     AND (?6 IS NULL OR m.ts >= ?6) AND (?7 IS NULL OR m.ts < ?7)
+                   ORDER BY exact DESC, rank, seq DESC
+                   LIMIT ?8 OFFSET ?9) AS hit
+             JOIN r.messages m ON m.seq = hit.seq
+             ORDER BY hit.exact DESC, hit.rank, hit.seq DESC",
         )?;
         let rows = stmt.query_map(
             params![
@@ -537,18 +616,42 @@ mod tests {
             "the store indexes nothing"
         );
         // A pass takes at most PASS_MAX, the next one the rest.
-        assert_eq!(index.catch_up(Some(PASS_MAX)).unwrap(), PASS_MAX);
+        assert_eq!(index.catch_up(PASS_MAX).unwrap(), PASS_MAX);
         assert_eq!(in_index(dir.path(), "heron"), PASS_MAX);
-        assert_eq!(index.catch_up(Some(PASS_MAX)).unwrap(), 10);
-        assert_eq!(index.catch_up(Some(PASS_MAX)).unwrap(), 0);
+        assert_eq!(index.catch_up(PASS_MAX).unwrap(), 10);
+        assert_eq!(index.catch_up(PASS_MAX).unwrap(), 0);
         // A restart (the index's own connection gone, as after a kill) finds its mark.
         b.append(&[&msg("A", "B", "late egret", 4)], &[]).unwrap();
         drop(index);
         let mut index = Index::open(dir.path()).unwrap();
         assert_eq!(index.upto, PASS_MAX + 10);
         assert_eq!(index.epoch, b.epoch());
-        assert_eq!(index.catch_up(None).unwrap(), 1);
+        assert_eq!(index.catch_up(PASS_MAX).unwrap(), 1);
         assert_eq!(in_index(dir.path(), "egret"), 1);
+    }
+
+    #[test]
+    fn an_older_copy_of_the_store_put_back_makes_the_index_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "kept puffin", 1)], &[]).unwrap();
+        drop(b);
+        std::fs::copy(dir.path().join("relay.db"), copy.path().join("relay.db")).unwrap();
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "lost gannet", 2)], &[]).unwrap();
+        let mut index = Index::open(dir.path()).unwrap();
+        index.catch_up_all().unwrap();
+        drop((b, index));
+        // The older copy (same epoch) goes back; seq 2 is handed out again.
+        std::fs::copy(copy.path().join("relay.db"), dir.path().join("relay.db")).unwrap();
+        let mut b = open(dir.path());
+        b.append(&[&msg("A", "B", "new shearwater", 3)], &[])
+            .unwrap();
+        let index = SearchIndex::start(dir.path()).unwrap();
+        assert!(search(&index, "B", query("gannet")).hits.is_empty());
+        assert_eq!(seqs(search(&index, "B", query("shearwater"))), [2]);
+        assert_eq!(seqs(search(&index, "B", query("puffin"))), [1]);
     }
 
     #[test]
@@ -564,7 +667,7 @@ mod tests {
         let mut answer = msg("B", "A", "answer about tokens", now);
         answer.reply = Some(Reply { to: 2, thread: 2 });
         b.append(&[&answer], &[]).unwrap();
-        index.catch_up(None).unwrap();
+        index.catch_up_all().unwrap();
         assert_eq!(in_index(dir.path(), "ancient"), 1);
         let policy = Retention {
             max_age: Duration::from_secs(30 * 86_400),
@@ -602,7 +705,7 @@ mod tests {
             b.append(&[&msg("A", "B", "first store walrus", 1)], &[])
                 .unwrap();
             let mut index = Index::open(dir.path()).unwrap();
-            index.catch_up(None).unwrap();
+            index.catch_up_all().unwrap();
             assert_eq!(in_index(dir.path(), "walrus"), 1);
         }
         // The store is wiped (a new epoch); the index of the old one is not.
