@@ -246,7 +246,7 @@ impl Index {
                     // Sweeping every pass when idle, every [`SWEEP_BUSY_EVERY`]th when not:
                     // on a hub that is never idle deleted rows are still swept out.
                     let done = self.catch_up(PASS_MAX).and_then(|n| {
-                        if n == 0 || passes % SWEEP_BUSY_EVERY == 0 {
+                        if n == 0 || passes.is_multiple_of(SWEEP_BUSY_EVERY) {
                             self.sweep()
                         } else {
                             Ok(())
