@@ -98,12 +98,14 @@ const WRITE_BUFFER: usize = 8 << 10;
 /// §5.4: every client reassembles them, the Node relay's `ws` included; the payload is
 /// shared, not copied, until tungstenite frames it), so a long peer list or listing page
 /// never grows a write buffer past [`WRITE_BUFFER`], nor tungstenite's past this (and a
-/// header).
-const FRAGMENT: usize = 4 << 10;
-/// tungstenite's write buffer's hard bound (a write past it fails the connection): with
-/// [`WRITE_BUFFER`] it makes the 24 KiB per connection that tungstenite's buffer alone was
-/// allowed before (issue 16), for what it holds now: one refused frame (≤ [`FRAGMENT`] and
-/// a header) and a queued pong or close. Its capacity stays at the largest frame it held.
+/// header). 1 KiB, not 4: tungstenite's buffer keeps the capacity of the largest frame it
+/// framed for the connection's whole life, and at 4 KiB that was the largest part of what
+/// an idle connection kept after a presence storm (issue 16, docs/BENCHMARKS.md).
+const FRAGMENT: usize = 1 << 10;
+/// tungstenite's write buffer's hard bound (a write past it fails the connection), for what
+/// it holds now: one frame the socket refused (≤ [`FRAGMENT`] and a header) and a queued
+/// pong or close. With [`WRITE_BUFFER`], less than the 24 KiB per connection that
+/// tungstenite's buffer alone was allowed before (issue 16).
 const TUNGSTENITE_BUFFER: usize = WRITE_BUFFER + 2 * FRAGMENT;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
