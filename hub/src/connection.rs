@@ -144,22 +144,12 @@ pub(crate) async fn serve(
     };
     // Each state machine is boxed on its own: an async fn's size is that of its largest
     // state, and the TLS branch and the handshakes would otherwise make every plain idle
-    // connection carry ~12 KiB of dead weight for its whole life.
+    // connection carry ~12 KiB of dead weight for its whole life. The TLS branch too: held
+    // here, the handshake's result (1.2 KiB) made this task 1.7 KiB for every connection,
+    // TLS or not (issue 16; `-Zprint-type-sizes`, docs/BENCHMARKS.md).
     match hub.tls.clone() {
         Some(acceptor) => {
-            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                Ok(Ok(tls)) => Box::pin(run(tls, conn, &hub, shutdown, &mut slot)).await,
-                Ok(Err(e)) => hub.refusals.connection(
-                    addr,
-                    ConnRefusal::Tls,
-                    &format!("TLS handshake failed: {e}"),
-                ),
-                Err(_) => hub.refusals.connection(
-                    addr,
-                    ConnRefusal::HandshakeTimeout,
-                    "TLS handshake timed out",
-                ),
-            }
+            Box::pin(serve_tls(acceptor, stream, conn, &hub, shutdown, &mut slot)).await
         }
         None => Box::pin(run(stream, conn, &hub, shutdown, &mut slot)).await,
     }
@@ -168,6 +158,42 @@ pub(crate) async fn serve(
     }
     // The socket is closed by now (`run` returns only after its writer has ended).
     drop(slot);
+}
+
+/// The TLS handshake by `conn.deadline`, then the session over TLS. The TLS stream is moved
+/// into the session's own boxed future before it is awaited, so that this one does not
+/// keep a second copy of its room for the connection's life.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: Metered<Watched<TcpStream>>,
+    conn: Conn,
+    hub: &Arc<HubState>,
+    shutdown: watch::Receiver<bool>,
+    slot: &mut Slot,
+) {
+    let addr = conn.addr;
+    let session = {
+        let tls =
+            match tokio::time::timeout_at(conn.deadline, Box::pin(acceptor.accept(stream))).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return hub.refusals.connection(
+                        addr,
+                        ConnRefusal::Tls,
+                        &format!("TLS handshake failed: {e}"),
+                    );
+                }
+                Err(_) => {
+                    return hub.refusals.connection(
+                        addr,
+                        ConnRefusal::HandshakeTimeout,
+                        "TLS handshake timed out",
+                    );
+                }
+            };
+        Box::pin(run(tls, conn, hub, shutdown, slot))
+    };
+    session.await;
 }
 
 /// What the upgrade request said about authentication.
