@@ -29,6 +29,7 @@ mod cli_doctor;
 mod cli_service;
 mod cli_sessions;
 mod cli_tail;
+mod conn_memory;
 mod console_browser;
 mod console_http;
 mod dead_links;

@@ -66,6 +66,7 @@ use tracing::{debug, warn};
 use crate::{
     HubState,
     auth::{bearer, token_ok},
+    batching::Batching,
     budget::{Charge, Meter, Metered, OverBudget, READ_CHUNK},
     dispatch::ConnSession,
     limits::{Slot, TokenBucket, TooManyConnections},
@@ -81,21 +82,31 @@ use crate::{
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The writer flushes at least this often while draining a long queue.
 const FLUSH_BYTES: usize = 256 << 10;
-/// tungstenite's write buffer: frames are copied into it and it is written to the socket
-/// once it holds more than this (or at a flush). Its capacity is never given back
-/// (tungstenite drains it without shrinking), so it is what a connection keeps after a
-/// burst: at the default 128 KiB, a registration storm of the Node relay's clients (a whole
-/// peer list per join) left up to ~170 KiB behind per connection (issue 16). The writer
+/// A connection's write buffer ([`crate::batching`]): a flush's frames are collected there
+/// and leave in one `sendto` (a busy connection's flush carries a few KiB,
+/// docs/BENCHMARKS.md); once written, it is freed. tungstenite's own write buffer is not
+/// used for this (`write_buffer_size(0)`): it drains without ever shrinking, so it kept the
+/// capacity of the largest burst for the connection's whole life — up to ~16 KiB per
+/// connection after a registration storm of the Node relay's clients (a whole peer list per
+/// join), most of an idle connection's memory (issue 16, docs/BENCHMARKS.md). The writer
 /// waits for the socket before it feeds the next frame once a write would block, and text
-/// longer than [`FRAGMENT`] goes out in fragments, so the buffer holds at most this plus one
-/// fragment, whatever was sent. Small frames still leave in one `sendto` per flush: a busy
-/// connection's flush carries a few KiB (docs/BENCHMARKS.md).
+/// longer than [`FRAGMENT`] goes out in fragments, so the connection holds at most this
+/// here plus, in tungstenite's buffer, the frame the socket refused and a queued pong or
+/// close (bound: [`TUNGSTENITE_BUFFER`]), whatever was sent.
 const WRITE_BUFFER: usize = 8 << 10;
 /// Text frames longer than this are sent as a message of fragments of this size (RFC 6455
 /// §5.4: every client reassembles them, the Node relay's `ws` included; the payload is
 /// shared, not copied, until tungstenite frames it), so a long peer list or listing page
-/// never grows the write buffer past [`WRITE_BUFFER`] + this.
-const FRAGMENT: usize = 4 << 10;
+/// never grows a write buffer past [`WRITE_BUFFER`], nor tungstenite's past this (and a
+/// header). 1 KiB, not 4: tungstenite's buffer keeps the capacity of the largest frame it
+/// framed for the connection's whole life, and at 4 KiB that was the largest part of what
+/// an idle connection kept after a presence storm (issue 16, docs/BENCHMARKS.md).
+const FRAGMENT: usize = 1 << 10;
+/// tungstenite's write buffer's hard bound (a write past it fails the connection), for what
+/// it holds now: one frame the socket refused (≤ [`FRAGMENT`] and a header) and a queued
+/// pong or close. With [`WRITE_BUFFER`], less than the 24 KiB per connection that
+/// tungstenite's buffer alone was allowed before (issue 16).
+const TUNGSTENITE_BUFFER: usize = WRITE_BUFFER + 2 * FRAGMENT;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
@@ -133,22 +144,12 @@ pub(crate) async fn serve(
     };
     // Each state machine is boxed on its own: an async fn's size is that of its largest
     // state, and the TLS branch and the handshakes would otherwise make every plain idle
-    // connection carry ~12 KiB of dead weight for its whole life.
+    // connection carry ~12 KiB of dead weight for its whole life. The TLS branch too: held
+    // here, the handshake's result (1.2 KiB) made this task 1.7 KiB for every connection,
+    // TLS or not (issue 16; `-Zprint-type-sizes`, docs/BENCHMARKS.md).
     match hub.tls.clone() {
         Some(acceptor) => {
-            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                Ok(Ok(tls)) => Box::pin(run(tls, conn, &hub, shutdown, &mut slot)).await,
-                Ok(Err(e)) => hub.refusals.connection(
-                    addr,
-                    ConnRefusal::Tls,
-                    &format!("TLS handshake failed: {e}"),
-                ),
-                Err(_) => hub.refusals.connection(
-                    addr,
-                    ConnRefusal::HandshakeTimeout,
-                    "TLS handshake timed out",
-                ),
-            }
+            Box::pin(serve_tls(acceptor, stream, conn, &hub, shutdown, &mut slot)).await
         }
         None => Box::pin(run(stream, conn, &hub, shutdown, &mut slot)).await,
     }
@@ -157,6 +158,42 @@ pub(crate) async fn serve(
     }
     // The socket is closed by now (`run` returns only after its writer has ended).
     drop(slot);
+}
+
+/// The TLS handshake by `conn.deadline`, then the session over TLS. The TLS stream is moved
+/// into the session's own boxed future before it is awaited, so that this one does not
+/// keep a second copy of its room for the connection's life.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: Metered<Watched<TcpStream>>,
+    conn: Conn,
+    hub: &Arc<HubState>,
+    shutdown: watch::Receiver<bool>,
+    slot: &mut Slot,
+) {
+    let addr = conn.addr;
+    let session = {
+        let tls =
+            match tokio::time::timeout_at(conn.deadline, Box::pin(acceptor.accept(stream))).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return hub.refusals.connection(
+                        addr,
+                        ConnRefusal::Tls,
+                        &format!("TLS handshake failed: {e}"),
+                    );
+                }
+                Err(_) => {
+                    return hub.refusals.connection(
+                        addr,
+                        ConnRefusal::HandshakeTimeout,
+                        "TLS handshake timed out",
+                    );
+                }
+            };
+        Box::pin(run(tls, conn, hub, shutdown, slot))
+    };
+    session.await;
 }
 
 /// What the upgrade request said about authentication.
@@ -209,6 +246,7 @@ async fn run<S>(
     else {
         return;
     };
+    let stream = Batching::new(stream, WRITE_BUFFER);
     let Some(upgraded) = upgrade(stream, &conn, hub, slot).await else {
         return;
     };
@@ -246,9 +284,9 @@ where
         // Small eager read buffer: 10,000 idle connections must stay cheap (and reads come
         // in chunks of at most this: see `budget::READ_CHUNK`).
         .read_buffer_size(READ_CHUNK)
-        .write_buffer_size(WRITE_BUFFER)
-        // The bound stated above, enforced (with room for a queued pong or close frame).
-        .max_write_buffer_size(2 * (WRITE_BUFFER + FRAGMENT))
+        // Every frame goes straight to the connection's own buffer (see `WRITE_BUFFER`).
+        .write_buffer_size(0)
+        .max_write_buffer_size(TUNGSTENITE_BUFFER)
         .max_message_size(Some(hub.config.hard_frame_limit))
         .max_frame_size(Some(hub.config.hard_frame_limit));
     let mut upgrade = Upgrade::Authorized;

@@ -24,6 +24,7 @@
 mod accept;
 mod approvals;
 mod auth;
+mod batching;
 mod budget;
 mod clock;
 mod config;

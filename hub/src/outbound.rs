@@ -7,13 +7,16 @@
 //! (its mail stays in the store and it catches up after reconnecting) instead of letting one
 //! slow reader grow the hub's memory or stall other sessions.
 
-use std::sync::{
-    Arc, PoisonError,
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use relay_proto::wire::RequestId;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Why a push was refused.
@@ -34,14 +37,29 @@ pub(crate) struct CloseReason {
     pub reason: String,
 }
 
+/// A queue that has drained keeps at most this many slots of capacity (the rest is freed).
+const KEEP_SLOTS: usize = 8;
+
 /// Producer side of a connection's outbound queue. Cheap to clone.
-#[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Inner>,
-    tx: mpsc::Sender<Utf8Bytes>,
 }
 
+/// The queue itself: a `VecDeque` under a mutex rather than a tokio channel, because a
+/// channel keeps its blocks (1 KiB each, at least one per connection from the start, more
+/// after a burst) for the connection's whole life, while this gives back what a burst grew
+/// once it has drained: an idle connection's queue holds no memory (issue 16,
+/// docs/BENCHMARKS.md). The lock is held only to push or pop one frame.
 struct Inner {
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    /// Bound on `queue.len()`.
+    max_frames: usize,
+    /// Wakes the receiver after a push (a permit is kept if it is not waiting yet).
+    ready: Notify,
+    /// Live [`Outbox`] handles; the receiver ends when the last one is gone.
+    senders: AtomicUsize,
+    /// The receiver is gone: pushes are refused.
+    receiver_gone: AtomicBool,
     /// Bytes queued and not yet written (bound: `max_bytes`).
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -61,14 +79,17 @@ struct Inner {
 /// Consumer side, owned by the writer task.
 pub struct OutboxReceiver {
     inner: Arc<Inner>,
-    rx: mpsc::Receiver<Utf8Bytes>,
     closed: watch::Receiver<bool>,
 }
 
 /// Creates a queue bounded to `max_frames` frames and `max_bytes` bytes.
 pub fn outbox(id: u64, max_frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(max_frames);
     let inner = Arc::new(Inner {
+        queue: Mutex::new(VecDeque::new()),
+        max_frames,
+        ready: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
         bytes: AtomicUsize::new(0),
         max_bytes,
         closed: AtomicBool::new(false),
@@ -81,14 +102,54 @@ pub fn outbox(id: u64, max_frames: usize, max_bytes: usize) -> (Outbox, OutboxRe
     (
         Outbox {
             inner: inner.clone(),
-            tx,
         },
         OutboxReceiver {
             closed: inner.close_signal.subscribe(),
             inner,
-            rx,
         },
     )
+}
+
+impl Inner {
+    /// The queue; a poisoned lock is taken over (docs/ARCHITECTURE.md, "Rules").
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Utf8Bytes>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next queued frame; a queue that drained gives back what a burst grew.
+    fn pop(&self) -> Option<Utf8Bytes> {
+        let mut q = self.queue();
+        let frame = q.pop_front();
+        if q.is_empty() && q.capacity() > KEEP_SLOTS {
+            *q = VecDeque::new();
+        }
+        frame
+    }
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.inner.senders.fetch_add(1, Ordering::Relaxed);
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.inner.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.ready.notify_one();
+        }
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.inner.receiver_gone.store(true, Ordering::Release);
+        // What was queued is never written: let the frames go now.
+        self.inner.queue().clear();
+    }
 }
 
 impl Outbox {
@@ -115,16 +176,28 @@ impl Outbox {
             self.overflow();
             return Err(PushError::Overflow);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.inner.bytes.fetch_sub(len, Ordering::AcqRel);
-                self.overflow();
-                Err(PushError::Overflow)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.inner.bytes.fetch_sub(len, Ordering::AcqRel);
+        let pushed = {
+            let mut q = self.inner.queue();
+            if self.inner.receiver_gone.load(Ordering::Acquire) {
                 Err(PushError::Closed)
+            } else if q.len() >= self.inner.max_frames {
+                Err(PushError::Overflow)
+            } else {
+                q.push_back(frame);
+                Ok(())
+            }
+        };
+        match pushed {
+            Ok(()) => {
+                self.inner.ready.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.bytes.fetch_sub(len, Ordering::AcqRel);
+                if e == PushError::Overflow {
+                    self.overflow();
+                }
+                Err(e)
             }
         }
     }
@@ -190,17 +263,25 @@ impl OutboxReceiver {
     ///
     /// [`take_close`]: Self::take_close
     pub(crate) async fn recv(&mut self) -> Option<Utf8Bytes> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return self.leftover();
-        }
-        let frame = tokio::select! {
-            biased;
-            _ = self.closed.wait_for(|c| *c) => None,
-            f = self.rx.recv() => Some(f),
-        };
-        match frame {
-            Some(f) => f,
-            None => self.leftover(),
+        loop {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return self.leftover();
+            }
+            if let Some(frame) = self.inner.pop() {
+                return Some(frame);
+            }
+            if self.inner.senders.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            // A push between the pop above and this wait leaves a permit: not missed.
+            let closing = tokio::select! {
+                biased;
+                _ = self.closed.wait_for(|c| *c) => true,
+                _ = self.inner.ready.notified() => false,
+            };
+            if closing {
+                return self.leftover();
+            }
         }
     }
 
@@ -209,13 +290,13 @@ impl OutboxReceiver {
         if self.inner.closed.load(Ordering::Acquire) {
             return self.leftover();
         }
-        self.rx.try_recv().ok()
+        self.inner.pop()
     }
 
     /// After a close: the queued frames of a graceful close, none otherwise.
     fn leftover(&mut self) -> Option<Utf8Bytes> {
         if self.inner.drain.load(Ordering::Acquire) {
-            self.rx.try_recv().ok()
+            self.inner.pop()
         } else {
             None
         }
@@ -287,6 +368,36 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().as_str(), "why");
         assert!(rx.recv().await.is_none());
         assert_eq!(rx.take_close().unwrap().reason, "bye");
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_memory_back_and_the_last_sender_ends_it() {
+        let (tx, mut rx) = outbox(1, 1000, 1 << 20);
+        for _ in 0..100 {
+            tx.push("x".into()).unwrap();
+        }
+        assert!(tx.inner.queue().capacity() >= 100);
+        while rx.try_recv().is_some() {}
+        assert_eq!(tx.inner.queue().capacity(), 0);
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        tx.push("late".into()).unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap().as_str(), "late");
+        let (tx, mut rx) = outbox(2, 10, 1 << 20);
+        let other = tx.clone();
+        drop(tx);
+        other.push("y".into()).unwrap();
+        drop(other);
+        assert_eq!(rx.recv().await.unwrap().as_str(), "y");
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_push_after_the_receiver_is_gone_is_refused() {
+        let (tx, rx) = outbox(1, 10, 1 << 20);
+        drop(rx);
+        assert_eq!(tx.push("z".into()), Err(PushError::Closed));
+        assert_eq!(tx.inner.bytes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
