@@ -33,16 +33,6 @@ const CONNS: usize = 300;
 /// it catches a per-connection buffer that keeps its burst again, not the odd kilobyte.
 const MAX_KIB_PER_CONN: u64 = 21;
 
-/// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 #[tokio::test]
 async fn an_idle_connection_keeps_little_after_a_registration_storm_of_old_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,7 +40,7 @@ async fn an_idle_connection_keeps_little_after_a_registration_storm_of_old_clien
     // Warm the hub up (store, first allocations) before the baseline.
     drop(Ws::register(&hub.url, "warm-up").await);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rest = rss_kib(hub.pid());
+    let rest = common::hub::proc_status_kib(hub.pid(), "VmRSS");
 
     // Long ids make long peer lists: the late ones go out in several fragments.
     let joins = Arc::new(AtomicU64::new(0));
@@ -86,7 +76,7 @@ async fn an_idle_connection_keeps_little_after_a_registration_storm_of_old_clien
     )
     .await;
 
-    let connected = rss_kib(hub.pid());
+    let connected = common::hub::proc_status_kib(hub.pid(), "VmRSS");
     let per_conn = connected.saturating_sub(rest) / CONNS as u64;
     println!(
         "hub RSS {rest} KiB at rest, {connected} KiB with {CONNS} idle connections: \

@@ -56,16 +56,6 @@ fn hub_tcp_connections(pid: u32) -> usize {
     n
 }
 
-/// The hub's peak resident memory, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// Polls `f` until it is true (bounded by `WAIT`).
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     common::eventually(
@@ -99,7 +89,7 @@ async fn clients_that_never_read_are_closed_their_slots_come_back_and_memory_sta
         hub_tcp_connections(hub.pid()) == 0
     })
     .await;
-    let before = peak_rss_kib(hub.pid());
+    let before = common::hub::proc_status_kib(hub.pid(), "VmHWM");
 
     // Two waves of three clients (the whole cap) that each ask for eight 4 MiB pages and
     // never read another byte. They keep their sockets open: only the hub can end them.
@@ -135,7 +125,7 @@ async fn clients_that_never_read_are_closed_their_slots_come_back_and_memory_sta
     // Memory: what six non-readers cost is bounded by the caps (3 connections at a time,
     // each at most its 8 MiB outbound queue and a page in the writer), not by how much they
     // asked for (192 MiB of pages).
-    let after = peak_rss_kib(hub.pid());
+    let after = common::hub::proc_status_kib(hub.pid(), "VmHWM");
     println!("hub peak RSS: {before} KiB before the attack, {after} KiB after");
     let bound = before + 3 * (8 + 2 * 4) * 1024 + 64 * 1024;
     assert!(after < bound, "peak RSS {after} KiB over {bound} KiB");
@@ -378,7 +368,7 @@ async fn many_near_limit_frames_at_once_stay_within_the_frame_budget() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start_with(dir.path(), opts(&["--frame-budget-mb", "16"])).await;
     let (mut a, _) = Ws::register(&hub.url, "A").await;
-    let before = peak_rss_kib(hub.pid());
+    let before = common::hub::proc_status_kib(hub.pid(), "VmHWM");
 
     // 24 connections each send a 12 MiB frame (under the 16 MiB hard limit) at once.
     let big = "x".repeat(12 << 20);
@@ -416,7 +406,7 @@ async fn many_near_limit_frames_at_once_stay_within_the_frame_budget() {
     for s in senders {
         outcomes.push(s.await.expect("a sender saw the hub misbehave"));
     }
-    let after = peak_rss_kib(hub.pid());
+    let after = common::hub::proc_status_kib(hub.pid(), "VmHWM");
     println!("outcomes: {outcomes:?}; hub peak RSS: {before} KiB before, {after} KiB after");
     assert!(
         outcomes.iter().any(|o| o == "over budget"),

@@ -221,3 +221,14 @@ pub(crate) fn limit_file_size(pid: u32, bytes: u64) {
     };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
+
+/// A memory figure of process `pid` from `/proc/PID/status`, in KiB: `VmRSS` (resident now)
+/// or `VmHWM` (the peak). Linux only, as the tests that read it.
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
