@@ -1083,6 +1083,12 @@ impl Backend for SqliteBackend {
                 "DELETE FROM reads WHERE seq < (SELECT coalesce(min(seq), 9223372036854775807) FROM messages)",
                 [],
             )?;
+            // Counts every deletion, so the search index's thread sweeps only after some.
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('deletions', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + ?1",
+                [(report.expired + report.evicted) as i64],
+            )?;
         }
         let total = self.total_bytes.saturating_sub(freed);
         set_meta(&tx, "total_bytes", &total.to_string())?;

@@ -19,8 +19,8 @@
 //! most the last passes, which the next pass redoes from `relay.db`; an index made for
 //! another store (another epoch: the data directory was wiped) is dropped and rebuilt, and
 //! one SQLite cannot open is deleted and rebuilt. Retention deletes rows from `relay.db` only:
-//! a search joins the index with `messages`, so a deleted message is never a hit, and idle
-//! passes sweep such rows out of the index ([`SWEEP_ROWS`] at a time).
+//! a search joins the index with `messages`, so a deleted message is never a hit, and passes
+//! sweep such rows out of the index ([`SWEEP_ROWS`] at a time) after retention deleted some.
 //!
 //! Who may use it: only the hub's `search` handler, which has checked who is asking; every
 //! query carries the asker and keeps to the rows it may see. The file is 0600 like the store.
@@ -186,6 +186,12 @@ struct Index {
     last: Option<String>,
     /// Where the next sweep starts.
     sweep_from: i64,
+    /// The store's deletion count (`meta.deletions`) the sweep under way started from, if
+    /// one is under way.
+    sweeping: Option<i64>,
+    /// The deletion count a whole sweep of the index has caught up with: until it changes,
+    /// there is nothing to sweep (an idle hub does not walk its index forever).
+    swept: i64,
     /// A pass failed and said so; said again only after one succeeds.
     failing: bool,
 }
@@ -222,6 +228,8 @@ impl Index {
             upto,
             last,
             sweep_from: 0,
+            sweeping: None,
+            swept: 0,
             failing: false,
         })
     }
@@ -247,7 +255,7 @@ impl Index {
                     // on a hub that is never idle deleted rows are still swept out.
                     let done = self.catch_up(PASS_MAX).and_then(|n| {
                         if n == 0 || passes.is_multiple_of(SWEEP_BUSY_EVERY) {
-                            self.sweep()
+                            self.sweep().map(drop)
                         } else {
                             Ok(())
                         }
@@ -320,6 +328,7 @@ impl Index {
         self.epoch = epoch.to_string();
         self.upto = 0;
         self.last = None;
+        self.sweeping = None;
         self.sweep_from = 0;
         Ok(())
     }
@@ -405,8 +414,24 @@ impl Index {
             .optional()?)
     }
 
-    /// Takes rows of deleted messages out of the index, [`SWEEP_ROWS`] index rows at a time.
-    fn sweep(&mut self) -> Result<(), StoreError> {
+    /// Takes rows of deleted messages out of the index, [`SWEEP_ROWS`] index rows at a time;
+    /// returns how many rows it looked at. A sweep walks the whole index once after the store
+    /// deleted something (`meta.deletions` moved), and then rests.
+    fn sweep(&mut self) -> Result<usize, StoreError> {
+        let deletions: i64 = self
+            .conn
+            .prepare_cached("SELECT CAST(value AS INTEGER) FROM r.meta WHERE key = 'deletions'")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let target = match self.sweeping {
+            Some(target) => target,
+            None if deletions != self.swept => {
+                self.sweep_from = 0;
+                deletions
+            }
+            None => return Ok(0),
+        };
         let ids: Vec<i64> = self
             .conn
             .prepare_cached(
@@ -414,10 +439,18 @@ impl Index {
             )?
             .query_map(params![self.sweep_from, SWEEP_ROWS], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        self.sweep_from = match ids.last() {
-            Some(&last) if ids.len() as i64 == SWEEP_ROWS => last,
-            _ => 0,
-        };
+        let looked = ids.len();
+        match ids.last() {
+            Some(&last) if ids.len() as i64 == SWEEP_ROWS => {
+                self.sweep_from = last;
+                self.sweeping = Some(target);
+            }
+            _ => {
+                self.sweep_from = 0;
+                self.sweeping = None;
+                self.swept = target;
+            }
+        }
         let mut gone = Vec::new();
         {
             let mut exists = self
@@ -430,7 +463,7 @@ impl Index {
             }
         }
         if gone.is_empty() {
-            return Ok(());
+            return Ok(looked);
         }
         let tx = self.conn.unchecked_transaction()?;
         {
@@ -444,7 +477,7 @@ impl Index {
             rows = gone.len(),
             "search index: deleted messages swept out"
         );
-        Ok(())
+        Ok(looked)
     }
 
     /// One page of `q` over what `viewer` may see: its own sends, mail to it, broadcasts.
@@ -681,9 +714,11 @@ mod tests {
         assert_eq!(hits.len(), 2);
         let answer = hits.iter().find(|h| h.seq == 3).unwrap();
         assert_eq!(answer.reply, Some(Reply { to: 2, thread: 2 }));
-        // An idle pass sweeps it out, and the index stays whole.
-        index.sweep().unwrap();
+        // A pass sweeps it out, and the index stays whole; with nothing deleted since, the
+        // next passes do not walk the index again.
+        assert_eq!(index.sweep().unwrap(), 3);
         assert_eq!(in_index(dir.path(), "ancient"), 0);
+        assert_eq!(index.sweep().unwrap(), 0);
         assert_eq!(in_index(dir.path(), "tokens"), 2);
         let said: String = index
             .conn
