@@ -450,3 +450,39 @@ async fn the_search_cli_reads_only_as_a_session_whose_owner_secret_it_holds() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_hub_without_the_index_says_so_and_deletes_an_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A hub with the index makes search.db; one started without it deletes it.
+    let mut hub = Hub::start(dir.path()).await;
+    let (mut a, _) = Ws::register(&hub.url, "CC-1").await;
+    a.send(json!({"type": "search", "query": "anything", "rid": 1}))
+        .await;
+    a.until("found").await;
+    drop(a);
+    let data = hub.data_dir.clone();
+    assert!(data.join("search.db").exists());
+    hub.kill().await;
+    let hub = Hub::start_with(
+        dir.path(),
+        common::hub::HubOpts {
+            args: vec!["--no-search-index".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mut a, _) = Ws::register(&hub.url, "CC-1").await;
+    a.send(json!({"type": "search", "query": "anything", "rid": 2}))
+        .await;
+    let refused = a.until("error").await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("--no-search-index"),
+        "{refused}"
+    );
+    assert!(!data.join("search.db").exists());
+}

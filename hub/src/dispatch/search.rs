@@ -32,11 +32,7 @@ impl ConnSession {
             Ok(viewer) => viewer,
             Err((code, why)) => return self.error(code, why, rid),
         };
-        let query = match parse(hub, q) {
-            Ok(query) => query,
-            Err((code, why)) => return self.error(code, why, rid),
-        };
-        let (offset, count) = (query.offset, query.count);
+        // None exactly when the hub was started with --no-search-index.
         let Some(index) = &hub.search else {
             return self.error(
                 codes::UNAVAILABLE,
@@ -45,6 +41,11 @@ impl ConnSession {
                 rid,
             );
         };
+        let query = match parse(hub, q) {
+            Ok(query) => query,
+            Err((code, why)) => return self.error(code, why, rid),
+        };
+        let (offset, count) = (query.offset, query.count);
         let page = index.search(viewer.as_str(), query).await;
         let page = match page {
             Ok(page) => page,
@@ -76,12 +77,6 @@ impl ConnSession {
 /// The store query for `q`, or the error code and words for the asker.
 fn parse(hub: &HubState, q: Search) -> Result<SearchQuery, (&'static str, String)> {
     let bad = |why: String| (codes::BAD_FRAME, why);
-    if !hub.config.search_index {
-        return Err((
-            codes::UNAVAILABLE,
-            "this hub keeps no search index (it was started with --no-search-index)".to_string(),
-        ));
-    }
     if q.query.len() > MAX_QUERY_BYTES {
         return Err((
             codes::TOO_LARGE,

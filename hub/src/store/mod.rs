@@ -65,9 +65,6 @@ pub enum StoreError {
         /// What the check said (its first lines).
         report: String,
     },
-    /// The store keeps no search index (the hub was started with `--no-search-index`).
-    #[error("this hub keeps no search index (it was started with --no-search-index)")]
-    NoSearchIndex,
     /// As many searches as the index thread queues are waiting already.
     #[error("the search index is busy ({0} searches waiting); try again in a moment")]
     SearchBusy(usize),
