@@ -14,7 +14,7 @@ use std::{
     fs::{self, File, OpenOptions, TryLockError},
     io::{Read, Seek, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use super::StoreError;
@@ -85,12 +85,22 @@ pub(crate) fn prepare(dir: &Path, db: &Path) -> Result<(), StoreError> {
             .open(db)
             .map_err(io(db))?;
     }
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        tighten(Path::new(&p))?;
+    for file in files_of(db) {
+        tighten(&file)?;
     }
     tighten(&dir.join(LOCK_FILE))
+}
+
+/// A database file and the companions SQLite may make beside it (`-wal`, `-shm`,
+/// `-journal`): what is made private with it, or deleted with it.
+pub(crate) fn files_of(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    ["", "-wal", "-shm", "-journal"]
+        .into_iter()
+        .map(move |suffix| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        })
 }
 
 /// Makes an existing file 0600 (a missing one is fine).

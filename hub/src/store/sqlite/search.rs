@@ -155,8 +155,7 @@ impl SearchIndex {
 }
 
 fn remove_files(data_dir: &Path) -> Result<(), StoreError> {
-    for suffix in ["", "-wal", "-shm"] {
-        let path = data_dir.join(format!("{INDEX_FILE}{suffix}"));
+    for path in datadir::files_of(&data_dir.join(INDEX_FILE)) {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
