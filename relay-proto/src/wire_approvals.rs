@@ -64,6 +64,25 @@ pub enum ApprovalSource {
     Channel,
 }
 
+impl ApprovalSource {
+    /// The name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hook => "hook",
+            Self::Channel => "channel",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "hook" => Self::Hook,
+            "channel" => Self::Channel,
+            _ => return None,
+        })
+    }
+}
+
 /// A prompt's state. `pending` moves once, to one of the others, and never again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,5 +307,14 @@ mod tests {
         ] {
             assert_eq!(ApprovalState::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn sources_round_trip_under_their_wire_names() {
+        for s in [ApprovalSource::Hook, ApprovalSource::Channel] {
+            assert_eq!(ApprovalSource::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(ApprovalSource::parse("pager"), None);
     }
 }

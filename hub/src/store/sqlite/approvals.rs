@@ -69,13 +69,6 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn source_str(s: ApprovalSource) -> &'static str {
-    match s {
-        ApprovalSource::Hook => "hook",
-        ApprovalSource::Channel => "channel",
-    }
-}
-
 fn row(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
     let n = r.get::<_, i64>(0)? as u64;
     let source: String = r.get(7)?;
@@ -90,11 +83,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
             tool: r.get(4)?,
             summary: r.get(5)?,
             preview: r.get(6)?,
-            source: if source == "channel" {
-                ApprovalSource::Channel
-            } else {
-                ApprovalSource::Hook
-            },
+            // A source this hub does not know reads as the hook (the default).
+            source: ApprovalSource::parse(&source).unwrap_or_default(),
             request_id: r.get(8)?,
             // A state this hub does not know reads as closed: never as pending or a verdict.
             state: ApprovalState::parse(&state).unwrap_or(ApprovalState::Closed),
@@ -143,7 +133,7 @@ impl ApprovalStore for SqliteBackend {
                 new.tool,
                 new.summary,
                 new.preview,
-                source_str(new.source),
+                new.source.as_str(),
                 new.request_id,
                 new.created,
                 new.expires,
