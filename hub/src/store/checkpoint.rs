@@ -70,7 +70,10 @@ impl Checkpointer {
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("relay-checkpoint".into())
-            .spawn(move || run(path, &theirs))
+            .spawn(move || {
+                super::background::lower_priority();
+                run(path, &theirs)
+            })
             .ok();
         Self { shared, thread }
     }
