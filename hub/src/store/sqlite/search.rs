@@ -54,6 +54,20 @@ const SWEEP_ROWS: i64 = 2_000;
 const SWEEP_BUSY_EVERY: u64 = 4;
 /// Searches waiting for the thread (the bound on their memory): more are refused at once.
 const QUEUE: usize = 64;
+/// FTS5 merges a level's segments into one of the next level once it holds this many (the
+/// default is 4). Every merge rewrites what it merges, so with 16 each indexed byte is
+/// rewritten about half as often; a query looks into more segments (up to 15 per level
+/// instead of 3), which `search_cost` measures (docs/BENCHMARKS.md, "Search").
+const AUTOMERGE: i64 = 16;
+/// Bytes of new terms FTS5 gathers in memory before it writes them out as a segment (the
+/// default is 1 MiB): fewer, larger segments to merge later. It is also the most memory
+/// the index's pending terms take.
+const HASHSIZE: i64 = 4 << 20;
+/// WAL pages after which a pass's commit checkpoints `search.db` (SQLite's default is
+/// 1,000): pages a pass rewrites each time (the FTS5 structure record, the B-trees' upper
+/// pages) are copied into the file once per checkpoint, not once per pass. The WAL is cut
+/// back to `journal_size_limit` after each.
+const CHECKPOINT_PAGES: i64 = 4_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -76,6 +90,16 @@ pub(super) fn drop_legacy(conn: &Connection, damaged: bool) -> Result<(), StoreE
         )?;
         tracing::info!("search index moved out of relay.db (it is rebuilt in search.db)");
     }
+    Ok(())
+}
+
+/// Sets the FTS5 options that are kept in the index itself ([`AUTOMERGE`], [`HASHSIZE`]), on
+/// a new index and on one an older hub made.
+fn tune(conn: &Connection) -> Result<(), StoreError> {
+    let mut set =
+        conn.prepare_cached("INSERT INTO messages_fts(messages_fts, rank) VALUES (?1, ?2)")?;
+    set.execute(params!["automerge", AUTOMERGE])?;
+    set.execute(params!["hashsize", HASHSIZE])?;
     Ok(())
 }
 
@@ -212,7 +236,9 @@ impl Index {
         // The WAL file is cut back to this after a checkpoint (a rebuild's big pass would
         // otherwise leave it at that size for the hub's life).
         conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
         conn.execute_batch(SCHEMA)?;
+        tune(&conn)?;
         let meta = |key: &str| -> Result<Option<String>, StoreError> {
             Ok(conn
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -322,6 +348,7 @@ impl Index {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute_batch("DROP TABLE IF EXISTS messages_fts; DELETE FROM meta;")?;
         tx.execute_batch(SCHEMA)?;
+        tune(&tx)?;
         tx.execute(
             "INSERT INTO meta(key, value) VALUES ('epoch', ?1), ('upto', '0')",
             [epoch],
@@ -541,7 +568,7 @@ mod tests {
 
     use rusqlite::Connection;
 
-    use super::{INDEX_FILE, Index, PASS_MAX, SearchIndex};
+    use super::{AUTOMERGE, HASHSIZE, INDEX_FILE, Index, PASS_MAX, SearchIndex};
     use crate::{
         config::{Retention, SyncMode},
         store::{
@@ -838,5 +865,40 @@ mod tests {
             )
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn the_merge_options_are_set_on_a_new_index_and_on_an_older_hubs() {
+        let options = |dir: &Path| -> Vec<(String, i64)> {
+            Connection::open(dir.join(INDEX_FILE))
+                .unwrap()
+                .prepare("SELECT k, v FROM messages_fts_config WHERE k IN ('automerge', 'hashsize') ORDER BY k")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let want = vec![
+            ("automerge".to_string(), AUTOMERGE),
+            ("hashsize".to_string(), HASHSIZE),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let _store = open(dir.path());
+        drop(Index::open(dir.path()).unwrap());
+        assert_eq!(options(dir.path()), want);
+        // An index an older hub made (FTS5's defaults) gets them at open.
+        Connection::open(dir.path().join(INDEX_FILE))
+            .unwrap()
+            .execute_batch("DELETE FROM messages_fts_config WHERE k IN ('automerge', 'hashsize')")
+            .unwrap();
+        assert_eq!(options(dir.path()), vec![]);
+        drop(Index::open(dir.path()).unwrap());
+        assert_eq!(options(dir.path()), want);
+        // And a reset (the store was wiped) keeps them.
+        let mut index = Index::open(dir.path()).unwrap();
+        index.reset("another epoch").unwrap();
+        drop(index);
+        assert_eq!(options(dir.path()), want);
     }
 }
