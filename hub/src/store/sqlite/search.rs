@@ -364,15 +364,29 @@ impl Index {
 
     /// Indexes every message stored before now, [`PASS_MAX`] per transaction (before a
     /// search), so no read of `relay.db` lasts long: a long read transaction would keep the
-    /// store's WAL from starting over.
+    /// store's WAL from starting over. "Now" is fixed by the first pass: under a load that
+    /// stores faster than this (lower-priority) thread indexes, chasing the newest message
+    /// would never end, and the search waiting for it with it.
     fn catch_up_all(&mut self) -> Result<(), StoreError> {
-        while self.catch_up(PASS_MAX)? > 0 {}
-        Ok(())
+        let mut until = None;
+        loop {
+            let (n, newest) = self.catch_up_to(PASS_MAX, until)?;
+            let until = *until.get_or_insert(newest);
+            if n == 0 || self.upto >= until {
+                return Ok(());
+            }
+        }
     }
 
     /// Indexes the messages stored after the mark, at most `limit` of them in one
     /// transaction; returns how many.
     fn catch_up(&mut self, limit: i64) -> Result<i64, StoreError> {
+        self.catch_up_to(limit, None).map(|(n, _)| n)
+    }
+
+    /// [`Self::catch_up`], indexing nothing past seq `until`; also returns the newest seq
+    /// stored.
+    fn catch_up_to(&mut self, limit: i64, until: Option<i64>) -> Result<(i64, i64), StoreError> {
         self.follow()?;
         let (last, high): (i64, i64) = self
             .conn
@@ -401,10 +415,10 @@ impl Index {
             );
             self.reset(&self.epoch.clone())?;
         }
-        if last <= self.upto {
-            return Ok(0);
+        let end = last.min(self.upto + limit).min(until.unwrap_or(i64::MAX));
+        if end <= self.upto {
+            return Ok((0, last));
         }
-        let end = last.min(self.upto + limit);
         let started = Instant::now();
         let tx = self.conn.unchecked_transaction()?;
         let n = tx
@@ -413,14 +427,14 @@ impl Index {
                  SELECT seq, content FROM r.messages WHERE seq > ?1 AND seq <= ?2",
             )?
             .execute(params![self.upto, end])?;
-        let last = self.fingerprint(end)?;
+        let mark = self.fingerprint(end)?;
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'upto'")?
             .execute([end.to_string()])?;
         tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES ('last', ?1)")?
-            .execute([last.as_deref().unwrap_or("")])?;
+            .execute([mark.as_deref().unwrap_or("")])?;
         tx.commit()?;
         self.upto = end;
-        self.last = last;
+        self.last = mark;
         if n > PASS_MAX as usize / 4 {
             tracing::debug!(
                 messages = n,
@@ -428,7 +442,7 @@ impl Index {
                 "search index pass"
             );
         }
-        Ok(n as i64)
+        Ok((n as i64, last))
     }
 
     /// What identifies the stored message `seq` (its time, sender and length), if it is
@@ -690,6 +704,19 @@ mod tests {
         assert_eq!(index.epoch, b.epoch());
         assert_eq!(index.catch_up(PASS_MAX).unwrap(), 1);
         assert_eq!(in_index(dir.path(), "egret"), 1);
+        // A search's catch-up stops where the store stood when it began (a hub that stores
+        // faster than the index indexes would otherwise keep it chasing the newest message).
+        let more: Vec<_> = (0..10)
+            .map(|i| msg("A", "B", &format!("ibis {i}"), 5))
+            .collect();
+        b.append(&more.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let until = index.upto + 4;
+        assert_eq!(
+            index.catch_up_to(PASS_MAX, Some(until)).unwrap(),
+            (4, until + 6)
+        );
+        assert_eq!(index.upto, until);
+        assert_eq!(in_index(dir.path(), "ibis"), 4);
     }
 
     #[test]
