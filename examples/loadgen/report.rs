@@ -89,6 +89,7 @@ pub(crate) const TRAFFIC: &[Column] = &[
     ("hub ms/1k", "hub_cpu_ms_per_1k", 2),
     ("hub CPU%", "hub_cpu_pct", 0),
     ("store thr%", "hub_store_thread_pct", 0),
+    ("search ms/1k", "hub_search_ms_per_1k", 2),
     ("hub RSS MiB", "hub_rss_mib", 1),
     ("gen CPU%", "gen_cpu_pct", 0),
     ("gen ms/1k", "gen_cpu_ms_per_1k", 2),
