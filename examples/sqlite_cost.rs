@@ -3,7 +3,8 @@
 //!
 //! The hub's `direct` figure mixes the network, the router, the store's writer and the
 //! search index's thread; this takes the two SQLite parts apart and changes one thing at a
-//! time, alternating the variants round by round in one invocation:
+//! time (the index's three settings count as one: they ship together), alternating the
+//! variants round by round in one invocation:
 //!
 //! - **store**: group commits of `--batch` messages (the size `direct` reaches, ~180) into a
 //!   table of the shape of `relay.db`'s `messages` (hub/src/store/sqlite.rs: the row, the
@@ -45,7 +46,8 @@ struct Args {
     messages: u64,
 }
 
-/// The shape of `relay.db`'s messages table with what every message goes into.
+/// The shape of `relay.db`'s messages table with what every message goes into: a copy of
+/// `SCHEMA` in hub/src/store/sqlite.rs (the hub's is private); keep them alike.
 const MESSAGES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE messages (
@@ -58,7 +60,8 @@ CREATE INDEX messages_by_thread ON messages(thread, seq) WHERE thread IS NOT NUL
 const BY_RECIPIENT: &str = "CREATE INDEX messages_by_recipient ON messages(recipient, seq);";
 const BY_SENDER: &str = "CREATE INDEX messages_by_sender ON messages(sender, seq);";
 
-/// The search index's table (hub/src/store/sqlite/search.rs).
+/// The search index's table: a copy of `SCHEMA` in hub/src/store/sqlite/search.rs, whose
+/// `PASS_MAX`, `AUTOMERGE`, `HASHSIZE` and `CHECKPOINT_PAGES` the variants below repeat.
 const FTS: &str = "CREATE VIRTUAL TABLE messages_fts USING fts5(
     content, content='', contentless_delete=1, detail=none,
     tokenize='unicode61 remove_diacritics 2');
@@ -79,9 +82,11 @@ fn body(i: u64) -> String {
 
 /// CPU seconds of this process so far (user + system).
 fn cpu_secs() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    // SAFETY: getrusage writes only the struct it is given, which lives across the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
 }

@@ -7,8 +7,8 @@
 //! the writer finishes a checkpoint itself when the WAL grows past its bound), so they only
 //! yield: the total work is the same (docs/ARCHITECTURE.md, "A frame's way", threads).
 
-/// How much nicer than the hub a background thread is (the `nice` scale: 0 normal, 19 the
-/// least). 10 lets the writer and the runtime win every contended slice while the
+/// The nice value a background thread runs at (the `nice` scale: 0 normal, 19 the least
+/// CPU). 10 lets the writer and the runtime win every contended slice while the
 /// background still gets the idle ones.
 const NICE: i32 = 10;
 
@@ -18,11 +18,13 @@ const NICE: i32 = 10;
 pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: getpriority and setpriority only read their integer arguments.
+        // SAFETY: getpriority takes two integers and touches no memory of ours (-1 is also
+        // its error value; then the thread is lowered as if it were at 0).
         let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         if now >= NICE {
             return;
         }
+        // SAFETY: setpriority takes three integers and touches no memory of ours.
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
         if rc != 0 {
             tracing::debug!(

@@ -54,14 +54,17 @@ const SWEEP_ROWS: i64 = 2_000;
 const SWEEP_BUSY_EVERY: u64 = 4;
 /// Searches waiting for the thread (the bound on their memory): more are refused at once.
 const QUEUE: usize = 64;
-/// FTS5 merges a level's segments into one of the next level once it holds this many (the
-/// default is 4). Every merge rewrites what it merges, so with 16 each indexed byte is
-/// rewritten about half as often; a query looks into more segments (up to 15 per level
-/// instead of 3), which `search_cost` measures (docs/BENCHMARKS.md, "Search").
+/// FTS5 starts merging a level's segments into one of the next level once it holds this
+/// many (its default is 4; at 16, also FTS5's default `crisismerge`, a full level is merged
+/// in one go). Every merge rewrites what it merges: fewer, wider merges rewrite each indexed
+/// byte fewer times (`examples/sqlite_cost.rs` with the two settings below: 289 bytes
+/// written per message against 566), while a query looks into more segments per level,
+/// which `search_cost` measures (docs/BENCHMARKS.md, "Search").
 const AUTOMERGE: i64 = 16;
 /// Bytes of new terms FTS5 gathers in memory before it writes them out as a segment (the
-/// default is 1 MiB): fewer, larger segments to merge later. It is also the most memory
-/// the index's pending terms take.
+/// default is 1 MiB). FTS5 also writes them out at every commit, so this only matters for a
+/// pass whose terms pass 1 MiB (a busy hub's, or a rebuild's): fewer, larger segments to
+/// merge later. It is about the most memory the pending terms take (one row can go over).
 const HASHSIZE: i64 = 4 << 20;
 /// WAL pages after which a pass's commit checkpoints `search.db` (SQLite's default is
 /// 1,000): pages a pass rewrites each time (the FTS5 structure record, the B-trees' upper
@@ -94,12 +97,25 @@ pub(super) fn drop_legacy(conn: &Connection, damaged: bool) -> Result<(), StoreE
 }
 
 /// Sets the FTS5 options that are kept in the index itself ([`AUTOMERGE`], [`HASHSIZE`]), on
-/// a new index and on one an older hub made.
+/// a new index and on one an older hub made. Only what differs is written, and a write that
+/// fails (a full disk) is only a warning: the index works with FTS5's defaults, and it is
+/// not a reason to delete it as unreadable.
 fn tune(conn: &Connection) -> Result<(), StoreError> {
-    let mut set =
-        conn.prepare_cached("INSERT INTO messages_fts(messages_fts, rank) VALUES (?1, ?2)")?;
-    set.execute(params!["automerge", AUTOMERGE])?;
-    set.execute(params!["hashsize", HASHSIZE])?;
+    for (option, want) in [("automerge", AUTOMERGE), ("hashsize", HASHSIZE)] {
+        let now: Option<i64> = conn
+            .prepare_cached("SELECT v FROM messages_fts_config WHERE k = ?1")?
+            .query_row([option], |r| r.get(0))
+            .optional()?;
+        if now == Some(want) {
+            continue;
+        }
+        if let Err(e) = conn
+            .prepare_cached("INSERT INTO messages_fts(messages_fts, rank) VALUES (?1, ?2)")
+            .and_then(|mut set| set.execute(params![option, want]))
+        {
+            tracing::warn!("search index: could not set FTS5 {option} to {want} ({e})");
+        }
+    }
     Ok(())
 }
 
@@ -220,6 +236,8 @@ struct Index {
     swept: i64,
     /// A pass failed and said so; said again only after one succeeds.
     failing: bool,
+    /// How many times the index started over (see [`Index::reset`]).
+    starts: u64,
 }
 
 impl Index {
@@ -259,6 +277,7 @@ impl Index {
             sweeping: None,
             swept: 0,
             failing: false,
+            starts: 0,
         })
     }
 
@@ -357,6 +376,7 @@ impl Index {
         self.epoch = epoch.to_string();
         self.upto = 0;
         self.last = None;
+        self.starts += 1;
         self.sweeping = None;
         self.sweep_from = 0;
         Ok(())
@@ -364,17 +384,31 @@ impl Index {
 
     /// Indexes every message stored before now, [`PASS_MAX`] per transaction (before a
     /// search), so no read of `relay.db` lasts long: a long read transaction would keep the
-    /// store's WAL from starting over. "Now" is fixed by the first pass: under a load that
-    /// stores faster than this (lower-priority) thread indexes, chasing the newest message
-    /// would never end, and the search waiting for it with it.
+    /// store's WAL from starting over. "Now" is the newest message when the first pass
+    /// looked (or when the index started over for another store): under a load that stores
+    /// faster than this thread indexes, chasing the newest message would never end, and the
+    /// search waiting for it with it.
     fn catch_up_all(&mut self) -> Result<(), StoreError> {
-        let mut until = None;
+        self.catch_up_all_in(PASS_MAX, || {})
+    }
+
+    /// [`Self::catch_up_all`] in passes of `pass`, calling `between` after each (tests store
+    /// more messages there).
+    fn catch_up_all_in(&mut self, pass: i64, mut between: impl FnMut()) -> Result<(), StoreError> {
+        let mut stop = None;
         loop {
-            let (n, newest) = self.catch_up_to(PASS_MAX, until)?;
-            let until = *until.get_or_insert(newest);
-            if n == 0 || self.upto >= until {
+            let (before, starts) = (self.upto, self.starts);
+            let (_, newest) = self.catch_up_to(pass, stop)?;
+            if self.starts != starts {
+                stop = None;
+            }
+            let stop = *stop.get_or_insert(newest);
+            // Progress, not rows indexed: a pass over messages retention deleted indexes
+            // none and still moves the mark.
+            if self.upto >= stop || self.upto == before && self.starts == starts {
                 return Ok(());
             }
+            between();
         }
     }
 
@@ -704,19 +738,51 @@ mod tests {
         assert_eq!(index.epoch, b.epoch());
         assert_eq!(index.catch_up(PASS_MAX).unwrap(), 1);
         assert_eq!(in_index(dir.path(), "egret"), 1);
-        // A search's catch-up stops where the store stood when it began (a hub that stores
-        // faster than the index indexes would otherwise keep it chasing the newest message).
-        let more: Vec<_> = (0..10)
+    }
+
+    #[test]
+    fn a_search_catches_up_to_where_the_store_stood_when_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let mut index = Index::open(dir.path()).unwrap();
+        let some: Vec<_> = (0..10)
             .map(|i| msg("A", "B", &format!("ibis {i}"), 5))
             .collect();
-        b.append(&more.iter().collect::<Vec<_>>(), &[]).unwrap();
-        let until = index.upto + 4;
+        b.append(&some.iter().collect::<Vec<_>>(), &[]).unwrap();
+        // A store that gains a message during every pass (as a hub storing faster than the
+        // index indexes): chasing the newest message would never stop.
+        let mut passes = 0;
+        index
+            .catch_up_all_in(4, || {
+                passes += 1;
+                assert!(passes < 10, "the catch-up kept chasing new messages");
+                b.append(&[&msg("A", "B", "late ibis", 6)], &[]).unwrap();
+            })
+            .unwrap();
         assert_eq!(
-            index.catch_up_to(PASS_MAX, Some(until)).unwrap(),
-            (4, until + 6)
+            index.upto, 10,
+            "it stops at the newest message when it began"
         );
-        assert_eq!(index.upto, until);
-        assert_eq!(in_index(dir.path(), "ibis"), 4);
+        assert_eq!(passes, 2);
+    }
+
+    #[test]
+    fn a_search_catches_up_past_a_whole_pass_of_deleted_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let many: Vec<_> = (0..PASS_MAX + 10)
+            .map(|i| msg("A", "B", &format!("tern {i}"), 3))
+            .collect();
+        b.append(&many.iter().collect::<Vec<_>>(), &[]).unwrap();
+        // Retention took the first pass's worth: that pass indexes nothing, and the search
+        // must still go on to the rest.
+        b.conn
+            .execute("DELETE FROM messages WHERE seq <= ?1", [PASS_MAX])
+            .unwrap();
+        let mut index = Index::open(dir.path()).unwrap();
+        index.catch_up_all().unwrap();
+        assert_eq!(index.upto, PASS_MAX + 10);
+        assert_eq!(in_index(dir.path(), "tern"), 10);
     }
 
     #[test]
