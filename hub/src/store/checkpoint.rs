@@ -70,10 +70,7 @@ impl Checkpointer {
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("relay-checkpoint".into())
-            .spawn(move || {
-                super::background::lower_priority();
-                run(path, &theirs)
-            })
+            .spawn(move || run(path, &theirs))
             .ok();
         Self { shared, thread }
     }

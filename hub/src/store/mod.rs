@@ -8,7 +8,6 @@
 
 pub(crate) mod actor;
 pub(crate) mod approvals;
-pub(crate) mod background;
 pub(crate) mod checkpoint;
 pub(crate) mod datadir;
 mod local;

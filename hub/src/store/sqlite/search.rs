@@ -149,10 +149,7 @@ impl SearchIndex {
         let (jobs, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("relay-search".into())
-            .spawn(move || {
-                crate::store::background::lower_priority();
-                index.run(rx)
-            })
+            .spawn(move || index.run(rx))
             .map_err(|e| StoreError::Io {
                 path: data_dir.join(INDEX_FILE).display().to_string(),
                 source: e,
