@@ -33,7 +33,7 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use relay_proto::wire::codes;
+use relay_proto::wire::{ClientFrame, codes};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -224,39 +224,50 @@ pub(crate) struct Conn {
 /// After accept (and TLS): plain HTTP is served by [`crate::http::route`]; an upgrade goes
 /// through the WebSocket handshake ([`upgrade`]), then the session is read ([`Reader`]) until
 /// it ends, and finished.
-async fn run<S>(
+///
+/// Every idle connection keeps this future for its whole life, so what it holds is kept
+/// small (issue 16, docs/BENCHMARKS.md): not an `async fn`, whose arguments the future keeps
+/// twice (as arguments and as the body's locals; an `async move` block keeps them once),
+/// and every state that is not the session's idle read is boxed on its own.
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+fn run<'a, S>(
     stream: S,
     conn: Conn,
-    hub: &Arc<HubState>,
+    hub: &'a Arc<HubState>,
     mut shutdown: watch::Receiver<bool>,
-    slot: &mut Slot,
-) where
+    slot: &'a mut Slot,
+) -> impl Future<Output = ()> + Send + 'a
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back. Boxed,
-    // so that the HTTP server's state machine is not carried by every WebSocket's future.
-    let Some(stream) = Box::pin(crate::http::route(
-        stream,
-        &conn,
-        hub,
-        slot,
-        shutdown.clone(),
-    ))
-    .await
-    else {
-        return;
-    };
-    let stream = Batching::new(stream, WRITE_BUFFER);
-    let Some(upgraded) = upgrade(stream, &conn, hub, slot).await else {
-        return;
-    };
-    // The handshake's bytes are done with.
-    drop(conn.meter.take());
-    hub.metrics.websockets.inc();
-    let mut reader = Reader::start(upgraded, conn, hub);
-    reader.read(hub, &mut shutdown, slot).await;
-    reader.finish(hub).await;
-    hub.metrics.websockets.dec();
+    async move {
+        // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back.
+        // Boxed, so that the HTTP server's state machine is not carried by every
+        // WebSocket's future.
+        let Some(stream) = Box::pin(crate::http::route(
+            stream,
+            &conn,
+            hub,
+            slot,
+            shutdown.clone(),
+        ))
+        .await
+        else {
+            return;
+        };
+        let stream = Batching::new(stream, WRITE_BUFFER);
+        let Some(upgraded) = Box::pin(upgrade(stream, &conn, hub, slot)).await else {
+            return;
+        };
+        // The handshake's bytes are done with.
+        drop(conn.meter.take());
+        hub.metrics.websockets.inc();
+        let mut reader = Reader::start(upgraded, conn, hub);
+        reader.read(hub, &mut shutdown, slot).await;
+        // Boxed: it moves the reader (twice: an argument and a local) and waits on a timer.
+        Box::pin(reader.finish(hub)).await;
+        hub.metrics.websockets.dec();
+    }
 }
 
 /// A completed WebSocket handshake and what its request said.
@@ -386,7 +397,6 @@ struct Reader<S> {
     conn_id: u64,
     /// On a hub with a token: when a connection that has not shown it is closed.
     auth_deadline: Option<Instant>,
-    deadline: Instant,
 }
 
 /// What woke [`Reader::next`].
@@ -415,7 +425,6 @@ where
         let Conn {
             addr,
             id: conn_id,
-            deadline,
             auth_deadline,
             progress,
             meter,
@@ -470,7 +479,6 @@ where
             addr,
             conn_id,
             auth_deadline,
-            deadline,
         }
     }
 
@@ -481,8 +489,11 @@ where
         shutdown: &mut watch::Receiver<bool>,
         slot: &mut Slot,
     ) {
-        let auth_timer = tokio::time::sleep_until(self.auth_deadline.unwrap_or(self.deadline));
-        tokio::pin!(auth_timer);
+        // Only where there is an auth deadline, and boxed: a timer is 112 bytes that every
+        // idle connection of a hub without a token would keep for nothing (issue 16).
+        let mut auth_timer = self
+            .auth_deadline
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
             let message = match self.next(hub, shutdown, slot, &mut auth_timer).await {
                 Next::Message(m) => m,
@@ -497,7 +508,15 @@ where
                 .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
             match message {
                 Message::Text(text) => {
-                    self.text(hub, &text, charge).await;
+                    if let Some(frame) = self.admit(hub, &text, charge) {
+                        // Boxed, one allocation per frame handled: `handle`'s state machine
+                        // is ~1.7 KiB (the frame, twice, and `message`'s store call), and
+                        // held inline it made the reader's future — which every idle
+                        // connection keeps for its whole life — that much bigger (issue
+                        // 16, docs/BENCHMARKS.md).
+                        Box::pin(self.session.handle(hub, frame)).await;
+                        self.session.charge = None;
+                    }
                     if !self.token_shown(hub, slot) {
                         return;
                     }
@@ -521,13 +540,14 @@ where
         hub: &Arc<HubState>,
         shutdown: &mut watch::Receiver<bool>,
         slot: &Slot,
-        auth_timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+        auth_timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     ) -> Next {
         let woke = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => Woke::Shutdown,
             _ = self.closed.wait_for(|c| *c) => Woke::Closed,
-            _ = auth_timer, if self.auth_deadline.is_some() && !slot.is_authenticated() => Woke::AuthTimeout,
+            // (the timer is there exactly when there is an auth deadline)
+            _ = async { if let Some(t) = auth_timer { t.await } }, if self.auth_deadline.is_some() && !slot.is_authenticated() => Woke::AuthTimeout,
             read = self.stream.next() => Woke::Read(read),
         };
         let read = match woke {
@@ -587,11 +607,13 @@ where
         self.outbox.finish(1008, "no valid hub token in time");
     }
 
-    /// One text frame: over `max_frame_bytes` it is refused; else parsed, counted, held to
-    /// the connection's frame rate, and handed to the session with its budget charge.
-    async fn text(&mut self, hub: &HubState, text: &str, charge: Charge) {
+    /// One text frame: over `max_frame_bytes` it is refused; else parsed, counted and held
+    /// to the connection's frame rate. A frame to handle is returned, its budget charge
+    /// given to the session (the caller takes it back once the frame is handled). Not
+    /// async, so that the frame is not kept in the reader's future (see [`Reader::read`]).
+    fn admit(&mut self, hub: &HubState, text: &str, charge: Charge) -> Option<ClientFrame> {
         if text.len() > hub.config.max_frame_bytes {
-            return self.session.error(
+            self.session.error(
                 codes::TOO_LARGE,
                 format!(
                     "frame is {} bytes; the limit is {} — send a file path or commit instead",
@@ -600,21 +622,25 @@ where
                 ),
                 None,
             );
+            return None;
         }
         let frame = match parse(text) {
             Ok(frame) => frame,
-            Err(e) => return self.session.parse_error(e),
+            Err(e) => {
+                self.session.parse_error(e);
+                return None;
+            }
         };
         hub.metrics.frame_in(&frame);
         match self.frames.take(Instant::now()) {
             Ok(()) => {
                 self.session.charge = Some(charge);
-                self.session.handle(hub, frame).await;
-                self.session.charge = None;
+                Some(frame)
             }
             Err(wait) => {
                 self.session
-                    .rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate)
+                    .rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate);
+                None
             }
         }
     }
