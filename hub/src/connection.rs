@@ -33,7 +33,7 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use relay_proto::wire::codes;
+use relay_proto::wire::{ClientFrame, codes};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -115,49 +115,54 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 /// `handshake_timeout` (and, on a hub with a token, within its auth timeout), then the
 /// session. `slot` is the connection's place under the hub's caps: it is given back only
 /// after the socket is closed, so a connection counts for as long as it holds one.
-pub(crate) async fn serve(
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+pub(crate) fn serve(
     stream: TcpStream,
     addr: SocketAddr,
     conn_id: u64,
     hub: Arc<HubState>,
     shutdown: watch::Receiver<bool>,
     mut slot: Slot,
-) {
-    let _ = stream.set_nodelay(true);
-    let admitted = hub.limits.open(addr.ip());
-    let accepted = Instant::now();
-    // On a hub with a token the whole way from accept to a valid token has one deadline.
-    let auth_deadline = (!slot.is_authenticated()).then(|| accepted + hub.config.auth_timeout);
-    let handshake_deadline = accepted + hub.config.handshake_timeout;
-    let deadline = handshake_deadline.min(auth_deadline.unwrap_or(handshake_deadline));
-    let progress = Progress::new();
-    let meter = Meter::new(hub.budget.clone());
-    let stream = Metered::new(Watched::new(stream, progress.clone()), meter.clone());
-    let conn = Conn {
-        addr,
-        id: conn_id,
-        refused: admitted.err(),
-        deadline,
-        auth_deadline,
-        progress,
-        meter,
-    };
-    // Each state machine is boxed on its own: an async fn's size is that of its largest
-    // state, and the TLS branch and the handshakes would otherwise make every plain idle
-    // connection carry ~12 KiB of dead weight for its whole life. The TLS branch too: held
-    // here, the handshake's result (1.2 KiB) made this task 1.7 KiB for every connection,
-    // TLS or not (issue 16; `-Zprint-type-sizes`, docs/BENCHMARKS.md).
-    match hub.tls.clone() {
-        Some(acceptor) => {
-            Box::pin(serve_tls(acceptor, stream, conn, &hub, shutdown, &mut slot)).await
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`, whose arguments the future would keep twice (as arguments and as
+    // the body's locals) for the connection's whole life (issue 16, docs/BENCHMARKS.md).
+    async move {
+        let _ = stream.set_nodelay(true);
+        let admitted = hub.limits.open(addr.ip());
+        let accepted = Instant::now();
+        // On a hub with a token the whole way from accept to a valid token has one deadline.
+        let auth_deadline = (!slot.is_authenticated()).then(|| accepted + hub.config.auth_timeout);
+        let handshake_deadline = accepted + hub.config.handshake_timeout;
+        let deadline = handshake_deadline.min(auth_deadline.unwrap_or(handshake_deadline));
+        let progress = Progress::new();
+        let meter = Meter::new(hub.budget.clone());
+        let stream = Metered::new(Watched::new(stream, progress.clone()), meter.clone());
+        let conn = Conn {
+            addr,
+            id: conn_id,
+            refused: admitted.err(),
+            deadline,
+            auth_deadline,
+            progress,
+            meter,
+        };
+        // Each state machine is boxed on its own: an async fn's size is that of its largest
+        // state, and the TLS branch and the handshakes would otherwise make every plain idle
+        // connection carry ~12 KiB of dead weight for its whole life. The TLS branch too: held
+        // here, the handshake's result (1.2 KiB) made this task 1.7 KiB for every connection,
+        // TLS or not (issue 16; `-Zprint-type-sizes`, docs/BENCHMARKS.md).
+        match hub.tls.clone() {
+            Some(acceptor) => {
+                Box::pin(serve_tls(acceptor, stream, conn, &hub, shutdown, &mut slot)).await
+            }
+            None => Box::pin(run(stream, conn, &hub, shutdown, &mut slot)).await,
         }
-        None => Box::pin(run(stream, conn, &hub, shutdown, &mut slot)).await,
+        if admitted.is_ok() {
+            hub.limits.close(addr.ip());
+        }
+        // The socket is closed by now (`run` returns only after its writer has ended).
+        drop(slot);
     }
-    if admitted.is_ok() {
-        hub.limits.close(addr.ip());
-    }
-    // The socket is closed by now (`run` returns only after its writer has ended).
-    drop(slot);
 }
 
 /// The TLS handshake by `conn.deadline`, then the session over TLS. The TLS stream is moved
@@ -224,39 +229,59 @@ pub(crate) struct Conn {
 /// After accept (and TLS): plain HTTP is served by [`crate::http::route`]; an upgrade goes
 /// through the WebSocket handshake ([`upgrade`]), then the session is read ([`Reader`]) until
 /// it ends, and finished.
-async fn run<S>(
+///
+/// Every idle connection keeps this future for its whole life, so what it holds is kept
+/// small (issue 16, docs/BENCHMARKS.md): not an `async fn`, whose arguments the future would
+/// keep twice (as arguments and as the body's locals) and for the connection's whole life,
+/// and every state that is not the session's idle read is boxed on its own.
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+fn run<'a, S>(
     stream: S,
     conn: Conn,
-    hub: &Arc<HubState>,
+    hub: &'a Arc<HubState>,
     mut shutdown: watch::Receiver<bool>,
-    slot: &mut Slot,
-) where
+    slot: &'a mut Slot,
+) -> impl Future<Output = ()> + Send + 'a
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back. Boxed,
-    // so that the HTTP server's state machine is not carried by every WebSocket's future.
-    let Some(stream) = Box::pin(crate::http::route(
-        stream,
-        &conn,
-        hub,
-        slot,
-        shutdown.clone(),
-    ))
-    .await
-    else {
-        return;
-    };
-    let stream = Batching::new(stream, WRITE_BUFFER);
-    let Some(upgraded) = upgrade(stream, &conn, hub, slot).await else {
-        return;
-    };
-    // The handshake's bytes are done with.
-    drop(conn.meter.take());
-    hub.metrics.websockets.inc();
-    let mut reader = Reader::start(upgraded, conn, hub);
-    reader.read(hub, &mut shutdown, slot).await;
-    reader.finish(hub).await;
-    hub.metrics.websockets.dec();
+    // What the future captures it keeps to its end: the socket and the connection's
+    // particulars come in one box, which the session's start takes apart (and frees).
+    let start = Box::new((stream, conn));
+    async move {
+        let mut reader = {
+            // Moved out of the capture first: a box taken apart is freed where it goes out of
+            // scope, and the capture's scope is the whole connection.
+            let start = start;
+            let (stream, conn) = *start;
+            // Plain HTTP (console, /metrics, /healthz) is served there; upgrades come back.
+            // Boxed, so that the HTTP server's state machine is not carried by every
+            // WebSocket's future.
+            let Some(stream) = Box::pin(crate::http::route(
+                stream,
+                &conn,
+                hub,
+                slot,
+                shutdown.clone(),
+            ))
+            .await
+            else {
+                return;
+            };
+            let stream = Batching::new(stream, WRITE_BUFFER);
+            let Some(upgraded) = Box::pin(upgrade(stream, &conn, hub, slot)).await else {
+                return;
+            };
+            // The handshake's bytes are done with.
+            drop(conn.meter.take());
+            hub.metrics.websockets.inc();
+            Reader::start(upgraded, conn, hub)
+        };
+        reader.read(hub, &mut shutdown, slot).await;
+        // Boxed: it moves the reader (twice: an argument and a local) and waits on a timer.
+        Box::pin(reader.finish(hub)).await;
+        hub.metrics.websockets.dec();
+    }
 }
 
 /// A completed WebSocket handshake and what its request said.
@@ -386,7 +411,6 @@ struct Reader<S> {
     conn_id: u64,
     /// On a hub with a token: when a connection that has not shown it is closed.
     auth_deadline: Option<Instant>,
-    deadline: Instant,
 }
 
 /// What woke [`Reader::next`].
@@ -415,7 +439,6 @@ where
         let Conn {
             addr,
             id: conn_id,
-            deadline,
             auth_deadline,
             progress,
             meter,
@@ -470,45 +493,59 @@ where
             addr,
             conn_id,
             auth_deadline,
-            deadline,
         }
     }
 
     /// Reads and handles messages until the session ends.
-    async fn read(
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+    fn read(
         &mut self,
         hub: &Arc<HubState>,
         shutdown: &mut watch::Receiver<bool>,
         slot: &mut Slot,
-    ) {
-        let auth_timer = tokio::time::sleep_until(self.auth_deadline.unwrap_or(self.deadline));
-        tokio::pin!(auth_timer);
-        loop {
-            let message = match self.next(hub, shutdown, slot, &mut auth_timer).await {
-                Next::Message(m) => m,
-                Next::End => return,
-            };
-            // The frame's bytes stay charged to the budget until it is handled (a `message`:
-            // until it is committed; it takes the charge along).
-            let charge = self.meter.take();
-            // Nanoseconds, not milliseconds: a pong read in the same millisecond as its ping
-            // was sent must still count as later than the ping.
-            self.last_rx
-                .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            match message {
-                Message::Text(text) => {
-                    self.text(hub, &text, charge).await;
-                    if !self.token_shown(hub, slot) {
-                        return;
+    ) -> impl Future<Output = ()> {
+        // Not an `async fn`, which keeps its arguments twice: see [`run`].
+        async move {
+            // Only where there is an auth deadline, and boxed: a timer is 112 bytes that every
+            // idle connection of a hub without a token would keep for nothing (issue 16).
+            let mut auth_timer = self
+                .auth_deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at)));
+            loop {
+                let message = match self.next(hub, shutdown, slot, &mut auth_timer).await {
+                    Next::Message(m) => m,
+                    Next::End => return,
+                };
+                // The frame's bytes stay charged to the budget until it is handled (a `message`:
+                // until it is committed; it takes the charge along).
+                let charge = self.meter.take();
+                // Nanoseconds, not milliseconds: a pong read in the same millisecond as its ping
+                // was sent must still count as later than the ping.
+                self.last_rx
+                    .store(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                match message {
+                    Message::Text(text) => {
+                        if let Some(frame) = self.admit(hub, &text, charge) {
+                            // Boxed, one allocation per frame handled: `handle`'s state machine
+                            // is ~1.7 KiB (the frame, twice, and `message`'s store call), and
+                            // held inline it made the reader's future — which every idle
+                            // connection keeps for its whole life — that much bigger (issue
+                            // 16, docs/BENCHMARKS.md).
+                            Box::pin(self.session.handle(hub, frame)).await;
+                            self.session.charge = None;
+                        }
+                        if !self.token_shown(hub, slot) {
+                            return;
+                        }
                     }
+                    Message::Binary(_) => self.session.error(
+                        codes::BINARY,
+                        "binary frames are not part of the protocol; send JSON text frames",
+                        None,
+                    ),
+                    Message::Close(_) => return,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
-                Message::Binary(_) => self.session.error(
-                    codes::BINARY,
-                    "binary frames are not part of the protocol; send JSON text frames",
-                    None,
-                ),
-                Message::Close(_) => return,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
     }
@@ -516,57 +553,62 @@ where
     /// The next message, or the end of the session: the hub shuts down, the writer closed
     /// the outbox, the auth deadline passed without the token, the client left, or a read
     /// failed (a frame over the hard limit, the hub's frame budget spent).
-    async fn next(
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+    fn next(
         &mut self,
         hub: &Arc<HubState>,
         shutdown: &mut watch::Receiver<bool>,
         slot: &Slot,
-        auth_timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    ) -> Next {
-        let woke = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => Woke::Shutdown,
-            _ = self.closed.wait_for(|c| *c) => Woke::Closed,
-            _ = auth_timer, if self.auth_deadline.is_some() && !slot.is_authenticated() => Woke::AuthTimeout,
-            read = self.stream.next() => Woke::Read(read),
-        };
-        let read = match woke {
-            Woke::Shutdown => {
-                self.outbox.finish(1001, "hub shutting down");
-                return Next::End;
-            }
-            Woke::Closed => return Next::End,
-            Woke::AuthTimeout => {
-                self.auth_timed_out(hub);
-                return Next::End;
-            }
-            Woke::Read(read) => read,
-        };
-        match read {
-            None => Next::End,
-            Some(Ok(m)) => Next::Message(m),
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                self.outbox.close(
-                    1009,
-                    &format!("frame of {size} bytes is over the hard limit of {max_size}"),
-                );
-                Next::End
-            }
-            Some(Err(WsError::Io(e))) if over_budget(&e) => {
-                hub.refusals.frame(
-                    self.addr,
-                    "over_budget",
-                    "frame refused: the hub is over its memory budget for frames in flight",
-                );
-                self.outbox.close(
-                    1013,
-                    "hub over its memory budget for frames in flight; frame NOT processed; retry later",
-                );
-                Next::End
-            }
-            Some(Err(e)) => {
-                debug!(conn = self.conn_id, "read error: {e}");
-                Next::End
+        auth_timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    ) -> impl Future<Output = Next> {
+        // Not an `async fn`, which keeps its arguments twice: see [`run`].
+        async move {
+            let woke = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => Woke::Shutdown,
+                _ = self.closed.wait_for(|c| *c) => Woke::Closed,
+                // (the timer is there exactly when there is an auth deadline)
+                _ = async { if let Some(t) = auth_timer { t.await } }, if self.auth_deadline.is_some() && !slot.is_authenticated() => Woke::AuthTimeout,
+                read = self.stream.next() => Woke::Read(read),
+            };
+            let read = match woke {
+                Woke::Shutdown => {
+                    self.outbox.finish(1001, "hub shutting down");
+                    return Next::End;
+                }
+                Woke::Closed => return Next::End,
+                Woke::AuthTimeout => {
+                    self.auth_timed_out(hub);
+                    return Next::End;
+                }
+                Woke::Read(read) => read,
+            };
+            match read {
+                None => Next::End,
+                Some(Ok(m)) => Next::Message(m),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    self.outbox.close(
+                        1009,
+                        &format!("frame of {size} bytes is over the hard limit of {max_size}"),
+                    );
+                    Next::End
+                }
+                Some(Err(WsError::Io(e))) if over_budget(&e) => {
+                    hub.refusals.frame(
+                        self.addr,
+                        "over_budget",
+                        "frame refused: the hub is over its memory budget for frames in flight",
+                    );
+                    self.outbox.close(
+                        1013,
+                        "hub over its memory budget for frames in flight; frame NOT processed; retry later",
+                    );
+                    Next::End
+                }
+                Some(Err(e)) => {
+                    debug!(conn = self.conn_id, "read error: {e}");
+                    Next::End
+                }
             }
         }
     }
@@ -587,11 +629,13 @@ where
         self.outbox.finish(1008, "no valid hub token in time");
     }
 
-    /// One text frame: over `max_frame_bytes` it is refused; else parsed, counted, held to
-    /// the connection's frame rate, and handed to the session with its budget charge.
-    async fn text(&mut self, hub: &HubState, text: &str, charge: Charge) {
+    /// One text frame: over `max_frame_bytes` it is refused; else parsed, counted and held
+    /// to the connection's frame rate. A frame to handle is returned, its budget charge
+    /// given to the session (the caller takes it back once the frame is handled). Not
+    /// async, so that the frame is not kept in the reader's future (see [`Reader::read`]).
+    fn admit(&mut self, hub: &HubState, text: &str, charge: Charge) -> Option<ClientFrame> {
         if text.len() > hub.config.max_frame_bytes {
-            return self.session.error(
+            self.session.error(
                 codes::TOO_LARGE,
                 format!(
                     "frame is {} bytes; the limit is {} — send a file path or commit instead",
@@ -600,21 +644,25 @@ where
                 ),
                 None,
             );
+            return None;
         }
         let frame = match parse(text) {
             Ok(frame) => frame,
-            Err(e) => return self.session.parse_error(e),
+            Err(e) => {
+                self.session.parse_error(e);
+                return None;
+            }
         };
         hub.metrics.frame_in(&frame);
         match self.frames.take(Instant::now()) {
             Ok(()) => {
                 self.session.charge = Some(charge);
-                self.session.handle(hub, frame).await;
-                self.session.charge = None;
+                Some(frame)
             }
             Err(wait) => {
                 self.session
-                    .rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate)
+                    .rate_limited(frame.rid().cloned(), wait, hub.config.frame_rate);
+                None
             }
         }
     }
@@ -686,102 +734,137 @@ enum WriteEnd {
     Dead,
 }
 
-async fn write_loop<S>(sink: Sink<S>, rx: OutboxReceiver, w: Writer)
+/// The writer task: [`pump`] until the connection closes, then closes the outbox with the
+/// reason. Every connection keeps this task for its whole life, so its future is kept small
+/// (issue 16, docs/BENCHMARKS.md): not an `async fn`, whose arguments the future would keep
+/// twice (and [`pump`]'s, had they been moved on to it, twice more); an `async move` block
+/// keeps them once and lends them to [`pump`].
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+fn write_loop<S>(
+    mut sink: Sink<S>,
+    mut rx: OutboxReceiver,
+    mut w: Writer,
+) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (outbox, hub, addr) = (w.outbox.clone(), w.hub.clone(), w.addr);
-    match pump(sink, rx, w).await {
-        Ok(()) => {}
-        Err(WriteEnd::Failed) => outbox.close(1011, "write failed"),
-        Err(WriteEnd::Stalled) => {
-            let secs = hub.config.heartbeat_interval.as_secs_f64();
-            hub.refusals.connection(
-                addr,
-                ConnRefusal::NotReading,
-                &format!("client not reading: nothing written for {secs} s; closing"),
-            );
-            outbox.close(
-                1008,
-                "client not reading; mail is stored, reconnect to catch up",
-            );
-        }
-        Err(WriteEnd::Dead) => {
-            warn!(conn = outbox.id(), %addr, "no answer to heartbeat: dropping connection");
-            outbox.close(1011, "heartbeat timeout");
+    async move {
+        let end = pump(&mut sink, &mut rx, &mut w).await;
+        // The socket's half and the queue are gone before the close, as when `pump` owned
+        // them.
+        drop((sink, rx));
+        let Writer {
+            outbox, hub, addr, ..
+        } = w;
+        match end {
+            Ok(()) => {}
+            Err(WriteEnd::Failed) => outbox.close(1011, "write failed"),
+            Err(WriteEnd::Stalled) => {
+                let secs = hub.config.heartbeat_interval.as_secs_f64();
+                hub.refusals.connection(
+                    addr,
+                    ConnRefusal::NotReading,
+                    &format!("client not reading: nothing written for {secs} s; closing"),
+                );
+                outbox.close(
+                    1008,
+                    "client not reading; mail is stored, reconnect to catch up",
+                );
+            }
+            Err(WriteEnd::Dead) => {
+                warn!(conn = outbox.id(), %addr, "no answer to heartbeat: dropping connection");
+                outbox.close(1011, "heartbeat timeout");
+            }
         }
     }
 }
 
 /// Drains the outbox to the socket and keeps the heartbeat, every write bounded by the
 /// heartbeat interval of no progress. Returns when the connection closes.
-async fn pump<S>(mut sink: Sink<S>, mut rx: OutboxReceiver, mut w: Writer) -> Result<(), WriteEnd>
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its arguments twice (issue 16)
+fn pump<S>(
+    sink: &mut Sink<S>,
+    rx: &mut OutboxReceiver,
+    w: &mut Writer,
+) -> impl Future<Output = Result<(), WriteEnd>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limit = w.hub.config.heartbeat_interval;
-    let progress = w.progress.clone();
-    let metrics = w.hub.metrics.clone();
-    let write = async |sink: &mut Sink<S>, op: Op| {
-        if let Op::Feed(Message::Text(frame)) = &op {
-            metrics.frame_out(frame.as_str());
-        }
-        let done = match op {
-            Op::Feed(Message::Text(text)) if text.len() > FRAGMENT => {
-                let mut done = Ok(Ok(()));
-                for frame in fragments(text) {
-                    done = bounded(sink.feed(Message::Frame(frame)), &progress, limit).await;
-                    if !matches!(done, Ok(Ok(()))) {
-                        break;
+    // Not an `async fn`, which keeps its arguments twice: see [`write_loop`].
+    async move {
+        let limit = w.hub.config.heartbeat_interval;
+        let (progress, metrics) = (&w.progress, &w.hub.metrics);
+        let write = async |sink: &mut Sink<S>, op: Op| {
+            if let Op::Feed(Message::Text(frame)) = &op {
+                metrics.frame_out(frame.as_str());
+            }
+            let done = match op {
+                Op::Feed(Message::Text(text)) if text.len() > FRAGMENT => {
+                    let mut done = Ok(Ok(()));
+                    for frame in fragments(text) {
+                        done = bounded(sink.feed(Message::Frame(frame)), progress, limit).await;
+                        if !matches!(done, Ok(Ok(()))) {
+                            break;
+                        }
                     }
+                    done
                 }
-                done
+                Op::Feed(m) => bounded(sink.feed(m), progress, limit).await,
+                Op::Flush => bounded(sink.flush(), progress, limit).await,
+                Op::Send(m) => bounded(sink.send(m), progress, limit).await,
+            };
+            match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(WriteEnd::Failed),
+                Err(Stalled(_)) => Err(WriteEnd::Stalled),
             }
-            Op::Feed(m) => bounded(sink.feed(m), &progress, limit).await,
-            Op::Flush => bounded(sink.flush(), &progress, limit).await,
-            Op::Send(m) => bounded(sink.send(m), &progress, limit).await,
         };
-        match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(WriteEnd::Failed),
-            Err(Stalled(_)) => Err(WriteEnd::Stalled),
-        }
-    };
-    let last_rx_at = || w.base + Duration::from_nanos(w.last_rx.load(Ordering::Relaxed));
-    loop {
-        let beat = tokio::select! {
-            biased;
-            frame = rx.recv() => {
-                let Some(frame) = frame else {
-                    if let Some(c) = rx.take_close() {
-                        let close = Message::Close(Some(CloseFrame {
-                            code: c.code.into(),
-                            reason: truncate_reason(&c.reason).into(),
-                        }));
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
-                    }
-                    return Ok(());
-                };
-                let mut bytes = frame.len();
-                write(&mut sink, Op::Feed(Message::Text(frame))).await?;
-                while bytes < FLUSH_BYTES {
-                    let Some(more) = rx.try_recv() else { break };
-                    bytes += more.len();
-                    write(&mut sink, Op::Feed(Message::Text(more))).await?;
+        let last_rx_at = || w.base + Duration::from_nanos(w.last_rx.load(Ordering::Relaxed));
+        loop {
+            let beat = tokio::select! {
+                biased;
+                frame = rx.recv() => {
+                    let Some(frame) = frame else {
+                        if let Some(c) = rx.take_close() {
+                            let close = Message::Close(Some(CloseFrame {
+                                code: c.code.into(),
+                                reason: truncate_reason(&c.reason).into(),
+                            }));
+                            // Boxed, as the writes below are.
+                            let send = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close));
+                            let _ = Box::pin(send).await;
+                        }
+                        return Ok(());
+                    };
+                    // Boxed, one allocation per batch: the writes' states (the fragments loop,
+                    // each write's timer) are bigger than the idle wait below, and held inline
+                    // they made every connection's writer that much bigger for its whole life
+                    // (issue 16, docs/BENCHMARKS.md).
+                    Box::pin(async {
+                        let mut bytes = frame.len();
+                        write(sink, Op::Feed(Message::Text(frame))).await?;
+                        while bytes < FLUSH_BYTES {
+                            let Some(more) = rx.try_recv() else { break };
+                            bytes += more.len();
+                            write(sink, Op::Feed(Message::Text(more))).await?;
+                        }
+                        write(sink, Op::Flush).await?;
+                        rx.written(bytes);
+                        Ok::<(), WriteEnd>(())
+                    })
+                    .await?;
+                    continue;
                 }
-                write(&mut sink, Op::Flush).await?;
-                rx.written(bytes);
-                continue;
+                _ = tokio::time::sleep_until(w.heartbeat.next_wake()) => {
+                    w.heartbeat.on_wake(Instant::now(), last_rx_at())
+                }
+                _ = w.probe.notified() => w.heartbeat.probe(Instant::now()),
+            };
+            match beat {
+                Beat::Idle => {}
+                Beat::Ping => Box::pin(write(sink, Op::Send(Message::Ping(Bytes::new())))).await?,
+                Beat::Dead => return Err(WriteEnd::Dead),
             }
-            _ = tokio::time::sleep_until(w.heartbeat.next_wake()) => {
-                w.heartbeat.on_wake(Instant::now(), last_rx_at())
-            }
-            _ = w.probe.notified() => w.heartbeat.probe(Instant::now()),
-        };
-        match beat {
-            Beat::Idle => {}
-            Beat::Ping => write(&mut sink, Op::Send(Message::Ping(Bytes::new()))).await?,
-            Beat::Dead => return Err(WriteEnd::Dead),
         }
     }
 }
