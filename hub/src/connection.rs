@@ -567,8 +567,13 @@ where
                 biased;
                 _ = shutdown.wait_for(|s| *s) => Woke::Shutdown,
                 _ = self.closed.wait_for(|c| *c) => Woke::Closed,
-                // (the timer is there exactly when there is an auth deadline)
-                _ = async { if let Some(t) = auth_timer { t.await } }, if self.auth_deadline.is_some() && !slot.is_authenticated() => Woke::AuthTimeout,
+                // Without a timer (no auth deadline) this branch never fires, whatever the guard.
+                _ = async {
+                    match auth_timer {
+                        Some(t) => t.await,
+                        None => std::future::pending().await,
+                    }
+                }, if !slot.is_authenticated() => Woke::AuthTimeout,
                 read = self.stream.next() => Woke::Read(read),
             };
             let read = match woke {
@@ -750,9 +755,10 @@ where
 {
     async move {
         let end = pump(&mut sink, &mut rx, &mut w).await;
-        // The socket's half and the queue are gone before the close, as when `pump` owned
-        // them.
-        drop((sink, rx));
+        // The queue is gone (cleared, the reader told) and the socket's half dropped before
+        // the close wakes the reader.
+        drop(rx);
+        drop(sink);
         let Writer {
             outbox, hub, addr, ..
         } = w;
