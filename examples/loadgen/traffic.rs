@@ -294,21 +294,18 @@ pub(crate) async fn run(spec: &Spec, hub: &HubUnderTest, prefix: &str) -> anyhow
         for (name, end) in t1 {
             let ms = procfs::ticks_ms(end.saturating_sub(t0.get(name).copied().unwrap_or(0)));
             by_name.insert(name.clone(), (ms / 10.0 / secs).into());
+            // The search index's thread, per 1,000 deliveries: what the index costs in this
+            // run (`--hub-arg=--no-search-index` runs without it).
+            if name == "relay-search" && st.tally.in_window > 0 {
+                report::put(
+                    &mut row,
+                    "hub_search_ms_per_1k",
+                    ms * 1000.0 / st.tally.in_window as f64,
+                );
+            }
         }
         if let Some(store) = by_name.get("relay-store").and_then(|v| v.as_f64()) {
             report::put(&mut row, "hub_store_thread_pct", store);
-        }
-        // The search index's thread, per 1,000 deliveries: what the index costs in this run
-        // (`--hub-arg=--no-search-index` runs without it).
-        if let (Some(pct), true) = (
-            by_name.get("relay-search").and_then(|v| v.as_f64()),
-            st.tally.in_window > 0,
-        ) {
-            report::put(
-                &mut row,
-                "hub_search_ms_per_1k",
-                pct * 10.0 * secs * 1000.0 / st.tally.in_window as f64,
-            );
         }
         row.insert("hub_threads_pct".into(), by_name.into());
     }

@@ -402,7 +402,7 @@ impl Index {
             let stop = *stop.get_or_insert(newest);
             // Progress, not rows indexed: a pass over messages retention deleted indexes
             // none and still moves the mark.
-            if self.upto >= stop || self.upto == before && self.starts == starts {
+            if self.upto >= stop || (self.upto == before && self.starts == starts) {
                 return Ok(());
             }
             between();
