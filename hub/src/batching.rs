@@ -11,6 +11,15 @@
 //! Bound: the buffer never holds more than its `cap` (a write that does not fit waits for
 //! the socket to take what is buffered; one at least `cap` long, arriving with the buffer
 //! empty, goes straight to the socket).
+//!
+//! A flush longer than `cap` (a queue of whole peer lists after a registration storm of the
+//! Node relay's clients, a long listing) leaves in several writes. Each write pushed alone
+//! is a TCP segment of its own, and on loopback each segment is also received — and its
+//! reader woken — on the hub's CPU: three quarters of the hub's time in that storm
+//! (docs/BENCHMARKS.md). So the socket is corked (`TCP_CORK`) from the first write the
+//! batch could not hold until the flush has written everything: the kernel then sends full
+//! segments, and the tail at the flush. A flush that fits in the buffer is one write, as
+//! before, and never corks.
 
 use std::{
     io,
@@ -18,7 +27,30 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+/// A socket that can be corked: the TCP stream under however many layers (the connection's
+/// progress and budget, TLS).
+pub(crate) trait Cork {
+    /// Holds partial segments back (`on`) or sends them and stops holding them. Only a
+    /// hint for the kernel's segmenting: a failure changes no byte, so it is ignored.
+    fn cork(&self, on: bool);
+}
+
+impl Cork for TcpStream {
+    fn cork(&self, on: bool) {
+        let _ = socket2::SockRef::from(self).set_tcp_cork(on);
+    }
+}
+
+impl<S: Cork> Cork for tokio_rustls::server::TlsStream<S> {
+    fn cork(&self, on: bool) {
+        self.get_ref().0.cork(on);
+    }
+}
 
 /// Collects writes until a flush (or `cap` bytes), then frees its buffer.
 #[derive(Debug)]
@@ -28,6 +60,8 @@ pub(crate) struct Batching<S> {
     buf: Vec<u8>,
     at: usize,
     cap: usize,
+    /// The socket is corked until the flush (a batch longer than `cap`).
+    corked: bool,
 }
 
 impl<S> Batching<S> {
@@ -38,12 +72,32 @@ impl<S> Batching<S> {
             buf: Vec::new(),
             at: 0,
             cap,
+            corked: false,
         }
     }
 
     /// Bytes waiting for the socket.
     fn pending(&self) -> usize {
         self.buf.len() - self.at
+    }
+}
+
+impl<S: Cork> Batching<S> {
+    /// More of this batch follows what is about to go out: full segments only until the
+    /// flush.
+    fn cork(&mut self) {
+        if !self.corked {
+            self.corked = true;
+            self.inner.cork(true);
+        }
+    }
+
+    /// The batch is written: its tail goes out now.
+    fn uncork(&mut self) {
+        if self.corked {
+            self.corked = false;
+            self.inner.cork(false);
+        }
     }
 }
 
@@ -75,7 +129,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Batching<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Batching<S> {
+impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -83,10 +137,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Batching<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.pending() + data.len() > this.cap {
+            this.cork();
             ready!(this.poll_drain(cx))?;
         }
         if data.len() >= this.cap {
             // Empty now: a long write goes straight through, never copied.
+            this.cork();
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
         if this.buf.capacity() == 0 {
@@ -98,11 +154,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Batching<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // Under TLS this writes the last record: only then is the batch all in the socket.
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.uncork();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.uncork();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -110,7 +171,60 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Batching<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    impl Cork for DuplexStream {
+        fn cork(&self, _: bool) {}
+    }
+
+    fn corked(s: &TcpStream) -> bool {
+        socket2::SockRef::from(s).tcp_cork().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_longer_than_the_buffer_is_corked_until_its_flush() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (mut client, server) = (client.unwrap(), accepted.unwrap().0);
+        server.set_nodelay(true).unwrap();
+        let mut w = Batching::new(server, 16);
+
+        // Fits: one write at the flush, never corked.
+        w.write_all(b"short").await.unwrap();
+        w.flush().await.unwrap();
+        assert!(!corked(&w.inner), "a flush within the buffer does not cork");
+
+        // Longer than the buffer: corked from the first write it cannot hold...
+        for _ in 0..5 {
+            w.write_all(b"0123456789").await.unwrap();
+        }
+        assert!(
+            corked(&w.inner),
+            "the batch's first writes wait for the rest of it"
+        );
+        // ... and the tail goes out with the flush.
+        w.flush().await.unwrap();
+        assert!(!corked(&w.inner), "the flush sends the tail");
+        let mut got = vec![0u8; 55];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("all of it arrives after the flush")
+        .unwrap();
+        assert_eq!(&got[..5], b"short");
+        assert_eq!(&got[5..], "0123456789".repeat(5).as_bytes());
+
+        // A single write of at least the buffer's size goes straight through, corked too.
+        w.write_all(&[b'x'; 32]).await.unwrap();
+        assert!(corked(&w.inner));
+        w.flush().await.unwrap();
+        assert!(!corked(&w.inner));
+    }
 
     #[tokio::test]
     async fn small_writes_leave_together_at_the_flush_and_the_buffer_is_freed() {

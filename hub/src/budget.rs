@@ -151,6 +151,12 @@ impl<S> Metered<S> {
     }
 }
 
+impl<S: crate::batching::Cork> crate::batching::Cork for Metered<S> {
+    fn cork(&self, on: bool) {
+        self.inner.cork(on);
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

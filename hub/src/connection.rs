@@ -243,7 +243,7 @@ fn run<'a, S>(
     slot: &'a mut Slot,
 ) -> impl Future<Output = ()> + Send + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + crate::batching::Cork + Unpin + Send + 'static,
 {
     // What the future captures it keeps to its end: the socket and the connection's
     // particulars come in one box, which the session's start takes apart (and frees).

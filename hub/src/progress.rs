@@ -114,6 +114,12 @@ impl<S> Watched<S> {
     }
 }
 
+impl<S: crate::batching::Cork> crate::batching::Cork for Watched<S> {
+    fn cork(&self, on: bool) {
+        self.inner.cork(on);
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -28,6 +28,12 @@ impl<S> Rewind<S> {
     }
 }
 
+impl<S: crate::batching::Cork> crate::batching::Cork for Rewind<S> {
+    fn cork(&self, on: bool) {
+        self.inner.cork(on);
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
