@@ -30,7 +30,9 @@ const CONNS: usize = 300;
 /// each flush, the outbound queue gave back its blocks and fragments shrank to 1 KiB; 14
 /// KiB after (14.8 by the raw figures); 11 (11.6) once the connection's futures were made
 /// small — each frame's handling, the upgrade, the writes boxed, no `async fn` arguments
-/// kept twice (the release build's figures are in docs/BENCHMARKS.md, issue 16). Between
+/// kept twice (the release build's figures are in docs/BENCHMARKS.md, issue 16); 12.1–12.4
+/// once the old clients' presence frames were held for the batch and released 64 KiB at a
+/// time (`HELD_FULL_BYTES` in hub/src/router.rs: more writers mid-flush at once). Between
 /// the last two with room on each side (a 300-connection run moves by well under 1 KiB
 /// each): it catches a per-connection buffer that keeps its burst again, or a future that
 /// carries a rarely-live state again, not the odd hundred bytes.

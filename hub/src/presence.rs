@@ -2,10 +2,13 @@
 //! that stopped answering.
 //!
 //! Old clients read the whole peer list on every `peer_joined`/`peer_left` (the Node relay's
-//! format). Clients that register with `presence: "delta"` get batched `presence {joined,
-//! left}` frames at most every quarter second — one serialization shared by all of them — so
-//! a storm of N registrations costs O(N) frames per client instead of O(N) bytes per client
-//! per join; `presence: "none"` clients get nothing. The hub pings every connection
+//! format); those frames are held for the next batch (or the next message routed, or 64 KiB
+//! of them), so a storm reaches each old client in a few large writes, every frame still
+//! there and in order (`Router::announce`). Clients that register with `presence: "delta"`
+//! get batched `presence {joined, left}` frames at most every quarter second — one
+//! serialization shared by all of them — so a storm of N registrations costs O(N) frames
+//! per client instead of O(N) bytes per client per join; `presence: "none"` clients get
+//! nothing. The hub pings every connection
 //! every `heartbeat_interval`; one that sends nothing at all (not even the pong) before
 //! the next ping is dropped, and its peers are told `peer_left`.
 

@@ -52,6 +52,9 @@ pub(crate) struct Peer {
     /// Wakes the connection's heartbeat to probe the client now (used when someone else
     /// asks for the name: a dead holder is found in seconds, not at the next heartbeat).
     pub(crate) probe: Arc<Notify>,
+    /// The first presence announcement it is sent (set when it goes active: it learns of
+    /// the earlier ones from its `registered` list).
+    pub(crate) presence_from: u64,
 }
 
 /// Who holds a name a newcomer asked for.
@@ -65,6 +68,16 @@ pub(crate) struct Holder {
 
 /// Most connections that may watch one session's mail at once.
 pub(crate) const MAX_WATCHERS: usize = 16;
+
+/// Most bytes of `peer_joined`/`peer_left` frames held back for the next presence batch
+/// (see [`Router::announce`]); past it they go out at once. Bounds what holding them costs
+/// (the frames are shared by every recipient, so this is the memory, whatever the number of
+/// sessions) and what one release queues for each old client: one full loopback segment.
+/// Measured for 1,000 Node-protocol clients registering (docs/BENCHMARKS.md): 128 KiB cost
+/// ~25 % less CPU and 256 KiB ~30 % less, but each left the debug hub's idle connections
+/// ~1 and ~3 KiB more afterwards (more writers mid-flush at once leave more holes in the
+/// heap; `tests/conn_memory.rs`).
+const HELD_FULL_BYTES: usize = 64 << 10;
 
 /// Committed batches that may wait for the network runtime (see [`Router::run_routes`]);
 /// beyond that the store thread waits.
@@ -102,6 +115,12 @@ struct State {
     delta_peers: usize,
     /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
     pending_presence: Vec<(SessionId, bool)>,
+    /// `peer_joined`/`peer_left` frames for `presence: "full"` peers not sent yet, in order:
+    /// (announcement number, subject, frame). Bound: [`HELD_FULL_BYTES`] (`held_full_bytes`).
+    held_full: Vec<(u64, SessionId, Utf8Bytes)>,
+    held_full_bytes: usize,
+    /// Presence announcements so far (numbers the held frames; see [`Peer::presence_from`]).
+    announced: u64,
     /// Delivery fixes for the store (see [`CommitSink::take_fixes`]).
     fixes: Vec<(u64, Option<i64>)>,
     /// Connections to ring (`mail` frames) when mail arrives for a session, without holding
@@ -171,6 +190,30 @@ impl State {
         (json, total)
     }
 
+    /// Sends the held `peer_joined`/`peer_left` frames to the `presence: "full"` peers, each
+    /// peer's in one go and in order, skipping a peer's own and those announced before it
+    /// went active. Returns how many peers they went to.
+    fn release_full(&mut self) -> usize {
+        if self.held_full.is_empty() {
+            return 0;
+        }
+        let held = std::mem::take(&mut self.held_full);
+        self.held_full_bytes = 0;
+        let mut recipients = 0;
+        for (id, p) in &self.peers {
+            if !p.active || p.presence != PresenceMode::Full {
+                continue;
+            }
+            recipients += 1;
+            for (n, subject, frame) in &held {
+                if *n >= p.presence_from && subject != id {
+                    let _ = p.outbox.push(frame.clone());
+                }
+            }
+        }
+        recipients
+    }
+
     /// Pushes `frame` to the live holder of `to`. True if its connection took it.
     fn deliver(&self, to: &str, frame: &Utf8Bytes) -> bool {
         self.active(to)
@@ -198,6 +241,8 @@ impl State {
         predicted: bool,
         now: i64,
     ) -> (bool, Option<u32>) {
+        // A message is never seen before the presence announced ahead of it.
+        self.release_full();
         let (took, recipients) = if &*msg.to == relay_proto::BROADCAST {
             let n = self.broadcast(&msg.from, frame);
             (n > 0, Some(n))
@@ -271,11 +316,13 @@ impl Router {
     /// Makes a claimed id deliverable.
     pub(crate) fn activate(&self, id: &SessionId, conn: u64) {
         let mut s = self.lock();
+        let from = s.announced + 1;
         let Some(p) = s.peers.get_mut(id) else { return };
         if p.outbox.id() != conn || p.active {
             return;
         }
         p.active = true;
+        p.presence_from = from;
         let mode = p.presence;
         s.went_online(id, mode);
     }
@@ -302,13 +349,19 @@ impl Router {
         self.released.notified()
     }
 
-    /// Reports that `subject` came online (`joined`) or went offline. `peer_joined` /
-    /// `peer_left` frames (built once, with the whole list) go at once to every
-    /// `presence: "full"` session but the subject; `presence: "delta"` sessions get the change
-    /// in the next batch (see [`flush_presence`](Self::flush_presence)).
+    /// Reports that `subject` came online (`joined`) or went offline. Every
+    /// `presence: "full"` session but the subject gets a `peer_joined` / `peer_left` frame
+    /// with the whole list (the Node relay's format, built once and shared), held back until
+    /// the next presence batch ([`flush_presence`](Self::flush_presence)) or the next routed
+    /// message, whichever comes first, so that a storm of joins reaches each session in a
+    /// few large writes instead of one write per join: the same frames in the same order,
+    /// at most one batch interval later (on loopback each write was also received, and its
+    /// reader woken, on the hub's CPU; docs/BENCHMARKS.md). `presence: "delta"` sessions get
+    /// the change in the next batch too, as one `presence` frame.
     pub(crate) fn announce(&self, subject: &SessionId, joined: bool) {
         self.feed.session(subject.as_str(), joined);
         let mut s = self.lock();
+        s.announced += 1;
         if s.delta_peers > 0 {
             s.pending_presence.push((subject.clone(), joined));
         }
@@ -316,20 +369,24 @@ impl Router {
             return;
         }
         let frame = frames::presence_full(joined, subject.as_str(), &s.online_json());
-        for (id, p) in &s.peers {
-            if p.active && id != subject && p.presence == PresenceMode::Full {
-                let _ = p.outbox.push(frame.clone());
-            }
+        let n = s.announced;
+        s.held_full_bytes += frame.len();
+        s.held_full.push((n, subject.clone(), frame));
+        if s.held_full_bytes > HELD_FULL_BYTES {
+            s.release_full();
         }
     }
 
-    /// Sends the presence changes collected since the last call, as one `presence` frame
-    /// (serialized once) to every `presence: "delta"` session. Each id is reported with its
-    /// last change only. Returns how many sessions it went to (what paces the next batch).
+    /// Sends the presence changes held since the last call: the `peer_joined`/`peer_left`
+    /// frames to `presence: "full"` sessions (see [`announce`](Self::announce)), and one
+    /// `presence` frame (serialized once) to every `presence: "delta"` session, each id
+    /// reported with its last change only. Returns how many sessions they went to (what
+    /// paces the next batch).
     pub(crate) fn flush_presence(&self) -> usize {
         let mut s = self.lock();
+        let full = s.release_full();
         if s.pending_presence.is_empty() {
-            return 0;
+            return full;
         }
         let changes = std::mem::take(&mut s.pending_presence);
         let mut last: HashMap<&str, bool> = HashMap::new();
@@ -355,7 +412,7 @@ impl Router {
                 recipients += 1;
             }
         }
-        recipients
+        full + recipients
     }
 
     /// Every session online now, sorted.
@@ -552,5 +609,98 @@ impl CommitSink for Router {
                 rid: a.ack.rid,
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::{OutboxReceiver, outbox};
+
+    /// Registers `name` (active) with `mode` on a fresh outbox.
+    fn join(r: &Router, name: &str, mode: PresenceMode, conn: u64) -> (SessionId, OutboxReceiver) {
+        let id = SessionId::parse(name).unwrap();
+        let (tx, rx) = outbox(conn, 4096, 8 << 20);
+        let peer = Peer {
+            outbox: tx,
+            presence: mode,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            connected_at: 0,
+            active: false,
+            probe: Arc::new(Notify::new()),
+            presence_from: 0,
+        };
+        assert!(r.claim(&id, peer).is_ok());
+        r.activate(&id, conn);
+        r.announce(&id, true);
+        (id, rx)
+    }
+
+    /// Each queued frame's `type` and `clientId` (or `content`).
+    fn drain(rx: &mut OutboxReceiver) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                let what = v.get("clientId").or(v.get("content")).unwrap();
+                format!("{} {}", v["type"].as_str().unwrap(), what.as_str().unwrap())
+            })
+            .collect()
+    }
+
+    fn message(from: &str, to: &str, content: &str) -> StoredMessage {
+        StoredMessage {
+            seq: 1,
+            ts: 0,
+            from: from.into(),
+            to: to.into(),
+            content: content.into(),
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn full_presence_is_held_for_the_batch_and_sent_in_order() {
+        let r = Router::default();
+        let (_, mut a) = join(&r, "A", PresenceMode::Full, 1);
+        let (_, mut b) = join(&r, "B", PresenceMode::Full, 2);
+        let (c, _c) = join(&r, "C", PresenceMode::None, 3);
+        r.release(&c, 3);
+        r.announce(&c, false);
+        // Nothing yet: the frames wait for the batch...
+        assert!(drain(&mut a).is_empty());
+        // ... and then each peer gets them all, in order, but its own and those announced
+        // before it was active (B's `registered` list had A already).
+        assert_eq!(r.flush_presence(), 2);
+        assert_eq!(
+            drain(&mut a),
+            ["peer_joined B", "peer_joined C", "peer_left C"]
+        );
+        assert_eq!(drain(&mut b), ["peer_joined C", "peer_left C"]);
+        assert_eq!(r.flush_presence(), 0, "sent once");
+    }
+
+    #[test]
+    fn a_message_is_not_seen_before_the_presence_announced_ahead_of_it() {
+        let r = Router::default();
+        let (_, mut a) = join(&r, "A", PresenceMode::Full, 1);
+        let (_, _b) = join(&r, "B", PresenceMode::Full, 2);
+        let msg = message("B", "A", "hello");
+        r.route_stored(&msg, &frames::message("e", &msg), true);
+        assert_eq!(drain(&mut a), ["peer_joined B", "message hello"]);
+    }
+
+    #[test]
+    fn held_presence_goes_out_at_once_past_its_bound() {
+        let r = Router::default();
+        let (_, mut a) = join(&r, "A", PresenceMode::Full, 1);
+        let mut joined = 0;
+        // Each frame carries the whole list: the held bytes pass the bound within a few
+        // hundred joins, and then the frames go without waiting for the batch.
+        while drain(&mut a).is_empty() {
+            joined += 1;
+            assert!(joined < 2_000, "never sent before the batch");
+            let _ = join(&r, &format!("S{joined}"), PresenceMode::None, 10 + joined);
+        }
+        assert!(r.lock().held_full_bytes <= HELD_FULL_BYTES);
     }
 }

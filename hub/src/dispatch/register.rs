@@ -200,6 +200,7 @@ impl ConnSession {
             connected_at: now,
             active: false,
             probe: self.probe.clone(),
+            presence_from: 0,
         };
         let Err(mut holder) = hub.router.claim(id, peer()) else {
             return Ok(());
