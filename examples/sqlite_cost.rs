@@ -102,13 +102,15 @@ fn written() -> Result<u64> {
         .context("wchar")
 }
 
-fn fresh(path: &Path) -> Result<Connection> {
+fn fresh(path: &Path, page_size: i64) -> Result<Connection> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(p);
     }
     let conn = Connection::open(path)?;
+    // Before anything is written: a database's page size is fixed by its first page.
+    conn.pragma_update(None, "page_size", page_size)?;
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
@@ -119,11 +121,13 @@ struct Store {
     name: &'static str,
     indexes: &'static [&'static str],
     batch_factor: u64,
+    /// `PRAGMA page_size` of a new database (SQLite's default is 4096).
+    page_size: i64,
 }
 
 /// Per message: (µs of CPU, bytes written).
 fn store_round(dir: &Path, v: &Store, args: &Args) -> Result<(f64, f64)> {
-    let conn = fresh(&dir.join("relay.db"))?;
+    let conn = fresh(&dir.join("relay.db"), v.page_size)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.execute_batch(MESSAGES)?;
     for ddl in v.indexes {
@@ -193,7 +197,7 @@ fn index_round(dir: &Path, v: &Index, args: &Args) -> Result<(f64, f64)> {
         }
         tx.commit()?;
     }
-    let conn = fresh(&dir.join("search.db"))?;
+    let conn = fresh(&dir.join("search.db"), 4096)?;
     conn.pragma_update(None, "wal_autocheckpoint", v.checkpoint_pages)?;
     conn.execute_batch(FTS)?;
     for (k, val) in v.options {
@@ -254,21 +258,37 @@ fn main() -> Result<()> {
             name: "as shipped (both per-message indexes)",
             indexes: &[BY_RECIPIENT, BY_SENDER],
             batch_factor: 1,
+            page_size: 4096,
         },
         Store {
             name: "without messages_by_sender",
             indexes: &[BY_RECIPIENT],
             batch_factor: 1,
+            page_size: 4096,
         },
         Store {
             name: "without both",
             indexes: &[],
             batch_factor: 1,
+            page_size: 4096,
         },
         Store {
             name: "as shipped, twice the batch",
             indexes: &[BY_RECIPIENT, BY_SENDER],
             batch_factor: 2,
+            page_size: 4096,
+        },
+        Store {
+            name: "as shipped, 2 KiB pages",
+            indexes: &[BY_RECIPIENT, BY_SENDER],
+            batch_factor: 1,
+            page_size: 2048,
+        },
+        Store {
+            name: "as shipped, 1 KiB pages",
+            indexes: &[BY_RECIPIENT, BY_SENDER],
+            batch_factor: 1,
+            page_size: 1024,
         },
     ];
     let indexes = [

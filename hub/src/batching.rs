@@ -19,7 +19,11 @@
 //! (docs/BENCHMARKS.md). So the socket is corked (`TCP_CORK`) from the first write the
 //! batch could not hold until the flush has written everything: the kernel then sends full
 //! segments, and the tail at the flush. A flush that fits in the buffer is one write, as
-//! before, and never corks.
+//! before, and never corks. (A pong the reader half writes meanwhile flushes this layer too,
+//! which only ends the batching early: its bytes still go in order.) A connection that
+//! fails or stalls mid-batch stays corked, which is harmless: it is being closed, and the
+//! kernel sends what is queued with the FIN. Linux and Android only; elsewhere the flush
+//! is written as before.
 
 use std::{
     io,
@@ -41,9 +45,14 @@ pub(crate) trait Cork {
 }
 
 impl Cork for TcpStream {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn cork(&self, on: bool) {
         let _ = socket2::SockRef::from(self).set_tcp_cork(on);
     }
+
+    /// No `TCP_CORK` here (macOS has `TCP_NOPUSH`, with other semantics): not corked.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn cork(&self, _: bool) {}
 }
 
 impl<S: Cork> Cork for tokio_rustls::server::TlsStream<S> {
@@ -177,10 +186,12 @@ mod tests {
         fn cork(&self, _: bool) {}
     }
 
+    #[cfg(target_os = "linux")]
     fn corked(s: &TcpStream) -> bool {
         socket2::SockRef::from(s).tcp_cork().unwrap()
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_batch_longer_than_the_buffer_is_corked_until_its_flush() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -224,6 +235,23 @@ mod tests {
         assert!(corked(&w.inner));
         w.flush().await.unwrap();
         assert!(!corked(&w.inner));
+
+        // A shutdown in the middle of a long batch sends its tail too.
+        for _ in 0..3 {
+            w.write_all(b"0123456789").await.unwrap();
+        }
+        assert!(corked(&w.inner));
+        w.shutdown().await.unwrap();
+        assert!(!corked(&w.inner), "the shutdown sends the tail");
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the rest and the FIN arrive")
+        .unwrap();
+        assert_eq!(rest.len(), 32 + 30);
     }
 
     #[tokio::test]

@@ -23,13 +23,15 @@ use crate::router::Router;
 /// How long a probed holder has to answer when someone else asks for its name.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often batched presence changes go to `presence: "delta"` sessions, at most.
+/// How often batched presence changes go out, at most: the `presence` frames to
+/// `presence: "delta"` sessions and the held `peer_joined`/`peer_left` frames to the others
+/// (`Router::announce`).
 pub(crate) const BATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// Most presence frames the hub sends per second in all (the bound on what presence costs
-/// the hub during a storm of joins): with more than `PRESENCE_FRAMES_PER_SEC / 4` delta
-/// sessions online, batches go out less often than [`BATCH_EVERY`] — every second with 5,000
-/// of them. Each frame is one write to one socket (and on loopback the receiver's TCP work is
+/// the hub during a storm of joins): with more than `PRESENCE_FRAMES_PER_SEC / 4` sessions
+/// to tell (delta and old ones alike: each is one flush a batch), batches go out less often
+/// than [`BATCH_EVERY`] — every second with 5,000 of them. Each frame is one write to one socket (and on loopback the receiver's TCP work is
 /// charged to the sender too), so this is what the 5,000-session registration benchmark
 /// spends most of its CPU on (docs/BENCHMARKS.md, "Against the floor").
 pub(crate) const PRESENCE_FRAMES_PER_SEC: u32 = 5_000;
@@ -40,8 +42,8 @@ fn next_batch_after(recipients: usize) -> Duration {
     spread.max(BATCH_EVERY)
 }
 
-/// Sends batched presence to delta sessions every [`BATCH_EVERY`], or less often with many of
-/// them (see [`PRESENCE_FRAMES_PER_SEC`]); runs until aborted.
+/// Sends batched presence every [`BATCH_EVERY`], or less often with many sessions to tell
+/// (see [`PRESENCE_FRAMES_PER_SEC`]); runs until aborted.
 pub(crate) async fn run_batches(router: Arc<Router>) {
     let mut next = Instant::now() + BATCH_EVERY;
     loop {

@@ -72,12 +72,18 @@ pub(crate) const MAX_WATCHERS: usize = 16;
 /// Most bytes of `peer_joined`/`peer_left` frames held back for the next presence batch
 /// (see [`Router::announce`]); past it they go out at once. Bounds what holding them costs
 /// (the frames are shared by every recipient, so this is the memory, whatever the number of
-/// sessions) and what one release queues for each old client: one full loopback segment.
+/// sessions) and what one release queues for each old client: about one full loopback
+/// segment (the frame that passes the bound goes with the rest).
 /// Measured for 1,000 Node-protocol clients registering (docs/BENCHMARKS.md): 128 KiB cost
 /// ~25 % less CPU and 256 KiB ~30 % less, but each left the debug hub's idle connections
 /// ~1 and ~3 KiB more afterwards (more writers mid-flush at once leave more holes in the
 /// heap; `tests/conn_memory.rs`).
 const HELD_FULL_BYTES: usize = 64 << 10;
+
+/// Most `peer_joined`/`peer_left` frames held back: a churn of one-shot sessions makes
+/// frames of a few dozen bytes, and one release must not fill an old client's outbound
+/// queue (`MIN_OUTBOUND_FRAMES`, 1,024 at the least) with them.
+const HELD_FULL_FRAMES: usize = 256;
 
 /// Committed batches that may wait for the network runtime (see [`Router::run_routes`]);
 /// beyond that the store thread waits.
@@ -116,7 +122,8 @@ struct State {
     /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
     pending_presence: Vec<(SessionId, bool)>,
     /// `peer_joined`/`peer_left` frames for `presence: "full"` peers not sent yet, in order:
-    /// (announcement number, subject, frame). Bound: [`HELD_FULL_BYTES`] (`held_full_bytes`).
+    /// (announcement number, subject, frame). Bounds: [`HELD_FULL_BYTES`]
+    /// (`held_full_bytes`, plus the frame that passes it) and [`HELD_FULL_FRAMES`].
     held_full: Vec<(u64, SessionId, Utf8Bytes)>,
     held_full_bytes: usize,
     /// Presence announcements so far (numbers the held frames; see [`Peer::presence_from`]).
@@ -353,10 +360,12 @@ impl Router {
     /// `presence: "full"` session but the subject gets a `peer_joined` / `peer_left` frame
     /// with the whole list (the Node relay's format, built once and shared), held back until
     /// the next presence batch ([`flush_presence`](Self::flush_presence)) or the next routed
-    /// message, whichever comes first, so that a storm of joins reaches each session in a
-    /// few large writes instead of one write per join: the same frames in the same order,
-    /// at most one batch interval later (on loopback each write was also received, and its
-    /// reader woken, on the hub's CPU; docs/BENCHMARKS.md). `presence: "delta"` sessions get
+    /// message (or list of who is online), whichever comes first, so that a storm of joins
+    /// reaches each session in a few large writes instead of one write per join: the same
+    /// frames in the same order, at most one batch interval later (a quarter second, up to a
+    /// second with 5,000 sessions to tell: see `presence::next_batch_after`), and never after
+    /// a message routed later (on loopback each write was also received, and its reader
+    /// woken, on the hub's CPU; docs/BENCHMARKS.md). `presence: "delta"` sessions get
     /// the change in the next batch too, as one `presence` frame.
     pub(crate) fn announce(&self, subject: &SessionId, joined: bool) {
         self.feed.session(subject.as_str(), joined);
@@ -372,7 +381,7 @@ impl Router {
         let n = s.announced;
         s.held_full_bytes += frame.len();
         s.held_full.push((n, subject.clone(), frame));
-        if s.held_full_bytes > HELD_FULL_BYTES {
+        if s.held_full_bytes > HELD_FULL_BYTES || s.held_full.len() >= HELD_FULL_FRAMES {
             s.release_full();
         }
     }
@@ -415,9 +424,13 @@ impl Router {
         full + recipients
     }
 
-    /// Every session online now, sorted.
+    /// Every session online now, sorted (what `get_peers` answers: the presence held for
+    /// the next batch goes out first, so that no older `peer_joined`/`peer_left` follows
+    /// this list).
     pub(crate) fn online(&self) -> Vec<String> {
-        self.lock().online.iter().map(|id| id.to_string()).collect()
+        let mut s = self.lock();
+        s.release_full();
+        s.online.iter().map(|id| id.to_string()).collect()
     }
 
     /// Every session online now, sorted, as a JSON array — shared until the next change, so
@@ -694,13 +707,73 @@ mod tests {
         let r = Router::default();
         let (_, mut a) = join(&r, "A", PresenceMode::Full, 1);
         let mut joined = 0;
-        // Each frame carries the whole list: the held bytes pass the bound within a few
-        // hundred joins, and then the frames go without waiting for the batch.
-        while drain(&mut a).is_empty() {
+        // Each frame carries the whole list: the held bytes pass the bound within a couple
+        // of hundred joins, and then the frames go without waiting for the batch.
+        let sent: Vec<Utf8Bytes> = loop {
+            let sent: Vec<_> = std::iter::from_fn(|| a.try_recv()).collect();
+            if !sent.is_empty() {
+                break sent;
+            }
             joined += 1;
-            assert!(joined < 2_000, "never sent before the batch");
-            let _ = join(&r, &format!("S{joined}"), PresenceMode::None, 10 + joined);
-        }
-        assert!(r.lock().held_full_bytes <= HELD_FULL_BYTES);
+            assert!(joined <= HELD_FULL_FRAMES, "never sent before the batch");
+            let _ = join(
+                &r,
+                &format!("S{joined}"),
+                PresenceMode::None,
+                10 + joined as u64,
+            );
+        };
+        assert_eq!(sent.len(), joined, "all of them, at once");
+        let bytes: usize = sent.iter().map(|f| f.len()).sum();
+        assert!(
+            bytes > HELD_FULL_BYTES,
+            "held until the bound: {bytes} bytes"
+        );
+        assert!(
+            bytes - sent.last().unwrap().len() <= HELD_FULL_BYTES,
+            "and not past it: {bytes} bytes"
+        );
+        assert!(
+            joined < HELD_FULL_FRAMES,
+            "the byte bound, not the frame bound"
+        );
+    }
+
+    #[test]
+    fn many_small_presence_frames_go_out_before_they_crowd_a_queue() {
+        let r = Router::default();
+        let (_, mut a) = join(&r, "A", PresenceMode::Full, 1);
+        // A session that comes and goes: two short frames a time, the list staying short.
+        let mut announced = 0;
+        let sent = loop {
+            let sent = drain(&mut a).len();
+            if sent > 0 {
+                break sent;
+            }
+            let conn = 2 + announced as u64;
+            let (id, _rx) = join(&r, "Churn", PresenceMode::None, conn);
+            r.release(&id, conn);
+            r.announce(&id, false);
+            announced += 2;
+            assert!(
+                announced <= HELD_FULL_FRAMES + 1,
+                "held past the frame bound"
+            );
+        };
+        // One of the held frames was A's own join, which A is not sent.
+        assert_eq!(sent, HELD_FULL_FRAMES - 1);
+    }
+
+    #[test]
+    fn a_list_of_who_is_online_is_not_followed_by_older_presence() {
+        let r = Router::default();
+        let (_, mut a) = join(&r, "A", PresenceMode::Full, 1);
+        let (_, _b) = join(&r, "B", PresenceMode::Full, 2);
+        assert_eq!(r.online(), ["A", "B"]);
+        assert_eq!(
+            drain(&mut a),
+            ["peer_joined B"],
+            "sent before the list is read"
+        );
     }
 }
