@@ -787,6 +787,10 @@ impl Backend for SqliteBackend {
     fn session_registered(&mut self, id: &str, meta: &str, now: i64) -> Result<u64, StoreError> {
         self.writable()?;
         let high = self.next_seq as i64 - 1;
+        // One transaction for the reads and the write: on its own, each of the five
+        // statements takes and gives back the database's locks (`fcntl` calls), which was
+        // most of the locking a registration costs the store thread (docs/BENCHMARKS.md).
+        let tx = self.conn.unchecked_transaction()?;
         let known = self.session_exists(id)?;
         self.conn
             .prepare_cached(
@@ -796,10 +800,12 @@ impl Backend for SqliteBackend {
                     last_seen = excluded.last_seen, connected_at = excluded.connected_at",
             )?
             .execute(params![id, high, meta, now])?;
+        let unread = self.count_unread(id, None)?;
+        tx.commit()?;
         if !known {
             self.session_rows += 1;
         }
-        self.count_unread(id, None)
+        Ok(unread)
     }
 
     fn session_left(&mut self, id: &str, now: i64) -> Result<(), StoreError> {
