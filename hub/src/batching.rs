@@ -186,6 +186,13 @@ mod tests {
         fn cork(&self, _: bool) {}
     }
 
+    /// `f`'s output, which must come within a few seconds.
+    #[cfg(target_os = "linux")]
+    async fn within<F: Future>(what: &str, f: F) -> F::Output {
+        let limit = std::time::Duration::from_secs(5);
+        tokio::time::timeout(limit, f).await.expect(what)
+    }
+
     #[cfg(target_os = "linux")]
     fn corked(s: &TcpStream) -> bool {
         socket2::SockRef::from(s).tcp_cork().unwrap()
@@ -220,12 +227,11 @@ mod tests {
         w.flush().await.unwrap();
         assert!(!corked(&w.inner), "the flush sends the tail");
         let mut got = vec![0u8; 55];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
+        within(
+            "all of it arrives after the flush",
             client.read_exact(&mut got),
         )
         .await
-        .expect("all of it arrives after the flush")
         .unwrap();
         assert_eq!(&got[..5], b"short");
         assert_eq!(&got[5..], "0123456789".repeat(5).as_bytes());
@@ -244,13 +250,9 @@ mod tests {
         w.shutdown().await.unwrap();
         assert!(!corked(&w.inner), "the shutdown sends the tail");
         let mut rest = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.read_to_end(&mut rest),
-        )
-        .await
-        .expect("the rest and the FIN arrive")
-        .unwrap();
+        within("the rest and the FIN arrive", client.read_to_end(&mut rest))
+            .await
+            .unwrap();
         assert_eq!(rest.len(), 32 + 30);
     }
 
