@@ -92,8 +92,11 @@ const FLUSH_BYTES: usize = 256 << 10;
 /// waits for the socket before it feeds the next frame once a write would block, and text
 /// longer than [`FRAGMENT`] goes out in fragments, so the connection holds at most this
 /// here plus, in tungstenite's buffer, the frame the socket refused and a queued pong or
-/// close (bound: [`TUNGSTENITE_BUFFER`]), whatever was sent.
-const WRITE_BUFFER: usize = 8 << 10;
+/// close (bound: [`TUNGSTENITE_BUFFER`]), whatever was sent. 16 KiB, not 8: a flush of
+/// held presence (64 KiB, `router.rs`) leaves in half as many `sendto`s — 1,000 Node-protocol
+/// clients registering cost ~12 % less CPU, the idle connections kept the same afterwards,
+/// and 32 KiB bought no more (docs/BENCHMARKS.md).
+const WRITE_BUFFER: usize = 16 << 10;
 /// Text frames longer than this are sent as a message of fragments of this size (RFC 6455
 /// §5.4: every client reassembles them, the Node relay's `ws` included; the payload is
 /// shared, not copied, until tungstenite frames it), so a long peer list or listing page
