@@ -8,9 +8,9 @@
 //! get batched `presence {joined, left}` frames at most every quarter second — one
 //! serialization shared by all of them — so a storm of N registrations costs O(N) frames
 //! per client instead of O(N) bytes per client per join; `presence: "none"` clients get
-//! nothing. The hub pings every connection
-//! every `heartbeat_interval`; one that sends nothing at all (not even the pong) before
-//! the next ping is dropped, and its peers are told `peer_left`.
+//! nothing. The hub pings every connection every `heartbeat_interval`; one that sends
+//! nothing at all (not even the pong) before the next ping is dropped, and its peers are
+//! told `peer_left`.
 
 use std::time::Duration;
 
@@ -31,9 +31,10 @@ pub(crate) const BATCH_EVERY: Duration = Duration::from_millis(250);
 /// Most presence frames the hub sends per second in all (the bound on what presence costs
 /// the hub during a storm of joins): with more than `PRESENCE_FRAMES_PER_SEC / 4` sessions
 /// to tell (delta and old ones alike: each is one flush a batch), batches go out less often
-/// than [`BATCH_EVERY`] — every second with 5,000 of them. Each frame is one write to one socket (and on loopback the receiver's TCP work is
-/// charged to the sender too), so this is what the 5,000-session registration benchmark
-/// spends most of its CPU on (docs/BENCHMARKS.md, "Against the floor").
+/// than [`BATCH_EVERY`] — every second with 5,000 of them. Each frame is one write to one
+/// socket (and on loopback the receiver's TCP work is charged to the sender too), so this is
+/// what the 5,000-session registration benchmark spends most of its CPU on
+/// (docs/BENCHMARKS.md, "Against the floor").
 pub(crate) const PRESENCE_FRAMES_PER_SEC: u32 = 5_000;
 
 /// The wait before the next batch, after one went to `recipients` sessions.

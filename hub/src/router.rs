@@ -122,10 +122,9 @@ struct State {
     /// Presence changes waiting for the next batch to `presence: "delta"` peers, in order.
     pending_presence: Vec<(SessionId, bool)>,
     /// `peer_joined`/`peer_left` frames for `presence: "full"` peers not sent yet, in order:
-    /// (announcement number, subject, frame). Bounds: [`HELD_FULL_BYTES`]
-    /// (`held_full_bytes`, plus the frame that passes it) and [`HELD_FULL_FRAMES`].
+    /// (announcement number, subject, frame). Bounds: [`HELD_FULL_BYTES`] (plus the frame
+    /// that passes it) and [`HELD_FULL_FRAMES`].
     held_full: Vec<(u64, SessionId, Utf8Bytes)>,
-    held_full_bytes: usize,
     /// Presence announcements so far (numbers the held frames; see [`Peer::presence_from`]).
     announced: u64,
     /// Delivery fixes for the store (see [`CommitSink::take_fixes`]).
@@ -205,7 +204,6 @@ impl State {
             return 0;
         }
         let held = std::mem::take(&mut self.held_full);
-        self.held_full_bytes = 0;
         let mut recipients = 0;
         for (id, p) in &self.peers {
             if !p.active || p.presence != PresenceMode::Full {
@@ -379,9 +377,10 @@ impl Router {
         }
         let frame = frames::presence_full(joined, subject.as_str(), &s.online_json());
         let n = s.announced;
-        s.held_full_bytes += frame.len();
         s.held_full.push((n, subject.clone(), frame));
-        if s.held_full_bytes > HELD_FULL_BYTES || s.held_full.len() >= HELD_FULL_FRAMES {
+        // Summed, not kept: at most `HELD_FULL_FRAMES` of them.
+        let bytes: usize = s.held_full.iter().map(|(_, _, f)| f.len()).sum();
+        if bytes > HELD_FULL_BYTES || s.held_full.len() >= HELD_FULL_FRAMES {
             s.release_full();
         }
     }
