@@ -7,11 +7,16 @@
 //! variants round by round in one invocation:
 //!
 //! - **store**: group commits of `--batch` messages (the size `direct` reaches, ~180) into a
-//!   table of the shape of `relay.db`'s `messages` (hub/src/store/sqlite.rs: the row, the
-//!   partial key and thread indexes, and the two indexes every message goes into,
-//!   `messages_by_recipient` and `messages_by_sender`), in WAL mode with `synchronous=NORMAL`
-//!   and a passive checkpoint every 100 commits, as the hub ships. Variants: as shipped,
-//!   without `messages_by_sender`, without both per-message indexes, and twice the batch.
+//!   table of the shape of `relay.db`'s `messages` (hub/src/store/sqlite.rs: the row and the
+//!   partial key and thread indexes), in WAL mode with `synchronous=NORMAL` and a passive
+//!   checkpoint every 100 commits, as the hub ships. How each message is found by who sent
+//!   and who was sent it varies: schema version 2's two per-message indexes
+//!   (`messages_by_recipient`, `messages_by_sender`; also with one of them, twice the batch
+//!   and smaller pages), none at all (the bound below), `(party, seq)` tables filled in
+//!   sorted passes behind the commits, and postings (hub/src/store/sqlite/postings.rs) written
+//!   with every commit or, as schema version 3 ships, once per 4,096 messages. (The hub
+//!   writes a flush in a transaction of its own right after the commit; here it rides in
+//!   that commit.)
 //! - **index**: the search thread's passes (hub/src/store/sqlite/search.rs) over those
 //!   messages: `INSERT … SELECT` of 16,384 at a time into the contentless FTS5 table, with
 //!   FTS5's default merge options and with the hub's.
@@ -123,7 +128,27 @@ struct Store {
     batch_factor: u64,
     /// `PRAGMA page_size` of a new database (SQLite's default is 4096).
     page_size: i64,
+    /// Fill (party, seq) tables in sorted passes of this many messages, in their own
+    /// transaction after a commit, instead of indexing each message in its commit.
+    deferred: Option<u64>,
+    /// Keep each (party, role)'s new seqs in memory and write them as one posting row each
+    /// every this many seqs, inside that commit (the hub's shape since schema version 3:
+    /// hub/src/store/sqlite/postings.rs); 1 writes them with every commit.
+    postings: Option<u64>,
 }
+
+/// The postings table, a copy of the one in hub/src/store/sqlite/postings.rs.
+const POSTINGS: &str = "
+CREATE TABLE postings (party TEXT NOT NULL, role INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL, deltas BLOB NOT NULL,
+    PRIMARY KEY (party, role, last_seq)) WITHOUT ROWID;";
+
+/// The (party, seq) tables a deferred variant fills behind the commits.
+const PARTIES: &str = "
+CREATE TABLE by_recipient (recipient TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (recipient, seq)) WITHOUT ROWID;
+CREATE TABLE by_sender (sender TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (sender, seq)) WITHOUT ROWID;";
 
 /// Per message: (µs of CPU, bytes written).
 fn store_round(dir: &Path, v: &Store, args: &Args) -> Result<(f64, f64)> {
@@ -133,8 +158,18 @@ fn store_round(dir: &Path, v: &Store, args: &Args) -> Result<(f64, f64)> {
     for ddl in v.indexes {
         conn.execute_batch(ddl)?;
     }
+    if v.deferred.is_some() {
+        conn.execute_batch(PARTIES)?;
+    }
+    if v.postings.is_some() {
+        conn.execute_batch(POSTINGS)?;
+    }
+    // Seqs not yet in a posting row, by (party, role).
+    let mut lists: std::collections::BTreeMap<(String, i64), Vec<u64>> = Default::default();
+    let mut posted = 0u64;
     let batch = args.batch * v.batch_factor;
     let mut seq = 1u64;
+    let mut indexed = 0u64;
     let mut commits = |n: u64| -> Result<()> {
         for k in 0..n {
             let tx = conn.unchecked_transaction()?;
@@ -146,6 +181,16 @@ fn store_round(dir: &Path, v: &Store, args: &Args) -> Result<(f64, f64)> {
                 )?;
                 for _ in 0..batch {
                     let s = seq % 10;
+                    if v.postings.is_some() {
+                        lists
+                            .entry((format!("lg-{:02}", (s + 1) % 10), 0))
+                            .or_default()
+                            .push(seq);
+                        lists
+                            .entry((format!("lg-{s:02}"), 1))
+                            .or_default()
+                            .push(seq);
+                    }
                     insert.execute(params![
                         seq as i64,
                         1_700_000_000_000i64 + seq as i64,
@@ -155,11 +200,48 @@ fn store_round(dir: &Path, v: &Store, args: &Args) -> Result<(f64, f64)> {
                     ])?;
                     seq += 1;
                 }
+                if let Some(every) = v.postings
+                    && seq - 1 - posted >= every
+                {
+                    // Each (party, role)'s seqs as u16 offsets from its first.
+                    posted = seq - 1;
+                    let mut post =
+                        tx.prepare_cached("INSERT INTO postings VALUES (?1, ?2, ?3, ?4, ?5)")?;
+                    for ((party, role), seqs) in std::mem::take(&mut lists) {
+                        let (Some(&base), Some(&last)) = (seqs.first(), seqs.last()) else {
+                            continue;
+                        };
+                        let deltas: Vec<u8> = seqs
+                            .iter()
+                            .flat_map(|q| ((q - base) as u16).to_le_bytes())
+                            .collect();
+                        post.execute(params![party, role, last as i64, base as i64, deltas])?;
+                    }
+                }
                 let mut meta = tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES (?1, ?2)")?;
                 meta.execute(params!["high_seq", seq.to_string()])?;
                 meta.execute(params!["total_bytes", (seq * 100).to_string()])?;
             }
             tx.commit()?;
+            if let Some(pass) = v.deferred
+                && seq - 1 - indexed >= pass
+            {
+                let tx = conn.unchecked_transaction()?;
+                tx.prepare_cached(
+                    "INSERT INTO by_recipient SELECT recipient, seq FROM messages
+                     WHERE seq > ?1 ORDER BY recipient, seq",
+                )?
+                .execute([indexed as i64])?;
+                tx.prepare_cached(
+                    "INSERT INTO by_sender SELECT sender, seq FROM messages
+                     WHERE seq > ?1 ORDER BY sender, seq",
+                )?
+                .execute([indexed as i64])?;
+                indexed = seq - 1;
+                tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES ('indexed', ?1)")?
+                    .execute([indexed.to_string()])?;
+                tx.commit()?;
+            }
             if k % 100 == 99 {
                 conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             }
@@ -255,40 +337,84 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let stores = [
         Store {
-            name: "as shipped (both per-message indexes)",
+            name: "schema 2 (both per-message indexes)",
             indexes: &[BY_RECIPIENT, BY_SENDER],
             batch_factor: 1,
             page_size: 4096,
+            deferred: None,
+            postings: None,
         },
         Store {
             name: "without messages_by_sender",
             indexes: &[BY_RECIPIENT],
             batch_factor: 1,
             page_size: 4096,
+            deferred: None,
+            postings: None,
         },
         Store {
             name: "without both",
             indexes: &[],
             batch_factor: 1,
             page_size: 4096,
+            deferred: None,
+            postings: None,
         },
         Store {
-            name: "as shipped, twice the batch",
+            name: "schema 2, twice the batch",
             indexes: &[BY_RECIPIENT, BY_SENDER],
             batch_factor: 2,
             page_size: 4096,
+            deferred: None,
+            postings: None,
         },
         Store {
-            name: "as shipped, 2 KiB pages",
+            name: "schema 2, 2 KiB pages",
             indexes: &[BY_RECIPIENT, BY_SENDER],
             batch_factor: 1,
             page_size: 2048,
+            deferred: None,
+            postings: None,
         },
         Store {
-            name: "as shipped, 1 KiB pages",
+            name: "schema 2, 1 KiB pages",
             indexes: &[BY_RECIPIENT, BY_SENDER],
             batch_factor: 1,
             page_size: 1024,
+            deferred: None,
+            postings: None,
+        },
+        Store {
+            name: "(party, seq) tables in sorted passes of 1,024",
+            indexes: &[],
+            batch_factor: 1,
+            page_size: 4096,
+            deferred: Some(1024),
+            postings: None,
+        },
+        Store {
+            name: "(party, seq) tables in sorted passes of 4,096",
+            indexes: &[],
+            batch_factor: 1,
+            page_size: 4096,
+            deferred: Some(4096),
+            postings: None,
+        },
+        Store {
+            name: "postings written with every commit",
+            indexes: &[],
+            batch_factor: 1,
+            page_size: 4096,
+            deferred: None,
+            postings: Some(1),
+        },
+        Store {
+            name: "postings of 4,096 seqs (schema 3, as shipped)",
+            indexes: &[],
+            batch_factor: 1,
+            page_size: 4096,
+            deferred: None,
+            postings: Some(4096),
         },
     ];
     let indexes = [

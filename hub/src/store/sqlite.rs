@@ -11,8 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use relay_proto::{BROADCAST, time::iso, wire::SendState};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, types::Value};
 
+use self::postings::{Postings, Role};
 use super::{
     After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, Integrity, NewMessage,
     PruneReport, SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
@@ -22,6 +23,7 @@ use crate::config::{Retention, SyncMode};
 
 mod approvals;
 mod operator;
+mod postings;
 mod search;
 
 pub(crate) use search::{INDEX_FILE, SearchIndex};
@@ -29,9 +31,10 @@ mod tasks;
 
 /// File name of the database inside the data directory.
 pub(crate) const DB_FILE: &str = "relay.db";
-/// 2: `messages.reply_to` and `messages.thread` (docs/STORAGE.md, "Upgrades"). A store of
-/// version 1 is upgraded in place at open.
-const SCHEMA_VERSION: i64 = 2;
+/// 2: `messages.reply_to` and `messages.thread`; 3: `postings` in place of the indexes
+/// `messages_by_recipient` and `messages_by_sender` (docs/STORAGE.md, "Upgrades"). An older
+/// store is upgraded in place at open.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -48,8 +51,6 @@ CREATE TABLE IF NOT EXISTS messages (
     thread       INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_key ON messages(sender, ckey) WHERE ckey IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages(recipient, seq);
-CREATE INDEX IF NOT EXISTS messages_by_sender ON messages(sender, seq);
 CREATE TABLE IF NOT EXISTS reads (
     identity TEXT NOT NULL,
     seq      INTEGER NOT NULL,
@@ -100,6 +101,8 @@ pub(crate) struct SqliteBackend {
     /// Rows in `sessions`, counted once at open and kept up to date, so bounding the table
     /// (`trim_sessions`, at every disconnect) costs no table scan.
     session_rows: u64,
+    /// Who sent and was sent what: the newest in memory, the rest in `postings`.
+    postings: Postings,
 }
 
 /// Most lines of a failed integrity check kept in its report.
@@ -193,6 +196,10 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
+        conn.execute_batch(postings::SCHEMA)
+            .map_err(|e| corrupt(e.to_string()))?;
+        // `seq IN rarray(?)`: how a query reads the rows its postings name.
+        rusqlite::vtab::array::load_module(&conn)?;
         conn.execute_batch(tasks::SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
         conn.execute_batch(approvals::SCHEMA)
@@ -228,12 +235,17 @@ impl SqliteBackend {
                 set_meta(&conn, "schema_version", &SCHEMA_VERSION.to_string())?;
             }
             Some(Ok(SCHEMA_VERSION)) => {}
-            Some(Ok(1)) if damaged => {
-                return Err(corrupt(
-                    "damaged and at schema version 1, which needs an upgrade to be read".into(),
-                ));
+            Some(Ok(v @ (1 | 2))) if damaged => {
+                return Err(corrupt(format!(
+                    "damaged and at schema version {v}, which needs an upgrade to be read"
+                )));
             }
-            Some(Ok(1)) => upgrade_1_to_2(&conn).map_err(|e| corrupt(e.to_string()))?,
+            Some(Ok(v @ (1 | 2))) => {
+                if v == 1 {
+                    upgrade_1_to_2(&conn).map_err(|e| corrupt(e.to_string()))?;
+                }
+                upgrade_2_to_3(&conn).map_err(|e| corrupt(e.to_string()))?;
+            }
             Some(other) => {
                 return Err(corrupt(format!(
                     "schema version {other:?}; this hub understands {SCHEMA_VERSION}"
@@ -287,8 +299,13 @@ impl SqliteBackend {
         )?;
         let session_rows =
             conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
+        let postings = match Postings::load(&conn) {
+            Err(_) if damaged => Postings::default(),
+            r => r?,
+        };
         Ok(Self {
             session_rows,
+            postings,
             conn,
             file_id: Self::file_id(&path),
             checkpointer: Some(Checkpointer::start(path.clone())),
@@ -333,24 +350,143 @@ impl SqliteBackend {
     }
 
     fn count_unread(&self, viewer: &str, from: Option<&str>) -> Result<u64, StoreError> {
-        let first = self.first_seq(viewer)? as i64;
-        let direct: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*) FROM messages WHERE recipient = ?1 AND read_at IS NULL
-                 AND sender <> ?1 AND (?2 IS NULL OR sender = ?2)",
-            )?
-            .query_row(params![viewer, from], |r| r.get(0))?;
-        let broadcast: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*) FROM messages m WHERE recipient = 'all' AND seq > ?3
-                 AND sender <> ?1 AND (?2 IS NULL OR sender = ?2)
-                 AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?1 AND r.seq = m.seq)",
-            )?
-            .query_row(params![viewer, from, first], |r| r.get(0))?;
-        Ok((direct + broadcast) as u64)
+        let first = self.first_seq(viewer)?;
+        let args: [&dyn ToSql; 2] = [&viewer, &from];
+        let direct = self.count_by_postings(&[(viewer, Role::To)], 1, DIRECT_UNREAD, &args)?;
+        let broadcast = self.count_by_postings(
+            &[(BROADCAST, Role::To)],
+            first.saturating_add(1),
+            BROADCAST_UNREAD,
+            &args,
+        )?;
+        Ok(direct + broadcast)
     }
+
+    /// Writes the postings tail out once it is due, in its own transaction (one more
+    /// commit per [`postings::FLUSH_MESSAGES`] messages). A failure keeps the tail, to be
+    /// tried again after the next commit: nothing is lost, `messages` holds every row.
+    fn flush_postings(&mut self) {
+        if !self.postings.due() {
+            return;
+        }
+        let high = self.next_seq - 1;
+        let written = (|| -> Result<(), StoreError> {
+            let tx = self.conn.unchecked_transaction()?;
+            self.postings.write(&tx, high)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => self.postings.written(high),
+            Err(e) => tracing::warn!("postings not written yet (kept in memory): {e}"),
+        }
+    }
+
+    /// Reads the messages among `sources`' postings from `lo` on (ascending, or descending
+    /// with `desc`) that match `cond`, handing each to `take` until it answers false.
+    /// In `cond`, `?1` is the batch of candidates and `args` are `?2`, `?3`, ….
+    fn select_by_postings(
+        &self,
+        sources: &[(&str, Role)],
+        lo: u64,
+        desc: bool,
+        cond: &str,
+        args: &[&dyn ToSql],
+        mut take: impl FnMut(StoredMessage) -> bool,
+    ) -> Result<(), StoreError> {
+        let order = if desc { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE seq IN rarray(?1) AND ({cond})
+             ORDER BY seq {order}"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        self.postings
+            .batches(&self.conn, sources, lo, desc, |batch| {
+                let params = with_batch(batch, args);
+                let mut rows = stmt.query(&*params)?;
+                while let Some(r) = rows.next()? {
+                    if !take(row_message(r)?) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+    }
+
+    /// Counts the messages among `sources`' postings from `lo` on that match `cond`
+    /// (parameters as in [`Self::select_by_postings`]).
+    fn count_by_postings(
+        &self,
+        sources: &[(&str, Role)],
+        lo: u64,
+        cond: &str,
+        args: &[&dyn ToSql],
+    ) -> Result<u64, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT count(*) FROM messages m WHERE seq IN rarray(?1) AND ({cond})"
+        ))?;
+        let mut n = 0u64;
+        self.postings
+            .batches(&self.conn, sources, lo, false, |batch| {
+                n += stmt.query_row(&*with_batch(batch, args), |r| r.get::<_, i64>(0))? as u64;
+                Ok(true)
+            })?;
+        Ok(n)
+    }
+}
+
+/// Direct mail `?2` has not read (from `?3` only, unless NULL): the rows of `?2`'s
+/// [`Role::To`] postings that count.
+const DIRECT_UNREAD: &str =
+    "recipient = ?2 AND read_at IS NULL AND sender <> ?2 AND (?3 IS NULL OR sender = ?3)";
+/// Broadcasts `?2` has not read (from `?3` only, unless NULL), among `all`'s postings
+/// after the session's first seq.
+const BROADCAST_UNREAD: &str = "recipient = 'all' AND sender <> ?2 AND (?3 IS NULL OR sender = ?3)
+     AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?2 AND r.seq = m.seq)";
+
+/// A query's parameters: the batch of candidate seqs first, then `args`.
+fn with_batch<'a>(
+    batch: &'a std::rc::Rc<Vec<Value>>,
+    args: &[&'a dyn ToSql],
+) -> Vec<&'a dyn ToSql> {
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(args.len() + 1);
+    params.push(batch);
+    params.extend_from_slice(args);
+    params
+}
+
+/// Version 2 → 3: the postings of every stored message (written a flush at a time, as a
+/// running hub would have), then the two per-message indexes they replace are dropped, in
+/// one transaction.
+fn upgrade_2_to_3(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let mut postings = Postings::default();
+    let mut last = 0u64;
+    let mut n = 0u64;
+    {
+        let mut stmt = tx.prepare("SELECT seq, sender, recipient FROM messages ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            last = postings.add_row(r)?;
+            n += 1;
+            if postings.due() {
+                postings.write(&tx, last)?;
+                postings.written(last);
+            }
+        }
+    }
+    postings.write(&tx, last)?;
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS messages_by_recipient;
+         DROP INDEX IF EXISTS messages_by_sender;",
+    )?;
+    set_meta(&tx, "schema_version", "3")?;
+    tx.commit()?;
+    tracing::info!(
+        messages = n,
+        "store upgraded from schema version 2 to 3 (postings instead of two indexes)"
+    );
+    Ok(())
 }
 
 /// Finds a thread's messages (created with version 2, after the columns exist).
@@ -383,6 +519,84 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     conn.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
         .execute([key, value])?;
     Ok(())
+}
+
+/// A page of history being filled in query order: at most `count` messages and
+/// `max_bytes` of their wire form (but always the first one).
+struct Page {
+    messages: Vec<StoredMessage>,
+    bytes: usize,
+    count: usize,
+    max_bytes: usize,
+    more: bool,
+}
+
+impl Page {
+    fn new(count: usize, max_bytes: usize) -> Self {
+        Self {
+            messages: Vec::new(),
+            bytes: 0,
+            count,
+            max_bytes,
+            more: false,
+        }
+    }
+
+    /// Adds `m` if it fits; false (and `more`) once the page is full.
+    fn push(&mut self, m: StoredMessage) -> bool {
+        let len = wire_len(&m);
+        if self.messages.len() >= self.count
+            || (!self.messages.is_empty() && self.bytes + len > self.max_bytes)
+        {
+            self.more = true;
+            return false;
+        }
+        self.bytes += len;
+        self.messages.push(m);
+        true
+    }
+
+    /// The page in seq order; read newest first (`desc`), it has no `more` after it.
+    fn finish(mut self, desc: bool) -> HistoryPage {
+        if desc {
+            self.messages.reverse();
+        }
+        HistoryPage {
+            messages: self.messages,
+            more: self.more && !desc,
+        }
+    }
+}
+
+/// One row of `recent_sends`' query as what the sender sees.
+fn send_state(epoch: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<SendState> {
+    let seq = r.get::<_, i64>(0)? as u64;
+    let ts: i64 = r.get(1)?;
+    let to: String = r.get(2)?;
+    let preview: String = r.get(3)?;
+    let delivered_at: Option<i64> = r.get(4)?;
+    let read_direct: Option<i64> = r.get(5)?;
+    let read_by: Option<i64> = r.get(6)?;
+    let first_read: Option<i64> = r.get(7)?;
+    let read_at = read_direct.or(first_read);
+    let state = if read_at.is_some() {
+        "read"
+    } else if delivered_at.is_some() {
+        "delivered"
+    } else {
+        "stored"
+    };
+    Ok(SendState {
+        id: message_id(epoch, seq),
+        seq,
+        to,
+        state: state.into(),
+        stored_at: iso(ts),
+        delivered_at: delivered_at.map(iso),
+        read_at: read_at.map(iso),
+        read_by: read_by.map(|n| n as u32),
+        preview,
+    })
 }
 
 /// `(seq, Some(when))` records a first delivery; `(seq, None)` takes back a delivery that
@@ -532,6 +746,12 @@ impl Backend for SqliteBackend {
         tx.commit()?;
         self.next_seq = seq;
         self.total_bytes += bytes;
+        for (m, outcome) in batch.iter().zip(&outcomes) {
+            if let Appended::New(seq) = outcome {
+                self.postings.add(*seq, &m.from, &m.to);
+            }
+        }
+        self.flush_postings();
         Ok(outcomes)
     }
 
@@ -606,40 +826,63 @@ impl Backend for SqliteBackend {
     }
 
     fn history(&mut self, viewer: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut page = Page::new(q.count, q.max_bytes);
+        let desc = matches!(q.after, After::Latest);
+        if q.thread.is_none() {
+            // Everything `viewer` may see: what it sent, what it was sent, and broadcasts,
+            // read through their postings from the cursor on.
+            let lo = match q.after {
+                After::Latest => 1,
+                After::Seq(s) => s.saturating_add(1),
+                // From the first message stamped after `t` on, in seq order: a clock that
+                // stepped back between two messages cannot hide the later one.
+                After::Time(t) => match self
+                    .conn
+                    .prepare_cached("SELECT seq FROM messages WHERE ts > ?1 ORDER BY seq LIMIT 1")?
+                    .query_row([t], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    Some(s) => s as u64,
+                    None => return Ok(page.finish(desc)),
+                },
+            };
+            self.select_by_postings(
+                &[
+                    (viewer, Role::From),
+                    (viewer, Role::To),
+                    (BROADCAST, Role::To),
+                ],
+                lo,
+                desc,
+                "(sender = ?2 OR recipient = ?2 OR recipient = 'all')
+                 AND (?3 IS NULL OR sender = ?3) AND (?4 IS NULL OR recipient = ?4)
+                 AND (?5 = 0 OR sender <> ?2)",
+                &[&viewer, &q.from, &q.to, &(q.inbound_only as i64)],
+                |m| page.push(m),
+            )?;
+            return Ok(page.finish(desc));
+        }
         // A thread is read through `messages_by_thread` (the root, then its replies), not by
-        // filtering every visible message after the cursor: the unary `+` keeps the planner
-        // from driving the query by the visibility indexes.
-        let (visible, thread) = if q.thread.is_some() {
-            (
-                "(+sender = ?1 OR +recipient = ?1 OR +recipient = 'all')",
-                "seq IN (SELECT ?7 UNION ALL SELECT seq FROM messages WHERE thread = ?7)",
-            )
-        } else {
-            (
-                "(sender = ?1 OR recipient = ?1 OR recipient = 'all')",
-                "?7 IS NULL",
-            )
-        };
+        // filtering every visible message after the cursor.
         let mut sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE {visible} AND {thread}
+             WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all')
+               AND seq IN (SELECT ?7 UNION ALL SELECT seq FROM messages WHERE thread = ?7)
                AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR recipient = ?3)
                AND (?4 = 0 OR sender <> ?1)",
         );
-        let (cursor, desc) = match q.after {
-            After::Latest => (0i64, true),
+        let cursor = match q.after {
+            After::Latest => 0i64,
             After::Seq(s) => {
                 sql.push_str(" AND seq > ?5");
-                (s as i64, false)
+                s as i64
             }
             After::Time(t) => {
-                // From the first message stamped after `t` on, in seq order: a clock that
-                // stepped back between two messages cannot hide the later one.
                 sql.push_str(
                     " AND seq >= coalesce((SELECT seq FROM messages WHERE ts > ?5 ORDER BY seq LIMIT 1),
                                           9223372036854775807)",
                 );
-                (t, false)
+                t
             }
         };
         sql.push_str(if desc {
@@ -649,38 +892,21 @@ impl Backend for SqliteBackend {
         });
         let limit = q.count as i64 + 1;
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
-            params![
-                viewer,
-                q.from,
-                q.to,
-                q.inbound_only as i64,
-                cursor,
-                limit,
-                q.thread.map(|t| t as i64)
-            ],
-            row_message,
-        )?;
-        let mut messages = Vec::new();
-        let mut bytes = 0usize;
-        let mut more = false;
-        for row in rows {
-            let m = row?;
-            let len = wire_len(&m);
-            if messages.len() >= q.count || (!messages.is_empty() && bytes + len > q.max_bytes) {
-                more = true;
+        let mut rows = stmt.query(params![
+            viewer,
+            q.from,
+            q.to,
+            q.inbound_only as i64,
+            cursor,
+            limit,
+            q.thread.map(|t| t as i64)
+        ])?;
+        while let Some(r) = rows.next()? {
+            if !page.push(row_message(r)?) {
                 break;
             }
-            bytes += len;
-            messages.push(m);
         }
-        if desc {
-            messages.reverse();
-        }
-        Ok(HistoryPage {
-            messages,
-            more: more && !desc,
-        })
+        Ok(page.finish(desc))
     }
 
     fn inbox(
@@ -690,30 +916,26 @@ impl Backend for SqliteBackend {
         count: usize,
         max_bytes: usize,
     ) -> Result<InboxPage, StoreError> {
-        let first = self.first_seq(viewer)? as i64;
-        let limit = count as i64;
+        let first = self.first_seq(viewer)?;
+        let args: [&dyn ToSql; 2] = [&viewer, &from];
+        // The first `count` of each kind; the page is the first `count` of both.
         let mut all: Vec<StoredMessage> = Vec::with_capacity(count * 2);
-        {
-            let mut direct = self.conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
-                 WHERE recipient = ?1 AND read_at IS NULL AND sender <> ?1
-                   AND (?2 IS NULL OR sender = ?2)
-                 ORDER BY seq LIMIT ?3"
-            ))?;
-            for m in direct.query_map(params![viewer, from, limit], row_message)? {
-                all.push(m?);
-            }
-            let mut bcast = self.conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m
-                 WHERE recipient = 'all' AND seq > ?4 AND sender <> ?1
-                   AND (?2 IS NULL OR sender = ?2)
-                   AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?1 AND r.seq = m.seq)
-                 ORDER BY seq LIMIT ?3"
-            ))?;
-            for m in bcast.query_map(params![viewer, from, limit, first], row_message)? {
-                all.push(m?);
-            }
-        }
+        self.select_by_postings(&[(viewer, Role::To)], 1, false, DIRECT_UNREAD, &args, |m| {
+            all.push(m);
+            all.len() < count
+        })?;
+        let direct = all.len();
+        self.select_by_postings(
+            &[(BROADCAST, Role::To)],
+            first.saturating_add(1),
+            false,
+            BROADCAST_UNREAD,
+            &args,
+            |m| {
+                all.push(m);
+                all.len() - direct < count
+            },
+        )?;
         all.sort_by_key(|m| m.seq);
         let mut messages = Vec::with_capacity(count.min(all.len()));
         let mut bytes = 0usize;
@@ -870,13 +1092,18 @@ impl Backend for SqliteBackend {
 
     fn forget_if_idle(&mut self, id: &str) -> Result<bool, StoreError> {
         self.writable()?;
-        let waiting = self
-            .conn
-            .prepare_cached(
-                "SELECT 1 FROM messages
-                 WHERE recipient = ?1 AND read_at IS NULL AND sender <> ?1 LIMIT 1",
-            )?
-            .exists([id])?;
+        let mut waiting = false;
+        self.select_by_postings(
+            &[(id, Role::To)],
+            1,
+            false,
+            DIRECT_UNREAD,
+            &[&id, &None::<&str>],
+            |_| {
+                waiting = true;
+                false
+            },
+        )?;
         if waiting {
             return Ok(false);
         }
@@ -932,39 +1159,20 @@ impl Backend for SqliteBackend {
                          THEN (SELECT count(*) FROM reads r WHERE r.seq = m.seq) END,
                     CASE WHEN recipient = 'all'
                          THEN (SELECT min(at) FROM reads r WHERE r.seq = m.seq) END
-             FROM messages m WHERE sender = ?1 ORDER BY seq DESC LIMIT ?2",
+             FROM messages m WHERE seq IN rarray(?1) AND sender = ?2 ORDER BY seq DESC",
         )?;
-        let epoch = self.epoch.clone();
-        let rows = stmt.query_map(params![sender, limit as i64], |r| {
-            let seq = r.get::<_, i64>(0)? as u64;
-            let ts: i64 = r.get(1)?;
-            let to: String = r.get(2)?;
-            let preview: String = r.get(3)?;
-            let delivered_at: Option<i64> = r.get(4)?;
-            let read_direct: Option<i64> = r.get(5)?;
-            let read_by: Option<i64> = r.get(6)?;
-            let first_read: Option<i64> = r.get(7)?;
-            let read_at = read_direct.or(first_read);
-            let state = if read_at.is_some() {
-                "read"
-            } else if delivered_at.is_some() {
-                "delivered"
-            } else {
-                "stored"
-            };
-            Ok(SendState {
-                id: message_id(&epoch, seq),
-                seq,
-                to,
-                state: state.into(),
-                stored_at: iso(ts),
-                delivered_at: delivered_at.map(iso),
-                read_at: read_at.map(iso),
-                read_by: read_by.map(|n| n as u32),
-                preview,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let epoch = &self.epoch;
+        let mut sends = Vec::new();
+        self.postings
+            .batches(&self.conn, &[(sender, Role::From)], 1, true, |batch| {
+                let mut rows = stmt.query(params![batch, sender])?;
+                while sends.len() < limit {
+                    let Some(r) = rows.next()? else { break };
+                    sends.push(send_state(epoch, r)?);
+                }
+                Ok(sends.len() < limit)
+            })?;
+        Ok(sends)
     }
 
     fn owner_hash(&mut self, id: &str) -> Result<Option<String>, StoreError> {
@@ -1089,6 +1297,12 @@ impl Backend for SqliteBackend {
                 "DELETE FROM reads WHERE seq < (SELECT coalesce(min(seq), 9223372036854775807) FROM messages)",
                 [],
             )?;
+            let min_live: i64 = tx.query_row(
+                "SELECT coalesce(min(seq), ?1) FROM messages",
+                [self.next_seq as i64],
+                |r| r.get(0),
+            )?;
+            self.postings.sweep(&tx, min_live as u64)?;
             // Counts every deletion, so the search index's thread sweeps only after some.
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES ('deletions', ?1)
@@ -1718,5 +1932,233 @@ mod tests {
             b.inbox("B", None, 100, usize::MAX).unwrap().messages.len(),
             50
         );
+    }
+
+    /// Appends `n` messages in group commits of 512, cycling through who writes to whom.
+    fn traffic(b: &mut SqliteBackend, n: usize, start_ts: i64) {
+        let pairs = [("A", "B"), ("B", "A"), ("C", "D"), ("C", "all"), ("D", "B")];
+        let ms: Vec<NewMessage> = (0..n)
+            .map(|i| {
+                let (f, t) = pairs[i % pairs.len()];
+                msg(f, t, &format!("m{i}"), start_ts + i as i64)
+            })
+            .collect();
+        for chunk in ms.chunks(512) {
+            let refs: Vec<&NewMessage> = chunk.iter().collect();
+            b.append(&refs, &[]).unwrap();
+        }
+    }
+
+    /// What `viewer` may see after `after`, straight from `messages` (no postings).
+    fn visible(b: &SqliteBackend, viewer: &str, after: u64) -> Vec<u64> {
+        b.conn
+            .prepare(
+                "SELECT seq FROM messages WHERE seq > ?2
+                 AND (sender = ?1 OR recipient = ?1 OR recipient = 'all') ORDER BY seq",
+            )
+            .unwrap()
+            .query_map(params![viewer, after as i64], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|s| s.unwrap() as u64)
+            .collect()
+    }
+
+    /// Checks what the queries that read postings answer against `messages` itself.
+    fn queries_agree_with_the_messages_table(b: &mut SqliteBackend) {
+        let q = |after, count| HistoryQuery {
+            from: None,
+            to: None,
+            after,
+            inbound_only: false,
+            thread: None,
+            count,
+            max_bytes: usize::MAX,
+        };
+        let page_seqs = |p: HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        for viewer in ["A", "B", "C", "D", "E"] {
+            let all = visible(b, viewer, 0);
+            let latest = page_seqs(b.history(viewer, &q(After::Latest, 7)).unwrap());
+            assert_eq!(
+                latest,
+                all[all.len().saturating_sub(7)..],
+                "{viewer} latest"
+            );
+            // Paging forward across the flushed rows and the tail misses nothing.
+            let mut cursor = 0;
+            let mut paged = Vec::new();
+            loop {
+                let p = b.history(viewer, &q(After::Seq(cursor), 1000)).unwrap();
+                let more = p.more;
+                paged.extend(page_seqs(p));
+                cursor = *paged.last().unwrap_or(&0);
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(paged, all, "{viewer} paged");
+        }
+        let direct_to_b: i64 = b
+            .conn
+            .query_row(
+                "SELECT count(*) FROM messages WHERE recipient = 'B' AND read_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let broadcasts: i64 = b
+            .conn
+            .query_row(
+                "SELECT count(*) FROM messages WHERE recipient = 'all'
+                 AND seq > (SELECT first_seq FROM sessions WHERE id = 'B')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let inbox = b.inbox("B", None, 50, usize::MAX).unwrap();
+        assert_eq!(
+            inbox.messages.len() as u64 + inbox.remaining,
+            (direct_to_b + broadcasts) as u64
+        );
+        assert_eq!(
+            b.unread_count("B").unwrap(),
+            (direct_to_b + broadcasts) as u64
+        );
+        let oldest: i64 = b
+            .conn
+            .query_row(
+                "SELECT min(seq) FROM messages WHERE recipient = 'B' AND read_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(inbox.messages[0].seq, oldest as u64);
+        let sent_by_c: Vec<u64> = b
+            .recent_sends("C", 3)
+            .unwrap()
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        let newest_c: Vec<u64> = b
+            .conn
+            .prepare("SELECT seq FROM messages WHERE sender = 'C' ORDER BY seq DESC LIMIT 3")
+            .unwrap()
+            .query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|s| s.unwrap() as u64)
+            .collect();
+        assert_eq!(sent_by_c, newest_c);
+        assert!(!b.forget_if_idle("B").unwrap(), "B has unread mail");
+    }
+
+    #[test]
+    fn postings_written_out_and_the_tail_read_back_at_open_answer_like_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.session_registered("B", "{}", 0).unwrap();
+        // Two flushes' worth and a tail.
+        traffic(&mut b, 2 * postings::FLUSH_MESSAGES + 700, 1);
+        let rows: i64 = b
+            .conn
+            .query_row("SELECT count(*) FROM postings", [], |r| r.get(0))
+            .unwrap();
+        assert!(rows > 0, "nothing written out");
+        let upto: u64 = get_meta(&b.conn, "postings_upto")
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(upto >= 2 * postings::FLUSH_MESSAGES as u64 && upto < b.next_seq - 1);
+        queries_agree_with_the_messages_table(&mut b);
+        drop(b);
+        // The tail was never written: a new process reads it back from `messages`.
+        let mut b = open(dir.path());
+        queries_agree_with_the_messages_table(&mut b);
+    }
+
+    #[test]
+    fn retention_sweeps_postings_below_the_oldest_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.session_registered("B", "{}", 0).unwrap();
+        let day = 86_400_000;
+        traffic(&mut b, 3 * postings::FLUSH_MESSAGES, day);
+        traffic(&mut b, 600, 90 * day);
+        let policy = Retention {
+            max_age: Duration::from_secs(30 * 86_400),
+            max_bytes: u64::MAX,
+            every: Duration::from_secs(60),
+        };
+        while b.prune(&policy, 100 * day, 4096).unwrap().more {}
+        let (min, stale): (i64, i64) = b
+            .conn
+            .query_row(
+                "SELECT (SELECT min(seq) FROM messages),
+                        (SELECT count(*) FROM postings
+                         WHERE last_seq < (SELECT min(seq) FROM messages))",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(min as usize, 3 * postings::FLUSH_MESSAGES + 1);
+        assert_eq!(stale, 0, "postings of pruned messages were kept");
+        queries_agree_with_the_messages_table(&mut b);
+    }
+
+    #[test]
+    fn a_version_2_store_is_upgraded_to_postings_and_loses_its_two_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = open(dir.path());
+            b.session_registered("B", "{}", 0).unwrap();
+            traffic(&mut b, postings::FLUSH_MESSAGES + 1500, 1);
+            // Back to what a hub of schema version 2 left behind.
+            b.conn
+                .execute_batch(
+                    "DROP TABLE postings;
+                     DELETE FROM meta WHERE key = 'postings_upto';
+                     CREATE INDEX messages_by_recipient ON messages(recipient, seq);
+                     CREATE INDEX messages_by_sender ON messages(sender, seq);
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+        }
+        let mut b = open(dir.path());
+        let (version, indexes, rows): (String, i64, i64) = b
+            .conn
+            .query_row(
+                "SELECT (SELECT value FROM meta WHERE key = 'schema_version'),
+                        (SELECT count(*) FROM sqlite_master
+                         WHERE name IN ('messages_by_recipient', 'messages_by_sender')),
+                        (SELECT count(*) FROM postings)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((version.as_str(), indexes), ("3", 0));
+        assert!(rows > 0);
+        queries_agree_with_the_messages_table(&mut b);
+        traffic(&mut b, 100, 10_000_000);
+        queries_agree_with_the_messages_table(&mut b);
+    }
+
+    #[test]
+    fn a_damaged_version_2_store_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = open(dir.path());
+            let body = "z".repeat(200);
+            let ms: Vec<NewMessage> = (0..300)
+                .map(|i| msg("A", "B", &format!("MARK-{i:04}-{body}"), i))
+                .collect();
+            b.append(&ms.iter().collect::<Vec<_>>(), &[]).unwrap();
+            b.conn
+                .execute_batch("UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+                .unwrap();
+        }
+        corrupt_page_holding(&dir.path().join(DB_FILE), "MARK-0100-");
+        let err = SqliteBackend::open(dir.path(), SyncMode::Normal)
+            .err()
+            .expect("a damaged store that needs an upgrade must not open");
+        assert!(err.to_string().contains("schema version 2"), "{err}");
     }
 }

@@ -916,7 +916,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, "2");
+        assert_eq!(version, "3");
         let index = SearchIndex::start(dir.path()).unwrap();
         assert_eq!(seqs(search(&index, "B", query("plan"))), [1]);
         // Old messages answer nothing; a new one may answer them.

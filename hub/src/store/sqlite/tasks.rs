@@ -246,6 +246,9 @@ impl SqliteBackend {
     fn mail_committed(&mut self, mail: &TaskMail) {
         self.next_seq = mail.msg.seq + 1;
         self.total_bytes += mail.msg.content.len() as u64;
+        self.postings
+            .add(mail.msg.seq, &mail.msg.from, &mail.msg.to);
+        self.flush_postings();
     }
 
     /// Deletes unattached blobs past their time and bundles of long-finished tasks.
