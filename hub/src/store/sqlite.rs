@@ -128,7 +128,7 @@ impl SqliteBackend {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let conn = Connection::open(&path)?;
-        Self::init(conn, path, sync)
+        Self::init(conn, path, sync, false)
     }
 
     /// Opens the store for a hub: takes the data directory's lock first and holds it as long
@@ -139,7 +139,7 @@ impl SqliteBackend {
         let path = data_dir.join(DB_FILE);
         datadir::prepare(data_dir, &path)?;
         let lock = DataDirLock::acquire(data_dir)?;
-        let mut store = Self::init(Connection::open(&path)?, path, sync)?;
+        let mut store = Self::init(Connection::open(&path)?, path, sync, true)?;
         // Only a hub drops it: an operator tool (`open`) next to an older running hub must
         // not take that hub's index away.
         search::drop_legacy(&store.conn, store.integrity != Integrity::Ok)?;
@@ -167,7 +167,15 @@ impl SqliteBackend {
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
 
-    fn init(conn: Connection, path: PathBuf, sync: SyncMode) -> Result<Self, StoreError> {
+    /// `hub`: opened by the hub that owns the store ([`Self::open_exclusive`]), which alone
+    /// upgrades it to version 3 (an operator tool next to an older running hub must not drop
+    /// that hub's indexes from under it).
+    fn init(
+        conn: Connection,
+        path: PathBuf,
+        sync: SyncMode,
+        hub: bool,
+    ) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.display().to_string(),
             reason,
@@ -228,6 +236,7 @@ impl SqliteBackend {
         let damaged = integrity != Integrity::Ok;
 
         let version: Option<String> = get_meta(&conn, "schema_version")?;
+        let mut older = false;
         match version.as_deref().map(str::parse::<i64>) {
             None if damaged => return Err(corrupt("damaged and without a schema version".into())),
             None => {
@@ -244,7 +253,11 @@ impl SqliteBackend {
                 if v == 1 {
                     upgrade_1_to_2(&conn).map_err(|e| corrupt(e.to_string()))?;
                 }
-                upgrade_2_to_3(&conn).map_err(|e| corrupt(e.to_string()))?;
+                if hub {
+                    upgrade_2_to_3(&conn).map_err(|e| corrupt(e.to_string()))?;
+                } else {
+                    older = true;
+                }
             }
             Some(other) => {
                 return Err(corrupt(format!(
@@ -299,9 +312,13 @@ impl SqliteBackend {
         )?;
         let session_rows =
             conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64;
-        let postings = match Postings::load(&conn) {
-            Err(_) if damaged => Postings::default(),
-            r => r?,
+        let postings = if older {
+            Postings::absent(
+                "schema version 2, which the hub upgrades at its next start; until then \
+                 this tool can only forget or release names in it",
+            )
+        } else {
+            Postings::load(&conn, damaged)?
         };
         Ok(Self {
             session_rows,
@@ -351,13 +368,13 @@ impl SqliteBackend {
 
     fn count_unread(&self, viewer: &str, from: Option<&str>) -> Result<u64, StoreError> {
         let first = self.first_seq(viewer)?;
-        let args: [&dyn ToSql; 2] = [&viewer, &from];
-        let direct = self.count_by_postings(&[(viewer, Role::To)], 1, DIRECT_UNREAD, &args)?;
+        let direct =
+            self.count_by_postings(&[(viewer, Role::To)], 1, DIRECT_UNREAD, &[&viewer, &from])?;
         let broadcast = self.count_by_postings(
             &[(BROADCAST, Role::To)],
             first.saturating_add(1),
             BROADCAST_UNREAD,
-            &args,
+            &[&viewer, &from, &(first as i64)],
         )?;
         Ok(direct + broadcast)
     }
@@ -378,7 +395,10 @@ impl SqliteBackend {
         })();
         match written {
             Ok(()) => self.postings.written(high),
-            Err(e) => tracing::warn!("postings not written yet (kept in memory): {e}"),
+            Err(e) => {
+                self.postings.write_failed();
+                tracing::warn!("postings not written yet (kept in memory): {e}");
+            }
         }
     }
 
@@ -439,9 +459,10 @@ impl SqliteBackend {
 /// [`Role::To`] postings that count.
 const DIRECT_UNREAD: &str =
     "recipient = ?2 AND read_at IS NULL AND sender <> ?2 AND (?3 IS NULL OR sender = ?3)";
-/// Broadcasts `?2` has not read (from `?3` only, unless NULL), among `all`'s postings
-/// after the session's first seq.
-const BROADCAST_UNREAD: &str = "recipient = 'all' AND sender <> ?2 AND (?3 IS NULL OR sender = ?3)
+/// Broadcasts `?2` has not read (from `?3` only, unless NULL) stored after `?4`, the
+/// session's first seq, among `all`'s postings.
+const BROADCAST_UNREAD: &str = "recipient = 'all' AND seq > ?4 AND sender <> ?2
+     AND (?3 IS NULL OR sender = ?3)
      AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?2 AND r.seq = m.seq)";
 
 /// A query's parameters: the batch of candidate seqs first, then `args`.
@@ -460,7 +481,7 @@ fn with_batch<'a>(
 /// one transaction.
 fn upgrade_2_to_3(conn: &Connection) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
-    let mut postings = Postings::default();
+    let mut postings = Postings::new();
     let mut last = 0u64;
     let mut n = 0u64;
     {
@@ -846,12 +867,19 @@ impl Backend for SqliteBackend {
                     None => return Ok(page.finish(desc)),
                 },
             };
+            // A filter on the sender or the recipient names the only postings to read.
+            let everything = [
+                (viewer, Role::From),
+                (viewer, Role::To),
+                (BROADCAST, Role::To),
+            ];
+            let sources: &[(&str, Role)] = match (&q.from, &q.to) {
+                (Some(from), _) => &[(from, Role::From)],
+                (None, Some(to)) => &[(to, Role::To)],
+                (None, None) => &everything,
+            };
             self.select_by_postings(
-                &[
-                    (viewer, Role::From),
-                    (viewer, Role::To),
-                    (BROADCAST, Role::To),
-                ],
+                sources,
                 lo,
                 desc,
                 "(sender = ?2 OR recipient = ?2 OR recipient = 'all')
@@ -917,20 +945,26 @@ impl Backend for SqliteBackend {
         max_bytes: usize,
     ) -> Result<InboxPage, StoreError> {
         let first = self.first_seq(viewer)?;
-        let args: [&dyn ToSql; 2] = [&viewer, &from];
         // The first `count` of each kind; the page is the first `count` of both.
         let mut all: Vec<StoredMessage> = Vec::with_capacity(count * 2);
-        self.select_by_postings(&[(viewer, Role::To)], 1, false, DIRECT_UNREAD, &args, |m| {
-            all.push(m);
-            all.len() < count
-        })?;
+        self.select_by_postings(
+            &[(viewer, Role::To)],
+            1,
+            false,
+            DIRECT_UNREAD,
+            &[&viewer, &from],
+            |m| {
+                all.push(m);
+                all.len() < count
+            },
+        )?;
         let direct = all.len();
         self.select_by_postings(
             &[(BROADCAST, Role::To)],
             first.saturating_add(1),
             false,
             BROADCAST_UNREAD,
-            &args,
+            &[&viewer, &from, &(first as i64)],
             |m| {
                 all.push(m);
                 all.len() - direct < count
@@ -1997,6 +2031,32 @@ mod tests {
             }
             assert_eq!(paged, all, "{viewer} paged");
         }
+        // Filtered by sender or recipient: only what the viewer may see, newest last.
+        for (viewer, from, to) in [
+            ("B", Some("A"), None),
+            ("A", Some("C"), None),
+            ("B", None, Some("all")),
+            ("A", None, Some("D")),
+        ] {
+            let mut filtered = q(After::Latest, 5);
+            filtered.from = from.map(str::to_string);
+            filtered.to = to.map(str::to_string);
+            let got = page_seqs(b.history(viewer, &filtered).unwrap());
+            let want: Vec<u64> = b
+                .conn
+                .prepare(
+                    "SELECT seq FROM (SELECT seq FROM messages
+                     WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all')
+                       AND (?2 IS NULL OR sender = ?2) AND (?3 IS NULL OR recipient = ?3)
+                     ORDER BY seq DESC LIMIT 5) ORDER BY seq",
+                )
+                .unwrap()
+                .query_map(params![viewer, from, to], |r| r.get::<_, i64>(0))
+                .unwrap()
+                .map(|s| s.unwrap() as u64)
+                .collect();
+            assert_eq!(got, want, "{viewer} from {from:?} to {to:?}");
+        }
         let direct_to_b: i64 = b
             .conn
             .query_row(
@@ -2122,6 +2182,26 @@ mod tests {
                 )
                 .unwrap();
         }
+        // An operator tool next to an older running hub leaves the store as it is.
+        let mut tool = SqliteBackend::open(dir.path(), SyncMode::Normal).unwrap();
+        assert!(tool.forget_session("nobody").is_ok());
+        let refused = tool.inbox("B", None, 10, usize::MAX).unwrap_err();
+        assert!(
+            refused.to_string().contains("schema version 2"),
+            "{refused}"
+        );
+        drop(tool);
+        let still: i64 = Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master
+                 WHERE name IN ('messages_by_recipient', 'messages_by_sender')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(still, 2, "a tool dropped the indexes of a running hub");
+        // The hub upgrades it.
         let mut b = open(dir.path());
         let (version, indexes, rows): (String, i64, i64) = b
             .conn

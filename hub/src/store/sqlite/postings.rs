@@ -63,25 +63,54 @@ pub(super) struct Postings {
     len: usize,
     /// Rows wholly below this seq were deleted by [`Self::sweep`].
     swept_below: u64,
+    /// The tail is not written out before it holds this many messages: [`FLUSH_MESSAGES`],
+    /// and another [`FLUSH_MESSAGES`] after each failed write, so a full disk costs one
+    /// attempt per flush's worth of mail, not one per commit.
+    flush_at: usize,
+    /// Why the store's postings cannot be read (a store of an older schema opened by an
+    /// operator tool, which leaves the upgrade to the hub): every query refuses.
+    absent: Option<&'static str>,
 }
 
 impl Postings {
-    /// Reads `meta.postings_upto` and the tail after it back from `messages`.
-    pub(super) fn load(conn: &Connection) -> Result<Self, StoreError> {
-        let upto = get_meta(conn, "postings_upto")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut p = Self {
-            upto,
+    /// No postings yet (a new store, or one being upgraded).
+    pub(super) fn new() -> Self {
+        Self {
+            flush_at: FLUSH_MESSAGES,
             ..Self::default()
-        };
-        let mut stmt = conn
-            .prepare("SELECT seq, sender, recipient FROM messages WHERE seq > ?1 ORDER BY seq")?;
-        let mut rows = stmt.query([upto as i64])?;
-        while let Some(r) = rows.next()? {
-            p.add_row(r)?;
         }
-        Ok(p)
+    }
+
+    /// Postings that refuse every query, saying `why`.
+    pub(super) fn absent(why: &'static str) -> Self {
+        Self {
+            absent: Some(why),
+            ..Self::new()
+        }
+    }
+
+    /// Reads `meta.postings_upto` and the tail after it back from `messages`. On a damaged
+    /// store (`partial`), a read error ends the tail where it happened instead of failing:
+    /// what was read is still served.
+    pub(super) fn load(conn: &Connection, partial: bool) -> Result<Self, StoreError> {
+        let mut p = Self::new();
+        let read = (|| -> Result<(), StoreError> {
+            p.upto = get_meta(conn, "postings_upto")?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut stmt = conn.prepare(
+                "SELECT seq, sender, recipient FROM messages WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([p.upto as i64])?;
+            while let Some(r) = rows.next()? {
+                p.add_row(r)?;
+            }
+            Ok(())
+        })();
+        match read {
+            Err(e) if !partial => Err(e),
+            _ => Ok(p),
+        }
     }
 
     /// Records a committed message read as `(seq, sender, recipient)`; returns its seq.
@@ -107,7 +136,12 @@ impl Postings {
 
     /// True when the tail should be written out.
     pub(super) fn due(&self) -> bool {
-        self.len >= FLUSH_MESSAGES
+        self.len >= self.flush_at
+    }
+
+    /// Writing the tail out failed: try again a flush's worth of mail later.
+    pub(super) fn write_failed(&mut self) {
+        self.flush_at = self.len + FLUSH_MESSAGES;
     }
 
     /// Writes the tail as rows inside `tx` and records `high` (the store's last seq, at
@@ -152,6 +186,7 @@ impl Postings {
         self.from.clear();
         self.len = 0;
         self.upto = high;
+        self.flush_at = FLUSH_MESSAGES;
     }
 
     /// Deletes rows whose every seq is below `min_live` (the oldest stored message), once
@@ -178,6 +213,14 @@ impl Postings {
         desc: bool,
         mut visit: impl FnMut(&Rc<Vec<Value>>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
+        if let Some(why) = self.absent {
+            return Err(StoreError::Corrupt {
+                path: super::DB_FILE.into(),
+                reason: why.into(),
+            });
+        }
+        // Seqs are SQLite integers: nothing is stored above i64::MAX.
+        let lo = lo.min(i64::MAX as u64);
         let mut cursors: Vec<Cursor<'_>> = sources
             .iter()
             .map(|&(party, role)| Cursor::new(self, party, role, lo, desc))
@@ -349,7 +392,7 @@ mod tests {
     #[test]
     fn runs_split_where_an_offset_outgrows_a_u16_and_merge_in_order_both_ways() {
         let conn = db();
-        let mut p = Postings::default();
+        let mut p = Postings::new();
         // a → b every 7th seq across 200,000 seqs (several u16 runs), b → all in between.
         let mut expect_ab = Vec::new();
         for seq in 1..=200_000u64 {
