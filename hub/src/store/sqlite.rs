@@ -202,6 +202,16 @@ impl SqliteBackend {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Plans are made once per statement, never from the values bound to it. Without
+        // this, SQLite (built with STAT4) compiles a cached statement with a range and an
+        // ORDER BY again at each use, as the cache clears its bindings: the postings
+        // cursor's were ~6 % of the hub's CPU in a registration storm (docs/BENCHMARKS.md).
+        // No query here has a plan that depends on a value (no ANALYZE statistics, no
+        // LIKE with a bound pattern).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| corrupt(e.to_string()))?;
         conn.execute_batch(postings::SCHEMA)
@@ -2133,6 +2143,26 @@ mod tests {
         // The tail was never written: a new process reads it back from `messages`.
         let mut b = open(dir.path());
         queries_agree_with_the_messages_table(&mut b);
+    }
+
+    #[test]
+    fn the_postings_cursors_statements_are_not_compiled_again_at_each_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.session_registered("B", "{}", 0).unwrap();
+        traffic(&mut b, postings::FLUSH_MESSAGES + 10, 1);
+        for viewer in ["A", "B", "C", "D"] {
+            b.unread_count(viewer).unwrap();
+            b.recent_sends(viewer, 3).unwrap();
+        }
+        for sql in [postings::ROW_FROM, postings::ROW_BEFORE] {
+            let stmt = b.conn.prepare_cached(sql).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
     }
 
     #[test]

@@ -257,6 +257,15 @@ impl Postings {
     }
 }
 
+/// The first row of a party's role holding a seq `>= ?3`. (Statements of this shape, a range
+/// and an ORDER BY, are compiled again at every use unless the connection keeps its query
+/// plans: see `SqliteBackend::init`, `SQLITE_DBCONFIG_ENABLE_QPSG`.)
+pub(super) const ROW_FROM: &str = "SELECT first_seq, last_seq, deltas FROM postings
+     WHERE party = ?1 AND role = ?2 AND last_seq >= ?3 ORDER BY last_seq LIMIT 1";
+/// The last row of a party's role whose seqs are all `< ?3`.
+pub(super) const ROW_BEFORE: &str = "SELECT first_seq, last_seq, deltas FROM postings
+     WHERE party = ?1 AND role = ?2 AND last_seq < ?3 ORDER BY last_seq DESC LIMIT 1";
+
 /// One source's seqs in order: a row of the table at a time, then (ascending) or first
 /// (descending) the tail.
 struct Cursor<'a> {
@@ -315,29 +324,21 @@ impl<'a> Cursor<'a> {
 
     fn next_row(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let row: Option<(i64, i64, Vec<u8>)> = if self.desc {
-            conn.prepare_cached(
-                "SELECT first_seq, last_seq, deltas FROM postings
-                 WHERE party = ?1 AND role = ?2 AND last_seq < ?3
-                 ORDER BY last_seq DESC LIMIT 1",
-            )?
-            .query_row(
-                params![self.party, self.role as i64, self.bound.unwrap_or(i64::MAX)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?
+            conn.prepare_cached(ROW_BEFORE)?
+                .query_row(
+                    params![self.party, self.role as i64, self.bound.unwrap_or(i64::MAX)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?
         } else {
             let from = self
                 .bound
                 .map_or(self.lo as i64, |b| b.saturating_add(1).max(self.lo as i64));
-            conn.prepare_cached(
-                "SELECT first_seq, last_seq, deltas FROM postings
-                 WHERE party = ?1 AND role = ?2 AND last_seq >= ?3
-                 ORDER BY last_seq LIMIT 1",
-            )?
-            .query_row(params![self.party, self.role as i64, from], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?
+            conn.prepare_cached(ROW_FROM)?
+                .query_row(params![self.party, self.role as i64, from], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?
         };
         let Some((first, last, deltas)) = row else {
             self.rows_done = true;
