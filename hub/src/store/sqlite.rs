@@ -1690,15 +1690,7 @@ mod tests {
         ];
         let refs: Vec<&NewMessage> = ms.iter().collect();
         b.append(&refs, &[]).unwrap();
-        let q = |after, count| HistoryQuery {
-            from: None,
-            to: None,
-            after,
-            inbound_only: false,
-            thread: None,
-            count,
-            max_bytes: usize::MAX,
-        };
+        let q = unfiltered;
         let texts = |p: HistoryPage| {
             p.messages
                 .into_iter()
@@ -1993,6 +1985,27 @@ mod tests {
         }
     }
 
+    /// History without filters: `count` messages after `after`, no byte cap.
+    fn unfiltered(after: After, count: usize) -> HistoryQuery {
+        HistoryQuery {
+            from: None,
+            to: None,
+            after,
+            inbound_only: false,
+            thread: None,
+            count,
+            max_bytes: usize::MAX,
+        }
+    }
+
+    /// A store where B registered, then `n` messages of [`traffic`].
+    fn busy_store(dir: &Path, n: usize, start_ts: i64) -> SqliteBackend {
+        let mut b = open(dir);
+        b.session_registered("B", "{}", 0).unwrap();
+        traffic(&mut b, n, start_ts);
+        b
+    }
+
     /// What `viewer` may see after `after`, straight from `messages` (no postings).
     fn visible(b: &SqliteBackend, viewer: &str, after: u64) -> Vec<u64> {
         b.conn
@@ -2009,15 +2022,7 @@ mod tests {
 
     /// Checks what the queries that read postings answer against `messages` itself.
     fn queries_agree_with_the_messages_table(b: &mut SqliteBackend) {
-        let q = |after, count| HistoryQuery {
-            from: None,
-            to: None,
-            after,
-            inbound_only: false,
-            thread: None,
-            count,
-            max_bytes: usize::MAX,
-        };
+        let q = unfiltered;
         let page_seqs = |p: HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
         for viewer in ["A", "B", "C", "D", "E"] {
             let all = visible(b, viewer, 0);
@@ -2148,9 +2153,7 @@ mod tests {
     #[test]
     fn the_postings_cursors_statements_are_not_compiled_again_at_each_use() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = open(dir.path());
-        b.session_registered("B", "{}", 0).unwrap();
-        traffic(&mut b, postings::FLUSH_MESSAGES + 10, 1);
+        let mut b = busy_store(dir.path(), postings::FLUSH_MESSAGES + 10, 1);
         for viewer in ["A", "B", "C", "D"] {
             b.unread_count(viewer).unwrap();
             b.recent_sends(viewer, 3).unwrap();
@@ -2168,10 +2171,8 @@ mod tests {
     #[test]
     fn retention_sweeps_postings_below_the_oldest_message() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = open(dir.path());
-        b.session_registered("B", "{}", 0).unwrap();
         let day = 86_400_000;
-        traffic(&mut b, 3 * postings::FLUSH_MESSAGES, day);
+        let mut b = busy_store(dir.path(), 3 * postings::FLUSH_MESSAGES, day);
         traffic(&mut b, 600, 90 * day);
         let policy = Retention {
             max_age: Duration::from_secs(30 * 86_400),
@@ -2198,9 +2199,7 @@ mod tests {
     fn a_version_2_store_is_upgraded_to_postings_and_loses_its_two_indexes() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut b = open(dir.path());
-            b.session_registered("B", "{}", 0).unwrap();
-            traffic(&mut b, postings::FLUSH_MESSAGES + 1500, 1);
+            let b = busy_store(dir.path(), postings::FLUSH_MESSAGES + 1500, 1);
             // Back to what a hub of schema version 2 left behind.
             b.conn
                 .execute_batch(
