@@ -391,7 +391,8 @@ impl SqliteBackend {
 
     /// Writes the postings tail out once it is due, in its own transaction (one more
     /// commit per [`postings::FLUSH_MESSAGES`] messages). A failure keeps the tail, to be
-    /// tried again after the next commit: nothing is lost, `messages` holds every row.
+    /// tried again a flush's worth of messages later: nothing is lost, `messages` holds
+    /// every row.
     fn flush_postings(&mut self) {
         if !self.postings.due() {
             return;

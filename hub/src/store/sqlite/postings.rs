@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS postings (
 
 /// Messages the tail holds before it is written out. Bound: the tail holds at most this
 /// many plus one group commit (`store::actor::MAX_BATCH`) or one task move, unless writing
-/// it fails (a full disk), when it is tried again after every commit.
+/// it fails (a full disk), when it is tried again each [`FLUSH_MESSAGES`] messages later.
 pub(super) const FLUSH_MESSAGES: usize = 4096;
 
 /// Candidate seqs handed to one query, at most; the first batch is [`FIRST_BATCH`] and each
