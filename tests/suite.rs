@@ -54,6 +54,7 @@ mod security_privacy;
 mod security_tls;
 mod security_token;
 mod store_damage;
+mod store_upgrade;
 mod tasks_bridges;
 mod tasks_git;
 mod tasks_hub;
