@@ -5,8 +5,9 @@
 //! marks for broadcasts; `sessions` remembers every session that ever registered (for
 //! `get_sessions` and for which broadcasts count as its mail); `meta` holds the epoch, the
 //! sequence high-water mark and the byte total used by retention. A message that answers
-//! another carries `reply_to` and `thread` (the root's seq); `messages_fts` indexes every
-//! body for `search` (see [`search`]).
+//! another carries `reply_to` and `thread` (the root's seq); `postings` says which messages
+//! each session sent and was sent (see [`postings`]); the search index, in a file of its
+//! own, indexes every body for `search` (see [`search`]).
 
 use std::path::{Path, PathBuf};
 
