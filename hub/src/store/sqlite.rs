@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use relay_proto::{BROADCAST, time::iso, wire::SendState};
+use std::rc::Rc;
+
 use rusqlite::{Connection, OptionalExtension, ToSql, params, types::Value};
 
 use self::postings::{Postings, Role};
@@ -427,14 +429,23 @@ impl SqliteBackend {
         mut take: impl FnMut(StoredMessage) -> bool,
     ) -> Result<(), StoreError> {
         let order = if desc { "DESC" } else { "ASC" };
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE seq IN rarray(?1) AND ({cond})
-             ORDER BY seq {order}"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let sql = |shape: Shape| {
+            format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {} AND ({cond})
+                 ORDER BY seq {order}",
+                shape.filter()
+            )
+        };
+        let mut listed = self.conn.prepare_cached(&sql(Shape::Listed))?;
+        let mut range = self.conn.prepare_cached(&sql(Shape::Range))?;
         self.postings
             .batches(&self.conn, sources, lo, desc, |batch| {
-                let params = with_batch(batch, args);
+                let (shape, batch) = Shape::of(batch);
+                let stmt = match shape {
+                    Shape::Listed => &mut listed,
+                    Shape::Range => &mut range,
+                };
+                let params = with_batch(&batch, args);
                 let mut rows = stmt.query(&*params)?;
                 while let Some(r) = rows.next()? {
                     if !take(row_message(r)?) {
@@ -454,18 +465,75 @@ impl SqliteBackend {
         cond: &str,
         args: &[&dyn ToSql],
     ) -> Result<u64, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT count(*) FROM messages m WHERE seq IN rarray(?1) AND ({cond})"
-        ))?;
+        let sql = |shape: Shape| {
+            format!(
+                "SELECT count(*) FROM messages m WHERE {} AND ({cond})",
+                shape.filter()
+            )
+        };
+        let mut listed = self.conn.prepare_cached(&sql(Shape::Listed))?;
+        let mut range = self.conn.prepare_cached(&sql(Shape::Range))?;
         let mut n = 0u64;
         self.postings
             .batches(&self.conn, sources, lo, false, |batch| {
-                n += stmt.query_row(&*with_batch(batch, args), |r| r.get::<_, i64>(0))? as u64;
+                let (shape, batch) = Shape::of(batch);
+                let stmt = match shape {
+                    Shape::Listed => &mut listed,
+                    Shape::Range => &mut range,
+                };
+                n += stmt.query_row(&*with_batch(&batch, args), |r| r.get::<_, i64>(0))? as u64;
                 Ok(true)
             })?;
         Ok(n)
     }
 }
+
+/// How a query reads a batch of candidate seqs.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Each seq by itself (`seq IN rarray(?1)`): for candidates spread thin.
+    Listed,
+    /// Every row from the batch's first to its last seq (`?1` is that pair): for
+    /// candidates that are most of the rows in their span, where a scan along the table
+    /// costs less than a lookup per seq. The same rows match: a batch holds every
+    /// candidate of its span, and `cond` states who each row is for.
+    Range,
+}
+
+impl Shape {
+    /// The filter on `seq` in this shape's SQL.
+    fn filter(self) -> &'static str {
+        match self {
+            Shape::Listed => "seq IN rarray(?1)",
+            Shape::Range => {
+                "seq >= (SELECT min(value) FROM rarray(?1))
+                 AND seq <= (SELECT max(value) FROM rarray(?1))"
+            }
+        }
+    }
+
+    /// The shape for `batch` (in ascending or descending order), and what `?1` is.
+    fn of(batch: &Rc<Vec<Value>>) -> (Shape, Rc<Vec<Value>>) {
+        let seq = |v: Option<&Value>| match v {
+            Some(Value::Integer(s)) => *s,
+            _ => 0,
+        };
+        let (a, b) = (seq(batch.first()), seq(batch.last()));
+        let span = a.abs_diff(b) + 1;
+        // A lookup costs a few rows of a scan (measured: docs/BENCHMARKS.md, "Postings").
+        if span <= RANGE_DENSITY * batch.len() as u64 {
+            (
+                Shape::Range,
+                Rc::new(vec![Value::Integer(a), Value::Integer(b)]),
+            )
+        } else {
+            (Shape::Listed, batch.clone())
+        }
+    }
+}
+
+/// A batch is read as a range when its span holds at most this many rows per candidate.
+const RANGE_DENSITY: u64 = 4;
 
 /// Direct mail `?2` has not read (from `?3` only, unless NULL): the rows of `?2`'s
 /// [`Role::To`] postings that count.
@@ -478,10 +546,7 @@ const BROADCAST_UNREAD: &str = "recipient = 'all' AND seq > ?4 AND sender <> ?2
      AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.identity = ?2 AND r.seq = m.seq)";
 
 /// A query's parameters: the batch of candidate seqs first, then `args`.
-fn with_batch<'a>(
-    batch: &'a std::rc::Rc<Vec<Value>>,
-    args: &[&'a dyn ToSql],
-) -> Vec<&'a dyn ToSql> {
+fn with_batch<'a>(batch: &'a Rc<Vec<Value>>, args: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
     let mut params: Vec<&dyn ToSql> = Vec::with_capacity(args.len() + 1);
     params.push(batch);
     params.extend_from_slice(args);
