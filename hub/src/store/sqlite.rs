@@ -2337,4 +2337,137 @@ mod tests {
             .expect("a damaged store that needs an upgrade must not open");
         assert!(err.to_string().contains("schema version 2"), "{err}");
     }
+
+    /// The queries that read postings, on a store of 500,000 messages, against schema
+    /// version 2's SQL and indexes on the same store in the same run (docs/BENCHMARKS.md,
+    /// "Postings"). A benchmark, not a check:
+    /// `cargo test --release -p hub --lib postings_against_schema_2 -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn postings_against_schema_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = busy_store(dir.path(), 500_000, 1);
+        b.session_registered("N", "{}", 5).unwrap();
+        /// Median of 5 runs of `f`, in ms.
+        fn time(mut f: impl FnMut()) -> f64 {
+            let mut t: Vec<f64> = (0..5)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    f();
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t[2]
+        }
+        let new = [
+            time(|| {
+                b.count_unread("B", None).unwrap();
+            }),
+            time(|| drop(b.inbox("B", None, 50, usize::MAX).unwrap())),
+            time(|| drop(b.history("A", &unfiltered(After::Latest, 50)).unwrap())),
+            time(|| {
+                drop(
+                    b.history("A", &unfiltered(After::Seq(250_000), 50))
+                        .unwrap(),
+                )
+            }),
+            time(|| drop(b.recent_sends("C", 20).unwrap())),
+            time(|| {
+                b.count_unread("N", None).unwrap();
+            }),
+        ];
+        b.conn
+            .execute_batch(
+                "CREATE INDEX messages_by_recipient ON messages(recipient, seq);
+                 CREATE INDEX messages_by_sender ON messages(sender, seq);",
+            )
+            .unwrap();
+        let c = &b.conn;
+        let count = |viewer: &str| {
+            let first: i64 = c
+                .query_row(
+                    "SELECT first_seq FROM sessions WHERE id = ?1",
+                    [viewer],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let direct: i64 = c
+                .prepare(
+                    "SELECT count(*) FROM messages WHERE recipient = ?1 AND read_at IS NULL
+                     AND sender <> ?1 AND (?2 IS NULL OR sender = ?2)",
+                )
+                .unwrap()
+                .query_row(params![viewer, None::<&str>], |r| r.get(0))
+                .unwrap();
+            let bcast: i64 = c
+                .prepare(
+                    "SELECT count(*) FROM messages m WHERE recipient = 'all' AND seq > ?3
+                     AND sender <> ?1 AND (?2 IS NULL OR sender = ?2)
+                     AND NOT EXISTS (SELECT 1 FROM reads r
+                                     WHERE r.identity = ?1 AND r.seq = m.seq)",
+                )
+                .unwrap()
+                .query_row(params![viewer, None::<&str>, first], |r| r.get(0))
+                .unwrap();
+            direct + bcast
+        };
+        let rows = |sql: &str, p: &[&dyn ToSql]| {
+            let mut stmt = c.prepare(sql).unwrap();
+            stmt.query_map(p, |_| Ok(())).unwrap().for_each(drop);
+        };
+        let history = "SELECT seq, content FROM messages
+             WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all') AND seq > ?2
+             ORDER BY seq DESC LIMIT 51";
+        let forward = "SELECT seq, content FROM messages
+             WHERE (sender = ?1 OR recipient = ?1 OR recipient = 'all') AND seq > ?2
+             ORDER BY seq ASC LIMIT 51";
+        let old = [
+            time(|| {
+                count("B");
+            }),
+            time(|| {
+                rows(
+                    "SELECT seq, content FROM messages WHERE recipient = ?1
+                     AND read_at IS NULL AND sender <> ?1 ORDER BY seq LIMIT 50",
+                    &[&"B"],
+                );
+                rows(
+                    "SELECT seq, content FROM messages m WHERE recipient = 'all' AND seq > 0
+                     AND sender <> ?1 AND NOT EXISTS (SELECT 1 FROM reads r
+                         WHERE r.identity = ?1 AND r.seq = m.seq) ORDER BY seq LIMIT 50",
+                    &[&"B"],
+                );
+                count("B");
+            }),
+            time(|| rows(history, &[&"A", &0])),
+            time(|| rows(forward, &[&"A", &250_000])),
+            time(|| {
+                rows(
+                    "SELECT seq, ts, recipient, substr(content, 1, 60), delivered_at, read_at,
+                        CASE WHEN recipient = 'all'
+                             THEN (SELECT count(*) FROM reads r WHERE r.seq = m.seq) END,
+                        CASE WHEN recipient = 'all'
+                             THEN (SELECT min(at) FROM reads r WHERE r.seq = m.seq) END
+                     FROM messages m WHERE sender = ?1 ORDER BY seq DESC LIMIT 20",
+                    &[&"C"],
+                )
+            }),
+            time(|| {
+                count("N");
+            }),
+        ];
+        let names = [
+            "unread count, 300,000 unread",
+            "inbox page of 50 (with its count)",
+            "history, newest 50",
+            "history, 50 after the middle",
+            "recent sends, 20",
+            "unread count, a new session",
+        ];
+        eprintln!("| query, 500,000 messages | schema 2 ms | postings ms | ratio |");
+        for ((name, o), n) in names.iter().zip(old).zip(new) {
+            eprintln!("| {name} | {o:.3} | {n:.3} | {:.3}× |", n / o);
+        }
+    }
 }
