@@ -9,11 +9,12 @@
 //! each session sent and was sent (see [`postings`]); the search index, in a file of its
 //! own, indexes every body for `search` (see [`search`]).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    rc::Rc,
+};
 
 use relay_proto::{BROADCAST, time::iso, wire::SendState};
-use std::rc::Rc;
-
 use rusqlite::{Connection, OptionalExtension, ToSql, params, types::Value};
 
 use self::postings::{Postings, Role};
@@ -418,7 +419,9 @@ impl SqliteBackend {
 
     /// Reads the messages among `sources`' postings from `lo` on (ascending, or descending
     /// with `desc`) that match `cond`, handing each to `take` until it answers false.
-    /// In `cond`, `?1` is the batch of candidates and `args` are `?2`, `?3`, ….
+    /// `cond` must state who each row is for, as strictly as `sources` do (a dense batch is
+    /// read as a range of rows, [`Shape::Range`]); it may not use `?1` (the candidates, in
+    /// one shape or the other), and `args` are `?2`, `?3`, ….
     fn select_by_postings(
         &self,
         sources: &[(&str, Role)],
@@ -438,9 +441,12 @@ impl SqliteBackend {
         };
         let mut listed = self.conn.prepare_cached(&sql(Shape::Listed))?;
         let mut range = self.conn.prepare_cached(&sql(Shape::Range))?;
+        // A range reads every page of its span: on a damaged store, one holding only other
+        // sessions' mail would fail a query that lookups answer.
+        let ranges = self.integrity == Integrity::Ok;
         self.postings
             .batches(&self.conn, sources, lo, desc, |batch| {
-                let (shape, batch) = Shape::of(batch);
+                let (shape, batch) = Shape::of(batch, ranges);
                 let stmt = match shape {
                     Shape::Listed => &mut listed,
                     Shape::Range => &mut range,
@@ -457,7 +463,7 @@ impl SqliteBackend {
     }
 
     /// Counts the messages among `sources`' postings from `lo` on that match `cond`
-    /// (parameters as in [`Self::select_by_postings`]).
+    /// (`cond` and parameters as in [`Self::select_by_postings`]).
     fn count_by_postings(
         &self,
         sources: &[(&str, Role)],
@@ -473,10 +479,13 @@ impl SqliteBackend {
         };
         let mut listed = self.conn.prepare_cached(&sql(Shape::Listed))?;
         let mut range = self.conn.prepare_cached(&sql(Shape::Range))?;
+        // A range reads every page of its span: on a damaged store, one holding only other
+        // sessions' mail would fail a query that lookups answer.
+        let ranges = self.integrity == Integrity::Ok;
         let mut n = 0u64;
         self.postings
             .batches(&self.conn, sources, lo, false, |batch| {
-                let (shape, batch) = Shape::of(batch);
+                let (shape, batch) = Shape::of(batch, ranges);
                 let stmt = match shape {
                     Shape::Listed => &mut listed,
                     Shape::Range => &mut range,
@@ -512,8 +521,9 @@ impl Shape {
         }
     }
 
-    /// The shape for `batch` (in ascending or descending order), and what `?1` is.
-    fn of(batch: &Rc<Vec<Value>>) -> (Shape, Rc<Vec<Value>>) {
+    /// The shape for `batch` (in ascending or descending order; a range only if `ranges`),
+    /// and what `?1` is.
+    fn of(batch: &Rc<Vec<Value>>, ranges: bool) -> (Shape, Rc<Vec<Value>>) {
         let seq = |v: Option<&Value>| match v {
             Some(Value::Integer(s)) => *s,
             _ => 0,
@@ -521,7 +531,7 @@ impl Shape {
         let (a, b) = (seq(batch.first()), seq(batch.last()));
         let span = a.abs_diff(b) + 1;
         // A lookup costs a few rows of a scan (measured: docs/BENCHMARKS.md, "Postings").
-        if span <= RANGE_DENSITY * batch.len() as u64 {
+        if ranges && span <= RANGE_DENSITY * batch.len() as u64 {
             (
                 Shape::Range,
                 Rc::new(vec![Value::Integer(a), Value::Integer(b)]),
@@ -2315,6 +2325,30 @@ mod tests {
         queries_agree_with_the_messages_table(&mut b);
         traffic(&mut b, 100, 10_000_000);
         queries_agree_with_the_messages_table(&mut b);
+    }
+
+    #[test]
+    fn a_damaged_store_still_counts_and_reads_mail_around_a_page_of_someone_elses() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = open(dir.path());
+            b.session_registered("B", "{}", 0).unwrap();
+            let body = "z".repeat(200);
+            // B's mail, then a block of C's to D filling pages of their own, then B's again:
+            // written out as postings (past a flush), where B's run is dense.
+            let mut ms: Vec<NewMessage> = (0..2000).map(|i| msg("A", "B", "b", i)).collect();
+            ms.extend((0..60).map(|i| msg("C", "D", &format!("MARK-{i:04}-{body}"), 3000)));
+            ms.extend((0..2500).map(|i| msg("A", "B", "b", 4000 + i)));
+            for chunk in ms.chunks(512) {
+                b.append(&chunk.iter().collect::<Vec<_>>(), &[]).unwrap();
+            }
+        }
+        corrupt_page_holding(&dir.path().join(DB_FILE), "MARK-0030-");
+        let mut b = open(dir.path());
+        assert!(matches!(b.integrity(), Integrity::Damaged(_)));
+        assert_eq!(b.unread_count("B").unwrap(), 4500);
+        let page = b.inbox("B", None, 10, usize::MAX).unwrap();
+        assert_eq!((page.messages.len(), page.remaining), (10, 4490));
     }
 
     #[test]
