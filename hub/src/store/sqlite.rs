@@ -417,25 +417,27 @@ impl SqliteBackend {
         }
     }
 
-    /// Reads the messages among `sources`' postings from `lo` on (ascending, or descending
-    /// with `desc`) that match `cond`, handing each to `take` until it answers false.
+    /// Runs `{select} FROM messages m WHERE <seq is a candidate> AND ({cond}) {order}` over
+    /// the candidates of `sources`' postings from `lo` on (ascending, or descending with
+    /// `desc`), a batch at a time, handing each row to `each` until it answers false.
     /// `cond` must state who each row is for, as strictly as `sources` do (a dense batch is
     /// read as a range of rows, [`Shape::Range`]); it may not use `?1` (the candidates, in
     /// one shape or the other), and `args` are `?2`, `?3`, ….
-    fn select_by_postings(
+    #[allow(clippy::too_many_arguments)]
+    fn read_postings(
         &self,
         sources: &[(&str, Role)],
         lo: u64,
         desc: bool,
+        select: &str,
         cond: &str,
+        order: &str,
         args: &[&dyn ToSql],
-        mut take: impl FnMut(StoredMessage) -> bool,
+        mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let order = if desc { "DESC" } else { "ASC" };
         let sql = |shape: Shape| {
             format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {} AND ({cond})
-                 ORDER BY seq {order}",
+                "{select} FROM messages m WHERE {} AND ({cond}) {order}",
                 shape.filter()
             )
         };
@@ -451,10 +453,9 @@ impl SqliteBackend {
                     Shape::Listed => &mut listed,
                     Shape::Range => &mut range,
                 };
-                let params = with_batch(&batch, args);
-                let mut rows = stmt.query(&*params)?;
+                let mut rows = stmt.query(&*with_batch(&batch, args))?;
                 while let Some(r) = rows.next()? {
-                    if !take(row_message(r)?) {
+                    if !each(r)? {
                         return Ok(false);
                     }
                 }
@@ -462,8 +463,37 @@ impl SqliteBackend {
             })
     }
 
+    /// The messages among `sources`' postings from `lo` on that match `cond`, in seq order
+    /// (newest first with `desc`), handed to `take` until it answers false (`cond` and
+    /// parameters as in [`Self::read_postings`]).
+    fn select_by_postings(
+        &self,
+        sources: &[(&str, Role)],
+        lo: u64,
+        desc: bool,
+        cond: &str,
+        args: &[&dyn ToSql],
+        mut take: impl FnMut(StoredMessage) -> bool,
+    ) -> Result<(), StoreError> {
+        let order = if desc {
+            "ORDER BY seq DESC"
+        } else {
+            "ORDER BY seq ASC"
+        };
+        self.read_postings(
+            sources,
+            lo,
+            desc,
+            &format!("SELECT {MESSAGE_COLUMNS}"),
+            cond,
+            order,
+            args,
+            |r| Ok(take(row_message(r)?)),
+        )
+    }
+
     /// Counts the messages among `sources`' postings from `lo` on that match `cond`
-    /// (`cond` and parameters as in [`Self::select_by_postings`]).
+    /// (`cond` and parameters as in [`Self::read_postings`]).
     fn count_by_postings(
         &self,
         sources: &[(&str, Role)],
@@ -471,28 +501,11 @@ impl SqliteBackend {
         cond: &str,
         args: &[&dyn ToSql],
     ) -> Result<u64, StoreError> {
-        let sql = |shape: Shape| {
-            format!(
-                "SELECT count(*) FROM messages m WHERE {} AND ({cond})",
-                shape.filter()
-            )
-        };
-        let mut listed = self.conn.prepare_cached(&sql(Shape::Listed))?;
-        let mut range = self.conn.prepare_cached(&sql(Shape::Range))?;
-        // A range reads every page of its span: on a damaged store, one holding only other
-        // sessions' mail would fail a query that lookups answer.
-        let ranges = self.integrity == Integrity::Ok;
         let mut n = 0u64;
-        self.postings
-            .batches(&self.conn, sources, lo, false, |batch| {
-                let (shape, batch) = Shape::of(batch, ranges);
-                let stmt = match shape {
-                    Shape::Listed => &mut listed,
-                    Shape::Range => &mut range,
-                };
-                n += stmt.query_row(&*with_batch(&batch, args), |r| r.get::<_, i64>(0))? as u64;
-                Ok(true)
-            })?;
+        self.read_postings(sources, lo, false, "SELECT count(*)", cond, "", args, |r| {
+            n += r.get::<_, i64>(0)? as u64;
+            Ok(true)
+        })?;
         Ok(n)
     }
 }
@@ -629,7 +642,7 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// A page of history being filled in query order: at most `count` messages and
+/// A page (of history, of an inbox) being filled in order: at most `count` messages and
 /// `max_bytes` of their wire form (but always the first one).
 struct Page {
     messages: Vec<StoredMessage>,
@@ -1058,20 +1071,16 @@ impl Backend for SqliteBackend {
             },
         )?;
         all.sort_by_key(|m| m.seq);
-        let mut messages = Vec::with_capacity(count.min(all.len()));
-        let mut bytes = 0usize;
+        let mut page = Page::new(count, max_bytes);
         for m in all {
-            let len = wire_len(&m);
-            if messages.len() >= count || (!messages.is_empty() && bytes + len > max_bytes) {
+            if !page.push(m) {
                 break;
             }
-            bytes += len;
-            messages.push(m);
         }
         let total = self.count_unread(viewer, from)?;
         Ok(InboxPage {
-            remaining: total.saturating_sub(messages.len() as u64),
-            messages,
+            remaining: total.saturating_sub(page.messages.len() as u64),
+            messages: page.messages,
         })
     }
 
@@ -1274,25 +1283,27 @@ impl Backend for SqliteBackend {
     }
 
     fn recent_sends(&mut self, sender: &str, limit: usize) -> Result<Vec<SendState>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut sends = Vec::new();
+        if limit == 0 {
+            return Ok(sends);
+        }
+        self.read_postings(
+            &[(sender, Role::From)],
+            1,
+            true,
             "SELECT seq, ts, recipient, substr(content, 1, 60), delivered_at, read_at,
                     CASE WHEN recipient = 'all'
                          THEN (SELECT count(*) FROM reads r WHERE r.seq = m.seq) END,
                     CASE WHEN recipient = 'all'
-                         THEN (SELECT min(at) FROM reads r WHERE r.seq = m.seq) END
-             FROM messages m WHERE seq IN rarray(?1) AND sender = ?2 ORDER BY seq DESC",
-        )?;
-        let epoch = &self.epoch;
-        let mut sends = Vec::new();
-        self.postings
-            .batches(&self.conn, &[(sender, Role::From)], 1, true, |batch| {
-                let mut rows = stmt.query(params![batch, sender])?;
-                while sends.len() < limit {
-                    let Some(r) = rows.next()? else { break };
-                    sends.push(send_state(epoch, r)?);
-                }
+                         THEN (SELECT min(at) FROM reads r WHERE r.seq = m.seq) END",
+            "sender = ?2",
+            "ORDER BY seq DESC",
+            &[&sender],
+            |r| {
+                sends.push(send_state(&self.epoch, r)?);
                 Ok(sends.len() < limit)
-            })?;
+            },
+        )?;
         Ok(sends)
     }
 
@@ -1414,15 +1425,14 @@ impl Backend for SqliteBackend {
             report.more = !wrapped && self.total_bytes.saturating_sub(freed) > policy.max_bytes;
         }
         if report.expired + report.evicted > 0 {
-            tx.execute(
-                "DELETE FROM reads WHERE seq < (SELECT coalesce(min(seq), 9223372036854775807) FROM messages)",
-                [],
-            )?;
+            // Everything below the oldest message left (or, with none left, below the next
+            // seq: every seq given out) goes from the read marks and the postings.
             let min_live: i64 = tx.query_row(
                 "SELECT coalesce(min(seq), ?1) FROM messages",
                 [self.next_seq as i64],
                 |r| r.get(0),
             )?;
+            tx.execute("DELETE FROM reads WHERE seq < ?1", [min_live])?;
             self.postings.sweep(&tx, min_live as u64)?;
             // Counts every deletion, so the search index's thread sweeps only after some.
             tx.execute(
