@@ -409,7 +409,7 @@ impl SqliteBackend {
             Ok(())
         })();
         match written {
-            Ok(()) => self.postings.written(high),
+            Ok(()) => self.postings.written(),
             Err(e) => {
                 self.postings.write_failed();
                 tracing::warn!("postings not written yet (kept in memory): {e}");
@@ -592,7 +592,7 @@ fn upgrade_2_to_3(conn: &Connection) -> Result<(), StoreError> {
             n += 1;
             if postings.due() {
                 postings.write(&tx, last)?;
-                postings.written(last);
+                postings.written();
             }
         }
     }

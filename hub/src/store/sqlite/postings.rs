@@ -53,10 +53,10 @@ pub(super) enum Role {
     From = 1,
 }
 
-/// Seqs after `upto`, per party, in ascending order: what the table does not hold yet.
+/// Seqs after `meta.postings_upto`, per party, in ascending order: what the table does not
+/// hold yet.
 #[derive(Default)]
 pub(super) struct Postings {
-    upto: u64,
     to: HashMap<Box<str>, Vec<u64>>,
     from: HashMap<Box<str>, Vec<u64>>,
     /// Messages in the tail.
@@ -95,13 +95,13 @@ impl Postings {
     pub(super) fn load(conn: &Connection, partial: bool) -> Result<Self, StoreError> {
         let mut p = Self::new();
         let read = (|| -> Result<(), StoreError> {
-            p.upto = get_meta(conn, "postings_upto")?
+            let upto: i64 = get_meta(conn, "postings_upto")?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let mut stmt = conn.prepare(
                 "SELECT seq, sender, recipient FROM messages WHERE seq > ?1 ORDER BY seq",
             )?;
-            let mut rows = stmt.query([p.upto as i64])?;
+            let mut rows = stmt.query([upto])?;
             while let Some(r) = rows.next()? {
                 p.add_row(r)?;
             }
@@ -181,11 +181,10 @@ impl Postings {
     }
 
     /// The rows [`Self::write`] made were committed.
-    pub(super) fn written(&mut self, high: u64) {
+    pub(super) fn written(&mut self) {
         self.to.clear();
         self.from.clear();
         self.len = 0;
-        self.upto = high;
         self.flush_at = FLUSH_MESSAGES;
     }
 
@@ -405,7 +404,7 @@ mod tests {
             }
         }
         p.write(&conn, 200_000).unwrap();
-        p.written(200_000);
+        p.written();
         let runs: i64 = conn
             .query_row(
                 "SELECT count(*) FROM postings WHERE party = 'a' AND role = 1",
