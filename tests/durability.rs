@@ -1,6 +1,9 @@
 //! Nothing acknowledged is lost: the hub killed with SIGKILL in the middle of a burst and
 //! restarted on the same data directory still holds every acked message, exactly once and
-//! in send order, and idempotency keys make resending the unacked ones safe.
+//! in send order, and idempotency keys make resending the unacked ones safe. Registrations
+//! share a deferred commit (docs/STORAGE.md, "Registrations"): what a later ack depends on
+//! — a new session's row, an owner secret handed out — is on disk by the time of that ack,
+//! and an idle hub commits the rest on its own.
 
 use crate::common;
 
@@ -140,5 +143,97 @@ async fn sigkill_mid_burst_loses_no_acked_message_and_duplicates_none() {
     assert_eq!(texts, expected, "exactly once, in send order");
     for (i, (seq, _)) in got.iter().enumerate() {
         assert_eq!(seq_of[&i], *seq, "message {i} kept the seq its ack named");
+    }
+}
+
+/// Kills the hub with SIGKILL and starts it again on the same port and data directory.
+async fn kill_and_restart(dir: &std::path::Path, mut hub: Hub) -> Hub {
+    let port = hub.port;
+    common::hub::signal(hub.pid() as i32, "KILL");
+    hub.kill().await;
+    Hub::start_on(dir, port).await
+}
+
+#[tokio::test]
+async fn a_new_sessions_row_is_on_disk_before_a_broadcast_it_should_get_is_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    // B is new: its row (which broadcasts count as its mail) joins the deferred commit.
+    let (_b, _) = Ws::register(&hub.url, "B").await;
+    let (mut a, _) = Ws::register(&hub.url, "A").await;
+    a.send(json!({"type": "message", "to": "all", "content": "for B too"}))
+        .await;
+    a.until("sent").await;
+    // Killed within milliseconds of the ack, well inside the deferred commit's window.
+    let hub = kill_and_restart(dir.path(), hub).await;
+
+    let (mut b, reg) = Ws::register(&hub.url, "B").await;
+    assert_eq!(
+        reg["unread"], 1,
+        "B's row survived with the broadcast: {reg}"
+    );
+    b.send(json!({"type": "receive"})).await;
+    let inbox = b.expect("inbox").await;
+    assert_eq!(inbox["messages"][0]["content"], "for B too", "{inbox}");
+}
+
+#[tokio::test]
+async fn an_owner_secret_is_on_disk_before_it_is_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let mut c = Ws::connect(&hub.url).await;
+    c.send(json!({"type": "register", "clientId": "C", "ownership": true}))
+        .await;
+    let reg = c.expect("registered").await;
+    let secret = reg["ownerSecret"].as_str().expect("a secret").to_string();
+    drop(c);
+    // Nothing else happens before the kill that would commit it.
+    let hub = kill_and_restart(dir.path(), hub).await;
+
+    let mut thief = Ws::connect(&hub.url).await;
+    thief
+        .send(json!({"type": "register", "clientId": "C"}))
+        .await;
+    let refused = thief.expect("register_rejected").await;
+    assert_eq!(refused["code"], "not_owner", "{refused}");
+    drop(thief);
+    let mut owner = Ws::connect(&hub.url).await;
+    owner
+        .send(json!({"type": "register", "clientId": "C", "ownerSecret": secret}))
+        .await;
+    let reg = owner.expect("registered").await;
+    assert_eq!(reg["owned"], true, "{reg}");
+}
+
+#[tokio::test]
+async fn an_idle_hub_commits_deferred_registrations_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    let (_d, _) = Ws::register(&hub.url, "D").await;
+    // No other traffic: only the actor's deadline (50 ms) can commit D's row within a
+    // second — the hub's next store call, its integrity check, comes every 2 s and would
+    // commit it too, which is what the bound tells apart. Read the file the way another
+    // process would.
+    let db = rusqlite::Connection::open_with_flags(
+        hub.data_dir.join("relay.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let within = std::time::Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let rows: i64 = db
+            .query_row("SELECT count(*) FROM sessions WHERE id = 'D'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        if rows == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "D's row was not committed within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -122,7 +122,12 @@ impl ConnSession {
             max_bytes: hub.config.max_page_bytes,
             now,
         };
-        let granted = match hub.store.call(move |b| record_claim(b, record)).await {
+        // Deferred: a storm of registrations shares one commit (`Request::Deferred`).
+        let granted = match hub
+            .store
+            .call_deferred(move |b| record_claim(b, record))
+            .await
+        {
             Ok(Claim::Granted(granted)) => granted,
             Ok(Claim::NotOwner { presented }) => {
                 hub.router.release(&id, self.outbox.id());
@@ -341,7 +346,9 @@ fn admit(
 
 /// On the store actor, in one trip: checks ownership, records the session, takes its backlog
 /// (marked delivered) and, last, mints an owner secret for a client that keeps them and a
-/// name nobody owns — so a secret is only ever handed out once the name is recorded.
+/// name nobody owns — so a secret is only ever handed out once the name is recorded. The
+/// session row and the marks may wait for a commit shared with other registrations
+/// (`StoreHandle::call_deferred`); a minted secret is committed before it is returned.
 fn record_claim(b: &mut dyn Backend, r: Record) -> Result<Claim, StoreError> {
     let id = r.id.as_str();
     let owned = match b.owner_hash(id)? {
@@ -377,7 +384,11 @@ fn record_claim(b: &mut dyn Backend, r: Record) -> Result<Claim, StoreError> {
     };
     let minted = if !owned && r.wants_secret {
         let secret = mint_secret();
-        match b.set_owner(id, &hash_secret(&secret), r.now) {
+        // Committed before the secret is handed out, deferred call or not.
+        match b
+            .set_owner(id, &hash_secret(&secret), r.now)
+            .and_then(|()| b.settle())
+        {
             Ok(()) => Some(secret),
             Err(e) => {
                 tracing::warn!(%id, "owner secret not recorded ({e}): the name stays unowned");

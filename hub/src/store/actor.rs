@@ -7,9 +7,16 @@
 //! of it. A `Call` (a query) first commits the appends queued before it, so a client always
 //! reads its own writes. Deliveries are recorded with the insert when the recipient is
 //! online; the rare fixes the router reports ride along in the next batch's transaction, or
-//! are written on their own when the queue is idle.
+//! are written on their own when the queue is idle. A `Deferred` call (a registration) may
+//! leave its writes for one commit shared with the deferred calls around it, at most
+//! [`DEFER_FOR`] later; anything else the actor runs commits them first.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    task::{Context, Poll, Wake, Waker},
+    thread::Thread,
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 
@@ -25,6 +32,16 @@ use crate::outbound::AckTo;
 /// push into a sender's outbox at once, so outboxes must hold well over this (the default is
 /// 4096 frames; the flag will not go below twice this).
 pub(crate) const MAX_BATCH: usize = 512;
+
+/// Longest a deferred call's writes wait for their commit ([`Request::Deferred`]): the
+/// bound on what a killed hub can forget of a registration storm. Registrations arriving
+/// one after another (about one a millisecond in the 5,000-session benchmark) share one
+/// commit per this interval instead of one each (docs/BENCHMARKS.md, "Registrations share
+/// a commit").
+pub(crate) const DEFER_FOR: Duration = Duration::from_millis(50);
+
+/// Most deferred calls whose writes share one commit (the bound on one commit's size).
+const DEFER_MAX: usize = 1024;
 
 /// A message to store and whom to ack.
 pub(crate) struct Append {
@@ -102,17 +119,21 @@ fn run(
 ) {
     let mut batch: Vec<Append> = Vec::with_capacity(64);
     let mut delivered: Vec<(u64, Option<i64>)> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
+    let mut deferred = Deferred::default();
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    while let Some(first) = recv(&mut rx, &waker, deferred.due()) {
+        let mut next = first;
         while let Some(req) = next.take() {
             match req {
                 Request::Append(a) => {
                     batch.push(a);
                     if batch.len() >= MAX_BATCH {
+                        deferred.settle(&mut *backend);
                         commit(&mut *backend, &mut batch, &mut delivered, &*sink);
                     }
                 }
                 Request::Call(f) => {
+                    deferred.settle(&mut *backend);
                     commit(&mut *backend, &mut batch, &mut delivered, &*sink);
                     f(&mut *backend);
                     // A call may have reopened the store (see `Backend::verify`).
@@ -122,22 +143,113 @@ fn run(
                         integrity.store(Arc::new(backend.integrity()));
                     }
                 }
+                Request::Deferred(f) => {
+                    if !batch.is_empty() {
+                        deferred.settle(&mut *backend);
+                        commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+                    }
+                    deferred.open(&mut *backend);
+                    f(&mut *backend);
+                }
             }
             next = rx.try_recv().ok();
         }
-        commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+        if !batch.is_empty() {
+            deferred.settle(&mut *backend);
+            commit(&mut *backend, &mut batch, &mut delivered, &*sink);
+        }
         sink.take_fixes(&mut delivered);
         if !delivered.is_empty() && rx.is_empty() {
+            deferred.settle(&mut *backend);
             if let Err(e) = backend.mark_delivered(&delivered) {
                 error!("recording deliveries failed: {e}");
             }
             delivered.clear();
         }
+        if deferred.due().is_some_and(|due| due <= Instant::now()) {
+            deferred.settle(&mut *backend);
+        }
     }
+    deferred.settle(&mut *backend);
     if !delivered.is_empty() {
         let _ = backend.mark_delivered(&delivered);
     }
     debug!("store actor stopped");
+}
+
+/// The deferred calls whose writes wait for a commit ([`Request::Deferred`]).
+#[derive(Default)]
+struct Deferred {
+    /// When the first of them ran; None when nothing waits.
+    since: Option<Instant>,
+    count: usize,
+}
+
+impl Deferred {
+    /// When what waits must be committed.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|t| t + DEFER_FOR)
+    }
+
+    /// A deferred call is about to run: its writes join the ones waiting (a full set is
+    /// committed first).
+    fn open(&mut self, backend: &mut dyn Backend) {
+        if self.count >= DEFER_MAX {
+            self.settle(backend);
+        }
+        // Every time: a deferred call may have settled itself (an owner secret) and
+        // the backend opens a transaction only when none is open.
+        backend.defer_commits();
+        self.since.get_or_insert_with(Instant::now);
+        self.count += 1;
+    }
+
+    /// Commits what waits, if anything.
+    fn settle(&mut self, backend: &mut dyn Backend) {
+        if self.since.take().is_some() {
+            if let Err(e) = backend.settle() {
+                error!("recording {} registration(s) failed: {e}", self.count);
+            }
+            self.count = 0;
+        }
+    }
+}
+
+/// Wakes the actor's thread when a request arrives while it waits with a deadline.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The next request: waits for one, or until `due` (then `Some(None)`: time to commit what
+/// was deferred). None once every handle is gone and the queue is empty.
+fn recv(
+    rx: &mut mpsc::Receiver<Request>,
+    waker: &Waker,
+    due: Option<Instant>,
+) -> Option<Option<Request>> {
+    let Some(due) = due else {
+        return rx.blocking_recv().map(Some);
+    };
+    let mut cx = Context::from_waker(waker);
+    loop {
+        match rx.poll_recv(&mut cx) {
+            Poll::Ready(req) => return req.map(Some),
+            Poll::Pending => {}
+        }
+        let now = Instant::now();
+        if now >= due {
+            return Some(None);
+        }
+        // A push wakes the thread through `waker`; a wake-up for nothing just loops.
+        std::thread::park_timeout(due - now);
+    }
 }
 
 fn commit(

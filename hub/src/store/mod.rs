@@ -348,6 +348,16 @@ pub(crate) trait Backend: Send {
     /// Housekeeping the actor runs between batches, after the last one was routed (the
     /// SQLite backend finishes a WAL checkpoint here when the WAL has grown too large).
     fn maintain(&mut self) {}
+    /// Lets the writes of the calls that follow wait for one later commit, until
+    /// [`settle`](Self::settle): the actor's answer to a storm of registrations, each of
+    /// which would otherwise commit its session row alone (see [`Request::Deferred`]). A
+    /// backend that cannot defer writes commits each as before.
+    fn defer_commits(&mut self) {}
+    /// Commits what [`defer_commits`](Self::defer_commits) let wait, if anything. On an
+    /// error those writes are rolled back (they are bookkeeping: see [`Request::Deferred`]).
+    fn settle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The thread root of message `seq` if `viewer` may see it (its own send, mail to it, a
     /// broadcast); None when the message is unknown or not the viewer's to see: a reply to
     /// it must be refused without saying which.
@@ -430,6 +440,16 @@ pub(crate) enum Request {
     Append(Append),
     /// Run a closure against the backend after every earlier append is committed.
     Call(Job),
+    /// Like `Call`, but its writes may wait up to [`actor::DEFER_FOR`] for one commit shared
+    /// with the deferred calls around it (a registration's session row and delivery marks:
+    /// bookkeeping that nothing acked depends on). Anything else the actor runs — an append,
+    /// a call — commits them first, so no reader and no later message ever sees the store
+    /// without them. A hub killed in that window loses only what those rows said last: a
+    /// session first seen then counts as first seen after the restart, and no message
+    /// stored after its registration can be missing for it, since storing one commits the
+    /// rows first (docs/STORAGE.md, "Registrations"). A call that hands out something it
+    /// wrote (an owner secret) settles before it answers.
+    Deferred(Job),
 }
 
 /// The hub's handle to the store actor. Cheap to clone.
@@ -468,9 +488,26 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.run(f, Request::Call).await
+    }
+
+    /// Like [`call`](Self::call), but what `f` writes may be committed a little later,
+    /// together with the writes of the deferred calls around it ([`Request::Deferred`]).
+    pub(crate) async fn call_deferred<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.run(f, Request::Deferred).await
+    }
+
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError> + Send + 'static,
+        kind: fn(Job) -> Request,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request::Call(Box::new(move |b| {
+            .send(kind(Box::new(move |b| {
                 let _ = tx.send(f(b));
             })))
             .await

@@ -18,6 +18,7 @@ use relay_proto::{BROADCAST, time::iso, wire::SendState};
 use rusqlite::{Connection, OptionalExtension, ToSql, params, types::Value};
 
 use self::postings::{Postings, Role};
+use self::savepoint::Savepoint;
 use super::{
     After, Appended, Backend, HistoryPage, HistoryQuery, InboxPage, Integrity, NewMessage,
     PruneReport, SessionRecord, StoreError, StoredMessage, checkpoint::Checkpointer, datadir,
@@ -28,6 +29,7 @@ use crate::config::{Retention, SyncMode};
 mod approvals;
 mod operator;
 mod postings;
+mod savepoint;
 mod search;
 
 pub(crate) use search::{INDEX_FILE, SearchIndex};
@@ -928,10 +930,32 @@ impl Backend for SqliteBackend {
 
     fn mark_delivered(&mut self, delivered: &[(u64, Option<i64>)]) -> Result<(), StoreError> {
         self.writable()?;
-        let tx = self.conn.unchecked_transaction()?;
-        apply_delivery_fixes(&tx, delivered)?;
-        tx.commit()?;
+        // A registration's backlog is marked inside the deferred transaction.
+        let tx = Savepoint::begin(&self.conn)?;
+        apply_delivery_fixes(&self.conn, delivered)?;
+        tx.release()?;
         Ok(())
+    }
+
+    fn defer_commits(&mut self) {
+        if self.writable().is_err() || !self.conn.is_autocommit() {
+            return;
+        }
+        // DEFERRED: the write lock is taken by the first write, not now.
+        if let Err(e) = self.conn.execute_batch("BEGIN") {
+            tracing::debug!("deferred transaction not opened ({e}): each write commits alone");
+        }
+    }
+
+    fn settle(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("COMMIT").map_err(|e| {
+            // Never leave the transaction open for the next writer.
+            let _ = self.conn.execute_batch("ROLLBACK");
+            StoreError::from(e)
+        })
     }
 
     fn thread_of(&mut self, viewer: &str, seq: u64) -> Result<Option<u64>, StoreError> {
@@ -1142,7 +1166,9 @@ impl Backend for SqliteBackend {
         // One transaction for the reads and the write: on its own, each of the five
         // statements takes and gives back the database's locks (`fcntl` calls), which was
         // most of the locking a registration costs the store thread (docs/BENCHMARKS.md).
-        let tx = self.conn.unchecked_transaction()?;
+        // Usually that is the actor's deferred one, shared by the registrations around it
+        // (`defer_commits`); a savepoint either way.
+        let tx = Savepoint::begin(&self.conn)?;
         let known = self.session_exists(id)?;
         self.conn
             .prepare_cached(
@@ -1153,7 +1179,7 @@ impl Backend for SqliteBackend {
             )?
             .execute(params![id, high, meta, now])?;
         let unread = self.count_unread(id, None)?;
-        tx.commit()?;
+        tx.release()?;
         if !known {
             self.session_rows += 1;
         }
