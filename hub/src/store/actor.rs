@@ -208,7 +208,12 @@ impl Deferred {
     fn settle(&mut self, backend: &mut dyn Backend) {
         if self.since.take().is_some() {
             if let Err(e) = backend.settle() {
-                error!("recording {} registration(s) failed: {e}", self.count);
+                // The sessions were served; what is lost is their rows' newest state (the
+                // same words as a registration whose own write failed, dispatch/register.rs).
+                error!(
+                    "session record not written for {} registration(s) ({e}): they were served without it",
+                    self.count
+                );
             }
             self.count = 0;
         }
