@@ -777,7 +777,8 @@ impl ConnSession {
             let transient = self.transient;
             let max = hub.config.max_sessions;
             let router = hub.router.clone();
-            if !hub.store.try_call(move |b| {
+            // Deferred: a storm of disconnects shares one commit, as registrations do.
+            if !hub.store.try_call_deferred(move |b| {
                 let _ = b.session_left(sid.as_str(), now);
                 // A made-up name nobody will claim again: gone with its connection, unless
                 // mail to it waits (then it stays listed, and owned, until forgotten).

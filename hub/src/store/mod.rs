@@ -441,8 +441,9 @@ pub(crate) enum Request {
     /// Run a closure against the backend after every earlier append is committed.
     Call(Job),
     /// Like `Call`, but its writes may wait up to [`actor::DEFER_FOR`] for one commit shared
-    /// with the deferred calls around it (a registration's session row and delivery marks:
-    /// bookkeeping that nothing acked depends on). Anything else the actor runs — an append,
+    /// with the deferred calls around it (a registration's session row and delivery marks,
+    /// a leaving session's last-seen time and the table's trim: bookkeeping that nothing
+    /// acked depends on). Anything else the actor runs — an append,
     /// a call — commits them first, so no reader and no later message ever sees the store
     /// without them. A hub killed in that window loses only what those rows said last: a
     /// session first seen then counts as first seen after the restart, and no message
@@ -519,5 +520,14 @@ impl StoreHandle {
     /// (a connection ending) where waiting is not possible. Returns false if the queue is full.
     pub(crate) fn try_call(&self, f: impl FnOnce(&mut dyn Backend) + Send + 'static) -> bool {
         self.tx.try_send(Request::Call(Box::new(f))).is_ok()
+    }
+
+    /// [`try_call`](Self::try_call) whose writes may wait for a shared commit, as
+    /// [`call_deferred`](Self::call_deferred)'s do.
+    pub(crate) fn try_call_deferred(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) + Send + 'static,
+    ) -> bool {
+        self.tx.try_send(Request::Deferred(Box::new(f))).is_ok()
     }
 }

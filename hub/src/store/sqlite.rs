@@ -952,8 +952,15 @@ impl Backend for SqliteBackend {
             return Ok(());
         }
         self.conn.execute_batch("COMMIT").map_err(|e| {
-            // Never leave the transaction open for the next writer.
+            // Never leave the transaction open for the next writer; the rows it held are
+            // gone, so the count kept in memory is taken again.
             let _ = self.conn.execute_batch("ROLLBACK");
+            if let Ok(n) = self
+                .conn
+                .query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            {
+                self.session_rows = n as u64;
+            }
             StoreError::from(e)
         })
     }
@@ -1236,12 +1243,13 @@ impl Backend for SqliteBackend {
 
     fn forget_session(&mut self, id: &str) -> Result<bool, StoreError> {
         self.writable()?;
-        let tx = self.conn.unchecked_transaction()?;
+        // A savepoint: a session's connection ending runs this deferred (dispatch.rs).
+        let tx = Savepoint::begin(&self.conn)?;
         let owned = tx
             .prepare_cached("DELETE FROM owners WHERE id = ?1")?
             .execute([id])?;
         let rows = drop_session(&tx, id)?;
-        tx.commit()?;
+        tx.release()?;
         self.session_rows = self.session_rows.saturating_sub(rows as u64);
         Ok(rows + owned > 0)
     }
@@ -1276,7 +1284,7 @@ impl Backend for SqliteBackend {
         if excess == 0 {
             return Ok(0);
         }
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = Savepoint::begin(&self.conn)?;
         let mut evicted = 0u64;
         let mut after: Option<(i64, String)> = None;
         'scan: loop {
@@ -1303,7 +1311,7 @@ impl Backend for SqliteBackend {
                 }
             }
         }
-        tx.commit()?;
+        tx.release()?;
         self.session_rows = self.session_rows.saturating_sub(evicted);
         Ok(evicted)
     }

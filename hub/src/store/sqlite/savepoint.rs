@@ -31,6 +31,14 @@ impl<'c> Savepoint<'c> {
     }
 }
 
+impl std::ops::Deref for Savepoint<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
 impl Drop for Savepoint<'_> {
     fn drop(&mut self) {
         if self.open {
