@@ -109,6 +109,10 @@ pub(crate) struct SqliteBackend {
     session_rows: u64,
     /// Who sent and was sent what: the newest in memory, the rest in `postings`.
     postings: Postings,
+    /// A deferred transaction was opened (`defer_commits`) and not yet settled: if the
+    /// connection is back in autocommit before `settle`, SQLite rolled it back (an error
+    /// such as a full disk mid-way), and what it held is lost.
+    deferred: bool,
 }
 
 /// Most lines of a failed integrity check kept in its report.
@@ -338,6 +342,7 @@ impl SqliteBackend {
         };
         Ok(Self {
             session_rows,
+            deferred: false,
             postings,
             conn,
             file_id: Self::file_id(&path),
@@ -941,28 +946,52 @@ impl Backend for SqliteBackend {
         if self.writable().is_err() || !self.conn.is_autocommit() {
             return;
         }
-        // DEFERRED: the write lock is taken by the first write, not now.
-        if let Err(e) = self.conn.execute_batch("BEGIN") {
-            tracing::debug!("deferred transaction not opened ({e}): each write commits alone");
+        // IMMEDIATE: the write lock now, not at the first write. A deferred transaction
+        // that only read (a refused registration) would otherwise hold an old snapshot, and
+        // the first write after another process's commit (`sessions forget --local`) would
+        // fail with SQLITE_BUSY_SNAPSHOT.
+        match self.conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => self.deferred = true,
+            Err(e) => {
+                tracing::debug!("deferred transaction not opened ({e}): each write commits alone")
+            }
         }
     }
 
     fn settle(&mut self) -> Result<(), StoreError> {
-        if self.conn.is_autocommit() {
+        if !std::mem::take(&mut self.deferred) {
             return Ok(());
         }
-        self.conn.execute_batch("COMMIT").map_err(|e| {
-            // Never leave the transaction open for the next writer; the rows it held are
-            // gone, so the count kept in memory is taken again.
-            let _ = self.conn.execute_batch("ROLLBACK");
+        let result = if self.conn.is_autocommit() {
+            // Rolled back by SQLite after an error inside it (see `deferred`).
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the transaction was rolled back after an earlier error".into()),
+            )))
+        } else {
+            self.conn.execute_batch("COMMIT").map_err(|e| {
+                // Never leave the transaction open for the next writer.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                StoreError::from(e)
+            })
+        };
+        if let Err(e) = &result {
+            // The sessions were served; what is lost is their rows' newest state (the same
+            // words as a registration whose own write failed, dispatch/register.rs). The
+            // rows it held are gone, so the count kept in memory is taken again.
+            tracing::error!(
+                "session record not written for the registrations and departures of the last \
+                 {} ms ({e}): they were served without it",
+                super::actor::DEFER_FOR.as_millis()
+            );
             if let Ok(n) = self
                 .conn
                 .query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
             {
                 self.session_rows = n as u64;
             }
-            StoreError::from(e)
-        })
+        }
+        result
     }
 
     fn thread_of(&mut self, viewer: &str, seq: u64) -> Result<Option<u64>, StoreError> {
@@ -1509,6 +1538,45 @@ mod tests {
 
     fn open(dir: &Path) -> SqliteBackend {
         SqliteBackend::open_exclusive(dir, SyncMode::Normal).unwrap()
+    }
+
+    #[test]
+    fn a_deferred_transaction_that_only_read_still_writes_after_another_process_commits() {
+        // A refused registration reads the owner and writes nothing; `sessions forget
+        // --local` may then commit from another process. The next registration in the same
+        // deferred transaction must still write (a read snapshot held from the BEGIN would
+        // fail it with SQLITE_BUSY_SNAPSHOT; the write lock taken at BEGIN keeps the other
+        // process waiting instead).
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.session_registered("A", "{}", 0).unwrap();
+        b.defer_commits();
+        b.owner_hash("A").unwrap();
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let outside = other.execute("DELETE FROM sessions WHERE id = 'A'", []);
+        b.session_registered("B", "{}", 1).unwrap();
+        b.settle().unwrap();
+        assert!(
+            outside.is_err(),
+            "the other process waits for the deferred commit"
+        );
+        assert_eq!(b.session_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_deferred_transaction_sqlite_rolled_back_is_reported_and_the_rows_counted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        b.defer_commits();
+        b.session_registered("A", "{}", 0).unwrap();
+        assert_eq!(b.session_count().unwrap(), 1);
+        // What SQLite does on a full disk or an I/O error while writing pages out.
+        b.conn.execute_batch("ROLLBACK").unwrap();
+        let err = b.settle().expect_err("the loss is reported");
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        assert_eq!(b.session_count().unwrap(), 0, "counted again");
+        b.settle().expect("nothing left to report");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! (`Backend::defer_commits`, docs/STORAGE.md "Registrations"), so the code that writes
 //! them cannot open a transaction of its own (SQLite has no nested `BEGIN`). A SAVEPOINT
 //! does both jobs: outside a transaction it is one (RELEASE commits), inside one it is a
-//! part of it that can be undone alone (ROLLBACK TO), so a failed write never takes other
-//! sessions' rows with it.
+//! part of it that can be undone alone (ROLLBACK TO), so a failed statement does not take
+//! other sessions' rows with it. (A full disk or an I/O error while SQLite writes pages out
+//! can roll back the whole transaction instead; the backend notices and says so when it
+//! settles, docs/STORAGE.md "Registrations".)
 
 use rusqlite::Connection;
 
