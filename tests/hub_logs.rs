@@ -82,3 +82,43 @@ async fn text_logs_name_the_session_on_every_line_of_its_connection() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn a_registration_storm_is_logged_as_a_sample_and_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path()).await;
+    // A few sessions: every one is logged.
+    let (_first, _) = Ws::register(&hub.url, "First").await;
+    log_until(&hub, |l| l.contains("registered") && l.contains("First")).await;
+
+    // A storm: far more than the budget of 50 lines a second.
+    const STORM: usize = 200;
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for i in 0..STORM {
+        held.push(Ws::register(&hub.url, &format!("S{i}")).await.0);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // The line after the storm says how many were left out.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (_last, _) = Ws::register(&hub.url, "Last").await;
+    let lines = log_until(&hub, |l| l.contains("registered") && l.contains("Last")).await;
+    let storm_lines = lines
+        .iter()
+        .filter(|l| l.contains("registered") && l.contains("id=S"))
+        .count();
+    assert!(
+        storm_lines as u64 <= 50 * (seconds + 1),
+        "{storm_lines} lines for {STORM} registrations in {seconds} s"
+    );
+    let skipped: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("skipped=").nth(1))
+        .map(|n| n.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        storm_lines as u64 + skipped,
+        STORM as u64,
+        "every registration is either a line or counted in one: {lines:#?}"
+    );
+}

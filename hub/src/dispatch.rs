@@ -790,8 +790,18 @@ impl ConnSession {
             }) {
                 tracing::warn!(%id, "store queue full: last-seen time not recorded");
             }
-            tracing::info!(%id, addr = %self.addr, "disconnected");
+            session_line(hub, &id, self.addr, "disconnected");
         }
+    }
+}
+
+/// Logs a session coming or going (`what`: `registered`, `disconnected`) within the hub's
+/// budget for such lines (`log_budget`): each one normally, a sample and a count in a storm.
+fn session_line(hub: &HubState, id: &SessionId, addr: SocketAddr, what: &str) {
+    match hub.session_lines.allow(std::time::Instant::now()) {
+        Some(0) => tracing::info!(%id, %addr, "{what}"),
+        Some(skipped) => tracing::info!(%id, %addr, skipped, "{what}"),
+        None => {}
     }
 }
 

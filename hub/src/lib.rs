@@ -37,6 +37,7 @@ mod http;
 mod integrity;
 mod limits;
 mod listing;
+mod log_budget;
 mod metrics;
 mod operator;
 mod outbound;
@@ -85,6 +86,8 @@ pub struct HubState {
     pub(crate) budget: Arc<budget::FrameBudget>,
     /// Where refused clients are logged.
     pub(crate) refusals: refusals::Refusals,
+    /// The budget of the lines about sessions coming and going (see [`log_budget`]).
+    pub(crate) session_lines: log_budget::LineBudget,
     /// TLS acceptor when serving `wss://`.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// What `/metrics` shows.
@@ -156,6 +159,7 @@ impl Hub {
                 caps,
                 budget,
                 refusals: refusals::Refusals::new(metrics.clone()),
+                session_lines: log_budget::LineBudget::new(log_budget::SESSION_LINES_PER_SECOND),
                 tls,
                 metrics,
                 feed,

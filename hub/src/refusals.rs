@@ -16,16 +16,9 @@
 //! so [`Refusals::info`] and [`Refusals::warn`] only log; a frame refused without an answer
 //! goes through [`Refusals::frame`].
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use crate::metrics::Metrics;
+use crate::{log_budget::LineBudget, metrics::Metrics};
 
 /// Most refusal lines written per second.
 pub(crate) const LINES_PER_SECOND: u32 = 20;
@@ -92,10 +85,8 @@ impl ConnRefusal {
 /// The refusal log of one hub, and its refusal counters.
 #[derive(Debug)]
 pub(crate) struct Refusals {
-    /// Start of the current one-second window and lines written in it.
-    window: Mutex<(Instant, u32)>,
-    /// Lines left out since the last one written.
-    skipped: AtomicU64,
+    /// At most [`LINES_PER_SECOND`] lines.
+    lines: LineBudget,
     metrics: Arc<Metrics>,
 }
 
@@ -103,8 +94,7 @@ impl Refusals {
     /// The refusal log of a hub whose refusals are counted in `metrics`.
     pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            window: Mutex::new((Instant::now(), 0)),
-            skipped: AtomicU64::new(0),
+            lines: LineBudget::new(LINES_PER_SECOND),
             metrics,
         }
     }
@@ -129,7 +119,7 @@ impl Refusals {
     /// Logs a routine refusal (a name in use or owned elsewhere, a rate limit). Its count is
     /// the `error` frame's (see the module header).
     pub(crate) fn info(&self, addr: SocketAddr, why: &str) {
-        if let Some(skipped) = self.allow(Instant::now()) {
+        if let Some(skipped) = self.lines.allow(Instant::now()) {
             tracing::info!(%addr, skipped, "refused: {why}");
         }
     }
@@ -137,23 +127,9 @@ impl Refusals {
     /// Logs a refusal that points at an attack or a misconfiguration (a bad token, a cap
     /// reached, a client that does not read).
     pub(crate) fn warn(&self, addr: SocketAddr, why: &str) {
-        if let Some(skipped) = self.allow(Instant::now()) {
+        if let Some(skipped) = self.lines.allow(Instant::now()) {
             tracing::warn!(%addr, skipped, "refused: {why}");
         }
-    }
-
-    /// `Some(lines left out before this one)` if a line may be written now.
-    fn allow(&self, now: Instant) -> Option<u64> {
-        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        if now.duration_since(w.0) >= Duration::from_secs(1) {
-            *w = (now, 0);
-        }
-        if w.1 >= LINES_PER_SECOND {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        w.1 += 1;
-        Some(self.skipped.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -170,20 +146,6 @@ pub(crate) fn loggable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_flood_is_summarized() {
-        let r = Refusals::new(Arc::new(Metrics::new()));
-        let t0 = Instant::now();
-        for _ in 0..LINES_PER_SECOND {
-            assert_eq!(r.allow(t0), Some(0));
-        }
-        for _ in 0..100 {
-            assert_eq!(r.allow(t0), None);
-        }
-        assert_eq!(r.allow(t0 + Duration::from_secs(1)), Some(100));
-        assert_eq!(r.allow(t0 + Duration::from_secs(1)), Some(0));
-    }
 
     #[test]
     fn client_strings_cannot_forge_log_lines() {

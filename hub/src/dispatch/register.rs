@@ -297,7 +297,7 @@ impl ConnSession {
         hub.router.activate(&id, self.outbox.id());
         tracing::Span::current().record("session", tracing::field::display(&id));
         hub.router.announce(&id, true);
-        tracing::info!(%id, addr = %self.addr, "registered");
+        super::session_line(hub, &id, self.addr, "registered");
     }
 }
 
