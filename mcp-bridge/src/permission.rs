@@ -49,39 +49,71 @@ pub(crate) const MAX_OPEN: usize = 32;
 /// The channel prompts this bridge filed and has not seen decided.
 #[derive(Clone, Default)]
 pub(crate) struct Open {
-    ids: Arc<Mutex<VecDeque<String>>>,
+    state: Arc<Mutex<OpenState>>,
+}
+
+#[derive(Default)]
+struct OpenState {
+    ids: VecDeque<String>,
+    /// Tool calls seen so far: a prompt whose filing was answered after a tool call is
+    /// already answered locally (see [`Open::filed`]).
+    calls: u64,
 }
 
 impl Open {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
-        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn add(&self, id: String) {
-        let mut ids = self.lock();
-        if ids.len() >= MAX_OPEN {
-            ids.pop_front();
+    /// Tool calls seen so far (read before filing a prompt).
+    fn calls(&self) -> u64 {
+        self.lock().calls
+    }
+
+    /// The hub filed prompt `id`, asked for when `calls` tool calls had been seen. Returns
+    /// false if a tool call came in while the filing was on its way: the dialog was answered
+    /// locally before the prompt was known here, and it must be closed now (else it would
+    /// stay open on the hub until it expires).
+    fn filed(&self, id: String, calls: u64) -> bool {
+        let mut s = self.lock();
+        if s.calls != calls {
+            return false;
         }
-        ids.push_back(id);
+        if s.ids.len() >= MAX_OPEN {
+            s.ids.pop_front();
+        }
+        s.ids.push_back(id);
+        true
     }
 
     fn remove(&self, id: &str) {
-        self.lock().retain(|x| x != id);
+        self.lock().ids.retain(|x| x != id);
     }
 
     /// A tool call arrived: every open prompt was answered locally. Reports them closed.
     pub(crate) fn tool_called(&self, hub: &HubClient) {
-        let ids: Vec<String> = self.lock().drain(..).collect();
-        for id in ids {
-            let hub = hub.clone();
-            tokio::spawn(async move {
-                let frame = ClientFrame::ApprovalClose(ApprovalClose { id, rid: None });
-                if let Err(e) = hub.request(frame).await {
-                    tracing::debug!("approval not reported closed: {e}");
-                }
-            });
+        for id in self.answered() {
+            close(hub, id);
         }
     }
+
+    /// Counts a tool call and takes the prompts it answered.
+    fn answered(&self) -> Vec<String> {
+        let mut s = self.lock();
+        s.calls += 1;
+        s.ids.drain(..).collect()
+    }
+}
+
+/// Reports prompt `id` closed on the hub (answered locally), in the background.
+fn close(hub: &HubClient, id: String) {
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let frame = ClientFrame::ApprovalClose(ApprovalClose { id, rid: None });
+        if let Err(e) = hub.request(frame).await {
+            tracing::debug!("approval not reported closed: {e}");
+        }
+    });
 }
 
 /// Files one `permission_request` on the hub.
@@ -113,10 +145,13 @@ pub(crate) async fn forward(hub: &HubClient, open: &Open, params: Option<Value>)
         timeout_s: None,
         rid: None,
     });
+    let calls = open.calls();
     match hub.request(frame).await {
         Ok(ServerFrame::Approval(a)) => {
             tracing::info!("permission prompt filed as {}", a.approval.id);
-            open.add(a.approval.id);
+            if !open.filed(a.approval.id.clone(), calls) {
+                close(hub, a.approval.id);
+            }
         }
         Ok(ServerFrame::Error(e)) => tracing::warn!("permission prompt refused: {}", e.message),
         Ok(other) => tracing::warn!("unexpected reply to approval_file: {other:?}"),
@@ -159,5 +194,27 @@ pub(crate) async fn pump(
             break;
         }
         tracing::info!("verdict for {} sent to the client", view.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prompt_whose_filing_crossed_a_tool_call_is_closed_not_kept() {
+        let open = Open::default();
+        let calls = open.calls();
+        assert!(
+            open.filed("A-1".into(), calls),
+            "no tool call meanwhile: kept open"
+        );
+        // The dialog of A-2 opens, its filing is on its way, and a tool call comes first
+        // (the human answered in the terminal): the tool call finds only A-1 ...
+        let calls = open.calls();
+        assert_eq!(open.answered(), ["A-1"]);
+        // ... and A-2, filed after it, is to be closed at once, not kept.
+        assert!(!open.filed("A-2".into(), calls));
+        assert!(open.answered().is_empty());
     }
 }
