@@ -965,7 +965,7 @@ impl Backend for SqliteBackend {
         self.writable()?;
         // A registration's backlog is marked inside the deferred transaction.
         let tx = Savepoint::begin(&self.conn)?;
-        apply_delivery_fixes(&self.conn, delivered)?;
+        apply_delivery_fixes(&tx, delivered)?;
         tx.release()?;
         Ok(())
     }
