@@ -637,6 +637,90 @@ async fn delta_clients_get_the_first_page_of_peers_and_old_clients_the_whole_lis
     hub.stop().await;
 }
 
+/// A batch of more changes than one page names none of them: it says `resync` and how many
+/// are online. After it — and after a `registered` that held only the first page — the client
+/// is sent nothing until it reads the list again; then small batches name their changes.
+#[tokio::test]
+async fn a_batch_past_one_page_says_resync_and_nothing_follows_until_the_list_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start_with(dir.path(), |c| c.delta_peers_page = 2).await;
+    // An old client: its held `peer_joined` frames go out in the same flush as the delta
+    // batches, so once it has seen a join, any batch about it is queued for the others.
+    let (mut witness, _) = Ws::register(&hub.url, "F").await;
+    let mut delta = Ws::connect(&hub.url).await;
+    delta
+        .send(json!({"type": "register", "clientId": "D", "presence": "delta"}))
+        .await;
+    let reg = delta.expect("registered").await;
+    assert_eq!(reg["peersTotal"], 1, "{reg}");
+
+    // Ten joins in a few milliseconds: at most two batch boundaries fall among them, so
+    // some batch holds more than the page of 2.
+    let mut others = Vec::new();
+    for i in 0..10 {
+        others.push(Ws::register(&hub.url, &format!("P{i}")).await.0);
+    }
+    let online = loop {
+        let f = delta.next().await;
+        if f["type"] != "presence" {
+            continue;
+        }
+        let joined = f["joined"].as_array().unwrap().len();
+        let left = f["left"].as_array().unwrap().len();
+        if f["resync"] == true {
+            assert_eq!((joined, left), (0, 0), "a resync names no one: {f}");
+            break f["online"].as_u64().unwrap();
+        }
+        assert!(
+            joined + left <= 2,
+            "a named batch holds one page at most: {f}"
+        );
+        assert!(f.get("online").is_none(), "{f}");
+    };
+    assert!(
+        (3..=12).contains(&online),
+        "F, D and some of the ten: {online}"
+    );
+
+    // A delta client that registers past the first page is not sent batches either.
+    let mut late = Ws::connect(&hub.url).await;
+    late.send(json!({"type": "register", "clientId": "W", "presence": "delta"}))
+        .await;
+    let reg = late.expect("registered").await;
+    assert_eq!(reg["peersTotal"], 12, "{reg}");
+    others.push(Ws::register(&hub.url, "Z1").await.0);
+    loop {
+        let f = witness.next().await;
+        if f["type"] == "peer_joined" && f["clientId"] == "Z1" {
+            break;
+        }
+    }
+    for (ws, who) in [(&mut delta, "D after its resync"), (&mut late, "W")] {
+        ws.send(json!({"type": "ping", "rid": "p"})).await;
+        let f = ws.next().await;
+        assert_eq!(f["type"], "pong", "{who} was sent {f}");
+    }
+
+    // Reading the list turns the batches back on, for that client only.
+    delta
+        .send(json!({"type": "get_sessions", "limit": 20}))
+        .await;
+    let listed = delta.expect("sessions").await;
+    for id in ["P0", "P9", "Z1", "W"] {
+        assert_eq!(listed["sessions"][id]["online"], true, "{id}: {listed}");
+    }
+    others.push(Ws::register(&hub.url, "Z2").await.0);
+    let (joined, _, _) = presence_until(&mut delta, |j, _| j.iter().any(|x| x == "Z2")).await;
+    assert_eq!(joined, ["Z2"]);
+    late.send(json!({"type": "ping", "rid": "p"})).await;
+    let f = late.next().await;
+    assert_eq!(
+        f["type"], "pong",
+        "W, which never read the list, was sent {f}"
+    );
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn delta_clients_get_batched_presence_and_none_clients_get_none() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use relay_proto::wire::{ServerFrame, codes};
+use relay_proto::wire::{Registered, ServerFrame, codes};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream, client_async_with_config,
@@ -93,14 +93,14 @@ pub(crate) fn retry_ms(reason: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Sends `register` for `id` and waits for `registered`, retrying rate-limit refusals.
-/// Any other refusal is an error.
+/// Sends `register` for `id` and waits for `registered` (returned), retrying rate-limit
+/// refusals. Any other refusal is an error.
 pub(crate) async fn register(
     ws: &mut Ws,
     id: &str,
     presence: Presence,
     stats: &mut RegisterStats,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Registered> {
     let frame = format!(
         r#"{{"type":"register","clientId":"{id}"{}}}"#,
         presence.field()
@@ -127,7 +127,7 @@ pub(crate) async fn register(
         .await
         .with_context(|| format!("no reply to register {id}"))??;
         match reply {
-            ServerFrame::Registered(_) => return Ok(()),
+            ServerFrame::Registered(r) => return Ok(r),
             ServerFrame::RegisterRejected(r) if r.code.as_deref() == Some(codes::RATE_LIMITED) => {
                 let ms = retry_ms(&r.reason).unwrap_or(1).max(1);
                 stats.rate_limited += 1;

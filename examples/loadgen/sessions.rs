@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use relay_proto::wire::ServerFrame;
+use relay_proto::wire::{Registered, ServerFrame};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -37,35 +37,123 @@ const PRESENCE_TIMEOUT: Duration = Duration::from_secs(600);
 struct Pushed {
     frames: u64,
     bytes: u64,
-    /// Sessions announced as joined: one per `peer_joined`, `joined.len()` per batched
-    /// `presence` frame. Every client should learn of every later joiner exactly once.
+    /// Sessions announced as joined by name: one per `peer_joined`, `joined.len()` per
+    /// batched `presence` frame.
     joins: u64,
+    /// Batched `presence` frames that named no one but said `resync` (more changed than a
+    /// page).
+    resyncs: u64,
+    /// Clients that know the whole fleet is online (by the joins they were told) or were
+    /// told their list is stale (a `resync`, or a `registered` that held only the first
+    /// page: reading `get_sessions` would tell them). Every client must end up one or the
+    /// other.
+    informed: u64,
+    /// Of those, the ones told their list is stale.
+    stale: u64,
     closed: u64,
     last: Option<Instant>,
 }
 
-/// How many joins a presence frame announces.
-fn joins_in(text: &str) -> u64 {
+/// What a presence frame changes in a client's view of how many sessions are online.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Not a presence frame.
+    Nothing,
+    /// Named changes: `joined` came online and `left` went offline.
+    Named { joined: u64, left: u64 },
+    /// Too many to name: this many are online now.
+    Resync(u64),
+}
+
+/// Reads a presence frame of either format.
+fn change_in(text: &str) -> Change {
     if text.starts_with(r#"{"type":"peer_joined""#) {
-        return 1;
+        return Change::Named { joined: 1, left: 0 };
+    }
+    if text.starts_with(r#"{"type":"peer_left""#) {
+        return Change::Named { joined: 0, left: 1 };
     }
     if text.starts_with(r#"{"type":"presence""#)
         && let Ok(ServerFrame::Presence(b)) = serde_json::from_str::<ServerFrame>(text)
     {
-        return b.joined.len() as u64;
+        if b.resync == Some(true) {
+            return Change::Resync(b.online.unwrap_or(0));
+        }
+        return Change::Named {
+            joined: b.joined.len() as u64,
+            left: b.left.len() as u64,
+        };
     }
-    0
+    Change::Nothing
 }
 
-async fn drain(mut ws: Ws, pushed: Rc<RefCell<Pushed>>) {
+/// What one client knows of who is online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct View {
+    /// How many are online, itself included, as far as it was told.
+    online: u64,
+    /// It was told its list is stale: it knows to read `get_sessions`.
+    stale: bool,
+}
+
+impl View {
+    /// What `registered` told session `i` of a fleet registering one after another.
+    fn registered(i: usize, r: &Registered) -> Self {
+        let listed = r.peers.len() as u64;
+        let total = r.peers_total.unwrap_or(listed);
+        Self {
+            online: total.max(i as u64) + 1,
+            stale: total > listed,
+        }
+    }
+
+    fn informed(self, fleet: u64) -> bool {
+        self.stale || self.online == fleet
+    }
+
+    fn apply(self, change: &Change) -> Self {
+        match *change {
+            Change::Nothing => self,
+            Change::Named { joined, left } => Self {
+                online: (self.online + joined).saturating_sub(left),
+                ..self
+            },
+            Change::Resync(online) => Self {
+                online,
+                stale: true,
+            },
+        }
+    }
+}
+
+/// Reads what the hub pushes to one client until it closes; `fleet` is how many sessions
+/// there will be.
+async fn drain(mut ws: Ws, pushed: Rc<RefCell<Pushed>>, mut view: View, fleet: u64) {
+    let count = |p: &mut Pushed, v: View, by: i64| {
+        if v.informed(fleet) {
+            p.informed = p.informed.saturating_add_signed(by);
+            if v.stale {
+                p.stale = p.stale.saturating_add_signed(by);
+            }
+        }
+    };
+    count(&mut pushed.borrow_mut(), view, 1);
     while let Some(msg) = ws.next().await {
         match msg {
             Ok(Message::Text(t)) => {
                 let mut p = pushed.borrow_mut();
                 p.frames += 1;
                 p.bytes += t.len() as u64;
-                p.joins += joins_in(&t);
                 p.last = Some(Instant::now());
+                let change = change_in(&t);
+                match change {
+                    Change::Nothing => continue,
+                    Change::Named { joined, .. } => p.joins += joined,
+                    Change::Resync(_) => p.resyncs += 1,
+                }
+                count(&mut p, view, -1);
+                view = view.apply(&change);
+                count(&mut p, view, 1);
             }
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => {}
@@ -98,8 +186,13 @@ impl Fleet {
             let mut ws = client::connect(&hub.url, READ_BUFFER)
                 .await
                 .with_context(|| format!("session {i} of {n}"))?;
-            client::register(&mut ws, &id, presence, &mut stats).await?;
-            tasks.push(tokio::task::spawn_local(drain(ws, pushed.clone())));
+            let registered = client::register(&mut ws, &id, presence, &mut stats).await?;
+            tasks.push(tokio::task::spawn_local(drain(
+                ws,
+                pushed.clone(),
+                View::registered(i, &registered),
+                n as u64,
+            )));
         }
         Ok(Self {
             tasks,
@@ -108,16 +201,22 @@ impl Fleet {
         })
     }
 
-    /// Waits until `expected` joins were announced, or nothing came for [`QUIET`] (then
-    /// whatever is missing shows in the report as fewer joins than expected).
-    async fn settle(&self, expected: u64) {
+    /// Waits until every client knows the whole fleet is online or was told its list is
+    /// stale ([`Pushed::informed`]), or nothing came for [`QUIET`] (then whatever is missing
+    /// shows in the report as fewer informed clients than sessions). `presence: "none"`
+    /// clients are told nothing, so there is nothing to wait for.
+    async fn settle(&self, presence: Presence) {
+        if presence == Presence::None {
+            return;
+        }
         let start = Instant::now();
+        let n = self.tasks.len() as u64;
         loop {
-            let (joins, last) = {
+            let (informed, last) = {
                 let p = self.pushed.borrow();
-                (p.joins, p.last)
+                (p.informed, p.last)
             };
-            if joins >= expected {
+            if informed >= n {
                 return;
             }
             let since = last.map_or(start, |t| t.max(start));
@@ -165,7 +264,7 @@ pub(crate) async fn register(
     let fleet = Fleet::register(hub, prefix, n, presence).await?;
     let registered = t0.elapsed();
     let expected = expected_joins(presence, n);
-    fleet.settle(expected).await;
+    fleet.settle(presence).await;
     let cpu1 = procfs::cpu(pid)?;
     let gen1 = procfs::self_cpu_us();
     let busy1 = procfs::machine_busy()?;
@@ -199,6 +298,9 @@ pub(crate) async fn register(
     report::put(&mut row, "presence_frames", p.frames);
     report::put(&mut row, "presence_joins", p.joins);
     report::put(&mut row, "presence_joins_expected", expected);
+    report::put(&mut row, "presence_resyncs", p.resyncs);
+    report::put(&mut row, "presence_informed", p.informed);
+    report::put(&mut row, "presence_told_stale", p.stale);
     report::put(&mut row, "presence_mib", p.bytes as f64 / (1 << 20) as f64);
     report::put(&mut row, "connections_closed", p.closed);
     report::put(&mut row, "register_rate_limited", fleet.stats.rate_limited);
@@ -243,7 +345,7 @@ pub(crate) async fn idle(
     let t0 = Instant::now();
     let fleet = Fleet::register(hub, prefix, n, presence).await?;
     let registered = t0.elapsed();
-    fleet.settle(expected_joins(presence, n)).await;
+    fleet.settle(presence).await;
     let cpu1 = procfs::cpu(pid)?;
     // Memory per connection is read now, with every connection open (a hub that wrongly
     // drops idle connections must not look smaller for it).
@@ -320,17 +422,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn joins_are_counted_in_both_presence_formats() {
+    fn changes_are_read_in_both_presence_formats() {
+        let named = |joined, left| Change::Named { joined, left };
         assert_eq!(
-            joins_in(r#"{"type":"peer_joined","clientId":"a","peers":["a","b"]}"#),
-            1
+            change_in(r#"{"type":"peer_joined","clientId":"a","peers":["a","b"]}"#),
+            named(1, 0)
         );
         assert_eq!(
-            joins_in(r#"{"type":"presence","joined":["a","b","c"],"left":["d"]}"#),
-            3
+            change_in(r#"{"type":"presence","joined":["a","b","c"],"left":["d"]}"#),
+            named(3, 1)
         );
-        assert_eq!(joins_in(r#"{"type":"peer_left","clientId":"a"}"#), 0);
-        assert_eq!(joins_in(r#"{"type":"presence","joined":"#), 0, "garbled");
+        assert_eq!(
+            change_in(r#"{"type":"peer_left","clientId":"a"}"#),
+            named(0, 1)
+        );
+        assert_eq!(
+            change_in(r#"{"type":"presence","joined":[],"left":[],"resync":true,"online":7}"#),
+            Change::Resync(7)
+        );
+        assert_eq!(
+            change_in(r#"{"type":"presence","joined":"#),
+            Change::Nothing,
+            "garbled"
+        );
+        assert_eq!(change_in(r#"{"type":"pong"}"#), Change::Nothing);
+    }
+
+    #[test]
+    fn a_client_is_informed_by_the_whole_count_or_by_being_told_it_is_stale() {
+        let reg = |peers: usize, total: Option<u64>| Registered {
+            client_id: "x".into(),
+            peers: vec!["p".into(); peers],
+            peers_total: total,
+            epoch: None,
+            unread: None,
+            owner_secret: None,
+            owned: None,
+            rid: None,
+        };
+        let whole = View::registered(2, &reg(2, None));
+        assert_eq!(
+            whole,
+            View {
+                online: 3,
+                stale: false
+            }
+        );
+        assert!(!whole.informed(5));
+        let named = whole.apply(&Change::Named { joined: 2, left: 0 });
+        assert!(named.informed(5));
+        assert!(
+            !named
+                .apply(&Change::Named { joined: 0, left: 1 })
+                .informed(5)
+        );
+        assert!(
+            whole.apply(&Change::Resync(4)).informed(5),
+            "told to re-read"
+        );
+        let paged = View::registered(300, &reg(256, Some(300)));
+        assert!(
+            paged.stale && paged.informed(500),
+            "a first page only: {paged:?}"
+        );
     }
 
     #[test]

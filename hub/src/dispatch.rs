@@ -227,12 +227,18 @@ impl ConnSession {
             ClientFrame::Register(r) => Box::pin(self.register(hub, r)).await,
             ClientFrame::Message(m) => self.message(hub, m).await,
             ClientFrame::GetHistory(q) => Box::pin(self.history(hub, q)).await,
-            ClientFrame::GetPeers(b) => self.reply(ServerFrame::Peers(Peers {
-                peers: hub.router.online(),
-                self_id: self.id.as_ref().map(|i| i.to_string()),
-                rid: b.rid,
-            })),
-            ClientFrame::GetSessions(q) => Box::pin(self.sessions(hub, q)).await,
+            ClientFrame::GetPeers(b) => {
+                self.listed(hub);
+                self.reply(ServerFrame::Peers(Peers {
+                    peers: hub.router.online(),
+                    self_id: self.id.as_ref().map(|i| i.to_string()),
+                    rid: b.rid,
+                }))
+            }
+            ClientFrame::GetSessions(q) => {
+                self.listed(hub);
+                Box::pin(self.sessions(hub, q)).await
+            }
             ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
                 timestamp: now_ms(),
                 version: Some(crate::VERSION.to_string()),
@@ -609,6 +615,14 @@ impl ConnSession {
                 }))
             }
             Err(e) => self.store_error(e, q.rid),
+        }
+    }
+
+    /// This session asked for the list: a delta client is sent presence batches again
+    /// (`Router::listed`).
+    fn listed(&self, hub: &HubState) {
+        if let Some(id) = &self.id {
+            hub.router.listed(id);
         }
     }
 

@@ -191,7 +191,10 @@ impl Hub {
     ) -> Result<(), HubError> {
         let pruner = tokio::spawn(retention::run(self.state.clone()));
         let checker = tokio::spawn(integrity::run(self.state.clone()));
-        let presence = tokio::spawn(presence::run_batches(self.state.router.clone()));
+        let presence = tokio::spawn(presence::run_batches(
+            self.state.router.clone(),
+            self.state.config.delta_peers_page,
+        ));
         let routes = tokio::spawn(self.state.router.clone().run_routes());
         let expiry = tokio::spawn(approvals::run(self.state.clone()));
         accept::run(listener, self.state.clone(), shutdown).await;

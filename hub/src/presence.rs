@@ -7,8 +7,10 @@
 //! there and in order (`Router::announce`). Clients that register with `presence: "delta"`
 //! get batched `presence {joined, left}` frames at most every quarter second — one
 //! serialization shared by all of them — so a storm of N registrations costs O(N) frames
-//! per client instead of O(N) bytes per client per join; `presence: "none"` clients get
-//! nothing. The hub pings every connection every `heartbeat_interval`; one that sends
+//! per client instead of O(N) bytes per client per join. A batch of more than a page of
+//! changes names none (`resync`), and a delta client whose list is incomplete is sent
+//! nothing until it reads the list again (`Peer::stale`), so a storm costs it at most one
+//! small frame. `presence: "none"` clients get nothing. The hub pings every connection every `heartbeat_interval`; one that sends
 //! nothing at all (not even the pong) before the next ping is dropped, and its peers are
 //! told `peer_left`.
 
@@ -44,12 +46,13 @@ fn next_batch_after(recipients: usize) -> Duration {
 }
 
 /// Sends batched presence every [`BATCH_EVERY`], or less often with many sessions to tell
-/// (see [`PRESENCE_FRAMES_PER_SEC`]); runs until aborted.
-pub(crate) async fn run_batches(router: Arc<Router>) {
+/// (see [`PRESENCE_FRAMES_PER_SEC`]); a batch of more than `page` changes says `resync`
+/// instead of naming them (`Router::flush_presence`). Runs until aborted.
+pub(crate) async fn run_batches(router: Arc<Router>, page: usize) {
     let mut next = Instant::now() + BATCH_EVERY;
     loop {
         tokio::time::sleep_until(next).await;
-        let recipients = router.flush_presence();
+        let recipients = router.flush_presence(page);
         next = Instant::now() + next_batch_after(recipients);
     }
 }

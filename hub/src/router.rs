@@ -55,6 +55,12 @@ pub(crate) struct Peer {
     /// The first presence announcement it is sent (set when it goes active: it learns of
     /// the earlier ones from its `registered` list).
     pub(crate) presence_from: u64,
+    /// A `presence: "delta"` client whose list is known to be incomplete — its `registered`
+    /// held only the first page, or it was sent a `resync` — is sent no batches until it
+    /// reads the list again (`get_sessions`, `get_peers`: [`Router::listed`]). Batches
+    /// applied to a list it does not have would tell it nothing, and in a storm they are
+    /// most of what presence costs the hub (docs/PROTOCOL.md, "Presence").
+    pub(crate) stale: bool,
 }
 
 /// Who holds a name a newcomer asked for.
@@ -318,8 +324,9 @@ impl Router {
         Ok(())
     }
 
-    /// Makes a claimed id deliverable.
-    pub(crate) fn activate(&self, id: &SessionId, conn: u64) {
+    /// Makes a claimed id deliverable. `stale`: a delta client whose `registered` held only
+    /// the first page of the list (see [`Peer::stale`]).
+    pub(crate) fn activate(&self, id: &SessionId, conn: u64, stale: bool) {
         let mut s = self.lock();
         let from = s.announced + 1;
         let Some(p) = s.peers.get_mut(id) else { return };
@@ -328,6 +335,7 @@ impl Router {
         }
         p.active = true;
         p.presence_from = from;
+        p.stale = stale;
         let mode = p.presence;
         s.went_online(id, mode);
     }
@@ -388,9 +396,11 @@ impl Router {
     /// Sends the presence changes held since the last call: the `peer_joined`/`peer_left`
     /// frames to `presence: "full"` sessions (see [`announce`](Self::announce)), and one
     /// `presence` frame (serialized once) to every `presence: "delta"` session, each id
-    /// reported with its last change only. Returns how many sessions they went to (what
-    /// paces the next batch).
-    pub(crate) fn flush_presence(&self) -> usize {
+    /// reported with its last change only — or, past `page` changes, none of them but
+    /// `resync` (the client reads the list again if it keeps one), so a storm costs a delta
+    /// client O(1) bytes a batch. Returns how many sessions they went to (what paces the
+    /// next batch).
+    pub(crate) fn flush_presence(&self, page: usize) -> usize {
         let mut s = self.lock();
         let full = s.release_full();
         if s.pending_presence.is_empty() {
@@ -405,22 +415,38 @@ impl Router {
             }
         }
         let mut batch = PresenceBatch::default();
-        for id in order {
-            if last[id] {
-                batch.joined.push(id.to_string());
-            } else {
-                batch.left.push(id.to_string());
+        if order.len() > page {
+            batch.resync = Some(true);
+            batch.online = Some(s.online.len() as u64);
+        } else {
+            for id in order {
+                if last[id] {
+                    batch.joined.push(id.to_string());
+                } else {
+                    batch.left.push(id.to_string());
+                }
             }
         }
+        let resync = batch.resync.is_some();
         let frame = to_frame(&ServerFrame::Presence(batch));
         let mut recipients = 0;
-        for p in s.peers.values() {
-            if p.active && p.presence == PresenceMode::Delta {
+        for p in s.peers.values_mut() {
+            if p.active && p.presence == PresenceMode::Delta && !p.stale {
                 let _ = p.outbox.push(frame.clone());
+                p.stale = resync;
                 recipients += 1;
             }
         }
         full + recipients
+    }
+
+    /// `id` asked for the list (`get_sessions`, `get_peers`): from now on it is sent the
+    /// batches again, which it applies to what it read (each names an id's last change, so
+    /// one that the reply already shows changes nothing).
+    pub(crate) fn listed(&self, id: &SessionId) {
+        if let Some(p) = self.lock().peers.get_mut(id) {
+            p.stale = false;
+        }
     }
 
     /// Every session online now, sorted (what `get_peers` answers: the presence held for
@@ -641,9 +667,10 @@ mod tests {
             active: false,
             probe: Arc::new(Notify::new()),
             presence_from: 0,
+            stale: false,
         };
         assert!(r.claim(&id, peer).is_ok());
-        r.activate(&id, conn);
+        r.activate(&id, conn, false);
         r.announce(&id, true);
         (id, rx)
     }
@@ -682,13 +709,13 @@ mod tests {
         assert!(drain(&mut a).is_empty());
         // ... and then each peer gets them all, in order, but its own and those announced
         // before it was active (B's `registered` list had A already).
-        assert_eq!(r.flush_presence(), 2);
+        assert_eq!(r.flush_presence(256), 2);
         assert_eq!(
             drain(&mut a),
             ["peer_joined B", "peer_joined C", "peer_left C"]
         );
         assert_eq!(drain(&mut b), ["peer_joined C", "peer_left C"]);
-        assert_eq!(r.flush_presence(), 0, "sent once");
+        assert_eq!(r.flush_presence(256), 0, "sent once");
     }
 
     #[test]

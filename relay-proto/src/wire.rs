@@ -641,13 +641,24 @@ pub struct Presence {
 /// `presence: "delta"` clients at most every quarter second; the same bytes go to all of
 /// them, so a registration storm of N sessions costs O(N) frames per client, not O(N²).
 /// Apply `joined`, then `left`; an id appears in at most one of them (its last change).
+/// A batch of more changes than one page (the hub's `delta_peers_page`, as `registered`)
+/// names none of them: it says `resync` and how many are `online`, and a client that keeps
+/// the whole list reads it again with `get_sessions` (docs/PROTOCOL.md, "Presence"). So a
+/// storm costs each delta client O(1) bytes a batch, not O(N).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PresenceBatch {
     /// Sessions that are online now and were not at the last frame (as far as this batch
-    /// knows).
+    /// knows). Empty when `resync` is set.
     pub joined: Vec<String>,
-    /// Sessions that went offline.
+    /// Sessions that went offline. Empty when `resync` is set.
     pub left: Vec<String>,
+    /// More changed than one page: the list a client keeps is stale, and `get_sessions`
+    /// has the current one. Absent otherwise.
+    pub resync: Option<bool>,
+    /// With `resync`: how many sessions are online now, the recipient included (the frame
+    /// is shared by every delta client).
+    pub online: Option<u64>,
 }
 
 /// A stored message as clients see it (`message` frames and history entries).

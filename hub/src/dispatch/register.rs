@@ -206,6 +206,7 @@ impl ConnSession {
             active: false,
             probe: self.probe.clone(),
             presence_from: 0,
+            stale: false,
         };
         let Err(mut holder) = hub.router.claim(id, peer()) else {
             return Ok(());
@@ -271,12 +272,18 @@ impl ConnSession {
         // `get_sessions`), so a storm of N joins costs O(N) bytes of replies, not O(N²);
         // `none` clients asked not to be told. (Not active yet, so the online list is exactly
         // the others.)
-        let (peers, peers_total) = match presence {
-            PresenceMode::None => (Arc::from("[]"), None),
-            PresenceMode::Full => (hub.router.online_json(), None),
+        // A delta client given only the first page is sent no batches until it reads the
+        // rest (`Peer::stale`).
+        let (peers, peers_total, stale) = match presence {
+            PresenceMode::None => (Arc::from("[]"), None, false),
+            PresenceMode::Full => (hub.router.online_json(), None, false),
             PresenceMode::Delta => {
                 let (page, total) = hub.router.online_page(hub.config.delta_peers_page);
-                (page, Some(total as u64))
+                (
+                    page,
+                    Some(total as u64),
+                    total > hub.config.delta_peers_page,
+                )
             }
         };
         let _ = self.outbox.push(frames::registered(&RegisteredOut {
@@ -294,7 +301,7 @@ impl ConnSession {
         for e in granted.pending {
             let _ = self.outbox.push_json(&ServerFrame::Message(e));
         }
-        hub.router.activate(&id, self.outbox.id());
+        hub.router.activate(&id, self.outbox.id(), stale);
         tracing::Span::current().record("session", tracing::field::display(&id));
         hub.router.announce(&id, true);
         super::session_line(hub, &id, self.addr, "registered");
