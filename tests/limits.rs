@@ -171,34 +171,61 @@ async fn a_frame_flood_is_rate_limited_with_a_retry_time_and_the_connection_stay
     hub.stop().await;
 }
 
+/// Over an address's registration rate, a registration waits for its turn when that comes
+/// within a second (a fleet registering one after another is paced, never refused), and is
+/// refused with how long to wait past that (a flood).
 #[tokio::test]
-async fn a_registration_flood_from_one_address_is_refused() {
+async fn registrations_over_the_rate_are_paced_and_a_flood_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let hub = InProcHub::start_with(dir.path(), |c| {
-        c.register_rate = 5.0;
+        c.register_rate = 20.0;
         c.register_burst = 5.0;
     })
     .await;
-    let mut refused = 0;
-    let mut accepted = 0;
+    // One after another: 15 at 20/s after a burst of 5 — every one registered, the last ten
+    // about 50 ms apart.
+    let started = std::time::Instant::now();
     let mut held = Vec::new();
-    for i in 0..20 {
+    for i in 0..15 {
         let mut ws = Ws::connect(&hub.url).await;
-        ws.send(json!({"type": "register", "clientId": format!("R{i}")}))
+        ws.send(json!({"type": "register", "clientId": format!("S{i}")}))
             .await;
+        let r = ws.next().await;
+        assert_eq!(r["type"], "registered", "S{i} was paced, not refused: {r}");
+        held.push(ws);
+    }
+    let paced = started.elapsed();
+    assert!(
+        paced >= Duration::from_millis(350),
+        "ten over the burst at 20/s took {paced:?}"
+    );
+
+    // All at once: 40 registrations on 40 open connections. The bucket holds at most its
+    // burst of 5 and about 20 more turns come within the next second; the rest are refused
+    // with a wait.
+    let mut conns = Vec::new();
+    for _ in 0..40 {
+        conns.push(Ws::connect(&hub.url).await);
+    }
+    for (i, ws) in conns.iter_mut().enumerate() {
+        ws.send(json!({"type": "register", "clientId": format!("F{i}")}))
+            .await;
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    for ws in &mut conns {
         let r = ws.next().await;
         match r["type"].as_str().unwrap() {
             "registered" => accepted += 1,
             "register_rejected" => {
                 assert_eq!(r["code"], "rate_limited", "{r}");
+                assert!(r["reason"].as_str().unwrap().contains("retry in"), "{r}");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {r}"),
         }
-        held.push(ws);
     }
     assert!(
-        accepted >= 5 && refused > 0,
+        (10..=32).contains(&accepted) && refused >= 8,
         "accepted {accepted}, refused {refused}"
     );
     hub.stop().await;

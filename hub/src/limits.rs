@@ -18,6 +18,13 @@ use dashmap::DashMap;
 // tokio's clock, so tests can pause and advance it (a refill is then instant, not waited).
 use tokio::time::Instant;
 
+/// Longest a registration over its address's rate waits for its turn before it is
+/// refused instead (`rate_limited`, with how long to wait). Bounded: a connection holds at
+/// most one registration at a time, so this holds at most one sleeping request per open
+/// connection, and an address's bucket owes at most `REGISTER_HOLD × register_rate`
+/// tokens.
+pub(crate) const REGISTER_HOLD: Duration = Duration::from_secs(1);
+
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
@@ -48,6 +55,27 @@ impl TokenBucket {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+
+    /// Takes one token now, or the next one to come if it comes within `hold`:
+    /// `Ok(wait)` says how long the caller waits before using it (zero for one taken now;
+    /// the bucket goes below zero by the reserved tokens, at most `hold × rate` of them).
+    /// `Err(wait)` says how long until one would be free, when that is longer than `hold`.
+    pub(crate) fn reserve(&mut self, now: Instant, hold: Duration) -> Result<Duration, Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(Duration::ZERO);
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        if wait <= hold {
+            self.tokens -= 1.0;
+            Ok(wait)
+        } else {
+            Err(wait)
         }
     }
 }
@@ -121,15 +149,17 @@ impl AddrLimits {
         }
     }
 
-    /// Takes a registration token for `ip`; `Err(wait)` when over the rate.
-    pub(crate) fn register(&self, ip: IpAddr) -> Result<(), Duration> {
+    /// Takes a registration token for `ip`. Over the rate, the registration is held for its
+    /// turn if that comes within [`REGISTER_HOLD`] (`Ok(wait)`), so a fleet registering one
+    /// after another is paced rather than refused and retried; `Err(wait)` past that.
+    pub(crate) fn register(&self, ip: IpAddr) -> Result<Duration, Duration> {
         let now = Instant::now();
         match self.table.get_mut(&ip) {
             Some(mut e) => {
                 e.touched = now;
-                e.registrations.take(now)
+                e.registrations.reserve(now, REGISTER_HOLD)
             }
-            None => Ok(()),
+            None => Ok(Duration::ZERO),
         }
     }
 
@@ -373,6 +403,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_waits_its_turn_within_the_hold_and_is_refused_past_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = TokenBucket::new(10.0, 2.0, t0);
+        assert_eq!(b.reserve(t0, ms(250)), Ok(Duration::ZERO));
+        assert_eq!(b.reserve(t0, ms(250)), Ok(Duration::ZERO));
+        // Over the burst: each in turn, 100 ms apart, as long as the turn is within 250 ms.
+        let turns: Vec<_> = (0..2).map(|_| b.reserve(t0, ms(250)).unwrap()).collect();
+        assert!(turns[0] <= ms(100) && turns[1] > turns[0], "{turns:?}");
+        assert!(turns[1] <= ms(200), "{turns:?}");
+        let refused = b.reserve(t0, ms(250)).unwrap_err();
+        assert!(refused > ms(250), "refused, with the wait: {refused:?}");
+        // A refusal reserves nothing: the next turn is still the third.
+        assert!(b.reserve(t0, ms(300)).unwrap() <= ms(300));
+        // Once the owed tokens have come in, the bucket is back to taking at once.
+        assert_eq!(b.reserve(t0 + ms(500), ms(250)), Ok(Duration::ZERO));
+    }
+
+    #[test]
     fn per_address_connection_cap_spares_loopback() {
         let l = AddrLimits::new(2, 100.0, 100.0);
         let remote: IpAddr = "192.0.2.7".parse().unwrap();
@@ -391,10 +440,16 @@ mod tests {
         let l = AddrLimits::new(10, 1.0, 2.0);
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         l.open(ip).unwrap();
-        assert!(l.register(ip).is_ok() && l.register(ip).is_ok());
-        assert!(l.register(ip).is_err());
+        assert_eq!(l.register(ip), Ok(Duration::ZERO));
+        assert_eq!(l.register(ip), Ok(Duration::ZERO));
+        let held = l.register(ip).unwrap();
+        assert!(
+            held > Duration::from_millis(900) && held <= REGISTER_HOLD,
+            "{held:?}"
+        );
+        assert!(l.register(ip).unwrap_err() > REGISTER_HOLD);
         let other: IpAddr = "192.0.2.10".parse().unwrap();
         l.open(other).unwrap();
-        assert!(l.register(other).is_ok());
+        assert_eq!(l.register(other), Ok(Duration::ZERO));
     }
 }

@@ -6,7 +6,7 @@
 //! ([`ConnSession::welcome`]: `registered`, the backlog, then presence). docs/PROTOCOL.md,
 //! "register".
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use relay_proto::{
     SessionId,
@@ -22,7 +22,7 @@ use crate::presence::PROBE_TIMEOUT;
 
 /// Beyond the probe time, how long the owner's claim waits for a silent holder's connection
 /// to be torn down (its heartbeat fires at the deadline; the release follows at once).
-const OWNER_WAIT_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+const OWNER_WAIT_MARGIN: Duration = Duration::from_millis(500);
 use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches},
@@ -102,7 +102,14 @@ impl ConnSession {
             return self.register_again(hub, &asked, held, id).await;
         }
         let meta = match admit(hub, self.addr, r.meta) {
-            Ok(meta) => meta,
+            Ok((meta, hold)) => {
+                // Over the address's rate but within `REGISTER_HOLD` of its turn: wait for
+                // it here rather than refuse (the token is already taken).
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                meta
+            }
             Err((code, why)) => return self.reply(asked.refuse(code, why)),
         };
         let now = now_ms();
@@ -325,17 +332,20 @@ fn admit(
     hub: &HubState,
     addr: SocketAddr,
     meta: Option<Meta>,
-) -> Result<Meta, (&'static str, String)> {
-    if let Err(wait) = hub.limits.register(addr.ip()) {
-        return Err((
-            codes::RATE_LIMITED,
-            format!(
-                "too many registrations from your address (over {}/s); retry in {} ms",
-                hub.config.register_rate,
-                retry_ms(wait)
-            ),
-        ));
-    }
+) -> Result<(Meta, Duration), (&'static str, String)> {
+    let hold = match hub.limits.register(addr.ip()) {
+        Ok(hold) => hold,
+        Err(wait) => {
+            return Err((
+                codes::RATE_LIMITED,
+                format!(
+                    "too many registrations from your address (over {}/s); retry in {} ms",
+                    hub.config.register_rate,
+                    retry_ms(wait)
+                ),
+            ));
+        }
+    };
     let mut meta = meta.unwrap_or_default();
     let meta_len = serde_json::to_string(&meta).map(|s| s.len()).unwrap_or(0);
     if meta_len > hub.config.max_meta_bytes {
@@ -348,7 +358,7 @@ fn admit(
         ));
     }
     meta.insert("remoteAddress".into(), addr.ip().to_string().into());
-    Ok(meta)
+    Ok((meta, hold))
 }
 
 /// On the store actor, in one trip: checks ownership, records the session, takes its backlog
