@@ -654,11 +654,18 @@ async fn a_batch_past_one_page_says_resync_and_nothing_follows_until_the_list_is
     let reg = delta.expect("registered").await;
     assert_eq!(reg["peersTotal"], 1, "{reg}");
 
-    // Ten joins in a few milliseconds: at most two batch boundaries fall among them, so
-    // some batch holds more than the page of 2.
+    // Ten joins at once (connected first, then all ten `register`s sent before any reply
+    // is read): they land within milliseconds, so some batch holds more than the page of 2.
     let mut others = Vec::new();
-    for i in 0..10 {
-        others.push(Ws::register(&hub.url, &format!("P{i}")).await.0);
+    for _ in 0..10 {
+        others.push(Ws::connect(&hub.url).await);
+    }
+    for (i, ws) in others.iter_mut().enumerate() {
+        ws.send(json!({"type": "register", "clientId": format!("P{i}")}))
+            .await;
+    }
+    for ws in &mut others {
+        ws.expect("registered").await;
     }
     let online = loop {
         let f = delta.next().await;

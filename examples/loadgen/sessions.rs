@@ -59,19 +59,36 @@ struct Pushed {
 enum Change {
     /// Not a presence frame.
     Nothing,
-    /// Named changes: `joined` came online and `left` went offline.
-    Named { joined: u64, left: u64 },
+    /// Named changes: `joined` came online and `left` went offline, of which `later`
+    /// (joined minus left) are sessions registered after this client. Only those change its
+    /// count: a delta batch may also name the client itself and joins its `registered`
+    /// already listed.
+    Named { joined: u64, left: u64, later: i64 },
     /// Too many to name: this many are online now.
     Resync(u64),
 }
 
-/// Reads a presence frame of either format.
-fn change_in(text: &str) -> Change {
-    if text.starts_with(r#"{"type":"peer_joined""#) {
-        return Change::Named { joined: 1, left: 0 };
-    }
-    if text.starts_with(r#"{"type":"peer_left""#) {
-        return Change::Named { joined: 0, left: 1 };
+/// Reads a presence frame of either format; `is_later` tells a session registered after
+/// the reader.
+fn change_in(text: &str, is_later: impl Fn(&str) -> bool) -> Change {
+    for (kind, joined) in [
+        (r#"{"type":"peer_joined""#, true),
+        (r#"{"type":"peer_left""#, false),
+    ] {
+        if let Some(rest) = text.strip_prefix(kind) {
+            // The hub writes `clientId` right after the type (`frames::presence_full`);
+            // the loadgen's ids need no escaping.
+            let id = rest
+                .strip_prefix(r#","clientId":""#)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("");
+            let later = i64::from(is_later(id));
+            return Change::Named {
+                joined: u64::from(joined),
+                left: u64::from(!joined),
+                later: if joined { later } else { -later },
+            };
+        }
     }
     if text.starts_with(r#"{"type":"presence""#)
         && let Ok(ServerFrame::Presence(b)) = serde_json::from_str::<ServerFrame>(text)
@@ -79,12 +96,22 @@ fn change_in(text: &str) -> Change {
         if b.resync == Some(true) {
             return Change::Resync(b.online.unwrap_or(0));
         }
+        let later = |ids: &[String]| ids.iter().filter(|id| is_later(id)).count() as i64;
         return Change::Named {
             joined: b.joined.len() as u64,
             left: b.left.len() as u64,
+            later: later(&b.joined) - later(&b.left),
         };
     }
     Change::Nothing
+}
+
+/// Whether `id` is `{prefix}-{j}` with `j > i`: a session registered after session `i`.
+fn registered_after(id: &str, prefix: &str, i: usize) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|j| j > i)
 }
 
 /// What one client knows of who is online.
@@ -114,8 +141,8 @@ impl View {
     fn apply(self, change: &Change) -> Self {
         match *change {
             Change::Nothing => self,
-            Change::Named { joined, left } => Self {
-                online: (self.online + joined).saturating_sub(left),
+            Change::Named { later, .. } => Self {
+                online: self.online.saturating_add_signed(later),
                 ..self
             },
             Change::Resync(online) => Self {
@@ -128,7 +155,13 @@ impl View {
 
 /// Reads what the hub pushes to one client until it closes; `fleet` is how many sessions
 /// there will be.
-async fn drain(mut ws: Ws, pushed: Rc<RefCell<Pushed>>, mut view: View, fleet: u64) {
+async fn drain(
+    mut ws: Ws,
+    pushed: Rc<RefCell<Pushed>>,
+    (prefix, i): (String, usize),
+    mut view: View,
+    fleet: u64,
+) {
     let count = |p: &mut Pushed, v: View, by: i64| {
         if v.informed(fleet) {
             p.informed = p.informed.saturating_add_signed(by);
@@ -145,7 +178,7 @@ async fn drain(mut ws: Ws, pushed: Rc<RefCell<Pushed>>, mut view: View, fleet: u
                 p.frames += 1;
                 p.bytes += t.len() as u64;
                 p.last = Some(Instant::now());
-                let change = change_in(&t);
+                let change = change_in(&t, |id| registered_after(id, &prefix, i));
                 match change {
                     Change::Nothing => continue,
                     Change::Named { joined, .. } => p.joins += joined,
@@ -190,6 +223,7 @@ impl Fleet {
             tasks.push(tokio::task::spawn_local(drain(
                 ws,
                 pushed.clone(),
+                (prefix.to_string(), i),
                 View::registered(i, &registered),
                 n as u64,
             )));
@@ -423,29 +457,53 @@ mod tests {
 
     #[test]
     fn changes_are_read_in_both_presence_formats() {
-        let named = |joined, left| Change::Named { joined, left };
+        let later = |id: &str| registered_after(id, "s", 1);
+        let named = |joined, left, later| Change::Named {
+            joined,
+            left,
+            later,
+        };
         assert_eq!(
-            change_in(r#"{"type":"peer_joined","clientId":"a","peers":["a","b"]}"#),
-            named(1, 0)
+            change_in(
+                r#"{"type":"peer_joined","clientId":"s-2","peers":["s-1","s-2"]}"#,
+                later
+            ),
+            named(1, 0, 1)
         );
         assert_eq!(
-            change_in(r#"{"type":"presence","joined":["a","b","c"],"left":["d"]}"#),
-            named(3, 1)
+            change_in(
+                r#"{"type":"peer_joined","clientId":"s-0","peers":["s-0"]}"#,
+                later
+            ),
+            named(1, 0, 0),
+            "an earlier session"
         );
         assert_eq!(
-            change_in(r#"{"type":"peer_left","clientId":"a"}"#),
-            named(0, 1)
+            change_in(
+                r#"{"type":"presence","joined":["s-1","s-2","s-3"],"left":["s-0"]}"#,
+                later
+            ),
+            named(3, 1, 2),
+            "itself and an earlier one do not count"
         );
         assert_eq!(
-            change_in(r#"{"type":"presence","joined":[],"left":[],"resync":true,"online":7}"#),
+            change_in(r#"{"type":"peer_left","clientId":"s-5"}"#, later),
+            named(0, 1, -1)
+        );
+        assert_eq!(
+            change_in(
+                r#"{"type":"presence","joined":[],"left":[],"resync":true,"online":7}"#,
+                later
+            ),
             Change::Resync(7)
         );
         assert_eq!(
-            change_in(r#"{"type":"presence","joined":"#),
+            change_in(r#"{"type":"presence","joined":"#, later),
             Change::Nothing,
             "garbled"
         );
-        assert_eq!(change_in(r#"{"type":"pong"}"#), Change::Nothing);
+        assert_eq!(change_in(r#"{"type":"pong"}"#, later), Change::Nothing);
+        assert!(!registered_after("s-10x", "s", 1) && !registered_after("t-9", "s", 1));
     }
 
     #[test]
@@ -469,11 +527,19 @@ mod tests {
             }
         );
         assert!(!whole.informed(5));
-        let named = whole.apply(&Change::Named { joined: 2, left: 0 });
+        let named = whole.apply(&Change::Named {
+            joined: 3,
+            left: 0,
+            later: 2,
+        });
         assert!(named.informed(5));
         assert!(
             !named
-                .apply(&Change::Named { joined: 0, left: 1 })
+                .apply(&Change::Named {
+                    joined: 0,
+                    left: 1,
+                    later: -1
+                })
                 .informed(5)
         );
         assert!(

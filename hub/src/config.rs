@@ -71,8 +71,9 @@ pub struct HubConfig {
     /// [`MIN_OUTBOUND_FRAMES`].
     pub outbound_frames: usize,
     /// Most peers a `presence: "delta"` client's `registered` lists (the first, by id; it
-    /// also gets `peersTotal` and reads the rest with `get_sessions`). Default 256. The Node
-    /// relay's clients (`presence: "full"`) always get the whole list.
+    /// also gets `peersTotal` and reads the rest with `get_sessions`), and most changes a
+    /// presence batch names (past it, the batch says `resync`). Default 256; not a command
+    /// line flag. The Node relay's clients (`presence: "full"`) always get the whole list.
     pub delta_peers_page: usize,
     /// Bytes that may wait in one connection's outbound queue. Default 8 MiB. A connection
     /// whose queue overflows is closed with a reason (its mail stays stored); it never blocks

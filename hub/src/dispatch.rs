@@ -227,18 +227,12 @@ impl ConnSession {
             ClientFrame::Register(r) => Box::pin(self.register(hub, r)).await,
             ClientFrame::Message(m) => self.message(hub, m).await,
             ClientFrame::GetHistory(q) => Box::pin(self.history(hub, q)).await,
-            ClientFrame::GetPeers(b) => {
-                self.listed(hub);
-                self.reply(ServerFrame::Peers(Peers {
-                    peers: hub.router.online(),
-                    self_id: self.id.as_ref().map(|i| i.to_string()),
-                    rid: b.rid,
-                }))
-            }
-            ClientFrame::GetSessions(q) => {
-                self.listed(hub);
-                Box::pin(self.sessions(hub, q)).await
-            }
+            ClientFrame::GetPeers(b) => self.reply(ServerFrame::Peers(Peers {
+                peers: hub.router.online_listed(self.id.as_ref()),
+                self_id: self.id.as_ref().map(|i| i.to_string()),
+                rid: b.rid,
+            })),
+            ClientFrame::GetSessions(q) => Box::pin(self.sessions(hub, q)).await,
             ClientFrame::Ping(b) => self.reply(ServerFrame::Pong(Pong {
                 timestamp: now_ms(),
                 version: Some(crate::VERSION.to_string()),
@@ -618,14 +612,6 @@ impl ConnSession {
         }
     }
 
-    /// This session asked for the list: a delta client is sent presence batches again
-    /// (`Router::listed`).
-    fn listed(&self, hub: &HubState) {
-        if let Some(id) = &self.id {
-            hub.router.listed(id);
-        }
-    }
-
     /// One page of the session table (see [`listing`]): at most `limit` sessions and the
     /// hub's page budget in bytes, so the reply stays bounded however many sessions exist.
     async fn sessions(&mut self, hub: &HubState, q: wire::GetSessions) {
@@ -648,9 +634,10 @@ impl ConnSession {
         };
         let router = hub.router.clone();
         let max_bytes = hub.config.max_page_bytes;
+        let reader = self.id.clone();
         let page = hub
             .store
-            .call(move |b| listing::page(b, &router, &cursor, limit, max_bytes))
+            .call(move |b| listing::page(b, &router, &cursor, limit, max_bytes, reader.as_ref()))
             .await;
         match page {
             Ok(p) => self.reply(ServerFrame::Sessions(Sessions {
@@ -850,12 +837,6 @@ enum Forgot {
     NotOwner(bool),
     /// Nothing by that name.
     Unknown,
-}
-
-fn others(hub: &HubState, me: &SessionId) -> Vec<String> {
-    let mut peers = hub.router.online();
-    peers.retain(|p| p != me.as_str());
-    peers
 }
 
 fn page_size(count: Option<u32>, hub: &HubState) -> usize {

@@ -3,7 +3,9 @@
 //! Defaults admit a benchmark or a lead agent bursting thousands of messages a second on
 //! one connection; they exist so that one misbehaving client cannot starve the others.
 //! Each limit is answered with a clear error (`rate_limited`, with how long to wait) or, for
-//! connections over the cap, a refused handshake — never by silently dropping work.
+//! connections over the cap, a refused handshake — never by silently dropping work. The one
+//! that waits instead: a registration over its address's rate is held for its turn when
+//! that comes within [`REGISTER_HOLD`], and refused past it.
 
 use std::{
     net::IpAddr,

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use relay_proto::{
+    SessionId,
     time::{iso, now_ms},
     wire::SessionView,
 };
@@ -86,9 +87,15 @@ pub(crate) fn page(
     cursor: &Cursor,
     limit: usize,
     max_bytes: usize,
+    reader: Option<&SessionId>,
 ) -> Result<Page, StoreError> {
     let now = now_ms();
-    let online = router.online();
+    // A first page is a read of the whole list: it turns a stale delta reader's batches
+    // back on (`Router::online_listed`); a later page continues a read already made.
+    let online = match cursor {
+        Cursor::Start => router.online_listed(reader),
+        _ => router.online(),
+    };
     let mut page = Page {
         total: store.session_count()?,
         online: online.len() as u64,

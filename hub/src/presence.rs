@@ -10,9 +10,9 @@
 //! per client instead of O(N) bytes per client per join. A batch of more than a page of
 //! changes names none (`resync`), and a delta client whose list is incomplete is sent
 //! nothing until it reads the list again (`Peer::stale`), so a storm costs it at most one
-//! small frame. `presence: "none"` clients get nothing. The hub pings every connection every `heartbeat_interval`; one that sends
-//! nothing at all (not even the pong) before the next ping is dropped, and its peers are
-//! told `peer_left`.
+//! small frame. `presence: "none"` clients get nothing. The hub pings every connection
+//! every `heartbeat_interval`; one that sends nothing at all (not even the pong) before
+//! the next ping is dropped, and its peers are told `peer_left`.
 
 use std::time::Duration;
 

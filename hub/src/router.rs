@@ -57,9 +57,10 @@ pub(crate) struct Peer {
     pub(crate) presence_from: u64,
     /// A `presence: "delta"` client whose list is known to be incomplete — its `registered`
     /// held only the first page, or it was sent a `resync` — is sent no batches until it
-    /// reads the list again (`get_sessions`, `get_peers`: [`Router::listed`]). Batches
-    /// applied to a list it does not have would tell it nothing, and in a storm they are
-    /// most of what presence costs the hub (docs/PROTOCOL.md, "Presence").
+    /// reads the list again (`get_peers`, a first page of `get_sessions`:
+    /// [`Router::online_listed`]). Batches applied to a list it does not have would tell it
+    /// nothing, and in a storm they are most of what presence costs the hub
+    /// (docs/PROTOCOL.md, "Presence").
     pub(crate) stale: bool,
 }
 
@@ -440,21 +441,23 @@ impl Router {
         full + recipients
     }
 
-    /// `id` asked for the list (`get_sessions`, `get_peers`): from now on it is sent the
-    /// batches again, which it applies to what it read (each names an id's last change, so
-    /// one that the reply already shows changes nothing).
-    pub(crate) fn listed(&self, id: &SessionId) {
-        if let Some(p) = self.lock().peers.get_mut(id) {
-            p.stale = false;
-        }
-    }
-
     /// Every session online now, sorted (what `get_peers` answers: the presence held for
     /// the next batch goes out first, so that no older `peer_joined`/`peer_left` follows
     /// this list).
     pub(crate) fn online(&self) -> Vec<String> {
+        self.online_listed(None)
+    }
+
+    /// [`online`](Self::online), read for `reader`'s list (`get_peers`, the first page of
+    /// `get_sessions`): a stale delta client ([`Peer::stale`]) is sent the batches again from
+    /// this read on — cleared under the same lock as the read, so a `resync` sent before it
+    /// is covered by the reply and one sent after it marks the client stale again.
+    pub(crate) fn online_listed(&self, reader: Option<&SessionId>) -> Vec<String> {
         let mut s = self.lock();
         s.release_full();
+        if let Some(p) = reader.and_then(|id| s.peers.get_mut(id)) {
+            p.stale = false;
+        }
         s.online.iter().map(|id| id.to_string()).collect()
     }
 
@@ -716,6 +719,43 @@ mod tests {
         );
         assert_eq!(drain(&mut b), ["peer_joined C", "peer_left C"]);
         assert_eq!(r.flush_presence(256), 0, "sent once");
+    }
+
+    #[test]
+    fn a_delta_batch_past_the_page_says_resync_and_nothing_follows_until_the_list_is_read() {
+        let r = Router::default();
+        let (d, mut drx) = join(&r, "D", PresenceMode::Delta, 1);
+        let batches = |rx: &mut OutboxReceiver| -> Vec<serde_json::Value> {
+            std::iter::from_fn(|| rx.try_recv())
+                .map(|f| serde_json::from_str(f.as_str()).unwrap())
+                .collect()
+        };
+        r.flush_presence(2);
+        batches(&mut drx);
+        let _others: Vec<_> = (0..3)
+            .map(|i| join(&r, &format!("P{i}"), PresenceMode::None, 10 + i))
+            .collect();
+        assert_eq!(r.flush_presence(2), 1);
+        let sent = batches(&mut drx);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0]["resync"], true, "{sent:?}");
+        assert_eq!(sent[0]["online"], 4, "D and the three: {sent:?}");
+        assert_eq!(sent[0]["joined"], serde_json::json!([]), "{sent:?}");
+
+        // Stale: a small batch is not sent to it...
+        let _q = join(&r, "Q", PresenceMode::None, 20);
+        assert_eq!(r.flush_presence(2), 0);
+        assert!(batches(&mut drx).is_empty());
+        // ... until it reads the list (a read for someone else does not count).
+        assert_eq!(r.online_listed(None).len(), 5);
+        let _q2 = join(&r, "Q2", PresenceMode::None, 21);
+        assert_eq!(r.flush_presence(2), 0);
+        assert_eq!(r.online_listed(Some(&d)).len(), 6);
+        let _q3 = join(&r, "Q3", PresenceMode::None, 22);
+        assert_eq!(r.flush_presence(2), 1);
+        let sent = batches(&mut drx);
+        assert_eq!(sent[0]["joined"], serde_json::json!(["Q3"]), "{sent:?}");
+        assert!(sent[0].get("resync").is_none(), "{sent:?}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use relay_proto::{
     },
 };
 
-use super::{BACKLOG, ConnSession, not_owner_reason, others, retry_ms};
+use super::{BACKLOG, ConnSession, not_owner_reason, retry_ms};
 use crate::presence::PROBE_TIMEOUT;
 
 /// Beyond the probe time, how long the owner's claim waits for a silent holder's connection
@@ -104,9 +104,19 @@ impl ConnSession {
         let meta = match admit(hub, self.addr, r.meta) {
             Ok((meta, hold)) => {
                 // Over the address's rate but within `REGISTER_HOLD` of its turn: wait for
-                // it here rather than refuse (the token is already taken).
+                // it here rather than refuse (the token is already taken). The frame's bytes
+                // stop counting against the hub's frame budget while it waits (nobody waits
+                // holding budget: `crate::budget`), and a connection the hub closed
+                // meanwhile (a store reset, a dead writer) claims nothing. The reader does not
+                // poll the socket meanwhile: a client that hangs up is noticed after the
+                // wait, and a shutdown waits for it (both at most `REGISTER_HOLD`).
                 if !hold.is_zero() {
-                    tokio::time::sleep(hold).await;
+                    self.charge = None;
+                    let mut closed = self.outbox.closed_signal();
+                    tokio::select! {
+                        () = tokio::time::sleep(hold) => {}
+                        _ = closed.wait_for(|c| *c) => return,
+                    }
                 }
                 meta
             }
@@ -174,9 +184,13 @@ impl ConnSession {
                 .await
                 .ok()
         };
+        // The whole list, whatever the presence mode: for a stale delta client, a read that
+        // turns its batches back on (`Router::online_listed`).
+        let mut peers = hub.router.online_listed(Some(&id));
+        peers.retain(|p| p != id.as_str());
         self.reply(ServerFrame::Registered(Registered {
             client_id: id.to_string(),
-            peers: others(hub, &id),
+            peers,
             peers_total: None,
             epoch: Some(hub.store.epoch().to_string()),
             unread,
@@ -333,6 +347,18 @@ fn admit(
     addr: SocketAddr,
     meta: Option<Meta>,
 ) -> Result<(Meta, Duration), (&'static str, String)> {
+    let mut meta = meta.unwrap_or_default();
+    let meta_len = serde_json::to_string(&meta).map(|s| s.len()).unwrap_or(0);
+    if meta_len > hub.config.max_meta_bytes {
+        return Err((
+            codes::TOO_LARGE,
+            format!(
+                "meta is {meta_len} bytes; the limit is {}",
+                hub.config.max_meta_bytes
+            ),
+        ));
+    }
+    // Last, so that a request refused for its meta takes no turn.
     let hold = match hub.limits.register(addr.ip()) {
         Ok(hold) => hold,
         Err(wait) => {
@@ -346,17 +372,6 @@ fn admit(
             ));
         }
     };
-    let mut meta = meta.unwrap_or_default();
-    let meta_len = serde_json::to_string(&meta).map(|s| s.len()).unwrap_or(0);
-    if meta_len > hub.config.max_meta_bytes {
-        return Err((
-            codes::TOO_LARGE,
-            format!(
-                "meta is {meta_len} bytes; the limit is {}",
-                hub.config.max_meta_bytes
-            ),
-        ));
-    }
     meta.insert("remoteAddress".into(), addr.ip().to_string().into());
     Ok((meta, hold))
 }
