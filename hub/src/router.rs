@@ -166,6 +166,22 @@ impl State {
     }
 
     /// Removes `id` from the online set (and its mode's count).
+    /// Makes a claimed id deliverable (see [`Router::welcome`]).
+    fn activate(&mut self, id: &SessionId, conn: u64, stale: bool) {
+        let from = self.announced + 1;
+        let Some(p) = self.peers.get_mut(id) else {
+            return;
+        };
+        if p.outbox.id() != conn || p.active {
+            return;
+        }
+        p.active = true;
+        p.presence_from = from;
+        p.stale = stale;
+        let mode = p.presence;
+        self.went_online(id, mode);
+    }
+
     fn went_offline(&mut self, id: &SessionId, mode: PresenceMode) {
         if let Some(n) = self.mode_count(mode) {
             *n = n.saturating_sub(1);
@@ -327,18 +343,37 @@ impl Router {
 
     /// Makes a claimed id deliverable. `stale`: a delta client whose `registered` held only
     /// the first page of the list (see [`Peer::stale`]).
+    #[cfg(test)]
     pub(crate) fn activate(&self, id: &SessionId, conn: u64, stale: bool) {
+        self.lock().activate(id, conn, stale);
+    }
+
+    /// Welcomes a claimed id: reads the online list its `registered` carries — the whole
+    /// list for `presence: "full"`, the first `page` and the count for `"delta"`, none for
+    /// `"none"` — hands it to `first`, which queues `registered` and the backlog, and makes
+    /// the id deliverable, all under one lock: no presence change falls between the list it
+    /// was given and the first change it is sent, and nothing reaches it before `first`'s
+    /// frames.
+    pub(crate) fn welcome(
+        &self,
+        id: &SessionId,
+        conn: u64,
+        presence: PresenceMode,
+        page: usize,
+        first: impl FnOnce(Arc<str>, Option<u64>),
+    ) {
         let mut s = self.lock();
-        let from = s.announced + 1;
-        let Some(p) = s.peers.get_mut(id) else { return };
-        if p.outbox.id() != conn || p.active {
-            return;
-        }
-        p.active = true;
-        p.presence_from = from;
-        p.stale = stale;
-        let mode = p.presence;
-        s.went_online(id, mode);
+        // Not active yet, so the online list is exactly the others.
+        let (list, total, stale) = match presence {
+            PresenceMode::None => (Arc::from("[]"), None, false),
+            PresenceMode::Full => (s.online_json(), None, false),
+            PresenceMode::Delta => {
+                let (list, total) = s.online_page(page);
+                (list, Some(total as u64), total > page)
+            }
+        };
+        first(list, total);
+        s.activate(id, conn, stale);
     }
 
     /// Frees `id` if connection `conn` holds it. Returns true if it did.
@@ -459,19 +494,6 @@ impl Router {
             p.stale = false;
         }
         s.online.iter().map(|id| id.to_string()).collect()
-    }
-
-    /// Every session online now, sorted, as a JSON array — shared until the next change, so
-    /// a storm of joins renders each list once instead of once per recipient.
-    pub(crate) fn online_json(&self) -> Arc<str> {
-        self.lock().online_json()
-    }
-
-    /// The first `limit` sessions online now, sorted, as a JSON array (shared until the next
-    /// change), and how many are online: what a `presence: "delta"` client's `registered`
-    /// carries, so a storm of joins costs O(limit) bytes per reply instead of O(N).
-    pub(crate) fn online_page(&self, limit: usize) -> (Arc<str>, usize) {
-        self.lock().online_page(limit)
     }
 
     /// True if `id` is held by an active connection.

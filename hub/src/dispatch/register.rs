@@ -6,7 +6,7 @@
 //! ([`ConnSession::welcome`]: `registered`, the backlog, then presence). docs/PROTOCOL.md,
 //! "register".
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use relay_proto::{
     SessionId,
@@ -27,6 +27,7 @@ use crate::{
     HubState,
     auth::{hash_secret, mint_secret, secret_matches},
     frames::{self, RegisteredOut},
+    outbound::to_frame,
     refusals::loggable,
     router::Peer,
     store::{Backend, StoreError},
@@ -290,39 +291,40 @@ impl ConnSession {
         self.id = Some(id.clone());
         // The whole list is the Node relay's contract (`presence: "full"`); delta clients get
         // its first page and the count (the base their batches apply to; the rest is
-        // `get_sessions`), so a storm of N joins costs O(N) bytes of replies, not O(N²);
-        // `none` clients asked not to be told. (Not active yet, so the online list is exactly
-        // the others.)
-        // A delta client given only the first page is sent no batches until it reads the
-        // rest (`Peer::stale`).
-        let (peers, peers_total, stale) = match presence {
-            PresenceMode::None => (Arc::from("[]"), None, false),
-            PresenceMode::Full => (hub.router.online_json(), None, false),
-            PresenceMode::Delta => {
-                let (page, total) = hub.router.online_page(hub.config.delta_peers_page);
-                (
-                    page,
-                    Some(total as u64),
-                    total > hub.config.delta_peers_page,
-                )
-            }
-        };
-        let _ = self.outbox.push(frames::registered(&RegisteredOut {
-            client_id: id.as_str(),
-            peers_json: &peers,
-            peers_total,
-            epoch: &hub.store.epoch(),
-            unread: Some(granted.unread),
-            owner_secret: granted.minted.as_deref(),
-            owned: Some(granted.owned || granted.minted.is_some()),
-            rid: rid.as_ref(),
-        }));
+        // `get_sessions`), so a storm of N joins costs O(N) bytes of replies, not O(N²), and a
+        // delta client given only the first page is sent no batches until it reads the rest
+        // (`Peer::stale`); `none` clients asked not to be told. The router reads the list,
+        // queues these frames and makes the session deliverable under one lock.
         hub.feed
             .delivered(id.as_str(), granted.pending.iter().map(|e| e.seq));
-        for e in granted.pending {
-            let _ = self.outbox.push_json(&ServerFrame::Message(e));
-        }
-        hub.router.activate(&id, self.outbox.id(), stale);
+        let backlog: Vec<_> = granted
+            .pending
+            .into_iter()
+            .map(|e| to_frame(&ServerFrame::Message(e)))
+            .collect();
+        let epoch = hub.store.epoch();
+        let outbox = &self.outbox;
+        hub.router.welcome(
+            &id,
+            outbox.id(),
+            presence,
+            hub.config.delta_peers_page,
+            |peers, peers_total| {
+                let _ = outbox.push(frames::registered(&RegisteredOut {
+                    client_id: id.as_str(),
+                    peers_json: &peers,
+                    peers_total,
+                    epoch: &epoch,
+                    unread: Some(granted.unread),
+                    owner_secret: granted.minted.as_deref(),
+                    owned: Some(granted.owned || granted.minted.is_some()),
+                    rid: rid.as_ref(),
+                }));
+                for frame in backlog {
+                    let _ = outbox.push(frame);
+                }
+            },
+        );
         tracing::Span::current().record("session", tracing::field::display(&id));
         hub.router.announce(&id, true);
         super::session_line(hub, &id, self.addr, "registered");
