@@ -165,7 +165,6 @@ impl State {
         self.online_page = None;
     }
 
-    /// Removes `id` from the online set (and its mode's count).
     /// Makes a claimed id deliverable (see [`Router::welcome`]).
     fn activate(&mut self, id: &SessionId, conn: u64, stale: bool) {
         let from = self.announced + 1;
@@ -182,6 +181,7 @@ impl State {
         self.went_online(id, mode);
     }
 
+    /// Removes `id` from the online set (and its mode's count).
     fn went_offline(&mut self, id: &SessionId, mode: PresenceMode) {
         if let Some(n) = self.mode_count(mode) {
             *n = n.saturating_sub(1);

@@ -1,5 +1,6 @@
 //! `register`, step by step: read the name ([`claimable`]), confirm a repeat
-//! ([`ConnSession::register_again`]), admit the request ([`admit`]: rate and meta size), claim
+//! ([`ConnSession::register_again`]), admit the request ([`admit`]: meta size, then the rate:
+//! over it, wait for the turn when it comes within `limits::REGISTER_HOLD`), claim
 //! the name in the router ([`ConnSession::claim`]: a live holder is never disturbed), record it
 //! in one trip to the store ([`record_claim`]: ownership, the session row, the backlog, a new owner
 //! secret), undo the claim if the store says no, and welcome the session
