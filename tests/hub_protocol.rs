@@ -656,14 +656,7 @@ async fn a_batch_past_one_page_says_resync_and_nothing_follows_until_the_list_is
 
     // Ten joins at once (connected first, then all ten `register`s sent before any reply
     // is read): they land within milliseconds, so some batch holds more than the page of 2.
-    let mut others = Vec::new();
-    for _ in 0..10 {
-        others.push(Ws::connect(&hub.url).await);
-    }
-    for (i, ws) in others.iter_mut().enumerate() {
-        ws.send(json!({"type": "register", "clientId": format!("P{i}")}))
-            .await;
-    }
+    let mut others = Ws::register_at_once(&hub.url, "P", 10).await;
     for ws in &mut others {
         ws.expect("registered").await;
     }

@@ -203,14 +203,7 @@ async fn registrations_over_the_rate_are_paced_and_a_flood_is_refused() {
     // All at once: 40 registrations on 40 open connections. The bucket holds at most its
     // burst of 5 and about 20 more turns come within the next second; the rest are refused
     // with a wait.
-    let mut conns = Vec::new();
-    for _ in 0..40 {
-        conns.push(Ws::connect(&hub.url).await);
-    }
-    for (i, ws) in conns.iter_mut().enumerate() {
-        ws.send(json!({"type": "register", "clientId": format!("F{i}")}))
-            .await;
-    }
+    let mut conns = Ws::register_at_once(&hub.url, "F", 40).await;
     let (mut accepted, mut refused) = (0, 0);
     for ws in &mut conns {
         let r = ws.next().await;

@@ -64,6 +64,21 @@ impl Ws {
         (ws, reg)
     }
 
+    /// Opens `n` connections, then sends each its `register` (as `{prefix}{i}`) before any
+    /// reply is read, so the registrations reach the hub within milliseconds of each other.
+    /// The replies are left for the caller.
+    pub(crate) async fn register_at_once(url: &str, prefix: &str, n: usize) -> Vec<Ws> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(Ws::connect(url).await);
+        }
+        for (i, ws) in conns.iter_mut().enumerate() {
+            ws.send(json!({"type": "register", "clientId": format!("{prefix}{i}")}))
+                .await;
+        }
+        conns
+    }
+
     /// Sends one JSON frame.
     pub(crate) async fn send(&mut self, v: Value) {
         self.ws
