@@ -49,15 +49,7 @@ impl TokenBucket {
 
     /// Takes one token. `Err(wait)` says how long until one is available.
     pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
+        self.reserve(now, Duration::ZERO).map(drop)
     }
 
     /// Takes one token now, or the next one to come if it comes within `hold`:

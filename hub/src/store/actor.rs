@@ -145,7 +145,7 @@ fn run(
                 }
                 Request::Deferred(f) => {
                     // Due even while requests keep coming: DEFER_FOR bounds what waits.
-                    if !batch.is_empty() || deferred.due().is_some_and(|d| d <= Instant::now()) {
+                    if !batch.is_empty() || deferred.overdue() {
                         deferred.settle(&mut *backend);
                         commit(&mut *backend, &mut batch, &mut delivered, &*sink);
                     }
@@ -167,7 +167,7 @@ fn run(
             }
             delivered.clear();
         }
-        if deferred.due().is_some_and(|due| due <= Instant::now()) {
+        if deferred.overdue() {
             deferred.settle(&mut *backend);
         }
     }
@@ -190,6 +190,11 @@ impl Deferred {
     /// When what waits must be committed.
     fn due(&self) -> Option<Instant> {
         self.since.map(|t| t + DEFER_FOR)
+    }
+
+    /// Whether what waits is due now.
+    fn overdue(&self) -> bool {
+        self.due().is_some_and(|due| due <= Instant::now())
     }
 
     /// A deferred call is about to run: its writes join the ones waiting (a full set is
