@@ -53,9 +53,14 @@ fn id(out: &mut Vec<u8>, epoch: &str, seq: u64) {
 }
 
 fn time(out: &mut Vec<u8>, ms: i64) {
-    use std::io::Write;
     out.push(b'"');
-    let _ = write!(out, "{}", Iso(ms));
+    match Iso(ms).bytes() {
+        Some(b) => out.extend_from_slice(&b),
+        None => {
+            use std::io::Write;
+            let _ = write!(out, "{}", Iso(ms));
+        }
+    }
     out.push(b'"');
 }
 
@@ -63,11 +68,36 @@ fn done(out: Vec<u8>) -> Utf8Bytes {
     Utf8Bytes::try_from(out).expect("frames are built from UTF-8 pieces")
 }
 
+/// What a [`message`] frame can take, so it is written into one allocation: a fixed guess
+/// came short of a 100-byte message with its ids and time, and every frame grew its buffer
+/// once (docs/BENCHMARKS.md, "Routing"). The keys, quotes, a time and two numbers of up to
+/// 20 digits are 144 bytes, a reply's two ids 67 more; content that needs escaping gets an
+/// eighth more and may still grow it.
+fn message_capacity(epoch: &str, m: &StoredMessage) -> usize {
+    let reply = if m.reply.is_some() {
+        67 + 2 * epoch.len()
+    } else {
+        0
+    };
+    144 + epoch.len() + m.from.len() + m.to.len() + m.content.len() + m.content.len() / 8 + reply
+}
+
+/// What a [`sent`] frame can take, likewise: 184 bytes of keys, quotes, a time and numbers,
+/// and the request id (a string's escapes aside).
+fn sent_capacity(ack: &SentOut<'_>) -> usize {
+    let rid = match ack.rid {
+        Some(RequestId::Str(s)) => s.len() + 2,
+        Some(RequestId::Int(_)) => 20,
+        None => 0,
+    };
+    184 + ack.epoch.len() + ack.to.len() + rid
+}
+
 /// The `message` frame recipients get:
 /// `{"type":"message","id":…,"from":…,"to":…,"content":…,"timestamp":…,"seq":…}`, plus
 /// `"replyTo":…,"thread":…` on a reply.
 pub(crate) fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
-    let mut out = Vec::with_capacity(128 + m.content.len() + m.content.len() / 8);
+    let mut out = Vec::with_capacity(message_capacity(epoch, m));
     out.extend_from_slice(br#"{"type":"message","id":"#);
     id(&mut out, epoch, m.seq);
     out.extend_from_slice(br#","from":""#);
@@ -92,7 +122,7 @@ pub(crate) fn message(epoch: &str, m: &StoredMessage) -> Utf8Bytes {
 
 /// The `sent` frame the sender gets.
 pub(crate) fn sent(ack: &SentOut<'_>) -> Utf8Bytes {
-    let mut out = Vec::with_capacity(160);
+    let mut out = Vec::with_capacity(sent_capacity(ack));
     out.extend_from_slice(br#"{"type":"sent","id":"#);
     id(&mut out, ack.epoch, ack.seq);
     out.extend_from_slice(br#","to":""#);
@@ -249,6 +279,37 @@ mod tests {
                 serde_json::to_string(&ServerFrame::Message(m.clone().into_envelope("ab12cd34")))
                     .unwrap();
             assert_eq!(fast.as_str(), slow);
+        }
+    }
+
+    #[test]
+    fn the_hot_frames_fit_the_buffer_they_start_with() {
+        let epoch = "0123456789abcdef";
+        let m = StoredMessage {
+            seq: u64::MAX,
+            ts: 253_402_300_799_999,
+            from: Arc::from("a".repeat(64)),
+            to: Arc::from("b".repeat(64)),
+            reply: Some(crate::store::Reply {
+                to: u64::MAX,
+                thread: u64::MAX,
+            }),
+            ..stored("7 bytes") // under 8: no slack for escapes
+        };
+        assert!(message(epoch, &m).len() <= message_capacity(epoch, &m));
+        let rid = RequestId::Str("r".repeat(40));
+        for rid in [Some(&rid), Some(&RequestId::Int(i64::MIN)), None] {
+            let ack = SentOut {
+                epoch,
+                seq: u64::MAX,
+                to: &m.to,
+                delivered: false,
+                ts: Some(m.ts),
+                recipients: Some(u32::MAX),
+                duplicate: true,
+                rid,
+            };
+            assert!(sent(&ack).len() <= sent_capacity(&ack), "{rid:?}");
         }
     }
 

@@ -19,15 +19,17 @@ pub fn iso(ms: i64) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Iso(pub i64);
 
-impl std::fmt::Display for Iso {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Iso {
+    /// The 24 bytes of `YYYY-MM-DDTHH:MM:SS.mmmZ`, for years 0000–9999 (`None` outside them),
+    /// for a writer that appends bytes: going through `Display` and `write!` cost the hub's
+    /// routing a seventh of its time per message (docs/BENCHMARKS.md, "Routing").
+    pub fn bytes(self) -> Option<[u8; 24]> {
         let ms = self.0;
         let days = ms.div_euclid(86_400_000);
         let in_day = ms.rem_euclid(86_400_000);
         let (y, m, d) = civil_from_days(days);
         if !(0..=9999).contains(&y) {
-            let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
-            return f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            return None;
         }
         let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
         let (min, rest) = (rest / 60_000, rest % 60_000);
@@ -47,7 +49,19 @@ impl std::fmt::Display for Iso {
         put(14, min, 2);
         put(17, sec, 2);
         put(20, milli, 3);
-        f.write_str(std::str::from_utf8(&b).expect("ASCII"))
+        Some(b)
+    }
+}
+
+impl std::fmt::Display for Iso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.bytes() {
+            Some(b) => f.write_str(std::str::from_utf8(&b).expect("ASCII")),
+            None => {
+                let t = DateTime::<Utc>::from_timestamp_millis(self.0).unwrap_or_default();
+                f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            }
+        }
     }
 }
 
@@ -110,11 +124,18 @@ mod tests {
             -1,
             -86_400_001,
             253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01: chrono's form, not the fixed 24 bytes
+            -62_167_219_200_001, // 1 BC
         ] {
             let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
                 .unwrap()
                 .to_rfc3339_opts(SecondsFormat::Millis, true);
             assert_eq!(iso(ms), chrono, "{ms}");
+            let fixed = Iso(ms)
+                .bytes()
+                .map(|b| String::from_utf8(b.to_vec()).unwrap());
+            assert_eq!(fixed.is_some(), chrono.len() == 24, "{ms}: {chrono}");
+            assert!(fixed.is_none_or(|f| f == chrono), "{ms}");
         }
         let mut ms = -10_000_000_000_000i64;
         while ms < 200_000_000_000_000 {
