@@ -232,11 +232,13 @@ impl State {
         {
             return (p.json.clone(), total);
         }
-        let page = || self.online.iter().take(limit);
-        let Some(last) = page().last().cloned() else {
+        let Some(last) = limit.checked_sub(1).and_then(|i| self.online.iter().nth(i)) else {
             return (Arc::from("[]"), total); // a page of none
         };
-        let json: Arc<str> = Arc::from(frames::id_array(page().map(SessionId::as_str)));
+        let last = last.clone();
+        let json: Arc<str> = Arc::from(frames::id_array(
+            self.online.iter().take(limit).map(SessionId::as_str),
+        ));
         self.online_page = Some(FirstPage {
             limit,
             last,
