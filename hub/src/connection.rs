@@ -68,7 +68,7 @@ use crate::{
     auth::{bearer, token_ok},
     batching::Batching,
     budget::{Charge, Meter, Metered, OverBudget, READ_CHUNK},
-    dispatch::ConnSession,
+    dispatch::{ConnSession, Later},
     limits::{Slot, TokenBucket, TooManyConnections},
     operator::{self, Claim, Key},
     outbound::{Outbox, OutboxReceiver, outbox},
@@ -529,12 +529,20 @@ where
                 match message {
                     Message::Text(text) => {
                         if let Some(frame) = self.admit(hub, &text, charge) {
-                            // Boxed, one allocation per frame handled: `handle`'s state machine
-                            // is ~1.7 KiB (the frame, twice, and `message`'s store call), and
-                            // held inline it made the reader's future — which every idle
-                            // connection keeps for its whole life — that much bigger (issue
-                            // 16, docs/BENCHMARKS.md).
-                            Box::pin(self.session.handle(hub, frame)).await;
+                            // What cannot be handled at once is boxed, one allocation per
+                            // frame: `handle`'s state machine is ~1.7 KiB (the frame, twice,
+                            // and `message`'s store call), and held inline it made the
+                            // reader's future — which every idle connection keeps for its
+                            // whole life — that much bigger (issue 16, docs/BENCHMARKS.md).
+                            match self.session.now(hub, frame) {
+                                Later::Done => {}
+                                Later::Frame(frame) => {
+                                    Box::pin(self.session.handle(hub, frame)).await;
+                                }
+                                Later::Queue(append) => {
+                                    Box::pin(self.session.queue(hub, append)).await;
+                                }
+                            }
                             self.session.charge = None;
                         }
                         if !self.token_shown(hub, slot) {

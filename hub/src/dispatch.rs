@@ -31,7 +31,9 @@ use crate::{
     operator::{self, Denied, Key, Operator},
     outbound::{AckTo, Outbox},
     parse::ParseError,
-    store::{After, Append, HistoryQuery, NewMessage, Reply, StoreError, parse_message_id},
+    store::{
+        After, Append, HistoryQuery, NewMessage, Reply, StoreError, TryAppend, parse_message_id,
+    },
 };
 
 /// Default page size of `get_history` and `receive` (the Node relay's).
@@ -45,6 +47,16 @@ pub(crate) const BACKLOG: usize = relay_proto::wire::BACKLOG_MAX as usize;
 pub(crate) const MAX_KEY: usize = 128;
 /// How many recent sends `get_status` reports.
 pub(crate) const STATUS_SENDS: usize = 10;
+
+/// What is left of a frame after [`ConnSession::now`].
+pub(crate) enum Later {
+    /// Nothing: it was handled.
+    Done,
+    /// All of it: [`ConnSession::handle`] it.
+    Frame(ClientFrame),
+    /// A checked message to [`ConnSession::queue`] once the store's queue has room.
+    Queue(Append),
+}
 
 /// What one connection has claimed and how to reach it.
 pub struct ConnSession {
@@ -422,44 +434,44 @@ impl ConnSession {
         }));
     }
 
+    /// Handles a frame at once when that needs no waiting — a `message` without `replyTo`
+    /// (a reply asks the store first) while the store's queue has room — so the reader
+    /// builds no future for it: [`handle`](Self::handle)'s is ~1.7 KiB, boxed and copied
+    /// for every frame, a tenth of the network thread's time per delivery
+    /// (docs/BENCHMARKS.md, "Routing"). Returns what is left to wait for.
+    pub(crate) fn now(&mut self, hub: &HubState, frame: ClientFrame) -> Later {
+        let ClientFrame::Message(m) = frame else {
+            return Later::Frame(frame);
+        };
+        let unauthorized = !self.authorized && hub.config.token.is_some();
+        if unauthorized || m.reply_to.as_deref().is_some_and(|r| !r.is_empty()) {
+            return Later::Frame(ClientFrame::Message(m));
+        }
+        let Some((from, to)) = self.check_message(hub, &m) else {
+            return Later::Done;
+        };
+        match hub.store.try_append(self.append_of(from, to, m, None)) {
+            Ok(()) => Later::Done,
+            Err(TryAppend::Full(append)) => Later::Queue(append),
+            Err(TryAppend::Closed(append)) => {
+                self.store_error(StoreError::Closed, append.ack.rid);
+                Later::Done
+            }
+        }
+    }
+
+    /// Queues a checked message once the store's queue has room (see [`now`](Self::now)).
+    pub(crate) async fn queue(&self, hub: &HubState, append: Append) {
+        let rid = append.ack.rid.clone();
+        if let Err(e) = hub.store.append(append).await {
+            self.store_error(e, rid);
+        }
+    }
+
     async fn message(&mut self, hub: &HubState, m: SendMessage) {
-        let Some(from) = self.registered_id("sending messages", &m.rid) else {
+        let Some((from, to)) = self.check_message(hub, &m) else {
             return;
         };
-        let to = match m.to.as_deref() {
-            None | Some("") => BROADCAST,
-            Some(t) if t == BROADCAST => BROADCAST,
-            Some(t) => match validate(t) {
-                Ok(()) => t,
-                Err(e) => {
-                    return self.error(
-                        codes::INVALID_ID,
-                        format!("invalid recipient {t:?}: {e}"),
-                        m.rid,
-                    );
-                }
-            },
-        };
-        if m.content.len() > hub.config.max_content_bytes {
-            return self.error(
-                codes::TOO_LARGE,
-                format!(
-                    "content is {} bytes; the limit is {} — send a file path or commit instead",
-                    m.content.len(),
-                    hub.config.max_content_bytes
-                ),
-                m.rid,
-            );
-        }
-        if let Some(k) = &m.key
-            && (k.is_empty() || k.len() > MAX_KEY)
-        {
-            return self.error(
-                codes::BAD_FRAME,
-                format!("key must be 1 to {MAX_KEY} bytes, got {}", k.len()),
-                m.rid,
-            );
-        }
         let reply = match m.reply_to.as_deref().filter(|r| !r.is_empty()) {
             None => None,
             Some(r) => match self.reply_to(hub, &from, r).await {
@@ -467,10 +479,66 @@ impl ConnSession {
                 Err((code, why)) => return self.error(code, why, m.rid),
             },
         };
-        let append = Append {
+        let append = self.append_of(from, to, m, reply);
+        self.queue(hub, append).await;
+    }
+
+    /// The sender and recipient of a `message` frame, once its sender is registered and its
+    /// recipient, size and key are valid; otherwise the client is told why and `None`.
+    fn check_message(&self, hub: &HubState, m: &SendMessage) -> Option<(SessionId, Arc<str>)> {
+        let from = self.registered_id("sending messages", &m.rid)?;
+        let to = match m.to.as_deref() {
+            None | Some("") => BROADCAST,
+            Some(t) if t == BROADCAST => BROADCAST,
+            Some(t) => match validate(t) {
+                Ok(()) => t,
+                Err(e) => {
+                    self.error(
+                        codes::INVALID_ID,
+                        format!("invalid recipient {t:?}: {e}"),
+                        m.rid.clone(),
+                    );
+                    return None;
+                }
+            },
+        };
+        if m.content.len() > hub.config.max_content_bytes {
+            self.error(
+                codes::TOO_LARGE,
+                format!(
+                    "content is {} bytes; the limit is {} — send a file path or commit instead",
+                    m.content.len(),
+                    hub.config.max_content_bytes
+                ),
+                m.rid.clone(),
+            );
+            return None;
+        }
+        if let Some(k) = &m.key
+            && (k.is_empty() || k.len() > MAX_KEY)
+        {
+            self.error(
+                codes::BAD_FRAME,
+                format!("key must be 1 to {MAX_KEY} bytes, got {}", k.len()),
+                m.rid.clone(),
+            );
+            return None;
+        }
+        Some((from, Arc::from(to)))
+    }
+
+    /// The store's request for a checked message; it carries the frame's budget charge.
+    fn append_of(
+        &mut self,
+        from: SessionId,
+        to: Arc<str>,
+        m: SendMessage,
+        reply: Option<Reply>,
+    ) -> Append {
+        Append {
             msg: NewMessage {
                 from: Arc::from(from.as_str()),
-                to: Arc::from(to),
+                to,
                 content: m.content,
                 ts: now_ms(),
                 key: m.key,
@@ -479,12 +547,9 @@ impl ConnSession {
             },
             ack: AckTo {
                 outbox: self.outbox.clone(),
-                rid: m.rid.clone(),
+                rid: m.rid,
             },
             _charge: self.charge.take(),
-        };
-        if let Err(e) = hub.store.append(append).await {
-            self.store_error(e, m.rid);
         }
     }
 

@@ -434,6 +434,14 @@ pub(crate) trait Backend: Send {
 /// A query run on the actor thread (see [`StoreHandle::call`]).
 pub(crate) type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 
+/// Why [`StoreHandle::try_append`] did not queue a message.
+pub(crate) enum TryAppend {
+    /// The queue is full: here is the message, to wait with ([`StoreHandle::append`]).
+    Full(Append),
+    /// The actor is gone: here is the message, to answer its sender.
+    Closed(Append),
+}
+
 /// A request to the store actor.
 pub(crate) enum Request {
     /// Store a message, then route it and ack its sender (see [`CommitSink`]).
@@ -482,6 +490,23 @@ impl StoreHandle {
             .send(Request::Append(append))
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a message if the actor's queue has room now, as [`append`](Self::append)
+    /// would, and gives it back when the queue is full: the reader's way to handle a
+    /// message without building a future for it (`ConnSession::now`). The message comes
+    /// back by value, as tokio's own `TrySendError` carries it: boxing it would allocate
+    /// for every message that waits.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_append(&self, append: Append) -> Result<(), TryAppend> {
+        use mpsc::error::TrySendError;
+        self.tx
+            .try_send(Request::Append(append))
+            .map_err(|e| match e {
+                TrySendError::Full(Request::Append(a)) => TryAppend::Full(a),
+                TrySendError::Closed(Request::Append(a)) => TryAppend::Closed(a),
+                _ => unreachable!("what was sent is an append"),
+            })
     }
 
     /// Runs `f` on the actor thread, after everything queued before it, and returns its result.
