@@ -8,6 +8,8 @@
 //! [`Envelope`]: relay_proto::wire::Envelope
 //! [`Sent`]: relay_proto::wire::Sent
 
+use std::cell::Cell;
+
 use relay_proto::{time::Iso, wire::RequestId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -52,9 +54,25 @@ fn id(out: &mut Vec<u8>, epoch: &str, seq: u64) {
     out.push(b'"');
 }
 
+thread_local! {
+    /// The last time written and its bytes: a message and its `sent` carry the same time,
+    /// and under load many messages share a millisecond, so most times are copied rather
+    /// than worked out again (computing each was 1.4 % of the hub's instructions per
+    /// delivery, docs/BENCHMARKS.md, "Routing").
+    static LAST_TIME: Cell<Option<(i64, [u8; 24])>> = const { Cell::new(None) };
+}
+
 fn time(out: &mut Vec<u8>, ms: i64) {
     out.push(b'"');
-    match Iso(ms).bytes() {
+    let known = LAST_TIME.with(|last| match last.get() {
+        Some((at, b)) if at == ms => Some(b),
+        _ => {
+            let b = Iso(ms).bytes();
+            last.set(b.map(|b| (ms, b)));
+            b
+        }
+    });
+    match known {
         Some(b) => out.extend_from_slice(&b),
         None => {
             use std::io::Write;
@@ -279,6 +297,17 @@ mod tests {
                 serde_json::to_string(&ServerFrame::Message(m.clone().into_envelope("ab12cd34")))
                     .unwrap();
             assert_eq!(fast.as_str(), slow);
+        }
+    }
+
+    #[test]
+    fn each_time_is_its_own_whatever_came_before() {
+        let far = 253_402_300_800_000; // year 10000: not the fixed 24 bytes
+        for ms in [5, 5, 1_795_462_667_123, 5, far, far, 5, -1] {
+            let mut out = Vec::new();
+            time(&mut out, ms);
+            let iso = relay_proto::time::iso(ms);
+            assert_eq!(out, format!("\"{iso}\"").into_bytes());
         }
     }
 
