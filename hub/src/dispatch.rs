@@ -228,9 +228,9 @@ impl ConnSession {
         }
     }
 
-    /// Handles one frame. The rarer handlers are boxed so the future every connection keeps
-    /// alive between frames stays the size of the common path (`message`), not of the
-    /// biggest handler.
+    /// Handles one frame that [`now`](Self::now) could not. The reader boxes this future for
+    /// the frame's life; the rarer handlers are boxed again inside it so it stays the size of
+    /// `message` (a reply, or an unauthorized connection's), not of the biggest handler.
     pub async fn handle(&mut self, hub: &HubState, frame: ClientFrame) {
         if !self.authorized && hub.config.token.is_some() && !self.authorize(hub, &frame) {
             return;
@@ -436,8 +436,8 @@ impl ConnSession {
 
     /// Handles a frame at once when that needs no waiting — a `message` without `replyTo`
     /// (a reply asks the store first) while the store's queue has room — so the reader
-    /// builds no future for it: [`handle`](Self::handle)'s is ~1.7 KiB, boxed and copied
-    /// for every frame, a tenth of the network thread's time per delivery
+    /// builds no future for it: [`handle`](Self::handle)'s is ~1.7 KiB, and allocating and
+    /// copying it for every frame was ~4 % of the network thread's samples per delivery
     /// (docs/BENCHMARKS.md, "Routing"). Returns what is left to wait for.
     pub(crate) fn now(&mut self, hub: &HubState, frame: ClientFrame) -> Later {
         let ClientFrame::Message(m) = frame else {

@@ -232,13 +232,16 @@ impl State {
         {
             return (p.json.clone(), total);
         }
-        let Some(last) = limit.checked_sub(1).and_then(|i| self.online.iter().nth(i)) else {
-            return (Arc::from("[]"), total); // a page of none
+        let mut last = None;
+        let page = self
+            .online
+            .iter()
+            .take(limit)
+            .inspect(|id| last = Some(*id));
+        let json: Arc<str> = Arc::from(frames::id_array(page.map(SessionId::as_str)));
+        let Some(last) = last.cloned() else {
+            return (json, total); // a page of none
         };
-        let last = last.clone();
-        let json: Arc<str> = Arc::from(frames::id_array(
-            self.online.iter().take(limit).map(SessionId::as_str),
-        ));
         self.online_page = Some(FirstPage {
             limit,
             last,

@@ -125,7 +125,8 @@ mod tests {
             -86_400_001,
             253_402_300_799_999, // 9999-12-31T23:59:59.999
             253_402_300_800_000, // 10000-01-01: chrono's form, not the fixed 24 bytes
-            -62_167_219_200_001, // 1 BC
+            -62_167_219_200_000, // 0000-01-01T00:00:00.000: the first fixed-width time
+            -62_167_219_200_001, // a millisecond before: year -0001, chrono's form
         ] {
             let chrono = DateTime::<Utc>::from_timestamp_millis(ms)
                 .unwrap()
