@@ -939,6 +939,47 @@ fn truncate_reason(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Bytes every plain connection's future may hold while its session reads: `run`'s
+    /// state (the reader, its read loop, what the loop keeps across its awaits). 1,008 on
+    /// 2026-12-07 (x86_64, Rust 1.95, debug and release alike). Keeping `ConnSession::now`'s
+    /// result across the read loop's await, as a first version did, made it 1,696; so would
+    /// a handler's future held inline instead of boxed. Raise it only with the figure it
+    /// buys in docs/BENCHMARKS.md: every idle connection keeps these bytes.
+    const MAX_RUN_FUTURE: usize = 1_100;
+
+    #[tokio::test]
+    async fn a_connection_keeps_a_small_future_for_its_whole_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = crate::Hub::open(crate::HubConfig::new(dir.path()))
+            .unwrap()
+            .state();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, addr) = listener.accept().await.unwrap();
+        let progress = Progress::new();
+        let meter = Meter::new(hub.budget.clone());
+        let stream = Metered::new(Watched::new(socket, progress.clone()), meter.clone());
+        let conn = Conn {
+            addr,
+            id: 1,
+            refused: None,
+            deadline: Instant::now(),
+            auth_deadline: None,
+            progress,
+            meter,
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let mut slot = hub.caps.admit().unwrap();
+        let future = run(stream, conn, &hub, shutdown, &mut slot);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= MAX_RUN_FUTURE,
+            "a connection's future is {size} bytes; the bound is {MAX_RUN_FUTURE}"
+        );
+    }
+
     #[test]
     fn long_text_goes_out_as_one_message_of_shared_fragments() {
         let text: String = (0..FRAGMENT * 2 + 100)
