@@ -228,11 +228,17 @@ impl ConnSession {
         }
     }
 
+    /// Whether this connection must still show the hub token before its frames are handled
+    /// (never, on a hub without one).
+    fn awaits_token(&self, hub: &HubState) -> bool {
+        !self.authorized && hub.config.token.is_some()
+    }
+
     /// Handles one frame that [`now`](Self::now) could not. The reader boxes this future for
     /// the frame's life; the rarer handlers are boxed again inside it so it stays the size of
     /// `message` (a reply, or an unauthorized connection's), not of the biggest handler.
     pub async fn handle(&mut self, hub: &HubState, frame: ClientFrame) {
-        if !self.authorized && hub.config.token.is_some() && !self.authorize(hub, &frame) {
+        if self.awaits_token(hub) && !self.authorize(hub, &frame) {
             return;
         }
         match frame {
@@ -443,8 +449,7 @@ impl ConnSession {
         let ClientFrame::Message(m) = frame else {
             return Later::Frame(frame);
         };
-        let unauthorized = !self.authorized && hub.config.token.is_some();
-        if unauthorized || m.reply_to.as_deref().is_some_and(|r| !r.is_empty()) {
+        if self.awaits_token(hub) || reply_of(&m).is_some() {
             return Later::Frame(ClientFrame::Message(m));
         }
         let Some((from, to)) = self.check_message(hub, &m) else {
@@ -472,7 +477,7 @@ impl ConnSession {
         let Some((from, to)) = self.check_message(hub, &m) else {
             return;
         };
-        let reply = match m.reply_to.as_deref().filter(|r| !r.is_empty()) {
+        let reply = match reply_of(&m) {
             None => None,
             Some(r) => match self.reply_to(hub, &from, r).await {
                 Ok(reply) => Some(reply),
@@ -869,6 +874,11 @@ fn session_line(hub: &HubState, id: &SessionId, addr: SocketAddr, what: &str) {
         Some(skipped) => tracing::info!(%id, %addr, skipped, "{what}"),
         None => {}
     }
+}
+
+/// The message id a `message` answers, if it names one (an empty `replyTo` names none).
+fn reply_of(m: &SendMessage) -> Option<&str> {
+    m.reply_to.as_deref().filter(|r| !r.is_empty())
 }
 
 /// A token bucket's wait in whole milliseconds, rounded up (at least 1): a client that waits
