@@ -9,6 +9,15 @@
 //! tungstenite. Anything else is ignored. No presence, no history, no read state, no limits,
 //! no idempotency keys, no metrics: routing plus the write.
 //!
+//! With `--floor-presence` it also pays what the Node relay's protocol costs a relay: a
+//! client that registers without a `presence` field (the Node relay's own clients) is told of
+//! every join and leave as `peer_joined`/`peer_left {clientId, peers}` with the whole list,
+//! and its `registered` carries the list. Each frame is rendered once and its bytes shared by
+//! every connection. This is the least any relay that keeps those clients working must push
+//! (their bridge sets its list from `peers` and tells its model "Peer X joined" for every
+//! frame), so the hub's Node-protocol storm is compared with it, not only with routing
+//! (docs/BENCHMARKS.md, "The floor with the Node relay's presence").
+//!
 //! The write follows the hub's store policy as shipped (`--sync normal`, docs/STORAGE.md):
 //! one thread owns the log and appends whatever is queued (up to [`MAX_BATCH`] messages) in
 //! one `write`, so concurrent senders share one group commit; a message is acked and pushed
@@ -68,6 +77,9 @@ struct Frame<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(default)]
     rid: Option<serde_json::Value>,
+    /// Present (any mode) on our own protocol's clients; absent on the Node relay's.
+    #[serde(borrow, default)]
+    presence: Option<Cow<'a, str>>,
 }
 
 /// A message on its way to the log.
@@ -90,6 +102,9 @@ struct Written {
 struct Conn {
     name: Option<Arc<str>>,
     tx: mpsc::Sender<Utf8Bytes>,
+    /// Registered without a `presence` field, with `--floor-presence`: told of joins and
+    /// leaves the Node relay's way.
+    node: bool,
 }
 
 /// Who is connected (owned by the network thread).
@@ -97,6 +112,8 @@ struct Conn {
 struct Table {
     conns: HashMap<u64, Conn>,
     names: HashMap<Arc<str>, u64>,
+    /// `--floor-presence`: send the Node relay's presence.
+    presence: bool,
 }
 
 impl Table {
@@ -122,11 +139,52 @@ impl Table {
             self.names.remove(&name);
         }
     }
+
+    /// The registered names as a JSON array, the Node relay's `peers`.
+    fn peers(&self) -> String {
+        let names: Vec<&str> = self.names.keys().map(|n| &**n).collect();
+        serde_json::to_string(&names).expect("names serialize")
+    }
+
+    /// Tells every other Node-protocol client that `name` joined or left (`ty`), with the
+    /// whole list: one frame, its bytes shared.
+    fn announce(&mut self, ty: &str, name: &str, except: u64) {
+        if !self.presence {
+            return;
+        }
+        let frame = utf8(
+            format!(
+                r#"{{"type":"{ty}","clientId":{},"peers":{}}}"#,
+                serde_json::Value::from(name),
+                self.peers()
+            )
+            .into_bytes(),
+        );
+        let targets: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(c, conn)| **c != except && conn.node && conn.name.is_some())
+            .map(|(&c, _)| c)
+            .collect();
+        for c in targets {
+            self.push(c, frame.clone());
+        }
+    }
+
+    /// `conn` is gone: forgotten, and (with presence) its leave announced.
+    fn leave(&mut self, conn: u64) {
+        let name = self.conns.get(&conn).and_then(|c| c.name.clone());
+        self.drop_conn(conn);
+        if let Some(name) = name {
+            self.announce("peer_left", &name, conn);
+        }
+    }
 }
 
-/// Runs the floor relay with its log in `dir` until killed. Prints `listening on ws://…` on
-/// stderr once it accepts connections.
-pub(crate) fn serve(dir: &Path) -> anyhow::Result<()> {
+/// Runs the floor relay with its log in `dir` until killed (with `presence`, the Node relay's
+/// presence too: see the module's header). Prints `listening on ws://…` on stderr once it
+/// accepts connections.
+pub(crate) fn serve(dir: &Path, presence: bool) -> anyhow::Result<()> {
     let log = File::options()
         .create(true)
         .append(true)
@@ -148,7 +206,10 @@ pub(crate) fn serve(dir: &Path) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("floor-writer".into())
             .spawn(move || write_loop(log, append_rx, route_tx, dirty))?;
-        let table: Rc<RefCell<Table>> = Rc::default();
+        let table = Rc::new(RefCell::new(Table {
+            presence,
+            ..Table::default()
+        }));
         tokio::task::spawn_local(route_loop(route_rx, table.clone()));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         eprintln!("floor relay listening on ws://{}", listener.local_addr()?);
@@ -298,7 +359,14 @@ async fn connection(
     };
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTBOX);
-    table.borrow_mut().conns.insert(id, Conn { name: None, tx });
+    table.borrow_mut().conns.insert(
+        id,
+        Conn {
+            name: None,
+            tx,
+            node: false,
+        },
+    );
     let writer = tokio::task::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
             if sink.feed(Message::Text(frame)).await.is_err() {
@@ -337,16 +405,22 @@ async fn connection(
                 } else {
                     let n: Arc<str> = Arc::from(&*asked);
                     t.names.insert(n.clone(), id);
+                    let node = t.presence && f.presence.is_none();
                     if let Some(c) = t.conns.get_mut(&id) {
                         c.name = Some(n.clone());
+                        c.node = node;
                     }
                     name = Some(n);
+                    let peers = if node { t.peers() } else { "[]".into() };
                     format!(
-                        r#"{{"type":"registered","clientId":{},"peers":[]}}"#,
+                        r#"{{"type":"registered","clientId":{},"peers":{peers}}}"#,
                         serde_json::Value::from(&*asked)
                     )
                 };
                 t.push(id, reply.into());
+                if let Some(n) = &name {
+                    t.announce("peer_joined", n, id);
+                }
             }
             ("message", Some(from)) => {
                 let (Some(to), Some(content)) = (f.to, f.content) else {
@@ -366,6 +440,6 @@ async fn connection(
             _ => {}
         }
     }
-    table.borrow_mut().drop_conn(id);
+    table.borrow_mut().leave(id);
     writer.abort();
 }

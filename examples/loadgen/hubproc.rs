@@ -97,12 +97,15 @@ impl HubUnderTest {
     }
 
     /// Starts the floor relay (this generator, `--serve-floor <fresh temp dir>`: see
-    /// [`crate::floor`]) the same way.
-    pub(crate) async fn start_floor() -> anyhow::Result<Self> {
+    /// [`crate::floor`]) the same way; with `presence`, it sends the Node relay's presence.
+    pub(crate) async fn start_floor(presence: bool) -> anyhow::Result<Self> {
         let bin = std::env::current_exe().context("locating the generator's own binary")?;
         let data = temp_dir()?;
         let mut cmd = Command::new(&bin);
         cmd.arg("--serve-floor").arg(data.path());
+        if presence {
+            cmd.arg("--floor-presence");
+        }
         Self::spawn(cmd, &bin, data).await
     }
 

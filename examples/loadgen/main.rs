@@ -159,6 +159,11 @@ struct Args {
     /// and print the hub's figures as ratios to the floor's.
     #[arg(long, conflicts_with = "url")]
     floor: bool,
+    /// With `--floor`: the floor also sends the Node relay's presence (`peer_joined` and
+    /// `peer_left` with the whole list) to clients that register without a `presence` field,
+    /// the bytes any relay must push to keep them working. For `--presence node`.
+    #[arg(long)]
+    floor_presence: bool,
     /// Internal: serve as the floor relay with its log in DIR (how `--floor` starts it).
     #[arg(long, hide = true, value_name = "DIR")]
     serve_floor: Option<PathBuf>,
@@ -167,7 +172,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = match &args.serve_floor {
-        Some(dir) => floor::serve(dir),
+        Some(dir) => floor::serve(dir, args.floor_presence),
         None => start(args),
     };
     match result {
@@ -240,7 +245,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         let mut floor_runs = Vec::new();
         for run in 0..args.runs {
             if args.floor {
-                let floor = HubUnderTest::start_floor().await?;
+                let floor = HubUnderTest::start_floor(args.floor_presence).await?;
                 let prefix = format!("lg{tag}f{}{run}", &scenario.name()[..1]);
                 let result = one(&args, scenario, &floor, &prefix, nofile).await;
                 floor.stop().await;
@@ -301,6 +306,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
                     "each".into(),
                     serde_json::Value::Array(each.iter().cloned().map(Into::into).collect()),
                 );
+                report::put(&mut f, "node_presence", args.floor_presence);
                 obj.insert("floor".into(), f.into());
                 let mut ratios = serde_json::Map::new();
                 for v in report::versus(&runs, each, versus_figures(scenario)) {
