@@ -2,7 +2,7 @@
 //! catches up later with nothing lost, a frame flood is rate-limited with a retry time, a
 //! registration flood is refused per address, and connections over the cap get a 503. The
 //! hub is served in this process (`common::inproc`); the rate limit's refill is waited for on
-//! tokio's paused clock.
+//! tokio's paused clock. The binary's registration flags are tried on the binary.
 
 use crate::common;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     eventually,
-    hub::WAIT,
+    hub::{Hub, HubOpts, WAIT},
     inproc::{InProcHub, hold_clock},
     ws::Ws,
 };
@@ -222,6 +222,48 @@ async fn registrations_over_the_rate_are_paced_and_a_flood_is_refused() {
         "accepted {accepted}, refused {refused}"
     );
     hub.stop().await;
+}
+
+/// The binary's registration burst is its own flag, and by default a whole roster
+/// re-registers at once, even at a sustained rate of one a second: after a hub restart every
+/// SSH-tunnelled machine arrives from 127.0.0.1, and that is work, not a flood. A burst set
+/// low still paces and refuses the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_reregisters_at_once_and_a_small_burst_still_refuses_the_rest() {
+    /// Registers `n` at once on a hub started with `args`: (registered, refused).
+    async fn at_once(args: &[&str], n: usize) -> (usize, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = HubOpts {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut hub = Hub::start_with(dir.path(), opts).await;
+        let mut conns = Ws::register_at_once(&hub.url, "R", n).await;
+        let (mut accepted, mut refused) = (0, 0);
+        for ws in &mut conns {
+            let r = ws.next().await;
+            match r["type"].as_str().unwrap() {
+                "registered" => accepted += 1,
+                "register_rejected" => {
+                    assert_eq!(r["code"], "rate_limited", "{r}");
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {r}"),
+            }
+        }
+        hub.kill().await;
+        (accepted, refused)
+    }
+    // The default burst: at one a second sustained, 60 at once are all registered (with the
+    // burst as large as the rate, all but two were refused).
+    assert_eq!(at_once(&["--register-rate", "1"], 60).await, (60, 0));
+    // A burst of 3 at one a second: the three, at most one held for its turn within the
+    // second, and the rest refused with a wait.
+    let (accepted, refused) = at_once(&["--register-rate", "1", "--register-burst", "3"], 10).await;
+    assert!(
+        (3..=4).contains(&accepted) && refused == 10 - accepted,
+        "accepted {accepted}, refused {refused}"
+    );
 }
 
 #[tokio::test]

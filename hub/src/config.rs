@@ -129,7 +129,9 @@ pub struct HubConfig {
     pub frame_burst: f64,
     /// Registrations per second per remote address, sustained. Default 1,000.
     pub register_rate: f64,
-    /// Registrations per address in a burst. Default 1,000.
+    /// Registrations per address in a burst. Default 10,000, the default `max_sessions`: a
+    /// whole roster may re-register at once (after a hub restart, every SSH-tunnelled
+    /// machine arrives from 127.0.0.1), and only a loop past it is paced to `register_rate`.
     pub register_burst: f64,
     /// Shared secret every connection must present (`Authorization: Bearer` on the
     /// upgrade, or `token` on `register`). None = open hub (loopback only, by policy of the
@@ -190,7 +192,7 @@ impl HubConfig {
             frame_rate: 100_000.0,
             frame_burst: 200_000.0,
             register_rate: 1_000.0,
-            register_burst: 1_000.0,
+            register_burst: 10_000.0,
             token: None,
             tls: None,
             max_http_connections: 64,

@@ -81,9 +81,13 @@ pub(crate) struct HubArgs {
     /// Frames per second one connection may send (bursts up to twice that).
     #[arg(long, env = "RELAY_FRAME_RATE", default_value_t = 100_000)]
     pub frame_rate: u32,
-    /// Registrations per second per remote address (bursts up to the same number).
+    /// Registrations per second per remote address, sustained (after the burst).
     #[arg(long, env = "RELAY_REGISTER_RATE", default_value_t = 1_000)]
     pub register_rate: u32,
+    /// Registrations per remote address at once: a whole roster may re-register after a
+    /// restart, even when every machine arrives through one SSH forward (127.0.0.1).
+    #[arg(long, env = "RELAY_REGISTER_BURST", default_value_t = 10_000)]
+    pub register_burst: u32,
     /// Frames that may wait in one connection's outbound queue before it is closed as too slow
     /// (at least 1024).
     #[arg(long, env = "RELAY_OUTBOUND_FRAMES", default_value_t = 4096)]
@@ -141,7 +145,7 @@ impl HubArgs {
         c.frame_rate = f64::from(self.frame_rate.max(1));
         c.frame_burst = c.frame_rate * 2.0;
         c.register_rate = f64::from(self.register_rate.max(1));
-        c.register_burst = c.register_rate;
+        c.register_burst = f64::from(self.register_burst.max(1));
         c.outbound_frames = self.outbound_frames.max(hub::MIN_OUTBOUND_FRAMES);
         c.max_http_connections = self.max_http_connections.max(1);
         c.max_feed_subscribers = self.max_feed_subscribers.max(1);
