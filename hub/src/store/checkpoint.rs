@@ -4,8 +4,9 @@
 //! The store's connection has automatic checkpoints turned off; this thread, with a
 //! connection of its own, runs a PASSIVE checkpoint (which never blocks the writer) every
 //! [`EVERY`] while there is traffic, backing off to [`IDLE_EVERY`] when there is none. After
-//! a complete checkpoint the writer starts the WAL over from the beginning, and
-//! `journal_size_limit` keeps the file itself from staying large.
+//! a complete checkpoint the writer starts the WAL over from the beginning, reusing the
+//! file (`journal_size_limit` trims only a file past what a rewind under load leaves:
+//! `sqlite::WAL_KEEP_BYTES`).
 //!
 //! Under sustained writes a background checkpoint never catches up: by the time it has
 //! copied its snapshot the writer has appended more, so the WAL is never complete, never

@@ -37,6 +37,14 @@ mod tasks;
 
 /// File name of the database inside the data directory.
 pub(crate) const DB_FILE: &str = "relay.db";
+/// What the WAL file is trimmed back to when the writer starts it over
+/// (`journal_size_limit`). Above the most it holds at a rewind under load
+/// (`checkpoint::RESET_FRAMES`, the writer asked at once past twice that: 128 MiB, plus one
+/// pass of writes), so a rewind under load never truncates it: a truncation cost the writer
+/// ~13 ms on every rewind (`ftruncate` freeing the blocks), every message queued behind it
+/// waiting, and the writes after it extended the file again (docs/STORAGE.md, "WAL
+/// checkpoints"). The file is removed when the hub closes.
+const WAL_KEEP_BYTES: i64 = 160 << 20;
 /// 2: `messages.reply_to` and `messages.thread`; 3: `postings` in place of the indexes
 /// `messages_by_recipient` and `messages_by_sender` (docs/STORAGE.md, "Upgrades"). An older
 /// store is upgraded in place at open.
@@ -210,7 +218,7 @@ impl SqliteBackend {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Checkpoints happen on their own thread, not inside a commit (see `checkpoint`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
         conn.set_prepared_statement_cache_capacity(64);
         // Plans are made once per statement, never from the values bound to it. Without
         // this, SQLite (built with STAT4) compiles a cached statement with a range and an
