@@ -204,8 +204,19 @@ async fn registrations_over_the_rate_are_paced_and_a_flood_is_refused() {
     // burst of 5 and about 20 more turns come within the next second; the rest are refused
     // with a wait.
     let mut conns = Ws::register_at_once(&hub.url, "F", 40).await;
+    let (accepted, refused) = tally(&mut conns).await;
+    assert!(
+        (10..=32).contains(&accepted) && refused >= 8,
+        "accepted {accepted}, refused {refused}"
+    );
+    hub.stop().await;
+}
+
+/// The replies to registrations sent at once: (registered, refused for the rate with a
+/// wait). Anything else fails the test.
+async fn tally(conns: &mut [Ws]) -> (usize, usize) {
     let (mut accepted, mut refused) = (0, 0);
-    for ws in &mut conns {
+    for ws in conns {
         let r = ws.next().await;
         match r["type"].as_str().unwrap() {
             "registered" => accepted += 1,
@@ -217,11 +228,7 @@ async fn registrations_over_the_rate_are_paced_and_a_flood_is_refused() {
             other => panic!("unexpected {other}: {r}"),
         }
     }
-    assert!(
-        (10..=32).contains(&accepted) && refused >= 8,
-        "accepted {accepted}, refused {refused}"
-    );
-    hub.stop().await;
+    (accepted, refused)
 }
 
 /// The binary's registration burst is its own flag, and by default a whole roster
@@ -239,20 +246,9 @@ async fn a_roster_reregisters_at_once_and_a_small_burst_still_refuses_the_rest()
         };
         let mut hub = Hub::start_with(dir.path(), opts).await;
         let mut conns = Ws::register_at_once(&hub.url, "R", n).await;
-        let (mut accepted, mut refused) = (0, 0);
-        for ws in &mut conns {
-            let r = ws.next().await;
-            match r["type"].as_str().unwrap() {
-                "registered" => accepted += 1,
-                "register_rejected" => {
-                    assert_eq!(r["code"], "rate_limited", "{r}");
-                    refused += 1;
-                }
-                other => panic!("unexpected {other}: {r}"),
-            }
-        }
+        let counted = tally(&mut conns).await;
         hub.kill().await;
-        (accepted, refused)
+        counted
     }
     // The default burst: at one a second sustained, 60 at once are all registered (with the
     // burst as large as the rate, all but two were refused).
