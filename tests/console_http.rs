@@ -502,6 +502,26 @@ async fn with_a_token_the_console_metrics_and_feed_need_it_and_login_is_csrf_che
     assert_eq!(logout(&origin, &login_csrf).await, 204);
     assert_eq!(get(port, "/api/state", &with_cookie).await.status, 401);
 
+    // Guessing the token: a few wrong tries get the form again, then the address is told
+    // to wait (a bucket of its own: 10, then one a second; with the registrations' 10,000
+    // at once this would not come within 40 tries). A session still registers meanwhile.
+    let mut tries = 0;
+    let limited = loop {
+        tries += 1;
+        let r = login(&origin, &csrf_cookie, "wrong", &csrf).await;
+        match r.status {
+            401 if tries < 40 => continue,
+            _ => break r,
+        }
+    };
+    assert_eq!(limited.status, 429, "after {tries} tries: {}", limited.body);
+    assert!(
+        limited.body.contains("too many attempts"),
+        "{}",
+        limited.body
+    );
+    register(&hub.url, "AfterGuesses").await;
+
     // Nothing here changes the hub: other methods are refused.
     let r = request(
         port,

@@ -27,6 +27,14 @@ use tokio::time::Instant;
 /// tokens.
 pub(crate) const REGISTER_HOLD: Duration = Duration::from_secs(1);
 
+/// Console logins an address may try at once (`POST /login`): a person typing or pasting
+/// the token needs a few tries.
+pub(crate) const LOGIN_BURST: f64 = 10.0;
+/// Console logins per second per address after the burst: guessing a token gets one try a
+/// second. Their own bucket, not the registrations' (whose burst admits a whole roster at
+/// once: docs/SECURITY.md).
+pub(crate) const LOGIN_RATE: f64 = 1.0;
+
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
@@ -74,10 +82,11 @@ impl TokenBucket {
     }
 }
 
-/// Per-address state: open connections and the registration bucket.
+/// Per-address state: open connections, the registration bucket and the login bucket.
 struct AddrState {
     conns: usize,
     registrations: TokenBucket,
+    logins: TokenBucket,
     touched: Instant,
 }
 
@@ -123,6 +132,7 @@ impl AddrLimits {
         let mut e = self.table.entry(ip).or_insert_with(|| AddrState {
             conns: 0,
             registrations: TokenBucket::new(self.register_rate, self.register_burst, now),
+            logins: TokenBucket::new(LOGIN_RATE, LOGIN_BURST, now),
             touched: now,
         });
         if !ip.is_loopback() && e.conns >= self.max_conns_per_addr {
@@ -154,6 +164,19 @@ impl AddrLimits {
                 e.registrations.reserve(now, REGISTER_HOLD)
             }
             None => Ok(Duration::ZERO),
+        }
+    }
+
+    /// Takes a console login attempt for `ip` ([`LOGIN_BURST`], then [`LOGIN_RATE`]); never
+    /// held: `Err(wait)` when none is left now.
+    pub(crate) fn login(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        match self.table.get_mut(&ip) {
+            Some(mut e) => {
+                e.touched = now;
+                e.logins.take(now)
+            }
+            None => Ok(()),
         }
     }
 

@@ -272,8 +272,8 @@ pub(crate) async fn login(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             "this hub has no token: there is nothing to log in to\n",
         );
     }
-    // Guessing costs: logins share the per-address registration rate.
-    if cx.hub.limits.register(cx.addr.ip()).is_err() {
+    // Guessing costs: a few tries at once, then one a second per address.
+    if cx.hub.limits.login(cx.addr.ip()).is_err() {
         return routes::text(
             StatusCode::TOO_MANY_REQUESTS,
             "too many attempts; wait a moment\n",
