@@ -12,11 +12,13 @@
 //! With `--floor-presence` it also pays what the Node relay's protocol costs a relay: a
 //! client that registers without a `presence` field (the Node relay's own clients) is told of
 //! every join and leave as `peer_joined`/`peer_left {clientId, peers}` with the whole list,
-//! and its `registered` carries the list. Each frame is rendered once and its bytes shared by
-//! every connection. This is the least any relay that keeps those clients working must push
-//! (their bridge sets its list from `peers` and tells its model "Peer X joined" for every
-//! frame), so the hub's Node-protocol storm is compared with it, not only with routing
-//! (docs/BENCHMARKS.md, "The floor with the Node relay's presence").
+//! and its `registered` carries the list of the others. Each frame is rendered once and its
+//! bytes shared by every connection, and what a connection is owed is held for
+//! [`PRESENCE_EVERY`] and written in one flush (the hub's batch interval), so many joins cost
+//! a client a few writes, not one each. This is the least any relay that keeps those clients
+//! working must push (their bridge sets its list from `peers` and tells its model "Peer X
+//! joined" for every frame), so the hub's Node-protocol storm is compared with it, not only
+//! with routing (docs/BENCHMARKS.md, "The floor with the Node relay's presence")...
 //!
 //! The write follows the hub's store policy as shipped (`--sync normal`, docs/STORAGE.md):
 //! one thread owns the log and appends whatever is queued (up to [`MAX_BATCH`] messages) in
@@ -63,6 +65,9 @@ const OUTBOX: usize = 4096;
 const READ_BUFFER: usize = 4 << 10;
 /// How often the log is fsync'd while it is written to (the hub's checkpoint cadence).
 const SYNC_EVERY: Duration = Duration::from_millis(50);
+/// With `--floor-presence`, how long presence frames are held before a connection's writer
+/// gets them all at once (the hub's batch interval for `presence: "full"`).
+const PRESENCE_EVERY: Duration = Duration::from_millis(250);
 
 /// One frame from a client: only the fields the floor reads.
 #[derive(Deserialize)]
@@ -114,6 +119,8 @@ struct Table {
     names: HashMap<Arc<str>, u64>,
     /// `--floor-presence`: send the Node relay's presence.
     presence: bool,
+    /// Presence frames held for each connection until the next [`PRESENCE_EVERY`] tick.
+    held: HashMap<u64, Vec<Utf8Bytes>>,
 }
 
 impl Table {
@@ -133,6 +140,7 @@ impl Table {
     }
 
     fn drop_conn(&mut self, conn: u64) {
+        self.held.remove(&conn);
         if let Some(c) = self.conns.remove(&conn)
             && let Some(name) = c.name
         {
@@ -140,9 +148,15 @@ impl Table {
         }
     }
 
-    /// The registered names as a JSON array, the Node relay's `peers`.
-    fn peers(&self) -> String {
-        let names: Vec<&str> = self.names.keys().map(|n| &**n).collect();
+    /// The registered names as a JSON array, the Node relay's `peers`, without `except`
+    /// (a client is not its own peer).
+    fn peers(&self, except: Option<&str>) -> String {
+        let names: Vec<&str> = self
+            .names
+            .keys()
+            .map(|n| &**n)
+            .filter(|n| Some(*n) != except)
+            .collect();
         serde_json::to_string(&names).expect("names serialize")
     }
 
@@ -156,7 +170,7 @@ impl Table {
             format!(
                 r#"{{"type":"{ty}","clientId":{},"peers":{}}}"#,
                 serde_json::Value::from(name),
-                self.peers()
+                self.peers(None)
             )
             .into_bytes(),
         );
@@ -167,7 +181,18 @@ impl Table {
             .map(|(&c, _)| c)
             .collect();
         for c in targets {
-            self.push(c, frame.clone());
+            self.held.entry(c).or_default().push(frame.clone());
+        }
+    }
+
+    /// Hands each connection the presence held for it, all at once.
+    fn release_held(&mut self) {
+        for (conn, frames) in std::mem::take(&mut self.held) {
+            for frame in frames {
+                if !self.push(conn, frame) {
+                    break;
+                }
+            }
         }
     }
 
@@ -211,6 +236,16 @@ pub(crate) fn serve(dir: &Path, presence: bool) -> anyhow::Result<()> {
             ..Table::default()
         }));
         tokio::task::spawn_local(route_loop(route_rx, table.clone()));
+        if presence {
+            let table = table.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(PRESENCE_EVERY);
+                loop {
+                    tick.tick().await;
+                    table.borrow_mut().release_held();
+                }
+            });
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         eprintln!("floor relay listening on ws://{}", listener.local_addr()?);
         let mut next_conn = 0u64;
@@ -405,13 +440,19 @@ async fn connection(
                 } else {
                     let n: Arc<str> = Arc::from(&*asked);
                     t.names.insert(n.clone(), id);
-                    let node = t.presence && f.presence.is_none();
+                    // The Node relay's clients send no `presence`; ours asking for "full"
+                    // get the same frames from the hub.
+                    let node = t.presence && f.presence.as_deref().is_none_or(|p| p == "full");
                     if let Some(c) = t.conns.get_mut(&id) {
                         c.name = Some(n.clone());
                         c.node = node;
                     }
                     name = Some(n);
-                    let peers = if node { t.peers() } else { "[]".into() };
+                    let peers = if node {
+                        t.peers(Some(&asked))
+                    } else {
+                        "[]".into()
+                    };
                     format!(
                         r#"{{"type":"registered","clientId":{},"peers":{peers}}}"#,
                         serde_json::Value::from(&*asked)

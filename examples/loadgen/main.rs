@@ -171,6 +171,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.floor_presence && !args.floor && args.serve_floor.is_none() {
+        eprintln!("loadgen: --floor-presence is for --floor (the floor's presence)");
+        return std::process::ExitCode::from(2);
+    }
     let result = match &args.serve_floor {
         Some(dir) => floor::serve(dir, args.floor_presence),
         None => start(args),
