@@ -24,10 +24,24 @@
 //! fails or stalls mid-batch stays corked, which is harmless: it is being closed, and the
 //! kernel sends what is queued with the FIN. Linux and Android only; elsewhere the flush
 //! is written as before.
+//!
+//! The writer's text frames do not go through tungstenite at all: it queues each frame's
+//! shared bytes here ([`Texts`]) and this layer writes the frame's header and then the bytes
+//! themselves — copied into the buffer when short, straight from the shared bytes when
+//! long — at the next write or flush. tungstenite copied every frame into its own buffer
+//! before this layer copied it again, and framed a long one as 1 KiB fragments so that its
+//! buffer (kept for the connection's whole life) stayed small: in the Node-protocol storm
+//! that was a quarter of the hub's CPU (docs/BENCHMARKS.md, "Text frames framed here").
+//! tungstenite still writes the control frames (pings, pongs, the close), through
+//! [`AsyncWrite`]; queued texts go first, so a control frame only ever falls between two
+//! whole text frames, which RFC 6455 allows. Bound: the writer queues at most one batch (its
+//! `FLUSH_BYTES`, references to bytes the outbox already counted) before it flushes.
 
 use std::{
+    collections::VecDeque,
     io,
     pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
 };
 
@@ -35,6 +49,53 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+
+/// The writer's handle on its connection's queued text frames (see the module's header):
+/// it pushes, the [`Batching`] under tungstenite frames and writes them in order.
+#[derive(Clone, Default)]
+pub(crate) struct Texts(Arc<Mutex<VecDeque<Bytes>>>);
+
+impl Texts {
+    /// Queues `text` as one text frame; it is written at the connection's next flush.
+    pub(crate) fn push(&self, text: Utf8Bytes) {
+        self.queue().push_back(Bytes::from(text));
+    }
+
+    fn pop(&self) -> Option<Bytes> {
+        let mut q = self.queue();
+        let next = q.pop_front();
+        if q.is_empty() && q.capacity() > 8 {
+            // A long batch's slots are not kept by an idle connection.
+            *q = VecDeque::new();
+        }
+        next
+    }
+
+    /// The queue; a poisoned lock is taken over (docs/ARCHITECTURE.md, "Rules").
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Bytes>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The header of an unmasked, final text frame of `len` bytes (RFC 6455 §5.2): its bytes
+/// and how many of them there are.
+fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x81; // FIN, text
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if let Ok(short) = u16::try_from(len) {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&short.to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
 
 /// A socket that can be corked: the TCP stream under however many layers (the connection's
 /// progress and budget, TLS).
@@ -62,7 +123,6 @@ impl<S: Cork> Cork for tokio_rustls::server::TlsStream<S> {
 }
 
 /// Collects writes until a flush (or `cap` bytes), then frees its buffer.
-#[derive(Debug)]
 pub(crate) struct Batching<S> {
     inner: S,
     /// Bytes not yet written to `inner` are `buf[at..]`.
@@ -71,6 +131,11 @@ pub(crate) struct Batching<S> {
     cap: usize,
     /// The socket is corked until the flush (a batch longer than `cap`).
     corked: bool,
+    /// Text frames the writer queued and this layer has not started.
+    texts: Texts,
+    /// The text frame being written, and how much of its header and bytes is done.
+    current: Option<Bytes>,
+    current_at: usize,
 }
 
 impl<S> Batching<S> {
@@ -82,7 +147,15 @@ impl<S> Batching<S> {
             at: 0,
             cap,
             corked: false,
+            texts: Texts::default(),
+            current: None,
+            current_at: 0,
         }
+    }
+
+    /// The handle the connection's writer queues its text frames with.
+    pub(crate) fn texts(&self) -> Texts {
+        self.texts.clone()
     }
 
     /// Bytes waiting for the socket.
@@ -138,30 +211,73 @@ impl<S: AsyncRead + Unpin> AsyncRead for Batching<S> {
     }
 }
 
+impl<S: AsyncWrite + Cork + Unpin> Batching<S> {
+    /// Takes `data` into the batch: buffered if it fits, else after what is buffered went
+    /// out (corked); one at least `cap` long goes straight to the socket, never copied.
+    fn poll_put(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.pending() + data.len() > self.cap {
+            self.cork();
+            ready!(self.poll_drain(cx))?;
+        }
+        if data.len() >= self.cap {
+            // Empty now: a long write goes straight through, never copied.
+            self.cork();
+            return Pin::new(&mut self.inner).poll_write(cx, data);
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.cap);
+        }
+        self.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    /// Puts every queued text frame into the batch, in order: ready once all are in.
+    fn poll_texts(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let body = match self.current.take() {
+                Some(body) => body,
+                None => match self.texts.pop() {
+                    Some(body) => {
+                        self.current_at = 0;
+                        body
+                    }
+                    None => return Poll::Ready(Ok(())),
+                },
+            };
+            let (head, head_len) = text_header(body.len());
+            while self.current_at < head_len + body.len() {
+                let part = if self.current_at < head_len {
+                    &head[self.current_at..head_len]
+                } else {
+                    &body[self.current_at - head_len..]
+                };
+                match self.poll_put(cx, part) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => self.current_at += n,
+                    other => {
+                        self.current = Some(body);
+                        return other.map_ok(drop);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
+    /// tungstenite's writes (control frames): after the queued texts.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.pending() + data.len() > this.cap {
-            this.cork();
-            ready!(this.poll_drain(cx))?;
-        }
-        if data.len() >= this.cap {
-            // Empty now: a long write goes straight through, never copied.
-            this.cork();
-            return Pin::new(&mut this.inner).poll_write(cx, data);
-        }
-        if this.buf.capacity() == 0 {
-            this.buf.reserve_exact(this.cap);
-        }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        ready!(this.poll_texts(cx))?;
+        this.poll_put(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_texts(cx))?;
         ready!(self.poll_drain(cx))?;
         // Under TLS this writes the last record: only then is the batch all in the socket.
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -170,6 +286,7 @@ impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_texts(cx))?;
         ready!(self.poll_drain(cx))?;
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         self.uncork();
@@ -274,6 +391,56 @@ mod tests {
         assert_eq!(w.buf.capacity(), 0);
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello world");
+    }
+
+    /// What tungstenite would have written for `text` as one final text frame.
+    fn framed(text: &str) -> Vec<u8> {
+        use tokio_tungstenite::tungstenite::protocol::frame::{
+            Frame,
+            coding::{Data, OpCode},
+        };
+        let mut out = Vec::new();
+        Frame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true)
+            .format(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn queued_texts_are_framed_as_tungstenite_frames_them_and_in_order() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut w = Batching::new(a, 64);
+        let texts = w.texts();
+        // Every header length (7-bit, 16-bit, 64-bit), short (buffered) and long (straight
+        // from the shared bytes).
+        let lens = [0, 1, 125, 126, 65_535, 65_536, 200_000];
+        let bodies: Vec<String> = lens
+            .iter()
+            .map(|&n| (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect())
+            .collect();
+        let mut want = Vec::new();
+        for body in &bodies[..3] {
+            texts.push(body.clone().into());
+            want.extend(framed(body));
+        }
+        // A control frame written through tungstenite meanwhile goes after the queued texts,
+        // never inside one.
+        w.write_all(b"PONG").await.unwrap();
+        want.extend_from_slice(b"PONG");
+        for body in &bodies[3..] {
+            texts.push(body.clone().into());
+            want.extend(framed(body));
+        }
+        w.flush().await.unwrap();
+        assert!(texts.queue().is_empty() && w.current.is_none());
+        assert_eq!(
+            w.buf.capacity(),
+            0,
+            "the buffer is given back after the flush"
+        );
+        let mut got = vec![0u8; want.len()];
+        b.read_exact(&mut got).await.unwrap();
+        assert!(got == want, "the bytes differ from tungstenite's framing");
     }
 
     #[tokio::test]

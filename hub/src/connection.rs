@@ -52,13 +52,7 @@ use tokio_tungstenite::{
             StatusCode,
             header::{AUTHORIZATION, HOST, ORIGIN},
         },
-        protocol::{
-            CloseFrame, WebSocketConfig,
-            frame::{
-                Frame,
-                coding::{Data, OpCode},
-            },
-        },
+        protocol::{CloseFrame, WebSocketConfig},
     },
 };
 use tracing::{debug, warn};
@@ -66,7 +60,7 @@ use tracing::{debug, warn};
 use crate::{
     HubState,
     auth::{bearer, token_ok},
-    batching::Batching,
+    batching::{Batching, Texts},
     budget::{Charge, Meter, Metered, OverBudget, READ_CHUNK},
     dispatch::{ConnSession, Later},
     limits::{Slot, TokenBucket, TooManyConnections},
@@ -84,32 +78,22 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const FLUSH_BYTES: usize = 256 << 10;
 /// A connection's write buffer ([`crate::batching`]): a flush's frames are collected there
 /// and leave in one `sendto` (a busy connection's flush carries a few KiB,
-/// docs/BENCHMARKS.md); once written, it is freed. tungstenite's own write buffer is not
-/// used for this (`write_buffer_size(0)`): it drains without ever shrinking, so it kept the
+/// docs/BENCHMARKS.md); once written, it is freed. Text frames are framed there from their
+/// shared bytes, never copied by tungstenite, and one longer than this goes from its bytes
+/// straight to the socket; tungstenite writes only the control frames, straight through
+/// (`write_buffer_size(0)`: its own buffer drains without ever shrinking, so it kept the
 /// capacity of the largest burst for the connection's whole life — up to ~16 KiB per
-/// connection after a registration storm of the Node relay's clients (a whole peer list per
-/// join), most of an idle connection's memory (issue 16, docs/BENCHMARKS.md). The writer
-/// waits for the socket before it feeds the next frame once a write would block, and text
-/// longer than [`FRAGMENT`] goes out in fragments, so the connection holds at most this
-/// here plus, in tungstenite's buffer, the frame the socket refused and a queued pong or
-/// close (bound: [`TUNGSTENITE_BUFFER`]), whatever was sent. 16 KiB, not 8: a flush of
-/// held presence (64 KiB, `router.rs`) leaves in half as many `sendto`s — 1,000 Node-protocol
-/// clients registering cost ~12 % less CPU, the idle connections kept the same afterwards,
-/// and 32 KiB bought no more (docs/BENCHMARKS.md).
+/// connection after a registration storm of the Node relay's clients, issue 16). So the
+/// connection holds at most this here, whatever was sent, plus in tungstenite's buffer a
+/// control frame the socket refused (bound: [`TUNGSTENITE_BUFFER`]). 16 KiB, not 8: a flush
+/// of held presence (64 KiB, `router.rs`) leaves in half as many `sendto`s — 1,000
+/// Node-protocol clients registering cost ~12 % less CPU, the idle connections kept the
+/// same afterwards, and 32 KiB bought no more (docs/BENCHMARKS.md).
 const WRITE_BUFFER: usize = 16 << 10;
-/// Text frames longer than this are sent as a message of fragments of this size (RFC 6455
-/// §5.4: every client reassembles them, the Node relay's `ws` included; the payload is
-/// shared, not copied, until tungstenite frames it), so a long peer list or listing page
-/// never grows a write buffer past [`WRITE_BUFFER`], nor tungstenite's past this (and a
-/// header). 1 KiB, not 4: tungstenite's buffer keeps the capacity of the largest frame it
-/// framed for the connection's whole life, and at 4 KiB that was the largest part of what
-/// an idle connection kept after a presence storm (issue 16, docs/BENCHMARKS.md).
-const FRAGMENT: usize = 1 << 10;
 /// tungstenite's write buffer's hard bound (a write past it fails the connection), for what
-/// it holds now: one frame the socket refused (≤ [`FRAGMENT`] and a header) and a queued
-/// pong or close. With [`WRITE_BUFFER`], less than the 24 KiB per connection that
-/// tungstenite's buffer alone was allowed before (issue 16).
-const TUNGSTENITE_BUFFER: usize = WRITE_BUFFER + 2 * FRAGMENT;
+/// it holds: control frames (a ping, a pong or a close: at most 125 bytes of payload each)
+/// the socket has not taken yet.
+const TUNGSTENITE_BUFFER: usize = 4 << 10;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
@@ -272,13 +256,14 @@ where
                 return;
             };
             let stream = Batching::new(stream, WRITE_BUFFER);
+            let texts = stream.texts();
             let Some(upgraded) = Box::pin(upgrade(stream, &conn, hub, slot)).await else {
                 return;
             };
             // The handshake's bytes are done with.
             drop(conn.meter.take());
             hub.metrics.websockets.inc();
-            Reader::start(upgraded, conn, hub)
+            Reader::start(upgraded, conn, hub, texts)
         };
         reader.read(hub, &mut shutdown, slot).await;
         // Boxed: it moves the reader (twice: an argument and a local) and waits on a timer.
@@ -438,7 +423,7 @@ where
 {
     /// Splits the socket: the session's outbox feeds a spawned writer (heartbeats, bounded
     /// writes, the close frame); this half reads.
-    fn start(upgraded: Upgraded<S>, conn: Conn, hub: &Arc<HubState>) -> Self {
+    fn start(upgraded: Upgraded<S>, conn: Conn, hub: &Arc<HubState>, texts: Texts) -> Self {
         let Conn {
             addr,
             id: conn_id,
@@ -473,6 +458,7 @@ where
                 progress,
                 hub: hub.clone(),
                 addr,
+                texts,
             },
         );
         // In a set of its own so that it is aborted (and its half of the socket dropped) if
@@ -749,6 +735,8 @@ struct Writer {
     progress: Arc<Progress>,
     hub: Arc<HubState>,
     addr: SocketAddr,
+    /// Where the text frames go: framed under tungstenite ([`crate::batching`]).
+    texts: Texts,
 }
 
 /// Why the writer stopped before the connection was asked to close.
@@ -822,22 +810,13 @@ where
     async move {
         let limit = w.hub.config.heartbeat_interval;
         let (progress, metrics) = (&w.progress, &w.hub.metrics);
+        let texts = &w.texts;
+        let queue = |frame: tokio_tungstenite::tungstenite::Utf8Bytes| {
+            metrics.frame_out(frame.as_str());
+            texts.push(frame);
+        };
         let write = async |sink: &mut Sink<S>, op: Op| {
-            if let Op::Feed(Message::Text(frame)) = &op {
-                metrics.frame_out(frame.as_str());
-            }
             let done = match op {
-                Op::Feed(Message::Text(text)) if text.len() > FRAGMENT => {
-                    let mut done = Ok(Ok(()));
-                    for frame in fragments(text) {
-                        done = bounded(sink.feed(Message::Frame(frame)), progress, limit).await;
-                        if !matches!(done, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
-                    done
-                }
-                Op::Feed(m) => bounded(sink.feed(m), progress, limit).await,
                 Op::Flush => bounded(sink.flush(), progress, limit).await,
                 Op::Send(m) => bounded(sink.send(m), progress, limit).await,
             };
@@ -864,18 +843,20 @@ where
                         }
                         return Ok(());
                     };
-                    // Boxed, one allocation per batch: the writes' states (the fragments loop,
-                    // each write's timer) are bigger than the idle wait below, and held inline
-                    // they made every connection's writer that much bigger for its whole life
-                    // (issue 16, docs/BENCHMARKS.md).
+                    // The batch's frames are queued for the layer under tungstenite, which
+                    // frames and writes them at this flush (`crate::batching`).
+                    let mut bytes = frame.len();
+                    queue(frame);
+                    while bytes < FLUSH_BYTES {
+                        let Some(more) = rx.try_recv() else { break };
+                        bytes += more.len();
+                        queue(more);
+                    }
+                    // Boxed, one allocation per batch: the flush's state (and its timer) is
+                    // bigger than the idle wait below, and held inline it made every
+                    // connection's writer that much bigger for its whole life (issue 16,
+                    // docs/BENCHMARKS.md).
                     Box::pin(async {
-                        let mut bytes = frame.len();
-                        write(sink, Op::Feed(Message::Text(frame))).await?;
-                        while bytes < FLUSH_BYTES {
-                            let Some(more) = rx.try_recv() else { break };
-                            bytes += more.len();
-                            write(sink, Op::Feed(Message::Text(more))).await?;
-                        }
                         write(sink, Op::Flush).await?;
                         rx.written(bytes);
                         Ok::<(), WriteEnd>(())
@@ -897,26 +878,11 @@ where
     }
 }
 
-/// `text` as one message of [`FRAGMENT`]-sized frames: a text frame, then continuations, the
-/// last one final. The frames share `text`'s bytes.
-fn fragments(text: tokio_tungstenite::tungstenite::Utf8Bytes) -> impl Iterator<Item = Frame> {
-    let bytes = Bytes::from(text);
-    let len = bytes.len();
-    (0..len).step_by(FRAGMENT).map(move |at| {
-        let end = (at + FRAGMENT).min(len);
-        let opcode = if at == 0 {
-            OpCode::Data(Data::Text)
-        } else {
-            OpCode::Data(Data::Continue)
-        };
-        Frame::message(bytes.slice(at..end), opcode, end == len)
-    })
-}
-
 /// One bounded write of the writer.
 enum Op {
-    Feed(Message),
+    /// What is queued, through to the socket.
     Flush,
+    /// A control frame, then a flush.
     Send(Message),
 }
 
@@ -978,29 +944,5 @@ mod tests {
             size <= MAX_RUN_FUTURE,
             "a connection's future is {size} bytes; the bound is {MAX_RUN_FUTURE}"
         );
-    }
-
-    #[test]
-    fn long_text_goes_out_as_one_message_of_shared_fragments() {
-        let text: String = (0..FRAGMENT * 2 + 100)
-            .map(|i| char::from(b'a' + (i % 26) as u8))
-            .collect();
-        let frames: Vec<Frame> = fragments(text.clone().into()).collect();
-        assert_eq!(frames.len(), 3);
-        let kinds: Vec<(OpCode, bool)> = frames
-            .iter()
-            .map(|f| (f.header().opcode, f.header().is_final))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                (OpCode::Data(Data::Text), false),
-                (OpCode::Data(Data::Continue), false),
-                (OpCode::Data(Data::Continue), true),
-            ]
-        );
-        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
-        assert_eq!(joined, text.as_bytes());
-        assert!(frames.iter().all(|f| f.payload().len() <= FRAGMENT));
     }
 }
