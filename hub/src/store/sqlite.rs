@@ -40,10 +40,11 @@ pub(crate) const DB_FILE: &str = "relay.db";
 /// What the WAL file is trimmed back to when the writer starts it over
 /// (`journal_size_limit`). Above the most it holds at a rewind under load
 /// (`checkpoint::RESET_FRAMES`, the writer asked at once past twice that: 128 MiB, plus one
-/// pass of writes), so a rewind under load never truncates it: a truncation cost the writer
-/// ~13 ms on every rewind (`ftruncate` freeing the blocks), every message queued behind it
-/// waiting, and the writes after it extended the file again (docs/STORAGE.md, "WAL
-/// checkpoints"). The file is removed when the hub closes.
+/// pass of writes), so a rewind under load normally does not truncate it: a truncation cost
+/// the writer ~13 ms on every rewind (`ftruncate` freeing the blocks), every message queued
+/// behind it waiting, and the writes after it extended the file again (docs/STORAGE.md, "WAL
+/// checkpoints"). The price is disk, not memory: an idle hub keeps the file at the size it
+/// reached (at most this, once rewound) until it closes, which removes it.
 const WAL_KEEP_BYTES: i64 = 160 << 20;
 /// 2: `messages.reply_to` and `messages.thread`; 3: `postings` in place of the indexes
 /// `messages_by_recipient` and `messages_by_sender` (docs/STORAGE.md, "Upgrades"). An older
