@@ -35,7 +35,9 @@
 //! tungstenite still writes the control frames (pings, pongs, the close), through
 //! [`AsyncWrite`]; queued texts go first, so a control frame only ever falls between two
 //! whole text frames, which RFC 6455 allows. Bound: the writer queues at most one batch (its
-//! `FLUSH_BYTES`, references to bytes the outbox already counted) before it flushes.
+//! `FLUSH_BYTES` and the frame that crossed it: references to bytes the outbox already
+//! counted) before it flushes. What this costs an idle connection: ~48 bytes here and one
+//! 64-byte allocation for the queue.
 
 use std::{
     collections::VecDeque,
@@ -54,26 +56,54 @@ use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 /// The writer's handle on its connection's queued text frames (see the module's header):
 /// it pushes, the [`Batching`] under tungstenite frames and writes them in order.
 #[derive(Clone, Default)]
-pub(crate) struct Texts(Arc<Mutex<VecDeque<Bytes>>>);
+pub(crate) struct Texts(Arc<Mutex<TextQueue>>);
+
+/// What [`Texts`] shares.
+#[derive(Default)]
+struct TextQueue {
+    queue: VecDeque<Bytes>,
+    /// Texts were pushed since the last flush that reached this layer and completed. A
+    /// flush that left it set never got here: tungstenite stops flushing the layer below it
+    /// once the peer's close has been read, and says it flushed (see [`Texts::flushed`]).
+    unflushed: bool,
+}
 
 impl Texts {
-    /// Queues `text` as one text frame; it is written at the connection's next flush.
+    /// Queues `text` as one text frame; it is written at the connection's next flush (or
+    /// before, ahead of a control frame).
     pub(crate) fn push(&self, text: Utf8Bytes) {
-        self.queue().push_back(Bytes::from(text));
+        let mut q = self.lock();
+        q.queue.push_back(Bytes::from(text));
+        q.unflushed = true;
+    }
+
+    /// True once every text pushed so far went through a completed flush of the layer. The
+    /// writer checks it after each flush: false means the socket is closing and the texts
+    /// were not written.
+    pub(crate) fn flushed(&self) -> bool {
+        !self.lock().unflushed
     }
 
     fn pop(&self) -> Option<Bytes> {
-        let mut q = self.queue();
-        let next = q.pop_front();
-        if q.is_empty() && q.capacity() > 8 {
+        let mut q = self.lock();
+        let next = q.queue.pop_front();
+        if q.queue.is_empty() && q.queue.capacity() > 8 {
             // A long batch's slots are not kept by an idle connection.
-            *q = VecDeque::new();
+            q.queue = VecDeque::new();
         }
         next
     }
 
+    /// A flush of the layer completed with nothing left to write.
+    fn mark_flushed(&self) {
+        let mut q = self.lock();
+        if q.queue.is_empty() {
+            q.unflushed = false;
+        }
+    }
+
     /// The queue; a poisoned lock is taken over (docs/ARCHITECTURE.md, "Rules").
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Bytes>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TextQueue> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -252,11 +282,13 @@ impl<S: AsyncWrite + Cork + Unpin> Batching<S> {
                     &body[self.current_at - head_len..]
                 };
                 match self.poll_put(cx, part) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => self.current_at += n,
+                    Poll::Ready(Ok(n)) if n > 0 => self.current_at += n,
                     other => {
                         self.current = Some(body);
-                        return other.map_ok(drop);
+                        return match other {
+                            Poll::Ready(Ok(_)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            other => other.map_ok(drop),
+                        };
                     }
                 }
             }
@@ -265,7 +297,9 @@ impl<S: AsyncWrite + Cork + Unpin> Batching<S> {
 }
 
 impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
-    /// tungstenite's writes (control frames): after the queued texts.
+    /// tungstenite's writes (control frames): after the queued texts. A control frame is
+    /// taken whole or not at all — it is shorter than the buffer (`TUNGSTENITE_BUFFER` <
+    /// `WRITE_BUFFER`, asserted in `connection`) — so no text can land inside one.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -282,6 +316,7 @@ impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
         // Under TLS this writes the last record: only then is the batch all in the socket.
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         self.uncork();
+        self.texts.mark_flushed();
         Poll::Ready(Ok(()))
     }
 
@@ -432,7 +467,8 @@ mod tests {
             want.extend(framed(body));
         }
         w.flush().await.unwrap();
-        assert!(texts.queue().is_empty() && w.current.is_none());
+        assert!(texts.lock().queue.is_empty() && w.current.is_none());
+        assert!(texts.flushed());
         assert_eq!(
             w.buf.capacity(),
             0,
@@ -440,6 +476,44 @@ mod tests {
         );
         let mut got = vec![0u8; want.len()];
         b.read_exact(&mut got).await.unwrap();
+        assert!(got == want, "the bytes differ from tungstenite's framing");
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_a_few_bytes_at_a_time_still_gets_whole_frames_in_order() {
+        // A 7-byte pipe: every write is partial or waits, so a text is resumed where it
+        // stopped, and the control write waits for the texts queued before it.
+        let (a, mut b) = tokio::io::duplex(7);
+        let mut w = Batching::new(a, 16);
+        let texts = w.texts();
+        let bodies: Vec<String> = [3, 130, 70_000, 20]
+            .iter()
+            .map(|&n| (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect())
+            .collect();
+        let mut want = Vec::new();
+        for body in &bodies[..3] {
+            want.extend(framed(body));
+        }
+        want.extend_from_slice(b"PONG");
+        want.extend(framed(&bodies[3]));
+        let total = want.len();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; total];
+            b.read_exact(&mut got).await.unwrap();
+            got
+        });
+        for body in &bodies[..3] {
+            texts.push(body.clone().into());
+        }
+        w.write_all(b"PONG").await.unwrap();
+        texts.push(bodies[3].clone().into());
+        assert!(!texts.flushed(), "a pushed text waits for a flush");
+        w.flush().await.unwrap();
+        assert!(texts.flushed());
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the reader got every byte")
+            .unwrap();
         assert!(got == want, "the bytes differ from tungstenite's framing");
     }
 

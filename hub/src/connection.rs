@@ -94,6 +94,9 @@ const WRITE_BUFFER: usize = 16 << 10;
 /// it holds: control frames (a ping, a pong or a close: at most 125 bytes of payload each)
 /// the socket has not taken yet.
 const TUNGSTENITE_BUFFER: usize = 4 << 10;
+// A control frame tungstenite writes must fit the batch buffer whole, so that no text frame
+// can be put in the middle of it (`crate::batching`, `poll_write`).
+const _: () = assert!(TUNGSTENITE_BUFFER < WRITE_BUFFER);
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
@@ -858,10 +861,15 @@ where
                     // docs/BENCHMARKS.md).
                     Box::pin(async {
                         write(sink, Op::Flush).await?;
-                        rx.written(bytes);
                         Ok::<(), WriteEnd>(())
                     })
                     .await?;
+                    if !texts.flushed() {
+                        // The peer's close was read: tungstenite no longer flushes the layer
+                        // below it (and says it did), so nothing more is written.
+                        return Ok(());
+                    }
+                    rx.written(bytes);
                     continue;
                 }
                 _ = tokio::time::sleep_until(w.heartbeat.next_wake()) => {
