@@ -783,3 +783,27 @@ async fn a_burst_into_a_full_store_queue_waits_for_room_and_keeps_its_order() {
     }
     hub.stop().await;
 }
+
+/// A client that closes gets the hub's close frame back (RFC 6455 §5.5.1), not a bare TCP
+/// close: its WebSocket library then reports a clean close, not an abnormal one.
+#[tokio::test]
+async fn a_client_that_closes_gets_a_close_frame_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = InProcHub::start(dir.path()).await;
+    let (mut ws, _) = Ws::register(&hub.url, "Closer").await;
+    ws.ws.close(None).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.ws.next().await {
+                Some(Ok(Message::Close(c))) => break Ok(c),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Err(e.to_string()),
+                None => break Err("ended without a close frame".into()),
+            }
+        }
+    })
+    .await
+    .expect("an answer within 5 s");
+    assert!(reply.is_ok(), "{reply:?}");
+    hub.stop().await;
+}

@@ -108,6 +108,25 @@ impl Texts {
     }
 }
 
+/// Whether `data` — whole control frames, as tungstenite writes them here (unmasked, at
+/// most 125 bytes of payload each) — holds a close frame.
+fn holds_close(mut data: &[u8]) -> bool {
+    while let [first, second, ..] = *data {
+        match first {
+            // FIN and close.
+            0x88 => return true,
+            // FIN and ping or pong.
+            0x89 | 0x8A => {}
+            // Not a control frame.
+            _ => return false,
+        }
+        data = data
+            .get(2 + usize::from(second & 0x7F)..)
+            .unwrap_or_default();
+    }
+    false
+}
+
 /// The header of an unmasked, final text frame of `len` bytes (RFC 6455 §5.2): its bytes
 /// and how many of them there are.
 fn text_header(len: usize) -> ([u8; 10], usize) {
@@ -299,7 +318,10 @@ impl<S: AsyncWrite + Cork + Unpin> Batching<S> {
 impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
     /// tungstenite's writes (control frames): after the queued texts. A control frame is
     /// taken whole or not at all — it is shorter than the buffer (`TUNGSTENITE_BUFFER` <
-    /// `WRITE_BUFFER`, asserted in `connection`) — so no text can land inside one.
+    /// `WRITE_BUFFER`, asserted in `connection`) — so no text can land inside one. A close
+    /// is sent on at once: tungstenite writes its answer to a client's close here and then
+    /// never flushes this layer again, so it used to be dropped with the buffer and the
+    /// client saw its connection reset without the closing handshake.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -307,7 +329,14 @@ impl<S: AsyncWrite + Cork + Unpin> AsyncWrite for Batching<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_texts(cx))?;
-        this.poll_put(cx, data)
+        let n = ready!(this.poll_put(cx, data))?;
+        if holds_close(&data[..n]) {
+            // Best effort: what the socket does not take now goes with the connection.
+            if let Poll::Ready(Ok(())) = this.poll_drain(cx) {
+                this.uncork();
+            }
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -515,6 +544,20 @@ mod tests {
             .expect("the reader got every byte")
             .unwrap();
         assert!(got == want, "the bytes differ from tungstenite's framing");
+    }
+
+    #[test]
+    fn a_close_is_found_among_the_control_frames_written_together() {
+        let pong = [0x8A, 2, b'h', b'i'];
+        let ping = [0x89, 0];
+        let close = [0x88, 2, 0x03, 0xE8];
+        assert!(!holds_close(&[]));
+        assert!(!holds_close(&[pong, [0x89, 0, 0x89, 0]].concat()));
+        assert!(holds_close(&close));
+        assert!(holds_close(&[&pong[..], &ping, &close].concat()));
+        // A pong whose payload looks like a close header is not one, nor are other bytes.
+        assert!(!holds_close(&[0x8A, 2, 0x88, 0]));
+        assert!(!holds_close(b"hello"));
     }
 
     #[tokio::test]

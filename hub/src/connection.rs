@@ -840,8 +840,14 @@ where
                                 code: c.code.into(),
                                 reason: truncate_reason(&c.reason).into(),
                             }));
-                            // Boxed, as the writes below are.
-                            let send = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close));
+                            // Boxed, as the writes below are. When the client closed first,
+                            // tungstenite refuses a close of ours and holds its answer to the
+                            // client's: a flush writes that answer (RFC 6455 §5.5.1).
+                            let send = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                                if sink.send(close).await.is_err() {
+                                    let _ = sink.flush().await;
+                                }
+                            });
                             let _ = Box::pin(send).await;
                         }
                         return Ok(());
