@@ -85,13 +85,7 @@ impl Texts {
     }
 
     fn pop(&self) -> Option<Bytes> {
-        let mut q = self.lock();
-        let next = q.queue.pop_front();
-        if q.queue.is_empty() && q.queue.capacity() > 8 {
-            // A long batch's slots are not kept by an idle connection.
-            q.queue = VecDeque::new();
-        }
-        next
+        crate::outbound::pop_front_shrinking(&mut self.lock().queue)
     }
 
     /// A flush of the layer completed with nothing left to write.

@@ -157,26 +157,31 @@ impl AddrLimits {
     /// turn if that comes within [`REGISTER_HOLD`] (`Ok(wait)`), so a fleet registering one
     /// after another is paced rather than refused and retried; `Err(wait)` past that.
     pub(crate) fn register(&self, ip: IpAddr) -> Result<Duration, Duration> {
-        let now = Instant::now();
-        match self.table.get_mut(&ip) {
-            Some(mut e) => {
-                e.touched = now;
-                e.registrations.reserve(now, REGISTER_HOLD)
-            }
-            None => Ok(Duration::ZERO),
-        }
+        self.reserve(ip, |e| &mut e.registrations, REGISTER_HOLD)
     }
 
     /// Takes a console login attempt for `ip` ([`LOGIN_BURST`], then [`LOGIN_RATE`]); never
     /// held: `Err(wait)` when none is left now.
     pub(crate) fn login(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.reserve(ip, |e| &mut e.logins, Duration::ZERO)
+            .map(drop)
+    }
+
+    /// Reserves a token of `ip`'s `bucket` ([`TokenBucket::reserve`] with `hold`); an
+    /// address with no entry (no connection open) is not limited.
+    fn reserve(
+        &self,
+        ip: IpAddr,
+        bucket: impl FnOnce(&mut AddrState) -> &mut TokenBucket,
+        hold: Duration,
+    ) -> Result<Duration, Duration> {
         let now = Instant::now();
         match self.table.get_mut(&ip) {
             Some(mut e) => {
                 e.touched = now;
-                e.logins.take(now)
+                bucket(&mut e).reserve(now, hold)
             }
-            None => Ok(()),
+            None => Ok(Duration::ZERO),
         }
     }
 

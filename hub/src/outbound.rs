@@ -40,6 +40,16 @@ pub(crate) struct CloseReason {
 /// A queue that has drained keeps at most this many slots of capacity (the rest is freed).
 const KEEP_SLOTS: usize = 8;
 
+/// `q`'s front; once that drains it, the slots a burst grew beyond [`KEEP_SLOTS`] are given
+/// back, so an idle connection's queues hold (almost) no memory (issue 16).
+pub(crate) fn pop_front_shrinking<T>(q: &mut VecDeque<T>) -> Option<T> {
+    let front = q.pop_front();
+    if q.is_empty() && q.capacity() > KEEP_SLOTS {
+        *q = VecDeque::new();
+    }
+    front
+}
+
 /// Producer side of a connection's outbound queue. Cheap to clone.
 pub struct Outbox {
     inner: Arc<Inner>,
@@ -118,12 +128,7 @@ impl Inner {
 
     /// The next queued frame; a queue that drained gives back what a burst grew.
     fn pop(&self) -> Option<Utf8Bytes> {
-        let mut q = self.queue();
-        let frame = q.pop_front();
-        if q.is_empty() && q.capacity() > KEEP_SLOTS {
-            *q = VecDeque::new();
-        }
-        frame
+        pop_front_shrinking(&mut self.queue())
     }
 }
 
